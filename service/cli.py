@@ -1,0 +1,149 @@
+"""`lms-webhooks` commands. Exit codes: 0 success, 2 usage or configuration error, 1 failure."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from service import __version__
+from service.app import Role, Service
+from service.config import Settings, load_settings
+from service.errors import ConfigError
+from service.logs import configure_logging
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lms-webhooks", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lms-webhooks {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run the service")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--role", choices=["all", "poller", "dispatcher"], default="all")
+
+    demo = commands.add_parser("demo", help="everything embedded: see signed events arrive")
+    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("--config", required=True)
+
+    sim = commands.add_parser("simulate-lms", help="the simulated StackOne LMS API")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8090)
+    sim.add_argument("--accounts", type=int, default=1)
+    sim.add_argument("--users", type=int, default=10)
+    sim.add_argument("--assignments", type=int, default=5)
+    sim.add_argument("--rate-limit", type=float, default=None, help="requests per minute")
+    sim.add_argument("--churn", type=float, default=0.0, help="random changes per second")
+    sim.add_argument("--api-key", default="sim_key")
+
+    receive = commands.add_parser("receive", help="a local receiver that verifies signatures")
+    receive.add_argument("--secret", required=True, help="whsec_... secret")
+    receive.add_argument("--host", default="127.0.0.1")
+    receive.add_argument("--port", type=int, default=8091)
+    return parser
+
+
+async def serve(settings: Settings, role: Role) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    service = Service(settings, role=role)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    secrets = [settings.stackone.api_key.get_secret_value()]
+    secrets += [s.get_secret_value() for e in settings.endpoints for s in e.secret]
+    if settings.http.admin_token:
+        secrets.append(settings.http.admin_token.get_secret_value())
+    configure_logging(settings.log.level, settings.log.format, secrets)
+    asyncio.run(serve(settings, args.role))
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    users = sum(len(a.users) for a in settings.accounts)
+    print(
+        f"config ok: {len(settings.accounts)} account(s), {users} user(s), "
+        f"{len(settings.endpoints)} endpoint(s)"
+    )
+    return EXIT_OK
+
+
+def _until_interrupted(coro: object) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(coro)  # type: ignore[arg-type]
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check-config":
+            return _check_config(args)
+        if args.command == "demo":
+            from service.sim.demo import run_demo
+
+            return _until_interrupted(run_demo(args.duration))
+        if args.command == "simulate-lms":
+            from service.sim.lms import run_standalone
+
+            return _until_interrupted(
+                run_standalone(
+                    args.host,
+                    args.port,
+                    args.accounts,
+                    args.users,
+                    args.assignments,
+                    args.rate_limit,
+                    args.churn,
+                    api_key=args.api_key,
+                )  # fmt: skip
+            )
+        if args.command == "receive":
+            from service.sim.receiver import run_standalone_receiver
+
+            if not args.secret.startswith("whsec_"):
+                print("receive: --secret must look like whsec_<base64>", file=sys.stderr)
+                return EXIT_USAGE
+            return _until_interrupted(run_standalone_receiver(args.secret, args.host, args.port))
+    except OSError as e:  # e.g. a port already in use
+        print(f"lms-webhooks {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

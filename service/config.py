@@ -1,0 +1,269 @@
+"""Settings: the YAML config file, `${VAR}` interpolation, durations, validation.
+
+Loaded once at start; every duration becomes float seconds here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from service.errors import ConfigError
+from service.events import EVENT_TYPES
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`500ms`, `30s`, `5m`, `2h`, `1d` or a plain number of seconds → float seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 500ms, 30s, 5m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"invalid duration {value!r}: use seconds or e.g. 500ms, 30s, 5m, 2h, 1d")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StackOneSettings(_Strict):
+    base_url: str = "https://api.stackone.com"
+    api_key: SecretStr
+    max_requests_per_minute: int = Field(1000, ge=1)
+    page_size: int = Field(100, ge=1, le=100)
+    request_timeout: Duration = 60.0
+    filter_style: Literal["deep_object", "form"] = "deep_object"
+    # A runaway `next` chain (a provider looping its cursor) fails the poll after this many pages.
+    max_pages: int = Field(1000, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class AccountSettings(_Strict):
+    account_id: str = Field(min_length=1)
+    users: list[str] = Field(default_factory=list)
+
+
+class PollingSettings(_Strict):
+    interval: Duration = 300.0
+    overlap: Duration = 60.0
+    full_resync_interval: Duration = 86400.0
+    emit_on_first_sync: bool = False
+    # How many users one process polls at the same time.
+    concurrency: int = Field(16, ge=1)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+
+def _secret_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | SecretStr) else value
+
+
+class EndpointSettings(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    secret: Annotated[list[SecretStr], BeforeValidator(_secret_list)] = Field(min_length=1)
+    events: list[str] | None = None
+    accounts: list[str] | None = None
+    max_per_second: float | None = Field(None, gt=0)
+    timeout: Duration = 15.0
+    # Deliveries to this endpoint in flight at once, per process.
+    concurrency: int = Field(8, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for secret in value:
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError("a webhook secret looks like whsec_<base64>")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: list[str] | None) -> list[str] | None:
+        for event_type in value or []:
+            if event_type not in EVENT_TYPES:
+                raise ValueError(f"unknown event type {event_type!r}")
+        return value
+
+    def wants(self, event_type: str, account_id: str) -> bool:
+        """True when this endpoint subscribes to that event type from that account."""
+        return (self.events is None or event_type in self.events) and (
+            self.accounts is None or account_id in self.accounts
+        )
+
+
+class DeliverySettings(_Strict):
+    retry_schedule: list[Duration] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    disable_after: Duration = 5 * 86400.0
+    allow_http: bool = False
+    allow_private_addresses: bool = False
+
+
+class HttpSettings(_Strict):
+    listen: str = "0.0.0.0:8080"
+    admin_token: SecretStr | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:8080")
+        return value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class LogSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Settings(_Strict):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    stackone: StackOneSettings
+    accounts: list[AccountSettings] = Field(default_factory=list)
+    polling: PollingSettings = PollingSettings()
+    endpoints: list[EndpointSettings] = Field(default_factory=list)
+    delivery: DeliverySettings = DeliverySettings()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://", "memory://")):
+            raise ValueError("must be redis://, rediss://, unix:// or memory://")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        seen: set[str] = set()
+        for index, endpoint in enumerate(self.endpoints):
+            if endpoint.id in seen:
+                raise ValueError(f"endpoints.{index}.id: duplicate endpoint id {endpoint.id!r}")
+            seen.add(endpoint.id)
+            if endpoint.url.startswith("http://") and not self.delivery.allow_http:
+                raise ValueError(
+                    f"endpoints.{index}.url: plain http:// needs delivery.allow_http: true"
+                )
+        accounts = [a.account_id for a in self.accounts]
+        if len(accounts) != len(set(accounts)):
+            raise ValueError("accounts: an account_id appears twice")
+        return self
+
+    def endpoint(self, endpoint_id: str) -> EndpointSettings | None:
+        return next((e for e in self.endpoints if e.id == endpoint_id), None)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace `${VAR}` and `${VAR:-default}`; an unset variable without default is an error."""
+    environ = os.environ if env is None else env
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise ConfigError(name, "environment variable is not set (use ${VAR:-default})")
+            return default
+        return value
+
+    # whole-line comments are left alone, so documenting `${VAR}` in a comment is harmless
+    return "".join(
+        line if line.lstrip().startswith("#") else _VAR.sub(replace, line)
+        for line in text.splitlines(keepends=True)
+    )
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_settings(data: Any) -> Settings:
+    """Validate parsed YAML; the first problem becomes a ConfigError naming its key path."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level)", "the config must be a YAML mapping")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        first = e.errors(include_input=False, include_url=False)[0]
+        message = first["msg"].removeprefix("Value error, ")
+        path = _location(first["loc"])
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        if path == "(top level)" and ": " in message:  # model-level checks name their own path
+            path, message = message.split(": ", 1)
+        # not chained: a ValidationError's repr carries input values, secrets among them
+        raise ConfigError(path, message) from None
+
+
+def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read config file: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(interpolate(text, env))
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"invalid YAML: {e}") from e
+    return parse_settings(data)

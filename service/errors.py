@@ -1,0 +1,48 @@
+"""One error hierarchy: everything the service raises on purpose is a LmsWebhooksError."""
+
+from __future__ import annotations
+
+
+class LmsWebhooksError(Exception):
+    """Base class of the service's own errors."""
+
+
+class ConfigError(LmsWebhooksError):
+    """A config mistake, naming the key path that is wrong."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class UpstreamError(LmsWebhooksError):
+    """A poll could not read the upstream API; `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamRateLimited(UpstreamError):
+    """429/408: the whole API key pauses for `retry_after` seconds."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(UpstreamError):
+    """5xx, timeout or broken connection: worth retrying with backoff."""
+
+
+class UpstreamRejected(UpstreamError):
+    """401/403/412 (account unusable) or 404 (unknown user): back off, do not hammer."""
+
+
+class UpstreamMalformed(UpstreamError):
+    """The answer was not JSON, not of the documented shape, or its `next` chain ran away."""
+
+
+class StaleLease(LmsWebhooksError):
+    """Another process took over this work while we held it; our results are dropped."""

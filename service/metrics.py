@@ -1,0 +1,75 @@
+"""Prometheus metrics. One registry per service instance, created in the lifecycle and passed in.
+
+Labels are bounded: endpoint ids and event types come from the config, statuses are HTTP codes;
+never a user or assignment id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 7200)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.upstream_requests = Counter(
+            "lms_webhooks_upstream_requests",
+            "Upstream API requests by HTTP status (or timeout/error).",
+            ["status"],
+            registry=r,
+        )
+        self.throttle_wait = Counter(
+            "lms_webhooks_throttle_wait_seconds",
+            "Time spent waiting for a shared rate limit or a Retry-After pause.",
+            ["limit"],
+            registry=r,
+        )
+        self.poll_duration = Histogram(
+            "lms_webhooks_poll_duration_seconds",
+            "Duration of one user's poll, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.records_skipped = Counter(
+            "lms_webhooks_records_skipped",
+            "Upstream records that could not be tracked (e.g. without an id).",
+            ["reason"],
+            registry=r,
+        )
+        self.events = Counter(
+            "lms_webhooks_events", "Events detected and committed, by type.", ["type"], registry=r
+        )
+        self.deliveries = Counter(
+            "lms_webhooks_deliveries",
+            "Delivery attempts by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "lms_webhooks_delivery_latency_seconds",
+            "From detection of a change to its successful delivery.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "lms_webhooks_queue_depth", "Events waiting per endpoint.", ["endpoint"], registry=r
+        )
+        self.dead_letters = Gauge(
+            "lms_webhooks_dead_letters",
+            "Dead-lettered events per endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_disabled = Gauge(
+            "lms_webhooks_endpoint_disabled",
+            "1 while the endpoint is disabled.",
+            ["endpoint"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

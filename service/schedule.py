@@ -1,0 +1,202 @@
+"""Polling schedule: due times in Redis, claimed by whichever process is free.
+
+APScheduler drives three periodic jobs: claim due users (tick), extend the leases of polls in
+flight (heartbeat), and reconcile the tracked users with the schedule (sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Callable
+from typing import cast
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from redis.exceptions import RedisError
+
+from service.config import Settings
+from service.errors import StaleLease, UpstreamError, UpstreamRejected
+from service.metrics import Metrics
+from service.poller import Lease, Poller
+from service.store import keys
+from service.store.polls import PollStore
+
+log = structlog.get_logger("schedule")
+
+LEASE_SECONDS = 60.0
+TICK_SECONDS = 0.25
+SYNC_SECONDS = 30.0
+
+
+def initial_due_ms(member: str, now: float, interval: float) -> int:
+    """Spread users over the interval (stable per user) instead of polling all at once."""
+    offset = (zlib.crc32(member.encode()) % 10_000) / 10_000 * interval
+    return int((now + offset) * 1000)
+
+
+def retry_delay(error: Exception, failures: int, interval: float) -> float:
+    """When a failed poll is tried again: soon for passing trouble, slowly for rejections."""
+    if isinstance(error, UpstreamRejected):  # key, account or user unusable: do not hammer
+        return max(interval, min(300.0 * 2.0 ** min(failures, 4), 6 * 3600.0))
+    return min(interval, 5.0 * 2.0 ** min(failures, 10))
+
+
+class PollScheduler:
+    def __init__(
+        self,
+        store: PollStore,
+        poller: Poller,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.poller = poller
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.leases: dict[str, Lease] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.scheduler = AsyncIOScheduler()
+        self.accepting = False
+
+    @property
+    def running(self) -> bool:
+        return bool(self.scheduler.running and self.accepting)
+
+    def start(self) -> None:
+        self.accepting = True
+        job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        self.scheduler.add_job(self.sync_users, "interval", seconds=SYNC_SECONDS, **job)
+        self.scheduler.add_job(self.tick, "interval", seconds=TICK_SECONDS, **job)
+        self.scheduler.add_job(self.heartbeat, "interval", seconds=LEASE_SECONDS / 4, **job)
+        self.scheduler.start()
+        self._synced = asyncio.ensure_future(self.sync_users())
+
+    async def stop(self, timeout: float) -> None:
+        """Take no new polls; give running ones `timeout` s, then hand the rest back."""
+        self.accepting = False
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for lease in list(self.leases.values()):  # cancelled polls: due again at once
+            await self._release(lease, int(self.clock() * 1000), {})
+
+    async def tracked_members(self) -> set[str]:
+        members = {
+            keys.user_member(account.account_id, user)
+            for account in self.settings.accounts
+            for user in account.users
+        }
+        runtime = cast(set[str], await self.store.redis.smembers(keys.RUNTIME_USERS))
+        members |= runtime
+        return members
+
+    async def sync_users(self) -> None:
+        """Schedule newly tracked users, unschedule users no longer tracked."""
+        try:
+            tracked = await self.tracked_members()
+            scheduled = await self.store.scheduled_users()
+            now = self.clock()
+            interval = self.settings.polling.interval
+            await self.store.add_users(
+                {m: initial_due_ms(m, now, interval) for m in tracked - scheduled.keys()}
+            )
+            await self.store.remove_users(sorted(scheduled.keys() - tracked))
+        except RedisError as e:
+            log.warning("sync_users_failed", error=str(e))
+
+    async def tick(self) -> None:
+        free = self.settings.polling.concurrency - len(self.tasks)
+        if not self.accepting or free <= 0:
+            return
+        now = self.clock()
+        token = int((now + LEASE_SECONDS) * 1000)
+        try:
+            members = await self.store.claim_due_users(int(now * 1000), token, free)
+        except RedisError as e:
+            log.warning("claim_users_failed", error=str(e))
+            return
+        for member in members:
+            account_id, user_id = keys.parse_user_member(member)
+            lease = Lease(member, account_id, user_id, token, claimed_at=now)
+            self.leases[member] = lease
+            task = asyncio.create_task(self._run(lease), name=f"poll:{member}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def heartbeat(self) -> None:
+        """Extend the leases of polls still running, so no other process takes them over."""
+        for lease in list(self.leases.values()):
+            async with lease.lock:
+                if lease.member not in self.leases:
+                    continue
+                new_token = int((self.clock() + LEASE_SECONDS) * 1000)
+                try:
+                    ok = await self.store.reschedule(lease.member, lease.token, new_token, {})
+                except RedisError as e:
+                    log.warning("lease_extend_failed", error=str(e))
+                    continue
+                if ok:
+                    lease.token = new_token
+
+    async def _run(self, lease: Lease) -> None:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await self.poller.poll(lease)
+            log.debug("poll_done", account_id=lease.account_id, user_id=lease.user_id,
+                      full=result.full, pages=result.pages, changes=result.changes,
+                      events=result.events)  # fmt: skip
+        except StaleLease:
+            outcome = "stale"
+            log.warning("poll_lease_lost", account_id=lease.account_id, user_id=lease.user_id)
+        except (UpstreamError, RedisError) as e:
+            outcome = "error"
+            await self._failed(lease, e)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as e:  # a bug must not kill the scheduler: log it, retry the user later
+            outcome = "error"
+            log.exception("poll_crashed", account_id=lease.account_id, user_id=lease.user_id)
+            await self._failed(lease, e)
+        finally:
+            if outcome != "cancelled":
+                self.leases.pop(lease.member, None)
+            self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
+
+    async def _failed(self, lease: Lease, error: Exception) -> None:
+        try:
+            failures = await self.store.failures(lease.account_id, lease.user_id) + 1
+        except RedisError:
+            failures = 1
+        delay = retry_delay(error, failures - 1, self.settings.polling.interval)
+        log.warning(
+            "poll_failed",
+            account_id=lease.account_id,
+            user_id=lease.user_id,
+            error=str(error),
+            error_type=type(error).__name__,
+            status=getattr(error, "status", None),
+            failures=failures,
+            retry_in=round(delay, 3),
+        )
+        due = int((self.clock() + delay) * 1000)
+        await self._release(lease, due, {"failures": str(failures), "last_error": str(error)})
+
+    async def _release(self, lease: Lease, due_ms: int, state: dict[str, str]) -> None:
+        async with lease.lock:
+            try:
+                await self.store.reschedule(lease.member, lease.token, due_ms, state)
+            except RedisError as e:  # the lease runs out by itself; another poll follows
+                log.warning("lease_release_failed", error=str(e))
+            finally:
+                self.leases.pop(lease.member, None)

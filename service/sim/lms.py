@@ -1,0 +1,221 @@
+"""The simulated StackOne LMS over HTTP: the unified endpoint plus a `/_sim/` control API.
+
+State, paging, auth, rate limiting and faults live in `service.sim.lms_state`; this module
+only moves requests in and out of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from service.sim.faults import Faults, FaultSpec, RequestRecord
+from service.sim.lms_state import (
+    LIST_PATH,
+    NotFoundError,
+    SimLMS,
+    SimResponse,
+    basic_auth_header,
+    iso_ms,
+    parse_iso_ms,
+)
+
+__all__ = [
+    "FaultSpec",
+    "Faults",
+    "RequestRecord",
+    "SimLMS",
+    "SimResponse",
+    "basic_auth_header",
+    "churn_forever",
+    "create_app",
+    "iso_ms",
+    "parse_iso_ms",
+    "run_standalone",
+    "start_sim_server",
+]
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json_error(status: int, error: str, detail: Any) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+@web.middleware
+async def _control_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Bad control-API input becomes a JSON 400/404 instead of an HTML 500."""
+    try:
+        return await handler(request)
+    except NotFoundError as exc:
+        return _json_error(404, "not_found", str(exc.args[0] if exc.args else exc))
+    except ValueError as exc:  # includes json.JSONDecodeError
+        return _json_error(400, "bad_request", str(exc))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    body = json.loads(await request.read())
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
+class _Routes:
+    """Request handlers bound to one SimLMS."""
+
+    def __init__(self, lms: SimLMS) -> None:
+        self.lms = lms
+
+    async def list_assignments(self, request: web.Request) -> web.Response:
+        answer = self.lms.handle_list(request.match_info["id"], request.headers, request.query)
+        if answer.delay > 0:
+            await asyncio.sleep(answer.delay)
+        return web.Response(
+            status=answer.status,
+            body=answer.body,
+            headers=answer.headers,
+            content_type="application/json",
+        )
+
+    async def add_account(self, request: web.Request) -> web.Response:
+        self.lms.add_account(request.match_info["account_id"])
+        return web.json_response({"ok": True}, status=201)
+
+    async def add_user(self, request: web.Request) -> web.Response:
+        self.lms.add_user(request.match_info["account_id"], request.match_info["user_id"])
+        return web.json_response({"ok": True}, status=201)
+
+    async def put_assignment(self, request: web.Request) -> web.Response:
+        a, u, aid = (request.match_info[k] for k in ("account_id", "user_id", "aid"))
+        record = await _body(request)
+        return web.json_response(self.lms.put_assignment(a, u, {**record, "id": aid}))
+
+    async def patch_assignment(self, request: web.Request) -> web.Response:
+        a, u, aid = (request.match_info[k] for k in ("account_id", "user_id", "aid"))
+        fields = await _body(request)
+        return web.json_response(self.lms.update_assignment(a, u, aid, **fields))
+
+    async def delete_assignment(self, request: web.Request) -> web.Response:
+        a, u, aid = (request.match_info[k] for k in ("account_id", "user_id", "aid"))
+        return web.json_response(self.lms.delete_assignment(a, u, aid))
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.lms.faults.to_json())
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        self.lms.faults.apply_json(await _body(request), self.lms.clock())
+        return web.json_response(self.lms.faults.to_json())
+
+    async def reset_faults(self, request: web.Request) -> web.Response:
+        self.lms.faults = Faults()
+        return web.json_response(self.lms.faults.to_json())
+
+    async def set_rate_limit(self, request: web.Request) -> web.Response:
+        value = (await _body(request)).get("per_minute")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError("per_minute must be a number or null")
+        self.lms.set_rate_limit(value)
+        return web.json_response({"per_minute": self.lms.rate_limit_per_minute})
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([r.to_json() for r in self.lms.requests])
+
+    async def clear_requests(self, request: web.Request) -> web.Response:
+        self.lms.clear_requests()
+        return web.json_response({"ok": True})
+
+    async def state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.lms.snapshot())
+
+
+def create_app(lms: SimLMS) -> web.Application:
+    """The simulator's aiohttp application. Control requests are not in `lms.requests`."""
+    r = _Routes(lms)
+    app = web.Application(middlewares=[_control_errors])
+    one = "/_sim/accounts/{account_id}/users/{user_id}/assignments/{aid}"
+    app.add_routes(
+        [
+            web.get(LIST_PATH, r.list_assignments),
+            web.post("/_sim/accounts/{account_id}", r.add_account),
+            web.post("/_sim/accounts/{account_id}/users/{user_id}", r.add_user),
+            web.put(one, r.put_assignment),
+            web.patch(one, r.patch_assignment),
+            web.delete(one, r.delete_assignment),
+            web.get("/_sim/faults", r.get_faults),
+            web.post("/_sim/faults", r.set_faults),
+            web.delete("/_sim/faults", r.reset_faults),
+            web.post("/_sim/rate-limit", r.set_rate_limit),
+            web.get("/_sim/requests", r.get_requests),
+            web.delete("/_sim/requests", r.clear_requests),
+            web.get("/_sim/state", r.state),
+        ]
+    )
+    return app
+
+
+async def start_sim_server(
+    lms: SimLMS, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, str]:
+    """Serve `lms` (port 0: a free one); returns the runner and base URL. Stop with
+    `await runner.cleanup()`."""
+    # handler_cancellation: a client giving up on a held (delayed) request ends its handler,
+    # so cleanup does not wait out long fault delays
+    runner = web.AppRunner(
+        create_app(lms), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    real_port = runner.addresses[0][1]
+    shown = f"[{host}]" if ":" in host else host
+    return runner, f"http://{shown}:{real_port}"
+
+
+async def churn_forever(lms: SimLMS, per_second: float) -> None:
+    """Advance a random assignment `per_second` times a second until cancelled."""
+    while True:
+        await asyncio.sleep(1.0 / per_second)
+        lms.churn_once()
+
+
+async def run_standalone(
+    host: str,
+    port: int,
+    accounts: int,
+    users: int,
+    assignments: int,
+    rate_limit: float | None,
+    churn_per_second: float,
+    api_key: str = "sim_key",
+) -> None:
+    """`lms-webhooks simulate-lms`: seed, serve, print how to call it, churn; until cancelled."""
+    lms = SimLMS(api_key=api_key, rate_limit_per_minute=rate_limit, seed=random.randrange(2**32))
+    lms.seed(accounts, users, assignments)
+    runner, base = await start_sim_server(lms, host, port)
+    print(f"simulated StackOne LMS at {base}")
+    print(f"api key: {api_key}   accounts: acc_1..acc_{accounts}   users: u_1..u_{users}")
+    print(f"rate limit: {rate_limit or 'none'} req/min   churn: {churn_per_second}/s")
+    print(
+        f'example: curl -u {api_key}: -H "x-account-id: acc_1" '
+        f"'{base}/unified/lms/users/u_1/assignments?page_size=5'"
+    )
+    print(f"control API: {base}/_sim/state, {base}/_sim/faults, {base}/_sim/requests", flush=True)
+    churn = None
+    if churn_per_second > 0:
+        churn = asyncio.create_task(churn_forever(lms, churn_per_second))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if churn is not None:
+            churn.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await churn
+        await runner.cleanup()

@@ -1,0 +1,64 @@
+"""Every Redis key the service uses, in one place.
+
+Ids are percent-encoded inside keys and members, so `a:b` + `c` never collides with `a` + `b:c`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+PREFIX = "lw"
+
+# zset: user member → when it is next due for a poll (epoch ms). A claimed user's score is
+# its lease expiry, which doubles as the fencing token of the poll that holds it.
+POLL_DUE = f"{PREFIX}:poll:due"
+# set: user members added at run time (admin API), beside the config's users.
+RUNTIME_USERS = f"{PREFIX}:users:runtime"
+# string with a TTL: while it exists every process pauses the upstream API key (429/408).
+UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def user_member(account_id: str, user_id: str) -> str:
+    return f"{_q(account_id)}:{_q(user_id)}"
+
+
+def parse_user_member(member: str) -> tuple[str, str]:
+    account, _, user = member.partition(":")
+    return unquote(account), unquote(user)
+
+
+def snapshots(account_id: str, user_id: str) -> str:
+    """hash: assignment id → encoded Snapshot."""
+    return f"{PREFIX}:snap:{user_member(account_id, user_id)}"
+
+
+def user_state(account_id: str, user_id: str) -> str:
+    """hash: watermark, baselined, last_full_sync, failures, last_error."""
+    return f"{PREFIX}:user:{user_member(account_id, user_id)}"
+
+
+def rate_limit(name: str) -> str:
+    """string: a GCRA limiter's theoretical arrival time (ms)."""
+    return f"{PREFIX}:rate:{_q(name)}"
+
+
+class EndpointKeys:
+    """The keys of one endpoint's queue and state."""
+
+    def __init__(self, endpoint_id: str) -> None:
+        base = f"{PREFIX}:ep:{_q(endpoint_id)}"
+        # zset: event id → due time (ms); a claimed event's score is its lease expiry.
+        self.due = f"{base}:due"
+        # hash: event id → webhook body, exactly the bytes signed and sent.
+        self.body = f"{base}:body"
+        # hash: event id → JSON {attempts, last_error, ...}, written on the first failure.
+        self.meta = f"{base}:meta"
+        # zset: event id → when it was dead-lettered (ms); body and meta are kept.
+        self.dead = f"{base}:dead"
+        # hash: status, consecutive_failures, failing_since, last_error, last_success_at.
+        self.state = f"{base}:state"
+        self.rate = rate_limit(f"endpoint:{endpoint_id}")

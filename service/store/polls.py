@@ -1,0 +1,163 @@
+"""Poll state in Redis: who is due, each user's snapshots and watermark, the atomic commit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from service.detect import Change, Snapshot
+from service.store import keys
+from service.store.scripts import CLAIM_DUE, COMMIT_POLL
+
+
+def encode_snapshot(snapshot: Snapshot) -> str:
+    return json.dumps({"s": snapshot.sequence, "r": snapshot.record}, separators=(",", ":"))
+
+
+def decode_snapshot(raw: str) -> Snapshot:
+    data = json.loads(raw)
+    return Snapshot(int(data["s"]), data["r"])
+
+
+@dataclass(slots=True)
+class UserState:
+    """What a poll needs to know about one user before it reads upstream."""
+
+    fields: dict[str, str]
+    snapshots: dict[str, Snapshot]
+
+    @property
+    def watermark_ms(self) -> int | None:
+        raw = self.fields.get("watermark")
+        return int(raw) if raw else None
+
+    @property
+    def baselined(self) -> bool:
+        return self.fields.get("baselined") == "1"
+
+    @property
+    def last_full_sync_ms(self) -> int | None:
+        raw = self.fields.get("last_full_sync")
+        return int(raw) if raw else None
+
+    @property
+    def failures(self) -> int:
+        return int(self.fields.get("failures", "0"))
+
+
+@dataclass(slots=True)
+class Outbox:
+    """Changes of one poll waiting for their commit, with each event routed to its endpoints."""
+
+    changes: list[Change] = field(default_factory=list)
+    # endpoint id → [(event id, body, due ms)]
+    events: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+
+class PollStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(CLAIM_DUE)
+        self._commit = redis.register_script(COMMIT_POLL)
+
+    async def load_user(self, account_id: str, user_id: str) -> UserState:
+        """One round trip: the user's state and every snapshot."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.user_state(account_id, user_id))
+            pipe.hgetall(keys.snapshots(account_id, user_id))
+            state, snaps = await pipe.execute()
+        return UserState(state, {k: decode_snapshot(v) for k, v in snaps.items()})
+
+    async def failures(self, account_id: str, user_id: str) -> int:
+        raw = await self.redis.hget(keys.user_state(account_id, user_id), "failures")
+        return int(raw or 0)
+
+    async def commit(
+        self,
+        account_id: str,
+        user_id: str,
+        outbox: Outbox,
+        *,
+        token: int | None,
+        next_score: int | None,
+        state: dict[str, str] | None = None,
+    ) -> bool:
+        """Snapshots, user state, outgoing events and the due score in one atomic step.
+
+        False when `token` no longer holds the user's lease: another process took the user
+        over, so nothing was written and this poll's results are dropped.
+        """
+        endpoints = sorted(outbox.events)
+        script_keys: list[Any] = [
+            keys.POLL_DUE,
+            keys.snapshots(account_id, user_id),
+            keys.user_state(account_id, user_id),
+        ]
+        for endpoint_id in endpoints:
+            ep = keys.EndpointKeys(endpoint_id)
+            script_keys += [ep.due, ep.body]
+        upserts = [c for c in outbox.changes if c.snapshot is not None]
+        removals = [c.assignment_id for c in outbox.changes if c.snapshot is None]
+        args: list[Any] = [
+            keys.user_member(account_id, user_id),
+            "" if token is None else token,
+            "" if next_score is None else next_score,
+            len(upserts),
+        ]
+        for change in upserts:
+            assert change.snapshot is not None
+            args += [change.assignment_id, encode_snapshot(change.snapshot)]
+        args += [len(removals), *removals]
+        state = state or {}
+        args.append(len(state))
+        for name, value in state.items():
+            args += [name, value]
+        for endpoint_id in endpoints:
+            queued = outbox.events[endpoint_id]
+            args.append(len(queued))
+            for event_id, body, due in queued:
+                args += [event_id, body, due]
+        return bool(await self._commit(keys=script_keys, args=args))
+
+    async def claim_due_users(self, now_ms: int, lease_until_ms: int, limit: int) -> list[str]:
+        """Claim up to `limit` due users; each claimed member's token is `lease_until_ms`."""
+        members: list[str] = await self._claim(
+            keys=[keys.POLL_DUE], args=[now_ms, lease_until_ms, limit]
+        )
+        return members
+
+    async def add_users(self, scores: dict[str, int]) -> int:
+        """Schedule users not yet scheduled (ZADD NX): running leases stay untouched."""
+        if not scores:
+            return 0
+        added = await self.redis.zadd(keys.POLL_DUE, dict(scores), nx=True)
+        return int(added or 0)
+
+    async def scheduled_users(self) -> dict[str, float]:
+        raw = await self.redis.zrange(keys.POLL_DUE, 0, -1, withscores=True)
+        pairs = cast(list[tuple[str, float]], raw)
+        return dict(pairs)
+
+    async def remove_users(self, members: list[str]) -> None:
+        if members:
+            await self.redis.zrem(keys.POLL_DUE, *members)
+
+    async def reschedule(self, member: str, token: int, score: int, state: dict[str, str]) -> bool:
+        """Release a failed poll's lease (fenced) with a new due time and its failure state."""
+        account_id, user_id = keys.parse_user_member(member)
+        return await self.commit(
+            account_id, user_id, Outbox(), token=token, next_score=score, state=state
+        )
+
+    async def poll_now(self, account_id: str, user_id: str) -> bool:
+        """Make a scheduled user due at once (XX: an untracked user is not added)."""
+        changed = await self.redis.zadd(
+            keys.POLL_DUE, {keys.user_member(account_id, user_id): 0}, xx=True, ch=True
+        )
+        return bool(changed)

@@ -1,0 +1,147 @@
+"""The Lua scripts behind every atomic state change.
+
+A claimed member's zset score is its lease expiry, and that score is the fencing token: a
+worker whose lease expired and was taken over finds a different score and changes nothing.
+"""
+
+from __future__ import annotations
+
+# KEYS[1] zset; ARGV now_ms, lease_until_ms, limit → claimed members
+CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
+return due
+"""
+
+# KEYS due, body, meta; ARGV now_ms, lease_until_ms, limit → {id, body, meta|false, ...}
+CLAIM_EVENTS = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(due) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if body then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    out[#out + 1] = id
+    out[#out + 1] = body
+    out[#out + 1] = redis.call('HGET', KEYS[3], id) or false
+  else
+    -- a queue entry without a body can never be sent; drop it instead of looping on it
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+# One poll's commit: snapshots, user state, the lease/next-due score and the outgoing events.
+# KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, then (due, body) per endpoint.
+# ARGV: member, token ('' = unfenced), new score ('' = keep), n, (id, snapshot)*n,
+#       n, id*n (deleted snapshots), n, (field, value)*n (state), then per endpoint:
+#       n, (event id, body, due ms)*n
+COMMIT_POLL = """
+if ARGV[2] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+end
+local i = 4
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local k = 4
+while k <= #KEYS do
+  n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do
+    -- the same event id committed twice (a poll replayed after a crash) is queued once
+    if redis.call('HSETNX', KEYS[k + 1], ARGV[i], ARGV[i + 1]) == 1 then
+      redis.call('ZADD', KEYS[k], ARGV[i + 2], ARGV[i])
+    end
+    i = i + 3
+  end
+  k = k + 2
+end
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+return 1
+"""
+
+_FENCE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+"""
+
+# KEYS due, body, meta; ARGV id, token → 1 done, 0 lease lost
+ACK_EVENT = (
+    _FENCE
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+)
+
+# KEYS due, meta; ARGV id, token, new due ms, meta json → 1 / 0
+RESCHEDULE_EVENT = (
+    _FENCE
+    + """
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+return 1
+"""
+)
+
+# KEYS due, dead, meta; ARGV id, token, now ms, meta json → 1 / 0
+DEAD_LETTER_EVENT = (
+    _FENCE
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+return 1
+"""
+)
+
+# KEYS due, dead, meta; ARGV now ms, ids... (none: all) → number queued again
+REPLAY_DEAD = """
+local ids = {}
+if #ARGV > 1 then
+  for j = 2, #ARGV do ids[#ids + 1] = ARGV[j] end
+else
+  ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+end
+local n = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', KEYS[2], id) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    redis.call('HDEL', KEYS[3], id)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# GCRA on Redis' own clock, so every process shares one limit whatever its clock says.
+# KEYS rate, pause ('' absent ok); ARGV emission_ms, tolerance_ms → ms to wait (0: granted)
+GCRA_ACQUIRE = """
+local pause = redis.call('PTTL', KEYS[2])
+if pause > 0 then return pause end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local emission = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - tonumber(ARGV[2]) - now
+if wait > 0 then return math.ceil(wait) end
+local new_tat = tat + emission
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now + 1000))
+return 0
+"""
+
+# KEYS pause; ARGV ms → extends the pause, never shortens it
+PAUSE = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+"""

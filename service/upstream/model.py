@@ -1,0 +1,87 @@
+"""The upstream Assignment shape (OpenAPI `Assignment`) and page parsing.
+
+Records are validated against the model but kept as the dicts received, so unknown fields and
+unknown enum values pass through to the webhooks untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from service.errors import UpstreamMalformed
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class EnumValue(_Open):
+    """`{value, source_value}`; `value` is a plain string: unknown values are allowed."""
+
+    value: str | None = None
+    source_value: Any = None
+
+
+class Assignment(_Open):
+    """Every field nullable, as in the OpenAPI text; numbers may come as numeric strings."""
+
+    id: str | None = None
+    remote_id: str | None = None
+    unified_custom_fields: dict[str, Any] | None = None
+    external_reference: str | None = None
+    learning_object_id: str | None = None
+    remote_learning_object_id: str | None = None
+    learning_object_external_reference: str | None = None
+    progress: float | str | None = None
+    updated_at: str | None = None
+    created_at: str | None = None
+    assigned_at: str | None = None
+    due_date: str | None = None
+    status: EnumValue | None = None
+    learning_object_type: EnumValue | None = None
+    user_id: str | None = None
+    remote_user_id: str | None = None
+    certificate_url: str | None = None
+    result: EnumValue | None = None
+    completed_at: str | None = None
+    course_id: str | None = None
+    remote_course_id: str | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    records: list[dict[str, Any]]  # as received, each with a usable `id`
+    next: str | None
+    without_id: int  # records skipped because they carry no id
+
+
+def parse_page(raw: bytes) -> Page:
+    """A body of `AssignmentsPaginated`, or UpstreamMalformed saying what is wrong."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UpstreamMalformed(f"response is not JSON: {e}") from e
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise UpstreamMalformed("response has no `data` list")
+    cursor = body.get("next")
+    if cursor is not None and not isinstance(cursor, str):
+        raise UpstreamMalformed("`next` is neither a string nor null")
+    records: list[dict[str, Any]] = []
+    without_id = 0
+    for index, item in enumerate(body["data"]):
+        if not isinstance(item, dict):
+            raise UpstreamMalformed(f"data[{index}] is not an object")
+        try:
+            Assignment.model_validate(item)
+        except ValidationError as e:
+            where = ".".join(str(p) for p in e.errors()[0]["loc"])
+            raise UpstreamMalformed(f"data[{index}].{where}: {e.errors()[0]['msg']}") from e
+        if not item.get("id"):
+            without_id += 1
+            continue
+        records.append(item)
+    return Page(records, cursor or None, without_id)

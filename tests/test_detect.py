@@ -1,0 +1,207 @@
+"""The pure detector: which events one change fires, and with what."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service import events as ev
+from service.detect import (
+    Snapshot,
+    changed_fields,
+    detect,
+    detect_removed,
+    event_id,
+    next_watermark,
+    updated_after,
+)
+
+NOW = datetime(2026, 11, 28, 6, 0, 0, 123000, tzinfo=UTC)
+
+
+def record(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "123456",
+        "status": {"value": "pending", "source_value": "NotStarted"},
+        "progress": 0,
+        "due_date": "2026-12-31T00:00:00.000Z",
+        "completed_at": None,
+        "updated_at": "2026-11-01T00:00:00.000Z",
+        "x_provider_extra": {"kept": True},
+    }
+    base.update(fields)
+    return base
+
+
+def status(value: str) -> dict[str, Any]:
+    return {"value": value, "source_value": value.upper()}
+
+
+CASES = [
+    # (name, previous record or None, current record, expected types, expected changed fields)
+    ("created", None, record(), [ev.CREATED], sorted(record())),
+    (
+        "created completed",
+        None,
+        record(status=status("completed")),
+        [ev.CREATED, ev.COMPLETED],
+        sorted(record()),
+    ),
+    ("updated_at alone", record(), record(updated_at="2026-11-02T00:00:00.000Z"), [], []),
+    (
+        "progress",
+        record(),
+        record(progress=40, updated_at="2026-11-02T00:00:00.000Z"),
+        [ev.UPDATED, ev.PROGRESS_CHANGED],
+        ["progress"],
+    ),
+    (
+        "status to in_progress",
+        record(),
+        record(status=status("in_progress"), progress=10),
+        [ev.UPDATED, ev.STATUS_CHANGED, ev.PROGRESS_CHANGED],
+        ["progress", "status"],
+    ),
+    (
+        "completion",
+        record(status=status("in_progress"), progress=50),
+        record(status=status("completed"), progress=100, completed_at="2026-11-28T05:00:00.000Z"),
+        [ev.UPDATED, ev.STATUS_CHANGED, ev.COMPLETED, ev.PROGRESS_CHANGED],
+        ["completed_at", "progress", "status"],
+    ),
+    (
+        "still completed, certificate added",
+        record(status=status("completed")),
+        record(status=status("completed"), certificate_url="https://lms/cert/1"),
+        [ev.UPDATED],
+        ["certificate_url"],
+    ),
+    (
+        "source_value only: no status_changed",
+        record(status={"value": "pending", "source_value": "A"}),
+        record(status={"value": "pending", "source_value": "B"}),
+        [ev.UPDATED],
+        ["status"],
+    ),
+    (
+        "due date",
+        record(),
+        record(due_date="2027-01-31T00:00:00.000Z"),
+        [ev.UPDATED, ev.DUE_DATE_CHANGED],
+        ["due_date"],
+    ),
+    (
+        "unknown field appears",
+        record(),
+        record(brand_new_field="x"),
+        [ev.UPDATED],
+        ["brand_new_field"],
+    ),
+    (
+        "unknown status value passes through",
+        record(),
+        record(status=status("archived_by_provider")),
+        [ev.UPDATED, ev.STATUS_CHANGED],
+        ["status"],
+    ),
+    (
+        "reopened: completed back to in_progress",
+        record(status=status("completed")),
+        record(status=status("in_progress")),
+        [ev.UPDATED, ev.STATUS_CHANGED],
+        ["status"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "before", "after", "types", "fields"), CASES, ids=[c[0] for c in CASES])
+def test_event_table(
+    name: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    types: list[str],
+    fields: list[str],
+) -> None:
+    previous = Snapshot(3, before) if before is not None else None
+    change = detect("acc_1", "u_1", "123456", previous, after, now=NOW, emit=True)
+    if not types:
+        assert change is None
+        return
+    assert change is not None
+    assert [e["type"] for e in change.events] == types
+    sequence = 1 if before is None else 4
+    assert change.snapshot == Snapshot(sequence, after)
+    for event in change.events:
+        data = event["data"]
+        assert data["sequence"] == sequence
+        assert data["changed_fields"] == fields
+        assert data["previous"] == before
+        assert data["assignment"] is after  # every field as received, unknown ones too
+        assert (data["account_id"], data["user_id"], data["assignment_id"]) == (
+            "acc_1",
+            "u_1",
+            "123456",
+        )
+        assert event["timestamp"] == "2026-11-28T06:00:00.123Z"
+        assert event["id"] == event_id("acc_1", "u_1", "123456", sequence, event["type"])
+    assert len({e["id"] for e in change.events}) == len(change.events)
+
+
+def test_baseline_stores_snapshot_without_events() -> None:
+    change = detect("a", "u", "1", None, record(), now=NOW, emit=False)
+    assert change is not None and change.events == [] and change.snapshot == Snapshot(1, record())
+    later = detect("a", "u", "1", Snapshot(1, record()), record(progress=5), now=NOW, emit=False)
+    assert later is not None and later.events == [] and later.snapshot is not None
+    assert later.snapshot.sequence == 2
+
+
+def test_same_change_same_ids_whenever_detected() -> None:
+    first = detect("a", "u", "1", Snapshot(1, record()), record(progress=5), now=NOW, emit=True)
+    again = detect(
+        "a", "u", "1", Snapshot(1, record()), record(progress=5),
+        now=NOW + timedelta(minutes=5), emit=True,
+    )  # fmt: skip
+    assert first is not None and again is not None
+    assert [e["id"] for e in first.events] == [e["id"] for e in again.events]
+    other_user = detect("a", "u2", "1", Snapshot(1, record()), record(progress=5), now=NOW, emit=True)
+    assert other_user is not None
+    assert not {e["id"] for e in first.events} & {e["id"] for e in other_user.events}
+
+
+def test_removed() -> None:
+    change = detect_removed("a", "u", "1", Snapshot(2, record()), now=NOW)
+    assert change.snapshot is None
+    [event] = change.events
+    assert event["type"] == ev.REMOVED
+    assert event["data"]["sequence"] == 3
+    assert event["data"]["previous"] == record() and event["data"]["assignment"] is None
+
+
+def test_changed_fields_counts_missing_vs_null() -> None:
+    assert changed_fields({"a": 1}, {"a": 1, "b": None}) == ["b"]
+    assert changed_fields({"a": 1, "updated_at": "x"}, {"a": 1}) == []
+
+
+T0 = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("previous", "values", "expected"),
+    [
+        (None, [], None),
+        (None, ["2026-11-28T05:00:00.000Z", "2026-11-28T05:30:00.000Z"], T0 - timedelta(minutes=30)),
+        (T0 - timedelta(minutes=10), ["2026-11-28T05:00:00.000Z"], T0 - timedelta(minutes=10)),
+        (None, [None, "not a date", "2026-11-28T05:59:00.000Z"], T0 - timedelta(minutes=1)),
+        # a provider clock in the future never moves the watermark past our poll start
+        (None, ["2027-01-01T00:00:00.000Z"], T0),
+    ],
+)
+def test_watermark(previous: datetime | None, values: list[object], expected: datetime | None) -> None:
+    assert next_watermark(previous, values, poll_started=T0) == expected
+
+
+def test_updated_after_reads_the_overlap_again() -> None:
+    assert updated_after(None, 60) is None
+    assert updated_after(T0, 60) == T0 - timedelta(seconds=60)

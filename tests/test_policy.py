@@ -1,0 +1,70 @@
+"""Delivery policy: what each answer means, when the next attempt is."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from service.delivery.policy import Action, Verdict, classify, decide
+
+SCHEDULE = [5.0, 300.0, 1800.0]
+NOW = 1_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "verdict", "honoured"),
+    [
+        (200, None, Verdict.SUCCESS, None),
+        (204, None, Verdict.SUCCESS, None),
+        (299, None, Verdict.SUCCESS, None),
+        (301, None, Verdict.RETRY, None),  # redirects are never followed
+        (400, None, Verdict.RETRY, None),
+        (410, None, Verdict.GONE, None),
+        (429, "120", Verdict.RETRY, 120.0),
+        (503, "7", Verdict.RETRY, 7.0),
+        (500, "7", Verdict.RETRY, None),  # Retry-After counts on 429/503 only
+        (429, "soon", Verdict.RETRY, None),
+        (429, "999999999", Verdict.RETRY, 86400.0),  # clamped
+        (None, None, Verdict.RETRY, None),  # timeout or broken connection
+    ],
+)
+def test_classify(
+    status: int | None, retry_after: str | None, verdict: Verdict, honoured: float | None
+) -> None:
+    result = classify(status, retry_after)
+    assert result.verdict is verdict
+    assert result.retry_after == honoured
+    assert (result.error is None) == (verdict is Verdict.SUCCESS)
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_retry_follows_schedule_with_jitter(attempt: int) -> None:
+    rng = random.Random(attempt)
+    delays = [
+        decide(classify(500), attempt, SCHEDULE, NOW, rng).due or 0.0 for _ in range(300)
+    ]
+    base = SCHEDULE[attempt - 1]
+    assert all(0.8 * base <= d - NOW <= 1.2 * base for d in delays)
+    assert max(delays) - min(delays) > 0.2 * base  # jitter really spreads them
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "attempt", "action", "min_delay"),
+    [
+        (200, None, 1, Action.ACK, None),
+        (500, None, 4, Action.DEAD, None),  # the schedule's 3 retries are spent
+        (410, None, 1, Action.HOLD, 0.0),
+        (429, "600", 1, Action.RETRY, 600.0),  # Retry-After longer than the schedule wins
+        (429, "1", 2, Action.RETRY, 240.0),  # never shorter than the schedule (300 - 20%)
+    ],
+)
+def test_decide(
+    status: int, retry_after: str | None, attempt: int, action: Action, min_delay: float | None
+) -> None:
+    decision = decide(classify(status, retry_after), attempt, SCHEDULE, NOW, random.Random(0))
+    assert decision.action is action
+    if min_delay is None:
+        assert decision.due is None
+    else:
+        assert decision.due is not None and decision.due - NOW >= min_delay

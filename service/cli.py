@@ -120,17 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "simulate-lms":
             from service.sim.lms import run_standalone
 
+            sizes = (args.accounts, args.users, args.assignments)
             return _until_interrupted(
                 run_standalone(
-                    args.host,
-                    args.port,
-                    args.accounts,
-                    args.users,
-                    args.assignments,
-                    args.rate_limit,
-                    args.churn,
-                    api_key=args.api_key,
-                )  # fmt: skip
+                    args.host, args.port, *sizes, args.rate_limit, args.churn, api_key=args.api_key
+                )
             )
         if args.command == "receive":
             from service.sim.receiver import run_standalone_receiver

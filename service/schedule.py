@@ -25,7 +25,8 @@ from service.store.polls import PollStore
 
 log = structlog.get_logger("schedule")
 
-LEASE_SECONDS = 60.0
+# A dead process's users are polled again this soon; live polls extend it every third of it.
+LEASE_SECONDS = 15.0
 TICK_SECONDS = 0.25
 SYNC_SECONDS = 30.0
 
@@ -72,7 +73,7 @@ class PollScheduler:
         job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         self.scheduler.add_job(self.sync_users, "interval", seconds=SYNC_SECONDS, **job)
         self.scheduler.add_job(self.tick, "interval", seconds=TICK_SECONDS, **job)
-        self.scheduler.add_job(self.heartbeat, "interval", seconds=LEASE_SECONDS / 4, **job)
+        self.scheduler.add_job(self.heartbeat, "interval", seconds=LEASE_SECONDS / 3, **job)
         self.scheduler.start()
         self._synced = asyncio.ensure_future(self.sync_users())
 

@@ -42,8 +42,13 @@ def test_bad_durations(bad: object) -> None:
 
 def test_interpolation() -> None:
     env = {"A": "1", "EMPTY": ""}
-    assert interpolate("x=${A} y=${B:-dflt} z=${EMPTY:-d2} w=${A:-no}", env) == "x=1 y=dflt z=d2 w=1"
-    assert interpolate("  # ${UNSET} in a comment\nk: ${A}\n", env) == "  # ${UNSET} in a comment\nk: 1\n"
+    assert (
+        interpolate("x=${A} y=${B:-dflt} z=${EMPTY:-d2} w=${A:-no}", env) == "x=1 y=dflt z=d2 w=1"
+    )
+    assert (
+        interpolate("  # ${UNSET} in a comment\nk: ${A}\n", env)
+        == "  # ${UNSET} in a comment\nk: 1\n"
+    )
     with pytest.raises(ConfigError, match="MISSING"):
         interpolate("${MISSING}", env)
 
@@ -69,9 +74,9 @@ def test_minimal_config_defaults_and_secrets_hidden(tmp_path: Path) -> None:
         (("stackone:", "stackone:\n  bogus: 1"), "stackone.bogus"),
         (("redis_url:", "surprise: 1\nredis_url:"), "surprise"),
         (("  api_key: ${KEY}", "  api_key: ${KEY}\n  page_size: 101"), "stackone.page_size"),
-        (("url: https://hr.example.com/hooks", "url: http://hr.example.com/hooks"), "endpoints.0.url"),
+        (("url: https://", "url: http://"), "endpoints.0.url"),
         (("secret: ${SECRET}", "secret: nope"), "endpoints.0.secret"),
-        (("secret: ${SECRET}", "secret: ${SECRET}\n    events: [assignment.nope]"), "endpoints.0.events"),
+        (("secret: ${SECRET}", "secret: ${SECRET}\n    events: [nope]"), "endpoints.0.events"),
         (("secret: ${SECRET}", "secret: ${SECRET}\n    timeout: soon"), "endpoints.0.timeout"),
         (("redis_url: redis", "redis_url: mysql"), "redis_url"),
     ],
@@ -115,5 +120,8 @@ def test_check_config_subprocess_exit_codes(tmp_path: Path) -> None:
 
 
 def test_example_config_is_valid() -> None:
-    settings = load_settings(ROOT / "config" / "example.yaml", ENV | {"HR_WEBHOOK_SECRET": ENV["SECRET"], "STACKONE_API_KEY": "k"})
+    settings = load_settings(
+        ROOT / "config" / "example.yaml",
+        ENV | {"HR_WEBHOOK_SECRET": ENV["SECRET"], "STACKONE_API_KEY": "k"},
+    )
     assert settings.endpoints[0].events == ["assignment.completed"]

@@ -116,7 +116,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "before", "after", "types", "fields"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "before", "after", "types", "fields"), CASES, ids=[c[0] for c in CASES]
+)
 def test_event_table(
     name: str,
     before: dict[str, Any] | None,
@@ -165,7 +167,9 @@ def test_same_change_same_ids_whenever_detected() -> None:
     )  # fmt: skip
     assert first is not None and again is not None
     assert [e["id"] for e in first.events] == [e["id"] for e in again.events]
-    other_user = detect("a", "u2", "1", Snapshot(1, record()), record(progress=5), now=NOW, emit=True)
+    other_user = detect(
+        "a", "u2", "1", Snapshot(1, record()), record(progress=5), now=NOW, emit=True
+    )
     assert other_user is not None
     assert not {e["id"] for e in first.events} & {e["id"] for e in other_user.events}
 
@@ -191,14 +195,20 @@ T0 = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
     ("previous", "values", "expected"),
     [
         (None, [], None),
-        (None, ["2026-11-28T05:00:00.000Z", "2026-11-28T05:30:00.000Z"], T0 - timedelta(minutes=30)),
+        (
+            None,
+            ["2026-11-28T05:00:00.000Z", "2026-11-28T05:30:00.000Z"],
+            T0 - timedelta(minutes=30),
+        ),
         (T0 - timedelta(minutes=10), ["2026-11-28T05:00:00.000Z"], T0 - timedelta(minutes=10)),
         (None, [None, "not a date", "2026-11-28T05:59:00.000Z"], T0 - timedelta(minutes=1)),
         # a provider clock in the future never moves the watermark past our poll start
         (None, ["2027-01-01T00:00:00.000Z"], T0),
     ],
 )
-def test_watermark(previous: datetime | None, values: list[object], expected: datetime | None) -> None:
+def test_watermark(
+    previous: datetime | None, values: list[object], expected: datetime | None
+) -> None:
     assert next_watermark(previous, values, poll_started=T0) == expected
 
 

@@ -41,9 +41,7 @@ def test_classify(
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_retry_follows_schedule_with_jitter(attempt: int) -> None:
     rng = random.Random(attempt)
-    delays = [
-        decide(classify(500), attempt, SCHEDULE, NOW, rng).due or 0.0 for _ in range(300)
-    ]
+    delays = [decide(classify(500), attempt, SCHEDULE, NOW, rng).due or 0.0 for _ in range(300)]
     base = SCHEDULE[attempt - 1]
     assert all(0.8 * base <= d - NOW <= 1.2 * base for d in delays)
     assert max(delays) - min(delays) > 0.2 * base  # jitter really spreads them

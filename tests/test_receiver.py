@@ -28,8 +28,13 @@ EVENT = {
     "id": "evt_1",
     "type": "assignment.completed",
     "timestamp": "2026-11-28T06:00:00.123Z",
-    "data": {"account_id": "acc_1", "user_id": "u_1", "assignment_id": "a_1", "sequence": 2,
-             "changed_fields": ["completed_at", "progress", "status"]},
+    "data": {
+        "account_id": "acc_1",
+        "user_id": "u_1",
+        "assignment_id": "a_1",
+        "sequence": 2,
+        "changed_fields": ["completed_at", "progress", "status"],
+    },
 }
 
 
@@ -54,8 +59,9 @@ class Client:
         self.http, self.url = http, url
 
     async def post(self, raw: bytes, headers: dict[str, str], give_up: float = 5) -> int:
-        async with self.http.post(self.url, data=raw, headers=headers,
-                                  timeout=aiohttp.ClientTimeout(total=give_up)) as resp:
+        async with self.http.post(
+            self.url, data=raw, headers=headers, timeout=aiohttp.ClientTimeout(total=give_up)
+        ) as resp:
             await resp.read()
             return resp.status
 
@@ -78,9 +84,7 @@ async def client(receiver: Receiver) -> AsyncIterator[Client]:
         yield c
 
 
-async def test_signed_request_is_verified_and_recorded(
-    receiver: Receiver, client: Client
-) -> None:
+async def test_signed_request_is_verified_and_recorded(receiver: Receiver, client: Client) -> None:
     seen: list[ReceivedEvent] = []
     receiver.on_event = seen.append
     raw, headers = signed(EVENT, SECRET)
@@ -145,11 +149,13 @@ async def test_wider_tolerance_accepts_older_timestamps() -> None:
 
 
 async def test_programmed_answers_in_order(receiver: Receiver, client: Client) -> None:
-    receiver.responses.extend([
-        Answer(status=500, body="boom"),
-        Answer(status=429, headers={"Retry-After": "1"}),
-        Answer(status=204, delay=0.1),
-    ])
+    receiver.responses.extend(
+        [
+            Answer(status=500, body="boom"),
+            Answer(status=429, headers={"Retry-After": "1"}),
+            Answer(status=204, delay=0.1),
+        ]
+    )
     raw, headers = signed(EVENT, SECRET)
     statuses = [await client.post(raw, headers) for _ in range(4)]
     assert statuses == [500, 429, 204, 200]
@@ -167,16 +173,15 @@ async def test_hang_times_the_sender_out(receiver: Receiver, client: Client) -> 
     assert await client.post(raw, headers) == 200
 
 
-async def test_wait_for_count_predicate_and_timeout(
-    receiver: Receiver, client: Client
-) -> None:
+async def test_wait_for_count_predicate_and_timeout(receiver: Receiver, client: Client) -> None:
     with pytest.raises(TimeoutError, match="1 events"):
         await receiver.wait_for(1, timeout=0.1)
     raw, headers = signed(EVENT, SECRET)
     await client.post(raw, headers)
     assert len(await receiver.wait_for(1, timeout=1)) == 1
-    got = await receiver.wait_for(lambda evs: any(e.type == "assignment.completed"
-                                                  for e in evs), timeout=1)
+    got = await receiver.wait_for(
+        lambda evs: any(e.type == "assignment.completed" for e in evs), timeout=1
+    )
     assert got[0].webhook_id == "evt_1"
     with pytest.raises(TimeoutError, match="predicate"):
         await receiver.wait_for(lambda evs: len(evs) > 5, timeout=0.05)

@@ -255,8 +255,15 @@ async def test_forced_faults_in_order(sim: Sim) -> None:
     assert (await sim.get())[0] == 200  # all consumed
     assert sim.lms.assignments("acc_1", "u_1")[0]["id"]  # missing_id did not touch state
     faults = [r.fault for r in sim.lms.requests]
-    assert faults == ["status", "status", "malformed_json", "wrong_shape", "missing_id",
-                      "delay", None]
+    assert faults == [
+        "status",
+        "status",
+        "malformed_json",
+        "wrong_shape",
+        "missing_id",
+        "delay",
+        None,
+    ]
 
 
 async def test_error_rate_and_delay(sim: Sim) -> None:
@@ -299,8 +306,9 @@ async def test_client_giving_up_on_a_hung_request_does_not_block(sim: Sim) -> No
     sim.lms.faults.forced.append({"delay": 30})
     url = f"{sim.base}/unified/lms/users/u_1/assignments"
     with pytest.raises(TimeoutError):
-        async with sim.http.get(url, headers=sim.lms.auth_headers("acc_1"),
-                                timeout=aiohttp.ClientTimeout(total=0.2)):
+        async with sim.http.get(
+            url, headers=sim.lms.auth_headers("acc_1"), timeout=aiohttp.ClientTimeout(total=0.2)
+        ):
             pass
     # the fixture's runner.cleanup() must not wait out the 30 s (the test would be slow)
 
@@ -350,13 +358,18 @@ async def test_control_api_faults_and_requests(sim: Sim) -> None:
     http, base = sim.http, sim.base + "/_sim"
     async with http.post(f"{base}/faults", json={"forced": [{"status": 502}]}) as r:
         assert r.status == 200
-    async with http.post(f"{base}/faults", json={"forced": [{"wrong_shape": True}],
-                                                  "page_delays": {"3": 0.5}}) as r:
+    async with http.post(
+        f"{base}/faults", json={"forced": [{"wrong_shape": True}], "page_delays": {"3": 0.5}}
+    ) as r:
         faults = await r.json()
     assert faults["forced"] == [{"status": 502}, {"wrong_shape": True}]
     assert faults["page_delays"] == {"3": 0.5}
-    for bad in ({"forced": [{"status": 500, "delay": 1}]}, {"nope": 1}, {"error_rate": 2},
-                {"forced": [{"missing_id": False}]}):
+    for bad in (
+        {"forced": [{"status": 500, "delay": 1}]},
+        {"nope": 1},
+        {"error_rate": 2},
+        {"forced": [{"missing_id": False}]},
+    ):
         async with http.post(f"{base}/faults", json=bad) as r:
             assert r.status == 400, bad
     assert (await sim.get())[0] == 502
@@ -384,5 +397,4 @@ async def test_churn_advances_assignments(clock: FakeClock) -> None:
         assert lms.churn_once() is not None
     after = lms.assignments("acc_1", "u_1")
     assert any(r["id"] not in before or r != before[r["id"]] for r in after)
-    assert all(r["progress"] >= (before.get(r["id"]) or {"progress": 0})["progress"]
-               for r in after)
+    assert all(r["progress"] >= (before.get(r["id"]) or {"progress": 0})["progress"] for r in after)

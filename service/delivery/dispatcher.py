@@ -26,7 +26,9 @@ log = structlog.get_logger("delivery")
 
 USER_AGENT = f"lms-webhooks/{__version__}"
 IDLE_WAIT = 0.5  # longest sleep of an idle worker before it looks at Redis again
-LEASE_MARGIN = 30.0  # a claimed event's lease: the endpoint timeout plus this
+# A claimed event's lease: the endpoint timeout, its throttle wait and this margin. A crashed
+# process's events are sent again once it runs out.
+LEASE_MARGIN = 5.0
 
 
 class EndpointWorker:
@@ -52,7 +54,7 @@ class EndpointWorker:
                     await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
                 now = self.d.clock()
-                lease = int((now + self.endpoint.timeout + LEASE_MARGIN) * 1000)
+                lease = int((now + self._lease_seconds(free)) * 1000)
                 batch = await self.d.queue.claim(endpoint_id, int(now * 1000), lease, free)
             except RedisError as e:
                 log.warning("dispatch_redis_error", endpoint=endpoint_id, error=str(e))
@@ -65,6 +67,10 @@ class EndpointWorker:
                 task.add_done_callback(self.inflight.discard)
             if not batch:
                 await self._sleep(IDLE_WAIT)
+
+    def _lease_seconds(self, batch: int) -> float:
+        throttle = batch / self.endpoint.max_per_second if self.endpoint.max_per_second else 0.0
+        return self.endpoint.timeout + throttle + LEASE_MARGIN
 
     async def _sleep(self, seconds: float) -> None:
         self.wakeup.clear()

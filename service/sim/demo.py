@@ -85,7 +85,7 @@ def scenario(lms: SimLMS) -> list[Callable[[], object]]:
                 "learning_object_external_reference": "Fire Safety",
                 "due_date": "2027-01-15T00:00:00.000Z",
             },
-        ),  # fmt: skip
+        ),
         lambda: lms.update_assignment(ACCOUNT, b, f"{b}_c3", due_date="2027-02-01T00:00:00.000Z"),
         lambda: lms.progress(ACCOUNT, b, f"{b}_c2", 100),
         lambda: lms.progress(ACCOUNT, a, f"{a}_c4", 100),

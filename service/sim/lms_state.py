@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 # Re-exported (explicitly, for mypy's no-implicit-reexport): these used to live here.
 from service.sim.faults import _FAULT_KINDS as _FAULT_KINDS
@@ -394,7 +395,8 @@ class SimLMS:
             method="GET",
             path=LIST_PATH.format(id=user_id),
             query={k: v for k, v in query.items()},
-            account_id=lower.get("x-account-id"),
+            # the service URL-encodes the account id (CONTRACT §3), as it does the user id
+            account_id=unquote(lower["x-account-id"]) if "x-account-id" in lower else None,
             user_id=user_id,
             auth_ok=self._auth_ok(lower.get("authorization")),
             status=0,

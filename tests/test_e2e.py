@@ -1,0 +1,326 @@
+"""End to end, in process: real redis-server, the simulator and a receiver over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from redis.asyncio import Redis
+
+from service import events as ev
+from service.app import Service
+from service.config import Settings
+from service.sim.lms import SimLMS
+from service.sim.receiver import Answer, ReceivedEvent, Receiver
+from tests.conftest import ACCOUNT, endpoint, make_settings
+from tests.redis_server import RedisServer
+
+Sim = tuple[SimLMS, str]
+Rx = tuple[Receiver, str]
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Service]:
+    service = Service(settings)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop(timeout=2.0)
+
+
+def seed_user(sim: SimLMS, user: str, count: int) -> None:
+    for n in range(1, count + 1):
+        sim.put_assignment(ACCOUNT, user, {"id": f"{user}_a{n}"})
+        sim.progress(ACCOUNT, user, f"{user}_a{n}", 0)
+
+
+async def baseline_taken(redis: Redis, user: str, timeout: float = 5.0) -> None:
+    """Wait until the service has taken the user's baseline."""
+    async with asyncio.timeout(timeout):
+        while await redis.hget(f"lw:user:{ACCOUNT}:{user}", "baselined") != "1":
+            await asyncio.sleep(0.05)
+
+
+def of_type(events: list[ReceivedEvent], kind: str) -> list[ReceivedEvent]:
+    return [e for e in events if e.type == kind]
+
+
+async def test_every_event_type_fires_when_it_should(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 3)
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"],
+        polling={"full_resync_interval": "1s"},
+    )  # fmt: skip
+    async with running(settings):
+        await baseline_taken(redis, "u_1")
+        await asyncio.sleep(1.0)
+        assert rx.received == []  # the baseline sends nothing (emit_on_first_sync: false)
+
+        before = sim.get_assignment(ACCOUNT, "u_1", "u_1_a1")
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 40)
+        await rx.wait_for(lambda es: len(of_type(es, ev.PROGRESS_CHANGED)) == 1, 10)
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+        await rx.wait_for(lambda es: len(of_type(es, ev.COMPLETED)) == 1, 10)
+        sim.update_assignment(ACCOUNT, "u_1", "u_1_a2", due_date="2027-03-01T00:00:00.000Z")
+        await rx.wait_for(lambda es: len(of_type(es, ev.DUE_DATE_CHANGED)) == 1, 10)
+        sim.put_assignment(ACCOUNT, "u_1", {"id": "u_1_new", "x_custom": {"kept": 1}})
+        await rx.wait_for(lambda es: len(of_type(es, ev.CREATED)) == 1, 10)
+        sim.update_assignment(ACCOUNT, "u_1", "u_1_a3")  # updated_at alone: nothing
+        sim.delete_assignment(ACCOUNT, "u_1", "u_1_a2")
+        await rx.wait_for(lambda es: len(of_type(es, ev.REMOVED)) == 1, 10)
+        await asyncio.sleep(1.5)  # room for anything that should not come
+
+    events = rx.events
+    assert all(e.verified for e in rx.received)
+    assert len({e.webhook_id for e in events}) == len(events)  # once each
+    assert all(e.webhook_id == e.body["id"] for e in events if e.body)
+    assert not [e for e in events if e.data.get("assignment_id") == "u_1_a3"]
+
+    a1 = [e for e in events if e.data["assignment_id"] == "u_1_a1"]
+    assert sorted(e.type for e in a1 if e.data["sequence"] == 2) == sorted(
+        [ev.UPDATED, ev.STATUS_CHANGED, ev.PROGRESS_CHANGED]
+    )
+    assert sorted(e.type for e in a1 if e.data["sequence"] == 3) == sorted(
+        [ev.UPDATED, ev.STATUS_CHANGED, ev.COMPLETED, ev.PROGRESS_CHANGED]
+    )
+    first = of_type(a1, ev.PROGRESS_CHANGED)[0].data
+    assert first["previous"] == before
+    assert first["assignment"]["progress"] == 40
+    assert first["changed_fields"] == ["progress", "status"]
+    completed = of_type(events, ev.COMPLETED)[0].data
+    assert completed["assignment"]["status"]["value"] == "completed"
+    assert completed["previous"]["status"]["value"] == "in_progress"
+
+    [created] = of_type(events, ev.CREATED)
+    assert created.data["sequence"] == 1 and created.data["previous"] is None
+    assert created.data["assignment"]["x_custom"] == {"kept": 1}  # unknown fields pass through
+    [due] = of_type(events, ev.DUE_DATE_CHANGED)
+    assert due.data["changed_fields"] == ["due_date"]
+    [removed] = of_type(events, ev.REMOVED)
+    assert removed.data["assignment_id"] == "u_1_a2"
+    assert removed.data["sequence"] == 3 and removed.data["assignment"] is None
+    assert removed.data["previous"]["due_date"] == "2027-03-01T00:00:00.000Z"
+    assert {e.headers.get("Content-Type") for e in events} == {"application/json"}
+    assert all((e.user_agent or "").startswith("lms-webhooks/") for e in events)
+
+
+async def test_emit_on_first_sync_and_endpoint_filters(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
+    endpoints = [
+        endpoint(rx_url),
+        endpoint(rx_url, "completions-only", events=[ev.COMPLETED]),
+        endpoint(rx_url, "other-account", accounts=["acc_other"]),
+    ]
+    settings = make_settings(
+        redis_server.url, lms_url, endpoints, ["u_1"], polling={"emit_on_first_sync": True}
+    )
+    async with running(settings):
+        await rx.wait_for(4, 10)
+        await asyncio.sleep(1.0)
+    paths = [(e.type, e.data["assignment_id"]) for e in rx.events]
+    # `hr` gets created ×2 + completed; `completions-only` the completion; `other-account` none
+    assert sorted(paths) == sorted(
+        [(ev.CREATED, "u_1_a1"), (ev.CREATED, "u_1_a2"), (ev.COMPLETED, "u_1_a2"),
+         (ev.COMPLETED, "u_1_a2")]
+    )  # fmt: skip
+
+
+async def test_failed_delivery_is_retried_with_the_same_id(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"])
+    async with running(settings):
+        await baseline_taken(redis, "u_1")
+        rx.responses.extend([Answer(status=500), Answer(status=502)])
+        sim.update_assignment(ACCOUNT, "u_1", "u_1_a1", due_date="2027-01-01T00:00:00.000Z")
+        await rx.wait_for(2, 10)  # updated + due_date_changed, after failures
+    attempts: dict[str, list[int]] = {}
+    for request in rx.received:
+        attempts.setdefault(request.webhook_id or "", []).append(request.status)
+    assert len(attempts) == 2
+    assert sorted(map(tuple, attempts.values())) == [(200,), (500, 502, 200)] or sorted(
+        map(tuple, attempts.values())
+    ) == [(500, 200), (502, 200)]
+
+
+async def test_gone_disables_the_endpoint_and_holds_its_events(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    rx.default_answer = Answer(status=410)
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"])
+    async with running(settings) as service:
+        await baseline_taken(redis, "u_1")
+        sim.update_assignment(ACCOUNT, "u_1", "u_1_a1", due_date="2027-01-01T00:00:00.000Z")
+        await rx.wait_for(lambda _: len(rx.received) >= 1, 10)
+        await asyncio.sleep(0.3)
+        sent = len(rx.received)  # both events may have been in flight together
+        await asyncio.sleep(1.5)
+        state = await service.endpoint_store.state("hr")
+        depth = await service.queue.depth("hr")
+    assert state["status"] == "disabled" and state["disabled_reason"] == "410 Gone"
+    assert len(rx.received) == sent <= 2  # not hammered after the 410
+    assert depth == 2  # updated + due_date_changed, held for when it is enabled again
+
+
+async def test_spent_schedule_dead_letters_with_the_last_error(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    rx.default_answer = Answer(status=500)
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url, events=[ev.UPDATED])], ["u_1"]
+    )
+    async with running(settings) as service:
+        await baseline_taken(redis, "u_1")
+        sim.update_assignment(ACCOUNT, "u_1", "u_1_a1", due_date="2027-01-01T00:00:00.000Z")
+        async with asyncio.timeout(10):
+            while await service.queue.dead_count("hr") < 1:
+                await asyncio.sleep(0.05)
+        [letter] = await service.queue.dead_letters("hr")
+        depth = await service.queue.depth("hr")
+    assert depth == 0
+    assert letter["attempts"] == 3  # the first attempt and the schedule's two retries
+    assert letter["last_status"] == 500 and "500" in letter["last_error"]
+    assert letter["event"]["type"] == ev.UPDATED
+    assert [r.webhook_id for r in rx.received] == [letter["event_id"]] * 3
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(rx.received)]
+    assert all(g >= 0.2 * 0.8 - 0.02 for g in gaps)  # 200 ms schedule, ±20% jitter
+
+
+async def test_upstream_retry_after_pauses_requests(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    _, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"])
+    async with running(settings):
+        await baseline_taken(redis, "u_1")
+        sim.faults.forced.append({"status": 429, "retry_after": "2"})
+        sim.clear_requests()
+        await asyncio.sleep(3.5)
+    times = [r.time for r in sim.requests]
+    statuses = [r.status for r in sim.requests]
+    assert statuses[0] == 429 and statuses[1] == 200
+    assert times[1] - times[0] >= 1.95  # the whole key paused for Retry-After
+    assert all(s == 200 for s in statuses[1:])
+
+
+@pytest.mark.parametrize(
+    "fault", [{"malformed_json": True}, {"wrong_shape": True}, {"status": 500}]
+)
+async def test_bad_upstream_pages_are_logged_and_retried(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx, fault: dict[str, Any]
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 3)  # page_size 2: two pages
+    settings = make_settings(redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"])
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings) as service:
+            await baseline_taken(redis, "u_1")
+            # every attempt of the next poll fails (the client retries 4 times)
+            sim.faults.forced.extend([fault] * 4)  # type: ignore[list-item]
+            sim.progress(ACCOUNT, "u_1", "u_1_a3", 50)
+            await rx.wait_for(lambda es: len(of_type(es, ev.PROGRESS_CHANGED)) == 1, 15)
+            ready = await service.readiness()
+    assert all(ready.values())
+    failures = [entry for entry in logs if entry["event"] == "poll_failed"]
+    assert failures and failures[0]["user_id"] == "u_1"
+    assert len(of_type(rx.events, ev.PROGRESS_CHANGED)) == 1
+
+
+async def test_record_without_id_is_counted_and_skipped(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"],
+        polling={"emit_on_first_sync": True},
+    )  # fmt: skip
+    sim.faults.forced.append({"missing_id": True})
+    with structlog.testing.capture_logs() as logs:
+        async with running(settings) as service:
+            await rx.wait_for(2, 10)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{service.http_url}/metrics") as response:
+                    metrics = await response.text()
+    skipped = [entry for entry in logs if entry["event"] == "record_without_id_skipped"]
+    assert skipped and skipped[0]["count"] == 1
+    assert 'lms_webhooks_records_skipped_total{reason="missing_id"} 1.0' in metrics
+    # the record came back with its id on the next poll: both assignments were created
+    assert sorted(e.data["assignment_id"] for e in of_type(rx.events, ev.CREATED)) == [
+        "u_1_a1",
+        "u_1_a2",
+    ]
+
+
+async def test_health_ready_and_metrics(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"],
+        polling={"emit_on_first_sync": True},
+    )  # fmt: skip
+    async with running(settings) as service, aiohttp.ClientSession() as http:
+        await rx.wait_for(1, 10)
+        async with http.get(f"{service.http_url}/healthz") as response:
+            assert response.status == 200
+        async with http.get(f"{service.http_url}/readyz") as response:
+            assert response.status == 200
+            assert (await response.json())["checks"] == {
+                "redis": True, "poller": True, "dispatcher": True,
+            }  # fmt: skip
+        async with http.get(f"{service.http_url}/metrics") as response:
+            text = await response.text()
+    for line in (
+        'lms_webhooks_upstream_requests_total{status="200"}',
+        'lms_webhooks_events_total{type="assignment.created"} 1.0',
+        'lms_webhooks_deliveries_total{endpoint="hr",outcome="success"} 1.0',
+        'lms_webhooks_queue_depth{endpoint="hr"} 0.0',
+        'lms_webhooks_dead_letters{endpoint="hr"} 0.0',
+        "lms_webhooks_poll_duration_seconds_count",
+        'lms_webhooks_delivery_latency_seconds_count{endpoint="hr"} 1.0',
+    ):
+        assert line in text, line
+
+
+async def test_readyz_fails_while_redis_is_unreachable(lms: Sim) -> None:
+    _, lms_url = lms
+    settings = make_settings("redis://127.0.0.1:1/0", lms_url, [], ["u_1"])
+    async with running(settings) as service, aiohttp.ClientSession() as http:
+        await asyncio.sleep(0.6)  # a few scheduler ticks fail against the missing Redis
+        async with http.get(f"{service.http_url}/readyz") as response:
+            assert response.status == 503
+            assert (await response.json())["checks"]["redis"] is False
+        async with http.get(f"{service.http_url}/healthz") as response:
+            assert response.status == 200

@@ -1,0 +1,119 @@
+"""The StackOne client against the simulator over HTTP."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from service.config import StackOneSettings
+from service.errors import UpstreamMalformed, UpstreamRejected, UpstreamUnavailable
+from service.metrics import Metrics
+from service.sim.lms import SimLMS
+from service.store.limits import SharedLimiter
+from service.upstream.client import StackOneClient
+from service.upstream.model import Page
+from tests.conftest import API_KEY
+
+USER = "user/with spaces"  # ids are URL-encoded on the way out
+ACCOUNT = "acc 1"
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def client(
+    redis: Redis, lms: tuple[SimLMS, str]
+) -> AsyncIterator[tuple[StackOneClient, SimLMS]]:
+    sim, url = lms
+    for n in range(5):
+        sim.put_assignment(ACCOUNT, USER, {"id": f"a{n}"})
+    settings = StackOneSettings(base_url=url, api_key=API_KEY, page_size=2)  # type: ignore[arg-type]
+    async with aiohttp.ClientSession() as session:
+        yield (
+            StackOneClient(session, settings, SharedLimiter(redis), Metrics(), sleep=no_sleep),
+            sim,
+        )
+
+
+async def read_all(client: StackOneClient, since: datetime | None = None) -> list[Page]:
+    return [page async for page in client.pages(ACCOUNT, USER, since)]
+
+
+async def test_pages_follow_next_with_auth_and_account(
+    client: tuple[StackOneClient, SimLMS],
+) -> None:
+    stackone, sim = client
+    sim.faults.max_page_records = 1  # short pages that still carry a next are not the end
+    pages = await read_all(stackone)
+    assert [r["id"] for p in pages for r in p.records] == [f"a{n}" for n in range(5)]
+    assert pages[-1].next is None
+    first = sim.requests[0]
+    assert first.auth_ok and first.account_id == ACCOUNT
+    assert first.user_id == USER and first.query["page_size"] == "2"
+    assert all(r.query.get("next") for r in sim.requests[1:])
+    assert base64.b64encode(f"{API_KEY}:".encode()).decode() in stackone._auth
+
+
+@pytest.mark.parametrize(
+    ("style", "param"), [("deep_object", "filter[updated_after]"), ("form", "updated_after")]
+)
+async def test_updated_after_filter_styles(
+    client: tuple[StackOneClient, SimLMS], style: str, param: str
+) -> None:
+    stackone, sim = client
+    stackone.settings = stackone.settings.model_copy(update={"filter_style": style})
+    since = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    await read_all(stackone, since)
+    assert sim.requests[0].query[param] == "2026-01-02T03:04:05.678Z"
+
+
+async def test_server_errors_are_retried(client: tuple[StackOneClient, SimLMS]) -> None:
+    stackone, sim = client
+    sim.faults.forced.extend([{"status": 500}, {"status": 502}])
+    pages = await read_all(stackone)
+    assert sum(len(p.records) for p in pages) == 5
+    assert [r.status for r in sim.requests][:3] == [500, 502, 200]
+    sim.faults.forced.extend([{"status": 503}] * 4)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await read_all(stackone)
+    assert caught.value.status == 503
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 412])
+async def test_rejections_are_not_retried(
+    client: tuple[StackOneClient, SimLMS], status: int
+) -> None:
+    stackone, sim = client
+    sim.faults.forced.append({"status": status})
+    with pytest.raises(UpstreamRejected) as caught:
+        await read_all(stackone)
+    assert caught.value.status == status and len(sim.requests) == 1
+
+
+@pytest.mark.parametrize("fault", [{"malformed_json": True}, {"wrong_shape": True}, "runaway_next"])
+async def test_malformed_answers_fail_the_read(
+    client: tuple[StackOneClient, SimLMS], fault: object
+) -> None:
+    stackone, sim = client
+    if fault == "runaway_next":
+        sim.faults.runaway_next = True
+        stackone.settings = stackone.settings.model_copy(update={"max_pages": 20})
+    else:
+        sim.faults.forced.append(fault)  # type: ignore[arg-type]
+    with pytest.raises(UpstreamMalformed):
+        await read_all(stackone)
+
+
+async def test_record_without_id_is_skipped(client: tuple[StackOneClient, SimLMS]) -> None:
+    stackone, sim = client
+    sim.faults.forced.append({"missing_id": True})
+    pages = await read_all(stackone)
+    assert pages[0].without_id == 1
+    assert sum(len(p.records) for p in pages) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,8 +18,8 @@ from service import events as ev
 from service.app import Service
 from service.config import Settings
 from service.sim.lms import SimLMS
-from service.sim.receiver import Answer, ReceivedEvent, Receiver
-from tests.conftest import ACCOUNT, endpoint, make_settings
+from service.sim.receiver import Answer, ReceivedEvent, Receiver, hang, start_receiver_server
+from tests.conftest import ACCOUNT, SECRET, endpoint, make_settings
 from tests.redis_server import RedisServer
 
 Sim = tuple[SimLMS, str]
@@ -324,3 +325,37 @@ async def test_readyz_fails_while_redis_is_unreachable(lms: Sim) -> None:
             assert (await response.json())["checks"]["redis"] is False
         async with http.get(f"{service.http_url}/healthz") as response:
             assert response.status == 200
+
+
+async def test_a_hanging_endpoint_does_not_stall_another(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    healthy, healthy_url = receiver
+    stuck = Receiver([SECRET])
+    stuck.default_answer = hang(30)
+    stuck_runner, stuck_url = await start_receiver_server(stuck)
+    seed_user(sim, "u_1", 1)
+    endpoints = [endpoint(stuck_url, "stuck", timeout="10s", concurrency=1),
+                 endpoint(healthy_url, "healthy")]  # fmt: skip
+    settings = make_settings(redis_server.url, lms_url, endpoints, ["u_1"])
+    try:
+        async with running(settings):
+            await baseline_taken(redis, "u_1")
+            for progress in (10, 20, 30):
+                changed_at = time.time()
+                sim.progress(ACCOUNT, "u_1", "u_1_a1", progress)
+                await healthy.wait_for(
+                    lambda es, p=progress: any(
+                        e.data["assignment"]["progress"] == p for e in es
+                    ),
+                    5,
+                )  # fmt: skip
+                # one poll interval (0.5 s) and delivery: the stuck endpoint adds nothing
+                assert time.time() - changed_at < 2.0
+    finally:
+        await stuck_runner.cleanup()
+    assert len(stuck.received) == 1  # its single slot is still waiting on the first event
+    # incremental polls read from the watermark minus the overlap
+    incremental = [r for r in sim.requests if "filter[updated_after]" in r.query]
+    assert incremental and all(r.query["filter[updated_after]"].endswith("Z") for r in incremental)

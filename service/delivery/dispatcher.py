@@ -51,7 +51,10 @@ class EndpointWorker:
                     continue
                 free = self.endpoint.concurrency - len(self.inflight)
                 if free <= 0:
-                    await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                    # bounded, so a stop is noticed even while every slot hangs
+                    await asyncio.wait(
+                        self.inflight, timeout=IDLE_WAIT, return_when=asyncio.FIRST_COMPLETED
+                    )
                     continue
                 now = self.d.clock()
                 lease = int((now + self._lease_seconds(free)) * 1000)

@@ -1,0 +1,32 @@
+# Quick start:  make demo   |   make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test lint typecheck check ci clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the simulated LMS, the in-memory store and a verifying receiver, live
+	$(BIN)/lms-webhooks demo $(if $(DURATION),--duration $(DURATION))
+
+test: $(STAMP)  ## the whole suite against a throwaway redis-server
+	scripts/ensure-redis-server
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""The commands as a user runs them: demo, simulate-lms, receive."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from tests.conftest import SECRET
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", *args], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"},
+    )  # fmt: skip
+
+
+async def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.mark.slow
+def test_demo_shows_verified_completions_within_30_seconds() -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "demo", "--duration", "20"], cwd=ROOT, text=True,
+        capture_output=True, timeout=60, env={**os.environ, "CI": "1"}, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 30
+    lines = proc.stdout.splitlines()
+    completed = [line for line in lines if "assignment.completed" in line]
+    assert completed and all("verified" in line for line in completed)
+    assert not [line for line in lines if "INVALID" in line]
+    assert "signatures verified" in lines[-1]
+
+
+async def test_simulate_lms_serves_the_unified_api() -> None:
+    port = free_port()
+    proc = start("simulate-lms", "--port", str(port), "--users", "2", "--assignments", "3")
+    try:
+        await wait_for_port(port)
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}/unified/lms/users/u_1/assignments"
+            auth = {"Authorization": "Basic " + base64.b64encode(b"sim_key:").decode()}
+            async with http.get(url, headers={**auth, "x-account-id": "acc_1"}) as response:
+                assert response.status == 200
+                body = await response.json()
+            async with http.get(url, headers={"x-account-id": "acc_1"}) as response:
+                assert response.status == 401
+        assert len(body["data"]) == 3 and body["next"] is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
+async def test_receive_verifies_and_prints_events() -> None:
+    port = free_port()
+    proc = start("receive", "--secret", SECRET, "--port", str(port))
+    body = '{"id":"evt_1","type":"assignment.completed","data":{"user_id":"u_1"}}'
+    headers = {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(int(time.time())),
+        "webhook-signature": Webhook(SECRET).sign("evt_1", datetime.now(UTC), body),
+        "content-type": "application/json",
+    }
+    try:
+        await wait_for_port(port)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/hooks", data=body, headers=headers) as r:
+                assert r.status == 200
+            bad = {**headers, "webhook-signature": "v1,AAAA"}
+            async with http.post(f"http://127.0.0.1:{port}/hooks", data=body, headers=bad) as r:
+                assert r.status == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "✓" in out and "assignment.completed" in out and "✗" in out
+
+
+def test_receive_rejects_a_malformed_secret() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "receive", "--secret", "plain"], cwd=ROOT,
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "whsec_" in proc.stderr

@@ -72,26 +72,14 @@ async def serve(settings: Settings, role: Role) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    secrets = [settings.stackone.api_key.get_secret_value()]
-    secrets += [s.get_secret_value() for e in settings.endpoints for s in e.secret]
-    if settings.http.admin_token:
-        secrets.append(settings.http.admin_token.get_secret_value())
-    configure_logging(settings.log.level, settings.log.format, secrets)
+    settings = load_settings(args.config)
+    configure_logging(settings.log.level, settings.log.format, settings.secret_values())
     asyncio.run(serve(settings, args.role))
     return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    settings = load_settings(args.config)
     users = sum(len(a.users) for a in settings.accounts)
     print(
         f"config ok: {len(settings.accounts)} account(s), {users} user(s), "
@@ -133,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("receive: --secret must look like whsec_<base64>", file=sys.stderr)
                 return EXIT_USAGE
             return _until_interrupted(run_standalone_receiver(args.secret, args.host, args.port))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as e:  # e.g. a port already in use
         print(f"lms-webhooks {args.command}: {e}", file=sys.stderr)
         return EXIT_FAILURE

@@ -208,6 +208,14 @@ class Settings(_Strict):
             raise ValueError("accounts: an account_id appears twice")
         return self
 
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redactor."""
+        values = [self.stackone.api_key.get_secret_value()]
+        values += [s.get_secret_value() for e in self.endpoints for s in e.secret]
+        if self.http.admin_token:
+            values.append(self.http.admin_token.get_secret_value())
+        return values
+
     def endpoint(self, endpoint_id: str) -> EndpointSettings | None:
         return next((e for e in self.endpoints if e.id == endpoint_id), None)
 

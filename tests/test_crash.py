@@ -115,6 +115,9 @@ async def test_kill_between_commit_and_delivery(
         ev.UPDATED, ev.STATUS_CHANGED, ev.COMPLETED, ev.PROGRESS_CHANGED,
     }  # fmt: skip
     assert await redis.zcard("lw:ep:hr:due") == 0
+    log = run_process.log.read_text()
+    assert "delivery_attempt" in log
+    assert API_KEY not in log and SECRET not in log and SECRET[6:] not in log
 
 
 async def test_kill_in_the_middle_of_a_poll(

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
@@ -56,9 +57,24 @@ async def errors_as_json(
 
 
 def create_api(service: Service) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json])
+    from service.admin import add_admin_routes, bearer_auth
+    from service.openapi import build_openapi
+
+    token = service.settings.http.admin_token
+    middlewares: list[Middleware] = [errors_as_json]
+    if token is not None:
+        middlewares.append(bearer_auth(token.get_secret_value()))
+    app = web.Application(middlewares=middlewares)
     app[SERVICE_KEY] = service
+    document = build_openapi(admin=token is not None)
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    if token is not None:
+        add_admin_routes(app)
     return app

@@ -16,7 +16,9 @@ from redis.exceptions import RedisError
 
 from service.api import create_api
 from service.config import Settings
+from service.delivery.breaker import ACTIVE, DISABLED, PAUSED
 from service.delivery.dispatcher import Dispatcher
+from service.delivery.ssrf import GuardedResolver
 from service.metrics import Metrics
 from service.poller import Poller
 from service.schedule import LEASE_SECONDS, PollScheduler
@@ -25,6 +27,7 @@ from service.store.endpoints import EndpointStore
 from service.store.limits import SharedLimiter
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
+from service.store.users import TrackedUsers
 from service.upstream.client import StackOneClient
 
 log = structlog.get_logger("service")
@@ -53,6 +56,7 @@ class Service:
         self.endpoint_store = EndpointStore(self.redis)
         self.poll_store = PollStore(self.redis)
         self.limiter = SharedLimiter(self.redis)
+        self.users = TrackedUsers(self.redis, settings)
         self.scheduler: PollScheduler | None = None
         self.dispatcher: Dispatcher | None = None
         self.http_url: str | None = None
@@ -62,24 +66,36 @@ class Service:
     async def start(self) -> None:
         if self.role in ("all", "dispatcher"):
             # its own connection pool: deliveries never wait behind upstream requests
-            delivery_session = self._session(limit=200)
+            delivery_session = self._session(
+                limit=200,
+                resolver=GuardedResolver(self.settings.delivery.allow_private_addresses),
+            )
             self.dispatcher = Dispatcher(
-                self.queue, self.endpoint_store, self.limiter, delivery_session,
-                self.settings, self.metrics, clock=self.clock, rng=random.Random(),
-            )  # fmt: skip
+                self.queue,
+                self.endpoint_store,
+                self.limiter,
+                delivery_session,
+                self.settings,
+                self.metrics,
+                clock=self.clock,
+                rng=random.Random(),
+            )
             self.dispatcher.start()
         if self.role in ("all", "poller"):
             client = StackOneClient(
                 self._session(limit=100), self.settings.stackone, self.limiter, self.metrics
             )
             poller = Poller(
-                self.poll_store, client, self.settings, self.metrics,
+                self.poll_store,
+                client,
+                self.settings,
+                self.metrics,
                 lease_seconds=LEASE_SECONDS,
                 on_committed=self.dispatcher.wake if self.dispatcher else None,
                 clock=self.clock,
-            )  # fmt: skip
+            )
             self.scheduler = PollScheduler(
-                self.poll_store, poller, self.settings, self.metrics, clock=self.clock
+                self.poll_store, self.users, poller, self.settings, self.metrics, clock=self.clock
             )
             self.scheduler.start()
         if self.serve_http:
@@ -90,11 +106,18 @@ class Service:
             await site.start()
             host, port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
             self.http_url = f"http://{host}:{port}"
-        log.info("service_started", role=self.role, http=self.http_url,
-                 endpoints=len(self.settings.endpoints))  # fmt: skip
+        log.info(
+            "service_started",
+            role=self.role,
+            http=self.http_url,
+            endpoints=len(self.settings.endpoints),
+        )
 
-    def _session(self, limit: int) -> aiohttp.ClientSession:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
+    def _session(
+        self, limit: int, resolver: aiohttp.abc.AbstractResolver | None = None
+    ) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=limit, resolver=resolver)
+        session = aiohttp.ClientSession(connector=connector)
         self._sessions.append(session)
         return session
 
@@ -112,6 +135,32 @@ class Service:
             await session.close()
         await self.redis.aclose()
         log.info("service_stopped")
+
+    # -- what the admin API and the CLI do, in one place --
+
+    async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
+        """Queue dead letters again with their ids (all of the endpoint's when none given)."""
+        queued = await self.queue.replay(endpoint_id, int(self.clock() * 1000), event_ids)
+        log.info("dead_letters_replayed", endpoint=endpoint_id, queued=queued)
+        if self.dispatcher:
+            self.dispatcher.wake({endpoint_id})
+        return queued
+
+    def in_config(self, account_id: str, user_id: str) -> bool:
+        return self.users.in_config(account_id, user_id)
+
+    async def tracked_users(self) -> list[dict[str, object]]:
+        return await self.users.describe()
+
+    async def add_user(self, account_id: str, user_id: str) -> bool:
+        added = await self.users.add(account_id, user_id, due_ms=int(self.clock() * 1000))
+        log.info("user_added", account_id=account_id, user_id=user_id, added=added)
+        return added
+
+    async def remove_user(self, account_id: str, user_id: str) -> bool:
+        removed = await self.users.remove(account_id, user_id)
+        log.info("user_removed", account_id=account_id, user_id=user_id, removed=removed)
+        return removed
 
     async def readiness(self) -> dict[str, bool]:
         try:
@@ -131,5 +180,9 @@ class Service:
             self.metrics.dead_letters.labels(endpoint.id).set(
                 await self.queue.dead_count(endpoint.id)
             )
-            disabled = await self.endpoint_store.is_disabled(endpoint.id)
-            self.metrics.endpoint_disabled.labels(endpoint.id).set(1 if disabled else 0)
+            health = await self.endpoint_store.health(endpoint.id)
+            for state in (ACTIVE, PAUSED, DISABLED):
+                self.metrics.endpoint_state.labels(endpoint.id, state).set(
+                    1 if health.status == state else 0
+                )
+            self.metrics.endpoint_failures.labels(endpoint.id).set(health.consecutive_failures)

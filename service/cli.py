@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Sequence
+
+from redis.exceptions import RedisError
 
 from service import __version__
 from service.app import Role, Service
@@ -39,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("--config", required=True)
+
+    replay = commands.add_parser("replay", help="queue dead letters again, same event ids")
+    replay.add_argument("--config", required=True)
+    replay.add_argument("--endpoint", required=True, help="endpoint id")
+    replay.add_argument("--id", action="append", dest="ids", help="event id (repeat; none: all)")
+
+    letters = commands.add_parser("dead-letters", help="list an endpoint's dead letters (JSON)")
+    letters.add_argument("--config", required=True)
+    letters.add_argument("--endpoint", required=True, help="endpoint id")
+    letters.add_argument("--limit", type=int, default=100)
 
     sim = commands.add_parser("simulate-lms", help="the simulated StackOne LMS API")
     sim.add_argument("--host", default="127.0.0.1")
@@ -88,6 +101,24 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _dead_letter_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`replay` and `dead-letters`: the same Service code the admin API calls."""
+    if settings.endpoint(args.endpoint) is None:
+        print(f"unknown endpoint {args.endpoint!r}", file=sys.stderr)
+        return EXIT_USAGE
+    service = Service(settings, serve_http=False)
+    try:
+        if args.command == "replay":
+            queued = await service.replay(args.endpoint, args.ids)
+            print(json.dumps({"endpoint": args.endpoint, "queued": queued}))
+        else:
+            letters = await service.queue.dead_letters(args.endpoint, args.limit)
+            print(json.dumps({"endpoint": args.endpoint, "dead_letters": letters}, indent=2))
+    finally:
+        await service.redis.aclose()
+    return EXIT_OK
+
+
 def _until_interrupted(coro: object) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)  # type: ignore[arg-type]
@@ -101,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "check-config":
             return _check_config(args)
+        if args.command in ("replay", "dead-letters"):
+            settings = load_settings(args.config)
+            configure_logging("warning", "console", settings.secret_values())
+            return asyncio.run(_dead_letter_command(settings, args))
         if args.command == "demo":
             from service.sim.demo import run_demo
 
@@ -124,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as e:  # e.g. a port already in use
+    except (OSError, RedisError) as e:  # e.g. a port already in use, Redis unreachable
         print(f"lms-webhooks {args.command}: {e}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands

@@ -46,3 +46,18 @@ class UpstreamMalformed(UpstreamError):
 
 class StaleLease(LmsWebhooksError):
     """Another process took over this work while we held it; our results are dropped."""
+
+
+class AddressRefused(LmsWebhooksError, OSError):
+    """An endpoint resolved to a loopback/private/link-local address (the SSRF guard).
+
+    An OSError too, so aiohttp's connector passes it through as a connection error.
+    """
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(
+            f"{host} resolves to non-public address {address}; "
+            "set delivery.allow_private_addresses to allow it"
+        )
+        self.host = host
+        self.address = address

@@ -64,9 +64,15 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
-        self.endpoint_disabled = Gauge(
-            "lms_webhooks_endpoint_disabled",
-            "1 while the endpoint is disabled.",
+        self.endpoint_state = Gauge(
+            "lms_webhooks_endpoint_state",
+            "1 for the endpoint's current state (active, paused, disabled), else 0.",
+            ["endpoint", "state"],
+            registry=r,
+        )
+        self.endpoint_failures = Gauge(
+            "lms_webhooks_endpoint_consecutive_failures",
+            "Failed attempts in a row per endpoint.",
             ["endpoint"],
             registry=r,
         )

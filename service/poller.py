@@ -121,9 +121,14 @@ class Poller:
                 seen.add(assignment_id)
                 updated_values.append(record.get("updated_at"))
                 change = detect(
-                    account_id, user_id, assignment_id, snapshots.get(assignment_id), record,
-                    now=now, emit=emit,
-                )  # fmt: skip
+                    account_id,
+                    user_id,
+                    assignment_id,
+                    snapshots.get(assignment_id),
+                    record,
+                    now=now,
+                    emit=emit,
+                )
                 if change is not None:
                     assert change.snapshot is not None
                     snapshots[assignment_id] = change.snapshot

@@ -10,7 +10,6 @@ import asyncio
 import time
 import zlib
 from collections.abc import Callable
-from typing import cast
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -22,6 +21,7 @@ from service.metrics import Metrics
 from service.poller import Lease, Poller
 from service.store import keys
 from service.store.polls import PollStore
+from service.store.users import TrackedUsers
 
 log = structlog.get_logger("schedule")
 
@@ -48,6 +48,7 @@ class PollScheduler:
     def __init__(
         self,
         store: PollStore,
+        users: TrackedUsers,
         poller: Poller,
         settings: Settings,
         metrics: Metrics,
@@ -55,6 +56,7 @@ class PollScheduler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.users = users
         self.poller = poller
         self.settings = settings
         self.metrics = metrics
@@ -90,20 +92,10 @@ class PollScheduler:
         for lease in list(self.leases.values()):  # cancelled polls: due again at once
             await self._release(lease, int(self.clock() * 1000), {})
 
-    async def tracked_members(self) -> set[str]:
-        members = {
-            keys.user_member(account.account_id, user)
-            for account in self.settings.accounts
-            for user in account.users
-        }
-        runtime = cast(set[str], await self.store.redis.smembers(keys.RUNTIME_USERS))
-        members |= runtime
-        return members
-
     async def sync_users(self) -> None:
         """Schedule newly tracked users, unschedule users no longer tracked."""
         try:
-            tracked = await self.tracked_members()
+            tracked = await self.users.members()
             scheduled = await self.store.scheduled_users()
             now = self.clock()
             interval = self.settings.polling.interval
@@ -153,9 +145,15 @@ class PollScheduler:
         outcome = "ok"
         try:
             result = await self.poller.poll(lease)
-            log.debug("poll_done", account_id=lease.account_id, user_id=lease.user_id,
-                      full=result.full, pages=result.pages, changes=result.changes,
-                      events=result.events)  # fmt: skip
+            log.debug(
+                "poll_done",
+                account_id=lease.account_id,
+                user_id=lease.user_id,
+                full=result.full,
+                pages=result.pages,
+                changes=result.changes,
+                events=result.events,
+            )
         except StaleLease:
             outcome = "stale"
             log.warning("poll_lease_lost", account_id=lease.account_id, user_id=lease.user_id)

@@ -24,9 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", *args], cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"},
-    )  # fmt: skip
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "CI": "1"},
+    )
 
 
 async def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -45,9 +49,14 @@ async def wait_for_port(port: int, timeout: float = 10.0) -> None:
 def test_demo_shows_verified_completions_within_30_seconds() -> None:
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "demo", "--duration", "20"], cwd=ROOT, text=True,
-        capture_output=True, timeout=60, env={**os.environ, "CI": "1"}, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "service", "demo", "--duration", "20"],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "CI": "1"},
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < 30
     lines = proc.stdout.splitlines()
@@ -103,7 +112,11 @@ async def test_receive_verifies_and_prints_events() -> None:
 
 def test_receive_rejects_a_malformed_secret() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "receive", "--secret", "plain"], cwd=ROOT,
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "service", "receive", "--secret", "plain"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 2 and "whsec_" in proc.stderr

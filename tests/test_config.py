@@ -27,9 +27,18 @@ ENV = {"KEY": "sk_live_supersecret", "SECRET": "whsec_c3VwZXJzZWNyZXR3ZWJob29r"}
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(5, 5.0), (0.5, 0.5), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("2h", 7200.0),
-     ("1d", 86400.0), ("1.5s", 1.5), ("10", 10.0)],
-)  # fmt: skip
+    [
+        (5, 5.0),
+        (0.5, 0.5),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("1.5s", 1.5),
+        ("10", 10.0),
+    ],
+)
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -80,7 +89,7 @@ def test_minimal_config_defaults_and_secrets_hidden(tmp_path: Path) -> None:
         (("secret: ${SECRET}", "secret: ${SECRET}\n    timeout: soon"), "endpoints.0.timeout"),
         (("redis_url: redis", "redis_url: mysql"), "redis_url"),
     ],
-)  # fmt: skip
+)
 def test_errors_name_the_key(tmp_path: Path, change: tuple[str, str], path: str) -> None:
     text = MINIMAL.replace(*change)
     with pytest.raises(ConfigError) as caught:
@@ -107,15 +116,21 @@ def test_check_config_subprocess_exit_codes(tmp_path: Path) -> None:
     bad = write(tmp_path, MINIMAL.replace("  - id: hr", "  - id: hr\n    retries: 3"))
     proc = subprocess.run(
         [sys.executable, "-m", "service", "check-config", "--config", str(bad)],
-        capture_output=True, text=True, env={"KEY": "k", "SECRET": ENV["SECRET"], "PATH": ""},
-        cwd=ROOT, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={"KEY": "k", "SECRET": ENV["SECRET"], "PATH": ""},
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "endpoints.0.retries" in proc.stderr
     usage = subprocess.run(
-        [sys.executable, "-m", "service", "run"], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-m", "service", "run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
         check=False,
-    )  # fmt: skip
+    )
     assert usage.returncode == 2
 
 

@@ -42,8 +42,11 @@ class RunProcess:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service", "run", "--config", "config/test.yaml"],
-                cwd=ROOT, env=self.env, stdout=out, stderr=out,
-            )  # fmt: skip
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
 
     def kill(self) -> None:
         assert self.process is not None
@@ -59,9 +62,11 @@ class RunProcess:
 
 @pytest.fixture
 def run_process(
-    redis_server: RedisServer, lms: tuple[SimLMS, str], receiver: tuple[Receiver, str],
+    redis_server: RedisServer,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
     tmp_path: Path,
-) -> Iterator[RunProcess]:  # fmt: skip
+) -> Iterator[RunProcess]:
     process = RunProcess(redis_server.url, lms[1], receiver[1], tmp_path / "run.log")
     yield process
     if process.process and process.process.poll() is None:
@@ -112,8 +117,11 @@ async def test_kill_between_commit_and_delivery(
     assert len(delivered) == 4 == len(rx.events)
     assert in_flight <= delivered.keys()  # redelivered with the webhook-id they first had
     assert {e.type for e in delivered.values()} == {
-        ev.UPDATED, ev.STATUS_CHANGED, ev.COMPLETED, ev.PROGRESS_CHANGED,
-    }  # fmt: skip
+        ev.UPDATED,
+        ev.STATUS_CHANGED,
+        ev.COMPLETED,
+        ev.PROGRESS_CHANGED,
+    }
     assert await redis.zcard("lw:ep:hr:due") == 0
     log = run_process.log.read_text()
     assert "delivery_attempt" in log

@@ -162,9 +162,14 @@ def test_baseline_stores_snapshot_without_events() -> None:
 def test_same_change_same_ids_whenever_detected() -> None:
     first = detect("a", "u", "1", Snapshot(1, record()), record(progress=5), now=NOW, emit=True)
     again = detect(
-        "a", "u", "1", Snapshot(1, record()), record(progress=5),
-        now=NOW + timedelta(minutes=5), emit=True,
-    )  # fmt: skip
+        "a",
+        "u",
+        "1",
+        Snapshot(1, record()),
+        record(progress=5),
+        now=NOW + timedelta(minutes=5),
+        emit=True,
+    )
     assert first is not None and again is not None
     assert [e["id"] for e in first.events] == [e["id"] for e in again.events]
     other_user = detect(

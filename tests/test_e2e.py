@@ -60,9 +60,12 @@ async def test_every_event_type_fires_when_it_should(
     rx, rx_url = receiver
     seed_user(sim, "u_1", 3)
     settings = make_settings(
-        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"],
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1"],
         polling={"full_resync_interval": "1s"},
-    )  # fmt: skip
+    )
     async with running(settings):
         await baseline_taken(redis, "u_1")
         await asyncio.sleep(1.0)
@@ -137,9 +140,13 @@ async def test_emit_on_first_sync_and_endpoint_filters(
     paths = [(e.type, e.data["assignment_id"]) for e in rx.events]
     # `hr` gets created ×2 + completed; `completions-only` the completion; `other-account` none
     assert sorted(paths) == sorted(
-        [(ev.CREATED, "u_1_a1"), (ev.CREATED, "u_1_a2"), (ev.COMPLETED, "u_1_a2"),
-         (ev.COMPLETED, "u_1_a2")]
-    )  # fmt: skip
+        [
+            (ev.CREATED, "u_1_a1"),
+            (ev.CREATED, "u_1_a2"),
+            (ev.COMPLETED, "u_1_a2"),
+            (ev.COMPLETED, "u_1_a2"),
+        ]
+    )
 
 
 async def test_failed_delivery_is_retried_with_the_same_id(
@@ -178,9 +185,9 @@ async def test_gone_disables_the_endpoint_and_holds_its_events(
         await asyncio.sleep(0.3)
         sent = len(rx.received)  # both events may have been in flight together
         await asyncio.sleep(1.5)
-        state = await service.endpoint_store.state("hr")
+        health = await service.endpoint_store.health("hr")
         depth = await service.queue.depth("hr")
-    assert state["status"] == "disabled" and state["disabled_reason"] == "410 Gone"
+    assert health.status == "disabled" and health.disabled_reason == "410 Gone"
     assert len(rx.received) == sent <= 2  # not hammered after the 410
     assert depth == 2  # updated + due_date_changed, held for when it is enabled again
 
@@ -262,9 +269,12 @@ async def test_record_without_id_is_counted_and_skipped(
     rx, rx_url = receiver
     seed_user(sim, "u_1", 2)
     settings = make_settings(
-        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"],
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1"],
         polling={"emit_on_first_sync": True},
-    )  # fmt: skip
+    )
     sim.faults.forced.append({"missing_id": True})
     with structlog.testing.capture_logs() as logs:
         async with running(settings) as service:
@@ -289,9 +299,12 @@ async def test_health_ready_and_metrics(
     rx, rx_url = receiver
     seed_user(sim, "u_1", 1)
     settings = make_settings(
-        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"],
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1"],
         polling={"emit_on_first_sync": True},
-    )  # fmt: skip
+    )
     async with running(settings) as service, aiohttp.ClientSession() as http:
         await rx.wait_for(1, 10)
         async with http.get(f"{service.http_url}/healthz") as response:
@@ -299,8 +312,10 @@ async def test_health_ready_and_metrics(
         async with http.get(f"{service.http_url}/readyz") as response:
             assert response.status == 200
             assert (await response.json())["checks"] == {
-                "redis": True, "poller": True, "dispatcher": True,
-            }  # fmt: skip
+                "redis": True,
+                "poller": True,
+                "dispatcher": True,
+            }
         async with http.get(f"{service.http_url}/metrics") as response:
             text = await response.text()
     for line in (
@@ -336,8 +351,10 @@ async def test_a_hanging_endpoint_does_not_stall_another(
     stuck.default_answer = hang(30)
     stuck_runner, stuck_url = await start_receiver_server(stuck)
     seed_user(sim, "u_1", 1)
-    endpoints = [endpoint(stuck_url, "stuck", timeout="10s", concurrency=1),
-                 endpoint(healthy_url, "healthy")]  # fmt: skip
+    endpoints = [
+        endpoint(stuck_url, "stuck", timeout="10s", concurrency=1),
+        endpoint(healthy_url, "healthy"),
+    ]
     settings = make_settings(redis_server.url, lms_url, endpoints, ["u_1"])
     try:
         async with running(settings):
@@ -346,11 +363,9 @@ async def test_a_hanging_endpoint_does_not_stall_another(
                 changed_at = time.time()
                 sim.progress(ACCOUNT, "u_1", "u_1_a1", progress)
                 await healthy.wait_for(
-                    lambda es, p=progress: any(
-                        e.data["assignment"]["progress"] == p for e in es
-                    ),
+                    lambda es, p=progress: any(e.data["assignment"]["progress"] == p for e in es),
                     5,
-                )  # fmt: skip
+                )
                 # one poll interval (0.5 s) and delivery: the stuck endpoint adds nothing
                 assert time.time() - changed_at < 2.0
     finally:

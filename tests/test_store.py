@@ -39,14 +39,16 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     assert await store.claim_due_users(now_ms=10, lease_until_ms=6000, limit=10) == []
 
     # a stale token (another process took the user over) writes nothing at all
-    stale = await store.commit("acc:1", "u/1", an_outbox(), token=4999, next_score=9000,
-                               state={"watermark": "1"})  # fmt: skip
+    stale = await store.commit(
+        "acc:1", "u/1", an_outbox(), token=4999, next_score=9000, state={"watermark": "1"}
+    )
     assert stale is False
     assert await redis.exists(keys.snapshots("acc:1", "u/1"), keys.user_state("acc:1", "u/1")) == 0
     assert await redis.zcard("lw:ep:hr:due") == 0
 
-    ok = await store.commit("acc:1", "u/1", an_outbox(), token=5000, next_score=9000,
-                            state={"watermark": "1"})  # fmt: skip
+    ok = await store.commit(
+        "acc:1", "u/1", an_outbox(), token=5000, next_score=9000, state={"watermark": "1"}
+    )
     assert ok is True
     state = await store.load_user("acc:1", "u/1")
     assert state.snapshots["a1"] == Snapshot(2, {"id": "a1", "progress": 10})

@@ -14,8 +14,19 @@ from redis.exceptions import RedisError
 
 from service import __version__
 from service.config import EndpointSettings, Settings
+from service.delivery.breaker import (
+    ACTIVE,
+    CLOSED_RECHECK,
+    EndpointHealth,
+    Gate,
+    after_failure,
+    after_success,
+    gate,
+)
 from service.delivery.policy import Action, AttemptResult, Verdict, classify, decide
 from service.delivery.signing import secret_key, webhook_headers
+from service.delivery.ssrf import check_url
+from service.errors import AddressRefused
 from service.metrics import Metrics
 from service.store.endpoints import EndpointStore
 from service.store.limits import SharedLimiter
@@ -41,22 +52,33 @@ class EndpointWorker:
         self.wakeup = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
         self.claimed: dict[str, ClaimedEvent] = {}
+        self.health = EndpointHealth()
+        self._success_noted = 0.0
 
     async def run(self) -> None:
         endpoint_id = self.endpoint.id
         while self.d.accepting:
             try:
-                if await self.d.endpoints.is_disabled(endpoint_id):
-                    await self._sleep(1.0)
+                now = self.d.clock()
+                self.health = await self.d.endpoints.health(endpoint_id)
+                allowed, wait = gate(self.health, now)
+                if allowed is Gate.CLOSED:
+                    await self._sleep(min(wait, CLOSED_RECHECK))
                     continue
                 free = self.endpoint.concurrency - len(self.inflight)
+                if allowed is Gate.PROBE:  # a single delivery decides, sent by one process
+                    free = 0 if self.inflight else 1
+                    if free and not await self.d.endpoints.try_probe(
+                        endpoint_id, self._lease_seconds(1)
+                    ):
+                        await self._sleep(CLOSED_RECHECK)
+                        continue
                 if free <= 0:
                     # bounded, so a stop is noticed even while every slot hangs
                     await asyncio.wait(
                         self.inflight, timeout=IDLE_WAIT, return_when=asyncio.FIRST_COMPLETED
                     )
                     continue
-                now = self.d.clock()
                 lease = int((now + self._lease_seconds(free)) * 1000)
                 batch = await self.d.queue.claim(endpoint_id, int(now * 1000), lease, free)
             except RedisError as e:
@@ -97,6 +119,7 @@ class EndpointWorker:
         headers = webhook_headers(self.keys, event.event_id, timestamp, event.body, USER_AGENT)
         started = time.perf_counter()
         try:
+            check_url(self.endpoint.url, self.d.settings.delivery.allow_private_addresses)
             async with self.d.session.post(
                 self.endpoint.url,
                 data=event.body.encode(),
@@ -108,6 +131,19 @@ class EndpointWorker:
                 result = classify(response.status, response.headers.get("Retry-After"))
         except TimeoutError:
             result = classify(None, error=f"timed out after {self.endpoint.timeout:g}s")
+        except (AddressRefused, aiohttp.ClientConnectorError) as e:
+            refused = e if isinstance(e, AddressRefused) else e.os_error
+            if not isinstance(refused, AddressRefused):
+                result = classify(None, error=f"{type(e).__name__}: {e}")
+            else:  # nothing was sent: the guard refused the address
+                log.warning(
+                    "delivery_address_refused",
+                    endpoint=self.endpoint.id,
+                    event_id=event.event_id,
+                    host=refused.host,
+                    address=refused.address,
+                )
+                result = classify(None, error=f"address refused: {refused}")
         except aiohttp.ClientError as e:
             result = classify(None, error=f"{type(e).__name__}: {e}")
         return result, time.perf_counter() - started
@@ -119,8 +155,12 @@ class EndpointWorker:
             result, duration = await self._send(event)
             await self._settle(event, result, duration)
         except RedisError as e:  # the lease runs out and the event is sent again, same id
-            log.warning("delivery_settle_failed", endpoint=endpoint_id, event_id=event.event_id,
-                        error=str(e))  # fmt: skip
+            log.warning(
+                "delivery_settle_failed",
+                endpoint=endpoint_id,
+                event_id=event.event_id,
+                error=str(e),
+            )
         except asyncio.CancelledError:
             raise  # stays in `claimed`: stop() hands it back to the queue
         except Exception:  # a bug must not kill the worker; the lease brings the event back
@@ -148,7 +188,7 @@ class EndpointWorker:
         )
         if decision.action is Action.ACK:
             await d.queue.ack(endpoint_id, event)
-            await d.endpoints.record_success(endpoint_id, now)
+            await self._note_success(now)
             detected = parse_iso(json.loads(event.body).get("timestamp"))
             if detected is not None:
                 d.metrics.delivery_latency.labels(endpoint_id).observe(now - detected.timestamp())
@@ -156,20 +196,50 @@ class EndpointWorker:
         event.meta.last_status = result.status
         event.meta.last_error = result.error
         event.meta.last_attempt_at = now
-        failing_since = await d.endpoints.record_failure(endpoint_id, now, result.error or "")
-        if result.verdict is Verdict.GONE:
-            await d.endpoints.disable(endpoint_id, "410 Gone")
-            log.warning("endpoint_disabled", endpoint=endpoint_id, reason="410 Gone")
-        elif now - failing_since >= d.settings.delivery.disable_after:
-            await d.endpoints.disable(endpoint_id, "failing without success for disable_after")
-            log.warning("endpoint_disabled", endpoint=endpoint_id, reason="disable_after")
+        error = result.error or ""
+        health = await d.endpoints.update(
+            endpoint_id,
+            lambda h: after_failure(
+                h,
+                now,
+                error,
+                gone=result.verdict is Verdict.GONE,
+                disable_after=d.settings.delivery.disable_after,
+            ),
+        )
+        if health.status != self.health.status:
+            log.warning(
+                "endpoint_state_changed",
+                endpoint=endpoint_id,
+                status=health.status,
+                failures=health.consecutive_failures,
+                reason=health.disabled_reason,
+                paused_until=health.paused_until,
+            )
+            self.health = health
         if decision.action is Action.DEAD:
             await d.queue.dead_letter(endpoint_id, event, int(now * 1000))
-            log.warning("event_dead_lettered", endpoint=endpoint_id, event_id=event.event_id,
-                        attempts=event.meta.attempts, last_error=result.error)  # fmt: skip
+            log.warning(
+                "event_dead_lettered",
+                endpoint=endpoint_id,
+                event_id=event.event_id,
+                attempts=event.meta.attempts,
+                last_error=result.error,
+            )
         else:
             assert decision.due is not None
             await d.queue.reschedule(endpoint_id, event, int(decision.due * 1000))
+
+    async def _note_success(self, now: float) -> None:
+        """Close the breaker when it was not closed; else just note the time, once a second."""
+        if self.health.consecutive_failures or self.health.status != ACTIVE:
+            self.health = await self.d.endpoints.update(
+                self.endpoint.id, lambda h: after_success(h, now)
+            )
+            log.info("endpoint_recovered", endpoint=self.endpoint.id, status=self.health.status)
+        elif now - self._success_noted >= 1.0:
+            await self.d.endpoints.touch_success(self.endpoint.id, now)
+        self._success_noted = now
 
 
 class Dispatcher:

@@ -63,10 +63,14 @@ def seed(lms: SimLMS) -> None:
     for user in USERS:
         for n, title in enumerate(courses, 1):
             lms.put_assignment(
-                ACCOUNT, user,
-                {"id": f"{user}_c{n}", "learning_object_external_reference": title,
-                 "due_date": "2026-12-31T00:00:00.000Z"},
-            )  # fmt: skip
+                ACCOUNT,
+                user,
+                {
+                    "id": f"{user}_c{n}",
+                    "learning_object_external_reference": title,
+                    "due_date": "2026-12-31T00:00:00.000Z",
+                },
+            )
             lms.progress(ACCOUNT, user, f"{user}_c{n}", 0)
 
 

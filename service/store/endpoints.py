@@ -1,68 +1,73 @@
-"""Each endpoint's health in Redis: active or disabled, failures, last error, last success."""
+"""Each endpoint's health in Redis, changed with optimistic transactions across processes."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
+from service.delivery.breaker import EndpointHealth
 from service.store.keys import EndpointKeys
 
-ACTIVE = "active"
-DISABLED = "disabled"
+_FLOATS = {"failing_since", "paused_until", "last_success_at"}
+
+
+def decode_health(raw: dict[str, str]) -> EndpointHealth:
+    values: dict[str, object] = {}
+    for field in fields(EndpointHealth):
+        value = raw.get(field.name)
+        if not value:
+            continue
+        if field.name == "consecutive_failures":
+            values[field.name] = int(value)
+        elif field.name in _FLOATS:
+            values[field.name] = float(value)
+        else:
+            values[field.name] = value
+    return EndpointHealth(**values)  # type: ignore[arg-type]
+
+
+def encode_health(health: EndpointHealth) -> dict[str, str]:
+    return {k: "" if v is None else str(v) for k, v in asdict(health).items()}
 
 
 class EndpointStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def state(self, endpoint_id: str) -> dict[str, Any]:
+    async def health(self, endpoint_id: str) -> EndpointHealth:
         raw = await self.redis.hgetall(EndpointKeys(endpoint_id).state)
-        return {
-            "status": raw.get("status", ACTIVE),
-            "consecutive_failures": int(raw.get("consecutive_failures", 0)),
-            "failing_since": float(raw["failing_since"]) if raw.get("failing_since") else None,
-            "last_error": raw.get("last_error") or None,
-            "last_success_at": float(raw["last_success_at"])
-            if raw.get("last_success_at")
-            else None,
-            "disabled_reason": raw.get("disabled_reason") or None,
-        }
+        return decode_health(cast(dict[str, str], raw))
 
-    async def is_disabled(self, endpoint_id: str) -> bool:
-        return await self.redis.hget(EndpointKeys(endpoint_id).state, "status") == DISABLED
-
-    async def record_success(self, endpoint_id: str, now: float) -> None:
-        await self.redis.hset(
-            EndpointKeys(endpoint_id).state,
-            mapping={"consecutive_failures": 0, "failing_since": "", "last_success_at": now},
-        )
-
-    async def record_failure(self, endpoint_id: str, now: float, error: str) -> float:
-        """Count a failure; returns since when the endpoint has failed without a success."""
+    async def update(
+        self, endpoint_id: str, change: Callable[[EndpointHealth], EndpointHealth]
+    ) -> EndpointHealth:
+        """Apply `change` atomically: retried when another process changed the state first."""
         key = EndpointKeys(endpoint_id).state
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, "consecutive_failures", 1)
-            pipe.hset(key, "last_error", error)
-            pipe.hget(key, "failing_since")
-            _, _, since = await pipe.execute()
-        if since:
-            return float(since)
-        await self.redis.hset(key, "failing_since", now)
-        return now
+            while True:
+                try:
+                    await pipe.watch(key)
+                    current = decode_health(cast(dict[str, str], await pipe.hgetall(key)))
+                    new = change(current)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if new != current:
+                        pipe.hset(key, mapping=cast(Any, encode_health(new)))
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
 
-    async def disable(self, endpoint_id: str, reason: str) -> None:
-        await self.redis.hset(
-            EndpointKeys(endpoint_id).state, mapping={"status": DISABLED, "disabled_reason": reason}
-        )
+    async def touch_success(self, endpoint_id: str, now: float) -> None:
+        """A success on a healthy endpoint only moves `last_success_at`; no transaction."""
+        await self.redis.hset(EndpointKeys(endpoint_id).state, "last_success_at", str(now))
 
-    async def enable(self, endpoint_id: str) -> None:
-        await self.redis.hset(
-            EndpointKeys(endpoint_id).state,
-            mapping={
-                "status": ACTIVE,
-                "disabled_reason": "",
-                "consecutive_failures": 0,
-                "failing_since": "",
-            },
+    async def try_probe(self, endpoint_id: str, seconds: float) -> bool:
+        """One process at a time sends the probe of a paused endpoint."""
+        acquired = await self.redis.set(
+            EndpointKeys(endpoint_id).probe, "1", nx=True, px=max(1, int(seconds * 1000))
         )
+        return bool(acquired)

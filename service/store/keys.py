@@ -59,6 +59,8 @@ class EndpointKeys:
         self.meta = f"{base}:meta"
         # zset: event id → when it was dead-lettered (ms); body and meta are kept.
         self.dead = f"{base}:dead"
-        # hash: status, consecutive_failures, failing_since, last_error, last_success_at.
+        # hash: the circuit breaker's EndpointHealth (status, failures, last error, ...).
         self.state = f"{base}:state"
+        # string with a TTL: held by the one process probing a paused endpoint.
+        self.probe = f"{base}:probe"
         self.rate = rate_limit(f"endpoint:{endpoint_id}")

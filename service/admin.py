@@ -1,0 +1,169 @@
+"""The admin API (`/admin/...`): endpoints, dead letters and replay, tracked users, poll-now.
+
+Every route needs `Authorization: Bearer <http.admin_token>`; without a configured token the
+routes are not served at all.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from service.api import SERVICE_KEY, json_error
+from service.delivery.breaker import enabled
+
+if TYPE_CHECKING:
+    from service.app import Service
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """Malformed input: answered 400 with the reason."""
+
+
+def _service(request: web.Request) -> Service:
+    return request.app[SERVICE_KEY]
+
+
+def bearer_auth(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if request.path.startswith("/admin"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return json_error(401, "unauthorized", "Authorization: Bearer <admin_token>")
+        try:
+            return await handler(request)
+        except BadRequest as e:
+            return json_error(400, "bad request", str(e))
+
+    return check
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"`{name}` must be a non-empty string")
+    return value
+
+
+def _known_endpoint(request: web.Request, endpoint_id: str) -> None:
+    if _service(request).settings.endpoint(endpoint_id) is None:
+        raise web.HTTPNotFound(reason=f"unknown endpoint {endpoint_id!r}")
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    service = _service(request)
+    out = []
+    for endpoint in service.settings.endpoints:
+        health = await service.endpoint_store.health(endpoint.id)
+        out.append(
+            {
+                "id": endpoint.id,
+                "url": endpoint.url,
+                **asdict(health),
+                "queue_depth": await service.queue.depth(endpoint.id),
+                "dead_letters": await service.queue.dead_count(endpoint.id),
+            }
+        )
+    return web.json_response({"endpoints": out})
+
+
+async def enable_endpoint(request: web.Request) -> web.Response:
+    endpoint_id = request.match_info["endpoint_id"]
+    _known_endpoint(request, endpoint_id)
+    service = _service(request)
+    health = await service.endpoint_store.update(endpoint_id, enabled)
+    if service.dispatcher:
+        service.dispatcher.wake({endpoint_id})
+    return web.json_response({"id": endpoint_id, **asdict(health)})
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    endpoint_id = request.query.get("endpoint")
+    if not endpoint_id:
+        raise BadRequest("query parameter `endpoint` is required")
+    _known_endpoint(request, endpoint_id)
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError as e:
+        raise BadRequest("`limit` must be an integer") from e
+    if not 1 <= limit <= 1000:
+        raise BadRequest("`limit` must be between 1 and 1000")
+    letters = await _service(request).queue.dead_letters(endpoint_id, limit)
+    return web.json_response({"endpoint": endpoint_id, "dead_letters": letters})
+
+
+async def replay(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    endpoint_id = _string(body, "endpoint")
+    ids = body.get("ids")
+    if ids is not None and (
+        not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids)
+    ):
+        raise BadRequest("`ids` must be a list of event ids")
+    _known_endpoint(request, endpoint_id)
+    service = _service(request)
+    queued = await service.replay(endpoint_id, ids or None)
+    return web.json_response({"endpoint": endpoint_id, "queued": queued})
+
+
+async def list_users(request: web.Request) -> web.Response:
+    return web.json_response({"users": await _service(request).tracked_users()})
+
+
+async def add_user(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    account_id, user_id = _string(body, "account_id"), _string(body, "user_id")
+    added = await _service(request).add_user(account_id, user_id)
+    return web.json_response(
+        {"account_id": account_id, "user_id": user_id, "added": added}, status=201 if added else 200
+    )
+
+
+async def remove_user(request: web.Request) -> web.Response:
+    account_id, user_id = request.match_info["account_id"], request.match_info["user_id"]
+    service = _service(request)
+    if service.in_config(account_id, user_id):
+        return json_error(409, "configured user", "remove it from the config file instead")
+    if not await service.remove_user(account_id, user_id):
+        return json_error(404, "not tracked", f"{account_id}/{user_id} is not a run-time user")
+    return web.json_response({"account_id": account_id, "user_id": user_id, "removed": True})
+
+
+async def poll_now(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    account_id, user_id = _string(body, "account_id"), _string(body, "user_id")
+    if not await _service(request).poll_store.poll_now(account_id, user_id):
+        return json_error(404, "not tracked", f"{account_id}/{user_id} is not a tracked user")
+    return web.json_response({"account_id": account_id, "user_id": user_id}, status=202)
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/endpoints", list_endpoints)
+    app.router.add_post("/admin/endpoints/{endpoint_id}/enable", enable_endpoint)
+    app.router.add_get("/admin/dead-letters", dead_letters)
+    app.router.add_post("/admin/dead-letters/replay", replay)
+    app.router.add_get("/admin/users", list_users)
+    app.router.add_post("/admin/users", add_user)
+    app.router.add_delete("/admin/users/{account_id}/{user_id}", remove_user)
+    app.router.add_post("/admin/poll", poll_now)

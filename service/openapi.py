@@ -1,0 +1,192 @@
+"""The service's own OpenAPI document, served at `GET /openapi.json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service import __version__
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "detail": {}},
+}
+_HEALTH = {
+    "type": "object",
+    "required": ["status", "consecutive_failures"],
+    "properties": {
+        "status": {"type": "string", "enum": ["active", "paused", "disabled"]},
+        "consecutive_failures": {"type": "integer"},
+        "failing_since": {"type": ["number", "null"]},
+        "paused_until": {"type": ["number", "null"]},
+        "last_error": {"type": ["string", "null"]},
+        "last_success_at": {"type": ["number", "null"]},
+        "disabled_reason": {"type": ["string", "null"]},
+    },
+}
+_USER_REF = {
+    "type": "object",
+    "required": ["account_id", "user_id"],
+    "properties": {
+        "account_id": {"type": "string", "minLength": 1},
+        "user_id": {"type": "string", "minLength": 1},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "Malformed request",
+        401: "Missing or wrong bearer token",
+        404: "Unknown endpoint or user",
+        409: "Conflict",
+        503: "Redis unavailable",
+    }
+    return {str(s): _json({"$ref": "#/components/schemas/Error"}, reasons[s]) for s in statuses}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_SECURED: dict[str, Any] = {"security": [{"bearer": []}]}
+_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def build_openapi(admin: bool) -> dict[str, Any]:
+    """The document; the admin routes are listed only when the admin API is on."""
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(_OBJECT)}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: Redis answers and the workers run",
+                "responses": {"200": _json(_OBJECT), "503": _json(_OBJECT, "Not ready")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/plain": {"schema": {}}}}
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _json(_OBJECT)}}
+        },
+    }
+    if admin:
+        paths.update(_admin_paths())
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "lms-webhooks", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": _ERROR, "EndpointHealth": _HEALTH, "UserRef": _USER_REF},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    endpoint_id = {
+        "name": "endpoint_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    return {
+        "/admin/endpoints": {
+            "get": {
+                "summary": "Each endpoint's state, failures, queue depth and dead letters",
+                **_SECURED,
+                "responses": {"200": _json(_OBJECT), **_errors(401, 503)},
+            }
+        },
+        "/admin/endpoints/{endpoint_id}/enable": {
+            "post": {
+                "summary": "Re-enable a disabled or paused endpoint; its queue resumes",
+                **_SECURED,
+                "parameters": [endpoint_id],
+                "responses": {"200": _json(_OBJECT), **_errors(401, 404, 503)},
+            }
+        },
+        "/admin/dead-letters": {
+            "get": {
+                "summary": "Dead-lettered events of one endpoint, with their last error",
+                **_SECURED,
+                "parameters": [
+                    {
+                        "name": "endpoint",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+                "responses": {"200": _json(_OBJECT), **_errors(400, 401, 404, 503)},
+            }
+        },
+        "/admin/dead-letters/replay": {
+            "post": {
+                "summary": "Queue dead letters again with the same event ids (no ids: all)",
+                **_SECURED,
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["endpoint"],
+                        "properties": {
+                            "endpoint": {"type": "string"},
+                            "ids": {"type": "array", "items": {"type": "string"}},
+                        },
+                    }
+                ),
+                "responses": {"200": _json(_OBJECT), **_errors(400, 401, 404, 503)},
+            }
+        },
+        "/admin/users": {
+            "get": {
+                "summary": "Tracked users: the config's and those added at run time",
+                **_SECURED,
+                "responses": {"200": _json(_OBJECT), **_errors(401, 503)},
+            },
+            "post": {
+                "summary": "Track a user from now on (kept in Redis)",
+                **_SECURED,
+                "requestBody": _body({"$ref": "#/components/schemas/UserRef"}),
+                "responses": {
+                    "201": _json(_OBJECT, "Added"),
+                    "200": _json(_OBJECT, "Already tracked"),
+                    **_errors(400, 401, 503),
+                },
+            },
+        },
+        "/admin/users/{account_id}/{user_id}": {
+            "delete": {
+                "summary": "Stop tracking a run-time user",
+                **_SECURED,
+                "parameters": [
+                    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for n in ("account_id", "user_id")
+                ],
+                "responses": {"200": _json(_OBJECT), **_errors(401, 404, 409, 503)},
+            }
+        },
+        "/admin/poll": {
+            "post": {
+                "summary": "Poll a tracked user now",
+                **_SECURED,
+                "requestBody": _body({"$ref": "#/components/schemas/UserRef"}),
+                "responses": {"202": _json(_OBJECT, "Due now"), **_errors(400, 401, 404, 503)},
+            }
+        },
+    }

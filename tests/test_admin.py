@@ -1,0 +1,209 @@
+"""The admin API over HTTP: auth, every route's happy path and its bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from service.app import Service
+from service.sim.lms import SimLMS
+from service.sim.receiver import Answer, Receiver
+from tests.conftest import ACCOUNT, endpoint, make_settings
+from tests.redis_server import RedisServer
+
+TOKEN = "admin-token-9f8e7d"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def admin(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: tuple[Receiver, str]
+) -> AsyncIterator[tuple[Service, aiohttp.ClientSession, SimLMS, Receiver]]:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    sim.put_assignment(ACCOUNT, "u_1", {"id": "a1"})
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1"],
+        http={"admin_token": TOKEN},
+        polling={"emit_on_first_sync": True, "interval": "1h"},
+    )
+    service = Service(settings)
+    await service.start()
+    async with asyncio.timeout(5):  # the config's users are scheduled (spread over the hour)
+        while not await service.poll_store.scheduled_users():
+            await asyncio.sleep(0.02)
+    async with aiohttp.ClientSession(base_url=service.http_url) as http:
+        yield service, http, sim, rx
+    await service.stop(timeout=2.0)
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, path: str, auth: bool = True, **kwargs: Any
+) -> tuple[int, Any]:
+    headers = AUTH if auth else {}
+    async with http.request(method, path, headers=headers, **kwargs) as response:
+        assert response.content_type == "application/json", await response.text()
+        return response.status, await response.json()
+
+
+ROUTES = [
+    ("GET", "/admin/endpoints"),
+    ("POST", "/admin/endpoints/hr/enable"),
+    ("GET", "/admin/dead-letters?endpoint=hr"),
+    ("POST", "/admin/dead-letters/replay"),
+    ("GET", "/admin/users"),
+    ("POST", "/admin/users"),
+    ("DELETE", "/admin/users/acc_1/u_9"),
+    ("POST", "/admin/poll"),
+]
+
+
+async def test_every_route_needs_the_token(admin: Any) -> None:
+    _, http, _, _ = admin
+    for method, path in ROUTES:
+        status, body = await call(http, method, path, auth=False)
+        assert status == 401 and body["error"] == "unauthorized", (method, path)
+        async with http.request(method, path, headers={"Authorization": "Bearer nope"}) as r:
+            assert r.status == 401
+
+
+async def test_endpoints_and_enable(admin: Any) -> None:
+    service, http, _, _ = admin
+    status, body = await call(http, "GET", "/admin/endpoints")
+    assert status == 200
+    [hr] = body["endpoints"]
+    assert hr["id"] == "hr" and hr["status"] == "active" and hr["queue_depth"] >= 0
+    await service.endpoint_store.update("hr", lambda h: h.__class__(status="disabled"))
+    status, body = await call(http, "POST", "/admin/endpoints/hr/enable")
+    assert status == 200 and body["status"] == "active"
+    assert (await service.endpoint_store.health("hr")).status == "active"
+    status, body = await call(http, "POST", "/admin/endpoints/nope/enable")
+    assert status == 404 and "nope" in body["error"]
+
+
+async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
+    service, http, _, rx = admin
+    rx.default_answer = Answer(status=500)
+    assert await service.poll_store.poll_now(ACCOUNT, "u_1")
+    async with asyncio.timeout(10):
+        while await service.queue.dead_count("hr") < 1:  # created: 3 attempts, then dead
+            await asyncio.sleep(0.05)
+    status, body = await call(http, "GET", "/admin/dead-letters?endpoint=hr")
+    assert status == 200
+    [letter] = body["dead_letters"]
+    assert letter["attempts"] == 3 and letter["last_status"] == 500
+    event_id = letter["event_id"]
+
+    rx.default_answer = Answer(status=200)
+    status, body = await call(
+        http, "POST", "/admin/dead-letters/replay", json={"endpoint": "hr", "ids": [event_id]}
+    )
+    assert status == 200 and body["queued"] == 1
+    await rx.wait_for(1, 10)
+    assert rx.events[0].webhook_id == event_id
+    assert await service.queue.dead_count("hr") == 0
+
+    for path, expected in [
+        ("/admin/dead-letters", 400),
+        ("/admin/dead-letters?endpoint=nope", 404),
+        ("/admin/dead-letters?endpoint=hr&limit=x", 400),
+    ]:
+        status, body = await call(http, "GET", path)
+        assert status == expected and "error" in body, path
+    for payload, expected in [
+        ({"endpoint": "nope"}, 404),
+        ({"ids": ["x"]}, 400),
+        ({"endpoint": "hr", "ids": "x"}, 400),
+        ([1, 2], 400),
+    ]:
+        status, body = await call(http, "POST", "/admin/dead-letters/replay", json=payload)
+        assert status == expected and "error" in body, payload
+    status, body = await call(http, "POST", "/admin/dead-letters/replay", data=b"{not json")
+    assert status == 400 and "JSON" in body["detail"]
+
+
+async def test_users_added_and_removed_at_run_time(admin: Any) -> None:
+    service, http, sim, _ = admin
+    sim.put_assignment(ACCOUNT, "u_new", {"id": "n1"})
+    status, body = await call(
+        http, "POST", "/admin/users", json={"account_id": ACCOUNT, "user_id": "u_new"}
+    )
+    assert status == 201 and body["added"] is True
+    status, _ = await call(
+        http, "POST", "/admin/users", json={"account_id": ACCOUNT, "user_id": "u_new"}
+    )
+    assert status == 200
+    async with asyncio.timeout(10):  # polled at once: the new user's baseline is taken
+        while not any(r.user_id == "u_new" for r in sim.requests):
+            await asyncio.sleep(0.05)
+    status, body = await call(http, "GET", "/admin/users")
+    users = {(u["account_id"], u["user_id"]): u for u in body["users"]}
+    assert users[(ACCOUNT, "u_1")]["source"] == "config"
+    assert users[(ACCOUNT, "u_new")]["source"] == "runtime"
+
+    status, body = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_new")
+    assert status == 200 and body["removed"] is True
+    sim.clear_requests()
+    await service.poll_store.poll_now(ACCOUNT, "u_1")
+    await asyncio.sleep(1.0)
+    assert {r.user_id for r in sim.requests} <= {"u_1"}  # u_new is polled no more
+    status, _ = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_new")
+    assert status == 404
+    status, _ = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_1")
+    assert status == 409  # configured users are removed in the config file
+    for payload in [{"account_id": ACCOUNT}, {"account_id": "", "user_id": "x"}, "x"]:
+        status, body = await call(http, "POST", "/admin/users", json=payload)
+        assert status == 400 and "error" in body
+
+
+async def test_poll_now(admin: Any) -> None:
+    _, http, sim, _ = admin
+    await asyncio.sleep(0.5)
+    assert sim.requests == []  # u_1's first poll is spread somewhere into the hour
+    status, _ = await call(
+        http, "POST", "/admin/poll", json={"account_id": ACCOUNT, "user_id": "u_1"}
+    )
+    assert status == 202
+    async with asyncio.timeout(5):
+        while not sim.requests:
+            await asyncio.sleep(0.05)
+    status, body = await call(
+        http, "POST", "/admin/poll", json={"account_id": ACCOUNT, "user_id": "zz"}
+    )
+    assert status == 404 and body["error"] == "not tracked"
+    status, _ = await call(http, "POST", "/admin/poll", json={"user_id": "u_1"})
+    assert status == 400
+
+
+async def test_openapi_describes_every_admin_route(admin: Any) -> None:
+    _, http, _, _ = admin
+    status, document = await call(http, "GET", "/openapi.json", auth=False)
+    assert status == 200 and document["openapi"].startswith("3.")
+    for method, path in ROUTES:
+        template = path.split("?")[0].replace("/hr/", "/{endpoint_id}/")
+        template = template.replace("/acc_1/u_9", "/{account_id}/{user_id}")
+        assert method.lower() in document["paths"][template], (method, template)
+
+
+async def test_admin_api_is_off_without_a_token(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str]
+) -> None:
+    settings = make_settings(redis_server.url, lms[1], [], ["u_1"])
+    service = Service(settings)
+    await service.start()
+    try:
+        async with aiohttp.ClientSession(base_url=service.http_url) as http:
+            status, body = await call(http, "GET", "/admin/endpoints")
+            assert status == 404 and "error" in body
+            _, document = await call(http, "GET", "/openapi.json")
+            assert not [p for p in document["paths"] if p.startswith("/admin")]
+    finally:
+        await service.stop(timeout=2.0)

@@ -1,0 +1,88 @@
+"""The circuit breaker's transitions, as a table."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from service.delivery.breaker import (
+    ACTIVE,
+    BASE_COOLDOWN,
+    DISABLED,
+    MAX_COOLDOWN,
+    PAUSED,
+    THRESHOLD,
+    EndpointHealth,
+    Gate,
+    after_failure,
+    after_success,
+    cooldown,
+    enabled,
+    gate,
+)
+
+NOW = 1_000_000.0
+DAY = 86400.0
+
+
+def failed(n: int, since: float = NOW) -> EndpointHealth:
+    return EndpointHealth(consecutive_failures=n, failing_since=since, last_error="HTTP 500")
+
+
+@pytest.mark.parametrize(
+    ("before", "gone", "status", "failures"),
+    [
+        (EndpointHealth(), False, ACTIVE, 1),
+        (failed(THRESHOLD - 2), False, ACTIVE, THRESHOLD - 1),
+        (failed(THRESHOLD - 1), False, PAUSED, THRESHOLD),  # the threshold pauses
+        (EndpointHealth(), True, DISABLED, 1),  # 410 disables at once
+        (failed(2, since=NOW - 5 * DAY), False, DISABLED, 3),  # disable_after reached
+        (replace(failed(9), status=DISABLED, disabled_reason="410 Gone"), False, DISABLED, 10),
+    ],
+)
+def test_failure_transitions(
+    before: EndpointHealth, gone: bool, status: str, failures: int
+) -> None:
+    after = after_failure(before, NOW, "HTTP 500", gone=gone, disable_after=5 * DAY)
+    assert after.status == status
+    assert after.consecutive_failures == failures
+    assert after.last_error == "HTTP 500"
+    assert after.failing_since == (before.failing_since or NOW)
+    if status == PAUSED:
+        assert after.paused_until == NOW + cooldown(failures)
+
+
+def test_cooldown_doubles_per_failed_probe_up_to_a_cap() -> None:
+    assert cooldown(THRESHOLD) == BASE_COOLDOWN
+    assert cooldown(THRESHOLD + 1) == 2 * BASE_COOLDOWN
+    assert cooldown(THRESHOLD + 30) == MAX_COOLDOWN
+
+
+@pytest.mark.parametrize(
+    ("health", "expected"),
+    [
+        (EndpointHealth(), (Gate.OPEN, 0.0)),
+        (EndpointHealth(status=PAUSED, paused_until=NOW + 3), (Gate.CLOSED, 3.0)),
+        (EndpointHealth(status=PAUSED, paused_until=NOW), (Gate.PROBE, 0.0)),
+        (EndpointHealth(status=DISABLED), (Gate.CLOSED, 1.0)),
+    ],
+)
+def test_gate(health: EndpointHealth, expected: tuple[Gate, float]) -> None:
+    assert gate(health, NOW) == expected
+
+
+def test_success_closes_a_paused_breaker_but_not_a_disabled_one() -> None:
+    paused = replace(failed(THRESHOLD), status=PAUSED, paused_until=NOW)
+    closed = after_success(paused, NOW + 1)
+    assert (closed.status, closed.consecutive_failures, closed.failing_since) == (ACTIVE, 0, None)
+    assert closed.last_success_at == NOW + 1
+    disabled = replace(failed(3), status=DISABLED, disabled_reason="410 Gone")
+    assert after_success(disabled, NOW).status == DISABLED
+
+
+def test_enable_starts_fresh() -> None:
+    disabled = replace(failed(7), status=DISABLED, disabled_reason="410 Gone")
+    health = enabled(disabled)
+    assert health.status == ACTIVE and health.consecutive_failures == 0
+    assert health.disabled_reason is None and health.last_error == "HTTP 500"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -17,6 +17,7 @@ from service import events as ev
 from service.events import Event
 from service.timefmt import iso_ms, parse_iso
 
+_EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
 # A difference in these alone is no change: providers bump updated_at on reads and syncs.
 IGNORED_FIELDS = frozenset({"updated_at"})
 _MISSING = object()
@@ -27,7 +28,9 @@ class Snapshot:
     """What we last saw of one assignment, and how many changes of it we have counted."""
 
     sequence: int
-    record: dict[str, Any]
+    # None: a tombstone. The assignment was removed; its sequence goes on if it comes back,
+    # so a re-created assignment never reuses an earlier event id.
+    record: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,7 @@ class Change:
     """One detected change: the snapshot to store and the events to send, committed together."""
 
     assignment_id: str
-    snapshot: Snapshot | None  # None: the assignment was removed
+    snapshot: Snapshot
     events: list[Event] = field(default_factory=list)
 
 
@@ -120,15 +123,14 @@ def detect(
     `emit` is False while a user's baseline is taken (first sync without emit_on_first_sync):
     the snapshot is stored, no event is sent.
     """
-    if previous is None:
+    before = previous.record if previous else None
+    if before is None:  # first seen, or back after a removal
         fields = sorted(current)
-        sequence = 1
     else:
-        fields = changed_fields(previous.record, current)
+        fields = changed_fields(before, current)
         if not fields:
             return None
-        sequence = previous.sequence + 1
-    before = previous.record if previous else None
+    sequence = previous.sequence + 1 if previous else 1
     snapshot = Snapshot(sequence, current)
     if not emit:
         return Change(assignment_id, snapshot)
@@ -149,10 +151,19 @@ def detect(
 
 
 def detect_removed(
-    account_id: str, user_id: str, assignment_id: str, previous: Snapshot, *, now: datetime
+    account_id: str,
+    user_id: str,
+    assignment_id: str,
+    previous: Snapshot,
+    *,
+    now: datetime,
+    emit: bool,
 ) -> Change:
-    """An assignment a complete full resync no longer returns."""
+    """An assignment a complete full resync no longer returns: a tombstone and its event."""
     sequence = previous.sequence + 1
+    tombstone = Snapshot(sequence, None)
+    if not emit:
+        return Change(assignment_id, tombstone)
     removed = _event(
         ev.REMOVED,
         account_id=account_id,
@@ -164,7 +175,7 @@ def detect_removed(
         current=None,
         now=now,
     )
-    return Change(assignment_id, None, [removed])
+    return Change(assignment_id, tombstone, [removed])
 
 
 def next_watermark(
@@ -179,7 +190,9 @@ def next_watermark(
     newest = previous
     for value in updated_at_values:
         moment = parse_iso(value)
-        if moment is not None and (newest is None or moment > newest):
+        if moment is None or moment < _EPOCH:  # zero values such as 0001-01-01 mean "unknown"
+            continue
+        if newest is None or moment > newest:
             newest = moment
     return poll_started if newest is not None and newest > poll_started else newest
 

@@ -22,6 +22,7 @@ _HEALTH = {
         "last_error": {"type": ["string", "null"]},
         "last_success_at": {"type": ["number", "null"]},
         "disabled_reason": {"type": ["string", "null"]},
+        "pauses": {"type": "integer"},
     },
 }
 _USER_REF = {

@@ -7,11 +7,19 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 
 from service.config import EndpointSettings, Settings
-from service.detect import Change, detect, detect_removed, next_watermark, updated_after
+from service.detect import (
+    Change,
+    Snapshot,
+    detect,
+    detect_removed,
+    next_watermark,
+    updated_after,
+)
 from service.errors import StaleLease
 from service.metrics import Metrics
 from service.store.polls import Outbox, PollStore
@@ -43,7 +51,29 @@ class PollResult:
     records: int = 0
     changes: int = 0
     events: int = 0
-    without_id: int = 0
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class _Run:
+    """One poll in progress."""
+
+    lease: Lease
+    now: datetime
+    emit: bool
+    snapshots: dict[str, Snapshot]
+    result: PollResult
+    outbox: Outbox = field(default_factory=Outbox)
+    seen: set[str] = field(default_factory=set)
+    updated_values: list[object] = field(default_factory=list)
+
+    @property
+    def now_ms(self) -> int:
+        return int(self.now.timestamp() * 1000)
+
+    def live(self) -> set[str]:
+        """Assignments we know as present (tombstones excluded)."""
+        return {a for a, s in self.snapshots.items() if s.record is not None}
 
 
 def route(
@@ -82,10 +112,8 @@ class Poller:
     async def poll(self, lease: Lease) -> PollResult:
         """Poll one user; raises UpstreamError (nothing committed past the last flush)."""
         polling = self.settings.polling
-        account_id, user_id = lease.account_id, lease.user_id
         started = self.clock()
-        now = from_epoch(started)
-        state = await self.store.load_user(account_id, user_id)
+        state = await self.store.load_user(lease.account_id, lease.user_id)
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         last_full = state.last_full_sync_ms
         full = (
@@ -93,75 +121,87 @@ class Poller:
             or last_full is None
             or started - last_full / 1000 >= polling.full_resync_interval
         )
-        emit = state.baselined or polling.emit_on_first_sync
-        snapshots = state.snapshots
-        result = PollResult(full=full)
-        outbox = Outbox()
-        seen: set[str] = set()
-        updated_values: list[object] = []
-        now_ms = int(started * 1000)
-
-        pages = self.client.pages(
-            account_id, user_id, None if full else updated_after(watermark, polling.overlap)
+        run = _Run(
+            lease=lease,
+            now=from_epoch(started),
+            emit=state.baselined or polling.emit_on_first_sync,
+            snapshots=state.snapshots,
+            result=PollResult(full=full),
         )
-        async for page in pages:
-            result.pages += 1
-            result.records += len(page.records)
-            if page.without_id:
-                result.without_id += page.without_id
-                self.metrics.records_skipped.labels("missing_id").inc(page.without_id)
-                log.warning(
-                    "record_without_id_skipped",
-                    account_id=account_id,
-                    user_id=user_id,
-                    count=page.without_id,
-                )
-            for record in page.records:
-                assignment_id = str(record["id"])
-                seen.add(assignment_id)
-                updated_values.append(record.get("updated_at"))
-                change = detect(
-                    account_id,
-                    user_id,
-                    assignment_id,
-                    snapshots.get(assignment_id),
-                    record,
-                    now=now,
-                    emit=emit,
-                )
-                if change is not None:
-                    assert change.snapshot is not None
-                    snapshots[assignment_id] = change.snapshot
-                    route(outbox, change, self.settings.endpoints, now_ms)
-            if len(outbox) >= FLUSH_EVERY:
-                await self._commit(lease, outbox, result, final_state=None)
-                outbox = Outbox()
-
-        if full:
-            # Only reached after every page was read without error: removals are safe now.
-            for assignment_id in sorted(set(snapshots) - seen):
+        await self._read(run, None if full else updated_after(watermark, polling.overlap))
+        # Only reached when every page was read without error; a skipped record may be one
+        # we know, so a read that skipped any cannot tell what was removed.
+        if full and not run.result.skipped:
+            missing = run.live() - run.seen
+            if missing:
+                # Offset paging shifts when records are deleted during a read, so one read
+                # can skip a record that still exists: only a second complete read confirms.
+                run.seen = set()
+                await self._read(run, None)
+                missing &= run.live() - run.seen
+            for assignment_id in sorted(missing):
                 gone = detect_removed(
-                    account_id, user_id, assignment_id, snapshots[assignment_id], now=now
+                    lease.account_id,
+                    lease.user_id,
+                    assignment_id,
+                    run.snapshots[assignment_id],
+                    now=run.now,
+                    emit=run.emit,
                 )
-                route(
-                    outbox,
-                    gone if emit else Change(assignment_id, None),
-                    self.settings.endpoints,
-                    now_ms,
-                )
-        new_watermark = next_watermark(watermark, updated_values, poll_started=now)
+                route(run.outbox, gone, self.settings.endpoints, run.now_ms)
+        new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
         final_state = {
             "baselined": "1",
             "failures": "0",
             "last_error": "",
-            "last_poll": str(now_ms),
+            "last_poll": str(run.now_ms),
         }
         if new_watermark is not None:
             final_state["watermark"] = str(int(new_watermark.timestamp() * 1000))
         if full:
-            final_state["last_full_sync"] = str(now_ms)
-        await self._commit(lease, outbox, result, final_state=final_state)
-        return result
+            final_state["last_full_sync"] = str(run.now_ms)
+        await self._commit(lease, run.outbox, run.result, final_state=final_state)
+        return run.result
+
+    async def _read(self, run: _Run, since: datetime | None) -> None:
+        """Read every page, detect each record, flush the outbox when it grows large."""
+        lease = run.lease
+        async for page in self.client.pages(lease.account_id, lease.user_id, since):
+            run.result.pages += 1
+            run.result.records += len(page.records)
+            if page.skipped:
+                self._skipped(lease, page.skipped)
+                run.result.skipped += sum(page.skipped.values())
+            for record in page.records:
+                assignment_id = str(record["id"])
+                run.seen.add(assignment_id)
+                run.updated_values.append(record.get("updated_at"))
+                change = detect(
+                    lease.account_id,
+                    lease.user_id,
+                    assignment_id,
+                    run.snapshots.get(assignment_id),
+                    record,
+                    now=run.now,
+                    emit=run.emit,
+                )
+                if change is not None:
+                    run.snapshots[assignment_id] = change.snapshot
+                    route(run.outbox, change, self.settings.endpoints, run.now_ms)
+            if len(run.outbox) >= FLUSH_EVERY:
+                await self._commit(lease, run.outbox, run.result, final_state=None)
+                run.outbox = Outbox()
+
+    def _skipped(self, lease: Lease, skipped: dict[str, int]) -> None:
+        for reason, count in skipped.items():
+            self.metrics.records_skipped.labels(reason).inc(count)
+            log.warning(
+                "records_skipped",
+                account_id=lease.account_id,
+                user_id=lease.user_id,
+                reason=reason,
+                count=count,
+            )
 
     def next_due_ms(self, lease: Lease) -> int:
         """Keep the cadence of the claim, not of the poll's end; never in the past."""

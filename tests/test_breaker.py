@@ -50,13 +50,20 @@ def test_failure_transitions(
     assert after.last_error == "HTTP 500"
     assert after.failing_since == (before.failing_since or NOW)
     if status == PAUSED:
-        assert after.paused_until == NOW + cooldown(failures)
+        assert after.paused_until == NOW + BASE_COOLDOWN and after.pauses == 1
 
 
 def test_cooldown_doubles_per_failed_probe_up_to_a_cap() -> None:
-    assert cooldown(THRESHOLD) == BASE_COOLDOWN
-    assert cooldown(THRESHOLD + 1) == 2 * BASE_COOLDOWN
-    assert cooldown(THRESHOLD + 30) == MAX_COOLDOWN
+    assert cooldown(1) == BASE_COOLDOWN
+    assert cooldown(2) == 2 * BASE_COOLDOWN
+    assert cooldown(30) == MAX_COOLDOWN
+    paused = after_failure(failed(THRESHOLD - 1), NOW, "x", gone=False, disable_after=DAY)
+    # a failure sent before the pause began does not extend it
+    straggler = after_failure(paused, NOW + 1, "x", gone=False, disable_after=DAY)
+    assert straggler.paused_until == paused.paused_until and straggler.pauses == 1
+    # the probe after the cooldown fails: paused again, twice as long
+    probe = after_failure(straggler, NOW + BASE_COOLDOWN, "x", gone=False, disable_after=DAY)
+    assert probe.pauses == 2 and probe.paused_until == NOW + 3 * BASE_COOLDOWN
 
 
 @pytest.mark.parametrize(

@@ -179,13 +179,21 @@ def test_same_change_same_ids_whenever_detected() -> None:
     assert not {e["id"] for e in first.events} & {e["id"] for e in other_user.events}
 
 
-def test_removed() -> None:
-    change = detect_removed("a", "u", "1", Snapshot(2, record()), now=NOW)
-    assert change.snapshot is None
+def test_removed_leaves_a_tombstone_and_a_comeback_continues_the_sequence() -> None:
+    change = detect_removed("a", "u", "1", Snapshot(2, record()), now=NOW, emit=True)
+    assert change.snapshot == Snapshot(3, None)
     [event] = change.events
     assert event["type"] == ev.REMOVED
     assert event["data"]["sequence"] == 3
     assert event["data"]["previous"] == record() and event["data"]["assignment"] is None
+    back = detect("a", "u", "1", change.snapshot, record(), now=NOW, emit=True)
+    assert back is not None and back.snapshot == Snapshot(4, record())
+    assert [e["type"] for e in back.events] == [ev.CREATED]
+    assert back.events[0]["data"]["previous"] is None
+    first_created = event_id("a", "u", "1", 1, ev.CREATED)
+    assert back.events[0]["id"] != first_created  # never an id receivers have deduplicated
+    silent = detect_removed("a", "u", "1", Snapshot(2, record()), now=NOW, emit=False)
+    assert silent.snapshot == Snapshot(3, None) and silent.events == []
 
 
 def test_changed_fields_counts_missing_vs_null() -> None:
@@ -207,6 +215,7 @@ T0 = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
         ),
         (T0 - timedelta(minutes=10), ["2026-11-28T05:00:00.000Z"], T0 - timedelta(minutes=10)),
         (None, [None, "not a date", "2026-11-28T05:59:00.000Z"], T0 - timedelta(minutes=1)),
+        (None, ["0001-01-01T00:00:00Z"], None),  # a zero value is no time at all
         # a provider clock in the future never moves the watermark past our poll start
         (None, ["2027-01-01T00:00:00.000Z"], T0),
     ],

@@ -282,8 +282,8 @@ async def test_record_without_id_is_counted_and_skipped(
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{service.http_url}/metrics") as response:
                     metrics = await response.text()
-    skipped = [entry for entry in logs if entry["event"] == "record_without_id_skipped"]
-    assert skipped and skipped[0]["count"] == 1
+    skipped = [entry for entry in logs if entry["event"] == "records_skipped"]
+    assert skipped and skipped[0]["count"] == 1 and skipped[0]["reason"] == "missing_id"
     assert 'lms_webhooks_records_skipped_total{reason="missing_id"} 1.0' in metrics
     # the record came back with its id on the next poll: both assignments were created
     assert sorted(e.data["assignment_id"] for e in of_type(rx.events, ev.CREATED)) == [

@@ -115,5 +115,5 @@ async def test_record_without_id_is_skipped(client: tuple[StackOneClient, SimLMS
     stackone, sim = client
     sim.faults.forced.append({"missing_id": True})
     pages = await read_all(stackone)
-    assert pages[0].without_id == 1
+    assert pages[0].skipped == {"missing_id": 1}
     assert sum(len(p.records) for p in pages) == 4

@@ -27,6 +27,7 @@ class EndpointHealth:
     last_error: str | None = None
     last_success_at: float | None = None
     disabled_reason: str | None = None
+    pauses: int = 0  # pauses in a row: the first, then one per failed probe
 
 
 class Gate(Enum):
@@ -35,9 +36,9 @@ class Gate(Enum):
     CLOSED = "closed"  # paused or disabled: deliver nothing
 
 
-def cooldown(failures: int) -> float:
+def cooldown(pauses: int) -> float:
     """Doubles with every failed probe, up to MAX_COOLDOWN."""
-    return min(BASE_COOLDOWN * 2.0 ** max(failures - THRESHOLD, 0), MAX_COOLDOWN)
+    return min(BASE_COOLDOWN * 2.0 ** max(pauses - 1, 0), MAX_COOLDOWN)
 
 
 def gate(health: EndpointHealth, now: float) -> tuple[Gate, float]:
@@ -60,6 +61,7 @@ def after_success(health: EndpointHealth, now: float) -> EndpointHealth:
         failing_since=None,
         paused_until=None,
         last_success_at=now,
+        pauses=0,
     )
 
 
@@ -76,8 +78,11 @@ def after_failure(
     if now - since >= disable_after:
         reason = f"failing without a success for {now - since:.0f}s (disable_after)"
         return replace(failed, status=DISABLED, paused_until=None, disabled_reason=reason)
+    if health.status == PAUSED and now < (health.paused_until or 0.0):
+        return failed  # sent before the pause began: it neither probes nor extends the pause
     if failures >= THRESHOLD:
-        return replace(failed, status=PAUSED, paused_until=now + cooldown(failures))
+        pauses = health.pauses + 1
+        return replace(failed, status=PAUSED, pauses=pauses, paused_until=now + cooldown(pauses))
     return failed
 
 
@@ -90,4 +95,5 @@ def enabled(health: EndpointHealth) -> EndpointHealth:
         failing_since=None,
         paused_until=None,
         disabled_reason=None,
+        pauses=0,
     )

@@ -68,9 +68,16 @@ class EndpointWorker:
                 free = self.endpoint.concurrency - len(self.inflight)
                 if allowed is Gate.PROBE:  # a single delivery decides, sent by one process
                     free = 0 if self.inflight else 1
-                    if free and not await self.d.endpoints.try_probe(
+                    probing = free and await self.d.endpoints.try_probe(
                         endpoint_id, self._lease_seconds(1)
-                    ):
+                    )
+                    log.debug(
+                        "endpoint_probe",
+                        endpoint=endpoint_id,
+                        probing=bool(probing),
+                        inflight=len(self.inflight),
+                    )
+                    if free and not probing:
                         await self._sleep(CLOSED_RECHECK)
                         continue
                 if free <= 0:
@@ -83,6 +90,10 @@ class EndpointWorker:
                 batch = await self.d.queue.claim(endpoint_id, int(now * 1000), lease, free)
             except RedisError as e:
                 log.warning("dispatch_redis_error", endpoint=endpoint_id, error=str(e))
+                await self._sleep(1.0)
+                continue
+            except Exception:  # a bug must not end this endpoint's deliveries for good
+                log.exception("dispatch_loop_error", endpoint=endpoint_id)
                 await self._sleep(1.0)
                 continue
             for event in batch:

@@ -21,7 +21,7 @@ def decode_health(raw: dict[str, str]) -> EndpointHealth:
         value = raw.get(field.name)
         if not value:
             continue
-        if field.name == "consecutive_failures":
+        if field.name in ("consecutive_failures", "pauses"):
             values[field.name] = int(value)
         elif field.name in _FLOATS:
             values[field.name] = float(value)

@@ -102,18 +102,14 @@ class PollStore:
         for endpoint_id in endpoints:
             ep = keys.EndpointKeys(endpoint_id)
             script_keys += [ep.due, ep.body]
-        upserts = [c for c in outbox.changes if c.snapshot is not None]
-        removals = [c.assignment_id for c in outbox.changes if c.snapshot is None]
         args: list[Any] = [
             keys.user_member(account_id, user_id),
             "" if token is None else token,
             "" if next_score is None else next_score,
-            len(upserts),
+            len(outbox.changes),
         ]
-        for change in upserts:
-            assert change.snapshot is not None
+        for change in outbox.changes:
             args += [change.assignment_id, encode_snapshot(change.snapshot)]
-        args += [len(removals), *removals]
         state = state or {}
         args.append(len(state))
         for name, value in state.items():

@@ -35,7 +35,7 @@ return out
 # One poll's commit: snapshots, user state, the lease/next-due score and the outgoing events.
 # KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, then (due, body) per endpoint.
 # ARGV: member, token ('' = unfenced), new score ('' = keep), n, (id, snapshot)*n,
-#       n, id*n (deleted snapshots), n, (field, value)*n (state), then per endpoint:
+#       n, (field, value)*n (state), then per endpoint:
 #       n, (event id, body, due ms)*n
 COMMIT_POLL = """
 if ARGV[2] ~= '' then
@@ -45,8 +45,6 @@ end
 local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local k = 4

@@ -7,7 +7,7 @@ unknown enum values pass through to the webhooks untouched.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -54,13 +54,18 @@ class Assignment(_Open):
 
 @dataclass(slots=True)
 class Page:
-    records: list[dict[str, Any]]  # as received, each with a usable `id`
+    records: list[dict[str, Any]]  # as received, each with a usable string `id`
     next: str | None
-    without_id: int  # records skipped because they carry no id
+    # records that cannot be tracked, by reason (`missing_id`, `invalid_record`)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def parse_page(raw: bytes) -> Page:
-    """A body of `AssignmentsPaginated`, or UpstreamMalformed saying what is wrong."""
+    """A body of `AssignmentsPaginated`, or UpstreamMalformed saying what is wrong.
+
+    The envelope must have the documented shape. A single record that does not is skipped and
+    counted, so one odd record cannot block every later poll of its user.
+    """
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -70,18 +75,25 @@ def parse_page(raw: bytes) -> Page:
     cursor = body.get("next")
     if cursor is not None and not isinstance(cursor, str):
         raise UpstreamMalformed("`next` is neither a string nor null")
-    records: list[dict[str, Any]] = []
-    without_id = 0
+    page = Page([], cursor or None)
     for index, item in enumerate(body["data"]):
         if not isinstance(item, dict):
             raise UpstreamMalformed(f"data[{index}] is not an object")
-        try:
-            Assignment.model_validate(item)
-        except ValidationError as e:
-            where = ".".join(str(p) for p in e.errors()[0]["loc"])
-            raise UpstreamMalformed(f"data[{index}].{where}: {e.errors()[0]['msg']}") from e
-        if not item.get("id"):
-            without_id += 1
+        if isinstance(item.get("id"), int) and not isinstance(item["id"], bool):
+            item["id"] = str(item["id"])  # a numeric id is still an id
+        reason = _unusable(item)
+        if reason is not None:
+            page.skipped[reason] = page.skipped.get(reason, 0) + 1
             continue
-        records.append(item)
-    return Page(records, cursor or None, without_id)
+        page.records.append(item)
+    return page
+
+
+def _unusable(item: dict[str, Any]) -> str | None:
+    if not item.get("id") or not isinstance(item["id"], str):
+        return "missing_id"
+    try:
+        Assignment.model_validate(item)
+    except ValidationError:
+        return "invalid_record"
+    return None

@@ -5,8 +5,10 @@ Loaded once at start; every duration becomes float seconds here and nowhere else
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -116,8 +118,13 @@ class EndpointSettings(_Strict):
     @classmethod
     def _whsec(cls, value: list[SecretStr]) -> list[SecretStr]:
         for secret in value:
-            if not secret.get_secret_value().startswith("whsec_"):
-                raise ValueError("a webhook secret looks like whsec_<base64>")
+            text = secret.get_secret_value()
+            try:
+                key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+            except ValueError:
+                key = b""
+            if not text.startswith("whsec_") or len(key) < 16:
+                raise ValueError("a webhook secret is whsec_<base64 of at least 16 bytes>")
         return value
 
     @field_validator("events")
@@ -223,9 +230,19 @@ class Settings(_Strict):
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def interpolate(text: str, env: dict[str, str] | None = None) -> str:
-    """Replace `${VAR}` and `${VAR:-default}`; an unset variable without default is an error."""
+_TOKEN = "__lms_webhooks_env_{}__"
+_TOKENS = re.compile(r"__lms_webhooks_env_(\d+)__")
+
+
+def interpolate(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+    """Resolve `${VAR}` and `${VAR:-default}` before parsing, as placeholder tokens.
+
+    The values are put back into the parsed strings (`fill`), never into the YAML text: a
+    value holding `: `, `#` or quotes cannot change the document's structure, and a YAML
+    error cannot quote a secret. An unset variable without default is an error.
+    """
     environ = os.environ if env is None else env
+    values: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -233,14 +250,27 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
         if value is None or (value == "" and default is not None):
             if default is None:
                 raise ConfigError(name, "environment variable is not set (use ${VAR:-default})")
-            return default
-        return value
+            value = default
+        values.append(value)
+        return _TOKEN.format(len(values) - 1)
 
     # whole-line comments are left alone, so documenting `${VAR}` in a comment is harmless
-    return "".join(
+    text = "".join(
         line if line.lstrip().startswith("#") else _VAR.sub(replace, line)
         for line in text.splitlines(keepends=True)
     )
+    return text, values
+
+
+def fill(data: Any, values: list[str]) -> Any:
+    """Put the environment values into the parsed document's strings."""
+    if isinstance(data, str):
+        return _TOKENS.sub(lambda m: values[int(m.group(1))], data)
+    if isinstance(data, dict):
+        return {fill(k, values): fill(v, values) for k, v in data.items()}
+    if isinstance(data, list):
+        return [fill(v, values) for v in data]
+    return data
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -270,8 +300,12 @@ def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settin
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), f"cannot read config file: {e.strerror}") from e
+    text, values = interpolate(text, env)
     try:
-        data = yaml.safe_load(interpolate(text, env))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"invalid YAML: {e}") from e
-    return parse_settings(data)
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "cannot parse"
+        raise ConfigError(str(path), f"invalid YAML{where}: {problem}") from None
+    return parse_settings(fill(data, values))

@@ -23,6 +23,7 @@ _HEALTH = {
         "last_success_at": {"type": ["number", "null"]},
         "disabled_reason": {"type": ["string", "null"]},
         "pauses": {"type": "integer"},
+        "hold_until": {"type": ["number", "null"]},
     },
 }
 _USER_REF = {

@@ -168,8 +168,8 @@ class PollScheduler:
             log.exception("poll_crashed", account_id=lease.account_id, user_id=lease.user_id)
             await self._failed(lease, e)
         finally:
-            if outcome != "cancelled":
-                self.leases.pop(lease.member, None)
+            if outcome != "cancelled" and self.leases.get(lease.member) is lease:
+                del self.leases[lease.member]
             self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
@@ -198,4 +198,5 @@ class PollScheduler:
             except RedisError as e:  # the lease runs out by itself; another poll follows
                 log.warning("lease_release_failed", error=str(e))
             finally:
-                self.leases.pop(lease.member, None)
+                if self.leases.get(lease.member) is lease:
+                    del self.leases[lease.member]

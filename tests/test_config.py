@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.config import interpolate, load_settings, parse_duration
+from service.config import fill, interpolate, load_settings, parse_duration
 from service.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,15 +51,24 @@ def test_bad_durations(bad: object) -> None:
 
 def test_interpolation() -> None:
     env = {"A": "1", "EMPTY": ""}
-    assert (
-        interpolate("x=${A} y=${B:-dflt} z=${EMPTY:-d2} w=${A:-no}", env) == "x=1 y=dflt z=d2 w=1"
-    )
-    assert (
-        interpolate("  # ${UNSET} in a comment\nk: ${A}\n", env)
-        == "  # ${UNSET} in a comment\nk: 1\n"
-    )
+    text, values = interpolate("x=${A} y=${B:-dflt} z=${EMPTY:-d2} w=${A:-no}", env)
+    assert fill(text, values) == "x=1 y=dflt z=d2 w=1"
+    text, values = interpolate("  # ${UNSET} in a comment\nk: ${A}\n", env)
+    assert fill(text, values) == "  # ${UNSET} in a comment\nk: 1\n"
     with pytest.raises(ConfigError, match="MISSING"):
         interpolate("${MISSING}", env)
+
+
+@pytest.mark.parametrize("key", ["@sk_live_S3CRET", "abc #S3CRET", "a: b", "'q\"", "x\n  y: 1"])
+def test_values_never_change_the_yaml_structure(tmp_path: Path, key: str) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), ENV | {"KEY": key})
+    assert settings.stackone.api_key.get_secret_value() == key
+
+
+def test_yaml_errors_do_not_quote_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL + "  bad: [unclosed\n"), ENV)
+    assert "line" in caught.value.message and ENV["KEY"] not in str(caught.value)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -85,6 +94,8 @@ def test_minimal_config_defaults_and_secrets_hidden(tmp_path: Path) -> None:
         (("  api_key: ${KEY}", "  api_key: ${KEY}\n  page_size: 101"), "stackone.page_size"),
         (("url: https://", "url: http://"), "endpoints.0.url"),
         (("secret: ${SECRET}", "secret: nope"), "endpoints.0.secret"),
+        (("secret: ${SECRET}", "secret: whsec_abc"), "endpoints.0.secret"),
+        (("secret: ${SECRET}", "secret: whsec_"), "endpoints.0.secret"),
         (("secret: ${SECRET}", "secret: ${SECRET}\n    events: [nope]"), "endpoints.0.events"),
         (("secret: ${SECRET}", "secret: ${SECRET}\n    timeout: soon"), "endpoints.0.timeout"),
         (("redis_url: redis", "redis_url: mysql"), "redis_url"),

@@ -157,3 +157,36 @@ async def test_kill_in_the_middle_of_a_poll(
     assert len(rx.events) == 15 == len({e.webhook_id for e in rx.events})
     per_assignment = {e.data["assignment_id"] for e in rx.events}
     assert per_assignment == {f"a{n}" for n in range(1, 6)}
+
+
+async def test_two_processes_share_the_endpoint_rate_and_send_each_event_once(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed(sim, 25)
+    processes = [
+        RunProcess(redis_server.url, lms_url, rx_url, tmp_path / f"run{n}.log") for n in (1, 2)
+    ]
+    for process in processes:
+        process.env["ENDPOINT_RATE"] = "5"
+        process.start()
+    try:
+        await wait_until(lambda: redis.hget(f"lw:user:{ACCOUNT}:u_1", "baselined"), 20, "baseline")
+        for n in range(1, 26):
+            sim.update_assignment(ACCOUNT, "u_1", f"a{n}", x_round=1)  # 25 `updated` events
+        await rx.wait_for(25, 30)
+        await asyncio.sleep(1.0)
+    finally:
+        codes = [process.stop() for process in processes]
+    assert codes == [0, 0]
+    assert len(rx.received) == 25 == len({r.webhook_id for r in rx.received})
+    times = sorted(r.received_at for r in rx.received)
+    for n, start in enumerate(times):  # any 2 s window: at most 5/s x 2 s, +1 for the edge
+        assert sum(1 for t in times[n:] if t < start + 2.0) <= 11
+    logs = "".join(p.log.read_text() for p in processes)
+    assert logs.count('"delivery_attempt"') == 25

@@ -367,7 +367,7 @@ async def test_a_hanging_endpoint_does_not_stall_another(
                     5,
                 )
                 # one poll interval (0.5 s) and delivery: the stuck endpoint adds nothing
-                assert time.time() - changed_at < 2.0
+                assert time.time() - changed_at < 3.0
     finally:
         await stuck_runner.cleanup()
     assert len(stuck.received) == 1  # its single slot is still waiting on the first event

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 
@@ -137,7 +136,8 @@ async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: Red
     # 20/s for 2 s across three processes: about 40, never a burst beyond the rate
     assert 35 <= len(granted) <= 42
     granted.sort()
-    assert all(b - a >= 0.03 for a, b in itertools.pairwise(granted))
+    for n, start in enumerate(granted):  # any 0.5 s window: 20/s x 0.5 s, +1 for the edge
+        assert sum(1 for t in granted[n:] if t < start + 0.5) <= 11
 
 
 async def test_pause_holds_every_limiter_until_it_runs_out(redis: Redis) -> None:

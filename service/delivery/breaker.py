@@ -28,6 +28,7 @@ class EndpointHealth:
     last_success_at: float | None = None
     disabled_reason: str | None = None
     pauses: int = 0  # pauses in a row: the first, then one per failed probe
+    hold_until: float | None = None  # a receiver's Retry-After holds every delivery until then
 
 
 class Gate(Enum):
@@ -45,6 +46,8 @@ def gate(health: EndpointHealth, now: float) -> tuple[Gate, float]:
     """What a worker may do now, and how long to wait when it may do nothing."""
     if health.status == DISABLED:
         return Gate.CLOSED, CLOSED_RECHECK
+    if health.hold_until is not None and now < health.hold_until:
+        return Gate.CLOSED, health.hold_until - now
     if health.status == PAUSED:
         until = health.paused_until or 0.0
         return (Gate.PROBE, 0.0) if now >= until else (Gate.CLOSED, until - now)
@@ -66,11 +69,26 @@ def after_success(health: EndpointHealth, now: float) -> EndpointHealth:
 
 
 def after_failure(
-    health: EndpointHealth, now: float, error: str, *, gone: bool, disable_after: float
+    health: EndpointHealth,
+    now: float,
+    error: str,
+    *,
+    gone: bool,
+    disable_after: float,
+    retry_after: float | None = None,
 ) -> EndpointHealth:
     failures = health.consecutive_failures + 1
     since = health.failing_since if health.failing_since is not None else now
-    failed = replace(health, consecutive_failures=failures, failing_since=since, last_error=error)
+    hold = health.hold_until
+    if retry_after is not None:  # the receiver asked for a break: every slot takes it
+        hold = max(hold or 0.0, now + retry_after)
+    failed = replace(
+        health,
+        consecutive_failures=failures,
+        failing_since=since,
+        last_error=error,
+        hold_until=hold,
+    )
     if health.status == DISABLED:
         return failed
     if gone:

@@ -97,6 +97,9 @@ class EndpointWorker:
                 await self._sleep(1.0)
                 continue
             for event in batch:
+                if (mine := self.claimed.get(event.event_id)) is not None:
+                    mine.token = event.token  # still in flight here: keep one sender, new lease
+                    continue
                 self.claimed[event.event_id] = event
                 task = asyncio.create_task(self._deliver(event))
                 self.inflight.add(task)
@@ -115,15 +118,18 @@ class EndpointWorker:
         except TimeoutError:
             pass
 
-    async def _throttle(self) -> None:
+    async def _throttle(self) -> float:
+        """Wait for the endpoint's shared rate; returns how long that took."""
         per_second = self.endpoint.max_per_second
+        waited = 0.0
         if per_second is None:
-            return
-        while (
-            wait := await self.d.limiter.try_acquire(f"endpoint:{self.endpoint.id}", per_second)
-        ) > 0:
+            return waited
+        name = f"endpoint:{self.endpoint.id}"
+        while (wait := await self.d.limiter.try_acquire(name, per_second)) > 0:
             self.d.metrics.throttle_wait.labels("endpoint").inc(wait)
+            waited += wait
             await asyncio.sleep(wait)
+        return waited
 
     async def _send(self, event: ClaimedEvent) -> tuple[AttemptResult, float]:
         timestamp = int(self.d.clock())
@@ -138,7 +144,8 @@ class EndpointWorker:
                 timeout=aiohttp.ClientTimeout(total=self.endpoint.timeout),
                 allow_redirects=False,
             ) as response:
-                await response.read()
+                # a small read keeps the connection reusable; a huge body is never buffered
+                await response.content.read(64 * 1024)
                 result = classify(response.status, response.headers.get("Retry-After"))
         except TimeoutError:
             result = classify(None, error=f"timed out after {self.endpoint.timeout:g}s")
@@ -162,7 +169,13 @@ class EndpointWorker:
     async def _deliver(self, event: ClaimedEvent) -> None:
         endpoint_id = self.endpoint.id
         try:
-            await self._throttle()
+            if await self._throttle():
+                # the wait may have outlasted the claim: renew it, or leave the event to the
+                # worker that took it over, so it is never sent twice
+                lease = int((self.d.clock() + self._lease_seconds(1)) * 1000)
+                if not await self.d.queue.extend(endpoint_id, event, lease):
+                    self.claimed.pop(event.event_id, None)
+                    return
             result, duration = await self._send(event)
             await self._settle(event, result, duration)
         except RedisError as e:  # the lease runs out and the event is sent again, same id
@@ -216,6 +229,7 @@ class EndpointWorker:
                 error,
                 gone=result.verdict is Verdict.GONE,
                 disable_after=d.settings.delivery.disable_after,
+                retry_after=result.retry_after,
             ),
         )
         if health.status != self.health.status:

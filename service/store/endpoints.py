@@ -12,7 +12,7 @@ from redis.exceptions import WatchError
 from service.delivery.breaker import EndpointHealth
 from service.store.keys import EndpointKeys
 
-_FLOATS = {"failing_since", "paused_until", "last_success_at"}
+_FLOATS = {"failing_since", "paused_until", "last_success_at", "hold_until"}
 
 
 def decode_health(raw: dict[str, str]) -> EndpointHealth:

@@ -17,6 +17,7 @@ from service.store.scripts import (
     ACK_EVENT,
     CLAIM_EVENTS,
     DEAD_LETTER_EVENT,
+    EXTEND_LEASE,
     REPLAY_DEAD,
     RESCHEDULE_EVENT,
 )
@@ -73,6 +74,7 @@ class EventQueue:
         self._ack = redis.register_script(ACK_EVENT)
         self._reschedule = redis.register_script(RESCHEDULE_EVENT)
         self._dead = redis.register_script(DEAD_LETTER_EVENT)
+        self._extend = redis.register_script(EXTEND_LEASE)
         self._replay = redis.register_script(REPLAY_DEAD)
 
     async def claim(
@@ -90,6 +92,15 @@ class EventQueue:
     async def ack(self, endpoint_id: str, event: ClaimedEvent) -> bool:
         ep = EndpointKeys(endpoint_id)
         done = await self._ack(keys=[ep.due, ep.body, ep.meta], args=[event.event_id, event.token])
+        return bool(done)
+
+    async def extend(self, endpoint_id: str, event: ClaimedEvent, lease_until_ms: int) -> bool:
+        """Keep a claim (fenced); False when another worker has taken the event over."""
+        done = await self._extend(
+            keys=[EndpointKeys(endpoint_id).due], args=[event.event_id, event.token, lease_until_ms]
+        )
+        if done:
+            event.token = lease_until_ms
         return bool(done)
 
     async def reschedule(self, endpoint_id: str, event: ClaimedEvent, due_ms: int) -> bool:

@@ -89,6 +89,15 @@ return 1
 """
 )
 
+# KEYS due; ARGV id, token, new lease → 1 / 0 (the new lease is the new token)
+EXTEND_LEASE = (
+    _FENCE
+    + """
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+)
+
 # KEYS due, dead, meta; ARGV id, token, now ms, meta json → 1 / 0
 DEAD_LETTER_EVENT = (
     _FENCE

@@ -41,6 +41,7 @@ _REJECTED = frozenset({401, 403, 404, 412})
 _RATE_LIMITED = frozenset({408, 429})
 DEFAULT_RETRY_AFTER = 5.0
 MAX_RETRY_AFTER = 600.0
+MAX_PAGE_BYTES = 32 * 1024 * 1024  # 100 records are far below this; a runaway body is not
 
 
 def retry_after_seconds(header: str | None, default: float = DEFAULT_RETRY_AFTER) -> float:
@@ -96,9 +97,11 @@ class StackOneClient:
         self.sleep = sleep
         token = base64.b64encode(f"{settings.api_key.get_secret_value()}:".encode()).decode()
         self._auth = f"Basic {token}"
-        self._per_second = settings.max_requests_per_minute / 60.0
-        # up to one second's worth back to back: smooth, never a minute's budget at once
-        self._burst = max(1.0, self._per_second)
+        budget = settings.max_requests_per_minute
+        # Up to a second's worth may go back to back (smooth, never a minute's budget at
+        # once); the steady rate leaves room for that burst, so no 60 s window exceeds budget.
+        self._burst = max(1.0, min(budget / 60.0, budget * 0.05))
+        self._per_second = max(budget - self._burst, 1.0) / 60.0
 
     def __repr__(self) -> str:
         return f"StackOneClient(base_url={self.settings.base_url!r})"
@@ -161,6 +164,15 @@ class StackOneClient:
             self.metrics.throttle_wait.labels("upstream").inc(wait)
             await self.sleep(wait)
 
+    @staticmethod
+    async def _body(response: aiohttp.ClientResponse) -> bytes:
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            body += chunk
+            if len(body) > MAX_PAGE_BYTES:
+                raise UpstreamMalformed(f"a page larger than {MAX_PAGE_BYTES} bytes")
+        return bytes(body)
+
     async def _get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Page:
         await self._acquire()
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
@@ -168,7 +180,7 @@ class StackOneClient:
             async with self.session.get(
                 url, params=params, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                raw = await response.read()
+                raw = await self._body(response)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
         except TimeoutError as e:

@@ -20,6 +20,7 @@ from service.delivery.breaker import ACTIVE, DISABLED, PAUSED
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.ssrf import GuardedResolver
 from service.metrics import Metrics
+from service.overdue import OverdueWatcher
 from service.poller import Poller
 from service.schedule import LEASE_SECONDS, PollScheduler
 from service.store.connect import connect
@@ -94,8 +95,21 @@ class Service:
                 on_committed=self.dispatcher.wake if self.dispatcher else None,
                 clock=self.clock,
             )
+            overdue = OverdueWatcher(
+                self.redis,
+                self.settings,
+                self.metrics,
+                on_committed=self.dispatcher.wake if self.dispatcher else None,
+                clock=self.clock,
+            )
             self.scheduler = PollScheduler(
-                self.poll_store, self.users, poller, self.settings, self.metrics, clock=self.clock
+                self.poll_store,
+                self.users,
+                poller,
+                self.settings,
+                self.metrics,
+                overdue=overdue,
+                clock=self.clock,
             )
             self.scheduler.start()
         if self.serve_http:

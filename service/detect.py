@@ -178,6 +178,62 @@ def detect_removed(
     return Change(assignment_id, tombstone, [removed])
 
 
+def overdue_due_ms(record: dict[str, Any] | None) -> int | None:
+    """When this assignment becomes overdue (ms), or None: completed, removed, no due date."""
+    if record is None or status_value(record) == "completed":
+        return None
+    due = parse_iso(record.get("due_date"))
+    return int(due.timestamp() * 1000) if due is not None and due >= _EPOCH else None
+
+
+def overdue_watch(
+    previous: Snapshot | None, current: Snapshot, now: datetime, emit: bool
+) -> tuple[int | None, int | None]:
+    """(due date to stop watching, due date to start watching) for one committed change.
+
+    A due date is watched once: an unchanged due date is left as it is, whether its overdue
+    event is still to come or already sent. One already past is watched (and so reported at
+    once) only when events are emitted, not while a baseline is taken.
+    """
+    old = overdue_due_ms(previous.record) if previous else None
+    new = overdue_due_ms(current.record)
+    if old == new:
+        return None, None
+    if new is not None and not emit and new <= now.timestamp() * 1000:
+        new = None
+    return old, new
+
+
+def detect_overdue(
+    account_id: str,
+    user_id: str,
+    assignment_id: str,
+    snapshot: Snapshot,
+    due_ms: int,
+    *,
+    now: datetime,
+) -> Event | None:
+    """`assignment.overdue`, once per assignment and due date; None when no longer true."""
+    if snapshot.record is None or overdue_due_ms(snapshot.record) != due_ms:
+        return None
+    if due_ms > now.timestamp() * 1000:
+        return None
+    event = _event(
+        ev.OVERDUE,
+        account_id=account_id,
+        user_id=user_id,
+        assignment_id=assignment_id,
+        sequence=snapshot.sequence,
+        fields=[],
+        previous=None,
+        current=snapshot.record,
+        now=now,
+    )
+    # keyed by the due date, not the sequence: a later change must not send it again
+    event["id"] = event_id(account_id, user_id, assignment_id, due_ms, ev.OVERDUE)
+    return event
+
+
 def next_watermark(
     previous: datetime | None, updated_at_values: Iterable[object], *, poll_started: datetime
 ) -> datetime | None:

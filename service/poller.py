@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 import structlog
 
@@ -18,10 +19,13 @@ from service.detect import (
     detect,
     detect_removed,
     next_watermark,
+    overdue_watch,
     updated_after,
 )
 from service.errors import StaleLease
+from service.events import Event
 from service.metrics import Metrics
+from service.store import keys
 from service.store.polls import Outbox, PollStore
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
@@ -76,17 +80,32 @@ class _Run:
         return {a for a, s in self.snapshots.items() if s.record is not None}
 
 
-def route(
-    outbox: Outbox, change: Change, endpoints: Iterable[EndpointSettings], due_ms: int
+def route_events(
+    events: Iterable[Event],
+    endpoints: Iterable[EndpointSettings],
+    due_ms: int,
+    into: dict[str, list[tuple[str, str, int]]],
 ) -> None:
-    """Add a change to the outbox with each event queued for every endpoint that wants it."""
-    outbox.changes.append(change)
-    for event in change.events:
+    """Queue each event for every endpoint that wants it (the body serialized once)."""
+    for event in events:
         body: str | None = None
         for endpoint in endpoints:
             if endpoint.wants(event["type"], event["data"]["account_id"]):
                 body = body or json.dumps(event, separators=(",", ":"))
-                outbox.events.setdefault(endpoint.id, []).append((event["id"], body, due_ms))
+                into.setdefault(endpoint.id, []).append((event["id"], body, due_ms))
+
+
+def add_change(run: _Run, change: Change, previous: Snapshot | None, settings: Settings) -> None:
+    """A change joins the outbox: its snapshot, its events, and its overdue watch."""
+    outbox, lease = run.outbox, run.lease
+    outbox.changes.append(change)
+    route_events(change.events, settings.endpoints, run.now_ms, outbox.events)
+    stop, start = overdue_watch(previous, change.snapshot, run.now, run.emit)
+    member = partial(keys.overdue_member, lease.account_id, lease.user_id, change.assignment_id)
+    if stop is not None:
+        outbox.unwatch.append(member(stop))
+    if start is not None:
+        outbox.watch[member(start)] = start
 
 
 class Poller:
@@ -140,15 +159,16 @@ class Poller:
                 await self._read(run, None)
                 missing &= run.live() - run.seen
             for assignment_id in sorted(missing):
+                previous = run.snapshots[assignment_id]
                 gone = detect_removed(
                     lease.account_id,
                     lease.user_id,
                     assignment_id,
-                    run.snapshots[assignment_id],
+                    previous,
                     now=run.now,
                     emit=run.emit,
                 )
-                route(run.outbox, gone, self.settings.endpoints, run.now_ms)
+                add_change(run, gone, previous, self.settings)
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
         final_state = {
             "baselined": "1",
@@ -176,18 +196,19 @@ class Poller:
                 assignment_id = str(record["id"])
                 run.seen.add(assignment_id)
                 run.updated_values.append(record.get("updated_at"))
+                previous = run.snapshots.get(assignment_id)
                 change = detect(
                     lease.account_id,
                     lease.user_id,
                     assignment_id,
-                    run.snapshots.get(assignment_id),
+                    previous,
                     record,
                     now=run.now,
                     emit=run.emit,
                 )
                 if change is not None:
                     run.snapshots[assignment_id] = change.snapshot
-                    route(run.outbox, change, self.settings.endpoints, run.now_ms)
+                    add_change(run, change, previous, self.settings)
             if len(run.outbox) >= FLUSH_EVERY:
                 await self._commit(lease, run.outbox, run.result, final_state=None)
                 run.outbox = Outbox()

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from service.config import Settings
 from service.errors import StaleLease, UpstreamError, UpstreamRejected
 from service.metrics import Metrics
+from service.overdue import CHECK_SECONDS, OverdueWatcher
 from service.poller import Lease, Poller
 from service.store import keys
 from service.store.polls import PollStore
@@ -53,10 +54,12 @@ class PollScheduler:
         settings: Settings,
         metrics: Metrics,
         *,
+        overdue: OverdueWatcher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.users = users
+        self.overdue = overdue
         self.poller = poller
         self.settings = settings
         self.metrics = metrics
@@ -76,6 +79,8 @@ class PollScheduler:
         self.scheduler.add_job(self.sync_users, "interval", seconds=SYNC_SECONDS, **job)
         self.scheduler.add_job(self.tick, "interval", seconds=TICK_SECONDS, **job)
         self.scheduler.add_job(self.heartbeat, "interval", seconds=LEASE_SECONDS / 3, **job)
+        if self.overdue is not None:
+            self.scheduler.add_job(self.overdue.check, "interval", seconds=CHECK_SECONDS, **job)
         self.scheduler.start()
         self._synced = asyncio.ensure_future(self.sync_users())
 

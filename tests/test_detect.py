@@ -12,9 +12,11 @@ from service.detect import (
     Snapshot,
     changed_fields,
     detect,
+    detect_overdue,
     detect_removed,
     event_id,
     next_watermark,
+    overdue_watch,
     updated_after,
 )
 
@@ -229,3 +231,65 @@ def test_watermark(
 def test_updated_after_reads_the_overlap_again() -> None:
     assert updated_after(None, 60) is None
     assert updated_after(T0, 60) == T0 - timedelta(seconds=60)
+
+
+def ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "emit", "expected"),
+    [
+        # first seen with a future due date: watched, also during the baseline
+        (
+            None,
+            record(due_date="2026-12-01T00:00:00.000Z"),
+            False,
+            (None, ms("2026-12-01T00:00:00.000Z")),
+        ),
+        # already past: reported at once after the baseline, not during it
+        (
+            None,
+            record(due_date="2026-11-01T00:00:00.000Z"),
+            True,
+            (None, ms("2026-11-01T00:00:00.000Z")),
+        ),
+        (None, record(due_date="2026-11-01T00:00:00.000Z"), False, (None, None)),
+        # same due date, other change: left as it is (never reported twice)
+        (record(), record(progress=5), True, (None, None)),
+        # completed: stop watching; due date moved: watch the new one
+        (
+            record(),
+            record(status=status("completed")),
+            True,
+            (ms("2026-12-31T00:00:00.000Z"), None),
+        ),
+        (
+            record(),
+            record(due_date="2027-01-31T00:00:00.000Z"),
+            True,
+            (ms("2026-12-31T00:00:00.000Z"), ms("2027-01-31T00:00:00.000Z")),
+        ),
+        (None, record(due_date=None), True, (None, None)),
+    ],
+)
+def test_overdue_watch(
+    previous: dict[str, Any] | None, current: dict[str, Any], emit: bool, expected: tuple[Any, Any]
+) -> None:
+    before = Snapshot(1, previous) if previous else None
+    assert overdue_watch(before, Snapshot(2, current), NOW, emit) == expected
+
+
+def test_overdue_event_once_per_due_date() -> None:
+    snap = Snapshot(3, record(due_date="2026-11-01T00:00:00.000Z"))
+    event = detect_overdue("a", "u", "1", snap, ms("2026-11-01T00:00:00.000Z"), now=NOW)
+    assert event is not None and event["type"] == ev.OVERDUE
+    assert event["data"]["sequence"] == 3 and event["data"]["changed_fields"] == []
+    later = detect_overdue(
+        "a", "u", "1", Snapshot(4, snap.record), ms("2026-11-01T00:00:00.000Z"), now=NOW
+    )
+    assert later is not None and later["id"] == event["id"]  # same due date, same id
+    done = Snapshot(4, record(due_date="2026-11-01T00:00:00.000Z", status=status("completed")))
+    assert detect_overdue("a", "u", "1", done, ms("2026-11-01T00:00:00.000Z"), now=NOW) is None
+    moved = Snapshot(4, record(due_date="2026-11-02T00:00:00.000Z"))
+    assert detect_overdue("a", "u", "1", moved, ms("2026-11-01T00:00:00.000Z"), now=NOW) is None

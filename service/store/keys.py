@@ -16,6 +16,8 @@ POLL_DUE = f"{PREFIX}:poll:due"
 RUNTIME_USERS = f"{PREFIX}:users:runtime"
 # string with a TTL: while it exists every process pauses the upstream API key (429/408).
 UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
+# zset: overdue member (user, assignment, due date) → the due date (ms); claimed like POLL_DUE.
+OVERDUE = f"{PREFIX}:overdue"
 
 
 def _q(value: str) -> str:
@@ -29,6 +31,15 @@ def user_member(account_id: str, user_id: str) -> str:
 def parse_user_member(member: str) -> tuple[str, str]:
     account, _, user = member.partition(":")
     return unquote(account), unquote(user)
+
+
+def overdue_member(account_id: str, user_id: str, assignment_id: str, due_ms: int) -> str:
+    return f"{user_member(account_id, user_id)}:{_q(assignment_id)}:{due_ms}"
+
+
+def parse_overdue_member(member: str) -> tuple[str, str, str, int]:
+    account, user, assignment, due = member.split(":")
+    return unquote(account), unquote(user), unquote(assignment), int(due)
 
 
 def snapshots(account_id: str, user_id: str) -> str:

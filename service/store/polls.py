@@ -55,6 +55,9 @@ class Outbox:
     changes: list[Change] = field(default_factory=list)
     # endpoint id → [(event id, body, due ms)]
     events: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+    # overdue members to start watching (member → due ms) and to stop watching
+    watch: dict[str, int] = field(default_factory=dict)
+    unwatch: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.changes)
@@ -98,6 +101,7 @@ class PollStore:
             keys.POLL_DUE,
             keys.snapshots(account_id, user_id),
             keys.user_state(account_id, user_id),
+            keys.OVERDUE,
         ]
         for endpoint_id in endpoints:
             ep = keys.EndpointKeys(endpoint_id)
@@ -114,6 +118,10 @@ class PollStore:
         args.append(len(state))
         for name, value in state.items():
             args += [name, value]
+        args.append(len(outbox.watch))
+        for member, due_ms in outbox.watch.items():
+            args += [member, due_ms]
+        args += [len(outbox.unwatch), *outbox.unwatch]
         for endpoint_id in endpoints:
             queued = outbox.events[endpoint_id]
             args.append(len(queued))

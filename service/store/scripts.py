@@ -33,9 +33,11 @@ return out
 """
 
 # One poll's commit: snapshots, user state, the lease/next-due score and the outgoing events.
-# KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, then (due, body) per endpoint.
+# KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, KEYS[4] OVERDUE, then
+# (due, body) per endpoint.
 # ARGV: member, token ('' = unfenced), new score ('' = keep), n, (id, snapshot)*n,
-#       n, (field, value)*n (state), then per endpoint:
+#       n, (field, value)*n (state), n, (overdue member, due ms)*n (watch),
+#       n, overdue member*n (unwatch), then per endpoint:
 #       n, (event id, body, due ms)*n
 COMMIT_POLL = """
 if ARGV[2] ~= '' then
@@ -47,7 +49,11 @@ local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-local k = 4
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('ZADD', KEYS[4], ARGV[i + 1], ARGV[i]); i = i + 2 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('ZREM', KEYS[4], ARGV[i]); i = i + 1 end
+local k = 5
 while k <= #KEYS do
   n = tonumber(ARGV[i]); i = i + 1
   for _ = 1, n do
@@ -85,6 +91,29 @@ RESCHEDULE_EVENT = (
     + """
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+return 1
+"""
+)
+
+# An overdue check's outcome: its events (maybe none) queued, the member unwatched.
+# KEYS[1] OVERDUE, then (due, body) per endpoint; ARGV member, token, then per endpoint:
+#   n, (event id, body, due ms)*n
+COMMIT_OVERDUE = (
+    _FENCE
+    + """
+local i = 3
+local k = 2
+while k <= #KEYS do
+  local n = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, n do
+    if redis.call('HSETNX', KEYS[k + 1], ARGV[i], ARGV[i + 1]) == 1 then
+      redis.call('ZADD', KEYS[k], ARGV[i + 2], ARGV[i])
+    end
+    i = i + 3
+  end
+  k = k + 2
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """
 )

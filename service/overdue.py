@@ -1,0 +1,103 @@
+"""Overdue: due dates watched in Redis, reported once each when they pass, no upstream call.
+
+Polls commit the due dates to watch together with the snapshots. A periodic check claims
+the due dates that have passed (leased, like polls, so one process reports each), reads the
+snapshot, and commits the `assignment.overdue` events and the unwatch in one step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.config import Settings
+from service.detect import detect_overdue
+from service.metrics import Metrics
+from service.poller import route_events
+from service.store import keys
+from service.store.polls import decode_snapshot
+from service.store.scripts import CLAIM_DUE, COMMIT_OVERDUE
+from service.timefmt import from_epoch
+
+log = structlog.get_logger("overdue")
+
+CHECK_SECONDS = 5.0  # due dates are reported within this of passing (well inside a minute)
+LEASE_SECONDS = 30.0
+BATCH = 200
+
+
+class OverdueWatcher:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        on_committed: Callable[[set[str]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.metrics = metrics
+        self.on_committed = on_committed
+        self.clock = clock
+        self._claim = redis.register_script(CLAIM_DUE)
+        self._commit = redis.register_script(COMMIT_OVERDUE)
+
+    async def check(self) -> int:
+        """Report every due date that has passed; returns how many events were queued."""
+        try:
+            return await self._check()
+        except RedisError as e:  # the leases run out; the next check takes them again
+            log.warning("overdue_check_failed", error=str(e))
+            return 0
+
+    async def _check(self) -> int:
+        now = self.clock()
+        token = int((now + LEASE_SECONDS) * 1000)
+        members: list[str] = await self._claim(
+            keys=[keys.OVERDUE], args=[int(now * 1000), token, BATCH]
+        )
+        queued = 0
+        for member in members:
+            account_id, user_id, assignment_id, due_ms = keys.parse_overdue_member(member)
+            raw = await self.redis.hget(keys.snapshots(account_id, user_id), assignment_id)
+            event = None
+            if raw is not None:
+                snapshot = decode_snapshot(str(raw))
+                event = detect_overdue(
+                    account_id, user_id, assignment_id, snapshot, due_ms, now=from_epoch(now)
+                )
+            routed: dict[str, list[tuple[str, str, int]]] = {}
+            if event is not None:
+                route_events([event], self.settings.endpoints, int(now * 1000), routed)
+            if await self._commit_one(member, token, routed) and event is not None:
+                queued += 1
+                self.metrics.events.labels(event["type"]).inc()
+                log.info(
+                    "assignment_overdue",
+                    account_id=account_id,
+                    user_id=user_id,
+                    assignment_id=assignment_id,
+                    event_id=event["id"],
+                )
+                if routed and self.on_committed:
+                    self.on_committed(set(routed))
+        return queued
+
+    async def _commit_one(
+        self, member: str, token: int, routed: dict[str, list[tuple[str, str, int]]]
+    ) -> bool:
+        script_keys: list[str] = [keys.OVERDUE]
+        args: list[str | int] = [member, token]
+        for endpoint_id in sorted(routed):
+            ep = keys.EndpointKeys(endpoint_id)
+            script_keys += [ep.due, ep.body]
+            args.append(len(routed[endpoint_id]))
+            for event_id, body, due in routed[endpoint_id]:
+                args += [event_id, body, due]
+        return bool(await self._commit(keys=script_keys, args=args))

@@ -128,7 +128,14 @@ async def replay(request: web.Request) -> web.Response:
 
 
 async def list_users(request: web.Request) -> web.Response:
-    return web.json_response({"users": await _service(request).tracked_users()})
+    service = _service(request)
+    return web.json_response(
+        {
+            "users": await service.tracked_users(),
+            # accounts whose key/account was refused (401/403/412), with when they are retried
+            "backed_off_accounts": await service.poll_store.blocked_accounts(),
+        }
+    )
 
 
 async def add_user(request: web.Request) -> web.Response:

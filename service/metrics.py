@@ -33,6 +33,17 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.poll_failures = Counter(
+            "lms_webhooks_poll_failures",
+            "Failed polls by reason (account_rejected, user_not_found, unavailable, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.accounts_blocked = Gauge(
+            "lms_webhooks_accounts_backed_off",
+            "Accounts backed off after 401/403/412 (their users wait, not hammered).",
+            registry=r,
+        )
         self.records_skipped = Counter(
             "lms_webhooks_records_skipped",
             "Upstream records that could not be tracked (e.g. without an id).",

@@ -16,7 +16,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError
 
 from service.config import Settings
-from service.errors import StaleLease, UpstreamError, UpstreamRejected
+from service.errors import (
+    StaleLease,
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from service.metrics import Metrics
 from service.overdue import CHECK_SECONDS, OverdueWatcher
 from service.poller import Lease, Poller
@@ -38,11 +45,40 @@ def initial_due_ms(member: str, now: float, interval: float) -> int:
     return int((now + offset) * 1000)
 
 
+ACCOUNT_REJECTIONS = frozenset({401, 403, 412})  # the key or the account is unusable
+
+
 def retry_delay(error: Exception, failures: int, interval: float) -> float:
     """When a failed poll is tried again: soon for passing trouble, slowly for rejections."""
     if isinstance(error, UpstreamRejected):  # key, account or user unusable: do not hammer
         return max(interval, min(300.0 * 2.0 ** min(failures, 4), 6 * 3600.0))
     return min(interval, 5.0 * 2.0 ** min(failures, 10))
+
+
+def failure_reason(error: Exception) -> str:
+    """A bounded label for the poll failures metric."""
+    if isinstance(error, UpstreamRejected):
+        return "account_rejected" if error.status in ACCOUNT_REJECTIONS else "user_not_found"
+    if isinstance(error, UpstreamRateLimited):
+        return "rate_limited"
+    if isinstance(error, UpstreamMalformed):
+        return "malformed"
+    if isinstance(error, UpstreamUnavailable):
+        return "unavailable"
+    return "error"
+
+
+def over_account_share(members: list[str], running: dict[str, int], cap: int) -> set[str]:
+    """Claimed users beyond an account's share of the slots: one busy or slow account must
+    not take every poll slot from the others."""
+    counts = dict(running)
+    over: set[str] = set()
+    for member in members:
+        account = keys.parse_user_member(member)[0]
+        counts[account] = counts.get(account, 0) + 1
+        if counts[account] > cap:
+            over.add(member)
+    return over
 
 
 class PollScheduler:
@@ -65,6 +101,7 @@ class PollScheduler:
         self.metrics = metrics
         self.clock = clock
         self.leases: dict[str, Lease] = {}
+        self._blocked_seen: set[str] = set()  # accounts blocked when last looked at
         self.tasks: set[asyncio.Task[None]] = set()
         self.scheduler = AsyncIOScheduler()
         self.accepting = False
@@ -119,11 +156,34 @@ class PollScheduler:
         token = int((now + LEASE_SECONDS) * 1000)
         try:
             members = await self.store.claim_due_users(int(now * 1000), token, free)
+            if not members:
+                return
+            blocked = await self.store.blocked_accounts()
+            self.metrics.accounts_blocked.set(len(blocked))
+            self._blocked_seen = set(blocked)
         except RedisError as e:
             log.warning("claim_users_failed", error=str(e))
             return
+        running: dict[str, int] = {}
+        for lease in self.leases.values():
+            running[lease.account_id] = running.get(lease.account_id, 0) + 1
+        cap = max(1, -(-self.settings.polling.concurrency // 2))
+        over = over_account_share(members, running, cap) if len(self._accounts()) > 1 else set()
         for member in members:
             account_id, user_id = keys.parse_user_member(member)
+            block = blocked.get(account_id)
+            if block is not None and block["until"] <= now:
+                block = None  # the back-off is over: this poll is the account's probe
+            if block is not None or member in over:
+                # not polled now: due again when the account's back-off ends, or in a moment
+                released = Lease(member, account_id, user_id, token, claimed_at=now)
+                if block is not None:  # spread over a minute, not all at the same instant
+                    spread = initial_due_ms(member, 0.0, min(self.settings.polling.interval, 60))
+                    due = int(block["until"] * 1000) + spread
+                else:
+                    due = int((now + TICK_SECONDS * 2) * 1000)
+                await self._release(released, due, {})
+                continue
             lease = Lease(member, account_id, user_id, token, claimed_at=now)
             self.leases[member] = lease
             task = asyncio.create_task(self._run(lease), name=f"poll:{member}")
@@ -150,6 +210,9 @@ class PollScheduler:
         outcome = "ok"
         try:
             result = await self.poller.poll(lease)
+            if lease.account_id in self._blocked_seen:
+                await self.store.unblock_account(lease.account_id)
+                self._blocked_seen.discard(lease.account_id)
             log.debug(
                 "poll_done",
                 account_id=lease.account_id,
@@ -177,12 +240,20 @@ class PollScheduler:
                 del self.leases[lease.member]
             self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
 
+    def _accounts(self) -> set[str]:
+        return {a.account_id for a in self.settings.accounts} | {
+            lease.account_id for lease in self.leases.values()
+        }
+
     async def _failed(self, lease: Lease, error: Exception) -> None:
+        self.metrics.poll_failures.labels(failure_reason(error)).inc()
         try:
             failures = await self.store.failures(lease.account_id, lease.user_id) + 1
         except RedisError:
             failures = 1
         delay = retry_delay(error, failures - 1, self.settings.polling.interval)
+        if isinstance(error, UpstreamRejected) and error.status in ACCOUNT_REJECTIONS:
+            await self._block_account(lease.account_id, error)
         log.warning(
             "poll_failed",
             account_id=lease.account_id,
@@ -195,6 +266,27 @@ class PollScheduler:
         )
         due = int((self.clock() + delay) * 1000)
         await self._release(lease, due, {"failures": str(failures), "last_error": str(error)})
+
+    async def _block_account(self, account_id: str, error: UpstreamRejected) -> None:
+        """Back the whole account off: its other users are not polled until then either."""
+        try:
+            blocked = await self.store.blocked_accounts()
+            failures = blocked.get(account_id, {}).get("failures", 0) + 1
+            delay = retry_delay(error, failures - 1, self.settings.polling.interval)
+            until = self.clock() + delay
+            await self.store.block_account(
+                account_id, {"until": until, "failures": failures, "error": str(error)}
+            )
+        except RedisError as e:
+            log.warning("account_block_failed", account_id=account_id, error=str(e))
+            return
+        log.warning(
+            "account_backed_off",
+            account_id=account_id,
+            status=error.status,
+            failures=failures,
+            retry_in=round(delay, 1),
+        )
 
     async def _release(self, lease: Lease, due_ms: int, state: dict[str, str]) -> None:
         async with lease.lock:

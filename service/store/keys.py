@@ -16,6 +16,8 @@ POLL_DUE = f"{PREFIX}:poll:due"
 RUNTIME_USERS = f"{PREFIX}:users:runtime"
 # string with a TTL: while it exists every process pauses the upstream API key (429/408).
 UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
+# hash: account id → JSON {until, failures, error} while 401/403/412 back the account off.
+BLOCKED_ACCOUNTS = f"{PREFIX}:accounts:blocked"
 # zset: overdue member (user, assignment, due date) → the due date (ms); claimed like POLL_DUE.
 OVERDUE = f"{PREFIX}:overdue"
 

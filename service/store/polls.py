@@ -77,6 +77,16 @@ class PollStore:
             state, snaps = await pipe.execute()
         return UserState(state, {k: decode_snapshot(v) for k, v in snaps.items()})
 
+    async def blocked_accounts(self) -> dict[str, dict[str, Any]]:
+        raw = cast(dict[str, str], await self.redis.hgetall(keys.BLOCKED_ACCOUNTS))
+        return {account: json.loads(value) for account, value in raw.items()}
+
+    async def block_account(self, account_id: str, block: dict[str, Any]) -> None:
+        await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, json.dumps(block))
+
+    async def unblock_account(self, account_id: str) -> None:
+        await self.redis.hdel(keys.BLOCKED_ACCOUNTS, account_id)
+
     async def failures(self, account_id: str, user_id: str) -> int:
         raw = await self.redis.hget(keys.user_state(account_id, user_id), "failures")
         return int(raw or 0)

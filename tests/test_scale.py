@@ -1,0 +1,167 @@
+"""Upstream at scale: unusable accounts backed off, work shared by several run processes."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from service.sim.lms import SimLMS
+from service.sim.receiver import Receiver
+from tests.conftest import ACCOUNT, endpoint, make_settings
+from tests.redis_server import RedisServer
+from tests.test_crash import RunProcess, seed, wait_until
+from tests.test_e2e import running, seed_user
+
+
+async def test_unusable_account_and_unknown_user_are_backed_off(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+) -> None:
+    sim, lms_url = lms
+    _, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1", "u_gone"],
+        http={"admin_token": "t0ken-admin"},
+    )
+    settings = settings.model_copy(
+        update={
+            "accounts": [
+                *settings.accounts,
+                settings.accounts[0].model_copy(
+                    update={"account_id": "acc_revoked", "users": ["r_1", "r_2", "r_3"]}
+                ),
+            ]
+        }
+    )
+    async with running(settings) as service:
+        await asyncio.sleep(4.0)  # eight poll intervals
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                f"{service.http_url}/admin/users", headers={"Authorization": "Bearer t0ken-admin"}
+            ) as response:
+                body = await response.json()
+            async with http.get(f"{service.http_url}/metrics") as response:
+                metrics = await response.text()
+    per_user = collections.Counter((r.account_id, r.user_id) for r in sim.requests)
+    assert per_user[(ACCOUNT, "u_1")] >= 6  # the healthy user is polled on
+    assert per_user[(ACCOUNT, "u_gone")] == 1  # 404: that user backed off
+    revoked = sum(n for (account, _), n in per_user.items() if account == "acc_revoked")
+    assert 1 <= revoked <= 3  # 403: the account backed off after its first refusals
+    assert "acc_revoked" in body["backed_off_accounts"]
+    gone = next(u for u in body["users"] if u["user_id"] == "u_gone")
+    assert gone["failures"] == 1 and "404" in gone["last_error"]
+    assert "lms_webhooks_accounts_backed_off 1.0" in metrics
+    assert 'lms_webhooks_poll_failures_total{reason="user_not_found"} 1.0' in metrics
+
+
+@pytest.mark.slow
+async def test_two_processes_share_users_and_survive_a_kill(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    sim, lms_url = lms
+    _, rx_url = receiver
+    seed(sim, 1)  # u_1 and u_2 of config/test.yaml
+    processes = [
+        RunProcess(redis_server.url, lms_url, rx_url, tmp_path / f"run{n}.log") for n in (1, 2)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        await wait_until(lambda: redis.hget(f"lw:user:{ACCOUNT}:u_2", "baselined"), 20, "baseline")
+        await asyncio.sleep(2.0)
+        sim.clear_requests()
+        await asyncio.sleep(3.0)
+        both = list(sim.requests)
+        processes[0].kill()
+        sim.clear_requests()
+        await asyncio.sleep(17.0)  # a dead process's lease (15 s) runs out, then polls go on
+        after = list(sim.requests)
+    finally:
+        codes = [process.stop() for process in processes]
+    assert codes[1] == 0
+    # 0.5 s interval: each user polled about 6 times in 3 s by the two together, not 12
+    for user in ("u_1", "u_2"):
+        times = sorted(r.time for r in both if r.user_id == user)
+        assert 4 <= len(times) <= 8, (user, len(times))
+    # after the kill the survivor polls both users, through to the end
+    for user in ("u_1", "u_2"):
+        times = [r.time for r in after if r.user_id == user]
+        assert times and max(times) > after[-1].time - 2.0, user
+
+
+async def start_pair(
+    redis: Redis, lms_url: str, rx_url: str, redis_url: str, tmp_path: Path, **env: str
+) -> list[RunProcess]:
+    processes = [RunProcess(redis_url, lms_url, rx_url, tmp_path / f"p{n}.log") for n in (1, 2)]
+    for process in processes:
+        process.env |= env
+        process.start()
+    await wait_until(lambda: redis.hget(f"lw:user:{ACCOUNT}:u_2", "baselined"), 20, "baseline")
+    return processes
+
+
+@pytest.mark.slow
+async def test_one_budget_for_two_processes_without_a_429(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    sim, lms_url = lms
+    seed(sim, 1)
+    sim.set_rate_limit(120)  # the provider's limit: 2/s, and the key's budget below
+    processes = await start_pair(
+        redis, lms_url, receiver[1], redis_server.url, tmp_path, UPSTREAM_BUDGET="120"
+    )
+    try:
+        sim.clear_requests()
+        await asyncio.sleep(10.0)  # demand (2 users every 0.5 s) is twice the budget
+        seen = list(sim.requests)
+    finally:
+        codes = [process.stop() for process in processes]
+    assert codes == [0, 0]
+    assert [r.status for r in seen if r.status == 429] == []
+    # 2/s for 10 s, plus the burst of 2 the limiter allows at most; a coarse floor on use
+    assert 17 <= len(seen) <= 22
+
+
+@pytest.mark.slow
+async def test_retry_after_pauses_every_process(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    sim, lms_url = lms
+    seed(sim, 1)
+    processes = await start_pair(redis, lms_url, receiver[1], redis_server.url, tmp_path)
+    try:
+        await asyncio.sleep(1.0)
+        sim.faults.forced.append({"status": 429, "retry_after": "3"})
+        sim.clear_requests()
+        await asyncio.sleep(5.0)
+        seen = list(sim.requests)
+    finally:
+        codes = [process.stop() for process in processes]
+    assert codes == [0, 0]
+    limited = next(r for r in seen if r.status == 429)
+    after = [r.time for r in seen if r.time > limited.time]
+    assert after and min(after) - limited.time >= 2.9  # both processes waited ~3 s
+    assert len(after) >= 4  # and went on polling afterwards

@@ -36,6 +36,7 @@ log = structlog.get_logger("schedule")
 # A dead process's users are polled again this soon; live polls extend it every third of it.
 LEASE_SECONDS = 15.0
 TICK_SECONDS = 0.25
+POLL_STOP_GRACE = 3.0
 SYNC_SECONDS = 30.0
 
 
@@ -122,12 +123,16 @@ class PollScheduler:
         self._synced = asyncio.ensure_future(self.sync_users())
 
     async def stop(self, timeout: float) -> None:
-        """Take no new polls; give running ones `timeout` s, then hand the rest back."""
+        """Take no new polls; give running ones a moment, then hand the rest back.
+
+        A poll cut short loses nothing (it committed nothing past its last flush and runs
+        again from the same watermark), so polls get at most POLL_STOP_GRACE, not `timeout`.
+        """
         self.accepting = False
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=timeout)
+            _, pending = await asyncio.wait(self.tasks, timeout=min(timeout, POLL_STOP_GRACE))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

@@ -49,7 +49,7 @@ async def wait_for_port(port: int, timeout: float = 10.0) -> None:
 def test_demo_shows_verified_completions_within_30_seconds() -> None:
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "demo", "--duration", "20"],
+        [sys.executable, "-m", "service", "demo", "--duration", "13"],
         cwd=ROOT,
         text=True,
         capture_output=True,

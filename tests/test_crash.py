@@ -26,7 +26,15 @@ pytestmark = pytest.mark.slow
 class RunProcess:
     """`python -m service run --config config/test.yaml`, as a deployment would start it."""
 
-    def __init__(self, redis_url: str, lms_url: str, receiver_url: str, log: Path) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        lms_url: str,
+        receiver_url: str,
+        log: Path,
+        config: str = "config/test.yaml",
+    ) -> None:
+        self.config = config
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -41,7 +49,7 @@ class RunProcess:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "run", "--config", "config/test.yaml"],
+                [sys.executable, "-m", "service", "run", "--config", self.config],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

@@ -171,3 +171,54 @@ async def test_retry_after_pauses_every_process(
     after = [r.time for r in seen if r.time > limited.time]
     assert after and min(after) - limited.time >= 2.9  # both processes waited ~3 s
     assert len(after) >= 4  # and went on polling afterwards
+
+
+@pytest.mark.slow
+async def test_forty_users_two_processes_within_budget_every_change_once(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    users = [f"u_{n}" for n in range(1, 41)]
+    for user in users:
+        seed_user(sim, user, 1)
+    sim.set_rate_limit(600)
+    config = tmp_path / "forty.yaml"
+    config.write_text(
+        (Path(__file__).parent.parent / "config" / "test.yaml").read_text()
+        .replace("users: [u_1, u_2]", f"users: [{', '.join(users)}]")
+        .replace("interval: 500ms", "interval: 4s")
+    )  # fmt: skip
+    processes = [
+        RunProcess(redis_server.url, lms_url, rx_url, tmp_path / f"f{n}.log", config=str(config))
+        for n in (1, 2)
+    ]
+    for process in processes:
+        process.env["UPSTREAM_BUDGET"] = "600"
+        process.start()
+    try:
+
+        async def all_baselined() -> bool:
+            return await redis.exists(*[f"lw:user:{ACCOUNT}:{u}" for u in users]) == 40
+
+        await wait_until(all_baselined, 20, "baselines")
+        sim.clear_requests()
+        for user in users[:20]:
+            sim.progress(ACCOUNT, user, f"{user}_a1", 100)  # 4 events each
+        await asyncio.sleep(9.0)  # two intervals and more
+        await rx.wait_for(80, 10)
+        seen = list(sim.requests)
+    finally:
+        codes = [process.stop() for process in processes]
+    assert codes == [0, 0]
+    assert [r for r in seen if r.status == 429] == []
+    polls = collections.Counter(r.user_id for r in seen)
+    assert set(polls) == set(users) and min(polls.values()) >= 2  # every user, every interval
+    times = sorted(r.time for r in seen)
+    for n, start in enumerate(times):  # any 1 s window: 10/s + the burst of 10
+        assert sum(1 for t in times[n:] if t < start + 1.0) <= 20
+    assert len(rx.events) == 80 == len({e.webhook_id for e in rx.events})

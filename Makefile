@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check ci clean
+.PHONY: demo test lint typecheck check schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+schema: $(STAMP)  ## regenerate config/schema.json from the Settings model
+	$(BIN)/python -c "import json; from service.config import settings_json_schema as s; \
+	open('config/schema.json', 'w').write(json.dumps(s(), indent=2, sort_keys=True) + '\n')"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

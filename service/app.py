@@ -189,7 +189,14 @@ class Service:
         return checks
 
     async def refresh_gauges(self) -> None:
+        now_ms = self.clock() * 1000
+        oldest_poll = await self.poll_store.oldest_due_ms()
+        late = (now_ms - oldest_poll) / 1000 if oldest_poll is not None else 0.0
+        self.metrics.poll_lag.set(max(late, 0.0))
         for endpoint in self.settings.endpoints:
+            oldest = await self.queue.next_due_ms(endpoint.id)
+            waiting = (now_ms - oldest) / 1000 if oldest is not None else 0.0
+            self.metrics.queue_age.labels(endpoint.id).set(max(waiting, 0.0))
             self.metrics.queue_depth.labels(endpoint.id).set(await self.queue.depth(endpoint.id))
             self.metrics.dead_letters.labels(endpoint.id).set(
                 await self.queue.dead_count(endpoint.id)

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -46,7 +47,19 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+            ],
+            "description": "seconds, or a string such as 500ms, 30s, 5m, 2h, 1d",
+        }
+    ),
+]
 
 
 class _Strict(BaseModel):
@@ -99,7 +112,23 @@ def _secret_list(value: Any) -> Any:
 class EndpointSettings(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     url: str
-    secret: Annotated[list[SecretStr], BeforeValidator(_secret_list)] = Field(min_length=1)
+    secret: Annotated[
+        list[SecretStr],
+        BeforeValidator(_secret_list),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": "^whsec_"},
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": "^whsec_"},
+                        "minItems": 1,
+                    },
+                ],
+                "description": "whsec_<base64>; a list signs with each secret (rotation)",
+            }
+        ),
+    ] = Field(min_length=1)
     events: list[str] | None = None
     accounts: list[str] | None = None
     max_per_second: float | None = Field(None, gt=0)
@@ -227,6 +256,14 @@ class Settings(_Strict):
         return next((e for e in self.endpoints if e.id == endpoint_id), None)
 
 
+def settings_json_schema() -> dict[str, Any]:
+    """The config file's JSON Schema (checked in as config/schema.json; `make schema`)."""
+    schema = Settings.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "lms-webhooks config"
+    return schema
+
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -263,7 +300,11 @@ def interpolate(text: str, env: Mapping[str, str] | None = None) -> tuple[str, l
 
 
 def fill(data: Any, values: list[str]) -> Any:
-    """Put the environment values into the parsed document's strings."""
+    """Put the environment values into the parsed document's strings.
+
+    A value stays a string (an account id "007" stays "007"); numeric and boolean settings
+    accept their string forms ("100", "true") when the Settings model validates them.
+    """
     if isinstance(data, str):
         return _TOKENS.sub(lambda m: values[int(m.group(1))], data)
     if isinstance(data, dict):

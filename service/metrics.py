@@ -75,6 +75,17 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
+        self.poll_lag = Gauge(
+            "lms_webhooks_poll_lag_seconds",
+            "How late the most overdue tracked user's poll is (0: every poll on time).",
+            registry=r,
+        )
+        self.queue_age = Gauge(
+            "lms_webhooks_queue_oldest_age_seconds",
+            "How long the oldest due event of each endpoint has been waiting.",
+            ["endpoint"],
+            registry=r,
+        )
         self.endpoint_state = Gauge(
             "lms_webhooks_endpoint_state",
             "1 for the endpoint's current state (active, paused, disabled), else 0.",

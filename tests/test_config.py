@@ -59,7 +59,9 @@ def test_interpolation() -> None:
         interpolate("${MISSING}", env)
 
 
-@pytest.mark.parametrize("key", ["@sk_live_S3CRET", "abc #S3CRET", "a: b", "'q\"", "x\n  y: 1"])
+@pytest.mark.parametrize(
+    "key", ["@sk_live_S3CRET", "abc #S3CRET", "a: b", "'q\"", "x\n  y: 1", "007", "true"]
+)
 def test_values_never_change_the_yaml_structure(tmp_path: Path, key: str) -> None:
     settings = load_settings(write(tmp_path, MINIMAL), ENV | {"KEY": key})
     assert settings.stackone.api_key.get_secret_value() == key

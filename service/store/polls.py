@@ -153,6 +153,11 @@ class PollStore:
         added = await self.redis.zadd(keys.POLL_DUE, dict(scores), nx=True)
         return int(added or 0)
 
+    async def oldest_due_ms(self) -> float | None:
+        """The earliest due time of any user (a running poll's lease counts as not due)."""
+        first = await self.redis.zrange(keys.POLL_DUE, 0, 0, withscores=True)
+        return float(cast(list[tuple[str, float]], first)[0][1]) if first else None
+
     async def scheduled_users(self) -> dict[str, float]:
         raw = await self.redis.zrange(keys.POLL_DUE, 0, -1, withscores=True)
         pairs = cast(list[tuple[str, float]], raw)

@@ -326,8 +326,15 @@ async def test_health_ready_and_metrics(
         'lms_webhooks_dead_letters{endpoint="hr"} 0.0',
         "lms_webhooks_poll_duration_seconds_count",
         'lms_webhooks_delivery_latency_seconds_count{endpoint="hr"} 1.0',
+        'lms_webhooks_endpoint_state{endpoint="hr",state="active"} 1.0',
+        'lms_webhooks_endpoint_state{endpoint="hr",state="disabled"} 0.0',
+        'lms_webhooks_endpoint_consecutive_failures{endpoint="hr"} 0.0',
+        'lms_webhooks_queue_oldest_age_seconds{endpoint="hr"} 0.0',
+        "lms_webhooks_accounts_backed_off 0.0",
     ):
         assert line in text, line
+    lag = float(text.split("\nlms_webhooks_poll_lag_seconds ")[1].split()[0])
+    assert 0 <= lag < 5  # polls are on time (a 0.5 s interval)
 
 
 async def test_readyz_fails_while_redis_is_unreachable(lms: Sim) -> None:

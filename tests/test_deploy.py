@@ -482,3 +482,11 @@ def test_dashboard_covers_the_service_metrics() -> None:
         "lms_webhooks_accounts_backed_off",
     ):
         assert name in used, f"the dashboard does not show {name}"
+
+
+def test_the_image_installs_the_way_the_readme_says() -> None:
+    readme = (ROOT / "README.md").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install ." in readme
+    assert "pip install --no-cache-dir ." in dockerfile  # the same install, without a cache
+    assert "COPY pyproject.toml README.md" in dockerfile and "COPY service ./service" in dockerfile

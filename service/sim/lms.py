@@ -1,7 +1,7 @@
 """The simulated StackOne LMS over HTTP: the unified endpoint plus a `/_sim/` control API.
 
-State, paging, auth, rate limiting and faults live in `service.sim.lms_state`; this module
-only moves requests in and out of it.
+State, paging and auth live in `service.sim.lms_state`, faults and rate limits in
+`service.sim.faults`; this module only moves requests in and out of them.
 """
 
 from __future__ import annotations

@@ -222,3 +222,53 @@ async def test_forty_users_two_processes_within_budget_every_change_once(
     for n, start in enumerate(times):  # any 1 s window: 10/s + the burst of 10
         assert sum(1 for t in times[n:] if t < start + 1.0) <= 20
     assert len(rx.events) == 80 == len({e.webhook_id for e in rx.events})
+
+
+def test_one_account_gets_at_most_its_share_of_poll_slots() -> None:
+    from service.schedule import over_account_share
+
+    members = [f"big:u{n}" for n in range(6)] + ["small:u1", "small:u2"]
+    # 8 slots, half each at most: the busy account keeps 4, the rest go back to the queue
+    assert over_account_share(members, {}, cap=4) == {"big:u4", "big:u5"}
+    # two of `big` already running here: it may take two more
+    assert over_account_share(members, {"big": 2}, cap=4) == {f"big:u{n}" for n in range(2, 6)}
+    assert over_account_share(["small:u1"], {"big": 8}, cap=4) == set()
+
+
+async def test_poller_and_dispatcher_roles_split_the_work(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+) -> None:
+    from service.app import Service
+
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1"],
+        polling={"emit_on_first_sync": True},
+    )
+    poller = Service(settings, role="poller", serve_http=False)
+    await poller.start()
+    try:
+        async with asyncio.timeout(10):
+            while not await redis.zcard("lw:ep:hr:due"):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert rx.received == []  # a poller alone queues, never sends
+        assert set(await poller.readiness()) == {"redis", "poller"}
+        dispatcher = Service(settings, role="dispatcher", serve_http=False)
+        await dispatcher.start()
+        try:
+            await rx.wait_for(1, 10)
+            assert set(await dispatcher.readiness()) == {"redis", "dispatcher"}
+        finally:
+            await dispatcher.stop(timeout=2.0)
+    finally:
+        await poller.stop(timeout=2.0)
+    assert [e.type for e in rx.events] == ["assignment.created"]

@@ -193,6 +193,7 @@ class Service:
         oldest_poll = await self.poll_store.oldest_due_ms()
         late = (now_ms - oldest_poll) / 1000 if oldest_poll is not None else 0.0
         self.metrics.poll_lag.set(max(late, 0.0))
+        self.metrics.accounts_blocked.set(len(await self.poll_store.blocked_accounts()))
         for endpoint in self.settings.endpoints:
             oldest = await self.queue.next_due_ms(endpoint.id)
             waiting = (now_ms - oldest) / 1000 if oldest is not None else 0.0

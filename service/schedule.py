@@ -10,6 +10,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -80,6 +81,34 @@ def over_account_share(members: list[str], running: dict[str, int], cap: int) ->
         if counts[account] > cap:
             over.add(member)
     return over
+
+
+def deferred_claims(
+    members: list[str],
+    blocked: dict[str, dict[str, Any]],
+    running: dict[str, int],
+    *,
+    cap: int | None,
+    now: float,
+    interval: float,
+) -> dict[str, int]:
+    """Claimed users not to poll now, each with when it is due again (ms).
+
+    A user of a backed-off account waits for the back-off's end (spread over a minute, so
+    they do not all come back at one instant); once it has ended, the next poll is the
+    account's probe. A user beyond its account's share of the slots (`cap`, None: no cap)
+    comes back in a moment.
+    """
+    over = over_account_share(members, running, cap) if cap is not None else set()
+    deferred: dict[str, int] = {}
+    for member in members:
+        block = blocked.get(keys.parse_user_member(member)[0])
+        if block is not None and block["until"] > now:
+            spread = initial_due_ms(member, 0.0, min(interval, 60.0))
+            deferred[member] = int(block["until"] * 1000) + spread
+        elif member in over:
+            deferred[member] = int((now + TICK_SECONDS * 2) * 1000)
+    return deferred
 
 
 class PollScheduler:
@@ -164,7 +193,6 @@ class PollScheduler:
             if not members:
                 return
             blocked = await self.store.blocked_accounts()
-            self.metrics.accounts_blocked.set(len(blocked))
             self._blocked_seen = set(blocked)
         except RedisError as e:
             log.warning("claim_users_failed", error=str(e))
@@ -172,24 +200,21 @@ class PollScheduler:
         running: dict[str, int] = {}
         for lease in self.leases.values():
             running[lease.account_id] = running.get(lease.account_id, 0) + 1
-        cap = max(1, -(-self.settings.polling.concurrency // 2))
-        over = over_account_share(members, running, cap) if len(self._accounts()) > 1 else set()
+        many_accounts = len(self._accounts()) > 1
+        deferred = deferred_claims(
+            members,
+            blocked,
+            running,
+            cap=max(1, -(-self.settings.polling.concurrency // 2)) if many_accounts else None,
+            now=now,
+            interval=self.settings.polling.interval,
+        )
         for member in members:
             account_id, user_id = keys.parse_user_member(member)
-            block = blocked.get(account_id)
-            if block is not None and block["until"] <= now:
-                block = None  # the back-off is over: this poll is the account's probe
-            if block is not None or member in over:
-                # not polled now: due again when the account's back-off ends, or in a moment
-                released = Lease(member, account_id, user_id, token, claimed_at=now)
-                if block is not None:  # spread over a minute, not all at the same instant
-                    spread = initial_due_ms(member, 0.0, min(self.settings.polling.interval, 60))
-                    due = int(block["until"] * 1000) + spread
-                else:
-                    due = int((now + TICK_SECONDS * 2) * 1000)
-                await self._release(released, due, {})
-                continue
             lease = Lease(member, account_id, user_id, token, claimed_at=now)
+            if member in deferred:  # not polled now: handed back with its new due time
+                await self._release(lease, deferred[member], {})
+                continue
             self.leases[member] = lease
             task = asyncio.create_task(self._run(lease), name=f"poll:{member}")
             self.tasks.add(task)

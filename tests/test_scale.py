@@ -272,3 +272,18 @@ async def test_poller_and_dispatcher_roles_split_the_work(
     finally:
         await poller.stop(timeout=2.0)
     assert [e.type for e in rx.events] == ["assignment.created"]
+
+
+def test_deferred_claims_wait_out_a_back_off_and_the_account_share() -> None:
+    from service.schedule import TICK_SECONDS, deferred_claims
+
+    now = 1000.0
+    members = ["bad:u1", "bad:u2", "ok:u1", "late:u1"]
+    blocked = {"bad": {"until": now + 300}, "late": {"until": now - 1}}
+    deferred = deferred_claims(members, blocked, {}, cap=None, now=now, interval=300)
+    # the backed-off account's users wait for its end (spread inside a minute); an ended
+    # back-off lets the poll through as the account's probe
+    assert set(deferred) == {"bad:u1", "bad:u2"}
+    assert all(1_300_000 <= due < 1_360_000 for due in deferred.values())
+    capped = deferred_claims(["ok:u1", "ok:u2"], {}, {"ok": 1}, cap=2, now=now, interval=300)
+    assert capped == {"ok:u2": int((now + 2 * TICK_SECONDS) * 1000)}

@@ -262,9 +262,10 @@ class EndpointWorker:
                 self.endpoint.id, lambda h: after_success(h, now)
             )
             log.info("endpoint_recovered", endpoint=self.endpoint.id, status=self.health.status)
+            self._success_noted = now
         elif now - self._success_noted >= 1.0:
             await self.d.endpoints.touch_success(self.endpoint.id, now)
-        self._success_noted = now
+            self._success_noted = now
 
 
 class Dispatcher:

@@ -96,7 +96,7 @@ class Service:
                 clock=self.clock,
             )
             overdue = OverdueWatcher(
-                self.redis,
+                self.poll_store,
                 self.settings,
                 self.metrics,
                 on_committed=self.dispatcher.wake if self.dispatcher else None,

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.config import Settings
@@ -19,8 +18,7 @@ from service.detect import detect_overdue
 from service.metrics import Metrics
 from service.poller import route_events
 from service.store import keys
-from service.store.polls import decode_snapshot
-from service.store.scripts import CLAIM_DUE, COMMIT_OVERDUE
+from service.store.polls import PollStore, RoutedEvents
 from service.timefmt import from_epoch
 
 log = structlog.get_logger("overdue")
@@ -33,20 +31,18 @@ BATCH = 200
 class OverdueWatcher:
     def __init__(
         self,
-        redis: Redis,
+        store: PollStore,
         settings: Settings,
         metrics: Metrics,
         *,
         on_committed: Callable[[set[str]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.redis = redis
+        self.store = store
         self.settings = settings
         self.metrics = metrics
         self.on_committed = on_committed
         self.clock = clock
-        self._claim = redis.register_script(CLAIM_DUE)
-        self._commit = redis.register_script(COMMIT_OVERDUE)
 
     async def check(self) -> int:
         """Report every due date that has passed; returns how many events were queued."""
@@ -59,23 +55,20 @@ class OverdueWatcher:
     async def _check(self) -> int:
         now = self.clock()
         token = int((now + LEASE_SECONDS) * 1000)
-        members: list[str] = await self._claim(
-            keys=[keys.OVERDUE], args=[int(now * 1000), token, BATCH]
-        )
+        members = await self.store.claim_overdue(int(now * 1000), token, BATCH)
         queued = 0
         for member in members:
             account_id, user_id, assignment_id, due_ms = keys.parse_overdue_member(member)
-            raw = await self.redis.hget(keys.snapshots(account_id, user_id), assignment_id)
+            snapshot = await self.store.snapshot(account_id, user_id, assignment_id)
             event = None
-            if raw is not None:
-                snapshot = decode_snapshot(str(raw))
+            if snapshot is not None:
                 event = detect_overdue(
                     account_id, user_id, assignment_id, snapshot, due_ms, now=from_epoch(now)
                 )
-            routed: dict[str, list[tuple[str, str, int]]] = {}
+            routed: RoutedEvents = {}
             if event is not None:
                 route_events([event], self.settings.endpoints, int(now * 1000), routed)
-            if await self._commit_one(member, token, routed) and event is not None:
+            if await self.store.commit_overdue(member, token, routed) and event is not None:
                 queued += 1
                 self.metrics.events.labels(event["type"]).inc()
                 log.info(
@@ -88,16 +81,3 @@ class OverdueWatcher:
                 if routed and self.on_committed:
                     self.on_committed(set(routed))
         return queued
-
-    async def _commit_one(
-        self, member: str, token: int, routed: dict[str, list[tuple[str, str, int]]]
-    ) -> bool:
-        script_keys: list[str] = [keys.OVERDUE]
-        args: list[str | int] = [member, token]
-        for endpoint_id in sorted(routed):
-            ep = keys.EndpointKeys(endpoint_id)
-            script_keys += [ep.due, ep.body]
-            args.append(len(routed[endpoint_id]))
-            for event_id, body, due in routed[endpoint_id]:
-                args += [event_id, body, due]
-        return bool(await self._commit(keys=script_keys, args=args))

@@ -26,7 +26,7 @@ from service.errors import StaleLease
 from service.events import Event
 from service.metrics import Metrics
 from service.store import keys
-from service.store.polls import Outbox, PollStore
+from service.store.polls import Outbox, PollStore, RoutedEvents
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
 
@@ -84,7 +84,7 @@ def route_events(
     events: Iterable[Event],
     endpoints: Iterable[EndpointSettings],
     due_ms: int,
-    into: dict[str, list[tuple[str, str, int]]],
+    into: RoutedEvents,
 ) -> None:
     """Queue each event for every endpoint that wants it (the body serialized once)."""
     for event in events:

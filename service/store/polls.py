@@ -10,7 +10,20 @@ from redis.asyncio import Redis
 
 from service.detect import Change, Snapshot
 from service.store import keys
-from service.store.scripts import CLAIM_DUE, COMMIT_POLL
+from service.store.scripts import CLAIM_DUE, COMMIT_OVERDUE, COMMIT_POLL
+
+# endpoint id → [(event id, body, due ms)]
+RoutedEvents = dict[str, list[tuple[str, str, int]]]
+
+
+def enqueue(events: RoutedEvents, script_keys: list[Any], args: list[Any]) -> None:
+    """Append the (due, body) keys and the arguments the scripts' _ENQUEUE part reads."""
+    for endpoint_id in sorted(events):
+        ep = keys.EndpointKeys(endpoint_id)
+        script_keys += [ep.due, ep.body]
+        args.append(len(events[endpoint_id]))
+        for event_id, body, due in events[endpoint_id]:
+            args += [event_id, body, due]
 
 
 def encode_snapshot(snapshot: Snapshot) -> str:
@@ -53,8 +66,7 @@ class Outbox:
     """Changes of one poll waiting for their commit, with each event routed to its endpoints."""
 
     changes: list[Change] = field(default_factory=list)
-    # endpoint id → [(event id, body, due ms)]
-    events: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+    events: RoutedEvents = field(default_factory=dict)
     # overdue members to start watching (member → due ms) and to stop watching
     watch: dict[str, int] = field(default_factory=dict)
     unwatch: list[str] = field(default_factory=list)
@@ -68,6 +80,7 @@ class PollStore:
         self.redis = redis
         self._claim = redis.register_script(CLAIM_DUE)
         self._commit = redis.register_script(COMMIT_POLL)
+        self._commit_overdue = redis.register_script(COMMIT_OVERDUE)
 
     async def load_user(self, account_id: str, user_id: str) -> UserState:
         """One round trip: the user's state and every snapshot."""
@@ -106,16 +119,12 @@ class PollStore:
         False when `token` no longer holds the user's lease: another process took the user
         over, so nothing was written and this poll's results are dropped.
         """
-        endpoints = sorted(outbox.events)
         script_keys: list[Any] = [
             keys.POLL_DUE,
             keys.snapshots(account_id, user_id),
             keys.user_state(account_id, user_id),
             keys.OVERDUE,
         ]
-        for endpoint_id in endpoints:
-            ep = keys.EndpointKeys(endpoint_id)
-            script_keys += [ep.due, ep.body]
         args: list[Any] = [
             keys.user_member(account_id, user_id),
             "" if token is None else token,
@@ -132,12 +141,26 @@ class PollStore:
         for member, due_ms in outbox.watch.items():
             args += [member, due_ms]
         args += [len(outbox.unwatch), *outbox.unwatch]
-        for endpoint_id in endpoints:
-            queued = outbox.events[endpoint_id]
-            args.append(len(queued))
-            for event_id, body, due in queued:
-                args += [event_id, body, due]
+        enqueue(outbox.events, script_keys, args)
         return bool(await self._commit(keys=script_keys, args=args))
+
+    async def claim_overdue(self, now_ms: int, lease_until_ms: int, limit: int) -> list[str]:
+        """Claim watched due dates that have passed (leased like polls)."""
+        members: list[str] = await self._claim(
+            keys=[keys.OVERDUE], args=[now_ms, lease_until_ms, limit]
+        )
+        return members
+
+    async def snapshot(self, account_id: str, user_id: str, assignment_id: str) -> Snapshot | None:
+        raw = await self.redis.hget(keys.snapshots(account_id, user_id), assignment_id)
+        return decode_snapshot(str(raw)) if raw is not None else None
+
+    async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:
+        """Queue an overdue check's events (maybe none) and unwatch it, fenced, in one step."""
+        script_keys: list[Any] = [keys.OVERDUE]
+        args: list[Any] = [member, token]
+        enqueue(events, script_keys, args)
+        return bool(await self._commit_overdue(keys=script_keys, args=args))
 
     async def claim_due_users(self, now_ms: int, lease_until_ms: int, limit: int) -> list[str]:
         """Claim up to `limit` due users; each claimed member's token is `lease_until_ms`."""

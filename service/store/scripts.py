@@ -32,6 +32,22 @@ end
 return out
 """
 
+# Queues the events that follow: KEYS from k on are (due, body) pairs per endpoint, ARGV
+# from i on is, per endpoint, n then (event id, body, due ms)*n. The same event id committed
+# twice (a poll replayed after a crash) is queued once.
+_ENQUEUE = """
+while k <= #KEYS do
+  local count = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, count do
+    if redis.call('HSETNX', KEYS[k + 1], ARGV[i], ARGV[i + 1]) == 1 then
+      redis.call('ZADD', KEYS[k], ARGV[i + 2], ARGV[i])
+    end
+    i = i + 3
+  end
+  k = k + 2
+end
+"""
+
 # One poll's commit: snapshots, user state, the lease/next-due score and the outgoing events.
 # KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, KEYS[4] OVERDUE, then
 # (due, body) per endpoint.
@@ -39,7 +55,8 @@ return out
 #       n, (field, value)*n (state), n, (overdue member, due ms)*n (watch),
 #       n, overdue member*n (unwatch), then per endpoint:
 #       n, (event id, body, due ms)*n
-COMMIT_POLL = """
+COMMIT_POLL = (
+    """
 if ARGV[2] ~= '' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
@@ -54,20 +71,13 @@ for _ = 1, n do redis.call('ZADD', KEYS[4], ARGV[i + 1], ARGV[i]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZREM', KEYS[4], ARGV[i]); i = i + 1 end
 local k = 5
-while k <= #KEYS do
-  n = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, n do
-    -- the same event id committed twice (a poll replayed after a crash) is queued once
-    if redis.call('HSETNX', KEYS[k + 1], ARGV[i], ARGV[i + 1]) == 1 then
-      redis.call('ZADD', KEYS[k], ARGV[i + 2], ARGV[i])
-    end
-    i = i + 3
-  end
-  k = k + 2
-end
+"""
+    + _ENQUEUE
+    + """
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
 return 1
 """
+)
 
 _FENCE = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -103,16 +113,9 @@ COMMIT_OVERDUE = (
     + """
 local i = 3
 local k = 2
-while k <= #KEYS do
-  local n = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, n do
-    if redis.call('HSETNX', KEYS[k + 1], ARGV[i], ARGV[i + 1]) == 1 then
-      redis.call('ZADD', KEYS[k], ARGV[i + 2], ARGV[i])
-    end
-    i = i + 3
-  end
-  k = k + 2
-end
+"""
+    + _ENQUEUE
+    + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """

@@ -131,7 +131,7 @@ async def list_users(request: web.Request) -> web.Response:
     service = _service(request)
     return web.json_response(
         {
-            "users": await service.tracked_users(),
+            "users": await service.users.describe(),
             # accounts whose key/account was refused (401/403/412), with when they are retried
             "backed_off_accounts": await service.poll_store.blocked_accounts(),
         }
@@ -150,7 +150,7 @@ async def add_user(request: web.Request) -> web.Response:
 async def remove_user(request: web.Request) -> web.Response:
     account_id, user_id = request.match_info["account_id"], request.match_info["user_id"]
     service = _service(request)
-    if service.in_config(account_id, user_id):
+    if service.users.in_config(account_id, user_id):
         return json_error(409, "configured user", "remove it from the config file instead")
     if not await service.remove_user(account_id, user_id):
         return json_error(404, "not tracked", f"{account_id}/{user_id} is not a run-time user")

@@ -160,12 +160,6 @@ class Service:
             self.dispatcher.wake({endpoint_id})
         return queued
 
-    def in_config(self, account_id: str, user_id: str) -> bool:
-        return self.users.in_config(account_id, user_id)
-
-    async def tracked_users(self) -> list[dict[str, object]]:
-        return await self.users.describe()
-
     async def add_user(self, account_id: str, user_id: str) -> bool:
         added = await self.users.add(account_id, user_id, due_ms=int(self.clock() * 1000))
         log.info("user_added", account_id=account_id, user_id=user_id, added=added)

@@ -56,10 +56,6 @@ class UserState:
         raw = self.fields.get("last_full_sync")
         return int(raw) if raw else None
 
-    @property
-    def failures(self) -> int:
-        return int(self.fields.get("failures", "0"))
-
 
 @dataclass(slots=True)
 class Outbox:

@@ -126,6 +126,8 @@ def detect(
     before = previous.record if previous else None
     if before is None:  # first seen, or back after a removal
         fields = sorted(current)
+    elif before == current:  # the common case of a full resync, at C speed
+        return None
     else:
         fields = changed_fields(before, current)
         if not fields:

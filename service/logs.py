@@ -41,8 +41,15 @@ class SecretRedactor:
         return event_dict
 
 
-def configure_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str] = ()) -> None:
-    """structlog for our own events; the libraries' stdlib logging goes the same way."""
+def configure_logging(
+    level: str = "info", fmt: str = "json", secrets: Iterable[str] = (), *, final: bool = False
+) -> None:
+    """structlog for our own events; the libraries' stdlib logging goes the same way.
+
+    `final`: this configuration holds for the life of the process, so each module's logger
+    is built once on first use. Otherwise (tests, which configure again) every call rebuilds
+    it, which costs more than many a delivery's own work.
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -60,7 +67,7 @@ def configure_logging(level: str = "info", fmt: str = "json", secrets: Iterable[
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=final,
     )
     # APScheduler, aiohttp and asyncio log through stdlib: same format, same redaction
     handler = logging.StreamHandler(sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from functools import partial
 
 import structlog
 
+from service import jsonfmt
 from service.config import EndpointSettings, Settings
 from service.detect import (
     Change,
@@ -70,10 +70,10 @@ class _Run:
     outbox: Outbox = field(default_factory=Outbox)
     seen: set[str] = field(default_factory=set)
     updated_values: list[object] = field(default_factory=list)
+    now_ms: int = 0
 
-    @property
-    def now_ms(self) -> int:
-        return int(self.now.timestamp() * 1000)
+    def __post_init__(self) -> None:
+        self.now_ms = int(self.now.timestamp() * 1000)
 
     def live(self) -> set[str]:
         """Assignments we know as present (tombstones excluded)."""
@@ -91,13 +91,14 @@ def route_events(
         body: str | None = None
         for endpoint in endpoints:
             if endpoint.wants(event["type"], event["data"]["account_id"]):
-                body = body or json.dumps(event, separators=(",", ":"))
+                body = body or jsonfmt.dumps(event)
                 into.setdefault(endpoint.id, []).append((event["id"], body, due_ms))
 
 
 def add_change(run: _Run, change: Change, previous: Snapshot | None, settings: Settings) -> None:
     """A change joins the outbox: its snapshot, its events, and its overdue watch."""
     outbox, lease = run.outbox, run.lease
+    run.snapshots[change.assignment_id] = change.snapshot
     outbox.changes.append(change)
     route_events(change.events, settings.endpoints, run.now_ms, outbox.events)
     stop, start = overdue_watch(previous, change.snapshot, run.now, run.emit)
@@ -132,7 +133,7 @@ class Poller:
         """Poll one user; raises UpstreamError (nothing committed past the last flush)."""
         polling = self.settings.polling
         started = self.clock()
-        state = await self.store.load_user(lease.account_id, lease.user_id)
+        state = await self.store.load_user(lease.account_id, lease.user_id, self.client.budget)
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         last_full = state.last_full_sync_ms
         full = (
@@ -147,7 +148,10 @@ class Poller:
             snapshots=state.snapshots,
             result=PollResult(full=full),
         )
-        await self._read(run, None if full else updated_after(watermark, polling.overlap))
+        # the permit for the first request came with the state, one round trip for both
+        permitted = state.permit_wait <= 0
+        since = None if full else updated_after(watermark, polling.overlap)
+        await self._read(run, since, permitted=permitted)
         # Only reached when every page was read without error; a skipped record may be one
         # we know, so a read that skipped any cannot tell what was removed.
         if full and not run.result.skipped:
@@ -180,13 +184,14 @@ class Poller:
             final_state["watermark"] = str(int(new_watermark.timestamp() * 1000))
         if full:
             final_state["last_full_sync"] = str(run.now_ms)
-        await self._commit(lease, run.outbox, run.result, final_state=final_state)
+        await self._commit(run, final_state=final_state)
         return run.result
 
-    async def _read(self, run: _Run, since: datetime | None) -> None:
+    async def _read(self, run: _Run, since: datetime | None, *, permitted: bool = False) -> None:
         """Read every page, detect each record, flush the outbox when it grows large."""
         lease = run.lease
-        async for page in self.client.pages(lease.account_id, lease.user_id, since):
+        pages = self.client.pages(lease.account_id, lease.user_id, since, permitted=permitted)
+        async for page in pages:
             run.result.pages += 1
             run.result.records += len(page.records)
             if page.skipped:
@@ -207,10 +212,9 @@ class Poller:
                     emit=run.emit,
                 )
                 if change is not None:
-                    run.snapshots[assignment_id] = change.snapshot
                     add_change(run, change, previous, self.settings)
             if len(run.outbox) >= FLUSH_EVERY:
-                await self._commit(lease, run.outbox, run.result, final_state=None)
+                await self._commit(run, final_state=None)
                 run.outbox = Outbox()
 
     def _skipped(self, lease: Lease, skipped: dict[str, int]) -> None:
@@ -229,9 +233,8 @@ class Poller:
         due = max(lease.claimed_at + self.settings.polling.interval, self.clock())
         return int(due * 1000)
 
-    async def _commit(
-        self, lease: Lease, outbox: Outbox, result: PollResult, final_state: dict[str, str] | None
-    ) -> None:
+    async def _commit(self, run: _Run, final_state: dict[str, str] | None) -> None:
+        lease, outbox, result = run.lease, run.outbox, run.result
         async with lease.lock:
             if final_state is None:  # intermediate: keep the lease, extended
                 next_score = int((self.clock() + self.lease_seconds) * 1000)
@@ -244,6 +247,8 @@ class Poller:
                 token=lease.token,
                 next_score=next_score,
                 state=final_state,
+                # all of them: they are stored as one value
+                snapshots=run.snapshots if outbox.changes else None,
             )
             if not committed:
                 raise StaleLease(f"lease on {lease.member} was taken over")

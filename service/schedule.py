@@ -1,7 +1,9 @@
 """Polling schedule: due times in Redis, claimed by whichever process is free.
 
 APScheduler drives three periodic jobs: claim due users (tick), extend the leases of polls in
-flight (heartbeat), and reconcile the tracked users with the schedule (sync).
+flight (heartbeat), and reconcile the tracked users with the schedule (sync). While users are
+waiting (the last claim filled every free slot), a finished poll claims the next one at once
+instead of waiting for the next tick, so throughput is not capped at concurrency per tick.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ class PollScheduler:
         self.tasks: set[asyncio.Task[None]] = set()
         self.scheduler = AsyncIOScheduler()
         self.accepting = False
+        self._claiming = asyncio.Lock()
+        self._backlog = False  # the last claim took as many users as it asked for
+        self._kick: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -160,6 +165,8 @@ class PollScheduler:
         self.accepting = False
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self._kick is not None:
+            await asyncio.gather(self._kick, return_exceptions=True)
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=min(timeout, POLL_STOP_GRACE))
             for task in pending:
@@ -183,6 +190,22 @@ class PollScheduler:
             log.warning("sync_users_failed", error=str(e))
 
     async def tick(self) -> None:
+        if self._claiming.locked():  # a claim is running; the next finished poll kicks again
+            return
+        async with self._claiming:
+            await self._claim()
+
+    def _poll_finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        # claims go in batches of a quarter of the slots: one claim per poll would add a
+        # Redis round trip to every poll
+        free = self.settings.polling.concurrency - len(self.tasks)
+        batch = max(1, self.settings.polling.concurrency // 4)
+        if self._backlog and self.accepting and free >= batch:
+            if self._kick is None or self._kick.done():
+                self._kick = asyncio.create_task(self.tick())
+
+    async def _claim(self) -> None:
         free = self.settings.polling.concurrency - len(self.tasks)
         if not self.accepting or free <= 0:
             return
@@ -190,6 +213,7 @@ class PollScheduler:
         token = int((now + LEASE_SECONDS) * 1000)
         try:
             members = await self.store.claim_due_users(int(now * 1000), token, free)
+            self._backlog = len(members) == free
             if not members:
                 return
             blocked = await self.store.blocked_accounts()
@@ -218,7 +242,7 @@ class PollScheduler:
             self.leases[member] = lease
             task = asyncio.create_task(self._run(lease), name=f"poll:{member}")
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(self._poll_finished)
 
     async def heartbeat(self) -> None:
         """Extend the leases of polls still running, so no other process takes them over."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 
+@lru_cache(maxsize=64)  # a poll stamps every event it detects with the same moment
 def iso_ms(moment: datetime) -> str:
     """2026-11-28T06:00:00.123Z"""
     utc = moment.astimezone(UTC)

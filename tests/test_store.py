@@ -10,13 +10,16 @@ from redis.asyncio import Redis
 
 from service.detect import Snapshot, detect
 from service.store import keys
-from service.store.limits import SharedLimiter
+from service.store.limits import Budget, SharedLimiter
 from service.store.polls import Outbox, PollStore
 from service.store.queue import EventQueue
 from service.timefmt import from_epoch
 from tests.redis_server import RedisServer
 
 MEMBER = keys.user_member("acc:1", "u/1")
+
+
+BUDGET = Budget("upstream", per_second=1, burst=1)
 
 
 def an_outbox() -> Outbox:
@@ -38,20 +41,36 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     assert await store.claim_due_users(now_ms=10, lease_until_ms=6000, limit=10) == []
 
     # a stale token (another process took the user over) writes nothing at all
+    outbox = an_outbox()
+    snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
     stale = await store.commit(
-        "acc:1", "u/1", an_outbox(), token=4999, next_score=9000, state={"watermark": "1"}
+        "acc:1",
+        "u/1",
+        outbox,
+        token=4999,
+        next_score=9000,
+        state={"watermark": "1"},
+        snapshots=snapshots,
     )
     assert stale is False
     assert await redis.exists(keys.snapshots("acc:1", "u/1"), keys.user_state("acc:1", "u/1")) == 0
     assert await redis.zcard("lw:ep:hr:due") == 0
 
     ok = await store.commit(
-        "acc:1", "u/1", an_outbox(), token=5000, next_score=9000, state={"watermark": "1"}
+        "acc:1",
+        "u/1",
+        an_outbox(),
+        token=5000,
+        next_score=9000,
+        state={"watermark": "1"},
+        snapshots=snapshots,
     )
     assert ok is True
-    state = await store.load_user("acc:1", "u/1")
-    assert state.snapshots["a1"] == Snapshot(2, {"id": "a1", "progress": 10})
+    state = await store.load_user("acc:1", "u/1", BUDGET)
+    assert state.snapshots == {"a1": Snapshot(2, {"id": "a1", "progress": 10})}
     assert state.watermark_ms == 1
+    assert state.permit_wait == 0  # the first request's permit came with the state
+    assert (await store.load_user("acc:1", "u/1", BUDGET)).permit_wait > 0.9  # 1/s: spent
     assert await redis.zscore(keys.POLL_DUE, MEMBER) == 9000
     assert await redis.zcard("lw:ep:hr:due") == 2  # updated + progress_changed
 
@@ -122,7 +141,7 @@ async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: Red
     async def worker(limiter: SharedLimiter) -> None:
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            wait = await limiter.try_acquire("test", per_second=20, burst=1)
+            wait = await limiter.try_acquire(Budget("test", per_second=20, burst=1))
             if wait == 0:
                 granted.append(time.monotonic())
             else:
@@ -142,9 +161,26 @@ async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: Red
 
 async def test_pause_holds_every_limiter_until_it_runs_out(redis: Redis) -> None:
     limiter = SharedLimiter(redis)
+    upstream = Budget("upstream", 100, 10, pause_key=keys.UPSTREAM_PAUSE)
     await limiter.pause(keys.UPSTREAM_PAUSE, 1.0)
     await limiter.pause(keys.UPSTREAM_PAUSE, 0.2)  # a shorter pause never shortens it
-    wait = await limiter.try_acquire("upstream", 100, 10, pause_key=keys.UPSTREAM_PAUSE)
+    wait = await limiter.try_acquire(upstream)
     assert 0.8 < wait <= 1.0
     await asyncio.sleep(wait)
-    assert await limiter.try_acquire("upstream", 100, 10, pause_key=keys.UPSTREAM_PAUSE) == 0
+    assert await limiter.try_acquire(upstream) == 0
+
+
+async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
+    """A user's snapshots are one compressed value; odd records come back exactly."""
+    store = PollStore(redis)
+    records = {
+        f"a{n}": Snapshot(n, {"id": f"a{n}", "progress": n, "title": "Sécurité 🔒", "n": 2**70})
+        for n in range(1, 30)
+    }
+    records["gone"] = Snapshot(7, None)  # a tombstone
+    await store.commit("acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=records)
+    assert (await store.load_user("acc:1", "u/1", BUDGET)).snapshots == records
+    assert await store.snapshot("acc:1", "u/1", "a3") == records["a3"]
+    assert await store.snapshot("acc:1", "u/1", "nope") is None
+    plain = len(json.dumps({a: [s.sequence, s.record] for a, s in records.items()}))
+    assert await redis.strlen(keys.snapshots("acc:1", "u/1")) < plain / 2

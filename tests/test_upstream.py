@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service.config import StackOneSettings
@@ -16,7 +19,7 @@ from service.metrics import Metrics
 from service.sim.lms import SimLMS
 from service.store.limits import SharedLimiter
 from service.upstream.client import StackOneClient
-from service.upstream.model import Page
+from service.upstream.model import Assignment, Page, parse_page, plainly_valid
 from tests.conftest import API_KEY
 
 USER = "user/with spaces"  # ids are URL-encoded on the way out
@@ -117,3 +120,37 @@ async def test_record_without_id_is_skipped(client: tuple[StackOneClient, SimLMS
     pages = await read_all(stackone)
     assert pages[0].skipped == {"missing_id": 1}
     assert sum(len(p.records) for p in pages) == 4
+
+
+ODD_RECORDS = [
+    {"id": "a"},
+    {"id": "a", "progress": 5},
+    {"id": "a", "progress": 5.5},
+    {"id": "a", "progress": "50"},  # a numeric string: pydantic decides (accepts)
+    {"id": "a", "progress": True},
+    {"id": "a", "progress": [5]},
+    {"id": "a", "status": {"value": "x", "source_value": [1, {"deep": None}]}},
+    {"id": "a", "status": {"value": 1}},
+    {"id": "a", "status": "completed"},
+    {"id": "a", "status": None, "result": {"value": None}},
+    {"id": "a", "unified_custom_fields": {"k": [1, 2]}},
+    {"id": "a", "unified_custom_fields": []},
+    {"id": "a", "due_date": 5},
+    {"id": "a", "brand_new_field": {"any": "thing"}},
+]
+
+
+@pytest.mark.parametrize("record", ODD_RECORDS)
+def test_fast_record_check_agrees_with_the_model(record: dict[str, Any]) -> None:
+    """The fast path only ever accepts what pydantic accepts, and parse_page's verdict is
+    pydantic's own for every record."""
+    try:
+        Assignment.model_validate(record)
+        valid = True
+    except ValidationError:
+        valid = False
+    if plainly_valid(record):
+        assert valid
+    page = parse_page(json.dumps({"data": [record], "next": None}).encode())
+    assert (page.records == [record]) is valid
+    assert page.skipped == ({} if valid else {"invalid_record": 1})

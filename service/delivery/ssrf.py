@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from functools import lru_cache
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -27,6 +28,7 @@ def is_public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+@lru_cache(maxsize=1024)  # called before every delivery, with one of a few endpoint URLs
 def check_url(url: str, allow_private: bool) -> None:
     """Refuse a URL whose host is a non-public IP literal (names go through the resolver)."""
     host = URL(url).host or ""

@@ -45,7 +45,7 @@ def parse_overdue_member(member: str) -> tuple[str, str, str, int]:
 
 
 def snapshots(account_id: str, user_id: str) -> str:
-    """hash: assignment id → encoded Snapshot."""
+    """string: every snapshot of the user, encoded together (store.polls.encode_snapshots)."""
     return f"{PREFIX}:snap:{user_member(account_id, user_id)}"
 
 

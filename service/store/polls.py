@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from service import jsonfmt
 from service.detect import Change, Snapshot
 from service.store import keys
-from service.store.scripts import CLAIM_DUE, COMMIT_OVERDUE, COMMIT_POLL
+from service.store.limits import Budget
+from service.store.scripts import CLAIM_DUE, COMMIT_OVERDUE, COMMIT_POLL, LOAD_USER
 
 # endpoint id → [(event id, body, due ms)]
 RoutedEvents = dict[str, list[tuple[str, str, int]]]
@@ -26,13 +30,22 @@ def enqueue(events: RoutedEvents, script_keys: list[Any], args: list[Any]) -> No
             args += [event_id, body, due]
 
 
-def encode_snapshot(snapshot: Snapshot) -> str:
-    return json.dumps({"s": snapshot.sequence, "r": snapshot.record}, separators=(",", ":"))
+def encode_snapshots(snapshots: dict[str, Snapshot]) -> str:
+    """All of a user's snapshots as one value: {id: [sequence, record]} as JSON, deflated.
+
+    One value per user, not a hash field per assignment: records of one user share most of
+    their text, so together they deflate to about a fifth, and Redis keeps one entry, not ten.
+    Base64, because the client decodes replies as text.
+    """
+    plain = jsonfmt.dumps_bytes({a: [s.sequence, s.record] for a, s in snapshots.items()})
+    return base64.b64encode(zlib.compress(plain, 1)).decode()
 
 
-def decode_snapshot(raw: str) -> Snapshot:
-    data = json.loads(raw)
-    return Snapshot(int(data["s"]), data["r"])
+def decode_snapshots(raw: str | None) -> dict[str, Snapshot]:
+    if not raw:
+        return {}
+    data = jsonfmt.loads(zlib.decompress(base64.b64decode(raw)))
+    return {a: Snapshot(int(seq), record) for a, (seq, record) in data.items()}
 
 
 @dataclass(slots=True)
@@ -41,6 +54,7 @@ class UserState:
 
     fields: dict[str, str]
     snapshots: dict[str, Snapshot]
+    permit_wait: float = 0.0  # seconds until the upstream permit asked for; 0: granted
 
     @property
     def watermark_ms(self) -> int | None:
@@ -75,16 +89,22 @@ class PollStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script(CLAIM_DUE)
+        self._load = redis.register_script(LOAD_USER)
         self._commit = redis.register_script(COMMIT_POLL)
         self._commit_overdue = redis.register_script(COMMIT_OVERDUE)
 
-    async def load_user(self, account_id: str, user_id: str) -> UserState:
-        """One round trip: the user's state and every snapshot."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.user_state(account_id, user_id))
-            pipe.hgetall(keys.snapshots(account_id, user_id))
-            state, snaps = await pipe.execute()
-        return UserState(state, {k: decode_snapshot(v) for k, v in snaps.items()})
+    async def load_user(self, account_id: str, user_id: str, permit: Budget) -> UserState:
+        """One round trip: the user's state, every snapshot, and a permit from `permit`."""
+        wait_ms, flat, snaps = await self._load(
+            keys=[
+                keys.user_state(account_id, user_id),
+                keys.snapshots(account_id, user_id),
+                *permit.script_keys(),
+            ],
+            args=permit.script_args(),
+        )
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return UserState(fields, decode_snapshots(snaps), float(wait_ms) / 1000.0)
 
     async def blocked_accounts(self) -> dict[str, dict[str, Any]]:
         raw = cast(dict[str, str], await self.redis.hgetall(keys.BLOCKED_ACCOUNTS))
@@ -109,8 +129,12 @@ class PollStore:
         token: int | None,
         next_score: int | None,
         state: dict[str, str] | None = None,
+        snapshots: dict[str, Snapshot] | None = None,
     ) -> bool:
         """Snapshots, user state, outgoing events and the due score in one atomic step.
+
+        `snapshots`: every snapshot of the user (they are stored as one value), or None to
+        leave them as they are.
 
         False when `token` no longer holds the user's lease: another process took the user
         over, so nothing was written and this poll's results are dropped.
@@ -125,10 +149,8 @@ class PollStore:
             keys.user_member(account_id, user_id),
             "" if token is None else token,
             "" if next_score is None else next_score,
-            len(outbox.changes),
+            "" if snapshots is None else encode_snapshots(snapshots),
         ]
-        for change in outbox.changes:
-            args += [change.assignment_id, encode_snapshot(change.snapshot)]
         state = state or {}
         args.append(len(state))
         for name, value in state.items():
@@ -148,8 +170,8 @@ class PollStore:
         return members
 
     async def snapshot(self, account_id: str, user_id: str, assignment_id: str) -> Snapshot | None:
-        raw = await self.redis.hget(keys.snapshots(account_id, user_id), assignment_id)
-        return decode_snapshot(str(raw)) if raw is not None else None
+        raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id)))
+        return decode_snapshots(raw).get(assignment_id)
 
     async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:
         """Queue an overdue check's events (maybe none) and unwatch it, fenced, in one step."""

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from service.store.keys import EndpointKeys
 from service.store.scripts import (
-    ACK_EVENT,
+    ACK_EVENTS,
     CLAIM_EVENTS,
     DEAD_LETTER_EVENT,
     EXTEND_LEASE,
@@ -71,7 +71,7 @@ class EventQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._claim = redis.register_script(CLAIM_EVENTS)
-        self._ack = redis.register_script(ACK_EVENT)
+        self._ack = redis.register_script(ACK_EVENTS)
         self._reschedule = redis.register_script(RESCHEDULE_EVENT)
         self._dead = redis.register_script(DEAD_LETTER_EVENT)
         self._extend = redis.register_script(EXTEND_LEASE)
@@ -90,9 +90,14 @@ class EventQueue:
         ]
 
     async def ack(self, endpoint_id: str, event: ClaimedEvent) -> bool:
+        return (await self.ack_many(endpoint_id, [event]))[0]
+
+    async def ack_many(self, endpoint_id: str, events: list[ClaimedEvent]) -> list[bool]:
+        """Delivered: gone from the queue, each fenced by its own token, in one round trip."""
         ep = EndpointKeys(endpoint_id)
-        done = await self._ack(keys=[ep.due, ep.body, ep.meta], args=[event.event_id, event.token])
-        return bool(done)
+        args = [x for event in events for x in (event.event_id, event.token)]
+        done = await self._ack(keys=[ep.due, ep.body, ep.meta], args=args)
+        return [bool(flag) for flag in done]
 
     async def extend(self, endpoint_id: str, event: ClaimedEvent, lease_until_ms: int) -> bool:
         """Keep a claim (fenced); False when another worker has taken the event over."""

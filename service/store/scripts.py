@@ -51,7 +51,7 @@ end
 # One poll's commit: snapshots, user state, the lease/next-due score and the outgoing events.
 # KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, KEYS[4] OVERDUE, then
 # (due, body) per endpoint.
-# ARGV: member, token ('' = unfenced), new score ('' = keep), n, (id, snapshot)*n,
+# ARGV: member, token ('' = unfenced), new score ('' = keep), snapshots ('' = unchanged),
 #       n, (field, value)*n (state), n, (overdue member, due ms)*n (watch),
 #       n, overdue member*n (unwatch), then per endpoint:
 #       n, (event id, body, due ms)*n
@@ -61,10 +61,9 @@ if ARGV[2] ~= '' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 end
-local i = 4
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4]) end
+local i = 5
 local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
-n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZADD', KEYS[4], ARGV[i + 1], ARGV[i]); i = i + 2 end
@@ -84,16 +83,23 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 """
 
-# KEYS due, body, meta; ARGV id, token → 1 done, 0 lease lost
-ACK_EVENT = (
-    _FENCE
-    + """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-return 1
+# KEYS due, body, meta; ARGV (id, token)* → per event 1 done, 0 lease lost (not touched)
+ACK_EVENTS = """
+local done = {}
+for j = 1, #ARGV, 2 do
+  local id = ARGV[j]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) == tonumber(ARGV[j + 1]) then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    done[#done + 1] = 1
+  else
+    done[#done + 1] = 0
+  end
+end
+return done
 """
-)
 
 # KEYS due, meta; ARGV id, token, new due ms, meta json → 1 / 0
 RESCHEDULE_EVENT = (
@@ -161,21 +167,37 @@ return n
 """
 
 # GCRA on Redis' own clock, so every process shares one limit whatever its clock says.
-# KEYS rate, pause ('' absent ok); ARGV emission_ms, tolerance_ms → ms to wait (0: granted)
-GCRA_ACQUIRE = """
-local pause = redis.call('PTTL', KEYS[2])
-if pause > 0 then return pause end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local emission = tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - tonumber(ARGV[2]) - now
-if wait > 0 then return math.ceil(wait) end
-local new_tat = tat + emission
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now + 1000))
-return 0
+# acquire(rate key, pause key, emission ms, tolerance ms) → ms to wait (0: granted)
+_GCRA = """
+local function acquire(rate_key, pause_key, emission, tolerance)
+  local pause = redis.call('PTTL', pause_key)
+  if pause > 0 then return pause end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local tat = tonumber(redis.call('GET', rate_key) or now)
+  if tat < now then tat = now end
+  local wait = tat - tonumber(tolerance) - now
+  if wait > 0 then return math.ceil(wait) end
+  local new_tat = tat + tonumber(emission)
+  redis.call('SET', rate_key, new_tat, 'PX', math.ceil(new_tat - now + 1000))
+  return 0
+end
 """
+
+# KEYS rate, pause; ARGV emission_ms, tolerance_ms → ms to wait (0: granted)
+GCRA_ACQUIRE = _GCRA + "return acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
+
+# What a poll needs before it reads upstream, in one round trip: the permit for its first
+# request, the user's state and its snapshots.
+# KEYS user state, snapshots, rate, pause; ARGV emission_ms, tolerance_ms
+#   → {ms to wait for the permit (0: granted), state as a flat list, snapshots or false}
+LOAD_USER = (
+    _GCRA
+    + """
+local wait = acquire(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+return {wait, redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+)
 
 # KEYS pause; ARGV ms → extends the pause, never shortens it
 PAUSE = """

@@ -29,7 +29,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.store import keys
-from service.store.limits import SharedLimiter
+from service.store.limits import Budget, SharedLimiter
 from service.timefmt import iso_ms
 from service.upstream.model import Page, parse_page
 
@@ -97,19 +97,30 @@ class StackOneClient:
         self.sleep = sleep
         token = base64.b64encode(f"{settings.api_key.get_secret_value()}:".encode()).decode()
         self._auth = f"Basic {token}"
-        budget = settings.max_requests_per_minute
+        per_minute = settings.max_requests_per_minute
         # Up to a second's worth may go back to back (smooth, never a minute's budget at
         # once); the steady rate leaves room for that burst, so no 60 s window exceeds budget.
-        self._burst = max(1.0, min(budget / 60.0, budget * 0.05))
-        self._per_second = max(budget - self._burst, 1.0) / 60.0
+        burst = max(1.0, min(per_minute / 60.0, per_minute * 0.05))
+        self.budget = Budget(
+            BUDGET, max(per_minute - burst, 1.0) / 60.0, burst, pause_key=keys.UPSTREAM_PAUSE
+        )
 
     def __repr__(self) -> str:
         return f"StackOneClient(base_url={self.settings.base_url!r})"
 
     async def pages(
-        self, account_id: str, user_id: str, updated_after: datetime | None
+        self,
+        account_id: str,
+        user_id: str,
+        updated_after: datetime | None,
+        *,
+        permitted: bool = False,
     ) -> AsyncIterator[Page]:
-        """Every page of the user's assignments, following `next` until it is empty."""
+        """Every page of the user's assignments, following `next` until it is empty.
+
+        `permitted`: the caller already holds the budget's permit for the first request (the
+        poll took it together with the user's state, saving a Redis round trip).
+        """
         url = f"{self.settings.base_url}/unified/lms/users/{quote(user_id, safe='')}/assignments"
         params: dict[str, str] = {"page_size": str(self.settings.page_size)}
         if updated_after is not None:
@@ -127,7 +138,8 @@ class StackOneClient:
         }
         seen_cursors: set[str] = set()
         for _ in range(self.settings.max_pages):
-            page = await self._get_with_retries(url, params, headers)
+            page = await self._get_with_retries(url, params, headers, permitted)
+            permitted = False
             yield page
             if not page.next:
                 return
@@ -138,7 +150,7 @@ class StackOneClient:
         raise UpstreamMalformed(f"more than {self.settings.max_pages} pages: runaway `next` chain")
 
     async def _get_with_retries(
-        self, url: str, params: dict[str, str], headers: dict[str, str]
+        self, url: str, params: dict[str, str], headers: dict[str, str], permitted: bool
     ) -> Page:
         # Rate-limit answers wait out the shared pause inside _acquire; 5xx and broken
         # connections back off exponentially with jitter. Both count as attempts.
@@ -151,14 +163,14 @@ class StackOneClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._get(url, params, headers)
+                # a retry needs a permit of its own
+                first = permitted and attempt.retry_state.attempt_number == 1
+                return await self._get(url, params, headers, permitted=first)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _acquire(self) -> None:
         while True:
-            wait = await self.limiter.try_acquire(
-                BUDGET, self._per_second, self._burst, pause_key=keys.UPSTREAM_PAUSE
-            )
+            wait = await self.limiter.try_acquire(self.budget)
             if wait <= 0:
                 return
             self.metrics.throttle_wait.labels("upstream").inc(wait)
@@ -173,8 +185,11 @@ class StackOneClient:
                 raise UpstreamMalformed(f"a page larger than {MAX_PAGE_BYTES} bytes")
         return bytes(body)
 
-    async def _get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Page:
-        await self._acquire()
+    async def _get(
+        self, url: str, params: dict[str, str], headers: dict[str, str], *, permitted: bool
+    ) -> Page:
+        if not permitted:
+            await self._acquire()
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         try:
             async with self.session.get(

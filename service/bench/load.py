@@ -1,0 +1,131 @@
+"""Building the benchmark's load: simulator users in bulk, queued events, mass changes.
+
+Everything the service reads goes through its own code paths (the simulator's HTTP API, the
+store's commit), so a figure measures what a deployment would run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service.config import EndpointSettings
+from service.detect import Change, Snapshot, detect
+from service.poller import route_events
+from service.sim.lms import SimLMS
+from service.store import keys
+from service.store.polls import Outbox, PollStore
+
+ACCOUNT = "acc_1"
+
+
+def user_ids(count: int) -> list[str]:
+    return [f"u_{n}" for n in range(1, count + 1)]
+
+
+def seed_users(lms: SimLMS, users: int, assignments: int) -> None:
+    """`users` users with `assignments` realistic records each, quickly.
+
+    The simulator's own seed gives the record shapes (mixed statuses, due dates, custom
+    fields); they are cloned with fresh ids so a million records take seconds, not minutes.
+    """
+    templates = SimLMS(api_key=lms.api_key)
+    templates.seed(1, 1, min(assignments, 50))
+    shapes = list(templates.accounts["acc_1"]["u_1"].values())
+    account = lms.accounts.setdefault(ACCOUNT, {})
+    serial = 0
+    for user_id in user_ids(users):
+        records = account.setdefault(user_id, {})
+        for n in range(assignments):
+            serial += 1
+            record = dict(shapes[n % len(shapes)])
+            record["id"] = f"a_{serial}"
+            record["user_id"] = user_id
+            records[record["id"]] = record
+
+
+def change_every_record(lms: SimLMS) -> int:
+    """Move every record's progress on (a real change: progress and updated_at differ)."""
+    changed = 0
+    for account_id, users in lms.accounts.items():
+        for user_id, records in users.items():
+            for assignment_id, record in list(records.items()):
+                pct = (record.get("progress") or 0) % 99 + 1
+                lms.update_assignment(account_id, user_id, assignment_id, progress=pct)
+                changed += 1
+    return changed
+
+
+async def poll_everyone_now(redis: Redis, users: list[str]) -> None:
+    """What `POST /admin/poll` does for one user, for all of them at once."""
+    await redis.zadd(keys.POLL_DUE, {keys.user_member(ACCOUNT, u): 0 for u in users}, xx=True)
+
+
+def _changed_pair(shape: dict[str, Any], serial: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    before = copy.deepcopy(shape)
+    before["id"] = f"a_{serial}"
+    after = {**before, "progress": (before.get("progress") or 0) % 99 + 1}
+    after["updated_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return before, after
+
+
+async def queue_events(
+    store: PollStore, endpoint: EndpointSettings, count: int, batch: int = 500
+) -> int:
+    """Queue `count` real change events (as detection builds them) for `endpoint`."""
+    templates = SimLMS()
+    templates.seed(1, 1, 20)
+    shapes = list(templates.accounts["acc_1"]["u_1"].values())
+    now = datetime.now(UTC)
+    queued = 0
+    while queued < count:
+        outbox = Outbox()
+        for serial in range(queued, min(queued + batch, count)):
+            before, after = _changed_pair(shapes[serial % len(shapes)], serial)
+            change = detect(
+                ACCOUNT, "u_bench", before["id"], Snapshot(1, before), after, now=now, emit=True
+            )
+            assert change is not None
+            # one event per change, so `count` events are `count` deliveries
+            one = Change(change.assignment_id, change.snapshot, change.events[:1])
+            route_events(one.events, [endpoint], int(now.timestamp() * 1000), outbox.events)
+            queued += 1
+        await store.commit(ACCOUNT, "u_bench", outbox, token=None, next_score=None)
+    return queued
+
+
+async def store_baselines(
+    store: PollStore, lms: SimLMS, users: list[str], spread_ms: int, concurrency: int = 32
+) -> None:
+    """Commit every user's snapshots with the poller's own commit, as a baseline poll would."""
+    now = datetime.now(UTC)
+    now_ms = str(int(now.timestamp() * 1000))
+    gate = asyncio.Semaphore(concurrency)
+    rng = random.Random(7)
+
+    async def one(user_id: str) -> None:
+        async with gate:
+            outbox = Outbox()
+            for assignment_id, record in lms.accounts[ACCOUNT][user_id].items():
+                change = detect(ACCOUNT, user_id, assignment_id, None, record, now=now, emit=False)
+                assert change is not None
+                outbox.changes.append(change)
+            state = {"baselined": "1", "watermark": now_ms, "last_full_sync": now_ms}
+            due = int(now.timestamp() * 1000) + rng.randrange(0, spread_ms)
+            snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
+            await store.commit(
+                ACCOUNT,
+                user_id,
+                outbox,
+                token=None,
+                next_score=due,
+                state=state,
+                snapshots=snapshots,
+            )
+
+    await asyncio.gather(*(one(u) for u in users))

@@ -1,0 +1,110 @@
+"""Running the chosen scenarios and reporting: one JSON object, then a short table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from functools import partial
+from importlib import metadata
+from typing import Any
+
+from service import __version__
+from service.bench.harness import run_in_bench
+from service.bench.scenarios import SCENARIOS
+
+# scenario → (figure, target, whether higher is better); None: reported, no target
+TARGETS: dict[str, list[tuple[str, float | None, bool]]] = {
+    "budget": [
+        ("processes_1.budget_used", 0.95, True),
+        ("processes_1.self_caused_429", 0, False),
+        ("processes_2.budget_used", 0.95, True),
+        ("processes_2.self_caused_429", 0, False),
+    ],
+    "idle": [
+        ("http_requests_per_poll", 1, False),
+        ("redis_round_trips_per_poll", 2, False),
+        ("cpu_us_per_poll", None, False),
+    ],
+    "detection": [("changes_per_second", 20_000, True), ("changes_per_cpu_second", None, True)],
+    "delivery": [("ratio", 0.8, True), ("service_per_second", None, True)],
+    "latency": [("p50_seconds", None, False), ("p99_seconds", 2.0, False)],
+    "footprint": [
+        ("service_peak_rss_mb", 200, False),
+        ("redis_bytes_per_assignment", 400, False),
+    ],
+    "scale_out": [("receiver_50ms.speedup", 1.6, True), ("receiver_instant.speedup", None, True)],
+}
+
+
+def _versions() -> dict[str, str]:
+    names = ["aiohttp", "redis", "pydantic", "orjson", "uvloop"]
+    found = {"lms-webhooks": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _redis_version() -> str:
+    import subprocess
+
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
+    return out.stdout.split()[2].removeprefix("v=") if out.returncode == 0 else "unknown"
+
+
+def _lookup(figures: dict[str, Any], path: str) -> Any:
+    value: Any = figures
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def verdicts(name: str, figures: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for path, target, higher in TARGETS.get(name, []):
+        value = _lookup(figures, path)
+        met = None
+        if target is not None and isinstance(value, int | float):
+            met = value >= target if higher else value <= target
+        rows.append(
+            {"figure": path, "value": value, "target": target, "higher": higher, "met": met}
+        )
+    return rows
+
+
+async def run(selected: list[str], scale: float) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "redis": _redis_version(),
+        },
+        "versions": _versions(),
+        "scale": scale,
+        "scenarios": {},
+    }
+    for name in selected:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        figures = await run_in_bench(partial(SCENARIOS[name], scale=scale))
+        figures["bench_seconds"] = round(time.perf_counter() - started, 1)
+        report["scenarios"][name] = {"figures": figures, "targets": verdicts(name, figures)}
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{'scenario':<11} {'figure':<32} {'value':>12} {'target':>10}  met"]
+    for name, result in report["scenarios"].items():
+        for row in result["targets"]:
+            target = (
+                ""
+                if row["target"] is None
+                else ("≥ " if row["higher"] else "≤ ") + str(row["target"])
+            )
+            met = {True: "yes", False: "NO", None: ""}[row["met"]]
+            lines.append(f"{name:<11} {row['figure']:<32} {row['value']!s:>12} {target:>10}  {met}")
+    return "\n".join(lines)

@@ -1,0 +1,301 @@
+"""The seven scenarios of `lms-webhooks bench`. Each takes a fresh Bench and a scale (1 = the
+documented sizes, smaller for a quick check) and returns its figures.
+
+Ratios compare two things measured in the same run, on the same machine, at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from service.bench.harness import SECRET, Bench, cpu_seconds, memory_kb
+from service.bench.load import (
+    change_every_record,
+    poll_everyone_now,
+    queue_events,
+    seed_users,
+    store_baselines,
+    user_ids,
+)
+from service.bench.roundtrips import idle_poll_cost
+from service.config import EndpointSettings
+from service.store import keys
+from service.store.polls import PollStore
+
+Scenario = Callable[..., Awaitable[dict[str, Any]]]
+POLLS_OK = "lms_webhooks_poll_duration_seconds_count"
+PLAIN_POST = (sys.executable, "-m", "service.bench.plain_post")
+
+
+def _n(full: int, scale: float, least: int = 1) -> int:
+    return max(least, round(full * scale))
+
+
+async def _wait(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"benchmark gave up waiting for {what} after {timeout:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+async def _polls(bench: Bench) -> float:
+    return await bench.total(POLLS_OK, outcome="ok")
+
+
+async def upstream_budget(bench: Bench, scale: float) -> dict[str, Any]:
+    """Demand far above the budget: how much of the budget is used, and 429s we caused."""
+    users = user_ids(_n(2000, scale, 50))
+    budget = 1200
+    window = max(10.0, 60.0 * scale)
+    seed_users(bench.lms, len(users), 1)
+    bench.lms.set_rate_limit(budget)  # the upstream enforces exactly the configured budget
+    config = bench.service_config(users, budget=budget, interval="1s", endpoint=False)
+    figures: dict[str, Any] = {"users": len(users), "budget_per_minute": budget}
+    for processes in (1, 2):
+        await bench.start_services(config, processes)
+        await asyncio.sleep(5.0)  # past the start-up burst: the steady state is measured
+        start = time.time()
+        await asyncio.sleep(window)
+        end = time.time()
+        in_window = [r for r in bench.lms.requests if start <= r.time < end]
+        achieved = len(in_window) / window * 60.0
+        figures[f"processes_{processes}"] = {
+            "window_seconds": window,
+            "requests_per_minute": round(achieved, 1),
+            "budget_used": round(achieved / budget, 3),
+            "self_caused_429": sum(1 for r in bench.lms.requests if r.status == 429),
+        }
+        bench.stop_services()
+        bench.lms.clear_requests()
+        await asyncio.sleep(65.0 * scale if processes == 1 else 0)  # let the bucket refill
+    return figures
+
+
+async def idle_cost(bench: Bench, scale: float) -> dict[str, Any]:
+    """Polls that find nothing new: requests, Redis round trips and CPU per poll."""
+    users = user_ids(_n(300, scale, 20))
+    seed_users(bench.lms, len(users), 10)
+    config = bench.service_config(users, interval="1s", endpoint=False)
+    requests, trips = await idle_poll_cost(bench, config)
+    (process,) = await bench.start_services(config)
+    await _wait(lambda: _baselined(bench, len(users)), 120, "every user's first poll")
+    await asyncio.sleep(2.0)
+    window = max(5.0, 20.0 * scale)
+    polls0, requests0, cpu0 = await _polls(bench), len(bench.lms.requests), cpu_seconds(process.pid)
+    await asyncio.sleep(window)
+    polls1, requests1, cpu1 = await _polls(bench), len(bench.lms.requests), cpu_seconds(process.pid)
+    polls = polls1 - polls0
+    return {
+        "users": len(users),
+        "polls_per_second": round(polls / window, 1),
+        "http_requests_per_poll": requests,
+        "redis_round_trips_per_poll": trips,
+        "http_requests_per_poll_in_window": round((requests1 - requests0) / polls, 2),
+        "cpu_us_per_poll": round((cpu1 - cpu0) / polls * 1e6),
+    }
+
+
+async def _baselined(bench: Bench, users: int) -> bool:
+    return await _polls(bench) >= users
+
+
+async def detection(bench: Bench, scale: float) -> dict[str, Any]:
+    """Every record changed at once: changes detected and committed per second."""
+    users = user_ids(_n(400, scale, 10))
+    per_user = 100
+    seed_users(bench.lms, len(users), per_user)
+    config = bench.service_config(users, interval="1h", endpoint=True)
+    (process,) = await bench.start_services(config, role="poller")
+    await poll_everyone_now(bench.redis, users)
+    await _wait(lambda: _baselined(bench, len(users)), 300, "the baseline polls")
+    total = change_every_record(bench.lms)
+    events = "lms_webhooks_events"
+    before = await bench.total(events, type="assignment.updated")
+    cpu0 = cpu_seconds(process.pid)
+    started = time.perf_counter()
+    await poll_everyone_now(bench.redis, users)
+
+    async def done() -> bool:
+        return await bench.total(events, type="assignment.updated") - before >= total
+
+    await _wait(done, 600, "every change to be committed")
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(process.pid) - cpu0
+    return {
+        "changed_assignments": total,
+        "seconds": round(elapsed, 2),
+        "changes_per_second": round(total / elapsed),
+        "changes_per_cpu_second": round(total / cpu),
+        "events_per_change": round((await bench.total(events)) / total, 2),
+    }
+
+
+async def _fill_queue(bench: Bench, count: int) -> EndpointSettings:
+    config = bench.service_config([], endpoint=True)
+    endpoint = EndpointSettings.model_validate(config["endpoints"][0])
+    await queue_events(PollStore(bench.redis), endpoint, count)
+    return endpoint
+
+
+async def _drain(
+    bench: Bench, count: int, processes: int, concurrency: int = 32
+) -> tuple[float, float]:
+    """Start dispatchers on a full queue: (deliveries per second, their CPU µs per delivery)."""
+    bench.received.count, bench.received.first_at = 0, None
+    config = bench.service_config([], endpoint=True, delivery_concurrency=concurrency)
+    started = await bench.start_services(config, processes, role="dispatcher")
+    cpu0 = sum(cpu_seconds(p.pid) for p in started)
+
+    async def delivered() -> bool:
+        return bench.received.count >= count
+
+    await _wait(delivered, 600, "the queue to drain")
+    cpu = sum(cpu_seconds(p.pid) for p in started) - cpu0
+    assert bench.received.first_at is not None and bench.received.last_at is not None
+    bench.stop_services()
+    return count / (bench.received.last_at - bench.received.first_at), cpu / count * 1e6
+
+
+def _plain_post(bench: Bench, body: str, count: int, concurrency: int) -> tuple[float, float]:
+    """The plain POST loop in its own process: (posts per second, its CPU µs per post)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [*PLAIN_POST, f"{bench.receiver_url}/hooks", str(count), str(concurrency), SECRET],
+        input=body,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return float(json.loads(out.stdout)["per_second"]), cpu / count * 1e6
+
+
+async def delivery(bench: Bench, scale: float) -> dict[str, Any]:
+    """The dispatcher against a plain POST loop, same receiver, same concurrency; three rounds
+    each, alternating, and the medians compared, so a noisy moment does not decide."""
+    count = _n(20_000, scale, 500)
+    concurrency = 32
+    service: list[tuple[float, float]] = []
+    plain: list[tuple[float, float]] = []
+    for _ in range(3):
+        await bench.redis.flushall()
+        endpoint = await _fill_queue(bench, count)
+        bodies = keys.EndpointKeys(endpoint.id).body
+        body = str(await bench.redis.hget(bodies, str(await bench.redis.hrandfield(bodies))))
+        service.append(await _drain(bench, count, 1, concurrency))
+        plain.append(await asyncio.to_thread(_plain_post, bench, body, count, concurrency))
+    service_rate, service_cpu = (statistics.median(x) for x in zip(*service, strict=True))
+    plain_rate, plain_cpu = (statistics.median(x) for x in zip(*plain, strict=True))
+    return {
+        "events": count,
+        "rounds": len(service),
+        "concurrency": concurrency,
+        "service_per_second": round(service_rate),
+        "plain_post_per_second": round(plain_rate),
+        "ratio": round(service_rate / plain_rate, 3),
+        "service_cpu_us_per_event": round(service_cpu),
+        "plain_post_cpu_us_per_post": round(plain_cpu),
+    }
+
+
+async def latency(bench: Bench, scale: float) -> dict[str, Any]:
+    """Upstream change → webhook received, at a 1 s interval under moderate load."""
+    users = user_ids(_n(500, scale, 20))
+    seed_users(bench.lms, len(users), 10)
+    config = bench.service_config(users, interval="1s", endpoint=True)
+    await bench.start_services(config)
+    await _wait(lambda: _baselined(bench, len(users)), 120, "the baseline polls")
+    bench.received.track_latency = True
+    changes_per_second = 50
+    duration = max(5.0, 30.0 * scale)
+    rounds = int(duration * changes_per_second)
+    for _ in range(rounds):
+        bench.lms.churn_once()
+        await asyncio.sleep(1 / changes_per_second)
+    await asyncio.sleep(3.0)
+    samples = sorted(bench.received.latencies)
+    cuts = statistics.quantiles(samples, n=100) if len(samples) > 1 else samples * 99
+    return {
+        "users": len(users),
+        "interval_seconds": 1.0,
+        "changes_per_second": changes_per_second,
+        "events_received": len(samples),
+        "p50_seconds": round(cuts[49], 3),
+        "p99_seconds": round(cuts[98], 3),
+        "max_seconds": round(samples[-1], 3),
+    }
+
+
+async def footprint(bench: Bench, scale: float) -> dict[str, Any]:
+    """Service memory and Redis bytes with many tracked users, ten assignments each."""
+    users = user_ids(_n(100_000, scale, 200))
+    per_user = 10
+    seed_users(bench.lms, len(users), per_user)
+    empty = int((await bench.redis.info("memory"))["used_memory"])
+    interval_ms = 600_000
+    await store_baselines(PollStore(bench.redis), bench.lms, users, spread_ms=interval_ms)
+    used = int((await bench.redis.info("memory"))["used_memory"])
+    config = bench.service_config(users, interval="10m", endpoint=True)
+    (process,) = await bench.start_services(config)
+    await asyncio.sleep(max(10.0, 30.0 * scale))
+    polled = await _polls(bench)
+    return {
+        "tracked_users": len(users),
+        "tracked_assignments": len(users) * per_user,
+        "redis_bytes_per_assignment": round((used - empty) / (len(users) * per_user)),
+        "service_rss_mb": round(memory_kb(process.pid) / 1024, 1),
+        "service_peak_rss_mb": round(memory_kb(process.pid, "VmHWM") / 1024, 1),
+        "polls_during_measurement": int(polled),
+    }
+
+
+async def scale_out(bench: Bench, scale: float) -> dict[str, Any]:
+    """Two dispatching processes against one on the same queued load.
+
+    Delivery-bound: the receiver takes 50 ms per webhook, as a real HR system might, and each
+    process sends at most its endpoint concurrency (8) at once. So the figure shows whether
+    processes share one queue without getting in each other's way. On this 2-core machine a
+    CPU-bound load (an instant receiver) cannot scale: one process, Redis and the receiver
+    already use both cores; that figure is reported too, without a target.
+    """
+    figures: dict[str, Any] = {}
+    for name, delay, count, concurrency in (
+        ("receiver_50ms", 0.05, _n(3000, scale, 300), 8),
+        ("receiver_instant", 0.0, _n(20_000, scale, 500), 32),
+    ):
+        bench.received.delay = delay
+        rates = {}
+        for processes in (1, 2):
+            await bench.redis.flushall()
+            await _fill_queue(bench, count)
+            rates[processes], _ = await _drain(bench, count, processes, concurrency)
+        figures[name] = {
+            "events": count,
+            "concurrency_per_process": concurrency,
+            "one_process_per_second": round(rates[1]),
+            "two_processes_per_second": round(rates[2]),
+            "speedup": round(rates[2] / rates[1], 3),
+        }
+    bench.received.delay = 0.0
+    return figures
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "budget": upstream_budget,
+    "idle": idle_cost,
+    "detection": detection,
+    "delivery": delivery,
+    "latency": latency,
+    "footprint": footprint,
+    "scale_out": scale_out,
+}

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from service import events as ev
 from service.events import Event
@@ -23,8 +23,7 @@ IGNORED_FIELDS = frozenset({"updated_at"})
 _MISSING = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
+class Snapshot(NamedTuple):  # a tuple: built for every stored assignment on every poll
     """What we last saw of one assignment, and how many changes of it we have counted."""
 
     sequence: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +27,7 @@ from service.errors import StaleLease
 from service.events import Event
 from service.metrics import Metrics
 from service.store import keys
-from service.store.polls import Outbox, PollStore, RoutedEvents
+from service.store.polls import Outbox, PollStore, RoutedEvents, UserState
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
 
@@ -44,7 +45,7 @@ class Lease:
     account_id: str
     user_id: str
     token: int
-    claimed_at: float
+    due_at: float  # when it was due (s): the next poll is due an interval later
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -65,7 +66,7 @@ class _Run:
     lease: Lease
     now: datetime
     emit: bool
-    snapshots: dict[str, Snapshot]
+    state: UserState
     result: PollResult
     outbox: Outbox = field(default_factory=Outbox)
     seen: set[str] = field(default_factory=set)
@@ -75,9 +76,20 @@ class _Run:
     def __post_init__(self) -> None:
         self.now_ms = int(self.now.timestamp() * 1000)
 
+    @property
+    def snapshots(self) -> dict[str, Snapshot]:
+        """Every snapshot of the user, as changes are detected (decoded when first needed)."""
+        return self.state.snapshots
+
     def live(self) -> set[str]:
         """Assignments we know as present (tombstones excluded)."""
         return {a for a, s in self.snapshots.items() if s.record is not None}
+
+
+def next_due(due_at: float, interval: float, now: float) -> float:
+    """An interval after the poll was due, not after it was claimed or ended (claims lag by
+    up to a tick, polls take time: either would stretch every interval); never in the past."""
+    return max(due_at + interval, now)
 
 
 def route_events(
@@ -88,10 +100,10 @@ def route_events(
 ) -> None:
     """Queue each event for every endpoint that wants it (the body serialized once)."""
     for event in events:
-        body: str | None = None
+        body: bytes | None = None  # bytes all the way to Redis: no decode and encode again
         for endpoint in endpoints:
             if endpoint.wants(event["type"], event["data"]["account_id"]):
-                body = body or jsonfmt.dumps(event)
+                body = body or jsonfmt.dumps_bytes(event)
                 into.setdefault(endpoint.id, []).append((event["id"], body, due_ms))
 
 
@@ -145,7 +157,7 @@ class Poller:
             lease=lease,
             now=from_epoch(started),
             emit=state.baselined or polling.emit_on_first_sync,
-            snapshots=state.snapshots,
+            state=state,
             result=PollResult(full=full),
         )
         # the permit for the first request came with the state, one round trip for both
@@ -229,9 +241,7 @@ class Poller:
             )
 
     def next_due_ms(self, lease: Lease) -> int:
-        """Keep the cadence of the claim, not of the poll's end; never in the past."""
-        due = max(lease.claimed_at + self.settings.polling.interval, self.clock())
-        return int(due * 1000)
+        return int(next_due(lease.due_at, self.settings.polling.interval, self.clock()) * 1000)
 
     async def _commit(self, run: _Run, final_state: dict[str, str] | None) -> None:
         lease, outbox, result = run.lease, run.outbox, run.result
@@ -254,9 +264,9 @@ class Poller:
                 raise StaleLease(f"lease on {lease.member} was taken over")
             lease.token = next_score
         result.changes += len(outbox.changes)
-        for change in outbox.changes:
-            for event in change.events:
-                result.events += 1
-                self.metrics.events.labels(event["type"]).inc()
+        detected = Counter(event["type"] for change in outbox.changes for event in change.events)
+        for kind, count in detected.items():
+            result.events += count
+            self.metrics.events.labels(kind).inc(count)
         if outbox.events and self.on_committed:
             self.on_committed(set(outbox.events))

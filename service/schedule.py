@@ -212,7 +212,8 @@ class PollScheduler:
         now = self.clock()
         token = int((now + LEASE_SECONDS) * 1000)
         try:
-            members = await self.store.claim_due_users(int(now * 1000), token, free)
+            claimed = dict(await self.store.claim_due_users(int(now * 1000), token, free))
+            members = list(claimed)
             self._backlog = len(members) == free
             if not members:
                 return
@@ -235,7 +236,7 @@ class PollScheduler:
         )
         for member in members:
             account_id, user_id = keys.parse_user_member(member)
-            lease = Lease(member, account_id, user_id, token, claimed_at=now)
+            lease = Lease(member, account_id, user_id, token, due_at=claimed[member] / 1000)
             if member in deferred:  # not polled now: handed back with its new due time
                 await self._release(lease, deferred[member], {})
                 continue

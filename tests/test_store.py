@@ -36,7 +36,8 @@ def an_outbox() -> Outbox:
 async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     store = PollStore(redis)
     await store.add_users({MEMBER: 0})
-    [claimed] = await store.claim_due_users(now_ms=10, lease_until_ms=5000, limit=10)
+    [(claimed, due_ms)] = await store.claim_due_users(now_ms=10, lease_until_ms=5000, limit=10)
+    assert due_ms == 0
     assert claimed == MEMBER and keys.parse_user_member(claimed) == ("acc:1", "u/1")
     assert await store.claim_due_users(now_ms=10, lease_until_ms=6000, limit=10) == []
 
@@ -90,7 +91,7 @@ async def test_two_processes_never_claim_the_same_user(
         claims = await asyncio.gather(
             *[s.claim_due_users(now, now + 15000, 7) for _ in range(20) for s in (a, b)]
         )
-        flat = [m for batch in claims for m in batch]
+        flat = [m for batch in claims for m, _ in batch]
         assert len(flat) == len(set(flat)) == 200
     finally:
         await other.aclose()

@@ -7,6 +7,7 @@ the socket (a pipeline or a script call is one), so the figure is exact, not sam
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -45,17 +46,22 @@ async def measure_poll(
     await store.redis.zadd(keys.POLL_DUE, {member: 0}, xx=True)
     now = time.time()
     token = int((now + 15) * 1000)
-    assert await store.claim_due_users(int(now * 1000), token, 1) == [member]
-    lease = Lease(member, account_id, user_id, token, claimed_at=now)
+    assert await store.claim_due_users(int(now * 1000), token, 1) == [(member, 0)]
+    lease = Lease(member, account_id, user_id, token, due_at=now)
     before = CountingConnection.sent
     result = await poller.poll(lease)
     return CountingConnection.sent - before, result
 
 
 async def poll_cost(
-    redis_url: str, settings: Settings, account_id: str, user_id: str
+    redis_url: str,
+    settings: Settings,
+    account_id: str,
+    user_id: str,
+    before_second: Callable[[], object] | None = None,
 ) -> list[tuple[int, Any]]:
-    """Two polls of one user (its baseline, then one that finds nothing new)."""
+    """Two polls of one user with a new client (the first also connects and loads scripts);
+    `before_second` may change something upstream between them."""
     redis = counting_redis(redis_url)
     metrics = Metrics()
     store = PollStore(redis)
@@ -63,7 +69,10 @@ async def poll_cost(
         async with aiohttp.ClientSession() as session:
             client = StackOneClient(session, settings.stackone, SharedLimiter(redis), metrics)
             poller = Poller(store, client, settings, metrics, lease_seconds=15)
-            return [await measure_poll(store, poller, account_id, user_id) for _ in range(2)]
+            first = await measure_poll(store, poller, account_id, user_id)
+            if before_second is not None:
+                before_second()
+            return [first, await measure_poll(store, poller, account_id, user_id)]
     finally:
         await redis.aclose()
 

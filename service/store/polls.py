@@ -6,6 +6,7 @@ import base64
 import json
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -16,8 +17,8 @@ from service.store import keys
 from service.store.limits import Budget
 from service.store.scripts import CLAIM_DUE, COMMIT_OVERDUE, COMMIT_POLL, LOAD_USER
 
-# endpoint id → [(event id, body, due ms)]
-RoutedEvents = dict[str, list[tuple[str, str, int]]]
+# endpoint id → [(event id, body as JSON bytes, due ms)]
+RoutedEvents = dict[str, list[tuple[str, bytes | str, int]]]
 
 
 def enqueue(events: RoutedEvents, script_keys: list[Any], args: list[Any]) -> None:
@@ -48,13 +49,18 @@ def decode_snapshots(raw: str | None) -> dict[str, Snapshot]:
     return {a: Snapshot(int(seq), record) for a, (seq, record) in data.items()}
 
 
-@dataclass(slots=True)
+@dataclass
 class UserState:
     """What a poll needs to know about one user before it reads upstream."""
 
     fields: dict[str, str]
-    snapshots: dict[str, Snapshot]
+    raw_snapshots: str | None
     permit_wait: float = 0.0  # seconds until the upstream permit asked for; 0: granted
+
+    @cached_property
+    def snapshots(self) -> dict[str, Snapshot]:
+        """Decoded on first use: a poll that reads no record never needs them."""
+        return decode_snapshots(self.raw_snapshots)
 
     @property
     def watermark_ms(self) -> int | None:
@@ -104,7 +110,7 @@ class PollStore:
             args=permit.script_args(),
         )
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return UserState(fields, decode_snapshots(snaps), float(wait_ms) / 1000.0)
+        return UserState(fields, snaps, float(wait_ms) / 1000.0)
 
     async def blocked_accounts(self) -> dict[str, dict[str, Any]]:
         raw = cast(dict[str, str], await self.redis.hgetall(keys.BLOCKED_ACCOUNTS))
@@ -164,10 +170,10 @@ class PollStore:
 
     async def claim_overdue(self, now_ms: int, lease_until_ms: int, limit: int) -> list[str]:
         """Claim watched due dates that have passed (leased like polls)."""
-        members: list[str] = await self._claim(
+        flat: list[str] = await self._claim(
             keys=[keys.OVERDUE], args=[now_ms, lease_until_ms, limit]
         )
-        return members
+        return flat[::2]
 
     async def snapshot(self, account_id: str, user_id: str, assignment_id: str) -> Snapshot | None:
         raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id)))
@@ -180,12 +186,15 @@ class PollStore:
         enqueue(events, script_keys, args)
         return bool(await self._commit_overdue(keys=script_keys, args=args))
 
-    async def claim_due_users(self, now_ms: int, lease_until_ms: int, limit: int) -> list[str]:
-        """Claim up to `limit` due users; each claimed member's token is `lease_until_ms`."""
-        members: list[str] = await self._claim(
+    async def claim_due_users(
+        self, now_ms: int, lease_until_ms: int, limit: int
+    ) -> list[tuple[str, int]]:
+        """Claim up to `limit` due users: (member, when it was due, ms). Each claimed member's
+        token is `lease_until_ms`."""
+        flat: list[str] = await self._claim(
             keys=[keys.POLL_DUE], args=[now_ms, lease_until_ms, limit]
         )
-        return members
+        return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
     async def add_users(self, scores: dict[str, int]) -> int:
         """Schedule users not yet scheduled (ZADD NX): running leases stay untouched."""

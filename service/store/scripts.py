@@ -6,10 +6,11 @@ worker whose lease expired and was taken over finds a different score and change
 
 from __future__ import annotations
 
-# KEYS[1] zset; ARGV now_ms, lease_until_ms, limit → claimed members
+# KEYS[1] zset; ARGV now_ms, lease_until_ms, limit → {member, due score, ...} claimed
 CLAIM_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], member) end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+  tonumber(ARGV[3]))
+for j = 1, #due, 2 do redis.call('ZADD', KEYS[1], ARGV[2], due[j]) end
 return due
 """
 

@@ -1,0 +1,140 @@
+"""Coarse, exact guards of what the benchmark measures (the timings stay in `lms-webhooks bench`):
+an idle poll's cost in requests and round trips, the delivery concurrency bound, batched acks,
+the poll cadence, and the bench command itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from service.bench.roundtrips import poll_cost
+from service.delivery.acks import AckBatcher
+from service.poller import next_due
+from service.sim.lms import SimLMS, iso_ms
+from service.sim.receiver import Answer, Receiver
+from service.store.polls import Outbox, PollStore, RoutedEvents
+from service.store.queue import EventQueue
+from tests.conftest import ACCOUNT, endpoint, make_settings
+from tests.redis_server import RedisServer
+from tests.test_e2e import running, seed_user
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = (sys.executable, "-m", "service", "bench")
+
+
+async def test_an_idle_poll_costs_one_request_and_two_round_trips(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str]
+) -> None:
+    sim, lms_url = lms
+    an_hour_ago = iso_ms(sim.clock() - 3600)  # long before the overlap: read once, not again
+    for n in range(1, 11):
+        sim.put_assignment(ACCOUNT, "u_1", {"id": f"u_1_a{n}", "updated_at": an_hour_ago})
+    settings = make_settings(redis_server.url, lms_url, [], ["u_1"], stackone={"page_size": 100})
+    await poll_cost(redis_server.url, settings, ACCOUNT, "u_1")  # scripts loaded, baseline
+    before = len(sim.requests)
+    (_, _), (trips, idle) = await poll_cost(redis_server.url, settings, ACCOUNT, "u_1")
+    assert len(sim.requests) - before == 2  # the first poll of the new client, then the idle one
+    assert idle.changes == 0 and idle.pages == 1
+    assert trips == 2  # the state with the upstream permit, then the commit
+
+    # a change on the one page: still two
+    (_, _), (trips, changed) = await poll_cost(
+        redis_server.url,
+        settings,
+        ACCOUNT,
+        "u_1",
+        before_second=lambda: sim.progress(ACCOUNT, "u_1", "u_1_a3", 50),
+    )
+    assert changed.changes == 1 and trips == 2
+
+
+async def test_delivery_never_exceeds_the_endpoint_concurrency(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    rx.default_answer = Answer(status=204, delay=0.2)
+    seed_user(sim, "u_1", 12)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=3)],
+        ["u_1"],
+        polling={"interval": "200ms", "emit_on_first_sync": True},
+    )
+    async with running(settings):
+        async with asyncio.timeout(20):
+            while len({e.webhook_id for e in rx.events}) < 12:
+                await asyncio.sleep(0.05)
+    starts = sorted(e.received_at for e in rx.received)
+    # a request is open from its arrival until the answer 0.2 s later
+    most = max(sum(1 for s in starts if s <= t < s + 0.19) for t in starts)
+    assert most == 3
+
+
+async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
+    store, queue = PollStore(redis), EventQueue(redis)
+    events: RoutedEvents = {
+        "hr": [(f"evt_{n}", json.dumps({"id": f"evt_{n}"}), 0) for n in range(3)]
+    }
+    await store.commit(ACCOUNT, "u", Outbox(events=dict(events)), token=None, next_score=None)
+    claimed = await queue.claim("hr", now_ms=10, lease_until_ms=1000, limit=3)
+    assert len(claimed) == 3
+    claimed[1].token = 999  # as if its lease had run out and another worker took it over
+    batcher = AckBatcher(queue, "hr")
+    done = await asyncio.gather(*(batcher.ack(e) for e in claimed))
+    assert done == [True, False, True]
+    assert await redis.zrange("lw:ep:hr:due", 0, -1) == ["evt_1"]
+
+
+@pytest.mark.parametrize(
+    ("due_at", "now", "expected"),
+    [
+        (100.0, 100.2, 110.0),  # claimed a little late: the cadence of due times holds
+        (100.0, 109.0, 110.0),  # a slow poll: still due an interval after it was due
+        (100.0, 130.0, 130.0),  # far behind: due now, never in the past
+    ],
+)
+def test_the_next_poll_keeps_the_cadence_of_due_times(
+    due_at: float, now: float, expected: float
+) -> None:
+    assert next_due(due_at, interval=10.0, now=now) == expected
+
+
+@pytest.mark.slow
+def test_bench_command_reports_figures_targets_and_the_machine(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [*BENCH, "--scenario", "detection", "--scale", "0.02", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert json.loads(run.stdout) == report
+    assert report["machine"]["cpus"] >= 1 and report["versions"]["python"]
+    detection = report["scenarios"]["detection"]
+    assert detection["figures"]["changed_assignments"] == 1000  # 10 users × 100, all detected
+    assert detection["figures"]["changes_per_second"] > 0
+    [throughput, _] = detection["targets"]
+    assert throughput["target"] == 20_000 and isinstance(throughput["met"], bool)
+    assert "changes_per_second" in run.stderr  # the human table
+
+    wrong = subprocess.run(
+        [*BENCH, "--scenario", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 2 and "unknown scenario" in wrong.stderr

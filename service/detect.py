@@ -10,11 +10,10 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, NamedTuple
 
 from service import events as ev
-from service.events import Event
+from service.events import Event, EventData
 from service.timefmt import iso_ms, parse_iso
 
 _EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
@@ -60,9 +59,7 @@ def status_value(record: dict[str, Any] | None) -> Any:
     return status.get("value") if isinstance(status, dict) else None
 
 
-def _event(
-    kind: str,
-    *,
+def _data(
     account_id: str,
     user_id: str,
     assignment_id: str,
@@ -70,21 +67,27 @@ def _event(
     fields: list[str],
     previous: dict[str, Any] | None,
     current: dict[str, Any] | None,
-    now: datetime,
-) -> Event:
+) -> EventData:
     return {
-        "id": event_id(account_id, user_id, assignment_id, sequence, kind),
+        "account_id": account_id,
+        "user_id": user_id,
+        "assignment_id": assignment_id,
+        "sequence": sequence,
+        "changed_fields": fields,
+        "previous": previous,
+        "assignment": current,
+    }
+
+
+def _event(kind: str, data: EventData, now: datetime) -> Event:
+    """One event. The events of one change share their `data` (never changed afterwards)."""
+    return {
+        "id": event_id(
+            data["account_id"], data["user_id"], data["assignment_id"], data["sequence"], kind
+        ),
         "type": kind,
         "timestamp": iso_ms(now),
-        "data": {
-            "account_id": account_id,
-            "user_id": user_id,
-            "assignment_id": assignment_id,
-            "sequence": sequence,
-            "changed_fields": fields,
-            "previous": previous,
-            "assignment": current,
-        },
+        "data": data,
     }
 
 
@@ -135,20 +138,9 @@ def detect(
     snapshot = Snapshot(sequence, current)
     if not emit:
         return Change(assignment_id, snapshot)
-    make = partial(
-        _event,
-        account_id=account_id,
-        user_id=user_id,
-        assignment_id=assignment_id,
-        sequence=sequence,
-        fields=fields,
-        previous=before,
-        current=current,
-        now=now,
-    )
-    return Change(
-        assignment_id, snapshot, [make(kind) for kind in event_types_for(before, current, fields)]
-    )
+    data = _data(account_id, user_id, assignment_id, sequence, fields, before, current)
+    kinds = event_types_for(before, current, fields)
+    return Change(assignment_id, snapshot, [_event(kind, data, now) for kind in kinds])
 
 
 def detect_removed(
@@ -165,17 +157,8 @@ def detect_removed(
     tombstone = Snapshot(sequence, None)
     if not emit:
         return Change(assignment_id, tombstone)
-    removed = _event(
-        ev.REMOVED,
-        account_id=account_id,
-        user_id=user_id,
-        assignment_id=assignment_id,
-        sequence=sequence,
-        fields=[],
-        previous=previous.record,
-        current=None,
-        now=now,
-    )
+    data = _data(account_id, user_id, assignment_id, sequence, [], previous.record, None)
+    removed = _event(ev.REMOVED, data, now)
     return Change(assignment_id, tombstone, [removed])
 
 
@@ -219,17 +202,8 @@ def detect_overdue(
         return None
     if due_ms > now.timestamp() * 1000:
         return None
-    event = _event(
-        ev.OVERDUE,
-        account_id=account_id,
-        user_id=user_id,
-        assignment_id=assignment_id,
-        sequence=snapshot.sequence,
-        fields=[],
-        previous=None,
-        current=snapshot.record,
-        now=now,
-    )
+    data = _data(account_id, user_id, assignment_id, snapshot.sequence, [], None, snapshot.record)
+    event = _event(ev.OVERDUE, data, now)
     # keyed by the due date, not the sequence: a later change must not send it again
     event["id"] = event_id(account_id, user_id, assignment_id, due_ms, ev.OVERDUE)
     return event

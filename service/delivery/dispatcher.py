@@ -65,7 +65,7 @@ class Dispatcher:
         self.accepting = False
         for worker in self.workers.values():
             worker.wakeup.set()
-            worker.has_ready.set()
+            worker.stop_senders()
         await asyncio.gather(*self.loops, return_exceptions=True)
         inflight = {t for w in self.workers.values() for t in w.inflight}
         if inflight:

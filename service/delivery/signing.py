@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Sequence
 
@@ -19,8 +18,7 @@ def sign(keys: Sequence[bytes], msg_id: str, timestamp: int, body: str) -> str:
     """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, one per key, space-separated."""
     content = f"{msg_id}.{timestamp}.{body}".encode()
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
-        for key in keys
+        "v1," + base64.b64encode(hmac.digest(key, content, "sha256")).decode() for key in keys
     )
 
 

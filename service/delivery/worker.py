@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import re
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -69,8 +68,8 @@ class EndpointWorker:
         self.inflight: set[asyncio.Task[None]] = set()  # the senders
         # every event this process holds a lease on, until acked, retried or handed back
         self.claimed: dict[str, ClaimedEvent] = {}
-        self.ready: deque[ClaimedEvent] = deque()  # claimed, waiting for a sender
-        self.has_ready = asyncio.Event()
+        # claimed, waiting for a sender; a queue wakes one sender per event, not all of them
+        self.ready: asyncio.Queue[ClaimedEvent | None] = asyncio.Queue()
         self.health = EndpointHealth()
         self.acks = AckBatcher(dispatcher.queue, endpoint.id)
         self._batch = max(1, endpoint.concurrency // 4)
@@ -99,12 +98,17 @@ class EndpointWorker:
             while self.d.accepting:
                 await self._claim_more(limit)
         finally:
-            self.has_ready.set()  # idle senders see the stop and end
+            self.stop_senders()
+
+    def stop_senders(self) -> None:
+        """Each sender ends after its current delivery; events still ready stay claimed."""
+        for _ in self.inflight:
+            self.ready.put_nowait(None)
 
     async def _claim_more(self, limit: int) -> None:
         endpoint_id = self.endpoint.id
         self._room.clear()
-        busy = self.sending + len(self.ready)
+        busy = self.sending + self.ready.qsize()
         try:
             now = self.d.clock()
             if now - self._health_read >= HEALTH_REFRESH or self.health.status != ACTIVE:
@@ -148,20 +152,13 @@ class EndpointWorker:
                 mine.token = event.token  # still in flight here: keep one sender, new lease
                 continue
             self.claimed[event.event_id] = event
-            self.ready.append(event)
-        if self.ready:
-            self.has_ready.set()
+            self.ready.put_nowait(event)
         if not batch:
             await self._sleep(IDLE_WAIT)
 
     async def _sender(self) -> None:
         """One of the worker's senders: deliver ready events until the dispatcher stops."""
-        while self.d.accepting:
-            if not self.ready:
-                self.has_ready.clear()
-                await self.has_ready.wait()
-                continue
-            event = self.ready.popleft()
+        while (event := await self.ready.get()) is not None and self.d.accepting:
             self.sending += 1
             await self._deliver(event)
 

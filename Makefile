@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check schema clean
+.PHONY: demo test bench lint typecheck check schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ demo: $(STAMP)  ## the simulated LMS, the in-memory store and a verifying receiv
 test: $(STAMP)  ## the whole suite against a throwaway redis-server
 	scripts/ensure-redis-server
 	$(BIN)/pytest -q
+
+bench: $(STAMP)  ## performance figures (README, Performance); SCALE=0.1 for a quick look
+	scripts/ensure-redis-server
+	$(BIN)/lms-webhooks bench --output bench.json $(if $(SCALE),--scale $(SCALE)) \
+		$(foreach s,$(SCENARIO),--scenario $(s))
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests

@@ -46,6 +46,7 @@ class Lease:
     user_id: str
     token: int
     due_at: float  # when it was due (s): the next poll is due an interval later
+    claimed_at: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -86,10 +87,13 @@ class _Run:
         return {a for a, s in self.snapshots.items() if s.record is not None}
 
 
-def next_due(due_at: float, interval: float, now: float) -> float:
-    """An interval after the poll was due, not after it was claimed or ended (claims lag by
-    up to a tick, polls take time: either would stretch every interval); never in the past."""
-    return max(due_at + interval, now)
+def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> float:
+    """An interval after the poll was due, not after it was claimed or ended: claims lag by up
+    to a tick and polls take time, and either would stretch every interval. A poll claimed an
+    interval or more late (a backlog, or `poll now`, which makes a user due at 0) starts the
+    cadence again from its claim instead of being due again at once."""
+    on_cadence = due_at + interval
+    return on_cadence if on_cadence > now else max(claimed_at + interval, now)
 
 
 def route_events(
@@ -241,7 +245,8 @@ class Poller:
             )
 
     def next_due_ms(self, lease: Lease) -> int:
-        return int(next_due(lease.due_at, self.settings.polling.interval, self.clock()) * 1000)
+        interval = self.settings.polling.interval
+        return int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
 
     async def _commit(self, run: _Run, final_state: dict[str, str] | None) -> None:
         lease, outbox, result = run.lease, run.outbox, run.result

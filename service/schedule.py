@@ -236,7 +236,8 @@ class PollScheduler:
         )
         for member in members:
             account_id, user_id = keys.parse_user_member(member)
-            lease = Lease(member, account_id, user_id, token, due_at=claimed[member] / 1000)
+            due_at = claimed[member] / 1000
+            lease = Lease(member, account_id, user_id, token, due_at=due_at, claimed_at=now)
             if member in deferred:  # not polled now: handed back with its new due time
                 await self._release(lease, deferred[member], {})
                 continue

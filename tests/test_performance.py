@@ -97,17 +97,19 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
 
 
 @pytest.mark.parametrize(
-    ("due_at", "now", "expected"),
+    ("due_at", "claimed_at", "now", "expected"),
     [
-        (100.0, 100.2, 110.0),  # claimed a little late: the cadence of due times holds
-        (100.0, 109.0, 110.0),  # a slow poll: still due an interval after it was due
-        (100.0, 130.0, 130.0),  # far behind: due now, never in the past
+        (100.0, 100.2, 100.5, 110.0),  # claimed a little late: the cadence of due times holds
+        (100.0, 100.2, 109.0, 110.0),  # a slow poll: still due an interval after it was due
+        (100.0, 125.0, 126.0, 135.0),  # claimed far behind (a backlog): from the claim
+        (0.0, 500.0, 500.3, 510.0),  # `poll now` made it due at 0: not due again at once
+        (100.0, 100.2, 140.0, 140.0),  # never in the past
     ],
 )
 def test_the_next_poll_keeps_the_cadence_of_due_times(
-    due_at: float, now: float, expected: float
+    due_at: float, claimed_at: float, now: float, expected: float
 ) -> None:
-    assert next_due(due_at, interval=10.0, now=now) == expected
+    assert next_due(due_at, claimed_at, interval=10.0, now=now) == expected
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ async def measure_poll(
     now = time.time()
     token = int((now + 15) * 1000)
     assert await store.claim_due_users(int(now * 1000), token, 1) == [(member, 0)]
-    lease = Lease(member, account_id, user_id, token, due_at=now)
+    lease = Lease(member, account_id, user_id, token, due_at=0, claimed_at=now)
     before = CountingConnection.sent
     result = await poller.poll(lease)
     return CountingConnection.sent - before, result

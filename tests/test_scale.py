@@ -168,9 +168,13 @@ async def test_retry_after_pauses_every_process(
         codes = [process.stop() for process in processes]
     assert codes == [0, 0]
     limited = next(r for r in seen if r.status == 429)
-    after = [r.time for r in seen if r.time > limited.time]
-    assert after and min(after) - limited.time >= 2.9  # both processes waited ~3 s
-    assert len(after) >= 4  # and went on polling afterwards
+    after = [r.time - limited.time for r in seen if r.time > limited.time]
+    # the other process may have held its permit already while the 429 was on its way: that
+    # one request may still go; after it, both processes waited out the ~3 s
+    assert len([t for t in after if t < 0.5]) <= 1
+    later = [t for t in after if t >= 0.5]
+    assert later and min(later) >= 2.9
+    assert len(later) >= 4  # and went on polling afterwards
 
 
 @pytest.mark.slow

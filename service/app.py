@@ -131,7 +131,8 @@ class Service:
         self, limit: int, resolver: aiohttp.abc.AbstractResolver | None = None
     ) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=limit, resolver=resolver)
-        session = aiohttp.ClientSession(connector=connector)
+        # no cookies: a receiver's or the API's Set-Cookie must not follow later requests
+        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
         self._sessions.append(session)
         return session
 

@@ -276,9 +276,11 @@ class EndpointWorker:
 
     async def _attempt(self, event: ClaimedEvent) -> tuple[AttemptResult, float] | None:
         """Send once, after the endpoint's rate allows; None when the claim was lost."""
-        if await self._throttle():
-            # the wait may have outlasted the claim: renew it, or leave the event to the
-            # worker that took it over, so it is never sent twice
+        waited = await self._throttle()
+        left = event.token / 1000 - self.d.clock()
+        if waited or left < self.endpoint.timeout + 1.0:
+            # the wait for the rate, or for a free slot, may have outlasted the claim: renew
+            # it, or leave the event to the worker that took it over, so it is never sent twice
             lease = int((self.d.clock() + self._lease_seconds(1)) * 1000)
             if not await self.d.queue.extend(self.endpoint.id, event, lease):
                 return None

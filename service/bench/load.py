@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,8 +62,14 @@ def change_every_record(lms: SimLMS) -> int:
     return changed
 
 
-async def poll_everyone_now(redis: Redis, users: list[str]) -> None:
-    """What `POST /admin/poll` does for one user, for all of them at once."""
+async def poll_everyone_now(redis: Redis, users: list[str], timeout: float = 30.0) -> None:
+    """What `POST /admin/poll` does for one user, for all of them at once (once the service
+    has scheduled them all: it schedules its config's users just after it starts)."""
+    deadline = time.monotonic() + timeout
+    while await redis.zcard(keys.POLL_DUE) < len(users):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the service did not schedule every user")
+        await asyncio.sleep(0.05)
     await redis.zadd(keys.POLL_DUE, {keys.user_member(ACCOUNT, u): 0 for u in users}, xx=True)
 
 

@@ -1,33 +1,51 @@
-"""JSON in the hot paths: orjson (several times faster), with the standard library as the
-fallback for what orjson refuses (integers beyond 64 bits), so no input is ever rejected that
-`json` accepts. Output is compact; non-ASCII text stays UTF-8, which JSON allows.
+"""JSON in the hot paths: orjson (several times faster), with the standard library wherever
+orjson would refuse the input or change it, so every value comes out as `json` would give it.
+
+orjson reads integers beyond 64 bits as floats, silently; a page or a value with a run of 19
+or more digits (a string of digits matches too, harmlessly) is read by `json` instead. On the
+way out, orjson refuses such integers and lone surrogates; `json` writes them, escaped.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
+_LONG_NUMBER_TEXT = re.compile(r"\d{19}")
 
 
 def dumps(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
-    except TypeError:  # orjson.JSONEncodeError: e.g. an integer wider than 64 bits
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:  # orjson.JSONEncodeError: a huge integer, a lone surrogate
+        return json.dumps(value, separators=(",", ":"))
 
 
 def dumps_bytes(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def loads_exact(raw: bytes | str) -> tuple[Any, bool]:
+    """(value, whether orjson read it). Raises ValueError on bad JSON (both parsers' errors
+    are ValueErrors). Only what orjson read is guaranteed to hold plain JSON types: `json`
+    also gives integers of any size and strings with lone surrogates."""
+    long_number = (
+        _LONG_NUMBER.search(raw) if isinstance(raw, bytes) else _LONG_NUMBER_TEXT.search(raw)
+    )
+    if long_number is None:
+        try:
+            return orjson.loads(raw), True
+        except orjson.JSONDecodeError:
+            pass  # NaN, lone surrogates, ...: `json` decides
+    return json.loads(raw), False
 
 
 def loads(raw: bytes | str) -> Any:
-    """Raises ValueError (orjson's and json's decode errors both are) on bad JSON."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)  # raises its own ValueError when the JSON really is bad
+    return loads_exact(raw)[0]

@@ -262,8 +262,9 @@ class Poller:
                 token=lease.token,
                 next_score=next_score,
                 state=final_state,
-                # all of them: they are stored as one value
-                snapshots=run.snapshots if outbox.changes else None,
+                # all of them: they are stored as one value (written at once when they were
+                # still in 0.1's form, which the commit then removes)
+                snapshots=run.snapshots if outbox.changes or run.state.legacy else None,
             )
             if not committed:
                 raise StaleLease(f"lease on {lease.member} was taken over")

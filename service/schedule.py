@@ -167,6 +167,8 @@ class PollScheduler:
             self.scheduler.shutdown(wait=False)
         if self._kick is not None:
             await asyncio.gather(self._kick, return_exceptions=True)
+        async with self._claiming:  # a claim under way has started its polls or handed back
+            pass
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks, timeout=min(timeout, POLL_STOP_GRACE))
             for task in pending:
@@ -214,6 +216,10 @@ class PollScheduler:
         try:
             claimed = dict(await self.store.claim_due_users(int(now * 1000), token, free))
             members = list(claimed)
+            if not self.accepting:  # stopped while claiming: due again at once, elsewhere
+                for member in members:
+                    await self.store.reschedule(member, token, int(now * 1000), {})
+                return
             self._backlog = len(members) == free
             if not members:
                 return

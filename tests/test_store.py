@@ -185,3 +185,22 @@ async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
     assert await store.snapshot("acc:1", "u/1", "nope") is None
     plain = len(json.dumps({a: [s.sequence, s.record] for a, s in records.items()}))
     assert await redis.strlen(keys.snapshots("acc:1", "u/1")) < plain / 2
+
+
+async def test_snapshots_stored_by_0_1_are_read_and_replaced_on_the_next_commit(
+    redis: Redis,
+) -> None:
+    """0.1 kept one hash field per assignment; after an upgrade nothing is detected again."""
+    store = PollStore(redis)
+    legacy = keys.legacy_snapshots("acc:1", "u/1")
+    old = {"id": "a1", "progress": 10}
+    await redis.hset(legacy, "a1", json.dumps({"s": 3, "r": old}))
+    state = await store.load_user("acc:1", "u/1", BUDGET)
+    assert state.snapshots == {"a1": Snapshot(3, old)} and state.legacy
+    assert await store.snapshot("acc:1", "u/1", "a1") == Snapshot(3, old)
+    await store.commit(
+        "acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=state.snapshots
+    )
+    assert await redis.exists(legacy) == 0
+    again = await store.load_user("acc:1", "u/1", BUDGET)
+    assert again.snapshots == {"a1": Snapshot(3, old)} and not again.legacy

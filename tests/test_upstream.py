@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from service import jsonfmt
 from service.config import StackOneSettings
 from service.errors import UpstreamMalformed, UpstreamRejected, UpstreamUnavailable
 from service.metrics import Metrics
@@ -137,20 +138,38 @@ ODD_RECORDS = [
     {"id": "a", "unified_custom_fields": []},
     {"id": "a", "due_date": 5},
     {"id": "a", "brand_new_field": {"any": "thing"}},
+    {"id": "a", "progress": 10**400},  # read by `json` (orjson would not): pydantic decides
+    {"id": "a", "external_reference": "\ud800"},  # a lone surrogate
+    {"id": "a", "\ud800": 1},
+    {"id": "a", "unified_custom_fields": {"big": 2**70, "n": 12345678901234567890123}},
 ]
 
 
 @pytest.mark.parametrize("record", ODD_RECORDS)
 def test_fast_record_check_agrees_with_the_model(record: dict[str, Any]) -> None:
-    """The fast path only ever accepts what pydantic accepts, and parse_page's verdict is
-    pydantic's own for every record."""
+    """The fast path only ever accepts what pydantic accepts, parse_page's verdict is
+    pydantic's own for every record, and a record passes through exactly as received."""
     try:
         Assignment.model_validate(record)
         valid = True
     except ValidationError:
         valid = False
-    if plainly_valid(record):
+    _, plain = jsonfmt.loads_exact(json.dumps(record))
+    if plain and plainly_valid(record):  # the fast check is trusted only with orjson's types
         assert valid
     page = parse_page(json.dumps({"data": [record], "next": None}).encode())
     assert (page.records == [record]) is valid
     assert page.skipped == ({} if valid else {"invalid_record": 1})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [2**64, -(2**63) - 1, 123456789012345678901234567890, "\ud800", 1.5, "Sécurité 🔒"],
+)
+def test_json_values_come_back_exactly(value: object) -> None:
+    """orjson would turn integers beyond 64 bits into floats and refuses lone surrogates: the
+    hot-path JSON gives exactly what `json` gives, both ways."""
+    raw = json.dumps({"v": value})
+    assert jsonfmt.loads(raw.encode()) == {"v": value}
+    assert json.loads(jsonfmt.dumps_bytes({"v": value})) == {"v": value}
+    assert json.loads(jsonfmt.dumps({"v": value})) == {"v": value}

@@ -31,11 +31,15 @@ class AckBatcher:
             batch, self._pending = self._pending, []
             try:
                 flags = await self.queue.ack_many(self.endpoint_id, [e for e, _ in batch])
-            except Exception as error:  # each waiting delivery sees its batch's error
+                for (_, done), flag in zip(batch, flags, strict=True):
+                    if not done.done():
+                        done.set_result(flag)
+            except BaseException as error:  # each waiting delivery sees its batch's error
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(error)
-                continue
-            for (_, done), flag in zip(batch, flags, strict=True):
-                if not done.done():
-                    done.set_result(flag)
+                if not isinstance(error, Exception):  # cancelled: nobody waits forever
+                    for _, done in self._pending:
+                        done.cancel()
+                    self._pending = []
+                    raise

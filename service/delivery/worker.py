@@ -84,6 +84,7 @@ class EndpointWorker:
         self._slots = asyncio.Semaphore(endpoint.concurrency)
         self._room = asyncio.Event()  # a request ended: room to claim more
         self._probe_event_id: str | None = None  # the one event a probing worker may send
+        self._health_changes = 0  # bumped by every local change of `health`
 
     async def run(self) -> None:
         """Keep `concurrency` requests going: senders take claimed events from `ready`, and
@@ -112,7 +113,10 @@ class EndpointWorker:
         try:
             now = self.d.clock()
             if now - self._health_read >= HEALTH_REFRESH or self.health.status != ACTIVE:
-                self.health = await self.d.endpoints.health(endpoint_id)
+                seen = self._health_changes
+                health = await self.d.endpoints.health(endpoint_id)
+                if seen == self._health_changes:  # else a settle knows better meanwhile
+                    self.health = health
                 self._health_read = now
             allowed, wait = gate(self.health, now)
             if allowed is Gate.CLOSED:
@@ -124,7 +128,8 @@ class EndpointWorker:
                 probing = want and await self.d.endpoints.try_probe(
                     endpoint_id, self._lease_seconds(1)
                 )
-                self._probe_event_id = None
+                if probing:
+                    self._probe_event_id = None  # set to the event claimed for it below
                 self.log.debug("endpoint_probe", probing=bool(probing), busy=busy)
                 if want and not probing:
                     await self._sleep(CLOSED_RECHECK)
@@ -229,6 +234,10 @@ class EndpointWorker:
             allowed is Gate.PROBE and event.event_id == self._probe_event_id
         )
 
+    def _set_health(self, health: EndpointHealth) -> None:
+        self.health = health
+        self._health_changes += 1
+
     def _sent(self) -> None:
         self.sending -= 1
         self._room.set()
@@ -246,6 +255,8 @@ class EndpointWorker:
         try:
             later: tuple[AttemptResult, float] | None = None
             async with self._slots:
+                if not self.d.accepting:  # stopping: stays claimed, stop() hands it back
+                    return
                 if not self._may_send(event):  # hand it back: due again, for whoever may send
                     await self.d.queue.reschedule(endpoint_id, event, int(self.d.clock() * 1000))
                 elif (attempt := await self._attempt(event)) is not None:
@@ -278,7 +289,7 @@ class EndpointWorker:
         """Send once, after the endpoint's rate allows; None when the claim was lost."""
         waited = await self._throttle()
         left = event.token / 1000 - self.d.clock()
-        if waited or left < self.endpoint.timeout + 1.0:
+        if waited or left < self.endpoint.timeout + LEASE_MARGIN / 2:
             # the wait for the rate, or for a free slot, may have outlasted the claim: renew
             # it, or leave the event to the worker that took it over, so it is never sent twice
             lease = int((self.d.clock() + self._lease_seconds(1)) * 1000)
@@ -335,7 +346,7 @@ class EndpointWorker:
                 reason=health.disabled_reason,
                 paused_until=health.paused_until,
             )
-        self.health = health  # a Retry-After hold changes no status but holds the senders too
+        self._set_health(health)  # a Retry-After hold changes no status, yet holds every sender
         if decision.action is Action.DEAD:
             await d.queue.dead_letter(endpoint_id, event, int(now * 1000))
             log.warning(
@@ -352,8 +363,8 @@ class EndpointWorker:
     async def _note_success(self, now: float) -> None:
         """Close the breaker when it was not closed; else just note the time, once a second."""
         if self.health.consecutive_failures or self.health.status != ACTIVE:
-            self.health = await self.d.endpoints.update(
-                self.endpoint.id, lambda h: after_success(h, now)
+            self._set_health(
+                await self.d.endpoints.update(self.endpoint.id, lambda h: after_success(h, now))
             )
             log.info("endpoint_recovered", endpoint=self.endpoint.id, status=self.health.status)
             self._success_noted = now

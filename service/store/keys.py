@@ -46,6 +46,12 @@ def parse_overdue_member(member: str) -> tuple[str, str, str, int]:
 
 def snapshots(account_id: str, user_id: str) -> str:
     """string: every snapshot of the user, encoded together (store.polls.encode_snapshots)."""
+    return f"{PREFIX}:snaps:{user_member(account_id, user_id)}"
+
+
+def legacy_snapshots(account_id: str, user_id: str) -> str:
+    """hash: assignment id → JSON {"s": sequence, "r": record}, as 0.1 stored snapshots. Read
+    when `snapshots` is missing; removed by the first commit that writes `snapshots`."""
     return f"{PREFIX}:snap:{user_member(account_id, user_id)}"
 
 

@@ -42,6 +42,15 @@ def encode_snapshots(snapshots: dict[str, Snapshot]) -> str:
     return base64.b64encode(zlib.compress(plain, 1)).decode()
 
 
+def decode_legacy_snapshots(fields: dict[str, str]) -> dict[str, Snapshot]:
+    """0.1's hash: one JSON {"s": sequence, "r": record} per assignment."""
+    return {a: Snapshot(int(d["s"]), d["r"]) for a, d in _json_values(fields)}
+
+
+def _json_values(fields: dict[str, str]) -> list[tuple[str, Any]]:
+    return [(name, json.loads(value)) for name, value in fields.items()]
+
+
 def decode_snapshots(raw: str | None) -> dict[str, Snapshot]:
     if not raw:
         return {}
@@ -56,10 +65,14 @@ class UserState:
     fields: dict[str, str]
     raw_snapshots: str | None
     permit_wait: float = 0.0  # seconds until the upstream permit asked for; 0: granted
+    # snapshots as 0.1 stored them (a hash), when the user has none in today's form yet
+    legacy: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def snapshots(self) -> dict[str, Snapshot]:
         """Decoded on first use: a poll that reads no record never needs them."""
+        if self.raw_snapshots is None and self.legacy:
+            return decode_legacy_snapshots(self.legacy)
         return decode_snapshots(self.raw_snapshots)
 
     @property
@@ -91,6 +104,10 @@ class Outbox:
         return len(self.changes)
 
 
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class PollStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -101,16 +118,16 @@ class PollStore:
 
     async def load_user(self, account_id: str, user_id: str, permit: Budget) -> UserState:
         """One round trip: the user's state, every snapshot, and a permit from `permit`."""
-        wait_ms, flat, snaps = await self._load(
+        wait_ms, flat, snaps, legacy = await self._load(
             keys=[
                 keys.user_state(account_id, user_id),
                 keys.snapshots(account_id, user_id),
                 *permit.script_keys(),
+                keys.legacy_snapshots(account_id, user_id),
             ],
             args=permit.script_args(),
         )
-        fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return UserState(fields, snaps, float(wait_ms) / 1000.0)
+        return UserState(_pairs(flat), snaps, float(wait_ms) / 1000.0, _pairs(legacy))
 
     async def blocked_accounts(self) -> dict[str, dict[str, Any]]:
         raw = cast(dict[str, str], await self.redis.hgetall(keys.BLOCKED_ACCOUNTS))
@@ -150,6 +167,7 @@ class PollStore:
             keys.snapshots(account_id, user_id),
             keys.user_state(account_id, user_id),
             keys.OVERDUE,
+            keys.legacy_snapshots(account_id, user_id),
         ]
         args: list[Any] = [
             keys.user_member(account_id, user_id),
@@ -177,6 +195,10 @@ class PollStore:
 
     async def snapshot(self, account_id: str, user_id: str, assignment_id: str) -> Snapshot | None:
         raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id)))
+        if raw is None:
+            legacy = keys.legacy_snapshots(account_id, user_id)
+            old = cast(str | None, await self.redis.hget(legacy, assignment_id))
+            return decode_legacy_snapshots({assignment_id: old}).get(assignment_id) if old else None
         return decode_snapshots(raw).get(assignment_id)
 
     async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:

@@ -50,8 +50,8 @@ end
 """
 
 # One poll's commit: snapshots, user state, the lease/next-due score and the outgoing events.
-# KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, KEYS[4] OVERDUE, then
-# (due, body) per endpoint.
+# KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, KEYS[4] OVERDUE, KEYS[5] legacy
+# snapshots (deleted when snapshots are written), then (due, body) per endpoint.
 # ARGV: member, token ('' = unfenced), new score ('' = keep), snapshots ('' = unchanged),
 #       n, (field, value)*n (state), n, (overdue member, due ms)*n (watch),
 #       n, overdue member*n (unwatch), then per endpoint:
@@ -62,7 +62,10 @@ if ARGV[2] ~= '' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 end
-if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4]) end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4])
+  redis.call('DEL', KEYS[5])
+end
 local i = 5
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
@@ -70,7 +73,7 @@ n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZADD', KEYS[4], ARGV[i + 1], ARGV[i]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('ZREM', KEYS[4], ARGV[i]); i = i + 1 end
-local k = 5
+local k = 6
 """
     + _ENQUEUE
     + """
@@ -190,13 +193,17 @@ GCRA_ACQUIRE = _GCRA + "return acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
 # What a poll needs before it reads upstream, in one round trip: the permit for its first
 # request, the user's state and its snapshots.
-# KEYS user state, snapshots, rate, pause; ARGV emission_ms, tolerance_ms
-#   → {ms to wait for the permit (0: granted), state as a flat list, snapshots or false}
+# KEYS user state, snapshots, rate, pause, legacy snapshots; ARGV emission_ms, tolerance_ms
+#   → {ms to wait for the permit (0: granted), state as a flat list, snapshots or false,
+#      the legacy hash as a flat list (empty unless snapshots is missing)}
 LOAD_USER = (
     _GCRA
     + """
 local wait = acquire(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
-return {wait, redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
+local snaps = redis.call('GET', KEYS[2])
+local legacy = {}
+if not snaps then legacy = redis.call('HGETALL', KEYS[5]) end
+return {wait, redis.call('HGETALL', KEYS[1]), snaps, legacy}
 """
 )
 

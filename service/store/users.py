@@ -45,7 +45,11 @@ class TrackedUsers:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.RUNTIME_USERS, member)
             pipe.zrem(keys.POLL_DUE, member)
-            pipe.delete(keys.snapshots(account_id, user_id), keys.user_state(account_id, user_id))
+            pipe.delete(
+                keys.snapshots(account_id, user_id),
+                keys.legacy_snapshots(account_id, user_id),
+                keys.user_state(account_id, user_id),
+            )
             removed, *_ = await pipe.execute()
         return bool(removed)
 

@@ -113,7 +113,7 @@ def parse_page(raw: bytes) -> Page:
     counted, so one odd record cannot block every later poll of its user.
     """
     try:
-        body = jsonfmt.loads(raw)
+        body, plain = jsonfmt.loads_exact(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise UpstreamMalformed(f"response is not JSON: {e}") from e
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
@@ -127,7 +127,7 @@ def parse_page(raw: bytes) -> Page:
             raise UpstreamMalformed(f"data[{index}] is not an object")
         if isinstance(item.get("id"), int) and not isinstance(item["id"], bool):
             item["id"] = str(item["id"])  # a numeric id is still an id
-        reason = _unusable(item)
+        reason = _unusable(item, plain)
         if reason is not None:
             page.skipped[reason] = page.skipped.get(reason, 0) + 1
             continue
@@ -135,10 +135,12 @@ def parse_page(raw: bytes) -> Page:
     return page
 
 
-def _unusable(item: dict[str, Any]) -> str | None:
+def _unusable(item: dict[str, Any], plain: bool) -> str | None:
+    """Why a record cannot be tracked, or None. `plain`: orjson read it, so its values are of
+    plain JSON types only (no huge integers, no lone surrogates) and the fast check is exact."""
     if not item.get("id") or not isinstance(item["id"], str):
         return "missing_id"
-    if plainly_valid(item):
+    if plain and plainly_valid(item):
         return None
     try:
         Assignment.model_validate(item)

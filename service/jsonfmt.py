@@ -9,13 +9,18 @@ way out, orjson refuses such integers and lone surrogates; `json` writes them, e
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
-_LONG_NUMBER = re.compile(rb"\d{19}")
-_LONG_NUMBER_TEXT = re.compile(r"\d{19}")
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def _has_long_number(raw: bytes) -> bool:
+    """A run of 19 digits anywhere. Two C passes (translate, find): a regex took 17 µs a
+    record, more than parsing it."""
+    return raw.translate(_DIGITS_AS_ZERO).find(_NINETEEN_DIGITS) >= 0
 
 
 def dumps(value: Any) -> str:
@@ -36,10 +41,8 @@ def loads_exact(raw: bytes | str) -> tuple[Any, bool]:
     """(value, whether orjson read it). Raises ValueError on bad JSON (both parsers' errors
     are ValueErrors). Only what orjson read is guaranteed to hold plain JSON types: `json`
     also gives integers of any size and strings with lone surrogates."""
-    long_number = (
-        _LONG_NUMBER.search(raw) if isinstance(raw, bytes) else _LONG_NUMBER_TEXT.search(raw)
-    )
-    if long_number is None:
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if not _has_long_number(data):
         try:
             return orjson.loads(raw), True
         except orjson.JSONDecodeError:

@@ -58,6 +58,9 @@ async def test_no_server_errors_for_generated_requests(
             "examples,coverage,fuzzing",
             "--workers",
             "1",
+            # a data-generation health check, not an API check: the random seed sometimes
+            # fails it for path parameters with patterns (seen once in CI)
+            "--suppress-health-check=filter_too_much",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )

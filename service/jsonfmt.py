@@ -23,17 +23,10 @@ def _has_long_number(raw: bytes) -> bool:
     return raw.translate(_DIGITS_AS_ZERO).find(_NINETEEN_DIGITS) >= 0
 
 
-def dumps(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # orjson.JSONEncodeError: a huge integer, a lone surrogate
-        return json.dumps(value, separators=(",", ":"))
-
-
 def dumps_bytes(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
-    except TypeError:
+    except TypeError:  # orjson.JSONEncodeError: a huge integer, a lone surrogate
         return json.dumps(value, separators=(",", ":")).encode()
 
 

@@ -29,15 +29,21 @@ def user_ids(count: int) -> list[str]:
     return [f"u_{n}" for n in range(1, count + 1)]
 
 
+def record_shapes(count: int) -> list[dict[str, Any]]:
+    """`count` (at most 50) realistic records from the simulator's own seed: mixed statuses,
+    due dates, custom fields."""
+    templates = SimLMS()
+    templates.seed(1, 1, min(count, 50))
+    return list(templates.accounts["acc_1"]["u_1"].values())
+
+
 def seed_users(lms: SimLMS, users: int, assignments: int) -> None:
     """`users` users with `assignments` realistic records each, quickly.
 
-    The simulator's own seed gives the record shapes (mixed statuses, due dates, custom
-    fields); they are cloned with fresh ids so a million records take seconds, not minutes.
+    The record shapes are cloned with fresh ids, so a million records take seconds, not
+    minutes.
     """
-    templates = SimLMS(api_key=lms.api_key)
-    templates.seed(1, 1, min(assignments, 50))
-    shapes = list(templates.accounts["acc_1"]["u_1"].values())
+    shapes = record_shapes(assignments)
     account = lms.accounts.setdefault(ACCOUNT, {})
     serial = 0
     for user_id in user_ids(users):
@@ -85,9 +91,7 @@ async def queue_events(
     store: PollStore, endpoint: EndpointSettings, count: int, batch: int = 500
 ) -> int:
     """Queue `count` real change events (as detection builds them) for `endpoint`."""
-    templates = SimLMS()
-    templates.seed(1, 1, 20)
-    shapes = list(templates.accounts["acc_1"]["u_1"].values())
+    shapes = record_shapes(20)
     now = datetime.now(UTC)
     queued = 0
     while queued < count:

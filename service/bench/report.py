@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 import time
 from functools import partial
@@ -50,8 +51,6 @@ def _versions() -> dict[str, str]:
 
 
 def _redis_version() -> str:
-    import subprocess
-
     out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
     return out.stdout.split()[2].removeprefix("v=") if out.returncode == 0 else "unknown"
 

@@ -64,8 +64,7 @@ class Dispatcher:
         """Claim nothing new; let deliveries in flight finish in `timeout`, hand back the rest."""
         self.accepting = False
         for worker in self.workers.values():
-            worker.wakeup.set()
-            worker.stop_senders()
+            worker.wakeup.set()  # its loop ends, and with it its senders
         await asyncio.gather(*self.loops, return_exceptions=True)
         inflight = {t for w in self.workers.values() for t in w.inflight}
         if inflight:

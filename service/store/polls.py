@@ -44,11 +44,8 @@ def encode_snapshots(snapshots: dict[str, Snapshot]) -> str:
 
 def decode_legacy_snapshots(fields: dict[str, str]) -> dict[str, Snapshot]:
     """0.1's hash: one JSON {"s": sequence, "r": record} per assignment."""
-    return {a: Snapshot(int(d["s"]), d["r"]) for a, d in _json_values(fields)}
-
-
-def _json_values(fields: dict[str, str]) -> list[tuple[str, Any]]:
-    return [(name, json.loads(value)) for name, value in fields.items()]
+    decoded = {name: json.loads(value) for name, value in fields.items()}
+    return {a: Snapshot(int(d["s"]), d["r"]) for a, d in decoded.items()}
 
 
 def decode_snapshots(raw: str | None) -> dict[str, Snapshot]:

@@ -140,3 +140,7 @@ def test_bench_command_reports_figures_targets_and_the_machine(tmp_path: Path) -
         text=True,
     )
     assert wrong.returncode == 2 and "unknown scenario" in wrong.stderr
+    too_big = subprocess.run(
+        [*BENCH, "--scale", "2"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert too_big.returncode == 2 and "--scale must be in (0, 1]" in too_big.stderr

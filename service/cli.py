@@ -18,6 +18,10 @@ from service.app import Role, Service
 from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
+from service.metrics import Metrics
+from service.operations import Operations
+from service.store.connect import connect
+from service.store.stores import Stores
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -133,20 +137,21 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 async def _dead_letter_command(settings: Settings, args: argparse.Namespace) -> int:
-    """`replay` and `dead-letters`: the same Service code the admin API calls."""
+    """`replay` and `dead-letters`: the same operations the admin API calls."""
     if settings.endpoint(args.endpoint) is None:
         print(f"unknown endpoint {args.endpoint!r}", file=sys.stderr)
         return EXIT_USAGE
-    service = Service(settings, serve_http=False)
+    stores = Stores.on(connect(settings.redis_url), settings)
     try:
         if args.command == "replay":
-            queued = await service.replay(args.endpoint, args.ids)
+            operations = Operations(settings, stores, Metrics())
+            queued = await operations.replay(args.endpoint, args.ids)
             print(json.dumps({"endpoint": args.endpoint, "queued": queued}))
         else:
-            letters = await service.queue.dead_letters(args.endpoint, args.limit)
+            letters = await stores.queue.dead_letters(args.endpoint, args.limit)
             print(json.dumps({"endpoint": args.endpoint, "dead_letters": letters}, indent=2))
     finally:
-        await service.redis.aclose()
+        await stores.redis.aclose()
     return EXIT_OK
 
 

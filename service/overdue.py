@@ -16,15 +16,14 @@ from redis.exceptions import RedisError
 from service.config import Settings
 from service.detect import detect_overdue
 from service.metrics import Metrics
-from service.poller import route_events
-from service.store import keys
-from service.store.polls import PollStore, RoutedEvents
+from service.outbox import RoutedEvents, route_events
+from service.store.polls import PollStore
 from service.timefmt import from_epoch
 
 log = structlog.get_logger("overdue")
 
 CHECK_SECONDS = 5.0  # due dates are reported within this of passing (well inside a minute)
-LEASE_SECONDS = 30.0
+CLAIM_SECONDS = 30.0  # a claimed check not committed by then (its process died) is claimed again
 BATCH = 200
 
 
@@ -54,11 +53,11 @@ class OverdueWatcher:
 
     async def _check(self) -> int:
         now = self.clock()
-        token = int((now + LEASE_SECONDS) * 1000)
-        members = await self.store.claim_overdue(int(now * 1000), token, BATCH)
+        token = int((now + CLAIM_SECONDS) * 1000)
+        claimed = await self.store.claim_overdue(int(now * 1000), token, BATCH)
         queued = 0
-        for member in members:
-            account_id, user_id, assignment_id, due_ms = keys.parse_overdue_member(member)
+        for due in claimed:
+            account_id, user_id, assignment_id, due_ms = due
             snapshot = await self.store.snapshot(account_id, user_id, assignment_id)
             event = None
             if snapshot is not None:
@@ -68,7 +67,7 @@ class OverdueWatcher:
             routed: RoutedEvents = {}
             if event is not None:
                 route_events([event], self.settings.endpoints, int(now * 1000), routed)
-            if await self.store.commit_overdue(member, token, routed) and event is not None:
+            if await self.store.commit_overdue(due, token, routed) and event is not None:
                 queued += 1
                 self.metrics.events.labels(event["type"]).inc()
                 log.info(

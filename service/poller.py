@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 
 import structlog
 
-from service import jsonfmt
-from service.config import EndpointSettings, Settings
+from service.config import Settings
 from service.detect import (
     Change,
     Snapshot,
     detect,
     detect_removed,
     next_watermark,
-    overdue_watch,
     updated_after,
 )
 from service.errors import StaleLease
-from service.events import Event
 from service.metrics import Metrics
-from service.store import keys
-from service.store.polls import Outbox, PollStore, RoutedEvents, UserState
+from service.outbox import Outbox
+from service.store.leases import LEASE_SECONDS, Lease
+from service.store.limits import SharedRate
+from service.store.polls import PollStore, StoredUser
+from service.store.user_state import UserState
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
 
@@ -35,19 +33,6 @@ log = structlog.get_logger("poller")
 
 # Changes held in memory before an intermediate commit; the watermark only moves at the end.
 FLUSH_EVERY = 500
-
-
-@dataclass
-class Lease:
-    """A claimed user. `token` (the lease expiry, ms) changes whenever the lease is extended."""
-
-    member: str
-    account_id: str
-    user_id: str
-    token: int
-    due_at: float  # when it was due (s): the next poll is due an interval later
-    claimed_at: float
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass(slots=True)
@@ -67,24 +52,32 @@ class _Run:
     lease: Lease
     now: datetime
     emit: bool
-    state: UserState
+    stored: StoredUser
     result: PollResult
     outbox: Outbox = field(default_factory=Outbox)
     seen: set[str] = field(default_factory=set)
     updated_values: list[object] = field(default_factory=list)
-    now_ms: int = 0
-
-    def __post_init__(self) -> None:
-        self.now_ms = int(self.now.timestamp() * 1000)
 
     @property
     def snapshots(self) -> dict[str, Snapshot]:
         """Every snapshot of the user, as changes are detected (decoded when first needed)."""
-        return self.state.snapshots
+        return self.stored.snapshots
 
     def live(self) -> set[str]:
         """Assignments we know as present (tombstones excluded)."""
         return {a for a, s in self.snapshots.items() if s.record is not None}
+
+    def add(self, change: Change, previous: Snapshot | None, settings: Settings) -> None:
+        self.snapshots[change.assignment_id] = change.snapshot
+        self.outbox.add(
+            self.lease.account_id,
+            self.lease.user_id,
+            change,
+            previous,
+            now=self.now,
+            emit=self.emit,
+            endpoints=settings.endpoints,
+        )
 
 
 def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> float:
@@ -96,52 +89,23 @@ def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> f
     return on_cadence if on_cadence > now else max(claimed_at + interval, now)
 
 
-def route_events(
-    events: Iterable[Event],
-    endpoints: Iterable[EndpointSettings],
-    due_ms: int,
-    into: RoutedEvents,
-) -> None:
-    """Queue each event for every endpoint that wants it (the body serialized once)."""
-    for event in events:
-        body: bytes | None = None  # bytes all the way to Redis: no decode and encode again
-        for endpoint in endpoints:
-            if endpoint.wants(event["type"], event["data"]["account_id"]):
-                body = body or jsonfmt.dumps_bytes(event)
-                into.setdefault(endpoint.id, []).append((event["id"], body, due_ms))
-
-
-def add_change(run: _Run, change: Change, previous: Snapshot | None, settings: Settings) -> None:
-    """A change joins the outbox: its snapshot, its events, and its overdue watch."""
-    outbox, lease = run.outbox, run.lease
-    run.snapshots[change.assignment_id] = change.snapshot
-    outbox.changes.append(change)
-    route_events(change.events, settings.endpoints, run.now_ms, outbox.events)
-    stop, start = overdue_watch(previous, change.snapshot, run.now, run.emit)
-    member = partial(keys.overdue_member, lease.account_id, lease.user_id, change.assignment_id)
-    if stop is not None:
-        outbox.unwatch.append(member(stop))
-    if start is not None:
-        outbox.watch[member(start)] = start
-
-
 class Poller:
     def __init__(
         self,
         store: PollStore,
         client: StackOneClient,
+        rate: SharedRate,
         settings: Settings,
         metrics: Metrics,
         *,
-        lease_seconds: float,
         on_committed: Callable[[set[str]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.client = client
+        self.rate = rate  # the client's budget: the first request's permit comes with the load
         self.settings = settings
         self.metrics = metrics
-        self.lease_seconds = lease_seconds
         self.on_committed = on_committed
         self.clock = clock
 
@@ -149,7 +113,8 @@ class Poller:
         """Poll one user; raises UpstreamError (nothing committed past the last flush)."""
         polling = self.settings.polling
         started = self.clock()
-        state = await self.store.load_user(lease.account_id, lease.user_id, self.client.budget)
+        stored = await self.store.load_user(lease.account_id, lease.user_id, self.rate)
+        state = stored.state
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         last_full = state.last_full_sync_ms
         full = (
@@ -160,14 +125,11 @@ class Poller:
         run = _Run(
             lease=lease,
             now=from_epoch(started),
-            emit=state.baselined or polling.emit_on_first_sync,
-            state=state,
+            emit=bool(state.baselined) or polling.emit_on_first_sync,
+            stored=stored,
             result=PollResult(full=full),
         )
-        # the permit for the first request came with the state, one round trip for both
-        permitted = state.permit_wait <= 0
-        since = None if full else updated_after(watermark, polling.overlap)
-        await self._read(run, since, permitted=permitted)
+        await self._read(run, None if full else updated_after(watermark, polling.overlap))
         # Only reached when every page was read without error; a skipped record may be one
         # we know, so a read that skipped any cannot tell what was removed.
         if full and not run.result.skipped:
@@ -188,26 +150,24 @@ class Poller:
                     now=run.now,
                     emit=run.emit,
                 )
-                add_change(run, gone, previous, self.settings)
+                run.add(gone, previous, self.settings)
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
-        final_state = {
-            "baselined": "1",
-            "failures": "0",
-            "last_error": "",
-            "last_poll": str(run.now_ms),
-        }
-        if new_watermark is not None:
-            final_state["watermark"] = str(int(new_watermark.timestamp() * 1000))
-        if full:
-            final_state["last_full_sync"] = str(run.now_ms)
-        await self._commit(run, final_state=final_state)
+        now_ms = int(started * 1000)
+        done = UserState(
+            watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
+            baselined=True,
+            last_full_sync_ms=now_ms if full else None,
+            last_poll_ms=now_ms,
+            failures=0,
+            last_error="",
+        )
+        await self._commit(run, done)
         return run.result
 
-    async def _read(self, run: _Run, since: datetime | None, *, permitted: bool = False) -> None:
+    async def _read(self, run: _Run, since: datetime | None) -> None:
         """Read every page, detect each record, flush the outbox when it grows large."""
         lease = run.lease
-        pages = self.client.pages(lease.account_id, lease.user_id, since, permitted=permitted)
-        async for page in pages:
+        async for page in self.client.pages(lease.account_id, lease.user_id, since):
             run.result.pages += 1
             run.result.records += len(page.records)
             if page.skipped:
@@ -228,9 +188,9 @@ class Poller:
                     emit=run.emit,
                 )
                 if change is not None:
-                    add_change(run, change, previous, self.settings)
+                    run.add(change, previous, self.settings)
             if len(run.outbox) >= FLUSH_EVERY:
-                await self._commit(run, final_state=None)
+                await self._commit(run, None)
                 run.outbox = Outbox()
 
     def _skipped(self, lease: Lease, skipped: dict[str, int]) -> None:
@@ -248,11 +208,14 @@ class Poller:
         interval = self.settings.polling.interval
         return int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
 
-    async def _commit(self, run: _Run, final_state: dict[str, str] | None) -> None:
+    async def _commit(self, run: _Run, done: UserState | None) -> None:
+        """Commit the outbox, fenced by the lease. `done`: the poll's final state, which ends
+        the lease (the user is next due an interval on); None: an intermediate flush, which
+        extends it."""
         lease, outbox, result = run.lease, run.outbox, run.result
         async with lease.lock:
-            if final_state is None:  # intermediate: keep the lease, extended
-                next_score = int((self.clock() + self.lease_seconds) * 1000)
+            if done is None:
+                next_score = int((self.clock() + LEASE_SECONDS) * 1000)
             else:
                 next_score = self.next_due_ms(lease)
             committed = await self.store.commit(
@@ -261,10 +224,10 @@ class Poller:
                 outbox,
                 token=lease.token,
                 next_score=next_score,
-                state=final_state,
+                state=done,
                 # all of them: they are stored as one value (written at once when they were
                 # still in 0.1's form, which the commit then removes)
-                snapshots=run.snapshots if outbox.changes or run.state.legacy else None,
+                snapshots=run.snapshots if outbox.changes or run.stored.legacy else None,
             )
             if not committed:
                 raise StaleLease(f"lease on {lease.member} was taken over")

@@ -1,9 +1,12 @@
 """Polling schedule: due times in Redis, claimed by whichever process is free.
 
-APScheduler drives three periodic jobs: claim due users (tick), extend the leases of polls in
-flight (heartbeat), and reconcile the tracked users with the schedule (sync). While users are
-waiting (the last claim filled every free slot), a finished poll claims the next one at once
-instead of waiting for the next tick, so throughput is not capped at concurrency per tick.
+APScheduler drives four periodic jobs: claim due users (tick), extend the leases of polls in
+flight (heartbeat), reconcile the tracked users with the schedule (sync), and report passed
+due dates (the overdue check). While users are waiting (the last claim filled every free
+slot), a finished poll claims the next ones at once instead of waiting for the next tick, so
+throughput is not capped at concurrency per tick.
+
+`run_once` is the burst mode: no jobs, every due user polled until none is (tests, tools).
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -27,17 +29,18 @@ from service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
 from service.overdue import CHECK_SECONDS, OverdueWatcher
-from service.poller import Lease, Poller
+from service.poller import Poller
 from service.store import keys
-from service.store.polls import PollStore
+from service.store.leases import LEASE_SECONDS, Lease, PollLeases
+from service.store.polls import AccountBackoff, PollStore
+from service.store.user_state import UserState
 from service.store.users import TrackedUsers
 
 log = structlog.get_logger("schedule")
 
-# A dead process's users are polled again this soon; live polls extend it every third of it.
-LEASE_SECONDS = 15.0
 TICK_SECONDS = 0.25
 POLL_STOP_GRACE = 3.0
 SYNC_SECONDS = 30.0
@@ -49,7 +52,13 @@ def initial_due_ms(member: str, now: float, interval: float) -> int:
     return int((now + offset) * 1000)
 
 
-ACCOUNT_REJECTIONS = frozenset({401, 403, 412})  # the key or the account is unusable
+def _account_rejected(error: Exception) -> bool:
+    """The key or the whole account is unusable (not just one user)."""
+    return (
+        isinstance(error, UpstreamRejected)
+        and error.status is not None
+        and status_class(error.status) is StatusClass.ACCOUNT_REJECTED
+    )
 
 
 def retry_delay(error: Exception, failures: int, interval: float) -> float:
@@ -62,7 +71,7 @@ def retry_delay(error: Exception, failures: int, interval: float) -> float:
 def failure_reason(error: Exception) -> str:
     """A bounded label for the poll failures metric."""
     if isinstance(error, UpstreamRejected):
-        return "account_rejected" if error.status in ACCOUNT_REJECTIONS else "user_not_found"
+        return "account_rejected" if _account_rejected(error) else "user_not_found"
     if isinstance(error, UpstreamRateLimited):
         return "rate_limited"
     if isinstance(error, UpstreamMalformed):
@@ -87,7 +96,7 @@ def over_account_share(members: list[str], running: dict[str, int], cap: int) ->
 
 def deferred_claims(
     members: list[str],
-    blocked: dict[str, dict[str, Any]],
+    backed_off: dict[str, AccountBackoff],
     running: dict[str, int],
     *,
     cap: int | None,
@@ -104,10 +113,10 @@ def deferred_claims(
     over = over_account_share(members, running, cap) if cap is not None else set()
     deferred: dict[str, int] = {}
     for member in members:
-        block = blocked.get(keys.parse_user_member(member)[0])
-        if block is not None and block["until"] > now:
+        backoff = backed_off.get(keys.parse_user_member(member)[0])
+        if backoff is not None and backoff.until > now:
             spread = initial_due_ms(member, 0.0, min(interval, 60.0))
-            deferred[member] = int(block["until"] * 1000) + spread
+            deferred[member] = int(backoff.until * 1000) + spread
         elif member in over:
             deferred[member] = int((now + TICK_SECONDS * 2) * 1000)
     return deferred
@@ -116,6 +125,7 @@ def deferred_claims(
 class PollScheduler:
     def __init__(
         self,
+        leases: PollLeases,
         store: PollStore,
         users: TrackedUsers,
         poller: Poller,
@@ -125,6 +135,7 @@ class PollScheduler:
         overdue: OverdueWatcher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.leases = leases
         self.store = store
         self.users = users
         self.overdue = overdue
@@ -132,10 +143,10 @@ class PollScheduler:
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        self.leases: dict[str, Lease] = {}
-        self._blocked_seen: set[str] = set()  # accounts blocked when last looked at
+        self.polling: dict[str, Lease] = {}  # member → the lease of its poll running here
+        self._backed_off_seen: set[str] = set()  # accounts backed off when last looked at
         self.tasks: set[asyncio.Task[None]] = set()
-        self.scheduler = AsyncIOScheduler()
+        self.jobs = AsyncIOScheduler()
         self.accepting = False
         self._claiming = asyncio.Lock()
         self._backlog = False  # the last claim took as many users as it asked for
@@ -143,18 +154,37 @@ class PollScheduler:
 
     @property
     def running(self) -> bool:
-        return bool(self.scheduler.running and self.accepting)
+        return bool(self.jobs.running and self.accepting)
 
     def start(self) -> None:
         self.accepting = True
         job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        self.scheduler.add_job(self.sync_users, "interval", seconds=SYNC_SECONDS, **job)
-        self.scheduler.add_job(self.tick, "interval", seconds=TICK_SECONDS, **job)
-        self.scheduler.add_job(self.heartbeat, "interval", seconds=LEASE_SECONDS / 3, **job)
+        self.jobs.add_job(self.sync_users, "interval", seconds=SYNC_SECONDS, **job)
+        self.jobs.add_job(self.tick, "interval", seconds=TICK_SECONDS, **job)
+        self.jobs.add_job(self.heartbeat, "interval", seconds=LEASE_SECONDS / 3, **job)
         if self.overdue is not None:
-            self.scheduler.add_job(self.overdue.check, "interval", seconds=CHECK_SECONDS, **job)
-        self.scheduler.start()
+            self.jobs.add_job(self.overdue.check, "interval", seconds=CHECK_SECONDS, **job)
+        self.jobs.start()
         self._synced = asyncio.ensure_future(self.sync_users())
+
+    async def run_once(self) -> int:
+        """Burst mode, without jobs: schedule the tracked users, poll every user due now
+        (`concurrency` at a time) until none is, then report passed due dates once.
+        Returns how many polls ran. A user deferred to later (its account backed off or
+        over its share) is not waited for."""
+        self.accepting = True
+        await self.sync_users()
+        polls = 0
+        while True:
+            async with self._claiming:
+                started = await self._claim()
+            if not started and not self.tasks:
+                break
+            polls += started
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        if self.overdue is not None:
+            await self.overdue.check()
+        return polls
 
     async def stop(self, timeout: float) -> None:
         """Take no new polls; give running ones a moment, then hand the rest back.
@@ -163,8 +193,8 @@ class PollScheduler:
         again from the same watermark), so polls get at most POLL_STOP_GRACE, not `timeout`.
         """
         self.accepting = False
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        if self.jobs.running:
+            self.jobs.shutdown(wait=False)
         if self._kick is not None:
             await asyncio.gather(self._kick, return_exceptions=True)
         async with self._claiming:  # a claim under way has started its polls or handed back
@@ -174,8 +204,8 @@ class PollScheduler:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for lease in list(self.leases.values()):  # cancelled polls: due again at once
-            await self._release(lease, int(self.clock() * 1000), {})
+        for lease in list(self.polling.values()):  # cancelled polls: due again at once
+            await self._end(lease, self.leases.hand_back(lease))
 
     async def sync_users(self) -> None:
         """Schedule newly tracked users, unschedule users no longer tracked."""
@@ -203,78 +233,71 @@ class PollScheduler:
         # Redis round trip to every poll
         free = self.settings.polling.concurrency - len(self.tasks)
         batch = max(1, self.settings.polling.concurrency // 4)
-        if self._backlog and self.accepting and free >= batch:
+        if self._backlog and self.running and free >= batch:
             if self._kick is None or self._kick.done():
                 self._kick = asyncio.create_task(self.tick())
 
-    async def _claim(self) -> None:
+    async def _claim(self) -> int:
+        """Claim due users into the free slots and start their polls; returns how many."""
         free = self.settings.polling.concurrency - len(self.tasks)
         if not self.accepting or free <= 0:
-            return
-        now = self.clock()
-        token = int((now + LEASE_SECONDS) * 1000)
+            return 0
         try:
-            claimed = dict(await self.store.claim_due_users(int(now * 1000), token, free))
-            members = list(claimed)
+            claimed = await self.leases.claim(free)
             if not self.accepting:  # stopped while claiming: due again at once, elsewhere
-                for member in members:
-                    await self.store.reschedule(member, token, int(now * 1000), {})
-                return
-            self._backlog = len(members) == free
-            if not members:
-                return
-            blocked = await self.store.blocked_accounts()
-            self._blocked_seen = set(blocked)
+                for lease in claimed:
+                    await self.leases.hand_back(lease)
+                return 0
+            self._backlog = len(claimed) == free
+            if not claimed:
+                return 0
+            backed_off = await self.store.backed_off_accounts()
+            self._backed_off_seen = set(backed_off)
         except RedisError as e:
             log.warning("claim_users_failed", error=str(e))
-            return
+            return 0
         running: dict[str, int] = {}
-        for lease in self.leases.values():
+        for lease in self.polling.values():
             running[lease.account_id] = running.get(lease.account_id, 0) + 1
         many_accounts = len(self._accounts()) > 1
         deferred = deferred_claims(
-            members,
-            blocked,
+            [lease.member for lease in claimed],
+            backed_off,
             running,
             cap=max(1, -(-self.settings.polling.concurrency // 2)) if many_accounts else None,
-            now=now,
+            now=self.clock(),
             interval=self.settings.polling.interval,
         )
-        for member in members:
-            account_id, user_id = keys.parse_user_member(member)
-            due_at = claimed[member] / 1000
-            lease = Lease(member, account_id, user_id, token, due_at=due_at, claimed_at=now)
-            if member in deferred:  # not polled now: handed back with its new due time
-                await self._release(lease, deferred[member], {})
+        started = 0
+        for lease in claimed:
+            if lease.member in deferred:  # not polled now: released with its new due time
+                await self._end(lease, self.leases.release(lease, deferred[lease.member]))
                 continue
-            self.leases[member] = lease
-            task = asyncio.create_task(self._run(lease), name=f"poll:{member}")
+            self.polling[lease.member] = lease
+            task = asyncio.create_task(self._run(lease), name=f"poll:{lease.member}")
             self.tasks.add(task)
             task.add_done_callback(self._poll_finished)
+            started += 1
+        return started
 
     async def heartbeat(self) -> None:
         """Extend the leases of polls still running, so no other process takes them over."""
-        for lease in list(self.leases.values()):
-            async with lease.lock:
-                if lease.member not in self.leases:
-                    continue
-                new_token = int((self.clock() + LEASE_SECONDS) * 1000)
-                try:
-                    ok = await self.store.reschedule(lease.member, lease.token, new_token, {})
-                except RedisError as e:
-                    log.warning("lease_extend_failed", error=str(e))
-                    continue
-                if ok:
-                    lease.token = new_token
+        for lease in list(self.polling.values()):
+            if self.polling.get(lease.member) is not lease:
+                continue
+            try:
+                await self.leases.extend(lease)
+            except RedisError as e:
+                log.warning("lease_extend_failed", error=str(e))
 
     async def _run(self, lease: Lease) -> None:
         started = time.perf_counter()
         outcome = "ok"
         try:
             result = await self.poller.poll(lease)
-            if lease.account_id in self._blocked_seen:
-                await self.store.unblock_account(lease.account_id)
-                self._blocked_seen.discard(lease.account_id)
+            if lease.account_id in self._backed_off_seen:
+                await self.store.end_backoff(lease.account_id)
+                self._backed_off_seen.discard(lease.account_id)
             log.debug(
                 "poll_done",
                 account_id=lease.account_id,
@@ -298,24 +321,26 @@ class PollScheduler:
             log.exception("poll_crashed", account_id=lease.account_id, user_id=lease.user_id)
             await self._failed(lease, e)
         finally:
-            if outcome != "cancelled" and self.leases.get(lease.member) is lease:
-                del self.leases[lease.member]
+            if outcome != "cancelled" and self.polling.get(lease.member) is lease:
+                del self.polling[lease.member]
             self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
 
     def _accounts(self) -> set[str]:
         return {a.account_id for a in self.settings.accounts} | {
-            lease.account_id for lease in self.leases.values()
+            lease.account_id for lease in self.polling.values()
         }
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
         self.metrics.poll_failures.labels(failure_reason(error)).inc()
         try:
-            failures = await self.store.failures(lease.account_id, lease.user_id) + 1
+            failures = (await self.store.user_state(lease.account_id, lease.user_id)).failures
         except RedisError:
-            failures = 1
+            failures = None
+        failures = (failures or 0) + 1
         delay = retry_delay(error, failures - 1, self.settings.polling.interval)
-        if isinstance(error, UpstreamRejected) and error.status in ACCOUNT_REJECTIONS:
-            await self._block_account(lease.account_id, error)
+        if _account_rejected(error):
+            assert isinstance(error, UpstreamRejected)
+            await self._back_off_account(lease.account_id, error)
         log.warning(
             "poll_failed",
             account_id=lease.account_id,
@@ -327,20 +352,19 @@ class PollScheduler:
             retry_in=round(delay, 3),
         )
         due = int((self.clock() + delay) * 1000)
-        await self._release(lease, due, {"failures": str(failures), "last_error": str(error)})
+        failed = UserState(failures=failures, last_error=str(error))
+        await self._end(lease, self.leases.release(lease, due, failed))
 
-    async def _block_account(self, account_id: str, error: UpstreamRejected) -> None:
+    async def _back_off_account(self, account_id: str, error: UpstreamRejected) -> None:
         """Back the whole account off: its other users are not polled until then either."""
         try:
-            blocked = await self.store.blocked_accounts()
-            failures = blocked.get(account_id, {}).get("failures", 0) + 1
+            previous = (await self.store.backed_off_accounts()).get(account_id)
+            failures = (previous.failures if previous else 0) + 1
             delay = retry_delay(error, failures - 1, self.settings.polling.interval)
-            until = self.clock() + delay
-            await self.store.block_account(
-                account_id, {"until": until, "failures": failures, "error": str(error)}
-            )
+            backoff = AccountBackoff(self.clock() + delay, failures, str(error))
+            await self.store.back_off_account(account_id, backoff)
         except RedisError as e:
-            log.warning("account_block_failed", account_id=account_id, error=str(e))
+            log.warning("account_backoff_failed", account_id=account_id, error=str(e))
             return
         log.warning(
             "account_backed_off",
@@ -350,12 +374,12 @@ class PollScheduler:
             retry_in=round(delay, 1),
         )
 
-    async def _release(self, lease: Lease, due_ms: int, state: dict[str, str]) -> None:
-        async with lease.lock:
-            try:
-                await self.store.reschedule(lease.member, lease.token, due_ms, state)
-            except RedisError as e:  # the lease runs out by itself; another poll follows
-                log.warning("lease_release_failed", error=str(e))
-            finally:
-                if self.leases.get(lease.member) is lease:
-                    del self.leases[lease.member]
+    async def _end(self, lease: Lease, moving: Awaitable[bool]) -> None:
+        """The lease is released or handed back: this process polls the user no longer."""
+        try:
+            await moving
+        except RedisError as e:  # the lease runs out by itself; another poll follows
+            log.warning("lease_release_failed", error=str(e))
+        finally:
+            if self.polling.get(lease.member) is lease:
+                del self.polling[lease.member]

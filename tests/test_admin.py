@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from service.app import Service
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
-from tests.conftest import ACCOUNT, endpoint, make_settings
+from tests.helpers import ACCOUNT, endpoint, make_settings
 from tests.redis_server import RedisServer
 
 TOKEN = "admin-token-9f8e7d"

@@ -7,20 +7,20 @@ from dataclasses import replace
 import pytest
 
 from service.delivery.breaker import (
-    ACTIVE,
     BASE_COOLDOWN,
-    DISABLED,
     MAX_COOLDOWN,
-    PAUSED,
+    OPEN_RECHECK,
     THRESHOLD,
-    EndpointHealth,
-    Gate,
+    Circuit,
     after_failure,
     after_success,
+    circuit,
     cooldown,
     enabled,
-    gate,
 )
+from service.endpoint_health import EndpointHealth, EndpointState
+
+ACTIVE, PAUSED, DISABLED = EndpointState
 
 NOW = 1_000_000.0
 DAY = 86400.0
@@ -69,14 +69,15 @@ def test_cooldown_doubles_per_failed_probe_up_to_a_cap() -> None:
 @pytest.mark.parametrize(
     ("health", "expected"),
     [
-        (EndpointHealth(), (Gate.OPEN, 0.0)),
-        (EndpointHealth(status=PAUSED, paused_until=NOW + 3), (Gate.CLOSED, 3.0)),
-        (EndpointHealth(status=PAUSED, paused_until=NOW), (Gate.PROBE, 0.0)),
-        (EndpointHealth(status=DISABLED), (Gate.CLOSED, 1.0)),
+        (EndpointHealth(), (Circuit.CLOSED, 0.0)),
+        (EndpointHealth(status=PAUSED, paused_until=NOW + 3), (Circuit.OPEN, 3.0)),
+        (EndpointHealth(status=PAUSED, paused_until=NOW), (Circuit.HALF_OPEN, 0.0)),
+        (EndpointHealth(status=DISABLED), (Circuit.OPEN, OPEN_RECHECK)),
+        (EndpointHealth(hold_until=NOW + 2), (Circuit.OPEN, 2.0)),  # a receiver's Retry-After
     ],
 )
-def test_gate(health: EndpointHealth, expected: tuple[Gate, float]) -> None:
-    assert gate(health, NOW) == expected
+def test_circuit(health: EndpointHealth, expected: tuple[Circuit, float]) -> None:
+    assert circuit(health, NOW) == expected
 
 
 def test_success_closes_a_paused_breaker_but_not_a_disabled_one() -> None:
@@ -93,3 +94,19 @@ def test_enable_starts_fresh() -> None:
     health = enabled(disabled)
     assert health.status == ACTIVE and health.consecutive_failures == 0
     assert health.disabled_reason is None and health.last_error == "HTTP 500"
+
+
+def test_health_round_trips_through_its_redis_hash() -> None:
+    health = EndpointHealth(
+        status=PAUSED,
+        consecutive_failures=6,
+        failing_since=NOW,
+        paused_until=NOW + 5,
+        last_error="HTTP 503",
+        pauses=2,
+        hold_until=NOW + 1.5,
+    )
+    encoded = health.to_hash()
+    assert encoded["status"] == "paused" and encoded["disabled_reason"] == ""
+    assert EndpointHealth.from_hash(encoded) == health
+    assert EndpointHealth.from_hash({}) == EndpointHealth()  # a new endpoint

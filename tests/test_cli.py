@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import SECRET
+from tests.helpers import SECRET
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ async def wait_for_port(port: int, timeout: float = 10.0) -> None:
 def test_demo_shows_verified_completions_within_30_seconds() -> None:
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "demo", "--duration", "13"],
+        [sys.executable, "-m", "service", "demo", "--duration", "10"],
         cwd=ROOT,
         text=True,
         capture_output=True,

@@ -1,11 +1,13 @@
-"""Delivery at production grade, end to end: breaker, Retry-After, rotation, SSRF guard."""
+"""Delivery at production grade, end to end: breaker, Retry-After, rotation, SSRF guard.
+
+Driven on a test clock: each step polls what is due and delivers what is due, so "nothing
+was sent meanwhile" is proven by draining, not by waiting.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
-import time
 from typing import Any
 
 import structlog
@@ -14,11 +16,11 @@ from standardwebhooks.webhooks import Webhook
 
 from service import events as ev
 from service.delivery.breaker import BASE_COOLDOWN, THRESHOLD
+from service.endpoint_health import EndpointHealth
 from service.sim.lms import SimLMS
-from service.sim.receiver import Answer, Receiver
-from tests.conftest import ACCOUNT, SECRET, endpoint, make_settings
+from service.sim.receiver import Answer, ReceivedEvent, Receiver
+from tests.helpers import ACCOUNT, SECRET, Driven, driven, endpoint, make_settings, seed_user
 from tests.redis_server import RedisServer
-from tests.test_e2e import baseline_taken, running, seed_user
 
 Sim = tuple[SimLMS, str]
 Rx = tuple[Receiver, str]
@@ -27,6 +29,10 @@ Rx = tuple[Receiver, str]
 def change_many(sim: SimLMS, user: str, count: int, round_: int) -> None:
     for n in range(1, count + 1):
         sim.update_assignment(ACCOUNT, user, f"{user}_a{n}", x_round=round_)  # one `updated` each
+
+
+async def health(service: Driven) -> EndpointHealth:
+    return await service.service.endpoint_store.health("hr")
 
 
 async def test_breaker_pauses_probes_and_resumes(
@@ -43,22 +49,19 @@ async def test_breaker_pauses_probes_and_resumes(
         ["u_1"],
         delivery={"retry_schedule": ["100ms"] * 20},
     )
-    async with running(settings) as service:
-        await baseline_taken(redis, "u_1")
+    async with driven(settings, sim) as service:
+        await service.baseline()
         change_many(sim, "u_1", 8, 1)
-        async with asyncio.timeout(10):
-            while (await service.endpoint_store.health("hr")).status != "paused":
-                await asyncio.sleep(0.02)
-        paused_at = time.time()
+        await service.step(0.5)  # 8 events, sent one at a time: five failures pause it
+        assert (await health(service)).status == "paused"
         assert len(rx.received) == THRESHOLD
-        await asyncio.sleep(BASE_COOLDOWN - 1.0)
-        assert len(rx.received) == THRESHOLD  # paused: not hammered
+        await service.step(BASE_COOLDOWN - 0.1)  # every retry is due, yet none is sent
+        assert len(rx.received) == THRESHOLD
         rx.default_answer = Answer(status=200)
-        await rx.wait_for(8, BASE_COOLDOWN + 10)  # the probe succeeds, the rest follows
-        health = await service.endpoint_store.health("hr")
-    probe = rx.received[THRESHOLD]
-    assert probe.received_at - paused_at >= BASE_COOLDOWN - 0.3
-    assert health.status == "active" and health.consecutive_failures == 0
+        await service.step(0.1)  # the cooldown is over: one probe, and on its 2xx the rest
+        after = await health(service)
+    assert after.status == "active" and after.consecutive_failures == 0
+    assert len(rx.received) == THRESHOLD + 8
     assert len({e.webhook_id for e in rx.events}) == 8
 
 
@@ -76,25 +79,26 @@ async def test_disable_after_and_enable_resumes_what_waited(
         ["u_1"],
         delivery={"retry_schedule": ["300ms"] * 10, "disable_after": "1s"},
     )
-    async with running(settings) as service:
-        await baseline_taken(redis, "u_1")
+    async with driven(settings, sim) as service:
+        await service.baseline()
         change_many(sim, "u_1", 3, 1)
-        async with asyncio.timeout(10):
-            while (await service.endpoint_store.health("hr")).status != "disabled":
-                await asyncio.sleep(0.02)
-        health = await service.endpoint_store.health("hr")
-        assert "disable_after" in (health.disabled_reason or "")
-        await asyncio.sleep(0.5)
+        await service.step(0.5)  # three failures
+        await service.step(0.4)  # their retries: six, so paused
+        assert (await health(service)).status == "paused"
+        await service.step(BASE_COOLDOWN)  # the probe fails, failing for over 1 s: disabled
+        disabled = await health(service)
+        assert disabled.status == "disabled"
+        assert "disable_after" in (disabled.disabled_reason or "")
         attempts = len(rx.received)
-        await asyncio.sleep(1.0)
+        await service.step(BASE_COOLDOWN * 2)
         assert len(rx.received) == attempts  # disabled: nothing goes
-        assert await service.queue.depth("hr") == 3  # the events wait
+        assert await service.service.queue.depth("hr") == 3  # the events wait
 
         rx.default_answer = Answer(status=200)
-        await service.endpoint_store.update("hr", lambda h: h.__class__())  # as /enable does
-        service.dispatcher.wake({"hr"})  # type: ignore[union-attr]
-        await rx.wait_for(3, 10)
-        assert await service.queue.depth("hr") == 0
+        await service.service.operations.enable_endpoint("hr")  # as POST .../enable does
+        await service.step()
+        assert await service.service.queue.depth("hr") == 0
+    assert len({e.webhook_id for e in rx.events}) == 3 == len(rx.events)
 
 
 async def test_receiver_down_then_up_with_retry_after(
@@ -112,19 +116,25 @@ async def test_receiver_down_then_up_with_retry_after(
         ["u_1"],
         delivery={"retry_schedule": ["100ms", "200ms", "400ms", "800ms"]},
     )
-    async with running(settings):
-        await baseline_taken(redis, "u_1")
+    sent: list[tuple[str | None, float]] = []  # (event id, test clock) of each request
+    async with driven(settings, sim) as service:
+
+        def note(request: ReceivedEvent) -> None:
+            sent.append((request.webhook_id, service.clock.now))
+
+        rx.on_event = note
+        await service.baseline()
         change_many(sim, "u_1", 2, 1)
-        await rx.wait_for(2, 15)
-        await asyncio.sleep(0.5)
+        for _ in range(40):  # four seconds, a tenth at a time
+            await service.step(0.1)
     assert sorted(e.data["assignment_id"] for e in rx.events) == ["u_1_a1", "u_1_a2"]
     by_id: dict[str, list[float]] = {}
-    for request in rx.received:
-        by_id.setdefault(request.webhook_id or "", []).append(request.received_at)
+    for event_id, at in sent:
+        by_id.setdefault(event_id or "", []).append(at)
     for times in by_id.values():
         gaps = [b - a for a, b in itertools.pairwise(times)]
         if gaps:
-            assert gaps[0] >= 0.95  # Retry-After: 1 beats the schedule's 100 ms
+            assert gaps[0] >= 0.99  # Retry-After: 1 beats the schedule's 100 ms
     assert len(rx.received) == 6 and len(rx.events) == 2  # 4 failures, then each once
 
 
@@ -142,8 +152,8 @@ async def test_two_secrets_give_two_signatures_each_verifying(
         ["u_1"],
         polling={"emit_on_first_sync": True},
     )
-    async with running(settings):
-        await rx.wait_for(1, 10)
+    async with driven(settings, sim) as service:
+        await service.baseline()
     [event] = rx.events
     assert len((event.signature or "").split(" ")) == 2
     headers = {k.lower(): v for k, v in event.headers.items()}
@@ -168,11 +178,13 @@ async def test_private_addresses_are_refused_unless_allowed(
         delivery={"allow_private_addresses": False, "retry_schedule": ["100ms"]},
     )
     with structlog.testing.capture_logs() as logs:
-        async with running(settings) as service:
-            async with asyncio.timeout(10):
-                while sum([await service.queue.dead_count(e) for e in ("literal", "by-name")]) < 2:
-                    await asyncio.sleep(0.05)
-            letters: list[dict[str, Any]] = await service.queue.dead_letters("by-name")
+        async with driven(settings, sim) as service:
+            await service.baseline()  # each endpoint's first attempt is refused
+            await service.step(0.15)  # and its one retry: then dead
+            queue = service.service.queue
+            dead = [await queue.dead_count(e) for e in ("literal", "by-name")]
+            letters: list[dict[str, Any]] = await queue.dead_letters("by-name")
+    assert dead == [1, 1]
     assert rx.received == []  # nothing was ever sent
     refused = [entry for entry in logs if entry["event"] == "delivery_address_refused"]
     assert {entry["endpoint"] for entry in refused} == {"literal", "by-name"}

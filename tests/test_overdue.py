@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from redis.asyncio import Redis
 
 from service import events as ev
-from service.overdue import CHECK_SECONDS
 from service.sim.lms import SimLMS, iso_ms
 from service.sim.receiver import Receiver
-from tests.conftest import ACCOUNT, endpoint, make_settings
+from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user
 from tests.redis_server import RedisServer
-from tests.test_e2e import baseline_taken, of_type, running, seed_user
 
 
 async def test_overdue_once_and_not_when_completed_first(
@@ -24,19 +19,24 @@ async def test_overdue_once_and_not_when_completed_first(
 ) -> None:
     sim, lms_url = lms
     rx, rx_url = receiver
-    seed_user(sim, "u_1", 2)
-    due = iso_ms(time.time() + 2.5)
-    for n in (1, 2):
-        sim.update_assignment(ACCOUNT, "u_1", f"u_1_a{n}", due_date=due)
     settings = make_settings(redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"])
-    async with running(settings):
-        await baseline_taken(redis, "u_1")
+    async with driven(settings, sim) as service:
+        seed_user(sim, "u_1", 2)
+        due = iso_ms(service.clock.now + 2.5)
+        for n in (1, 2):
+            sim.update_assignment(ACCOUNT, "u_1", f"u_1_a{n}", due_date=due)
+        await service.baseline()
         sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)  # completed before it is due
-        await rx.wait_for(lambda es: len(of_type(es, ev.COMPLETED)) == 1, 10)
-        await rx.wait_for(lambda es: len(of_type(es, ev.OVERDUE)) == 1, 2.5 + CHECK_SECONDS + 3)
+        await service.step(0.5)
+        assert len(of_type(rx.events, ev.COMPLETED)) == 1
+        await service.step(1.0)
+        assert of_type(rx.events, ev.OVERDUE) == []  # not due yet
+        await service.step(1.0)  # a1's due date has passed
+        assert len(of_type(rx.events, ev.OVERDUE)) == 1
         sim.progress(ACCOUNT, "u_1", "u_1_a1", 50)  # a later change: no second overdue
-        await rx.wait_for(lambda es: len(of_type(es, ev.PROGRESS_CHANGED)) == 2, 10)
-        await asyncio.sleep(CHECK_SECONDS + 1)
+        await service.step(0.5)
+        assert len(of_type(rx.events, ev.PROGRESS_CHANGED)) == 2
+        await service.step(10.0)
     [overdue] = of_type(rx.events, ev.OVERDUE)
     assert overdue.data["assignment_id"] == "u_1_a1"
     assert overdue.data["assignment"]["due_date"] == due

@@ -15,14 +15,15 @@ from redis.asyncio import Redis
 
 from service.bench.roundtrips import poll_cost
 from service.delivery.acks import AckBatcher
+from service.outbox import Outbox, RoutedEvents
 from service.poller import next_due
 from service.sim.lms import SimLMS, iso_ms
 from service.sim.receiver import Answer, Receiver
-from service.store.polls import Outbox, PollStore, RoutedEvents
+from service.store import keys
+from service.store.polls import PollStore
 from service.store.queue import EventQueue
-from tests.conftest import ACCOUNT, endpoint, make_settings
+from tests.helpers import ACCOUNT, driven, endpoint, make_settings, seed_user
 from tests.redis_server import RedisServer
-from tests.test_e2e import running, seed_user
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = (sys.executable, "-m", "service", "bench")
@@ -71,10 +72,9 @@ async def test_delivery_never_exceeds_the_endpoint_concurrency(
         ["u_1"],
         polling={"interval": "200ms", "emit_on_first_sync": True},
     )
-    async with running(settings):
-        async with asyncio.timeout(20):
-            while len({e.webhook_id for e in rx.events}) < 12:
-                await asyncio.sleep(0.05)
+    async with driven(settings, sim) as service:
+        await service.baseline()
+    assert len({e.webhook_id for e in rx.events}) == 12
     starts = sorted(e.received_at for e in rx.received)
     # a request is open from its arrival until the answer 0.2 s later
     most = max(sum(1 for s in starts if s <= t < s + 0.19) for t in starts)
@@ -93,7 +93,7 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
     batcher = AckBatcher(queue, "hr")
     done = await asyncio.gather(*(batcher.ack(e) for e in claimed))
     assert done == [True, False, True]
-    assert await redis.zrange("lw:ep:hr:due", 0, -1) == ["evt_1"]
+    assert await redis.zrange(keys.EndpointKeys("hr").due, 0, -1) == ["evt_1"]
 
 
 @pytest.mark.parametrize(

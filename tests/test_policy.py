@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 
@@ -26,13 +28,20 @@ NOW = 1_000_000.0
         (500, "7", Verdict.RETRY, None),  # Retry-After counts on 429/503 only
         (429, "soon", Verdict.RETRY, None),
         (429, "999999999", Verdict.RETRY, 86400.0),  # clamped
+        (503, "Thu, 01 Jan 1970 00:00:00 GMT", Verdict.RETRY, 0.0),  # an HTTP date, past
+        (
+            429,
+            format_datetime(datetime.fromtimestamp(NOW + 4, UTC), usegmt=True),
+            Verdict.RETRY,
+            4.0,
+        ),
         (None, None, Verdict.RETRY, None),  # timeout or broken connection
     ],
 )
 def test_classify(
     status: int | None, retry_after: str | None, verdict: Verdict, honoured: float | None
 ) -> None:
-    result = classify(status, retry_after)
+    result = classify(status, retry_after, now=NOW)
     assert result.verdict is verdict
     assert result.retry_after == honoured
     assert (result.error is None) == (verdict is Verdict.SUCCESS)
@@ -41,7 +50,9 @@ def test_classify(
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_retry_follows_schedule_with_jitter(attempt: int) -> None:
     rng = random.Random(attempt)
-    delays = [decide(classify(500), attempt, SCHEDULE, NOW, rng).due or 0.0 for _ in range(300)]
+    delays = [
+        decide(classify(500, now=NOW), attempt, SCHEDULE, NOW, rng).due or 0.0 for _ in range(300)
+    ]
     base = SCHEDULE[attempt - 1]
     assert all(0.8 * base <= d - NOW <= 1.2 * base for d in delays)
     assert max(delays) - min(delays) > 0.2 * base  # jitter really spreads them
@@ -60,7 +71,9 @@ def test_retry_follows_schedule_with_jitter(attempt: int) -> None:
 def test_decide(
     status: int, retry_after: str | None, attempt: int, action: Action, min_delay: float | None
 ) -> None:
-    decision = decide(classify(status, retry_after), attempt, SCHEDULE, NOW, random.Random(0))
+    decision = decide(
+        classify(status, retry_after, now=NOW), attempt, SCHEDULE, NOW, random.Random(0)
+    )
     assert decision.action is action
     if min_delay is None:
         assert decision.due is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -15,9 +14,8 @@ from service.sim.lms import SimLMS, start_sim_server
 from service.sim.lms_state import SimResponse
 from service.sim.receiver import Receiver
 from service.upstream.model import parse_page
-from tests.conftest import ACCOUNT, API_KEY, endpoint, make_settings
+from tests.helpers import ACCOUNT, API_KEY, driven, endpoint, make_settings, of_type, seed_user
 from tests.redis_server import RedisServer
-from tests.test_e2e import baseline_taken, of_type, running, seed_user
 
 Rx = tuple[Receiver, str]
 
@@ -68,14 +66,16 @@ async def test_removed_once_then_recreated_with_a_new_id(
         ["u_1"],
         polling={"full_resync_interval": "1s"},
     )
-    async with running(settings):
-        await baseline_taken(redis, "u_1")
+    async with driven(settings, sim) as service:
+        await service.baseline()
         removed = sim.delete_assignment(ACCOUNT, "u_1", "u_1_a2")
-        await rx.wait_for(lambda es: len(of_type(es, ev.REMOVED)) == 1, 10)
-        await asyncio.sleep(2.5)  # further full resyncs: no second removal
+        await service.step(1.0)  # a full resync
+        assert len(of_type(rx.events, ev.REMOVED)) == 1
+        for _ in range(3):
+            await service.step(1.0)  # further full resyncs: no second removal
         assert len(of_type(rx.events, ev.REMOVED)) == 1
         sim.put_assignment(ACCOUNT, "u_1", removed)
-        await rx.wait_for(lambda es: len(of_type(es, ev.CREATED)) == 1, 10)
+        await service.step(1.0)
     [gone] = of_type(rx.events, ev.REMOVED)
     [back] = of_type(rx.events, ev.CREATED)
     assert gone.data["sequence"] == 2 and back.data["sequence"] == 3
@@ -95,22 +95,23 @@ async def test_a_resync_failing_on_page_two_removes_nothing(
         ["u_1"],
         polling={"full_resync_interval": "1s"},
     )
-    async with running(settings):
-        await baseline_taken(redis, "u_1")
+    async with driven(settings, sim) as service:
+        await service.baseline()
         sim.delete_assignment(ACCOUNT, "u_1", "u_1_a1")
-        # every second page fails for a while: no full read completes
+        # every second page is cut short for a while: no full read completes
         original = sim.handle_list
 
         def failing(user_id: str, headers: Mapping[str, str], query: Mapping[str, str]) -> Any:
             if "next" in query:
-                return sim.error(500)
+                return SimResponse(200, b'{"data": [', {})
             return original(user_id, headers, query)
 
         sim.handle_list = failing  # type: ignore[method-assign]
-        await asyncio.sleep(3.0)
+        for _ in range(6):  # full resyncs are due, and each fails on its second page
+            await service.step(0.5)
         assert of_type(rx.events, ev.REMOVED) == []
         sim.handle_list = original  # type: ignore[method-assign]
-        await rx.wait_for(lambda es: len(of_type(es, ev.REMOVED)) == 1, 10)
+        await service.step(1.0)
     assert [e.data["assignment_id"] for e in of_type(rx.events, ev.REMOVED)] == ["u_1_a1"]
 
 
@@ -130,11 +131,11 @@ async def test_pages_shifting_during_a_resync_remove_only_what_is_gone(
         polling={"full_resync_interval": "1s", "overlap": 0},
     )
     try:
-        async with running(settings):
-            await baseline_taken(redis, "u_1")
+        async with driven(settings, sim) as service:
+            await service.baseline()
             sim.delete_on_page_two = "u_1_a1"  # page 2 then starts at a4: a3 is not read
-            await rx.wait_for(lambda es: len(of_type(es, ev.REMOVED)) >= 1, 10)
-            await asyncio.sleep(2.0)
+            for _ in range(3):  # full resyncs
+                await service.step(1.0)
     finally:
         await runner.cleanup()
     assert [e.data["assignment_id"] for e in of_type(rx.events, ev.REMOVED)] == ["u_1_a1"]

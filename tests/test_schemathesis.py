@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
+from tests.helpers import RunProcess
 from tests.redis_server import RedisServer, free_port
-from tests.test_crash import RunProcess
 
 TOKEN = "schemathesis-admin-token"
 pytestmark = pytest.mark.slow

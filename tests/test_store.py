@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import json
 import time
 
 from redis.asyncio import Redis
 
 from service.detect import Snapshot, detect
+from service.outbox import Outbox
 from service.store import keys
-from service.store.limits import Budget, SharedLimiter
-from service.store.polls import Outbox, PollStore
+from service.store.leases import LEASE_SECONDS, PollLeases
+from service.store.limits import Budget, SharedLimiter, SharedRate
+from service.store.polls import PollStore
 from service.store.queue import EventQueue
+from service.store.user_state import UserState
 from service.timefmt import from_epoch
+from tests.helpers import Clock
 from tests.redis_server import RedisServer
 
 MEMBER = keys.user_member("acc:1", "u/1")
+HR = keys.EndpointKeys("hr")
 
 
-BUDGET = Budget("upstream", per_second=1, burst=1)
+def a_rate(redis: Redis) -> SharedRate:
+    return SharedLimiter(redis).rate(Budget("upstream", per_second=1, burst=1))
 
 
 def an_outbox() -> Outbox:
@@ -35,11 +43,12 @@ def an_outbox() -> Outbox:
 
 async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     store = PollStore(redis)
+    leases = PollLeases(redis, clock=Clock(0.010))
     await store.add_users({MEMBER: 0})
-    [(claimed, due_ms)] = await store.claim_due_users(now_ms=10, lease_until_ms=5000, limit=10)
-    assert due_ms == 0
-    assert claimed == MEMBER and keys.parse_user_member(claimed) == ("acc:1", "u/1")
-    assert await store.claim_due_users(now_ms=10, lease_until_ms=6000, limit=10) == []
+    [lease] = await leases.claim(10)
+    assert lease.due_at == 0 and lease.token == 10 + LEASE_SECONDS * 1000
+    assert (lease.member, lease.account_id, lease.user_id) == (MEMBER, "acc:1", "u/1")
+    assert await leases.claim(10) == []
 
     # a stale token (another process took the user over) writes nothing at all
     outbox = an_outbox()
@@ -48,36 +57,66 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         "acc:1",
         "u/1",
         outbox,
-        token=4999,
-        next_score=9000,
-        state={"watermark": "1"},
+        token=lease.token - 1,
+        next_score=90_000,
+        state=UserState(watermark_ms=1),
         snapshots=snapshots,
     )
     assert stale is False
     assert await redis.exists(keys.snapshots("acc:1", "u/1"), keys.user_state("acc:1", "u/1")) == 0
-    assert await redis.zcard("lw:ep:hr:due") == 0
+    assert await redis.zcard(HR.due) == 0
 
     ok = await store.commit(
         "acc:1",
         "u/1",
         an_outbox(),
-        token=5000,
-        next_score=9000,
-        state={"watermark": "1"},
+        token=lease.token,
+        next_score=90_000,
+        state=UserState(watermark_ms=1, baselined=True),
         snapshots=snapshots,
     )
     assert ok is True
-    state = await store.load_user("acc:1", "u/1", BUDGET)
-    assert state.snapshots == {"a1": Snapshot(2, {"id": "a1", "progress": 10})}
-    assert state.watermark_ms == 1
-    assert state.permit_wait == 0  # the first request's permit came with the state
-    assert (await store.load_user("acc:1", "u/1", BUDGET)).permit_wait > 0.9  # 1/s: spent
-    assert await redis.zscore(keys.POLL_DUE, MEMBER) == 9000
-    assert await redis.zcard("lw:ep:hr:due") == 2  # updated + progress_changed
+    rate = a_rate(redis)
+    stored = await store.load_user("acc:1", "u/1", rate)
+    assert stored.snapshots == {"a1": Snapshot(2, {"id": "a1", "progress": 10})}
+    assert stored.state == UserState(watermark_ms=1, baselined=True)
+    assert await rate.try_acquire() == 0  # the first request's permit came with the state
+    assert await rate.try_acquire() > 0.9  # 1/s: spent
+    await store.load_user("acc:1", "u/1", rate)
+    assert await rate.try_acquire() > 0.9  # none came with this load
+    assert await redis.zscore(keys.POLL_DUE, MEMBER) == 90_000
+    assert await redis.zcard(HR.due) == 2  # updated + progress_changed
 
     # the same change committed again (a poll replayed after a crash) is queued once
     again = await store.commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
-    assert again is True and await redis.zcard("lw:ep:hr:due") == 2
+    assert again is True and await redis.zcard(HR.due) == 2
+
+
+async def test_a_poll_lease_is_extended_released_and_handed_back_only_by_its_holder(
+    redis: Redis,
+) -> None:
+    clock = Clock(100.0)
+    leases, store = PollLeases(redis, clock=clock), PollStore(redis)
+    await store.add_users({MEMBER: 0})
+    [lease] = await leases.claim(1)
+    first = lease.token
+    clock.advance(5)
+    assert await leases.extend(lease) and lease.token == (105 + LEASE_SECONDS) * 1000
+    late = dataclasses.replace(lease, token=first)  # its holder's view before the extension
+    assert not await leases.release(late, 1, UserState(failures=9))
+    assert await redis.zscore(keys.POLL_DUE, MEMBER) == lease.token
+    assert not await redis.exists(keys.user_state("acc:1", "u/1"))
+
+    failed = UserState(failures=1, last_error="upstream answered 500")
+    assert await leases.release(lease, 200_000, failed)
+    assert await redis.zscore(keys.POLL_DUE, MEMBER) == 200_000
+    assert await store.user_state("acc:1", "u/1") == failed
+    assert not await leases.extend(lease)  # released: no longer its lease
+
+    clock.advance(100)  # due again; claimed, then handed back: due at once, for anyone
+    [again] = await leases.claim(1)
+    assert await leases.hand_back(again)
+    assert await redis.zscore(keys.POLL_DUE, MEMBER) == 205_000
 
 
 async def test_two_processes_never_claim_the_same_user(
@@ -85,13 +124,10 @@ async def test_two_processes_never_claim_the_same_user(
 ) -> None:
     other = Redis.from_url(redis_server.url, decode_responses=True)
     try:
-        a, b = PollStore(redis), PollStore(other)
-        await a.add_users({f"acc:u{n}": 0 for n in range(200)})
-        now = int(time.time() * 1000)
-        claims = await asyncio.gather(
-            *[s.claim_due_users(now, now + 15000, 7) for _ in range(20) for s in (a, b)]
-        )
-        flat = [m for batch in claims for m, _ in batch]
+        a, b = PollLeases(redis), PollLeases(other)
+        await PollStore(redis).add_users({f"acc:u{n}": 0 for n in range(200)})
+        claims = await asyncio.gather(*[s.claim(7) for _ in range(20) for s in (a, b)])
+        flat = [lease.member for batch in claims for lease in batch]
         assert len(flat) == len(set(flat)) == 200
     finally:
         await other.aclose()
@@ -131,25 +167,25 @@ async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
     assert [e.event_id for e in replayed] == [retried.event_id]
     assert all(await asyncio.gather(*[queue.ack("hr", e) for e in replayed]))
     assert await queue.depth("hr") == 0
-    assert await redis.hlen("lw:ep:hr:body") == 0 and await redis.hlen("lw:ep:hr:meta") == 0
+    assert await redis.hlen(HR.body) == 0 and await redis.hlen(HR.meta) == 0
 
 
 async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: RedisServer) -> None:
     clients = [Redis.from_url(redis_server.url, decode_responses=True) for _ in range(3)]
-    limiters = [SharedLimiter(c) for c in clients]
+    rates = [SharedLimiter(c).rate(Budget("test", per_second=20, burst=1)) for c in clients]
     granted: list[float] = []
 
-    async def worker(limiter: SharedLimiter) -> None:
+    async def worker(rate: SharedRate) -> None:
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            wait = await limiter.try_acquire(Budget("test", per_second=20, burst=1))
+            wait = await rate.try_acquire()
             if wait == 0:
                 granted.append(time.monotonic())
             else:
                 await asyncio.sleep(wait)
 
     try:
-        await asyncio.gather(*[worker(limiter) for limiter in limiters])
+        await asyncio.gather(*[worker(rate) for rate in rates])
     finally:
         for client in clients:
             await client.aclose()
@@ -162,13 +198,14 @@ async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: Red
 
 async def test_pause_holds_every_limiter_until_it_runs_out(redis: Redis) -> None:
     limiter = SharedLimiter(redis)
-    upstream = Budget("upstream", 100, 10, pause_key=keys.UPSTREAM_PAUSE)
-    await limiter.pause(keys.UPSTREAM_PAUSE, 1.0)
-    await limiter.pause(keys.UPSTREAM_PAUSE, 0.2)  # a shorter pause never shortens it
-    wait = await limiter.try_acquire(upstream)
-    assert 0.8 < wait <= 1.0
+    upstream = limiter.rate(Budget("upstream", 100, 10, pause_key=keys.UPSTREAM_PAUSE))
+    other = SharedLimiter(redis).rate(upstream.budget)  # another process, same key
+    await upstream.pause(0.4)
+    await other.pause(0.1)  # a shorter pause never shortens it
+    wait = await other.try_acquire()
+    assert 0.3 < wait <= 0.4
     await asyncio.sleep(wait)
-    assert await limiter.try_acquire(upstream) == 0
+    assert await upstream.try_acquire() == 0
 
 
 async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
@@ -180,7 +217,7 @@ async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
     }
     records["gone"] = Snapshot(7, None)  # a tombstone
     await store.commit("acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=records)
-    assert (await store.load_user("acc:1", "u/1", BUDGET)).snapshots == records
+    assert (await store.load_user("acc:1", "u/1", a_rate(redis))).snapshots == records
     assert await store.snapshot("acc:1", "u/1", "a3") == records["a3"]
     assert await store.snapshot("acc:1", "u/1", "nope") is None
     plain = len(json.dumps({a: [s.sequence, s.record] for a, s in records.items()}))
@@ -195,12 +232,31 @@ async def test_snapshots_stored_by_0_1_are_read_and_replaced_on_the_next_commit(
     legacy = keys.legacy_snapshots("acc:1", "u/1")
     old = {"id": "a1", "progress": 10}
     await redis.hset(legacy, "a1", json.dumps({"s": 3, "r": old}))
-    state = await store.load_user("acc:1", "u/1", BUDGET)
+    state = await store.load_user("acc:1", "u/1", a_rate(redis))
     assert state.snapshots == {"a1": Snapshot(3, old)} and state.legacy
     assert await store.snapshot("acc:1", "u/1", "a1") == Snapshot(3, old)
     await store.commit(
         "acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=state.snapshots
     )
     assert await redis.exists(legacy) == 0
-    again = await store.load_user("acc:1", "u/1", BUDGET)
+    again = await store.load_user("acc:1", "u/1", a_rate(redis))
     assert again.snapshots == {"a1": Snapshot(3, old)} and not again.legacy
+
+
+async def test_every_lua_script_says_what_it_takes_and_compiles(redis: Redis) -> None:
+    """Each script opens with its KEYS and ARGV; with its library parts in place, Redis
+    compiles it (SCRIPT LOAD), so a broken include fails here, not in production."""
+    from importlib.resources import files
+
+    from service.store.scripts import lua_source
+
+    folder = files("service.store").joinpath("lua")
+    names = [p.name[:-4] for p in folder.iterdir()]
+    libraries = {"fence", "enqueue", "gcra"}
+    assert libraries < set(names)
+    for name in sorted(set(names) - libraries):
+        lines = folder.joinpath(f"{name}.lua").read_text().splitlines()
+        header = "\n".join(itertools.takewhile(lambda line: line.startswith("--"), lines))
+        assert "-- KEYS:" in header and "-- ARGV:" in header, name
+        assert "--!include" not in lua_source(name)
+        assert await redis.script_load(lua_source(name)), name

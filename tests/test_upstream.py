@@ -18,10 +18,10 @@ from service.config import StackOneSettings
 from service.errors import UpstreamMalformed, UpstreamRejected, UpstreamUnavailable
 from service.metrics import Metrics
 from service.sim.lms import SimLMS
-from service.store.limits import SharedLimiter
+from service.store.limits import SharedLimiter, api_key_budget
 from service.upstream.client import StackOneClient
 from service.upstream.model import Assignment, Page, parse_page, plainly_valid
-from tests.conftest import API_KEY
+from tests.helpers import API_KEY
 
 USER = "user/with spaces"  # ids are URL-encoded on the way out
 ACCOUNT = "acc 1"
@@ -39,11 +39,9 @@ async def client(
     for n in range(5):
         sim.put_assignment(ACCOUNT, USER, {"id": f"a{n}"})
     settings = StackOneSettings(base_url=url, api_key=API_KEY, page_size=2)  # type: ignore[arg-type]
+    rate = SharedLimiter(redis).rate(api_key_budget(settings.max_requests_per_minute))
     async with aiohttp.ClientSession() as session:
-        yield (
-            StackOneClient(session, settings, SharedLimiter(redis), Metrics(), sleep=no_sleep),
-            sim,
-        )
+        yield StackOneClient(session, settings, rate, Metrics(), sleep=no_sleep), sim
 
 
 async def read_all(client: StackOneClient, since: datetime | None = None) -> list[Page]:

@@ -17,10 +17,11 @@ from redis.asyncio import Redis
 
 from service.config import EndpointSettings
 from service.detect import Change, Snapshot, detect
-from service.poller import route_events
+from service.outbox import Outbox, route_events
 from service.sim.lms import SimLMS
 from service.store import keys
-from service.store.polls import Outbox, PollStore
+from service.store.polls import PollStore
+from service.store.user_state import UserState
 
 ACCOUNT = "acc_1"
 
@@ -115,7 +116,7 @@ async def store_baselines(
 ) -> None:
     """Commit every user's snapshots with the poller's own commit, as a baseline poll would."""
     now = datetime.now(UTC)
-    now_ms = str(int(now.timestamp() * 1000))
+    now_ms = int(now.timestamp() * 1000)
     gate = asyncio.Semaphore(concurrency)
     rng = random.Random(7)
 
@@ -126,7 +127,7 @@ async def store_baselines(
                 change = detect(ACCOUNT, user_id, assignment_id, None, record, now=now, emit=False)
                 assert change is not None
                 outbox.changes.append(change)
-            state = {"baselined": "1", "watermark": now_ms, "last_full_sync": now_ms}
+            state = UserState(watermark_ms=now_ms, baselined=True, last_full_sync_ms=now_ms)
             due = int(now.timestamp() * 1000) + rng.randrange(0, spread_ms)
             snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
             await store.commit(

@@ -6,7 +6,6 @@ the socket (a pipeline or a script call is one), so the figure is exact, not sam
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +14,10 @@ from redis.asyncio import Connection, ConnectionPool, Redis
 
 from service.config import Settings
 from service.metrics import Metrics
-from service.poller import Lease, Poller
+from service.poller import Poller
 from service.store import keys
-from service.store.limits import SharedLimiter
+from service.store.leases import PollLeases
+from service.store.limits import SharedLimiter, api_key_budget
 from service.store.polls import PollStore
 from service.upstream.client import StackOneClient
 
@@ -43,11 +43,9 @@ async def measure_poll(
     """Claim the user as the scheduler would, poll once; (round trips of the poll, result)."""
     member = keys.user_member(account_id, user_id)
     await store.add_users({member: 0})
-    await store.redis.zadd(keys.POLL_DUE, {member: 0}, xx=True)
-    now = time.time()
-    token = int((now + 15) * 1000)
-    assert await store.claim_due_users(int(now * 1000), token, 1) == [(member, 0)]
-    lease = Lease(member, account_id, user_id, token, due_at=0, claimed_at=now)
+    await store.poll_now(account_id, user_id)
+    [lease] = await PollLeases(store.redis).claim(1)
+    assert lease.member == member
     before = CountingConnection.sent
     result = await poller.poll(lease)
     return CountingConnection.sent - before, result
@@ -65,10 +63,11 @@ async def poll_cost(
     redis = counting_redis(redis_url)
     metrics = Metrics()
     store = PollStore(redis)
+    rate = SharedLimiter(redis).rate(api_key_budget(settings.stackone.max_requests_per_minute))
     try:
         async with aiohttp.ClientSession() as session:
-            client = StackOneClient(session, settings.stackone, SharedLimiter(redis), metrics)
-            poller = Poller(store, client, settings, metrics, lease_seconds=15)
+            client = StackOneClient(session, settings.stackone, rate, metrics)
+            poller = Poller(store, client, rate, settings, metrics)
             first = await measure_poll(store, poller, account_id, user_id)
             if before_second is not None:
                 before_second()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from service.store.queue import ClaimedEvent, EventQueue
+from service.store.claims import ClaimedEvent
+from service.store.queue import EventQueue
 
 
 class AckBatcher:

@@ -1,40 +1,34 @@
 """The endpoint circuit breaker, pure: health + outcome + now → new health.
 
-active ──5 failures in a row──► paused ──cooldown over──► one probe ──2xx──► active
-   │                              ▲                           │
-   │                              └────────── failure ────────┘ (longer cooldown)
-   └── 410, or failing `disable_after` without a success ──► disabled (until enabled by hand)
+The usual words: a closed circuit delivers, an open one delivers nothing, a half-open one lets
+a single probe through. The endpoint states an operator sees map onto them:
+
+active (closed) ──5 failures in a row──► paused (open) ──cooldown over──► half-open: one probe
+   │                                          ▲                                  │
+   │                                          └──────── probe fails ─────────────┤ (longer cooldown)
+   │                                                                 probe 2xx ──► active
+   └── 410, or failing `disable_after` without a success ──► disabled (open until enabled by hand)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import Enum
 
-ACTIVE, PAUSED, DISABLED = "active", "paused", "disabled"
+from service.endpoint_health import EndpointHealth, EndpointState
+
 THRESHOLD = 5  # consecutive failures that pause an endpoint
 BASE_COOLDOWN = 5.0
 MAX_COOLDOWN = 300.0
-CLOSED_RECHECK = 1.0  # how often a worker looks again at a disabled endpoint
+# How often a worker looks again at an endpoint whose circuit is open: it may be enabled (or
+# probed) by another process meanwhile.
+OPEN_RECHECK = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointHealth:
-    status: str = ACTIVE
-    consecutive_failures: int = 0
-    failing_since: float | None = None
-    paused_until: float | None = None
-    last_error: str | None = None
-    last_success_at: float | None = None
-    disabled_reason: str | None = None
-    pauses: int = 0  # pauses in a row: the first, then one per failed probe
-    hold_until: float | None = None  # a receiver's Retry-After holds every delivery until then
-
-
-class Gate(Enum):
-    OPEN = "open"  # deliver at full concurrency
-    PROBE = "probe"  # the cooldown is over: one delivery decides
-    CLOSED = "closed"  # paused or disabled: deliver nothing
+class Circuit(Enum):
+    CLOSED = "closed"  # deliver at full concurrency
+    HALF_OPEN = "half_open"  # the cooldown is over: one probe decides
+    OPEN = "open"  # paused, disabled or held by a Retry-After: deliver nothing
 
 
 def cooldown(pauses: int) -> float:
@@ -42,24 +36,24 @@ def cooldown(pauses: int) -> float:
     return min(BASE_COOLDOWN * 2.0 ** max(pauses - 1, 0), MAX_COOLDOWN)
 
 
-def gate(health: EndpointHealth, now: float) -> tuple[Gate, float]:
-    """What a worker may do now, and how long to wait when it may do nothing."""
-    if health.status == DISABLED:
-        return Gate.CLOSED, CLOSED_RECHECK
+def circuit(health: EndpointHealth, now: float) -> tuple[Circuit, float]:
+    """What a worker may do now, and how long to wait while the circuit is open."""
+    if health.status is EndpointState.DISABLED:
+        return Circuit.OPEN, OPEN_RECHECK
     if health.hold_until is not None and now < health.hold_until:
-        return Gate.CLOSED, health.hold_until - now
-    if health.status == PAUSED:
+        return Circuit.OPEN, health.hold_until - now
+    if health.status is EndpointState.PAUSED:
         until = health.paused_until or 0.0
-        return (Gate.PROBE, 0.0) if now >= until else (Gate.CLOSED, until - now)
-    return Gate.OPEN, 0.0
+        return (Circuit.HALF_OPEN, 0.0) if now >= until else (Circuit.OPEN, until - now)
+    return Circuit.CLOSED, 0.0
 
 
 def after_success(health: EndpointHealth, now: float) -> EndpointHealth:
     """A 2xx closes the breaker; a disabled endpoint stays disabled (an answer in flight)."""
-    status = DISABLED if health.status == DISABLED else ACTIVE
+    disabled = health.status is EndpointState.DISABLED
     return replace(
         health,
-        status=status,
+        status=EndpointState.DISABLED if disabled else EndpointState.ACTIVE,
         consecutive_failures=0,
         failing_since=None,
         paused_until=None,
@@ -89,26 +83,33 @@ def after_failure(
         last_error=error,
         hold_until=hold,
     )
-    if health.status == DISABLED:
+    if health.status is EndpointState.DISABLED:
         return failed
     if gone:
-        return replace(failed, status=DISABLED, paused_until=None, disabled_reason="410 Gone")
+        return _disabled(failed, "410 Gone")
     if now - since >= disable_after:
-        reason = f"failing without a success for {now - since:.0f}s (disable_after)"
-        return replace(failed, status=DISABLED, paused_until=None, disabled_reason=reason)
-    if health.status == PAUSED and now < (health.paused_until or 0.0):
+        return _disabled(
+            failed, f"failing without a success for {now - since:.0f}s (disable_after)"
+        )
+    if health.status is EndpointState.PAUSED and now < (health.paused_until or 0.0):
         return failed  # sent before the pause began: it neither probes nor extends the pause
     if failures >= THRESHOLD:
         pauses = health.pauses + 1
-        return replace(failed, status=PAUSED, pauses=pauses, paused_until=now + cooldown(pauses))
+        return replace(
+            failed, status=EndpointState.PAUSED, pauses=pauses, paused_until=now + cooldown(pauses)
+        )
     return failed
+
+
+def _disabled(health: EndpointHealth, reason: str) -> EndpointHealth:
+    return replace(health, status=EndpointState.DISABLED, paused_until=None, disabled_reason=reason)
 
 
 def enabled(health: EndpointHealth) -> EndpointHealth:
     """Re-enabled by hand: a fresh start, history kept."""
     return replace(
         health,
-        status=ACTIVE,
+        status=EndpointState.ACTIVE,
         consecutive_failures=0,
         failing_since=None,
         paused_until=None,

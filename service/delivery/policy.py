@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from service.httpspec import RECEIVER_RETRY_AFTER, StatusClass, retry_after_seconds, status_class
+
 JITTER = 0.2  # ±20% on every scheduled delay
 MAX_RETRY_AFTER = 24 * 3600.0  # a receiver's Retry-After is honoured up to a day
 
@@ -38,29 +40,25 @@ class Decision:
     due: float | None = None  # epoch seconds of the next attempt, for RETRY and HOLD
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (HTTP dates are rare for webhooks and treated as absent)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
 def classify(
-    status: int | None, retry_after: str | None = None, error: str | None = None
+    status: int | None,
+    retry_after: str | None = None,
+    error: str | None = None,
+    *,
+    now: float,
 ) -> AttemptResult:
     """Map an HTTP status (None: timeout or broken connection) to a verdict."""
     if status is None:
         return AttemptResult(Verdict.RETRY, None, error or "no response")
-    if 200 <= status < 300:
+    kind = status_class(status)
+    if kind is StatusClass.SUCCESS:
         return AttemptResult(Verdict.SUCCESS, status)
-    if status == 410:
+    if kind is StatusClass.GONE:
         return AttemptResult(Verdict.GONE, status, "410 Gone: endpoint disabled")
-    honoured = parse_retry_after(retry_after) if status in (429, 503) else None
-    reason = "redirects are not followed" if 300 <= status < 400 else None
+    honoured = None
+    if status in RECEIVER_RETRY_AFTER:
+        honoured = retry_after_seconds(retry_after, now=now, cap=MAX_RETRY_AFTER)
+    reason = "redirects are not followed" if kind is StatusClass.REDIRECT else None
     return AttemptResult(
         Verdict.RETRY, status, error or reason or f"HTTP {status}", retry_after=honoured
     )

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, fields
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from service.delivery.breaker import EndpointHealth
+from service.endpoint_health import LAST_SUCCESS_FIELD, EndpointHealth
 from service.store.keys import EndpointKeys
-
-_FLOATS = {"failing_since", "paused_until", "last_success_at", "hold_until"}
-
-
-def decode_health(raw: dict[str, str]) -> EndpointHealth:
-    values: dict[str, object] = {}
-    for field in fields(EndpointHealth):
-        value = raw.get(field.name)
-        if not value:
-            continue
-        if field.name in ("consecutive_failures", "pauses"):
-            values[field.name] = int(value)
-        elif field.name in _FLOATS:
-            values[field.name] = float(value)
-        else:
-            values[field.name] = value
-    return EndpointHealth(**values)  # type: ignore[arg-type]
-
-
-def encode_health(health: EndpointHealth) -> dict[str, str]:
-    return {k: "" if v is None else str(v) for k, v in asdict(health).items()}
 
 
 class EndpointStore:
@@ -40,7 +18,7 @@ class EndpointStore:
 
     async def health(self, endpoint_id: str) -> EndpointHealth:
         raw = await self.redis.hgetall(EndpointKeys(endpoint_id).state)
-        return decode_health(cast(dict[str, str], raw))
+        return EndpointHealth.from_hash(cast(dict[str, str], raw))
 
     async def update(
         self, endpoint_id: str, change: Callable[[EndpointHealth], EndpointHealth]
@@ -51,11 +29,12 @@ class EndpointStore:
             while True:
                 try:
                     await pipe.watch(key)
-                    current = decode_health(cast(dict[str, str], await pipe.hgetall(key)))
+                    raw = cast(dict[str, str], await pipe.hgetall(key))
+                    current = EndpointHealth.from_hash(raw)
                     new = change(current)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if new != current:
-                        pipe.hset(key, mapping=cast(Any, encode_health(new)))
+                        pipe.hset(key, mapping=cast(Any, new.to_hash()))
                     await pipe.execute()
                     return new
                 except WatchError:
@@ -63,7 +42,7 @@ class EndpointStore:
 
     async def touch_success(self, endpoint_id: str, now: float) -> None:
         """A success on a healthy endpoint only moves `last_success_at`; no transaction."""
-        await self.redis.hset(EndpointKeys(endpoint_id).state, "last_success_at", str(now))
+        await self.redis.hset(EndpointKeys(endpoint_id).state, LAST_SUCCESS_FIELD, str(now))
 
     async def try_probe(self, endpoint_id: str, seconds: float) -> bool:
         """One process at a time sends the probe of a paused endpoint."""

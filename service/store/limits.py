@@ -1,4 +1,4 @@
-"""Rate limits every process shares: a GCRA per name on Redis' clock, and the API-key pause."""
+"""Rate limits every process shares: a GCRA per name on Redis' clock, and Retry-After pauses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.store import keys
-from service.store.scripts import GCRA_ACQUIRE, PAUSE
+from service.store.scripts import GcraAcquire, Pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +29,54 @@ class Budget:
         return [emission_ms, emission_ms * max(self.burst - 1.0, 0.0)]
 
 
-class SharedLimiter:
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._acquire = redis.register_script(GCRA_ACQUIRE)
-        self._pause = redis.register_script(PAUSE)
+def api_key_budget(per_minute: int) -> Budget:
+    """The upstream API key's budget, shared by every process and every account.
 
-    async def try_acquire(self, budget: Budget) -> float:
+    Up to a second's worth may go back to back (smooth, never a minute's budget at once); the
+    steady rate leaves room for that burst, so no 60 s window exceeds `per_minute`."""
+    burst = max(1.0, min(per_minute / 60.0, per_minute * 0.05))
+    return Budget("upstream", max(per_minute - burst, 1.0) / 60.0, burst, keys.UPSTREAM_PAUSE)
+
+
+class SharedRate:
+    """One budget, asked for permits by whoever sends through it (the upstream client, one
+    endpoint's senders).
+
+    A permit can also come with other work (the first request's permit comes back with the
+    user's state when a poll loads it): `keep_permit` holds it here, and the next request
+    takes it instead of asking Redis. Permits are interchangeable, so whichever request
+    takes it, the budget holds.
+    """
+
+    def __init__(self, budget: Budget, acquire: GcraAcquire, pause: Pause) -> None:
+        self.budget = budget
+        self._acquire = acquire
+        self._pause = pause
+        self._kept = 0
+
+    def keep_permit(self) -> None:
+        self._kept += 1
+
+    async def try_acquire(self) -> float:
         """0 when a request may go now, else seconds to wait before asking again."""
-        wait_ms = await self._acquire(keys=budget.script_keys(), args=budget.script_args())
-        return float(wait_ms) / 1000.0
+        if self._kept:
+            self._kept -= 1
+            return 0.0
+        return await self._acquire(self.budget.script_keys(), self.budget.script_args())
 
-    async def pause(self, pause_key: str, seconds: float) -> None:
-        """Pause everyone using `pause_key` for at least `seconds` (never shortens a pause)."""
-        await self._pause(keys=[pause_key], args=[max(1, int(seconds * 1000))])
+    async def pause(self, seconds: float) -> None:
+        """Pause everyone on this budget for at least `seconds` (never shortens a pause)."""
+        if self.budget.pause_key is None:
+            raise ValueError(f"the budget {self.budget.name!r} has no pause")
+        await self._pause(self.budget.pause_key, seconds)
+
+
+class SharedLimiter:
+    """Where shared rates come from: one per budget, on one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._acquire = GcraAcquire(redis)
+        self._pause = Pause(redis)
+
+    def rate(self, budget: Budget) -> SharedRate:
+        return SharedRate(budget, self._acquire, self._pause)

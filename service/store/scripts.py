@@ -1,216 +1,234 @@
-"""The Lua scripts behind every atomic state change.
+"""Every Lua script behind an atomic state change, each with the one wrapper that packs its
+KEYS and ARGV and reads its reply.
 
-A claimed member's zset score is its lease expiry, and that score is the fencing token: a
-worker whose lease expired and was taken over finds a different score and changes nothing.
+The scripts are files in `lua/`, each opening with the keys and arguments it takes; a line
+`--!include name.lua` pulls in a library part (the fence, the enqueue, the GCRA) as a local
+function. A script's text is read once per process and registered once per Redis client, and
+runs by EVALSHA.
 """
 
 from __future__ import annotations
 
-# KEYS[1] zset; ARGV now_ms, lease_until_ms, limit → {member, due score, ...} claimed
-CLAIM_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
-  tonumber(ARGV[3]))
-for j = 1, #due, 2 do redis.call('ZADD', KEYS[1], ARGV[2], due[j]) end
-return due
-"""
+import re
+from functools import cache
+from importlib.resources import files
+from typing import Any, ClassVar, NamedTuple
 
-# KEYS due, body, meta; ARGV now_ms, lease_until_ms, limit → {id, body, meta|false, ...}
-CLAIM_EVENTS = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(due) do
-  local body = redis.call('HGET', KEYS[2], id)
-  if body then
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    out[#out + 1] = id
-    out[#out + 1] = body
-    out[#out + 1] = redis.call('HGET', KEYS[3], id) or false
-  else
-    -- a queue entry without a body can never be sent; drop it instead of looping on it
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
+from redis.asyncio import Redis
 
-# Queues the events that follow: KEYS from k on are (due, body) pairs per endpoint, ARGV
-# from i on is, per endpoint, n then (event id, body, due ms)*n. The same event id committed
-# twice (a poll replayed after a crash) is queued once.
-_ENQUEUE = """
-while k <= #KEYS do
-  local count = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, count do
-    if redis.call('HSETNX', KEYS[k + 1], ARGV[i], ARGV[i + 1]) == 1 then
-      redis.call('ZADD', KEYS[k], ARGV[i + 2], ARGV[i])
-    end
-    i = i + 3
-  end
-  k = k + 2
-end
-"""
+from service.detect import Snapshot
+from service.outbox import OverdueWatch, RoutedEvents
+from service.store import keys
+from service.store.claims import ClaimedEvent, DeliveryMeta
+from service.store.snapshots import encode_snapshots
+from service.store.user_state import UserState
 
-# One poll's commit: snapshots, user state, the lease/next-due score and the outgoing events.
-# KEYS[1] POLL_DUE, KEYS[2] snapshots, KEYS[3] user state, KEYS[4] OVERDUE, KEYS[5] legacy
-# snapshots (deleted when snapshots are written), then (due, body) per endpoint.
-# ARGV: member, token ('' = unfenced), new score ('' = keep), snapshots ('' = unchanged),
-#       n, (field, value)*n (state), n, (overdue member, due ms)*n (watch),
-#       n, overdue member*n (unwatch), then per endpoint:
-#       n, (event id, body, due ms)*n
-COMMIT_POLL = (
-    """
-if ARGV[2] ~= '' then
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-end
-if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[4])
-  redis.call('DEL', KEYS[5])
-end
-local i = 5
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('ZADD', KEYS[4], ARGV[i + 1], ARGV[i]); i = i + 2 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('ZREM', KEYS[4], ARGV[i]); i = i + 1 end
-local k = 6
-"""
-    + _ENQUEUE
-    + """
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
-return 1
-"""
-)
+_INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
-_FENCE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if (not score) or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-"""
 
-# KEYS due, body, meta; ARGV (id, token)* → per event 1 done, 0 lease lost (not touched)
-ACK_EVENTS = """
-local done = {}
-for j = 1, #ARGV, 2 do
-  local id = ARGV[j]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) == tonumber(ARGV[j + 1]) then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
-    done[#done + 1] = 1
-  else
-    done[#done + 1] = 0
-  end
-end
-return done
-"""
+@cache
+def lua_source(name: str) -> str:
+    """`lua/<name>.lua` with its includes in place."""
+    text = files("service.store").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: lua_source(m.group(1)), text)
 
-# KEYS due, meta; ARGV id, token, new due ms, meta json → 1 / 0
-RESCHEDULE_EVENT = (
-    _FENCE
-    + """
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-return 1
-"""
-)
 
-# An overdue check's outcome: its events (maybe none) queued, the member unwatched.
-# KEYS[1] OVERDUE, then (due, body) per endpoint; ARGV member, token, then per endpoint:
-#   n, (event id, body, due ms)*n
-COMMIT_OVERDUE = (
-    _FENCE
-    + """
-local i = 3
-local k = 2
-"""
-    + _ENQUEUE
-    + """
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
-"""
-)
+class _Script:
+    source: ClassVar[str]  # the file name in lua/, without .lua
 
-# KEYS due; ARGV id, token, new lease → 1 / 0 (the new lease is the new token)
-EXTEND_LEASE = (
-    _FENCE
-    + """
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return 1
-"""
-)
+    def __init__(self, redis: Redis) -> None:
+        self._run = redis.register_script(lua_source(self.source))
 
-# KEYS due, dead, meta; ARGV id, token, now ms, meta json → 1 / 0
-DEAD_LETTER_EVENT = (
-    _FENCE
-    + """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-return 1
-"""
-)
 
-# KEYS due, dead, meta; ARGV now ms, ids... (none: all) → number queued again
-REPLAY_DEAD = """
-local ids = {}
-if #ARGV > 1 then
-  for j = 2, #ARGV do ids[#ids + 1] = ARGV[j] end
-else
-  ids = redis.call('ZRANGE', KEYS[2], 0, -1)
-end
-local n = 0
-for _, id in ipairs(ids) do
-  if redis.call('ZREM', KEYS[2], id) == 1 then
-    redis.call('ZADD', KEYS[1], ARGV[1], id)
-    redis.call('HDEL', KEYS[3], id)
-    n = n + 1
-  end
-end
-return n
-"""
+def _pack_events(events: RoutedEvents, script_keys: list[Any], args: list[Any]) -> None:
+    """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments)."""
+    for endpoint_id in sorted(events):
+        ep = keys.EndpointKeys(endpoint_id)
+        script_keys += [ep.due, ep.body]
+        args.append(len(events[endpoint_id]))
+        for event_id, body, due in events[endpoint_id]:
+            args += [event_id, body, due]
 
-# GCRA on Redis' own clock, so every process shares one limit whatever its clock says.
-# acquire(rate key, pause key, emission ms, tolerance ms) → ms to wait (0: granted)
-_GCRA = """
-local function acquire(rate_key, pause_key, emission, tolerance)
-  local pause = redis.call('PTTL', pause_key)
-  if pause > 0 then return pause end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local tat = tonumber(redis.call('GET', rate_key) or now)
-  if tat < now then tat = now end
-  local wait = tat - tonumber(tolerance) - now
-  if wait > 0 then return math.ceil(wait) end
-  local new_tat = tat + tonumber(emission)
-  redis.call('SET', rate_key, new_tat, 'PX', math.ceil(new_tat - now + 1000))
-  return 0
-end
-"""
 
-# KEYS rate, pause; ARGV emission_ms, tolerance_ms → ms to wait (0: granted)
-GCRA_ACQUIRE = _GCRA + "return acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
+def _state_pairs(state: UserState | None) -> list[str]:
+    return [x for pair in (state.encode() if state else {}).items() for x in pair]
 
-# What a poll needs before it reads upstream, in one round trip: the permit for its first
-# request, the user's state and its snapshots.
-# KEYS user state, snapshots, rate, pause, legacy snapshots; ARGV emission_ms, tolerance_ms
-#   → {ms to wait for the permit (0: granted), state as a flat list, snapshots or false,
-#      the legacy hash as a flat list (empty unless snapshots is missing)}
-LOAD_USER = (
-    _GCRA
-    + """
-local wait = acquire(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
-local snaps = redis.call('GET', KEYS[2])
-local legacy = {}
-if not snaps then legacy = redis.call('HGETALL', KEYS[5]) end
-return {wait, redis.call('HGETALL', KEYS[1]), snaps, legacy}
-"""
-)
 
-# KEYS pause; ARGV ms → extends the pause, never shortens it
-PAUSE = """
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-end
-return 1
-"""
+class ClaimDue(_Script):
+    source = "claim_due"
+
+    async def __call__(
+        self, zset: str, now_ms: int, lease_until_ms: int, limit: int
+    ) -> list[tuple[str, int]]:
+        """Up to `limit` members due by `now_ms`, each with when it was due (ms)."""
+        flat = await self._run(keys=[zset], args=[now_ms, lease_until_ms, limit])
+        return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+
+class MovePollLease(_Script):
+    source = "move_poll_lease"
+
+    async def __call__(
+        self, member: str, token: int, score: int, state: UserState | None = None
+    ) -> bool:
+        account_id, user_id = keys.parse_user_member(member)
+        moved = await self._run(
+            keys=[keys.POLL_DUE, keys.user_state(account_id, user_id)],
+            args=[member, token, score, *_state_pairs(state)],
+        )
+        return bool(moved)
+
+
+class CommitPoll(_Script):
+    source = "commit_poll"
+
+    async def __call__(
+        self,
+        account_id: str,
+        user_id: str,
+        *,
+        token: int | None,
+        next_score: int | None,
+        snapshots: dict[str, Snapshot] | None,
+        state: UserState | None,
+        watch: list[OverdueWatch],
+        unwatch: list[OverdueWatch],
+        events: RoutedEvents,
+    ) -> bool:
+        script_keys: list[Any] = [
+            keys.POLL_DUE,
+            keys.snapshots(account_id, user_id),
+            keys.user_state(account_id, user_id),
+            keys.OVERDUE,
+            keys.legacy_snapshots(account_id, user_id),
+        ]
+        pairs = _state_pairs(state)
+        args: list[Any] = [
+            keys.user_member(account_id, user_id),
+            "" if token is None else token,
+            "" if next_score is None else next_score,
+            "" if snapshots is None else encode_snapshots(snapshots),
+            len(pairs) // 2,
+            *pairs,
+            len(watch),
+        ]
+        for due in watch:
+            args += [keys.overdue_member(*due), due.due_ms]
+        args += [len(unwatch), *(keys.overdue_member(*due) for due in unwatch)]
+        _pack_events(events, script_keys, args)
+        return bool(await self._run(keys=script_keys, args=args))
+
+
+class CommitOverdue(_Script):
+    source = "commit_overdue"
+
+    async def __call__(self, due: OverdueWatch, token: int, events: RoutedEvents) -> bool:
+        script_keys: list[Any] = [keys.OVERDUE]
+        args: list[Any] = [keys.overdue_member(*due), token]
+        _pack_events(events, script_keys, args)
+        return bool(await self._run(keys=script_keys, args=args))
+
+
+class LoadedUser(NamedTuple):
+    permit_wait: float  # seconds until the permit asked for; 0: granted
+    state: dict[str, str]
+    snapshots: str | None
+    legacy: dict[str, str]  # 0.1's snapshot hash, when `snapshots` is missing
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class LoadUser(_Script):
+    source = "load_user"
+
+    async def __call__(
+        self, account_id: str, user_id: str, rate_keys: list[str], rate_args: list[float]
+    ) -> LoadedUser:
+        wait_ms, state, snaps, legacy = await self._run(
+            keys=[
+                keys.user_state(account_id, user_id),
+                keys.snapshots(account_id, user_id),
+                *rate_keys,
+                keys.legacy_snapshots(account_id, user_id),
+            ],
+            args=rate_args,
+        )
+        return LoadedUser(float(wait_ms) / 1000.0, _pairs(state), snaps, _pairs(legacy))
+
+
+class GcraAcquire(_Script):
+    source = "gcra_acquire"
+
+    async def __call__(self, rate_keys: list[str], rate_args: list[float]) -> float:
+        """Seconds to wait; 0: granted."""
+        return float(await self._run(keys=rate_keys, args=rate_args)) / 1000.0
+
+
+class Pause(_Script):
+    source = "pause"
+
+    async def __call__(self, pause_key: str, seconds: float) -> None:
+        await self._run(keys=[pause_key], args=[max(1, int(seconds * 1000))])
+
+
+class ClaimEvents(_Script):
+    source = "claim_events"
+
+    async def __call__(
+        self, endpoint_id: str, now_ms: int, lease_until_ms: int, limit: int
+    ) -> list[ClaimedEvent]:
+        ep = keys.EndpointKeys(endpoint_id)
+        flat = await self._run(
+            keys=[ep.due, ep.body, ep.meta], args=[now_ms, lease_until_ms, limit]
+        )
+        return [
+            ClaimedEvent(flat[i], flat[i + 1], DeliveryMeta.decode(flat[i + 2]), lease_until_ms)
+            for i in range(0, len(flat), 3)
+        ]
+
+
+class AckEvents(_Script):
+    source = "ack_events"
+
+    async def __call__(self, endpoint_id: str, events: list[ClaimedEvent]) -> list[bool]:
+        ep = keys.EndpointKeys(endpoint_id)
+        args = [x for event in events for x in (event.event_id, event.token)]
+        done = await self._run(keys=[ep.due, ep.body, ep.meta], args=args)
+        return [bool(flag) for flag in done]
+
+
+class MoveEvent(_Script):
+    source = "move_event"
+
+    async def __call__(
+        self, endpoint_id: str, event: ClaimedEvent, score: int, meta: DeliveryMeta | None
+    ) -> bool:
+        ep = keys.EndpointKeys(endpoint_id)
+        moved = await self._run(
+            keys=[ep.due, ep.meta],
+            args=[event.event_id, event.token, score, "" if meta is None else meta.encode()],
+        )
+        return bool(moved)
+
+
+class DeadLetterEvent(_Script):
+    source = "dead_letter_event"
+
+    async def __call__(self, endpoint_id: str, event: ClaimedEvent, now_ms: int) -> bool:
+        ep = keys.EndpointKeys(endpoint_id)
+        done = await self._run(
+            keys=[ep.due, ep.dead, ep.meta],
+            args=[event.event_id, event.token, now_ms, event.meta.encode()],
+        )
+        return bool(done)
+
+
+class ReplayDead(_Script):
+    source = "replay_dead"
+
+    async def __call__(self, endpoint_id: str, now_ms: int, event_ids: list[str] | None) -> int:
+        ep = keys.EndpointKeys(endpoint_id)
+        queued = await self._run(keys=[ep.due, ep.dead, ep.meta], args=[now_ms, *(event_ids or [])])
+        return int(queued)

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.store import keys
+from service.store.user_state import FIELDS, UserState
 
 
 class TrackedUsers:
@@ -60,31 +61,24 @@ class TrackedUsers:
         async with self.redis.pipeline(transaction=False) as pipe:
             for member in members:
                 pipe.zscore(keys.POLL_DUE, member)
-                pipe.hmget(keys.user_state(*keys.parse_user_member(member)), _STATE_FIELDS)
+                pipe.hmget(keys.user_state(*keys.parse_user_member(member)), FIELDS)
             answers = await pipe.execute()
         out = []
         for n, member in enumerate(members):
             account_id, user_id = keys.parse_user_member(member)
             due, state = answers[2 * n], answers[2 * n + 1]
-            fields = dict(zip(_STATE_FIELDS, state, strict=True))
+            decoded = UserState.decode_list(state)
             out.append(
                 {
                     "account_id": account_id,
                     "user_id": user_id,
                     "source": "config" if member in self.configured else "runtime",
                     "next_poll_at_ms": int(due) if due is not None else None,
-                    "watermark_ms": _int(fields["watermark"]),
-                    "last_poll_ms": _int(fields["last_poll"]),
-                    "last_full_sync_ms": _int(fields["last_full_sync"]),
-                    "failures": _int(fields["failures"]) or 0,
-                    "last_error": fields["last_error"] or None,
+                    "watermark_ms": decoded.watermark_ms,
+                    "last_poll_ms": decoded.last_poll_ms,
+                    "last_full_sync_ms": decoded.last_full_sync_ms,
+                    "failures": decoded.failures or 0,
+                    "last_error": decoded.last_error,
                 }
             )
         return out
-
-
-_STATE_FIELDS = ["watermark", "last_poll", "last_full_sync", "failures", "last_error"]
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value else None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -18,7 +20,6 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from service import __version__
 from service.config import StackOneSettings
 from service.errors import (
     UpstreamError,
@@ -27,44 +28,42 @@ from service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from service.httpspec import USER_AGENT, StatusClass, retry_after_seconds, status_class
 from service.metrics import Metrics
-from service.store import keys
-from service.store.limits import Budget, SharedLimiter
 from service.timefmt import iso_ms
 from service.upstream.model import Page, parse_page
 
 log = structlog.get_logger("upstream")
 
-BUDGET = "upstream"
-# 401 key unusable, 403 account forbidden, 404 unknown user, 412 integration disabled
-_REJECTED = frozenset({401, 403, 404, 412})
-_RATE_LIMITED = frozenset({408, 429})
-DEFAULT_RETRY_AFTER = 5.0
+DEFAULT_RETRY_AFTER = 5.0  # a 429/408 without a readable Retry-After pauses this long
 MAX_RETRY_AFTER = 600.0
 MAX_PAGE_BYTES = 32 * 1024 * 1024  # 100 records are far below this; a runaway body is not
 
 
-def retry_after_seconds(header: str | None, default: float = DEFAULT_RETRY_AFTER) -> float:
-    """Retry-After in seconds, clamped to [0, 10 min]; unreadable → `default`."""
-    try:
-        value = float(header) if header is not None else default
-    except ValueError:
-        value = default
-    return min(max(value, 0.0), MAX_RETRY_AFTER)
+class RequestRate(Protocol):
+    """The API key's budget, shared by every process (store.limits.SharedRate)."""
+
+    async def try_acquire(self) -> float:
+        """0 when a request may go now, else seconds to wait before asking again."""
+
+    async def pause(self, seconds: float) -> None:
+        """Every process holds its requests for `seconds` (a 429's Retry-After)."""
 
 
-def error_for_status(status: int, retry_after: str | None) -> UpstreamError | None:
+def error_for_status(status: int, retry_after: str | None, now: float) -> UpstreamError | None:
     """Map a non-2xx upstream status to the error that says what to do about it."""
-    if 200 <= status < 300:
+    kind = status_class(status)
+    if kind is StatusClass.SUCCESS:
         return None
     message = f"upstream answered {status}"
-    if status in _RATE_LIMITED:
+    if kind is StatusClass.RATE_LIMITED:
+        pause = retry_after_seconds(retry_after, now=now, cap=MAX_RETRY_AFTER)
         return UpstreamRateLimited(
-            message, status=status, retry_after=retry_after_seconds(retry_after)
+            message, status=status, retry_after=DEFAULT_RETRY_AFTER if pause is None else pause
         )
-    if status in _REJECTED:
+    if kind in (StatusClass.ACCOUNT_REJECTED, StatusClass.NOT_FOUND):
         return UpstreamRejected(message, status=status)
-    if status >= 500:
+    if kind is StatusClass.SERVER_ERROR:
         return UpstreamUnavailable(message, status=status)
     return UpstreamError(message, status=status)
 
@@ -83,44 +82,30 @@ class StackOneClient:
         self,
         session: aiohttp.ClientSession,
         settings: StackOneSettings,
-        limiter: SharedLimiter,
+        rate: RequestRate,
         metrics: Metrics,
         *,
         attempts: int = 4,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.session = session
         self.settings = settings
-        self.limiter = limiter
+        self.rate = rate
         self.metrics = metrics
         self.attempts = attempts
         self.sleep = sleep
+        self.clock = clock
         token = base64.b64encode(f"{settings.api_key.get_secret_value()}:".encode()).decode()
         self._auth = f"Basic {token}"
-        per_minute = settings.max_requests_per_minute
-        # Up to a second's worth may go back to back (smooth, never a minute's budget at
-        # once); the steady rate leaves room for that burst, so no 60 s window exceeds budget.
-        burst = max(1.0, min(per_minute / 60.0, per_minute * 0.05))
-        self.budget = Budget(
-            BUDGET, max(per_minute - burst, 1.0) / 60.0, burst, pause_key=keys.UPSTREAM_PAUSE
-        )
 
     def __repr__(self) -> str:
         return f"StackOneClient(base_url={self.settings.base_url!r})"
 
     async def pages(
-        self,
-        account_id: str,
-        user_id: str,
-        updated_after: datetime | None,
-        *,
-        permitted: bool = False,
+        self, account_id: str, user_id: str, updated_after: datetime | None
     ) -> AsyncIterator[Page]:
-        """Every page of the user's assignments, following `next` until it is empty.
-
-        `permitted`: the caller already holds the budget's permit for the first request (the
-        poll took it together with the user's state, saving a Redis round trip).
-        """
+        """Every page of the user's assignments, following `next` until it is empty."""
         url = f"{self.settings.base_url}/unified/lms/users/{quote(user_id, safe='')}/assignments"
         params: dict[str, str] = {"page_size": str(self.settings.page_size)}
         if updated_after is not None:
@@ -134,12 +119,11 @@ class StackOneClient:
             "Authorization": self._auth,
             "x-account-id": quote(account_id, safe=""),
             "Accept": "application/json",
-            "User-Agent": f"lms-webhooks/{__version__}",
+            "User-Agent": USER_AGENT,
         }
         seen_cursors: set[str] = set()
         for _ in range(self.settings.max_pages):
-            page = await self._get_with_retries(url, params, headers, permitted)
-            permitted = False
+            page = await self._get_with_retries(url, params, headers)
             yield page
             if not page.next:
                 return
@@ -150,7 +134,7 @@ class StackOneClient:
         raise UpstreamMalformed(f"more than {self.settings.max_pages} pages: runaway `next` chain")
 
     async def _get_with_retries(
-        self, url: str, params: dict[str, str], headers: dict[str, str], permitted: bool
+        self, url: str, params: dict[str, str], headers: dict[str, str]
     ) -> Page:
         # Rate-limit answers wait out the shared pause inside _acquire; 5xx and broken
         # connections back off exponentially with jitter. Both count as attempts.
@@ -163,16 +147,11 @@ class StackOneClient:
         )
         async for attempt in retrying:
             with attempt:
-                # a retry needs a permit of its own
-                first = permitted and attempt.retry_state.attempt_number == 1
-                return await self._get(url, params, headers, permitted=first)
+                return await self._get(url, params, headers)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _acquire(self) -> None:
-        while True:
-            wait = await self.limiter.try_acquire(self.budget)
-            if wait <= 0:
-                return
+        while (wait := await self.rate.try_acquire()) > 0:
             self.metrics.throttle_wait.labels("upstream").inc(wait)
             await self.sleep(wait)
 
@@ -185,11 +164,8 @@ class StackOneClient:
                 raise UpstreamMalformed(f"a page larger than {MAX_PAGE_BYTES} bytes")
         return bytes(body)
 
-    async def _get(
-        self, url: str, params: dict[str, str], headers: dict[str, str], *, permitted: bool
-    ) -> Page:
-        if not permitted:
-            await self._acquire()
+    async def _get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Page:
+        await self._acquire()
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         try:
             async with self.session.get(
@@ -205,10 +181,10 @@ class StackOneClient:
             self.metrics.upstream_requests.labels("error").inc()
             raise UpstreamUnavailable(f"upstream connection failed: {type(e).__name__}") from e
         self.metrics.upstream_requests.labels(str(status)).inc()
-        error = error_for_status(status, retry_after)
+        error = error_for_status(status, retry_after, self.clock())
         if isinstance(error, UpstreamRateLimited):
             log.warning("upstream_rate_limited", status=status, retry_after=error.retry_after)
-            await self.limiter.pause(keys.UPSTREAM_PAUSE, error.retry_after)
+            await self.rate.pause(error.retry_after)
         if error is not None:
             raise error
         return parse_page(raw)

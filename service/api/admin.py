@@ -7,82 +7,53 @@ routes are not served at all.
 from __future__ import annotations
 
 import hmac
-import json
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from service.api import SERVICE_KEY, json_error
-from service.delivery.breaker import enabled
-
-if TYPE_CHECKING:
-    from service.app import Service
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class BadRequest(Exception):
-    """Malformed input: answered 400 with the reason."""
-
-
-def _service(request: web.Request) -> Service:
-    return request.app[SERVICE_KEY]
+from service.api.common import (
+    BadRequest,
+    Handler,
+    json_error,
+    json_object,
+    non_empty_string,
+    ops,
+)
 
 
 def bearer_auth(token: str) -> Middleware:
     expected = f"Bearer {token}".encode()
 
     @web.middleware
-    async def check(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/admin"):
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return json_error(401, "unauthorized", "Authorization: Bearer <admin_token>")
-        try:
-            return await handler(request)
-        except BadRequest as e:
-            return json_error(400, "bad request", str(e))
+        return await handler(request)
 
     return check
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the body is not JSON: {e}") from e
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
-def _string(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"`{name}` must be a non-empty string")
-    return value
-
-
 def _known_endpoint(request: web.Request, endpoint_id: str) -> None:
-    if _service(request).settings.endpoint(endpoint_id) is None:
+    if ops(request).settings.endpoint(endpoint_id) is None:
         raise web.HTTPNotFound(reason=f"unknown endpoint {endpoint_id!r}")
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    service = _service(request)
+    operations = ops(request)
+    stores = operations.stores
     out = []
-    for endpoint in service.settings.endpoints:
-        health = await service.endpoint_store.health(endpoint.id)
+    for endpoint in operations.settings.endpoints:
+        health = await stores.endpoints.health(endpoint.id)
         out.append(
             {
                 "id": endpoint.id,
                 "url": endpoint.url,
                 **asdict(health),
-                "queue_depth": await service.queue.depth(endpoint.id),
-                "dead_letters": await service.queue.dead_count(endpoint.id),
+                "queue_depth": await stores.queue.depth(endpoint.id),
+                "dead_letters": await stores.queue.dead_count(endpoint.id),
             }
         )
     return web.json_response({"endpoints": out})
@@ -91,10 +62,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
 async def enable_endpoint(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
     _known_endpoint(request, endpoint_id)
-    service = _service(request)
-    health = await service.endpoint_store.update(endpoint_id, enabled)
-    if service.dispatcher:
-        service.dispatcher.wake({endpoint_id})
+    health = await ops(request).enable_endpoint(endpoint_id)
     return web.json_response({"id": endpoint_id, **asdict(health)})
 
 
@@ -109,39 +77,40 @@ async def dead_letters(request: web.Request) -> web.Response:
         raise BadRequest("`limit` must be an integer") from e
     if not 1 <= limit <= 1000:
         raise BadRequest("`limit` must be between 1 and 1000")
-    letters = await _service(request).queue.dead_letters(endpoint_id, limit)
+    letters = await ops(request).stores.queue.dead_letters(endpoint_id, limit)
     return web.json_response({"endpoint": endpoint_id, "dead_letters": letters})
 
 
 async def replay(request: web.Request) -> web.Response:
-    body = await _json_object(request)
-    endpoint_id = _string(body, "endpoint")
+    body = await json_object(request)
+    endpoint_id = non_empty_string(body, "endpoint")
     ids = body.get("ids")
     if ids is not None and (
         not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids)
     ):
         raise BadRequest("`ids` must be a list of event ids")
     _known_endpoint(request, endpoint_id)
-    service = _service(request)
-    queued = await service.replay(endpoint_id, ids or None)
+    queued = await ops(request).replay(endpoint_id, ids or None)
     return web.json_response({"endpoint": endpoint_id, "queued": queued})
 
 
 async def list_users(request: web.Request) -> web.Response:
-    service = _service(request)
+    stores = ops(request).stores
+    backed_off = await stores.polls.backed_off_accounts()
     return web.json_response(
         {
-            "users": await service.users.describe(),
+            "users": await stores.users.describe(),
             # accounts whose key/account was refused (401/403/412), with when they are retried
-            "backed_off_accounts": await service.poll_store.blocked_accounts(),
+            "backed_off_accounts": {a: asdict(b) for a, b in backed_off.items()},
         }
     )
 
 
 async def add_user(request: web.Request) -> web.Response:
-    body = await _json_object(request)
-    account_id, user_id = _string(body, "account_id"), _string(body, "user_id")
-    added = await _service(request).add_user(account_id, user_id)
+    body = await json_object(request)
+    account_id = non_empty_string(body, "account_id")
+    user_id = non_empty_string(body, "user_id")
+    added = await ops(request).add_user(account_id, user_id)
     return web.json_response(
         {"account_id": account_id, "user_id": user_id, "added": added}, status=201 if added else 200
     )
@@ -149,18 +118,19 @@ async def add_user(request: web.Request) -> web.Response:
 
 async def remove_user(request: web.Request) -> web.Response:
     account_id, user_id = request.match_info["account_id"], request.match_info["user_id"]
-    service = _service(request)
-    if service.users.in_config(account_id, user_id):
+    operations = ops(request)
+    if operations.stores.users.in_config(account_id, user_id):
         return json_error(409, "configured user", "remove it from the config file instead")
-    if not await service.remove_user(account_id, user_id):
+    if not await operations.remove_user(account_id, user_id):
         return json_error(404, "not tracked", f"{account_id}/{user_id} is not a run-time user")
     return web.json_response({"account_id": account_id, "user_id": user_id, "removed": True})
 
 
 async def poll_now(request: web.Request) -> web.Response:
-    body = await _json_object(request)
-    account_id, user_id = _string(body, "account_id"), _string(body, "user_id")
-    if not await _service(request).poll_store.poll_now(account_id, user_id):
+    body = await json_object(request)
+    account_id = non_empty_string(body, "account_id")
+    user_id = non_empty_string(body, "user_id")
+    if not await ops(request).stores.polls.poll_now(account_id, user_id):
         return json_error(404, "not tracked", f"{account_id}/{user_id} is not a tracked user")
     return web.json_response({"account_id": account_id, "user_id": user_id}, status=202)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service import __version__
+from service.endpoint_health import EndpointState
 
 _ERROR = {
     "type": "object",
@@ -15,7 +16,7 @@ _HEALTH = {
     "type": "object",
     "required": ["status", "consecutive_failures"],
     "properties": {
-        "status": {"type": "string", "enum": ["active", "paused", "disabled"]},
+        "status": {"type": "string", "enum": [s.value for s in EndpointState]},
         "consecutive_failures": {"type": "integer"},
         "failing_since": {"type": ["number", "null"]},
         "paused_until": {"type": ["number", "null"]},

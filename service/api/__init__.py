@@ -1,0 +1,32 @@
+"""The service's own HTTP API: health, readiness, metrics, the OpenAPI document, and the
+admin routes when an admin token is configured."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from service.api.admin import add_admin_routes, bearer_auth
+from service.api.common import OPS_KEY, errors_as_json
+from service.api.health import add_health_routes
+from service.api.openapi import build_openapi
+from service.operations import Operations
+
+
+def create_api(operations: Operations) -> web.Application:
+    token = operations.settings.http.admin_token
+    middlewares: list[Middleware] = [errors_as_json]
+    if token is not None:
+        middlewares.append(bearer_auth(token.get_secret_value()))
+    app = web.Application(middlewares=middlewares)
+    app[OPS_KEY] = operations
+    document = build_openapi(admin=token is not None)
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    add_health_routes(app)
+    app.router.add_get("/openapi.json", openapi)
+    if token is not None:
+        add_admin_routes(app)
+    return app

@@ -1,0 +1,61 @@
+"""What every route of the service's HTTP API shares: the operations it serves, JSON errors,
+and reading a JSON body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from service.operations import Operations
+
+OPS_KEY: web.AppKey[Operations] = web.AppKey("operations", Operations)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """Malformed input: answered 400 with the reason."""
+
+
+def ops(request: web.Request) -> Operations:
+    return request.app[OPS_KEY]
+
+
+def json_error(status: int, error: str, detail: object = None) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error a JSON `{"error", "detail"}`: 4xx for bad input, 503 while Redis is away."""
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        return json_error(400, "bad request", str(e))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return json_error(e.status, e.reason)
+    except RedisError:
+        return json_error(503, "store unavailable")
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def non_empty_string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"`{name}` must be a non-empty string")
+    return value

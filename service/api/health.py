@@ -1,0 +1,36 @@
+"""Health, readiness, metrics: served with or without the admin API."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+
+from service.api.common import ops
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await ops(request).readiness()
+    status = 200 if all(checks.values()) else 503
+    return web.json_response({"ready": status == 200, "checks": checks}, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    operations = ops(request)
+    try:
+        await operations.refresh_gauges()
+    except RedisError:
+        pass  # the gauges keep their last values; /readyz says Redis is away
+    return web.Response(
+        body=operations.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def add_health_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,124 @@
+"""One endpoint's claimer: keeps its senders supplied with claimed events, in batches,
+as far as the breaker lets it (the whole flow control of a worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from enum import Enum
+
+import structlog
+from redis.exceptions import RedisError
+
+from service.config import EndpointSettings
+from service.delivery.breaker import OPEN_RECHECK, Circuit
+from service.delivery.breaker_cache import BreakerCache
+from service.delivery.handoff import Handoff
+from service.store.endpoints import EndpointStore
+from service.store.queue import EventQueue
+
+log = structlog.get_logger("delivery")
+
+IDLE_WAIT = 0.5  # longest sleep of an idle claimer before it looks at Redis again
+# A claimed event's lease: the endpoint timeout, its throttle wait and this margin. A crashed
+# process's events are sent again once it runs out.
+LEASE_MARGIN = 5.0
+
+
+def lease_seconds(endpoint: EndpointSettings, batch: int) -> float:
+    """How long a claim of `batch` events lasts: long enough for each to wait for the
+    endpoint's rate, then time out."""
+    throttle = batch / endpoint.max_per_second if endpoint.max_per_second else 0.0
+    return endpoint.timeout + throttle + LEASE_MARGIN
+
+
+class Claimed(Enum):
+    """What one claim round did, and so what the claimer does next."""
+
+    SOME = "some"  # events went to the senders: claim again
+    FULL = "full"  # enough is in flight: wait for room
+    NONE_DUE = "none_due"  # the queue has nothing due: wait for new events
+    WITHHELD = "withheld"  # the circuit is open, or another process probes: wait
+
+
+class Claimer:
+    def __init__(
+        self,
+        endpoint: EndpointSettings,
+        handoff: Handoff,
+        breaker: BreakerCache,
+        queue: EventQueue,
+        endpoints: EndpointStore,
+        clock: Callable[[], float],
+    ) -> None:
+        self.endpoint = endpoint
+        self.handoff = handoff
+        self.breaker = breaker
+        self.queue = queue
+        self.endpoints = endpoints
+        self.clock = clock
+        self.batch = max(1, endpoint.concurrency // 4)
+        self.wakeup = asyncio.Event()  # new events were committed, or the endpoint enabled
+        self.wait = 0.0  # after WITHHELD: how long the circuit stays open, at most
+
+    async def run(self) -> None:
+        """Claim until the hand-off closes; a failing Redis or a bug only pauses it."""
+        while not self.handoff.closed:
+            try:
+                claimed = await self.claim()
+            except RedisError as e:
+                log.warning("dispatch_redis_error", endpoint=self.endpoint.id, error=str(e))
+                await self.sleep(1.0)
+                continue
+            except Exception:  # a bug must not end this endpoint's deliveries for good
+                log.exception("dispatch_loop_error", endpoint=self.endpoint.id)
+                await self.sleep(1.0)
+                continue
+            if claimed is Claimed.FULL:
+                # bounded, so a stop is noticed while every slot hangs
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.handoff.room.wait(), IDLE_WAIT)
+            elif claimed is Claimed.WITHHELD:
+                await self.sleep(self.wait)
+            elif claimed is Claimed.NONE_DUE:
+                await self.sleep(IDLE_WAIT)
+
+    async def claim(self) -> Claimed:
+        """One round: claim what the senders can take now (a quarter of the slots at a time,
+        before they run dry), or one probe when the breaker is half-open."""
+        self.handoff.room.clear()
+        busy = self.handoff.busy()
+        now = self.clock()
+        await self.breaker.refresh(now)
+        state, wait = self.breaker.circuit(now)
+        if state is Circuit.OPEN:
+            self.wait = min(wait, OPEN_RECHECK)
+            return Claimed.WITHHELD
+        if state is Circuit.HALF_OPEN:  # a single delivery decides, sent by one process
+            if busy:
+                return Claimed.FULL
+            seconds = lease_seconds(self.endpoint, 1)
+            probing = await self.endpoints.try_probe(self.endpoint.id, seconds)
+            log.debug("endpoint_probe", endpoint=self.endpoint.id, probing=probing)
+            if not probing:
+                self.wait = OPEN_RECHECK
+                return Claimed.WITHHELD
+            want = 1
+        else:
+            want = self.endpoint.concurrency + self.batch - busy  # the slots and one batch
+            if busy and want < self.batch:  # claims go in batches, not one per delivery
+                return Claimed.FULL
+        lease_until = int((now + lease_seconds(self.endpoint, want)) * 1000)
+        batch = await self.queue.claim(self.endpoint.id, int(now * 1000), lease_until, want)
+        if state is Circuit.HALF_OPEN:
+            self.breaker.probe_event_id = batch[0].event_id if batch else None
+        for event in batch:
+            self.handoff.offer(event)
+        return Claimed.SOME if batch else Claimed.NONE_DUE
+
+    async def sleep(self, seconds: float) -> None:
+        """Until `seconds` pass or something wakes the claimer up."""
+        self.wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wakeup.wait(), seconds)

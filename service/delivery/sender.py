@@ -1,0 +1,174 @@
+"""One endpoint's senders: each takes a claimed event from the hand-off, waits for the
+endpoint's shared rate, renews the claim when that wait was long, signs, POSTs, classifies
+the answer, and hands the attempt to the settler."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import aiohttp
+import structlog
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from service.config import EndpointSettings
+from service.delivery.breaker_cache import BreakerCache
+from service.delivery.claimer import LEASE_MARGIN, lease_seconds
+from service.delivery.handoff import Handoff
+from service.delivery.policy import AttemptResult, Verdict, classify
+from service.delivery.signing import secret_key, webhook_headers
+from service.delivery.ssrf import check_url
+from service.errors import AddressRefused
+from service.httpspec import USER_AGENT
+from service.store.claims import ClaimedEvent
+from service.store.limits import SharedRate
+from service.store.queue import EventQueue
+
+log = structlog.get_logger("delivery")
+
+
+class Settles(Protocol):
+    """What a sender hands its attempts to (the Settler)."""
+
+    async def settle(self, event: ClaimedEvent, result: AttemptResult, duration: float) -> None: ...
+
+
+class Sender:
+    """Shared by the worker's sender tasks (`run` once per task); `concurrency` of them send
+    at a time, the rest wait for a slot with the event they took."""
+
+    def __init__(
+        self,
+        endpoint: EndpointSettings,
+        handoff: Handoff,
+        breaker: BreakerCache,
+        settler: Settles,
+        queue: EventQueue,
+        session: aiohttp.ClientSession,
+        rate: SharedRate | None,
+        throttle_wait: Counter,
+        clock: Callable[[], float],
+        *,
+        allow_private: bool,
+    ) -> None:
+        self.endpoint = endpoint
+        self.handoff = handoff
+        self.breaker = breaker
+        self.settler = settler
+        self.queue = queue
+        self.session = session
+        self.rate = rate  # the endpoint's max_per_second, shared by every process; None: none
+        self.throttle_wait = throttle_wait.labels("endpoint")
+        self.clock = clock
+        self.allow_private = allow_private
+        self.keys = [secret_key(s.get_secret_value()) for s in endpoint.secret]
+        self.slots = asyncio.Semaphore(endpoint.concurrency)
+        self.timeout = aiohttp.ClientTimeout(total=endpoint.timeout)
+
+    async def run(self) -> None:
+        """Deliver events from the hand-off until it closes."""
+        while (event := await self.handoff.take()) is not None:
+            await self.deliver(event)
+
+    async def deliver(self, event: ClaimedEvent) -> None:
+        """Send one claimed event and settle it.
+
+        Counted as busy until its request is over. The slot is held until the outcome is
+        settled, except for a plain success on a healthy endpoint: its ack joins the next
+        batch while another request goes out. So with concurrency 1 the breaker sees every
+        failure before the next request is sent.
+        """
+        sending = True
+        try:
+            later: tuple[AttemptResult, float] | None = None
+            async with self.slots:
+                if self.handoff.closed:  # stopping: stays held, the worker hands it back
+                    return
+                if not self.breaker.may_send(event, self.clock()):
+                    # due again at once, for whichever process may send
+                    await self.queue.reschedule(self.endpoint.id, event, int(self.clock() * 1000))
+                elif (attempt := await self._attempt(event)) is not None:
+                    if attempt[0].verdict is Verdict.SUCCESS and self.breaker.healthy():
+                        later = attempt
+                    else:
+                        await self.settler.settle(event, *attempt)
+                sending = False
+                self.handoff.request_over()
+            if later is not None:
+                await self.settler.settle(event, *later)
+        except RedisError as e:  # the claim runs out and the event is sent again, same id
+            log.warning(
+                "delivery_settle_failed",
+                endpoint=self.endpoint.id,
+                event_id=event.event_id,
+                error=str(e),
+            )
+        except asyncio.CancelledError:
+            raise  # stays held: the worker hands it back to the queue
+        except Exception:  # a bug must not kill the sender; the claim brings the event back
+            log.exception("delivery_crashed", endpoint=self.endpoint.id, event_id=event.event_id)
+        finally:
+            if sending:
+                self.handoff.request_over()
+        self.handoff.settled(event)
+
+    async def _attempt(self, event: ClaimedEvent) -> tuple[AttemptResult, float] | None:
+        """Send once, after the endpoint's rate allows; None when the claim was lost."""
+        waited = await self._throttle()
+        left = event.token / 1000 - self.clock()
+        if waited or left < self.endpoint.timeout + LEASE_MARGIN / 2:
+            # the wait for the rate, or for a free slot, may have outlasted the claim: renew
+            # it, or leave the event to the worker that took it over, so it is never sent twice
+            lease = int((self.clock() + lease_seconds(self.endpoint, 1)) * 1000)
+            if not await self.queue.extend(self.endpoint.id, event, lease):
+                return None
+        return await self._post(event)
+
+    async def _throttle(self) -> float:
+        """Wait for the endpoint's shared rate; returns how long that took."""
+        waited = 0.0
+        if self.rate is None:
+            return waited
+        while (wait := await self.rate.try_acquire()) > 0:
+            self.throttle_wait.inc(wait)
+            waited += wait
+            await asyncio.sleep(wait)
+        return waited
+
+    async def _post(self, event: ClaimedEvent) -> tuple[AttemptResult, float]:
+        now = self.clock()
+        headers = webhook_headers(self.keys, event.event_id, int(now), event.body, USER_AGENT)
+        started = time.perf_counter()
+        try:
+            check_url(self.endpoint.url, self.allow_private)
+            async with self.session.post(
+                self.endpoint.url,
+                data=event.body.encode(),
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            ) as response:
+                # a small read keeps the connection reusable; a huge body is never buffered
+                await response.content.read(64 * 1024)
+                result = classify(response.status, response.headers.get("Retry-After"), now=now)
+        except TimeoutError:
+            result = classify(None, error=f"timed out after {self.endpoint.timeout:g}s", now=now)
+        except (AddressRefused, aiohttp.ClientConnectorError) as e:
+            refused = e if isinstance(e, AddressRefused) else e.os_error
+            if isinstance(refused, AddressRefused):  # nothing was sent: the guard refused it
+                log.warning(
+                    "delivery_address_refused",
+                    endpoint=self.endpoint.id,
+                    event_id=event.event_id,
+                    host=refused.host,
+                    address=refused.address,
+                )
+                result = classify(None, error=f"address refused: {refused}", now=now)
+            else:
+                result = classify(None, error=f"{type(e).__name__}: {e}", now=now)
+        except aiohttp.ClientError as e:
+            result = classify(None, error=f"{type(e).__name__}: {e}", now=now)
+        return result, time.perf_counter() - started

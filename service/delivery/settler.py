@@ -1,0 +1,138 @@
+"""One endpoint's settler: what an attempt's outcome changes. A success is acknowledged (in
+batches); a failure updates the shared breaker, then the event is retried later or
+dead-lettered."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from service.delivery.acks import AckBatcher
+from service.delivery.breaker import after_failure, after_success
+from service.delivery.breaker_cache import BreakerCache
+from service.delivery.policy import Action, AttemptResult, Verdict, decide
+from service.store.claims import ClaimedEvent
+from service.store.endpoints import EndpointStore
+from service.store.queue import EventQueue
+from service.timefmt import parse_iso
+
+log = structlog.get_logger("delivery")
+
+# Our bodies start {"id":…,"type":…,"timestamp":…: the detection time without parsing 2 kB
+_TIMESTAMP = re.compile(r'"timestamp":"([^"]{1,40})"')
+
+
+def detected_at(body: str) -> str | None:
+    """The event's `timestamp` (when the change was detected), for the latency metric."""
+    found = _TIMESTAMP.search(body, 0, 200)
+    return found.group(1) if found else None
+
+
+class Settler:
+    def __init__(
+        self,
+        endpoint_id: str,
+        queue: EventQueue,
+        endpoints: EndpointStore,
+        acks: AckBatcher,
+        breaker: BreakerCache,
+        *,
+        retry_schedule: Sequence[float],
+        disable_after: float,
+        deliveries: Counter,
+        latency: Histogram,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.endpoint_id = endpoint_id
+        self.queue = queue
+        self.endpoints = endpoints
+        self.acks = acks
+        self.breaker = breaker
+        self.retry_schedule = retry_schedule
+        self.disable_after = disable_after
+        # metric children and the bound logger, looked up once: each costs a lookup per event
+        self.deliveries = {v: deliveries.labels(endpoint_id, v.value) for v in Verdict}
+        self.latency = latency.labels(endpoint_id)
+        self.log = log.bind(endpoint=endpoint_id)
+        self.clock = clock
+        self.rng = rng
+        self._success_noted = 0.0
+
+    async def settle(self, event: ClaimedEvent, result: AttemptResult, duration: float) -> None:
+        now = self.clock()
+        event.meta.attempts += 1
+        decision = decide(result, event.meta.attempts, self.retry_schedule, now, self.rng)
+        self.deliveries[result.verdict].inc()
+        self.log.info(
+            "delivery_attempt",
+            event_id=event.event_id,
+            attempt=event.meta.attempts,
+            status=result.status,
+            error=result.error,
+            duration_ms=round(duration * 1000, 1),
+            action=decision.action.value,
+            next_attempt_in=None if decision.due is None else round(decision.due - now, 3),
+        )
+        if decision.action is Action.ACK:
+            await self.acks.ack(event)
+            await self._note_success(now)
+            detected = parse_iso(detected_at(event.body))
+            if detected is not None:
+                self.latency.observe(now - detected.timestamp())
+            return
+        event.meta.last_status = result.status
+        event.meta.last_error = result.error
+        event.meta.last_attempt_at = now
+        await self._note_failure(result, now)
+        if decision.action is Action.DEAD:
+            await self.queue.dead_letter(self.endpoint_id, event, int(now * 1000))
+            log.warning(
+                "event_dead_lettered",
+                endpoint=self.endpoint_id,
+                event_id=event.event_id,
+                attempts=event.meta.attempts,
+                last_error=result.error,
+            )
+        else:
+            assert decision.due is not None
+            await self.queue.reschedule(self.endpoint_id, event, int(decision.due * 1000))
+
+    async def _note_failure(self, result: AttemptResult, now: float) -> None:
+        before = self.breaker.health.status
+        health = await self.endpoints.update(
+            self.endpoint_id,
+            lambda h: after_failure(
+                h,
+                now,
+                result.error or "",
+                gone=result.verdict is Verdict.GONE,
+                disable_after=self.disable_after,
+                retry_after=result.retry_after,
+            ),
+        )
+        if health.status != before:
+            log.warning(
+                "endpoint_state_changed",
+                endpoint=self.endpoint_id,
+                status=health.status.value,
+                failures=health.consecutive_failures,
+                reason=health.disabled_reason,
+                paused_until=health.paused_until,
+            )
+        self.breaker.set(health)  # a Retry-After hold changes no status, yet holds every sender
+
+    async def _note_success(self, now: float) -> None:
+        """Close the breaker when it was not closed; else just note the time, once a second."""
+        if not self.breaker.healthy():
+            health = await self.endpoints.update(self.endpoint_id, lambda h: after_success(h, now))
+            self.breaker.set(health)
+            log.info("endpoint_recovered", endpoint=self.endpoint_id, status=health.status.value)
+            self._success_noted = now
+        elif now - self._success_noted >= 1.0:
+            await self.endpoints.touch_success(self.endpoint_id, now)
+            self._success_noted = now

@@ -1,0 +1,92 @@
+"""What an operator can do and see, in one place: the admin API and the CLI call these.
+
+Built by the lifecycle (`app.Service`) or by a command from the stores; it knows nothing of
+the running workers beyond two hooks the lifecycle sets: `wake` (events to deliver now) and
+`checks` (whether each worker runs, for /readyz).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+from redis.exceptions import RedisError
+
+from service.config import Settings
+from service.delivery.breaker import enabled
+from service.endpoint_health import EndpointHealth, EndpointState
+from service.metrics import Metrics
+from service.store.stores import Stores
+
+log = structlog.get_logger("service")
+
+
+class Operations:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.metrics = metrics
+        self.clock = clock
+        self.wake: Callable[[set[str]], None] = lambda endpoint_ids: None
+        self.checks: dict[str, Callable[[], bool]] = {}
+
+    async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
+        """Queue dead letters again with their ids (all of the endpoint's when none given)."""
+        now_ms = int(self.clock() * 1000)
+        queued = await self.stores.queue.replay(endpoint_id, now_ms, event_ids)
+        log.info("dead_letters_replayed", endpoint=endpoint_id, queued=queued)
+        self.wake({endpoint_id})
+        return queued
+
+    async def enable_endpoint(self, endpoint_id: str) -> EndpointHealth:
+        health = await self.stores.endpoints.update(endpoint_id, enabled)
+        log.info("endpoint_enabled", endpoint=endpoint_id)
+        self.wake({endpoint_id})
+        return health
+
+    async def add_user(self, account_id: str, user_id: str) -> bool:
+        added = await self.stores.users.add(account_id, user_id, due_ms=int(self.clock() * 1000))
+        log.info("user_added", account_id=account_id, user_id=user_id, added=added)
+        return added
+
+    async def remove_user(self, account_id: str, user_id: str) -> bool:
+        removed = await self.stores.users.remove(account_id, user_id)
+        log.info("user_removed", account_id=account_id, user_id=user_id, removed=removed)
+        return removed
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            redis_ok = bool(await asyncio.wait_for(self.stores.redis.ping(), 2.0))
+        except (RedisError, OSError, TimeoutError):
+            redis_ok = False
+        return {"redis": redis_ok, **{name: check() for name, check in self.checks.items()}}
+
+    async def refresh_gauges(self) -> None:
+        """The gauges read from Redis (the same on every replica), before a scrape."""
+        metrics, polls, queue = self.metrics, self.stores.polls, self.stores.queue
+        now_ms = self.clock() * 1000
+        oldest_poll = await polls.oldest_due_ms()
+        late = (now_ms - oldest_poll) / 1000 if oldest_poll is not None else 0.0
+        metrics.poll_lag.set(max(late, 0.0))
+        metrics.accounts_blocked.set(len(await polls.backed_off_accounts()))
+        for endpoint in self.settings.endpoints:
+            oldest = await queue.next_due_ms(endpoint.id)
+            waiting = (now_ms - oldest) / 1000 if oldest is not None else 0.0
+            metrics.queue_age.labels(endpoint.id).set(max(waiting, 0.0))
+            metrics.queue_depth.labels(endpoint.id).set(await queue.depth(endpoint.id))
+            metrics.dead_letters.labels(endpoint.id).set(await queue.dead_count(endpoint.id))
+            health = await self.stores.endpoints.health(endpoint.id)
+            for state in EndpointState:
+                metrics.endpoint_state.labels(endpoint.id, state.value).set(
+                    1 if health.status is state else 0
+                )
+            metrics.endpoint_failures.labels(endpoint.id).set(health.consecutive_failures)

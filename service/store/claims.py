@@ -1,0 +1,51 @@
+"""A claimed delivery and what earlier attempts of it left behind (the meta hash's JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class DeliveryMeta:
+    """What earlier attempts of one event left behind."""
+
+    attempts: int = 0
+    last_error: str | None = None
+    last_status: int | None = None
+    last_attempt_at: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "last_status": self.last_status,
+            "last_attempt_at": self.last_attempt_at,
+            **self.extra,
+        }
+
+    def encode(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | None) -> DeliveryMeta:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(
+            attempts=int(data.pop("attempts", 0)),
+            last_error=data.pop("last_error", None),
+            last_status=data.pop("last_status", None),
+            last_attempt_at=data.pop("last_attempt_at", None),
+            extra=data,
+        )
+
+
+@dataclass(slots=True)
+class ClaimedEvent:
+    event_id: str
+    body: str
+    meta: DeliveryMeta
+    token: int  # the claim's expiry (ms), which fences every write of it

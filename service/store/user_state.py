@@ -1,0 +1,67 @@
+"""One user's poll state: the hash at `keys.user_state`, encoded and decoded here only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """None means unknown when read, and "leave as it is" when written."""
+
+    watermark_ms: int | None = None  # the newest updated_at read (the next poll reads from it)
+    baselined: bool | None = None  # the first poll is done: later changes send events
+    last_full_sync_ms: int | None = None
+    last_poll_ms: int | None = None  # the last poll that succeeded
+    failures: int | None = None  # failed polls in a row
+    last_error: str | None = None  # '' clears it
+
+    def encode(self) -> dict[str, str]:
+        """The hash fields to write: every field that is not None."""
+        out: dict[str, str] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                out[_HASH_FIELD[field.name]] = _encode(value)
+        return out
+
+    @classmethod
+    def decode(cls, raw: Mapping[str, str | None]) -> UserState:
+        """From HGETALL (or HMGET zipped with FIELDS); empty values read as None."""
+        values: dict[str, object] = {}
+        for name, hash_field in _HASH_FIELD.items():
+            value = raw.get(hash_field)
+            if value:
+                values[name] = value == "1" if name == "baselined" else _DECODE[name](value)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @classmethod
+    def decode_list(cls, values: Iterable[str | None]) -> UserState:
+        """From HMGET of FIELDS, in that order."""
+        return cls.decode(dict(zip(FIELDS, values, strict=True)))
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+# attribute → hash field; the field names are those 0.1 wrote, so its state reads as it was
+_HASH_FIELD = {
+    "watermark_ms": "watermark",
+    "baselined": "baselined",
+    "last_full_sync_ms": "last_full_sync",
+    "last_poll_ms": "last_poll",
+    "failures": "failures",
+    "last_error": "last_error",
+}
+_DECODE = {
+    "watermark_ms": int,
+    "last_full_sync_ms": int,
+    "last_poll_ms": int,
+    "failures": int,
+    "last_error": str,
+}
+FIELDS = list(_HASH_FIELD.values())

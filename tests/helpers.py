@@ -1,0 +1,246 @@
+"""What the tests share: a driven (burst-mode) service on a clock the test moves, a running
+service, seeding the simulator, and `lms-webhooks run` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from random import Random
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service.app import Service
+from service.config import Settings, parse_settings
+from service.sim.lms import SimLMS
+from service.sim.receiver import ReceivedEvent
+from service.store import keys
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_" + base64.b64encode(b"lms-webhooks-test-secret-0123456789").decode()
+API_KEY = "test_api_key_7f3a"
+ACCOUNT = "acc_1"
+
+
+def make_settings(
+    redis_url: str,
+    lms_url: str,
+    endpoints: list[dict[str, Any]],
+    users: list[str],
+    **overrides: Any,
+) -> Settings:
+    """A fast test config: polls every 0.5 s, short retry schedule."""
+    data: dict[str, Any] = {
+        "redis_url": redis_url,
+        "stackone": {"base_url": lms_url, "api_key": API_KEY, "page_size": 2},
+        "accounts": [{"account_id": ACCOUNT, "users": users}],
+        "polling": {"interval": "500ms", "overlap": "5s"},
+        "endpoints": endpoints,
+        "delivery": {
+            "retry_schedule": ["200ms", "200ms"],
+            "allow_http": True,
+            "allow_private_addresses": True,
+        },
+        "http": {"listen": "127.0.0.1:0"},
+        "log": {"level": "debug", "format": "json"},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    return parse_settings(data)
+
+
+def endpoint(url: str, endpoint_id: str = "hr", **extra: Any) -> dict[str, Any]:
+    return {"id": endpoint_id, "url": f"{url}/hooks", "secret": SECRET, "timeout": "2s", **extra}
+
+
+class Clock:
+    """A clock that moves only when told to (it starts at the real time)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Driven:
+    """A service in burst mode: nothing happens until the test polls or delivers."""
+
+    service: Service
+    clock: Clock
+
+    async def poll(self) -> int:
+        """Every user due now polled, passed due dates reported; returns the polls."""
+        assert self.service.scheduler is not None
+        return await self.service.scheduler.run_once()
+
+    async def deliver(self) -> None:
+        """Every event due now delivered (and retried, while a retry is due) and settled."""
+        assert self.service.dispatcher is not None
+        await self.service.dispatcher.drain()
+
+    async def baseline(self) -> None:
+        """One interval on: every tracked user's first poll is due (they are spread over
+        the interval), polled, and what it sent delivered."""
+        assert self.service.scheduler is not None
+        await self.service.scheduler.sync_users()
+        await self.step(self.service.settings.polling.interval)
+
+    async def step(self, seconds: float = 0.0) -> None:
+        """Move the clock on, then poll and deliver what is due."""
+        self.clock.advance(seconds)
+        await self.poll()
+        await self.deliver()
+
+
+@asynccontextmanager
+async def driven(
+    settings: Settings, sim: SimLMS | None = None, *, http: bool = False
+) -> AsyncIterator[Driven]:
+    """The service in burst mode on a test clock, which the simulator shares when given;
+    `http`: its HTTP API served too."""
+    clock = Clock()
+    if sim is not None:
+        sim.clock = clock
+    service = Service(settings, clock=clock, background=False, serve_http=http, rng=Random(7))
+    await service.start()
+    try:
+        yield Driven(service, clock)
+    finally:
+        await service.stop(timeout=2.0)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Service]:
+    """The service as it runs for real, in this process, on the real clock."""
+    service = Service(settings)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop(timeout=2.0)
+
+
+def seed_user(sim: SimLMS, user: str, count: int) -> None:
+    """`count` assignments (`{user}_a1`, …), each not started."""
+    for n in range(1, count + 1):
+        sim.put_assignment(ACCOUNT, user, {"id": f"{user}_a{n}"})
+        sim.progress(ACCOUNT, user, f"{user}_a{n}", 0)
+
+
+def of_type(events: list[ReceivedEvent], kind: str) -> list[ReceivedEvent]:
+    return [e for e in events if e.type == kind]
+
+
+async def baselined(redis: Redis, user: str) -> bool:
+    return await redis.hget(keys.user_state(ACCOUNT, user), "baselined") == "1"
+
+
+async def wait_until(check: object, timeout: float, what: str) -> None:
+    """Until `check()` (maybe a coroutine) is true; AssertionError naming `what` after
+    `timeout`. For real processes, which the test cannot drive."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = check() if callable(check) else None
+                if asyncio.iscoroutine(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"gave up waiting for {what} after {timeout}s") from None
+
+
+async def baseline_taken(redis: Redis, user: str, timeout: float = 5.0) -> None:
+    """Wait until a running service has taken the user's baseline."""
+    await wait_until(lambda: baselined(redis, user), timeout, f"{user}'s baseline")
+
+
+async def leases_run_out(redis: Redis) -> None:
+    """What LEASE_SECONDS (and an event claim's lease) would do to a killed process's
+    claims, at once: every user and event scored in the future (a lease, or a due time to
+    come) is due now. Only for a dead process: a live one would just lose its leases."""
+    now_ms = int(time.time() * 1000)
+    zsets = [
+        keys.POLL_DUE,
+        *[key async for key in redis.scan_iter(match=f"{keys.PREFIX}:ep:*:due")],
+    ]
+    for zset in zsets:
+        ahead = await redis.zrangebyscore(zset, now_ms, "+inf")
+        if ahead:
+            await redis.zadd(zset, dict.fromkeys(ahead, now_ms), xx=True)
+
+
+def seed(sim: SimLMS, count: int) -> None:
+    """u_1 of config/test.yaml with assignments a1…a`count` (not started), u_2 with none."""
+    for n in range(1, count + 1):
+        sim.put_assignment(ACCOUNT, "u_1", {"id": f"a{n}"})
+        sim.progress(ACCOUNT, "u_1", f"a{n}", 0)
+    sim.add_user(ACCOUNT, "u_2")
+
+
+class RunProcess:
+    """`python -m service run --config config/test.yaml`, as a deployment would start it."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        lms_url: str,
+        receiver_url: str,
+        log: Path,
+        config: str = "config/test.yaml",
+    ) -> None:
+        self.config = config
+        self.env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "LMS_URL": lms_url,
+            "RECEIVER_URL": receiver_url,
+            "WEBHOOK_SECRET": SECRET,
+            "STACKONE_API_KEY": API_KEY,
+        }
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "run", "--config", self.config],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(15)
+
+    def ensure_stopped(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

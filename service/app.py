@@ -20,6 +20,7 @@ from service.delivery.ssrf import GuardedResolver
 from service.metrics import Metrics
 from service.operations import Operations
 from service.overdue import OverdueWatcher
+from service.poll_runner import PollRunner
 from service.poller import Poller
 from service.schedule import PollScheduler
 from service.store.connect import connect
@@ -127,13 +128,15 @@ class Service:
         overdue = OverdueWatcher(
             stores.polls, settings, self.metrics, on_committed=wake, clock=self.clock
         )
+        runner = PollRunner(
+            poller, stores.leases, stores.polls, settings, self.metrics, clock=self.clock
+        )
         return PollScheduler(
             stores.leases,
             stores.polls,
             stores.users,
-            poller,
+            runner,
             settings,
-            self.metrics,
             overdue=overdue,
             clock=self.clock,
         )

@@ -94,7 +94,7 @@ def _event(kind: str, data: EventData, now: datetime) -> Event:
 def event_types_for(
     previous: dict[str, Any] | None, current: dict[str, Any], fields: list[str]
 ) -> list[str]:
-    """Which event types one change fires (CONTRACT §4's table)."""
+    """Which event types one change fires (the table in the README's Events section)."""
     completed = status_value(current) == "completed"
     if previous is None:
         return [ev.CREATED, ev.COMPLETED] if completed else [ev.CREATED]

@@ -1,4 +1,4 @@
-"""Event types and the webhook payload shape (CONTRACT §4)."""
+"""Event types and the webhook payload shape (README, Events)."""
 
 from __future__ import annotations
 

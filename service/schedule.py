@@ -21,22 +21,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError
 
 from service.config import Settings
-from service.errors import (
-    StaleLease,
-    UpstreamError,
-    UpstreamMalformed,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamUnavailable,
-)
-from service.httpspec import StatusClass, status_class
-from service.metrics import Metrics
 from service.overdue import CHECK_SECONDS, OverdueWatcher
-from service.poller import Poller
+from service.poll_runner import PollRunner, quietly
 from service.store import keys
 from service.store.leases import LEASE_SECONDS, Lease, PollLeases
 from service.store.polls import AccountBackoff, PollStore
-from service.store.user_state import UserState
 from service.store.users import TrackedUsers
 
 log = structlog.get_logger("schedule")
@@ -50,35 +39,6 @@ def initial_due_ms(member: str, now: float, interval: float) -> int:
     """Spread users over the interval (stable per user) instead of polling all at once."""
     offset = (zlib.crc32(member.encode()) % 10_000) / 10_000 * interval
     return int((now + offset) * 1000)
-
-
-def _account_rejected(error: Exception) -> bool:
-    """The key or the whole account is unusable (not just one user)."""
-    return (
-        isinstance(error, UpstreamRejected)
-        and error.status is not None
-        and status_class(error.status) is StatusClass.ACCOUNT_REJECTED
-    )
-
-
-def retry_delay(error: Exception, failures: int, interval: float) -> float:
-    """When a failed poll is tried again: soon for passing trouble, slowly for rejections."""
-    if isinstance(error, UpstreamRejected):  # key, account or user unusable: do not hammer
-        return max(interval, min(300.0 * 2.0 ** min(failures, 4), 6 * 3600.0))
-    return min(interval, 5.0 * 2.0 ** min(failures, 10))
-
-
-def failure_reason(error: Exception) -> str:
-    """A bounded label for the poll failures metric."""
-    if isinstance(error, UpstreamRejected):
-        return "account_rejected" if _account_rejected(error) else "user_not_found"
-    if isinstance(error, UpstreamRateLimited):
-        return "rate_limited"
-    if isinstance(error, UpstreamMalformed):
-        return "malformed"
-    if isinstance(error, UpstreamUnavailable):
-        return "unavailable"
-    return "error"
 
 
 def over_account_share(members: list[str], running: dict[str, int], cap: int) -> set[str]:
@@ -128,9 +88,8 @@ class PollScheduler:
         leases: PollLeases,
         store: PollStore,
         users: TrackedUsers,
-        poller: Poller,
+        runner: PollRunner,
         settings: Settings,
-        metrics: Metrics,
         *,
         overdue: OverdueWatcher | None = None,
         clock: Callable[[], float] = time.time,
@@ -138,13 +97,11 @@ class PollScheduler:
         self.leases = leases
         self.store = store
         self.users = users
+        self.runner = runner
         self.overdue = overdue
-        self.poller = poller
         self.settings = settings
-        self.metrics = metrics
         self.clock = clock
         self.polling: dict[str, Lease] = {}  # member → the lease of its poll running here
-        self._backed_off_seen: set[str] = set()  # accounts backed off when last looked at
         self.tasks: set[asyncio.Task[None]] = set()
         self.jobs = AsyncIOScheduler()
         self.accepting = False
@@ -252,7 +209,7 @@ class PollScheduler:
             if not claimed:
                 return 0
             backed_off = await self.store.backed_off_accounts()
-            self._backed_off_seen = set(backed_off)
+            self.runner.backed_off = set(backed_off)
         except RedisError as e:
             log.warning("claim_users_failed", error=str(e))
             return 0
@@ -274,7 +231,7 @@ class PollScheduler:
                 await self._end(lease, self.leases.release(lease, deferred[lease.member]))
                 continue
             self.polling[lease.member] = lease
-            task = asyncio.create_task(self._run(lease), name=f"poll:{lease.member}")
+            task = asyncio.create_task(self._poll(lease), name=f"poll:{lease.member}")
             self.tasks.add(task)
             task.add_done_callback(self._poll_finished)
             started += 1
@@ -290,96 +247,18 @@ class PollScheduler:
             except RedisError as e:
                 log.warning("lease_extend_failed", error=str(e))
 
-    async def _run(self, lease: Lease) -> None:
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            result = await self.poller.poll(lease)
-            if lease.account_id in self._backed_off_seen:
-                await self.store.end_backoff(lease.account_id)
-                self._backed_off_seen.discard(lease.account_id)
-            log.debug(
-                "poll_done",
-                account_id=lease.account_id,
-                user_id=lease.user_id,
-                full=result.full,
-                pages=result.pages,
-                changes=result.changes,
-                events=result.events,
-            )
-        except StaleLease:
-            outcome = "stale"
-            log.warning("poll_lease_lost", account_id=lease.account_id, user_id=lease.user_id)
-        except (UpstreamError, RedisError) as e:
-            outcome = "error"
-            await self._failed(lease, e)
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except Exception as e:  # a bug must not kill the scheduler: log it, retry the user later
-            outcome = "error"
-            log.exception("poll_crashed", account_id=lease.account_id, user_id=lease.user_id)
-            await self._failed(lease, e)
-        finally:
-            if outcome != "cancelled" and self.polling.get(lease.member) is lease:
-                del self.polling[lease.member]
-            self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
+    async def _poll(self, lease: Lease) -> None:
+        await self.runner.run(lease)  # cancelled: the lease stays here for stop() to hand back
+        if self.polling.get(lease.member) is lease:
+            del self.polling[lease.member]
 
     def _accounts(self) -> set[str]:
         return {a.account_id for a in self.settings.accounts} | {
             lease.account_id for lease in self.polling.values()
         }
 
-    async def _failed(self, lease: Lease, error: Exception) -> None:
-        self.metrics.poll_failures.labels(failure_reason(error)).inc()
-        try:
-            failures = (await self.store.user_state(lease.account_id, lease.user_id)).failures
-        except RedisError:
-            failures = None
-        failures = (failures or 0) + 1
-        delay = retry_delay(error, failures - 1, self.settings.polling.interval)
-        if _account_rejected(error):
-            assert isinstance(error, UpstreamRejected)
-            await self._back_off_account(lease.account_id, error)
-        log.warning(
-            "poll_failed",
-            account_id=lease.account_id,
-            user_id=lease.user_id,
-            error=str(error),
-            error_type=type(error).__name__,
-            status=getattr(error, "status", None),
-            failures=failures,
-            retry_in=round(delay, 3),
-        )
-        due = int((self.clock() + delay) * 1000)
-        failed = UserState(failures=failures, last_error=str(error))
-        await self._end(lease, self.leases.release(lease, due, failed))
-
-    async def _back_off_account(self, account_id: str, error: UpstreamRejected) -> None:
-        """Back the whole account off: its other users are not polled until then either."""
-        try:
-            previous = (await self.store.backed_off_accounts()).get(account_id)
-            failures = (previous.failures if previous else 0) + 1
-            delay = retry_delay(error, failures - 1, self.settings.polling.interval)
-            backoff = AccountBackoff(self.clock() + delay, failures, str(error))
-            await self.store.back_off_account(account_id, backoff)
-        except RedisError as e:
-            log.warning("account_backoff_failed", account_id=account_id, error=str(e))
-            return
-        log.warning(
-            "account_backed_off",
-            account_id=account_id,
-            status=error.status,
-            failures=failures,
-            retry_in=round(delay, 1),
-        )
-
     async def _end(self, lease: Lease, moving: Awaitable[bool]) -> None:
         """The lease is released or handed back: this process polls the user no longer."""
-        try:
-            await moving
-        except RedisError as e:  # the lease runs out by itself; another poll follows
-            log.warning("lease_release_failed", error=str(e))
-        finally:
-            if self.polling.get(lease.member) is lease:
-                del self.polling[lease.member]
+        await quietly(moving)
+        if self.polling.get(lease.member) is lease:
+            del self.polling[lease.member]

@@ -1,0 +1,171 @@
+"""One claimed poll, start to end: run it, then end its lease by its outcome.
+
+A success ends with the poll's own commit (which moves the user on to its next due time) and
+ends its account's back-off. A failure releases the lease with the failure counted: due
+again soon for passing trouble, slowly for an unusable key, account or user, whose whole
+account is then backed off, not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from redis.exceptions import RedisError
+
+from service.config import Settings
+from service.errors import (
+    StaleLease,
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from service.httpspec import StatusClass, status_class
+from service.metrics import Metrics
+from service.poller import Poller
+from service.store.leases import Lease, PollLeases
+from service.store.polls import AccountBackoff, PollStore
+from service.store.user_state import UserState
+
+log = structlog.get_logger("schedule")
+
+
+def account_rejected(error: Exception) -> bool:
+    """The key or the whole account is unusable (not just one user)."""
+    return (
+        isinstance(error, UpstreamRejected)
+        and error.status is not None
+        and status_class(error.status) is StatusClass.ACCOUNT_REJECTED
+    )
+
+
+def retry_delay(error: Exception, failures: int, interval: float) -> float:
+    """When a failed poll is tried again: soon for passing trouble, slowly for rejections."""
+    if isinstance(error, UpstreamRejected):  # key, account or user unusable: do not hammer
+        return max(interval, min(300.0 * 2.0 ** min(failures, 4), 6 * 3600.0))
+    return min(interval, 5.0 * 2.0 ** min(failures, 10))
+
+
+def failure_reason(error: Exception) -> str:
+    """A bounded label for the poll failures metric."""
+    if isinstance(error, UpstreamRejected):
+        return "account_rejected" if account_rejected(error) else "user_not_found"
+    if isinstance(error, UpstreamRateLimited):
+        return "rate_limited"
+    if isinstance(error, UpstreamMalformed):
+        return "malformed"
+    if isinstance(error, UpstreamUnavailable):
+        return "unavailable"
+    return "error"
+
+
+async def quietly(moving: Awaitable[bool]) -> None:
+    """Move a lease (release, hand back); while Redis is away it runs out by itself and
+    another poll follows."""
+    try:
+        await moving
+    except RedisError as e:
+        log.warning("lease_release_failed", error=str(e))
+
+
+class PollRunner:
+    def __init__(
+        self,
+        poller: Poller,
+        leases: PollLeases,
+        store: PollStore,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.poller = poller
+        self.leases = leases
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        # accounts backed off when the scheduler last claimed: a success here ends theirs
+        self.backed_off: set[str] = set()
+
+    async def run(self, lease: Lease) -> None:
+        """Poll, and end the lease; only a cancellation leaves it held."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await self.poller.poll(lease)
+            if lease.account_id in self.backed_off:
+                await self.store.end_backoff(lease.account_id)
+                self.backed_off.discard(lease.account_id)
+            log.debug(
+                "poll_done",
+                account_id=lease.account_id,
+                user_id=lease.user_id,
+                full=result.full,
+                pages=result.pages,
+                changes=result.changes,
+                events=result.events,
+            )
+        except StaleLease:
+            outcome = "stale"
+            log.warning("poll_lease_lost", account_id=lease.account_id, user_id=lease.user_id)
+        except (UpstreamError, RedisError) as e:
+            outcome = "error"
+            await self._failed(lease, e)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as e:  # a bug must not kill the scheduler: log it, retry the user later
+            outcome = "error"
+            log.exception("poll_crashed", account_id=lease.account_id, user_id=lease.user_id)
+            await self._failed(lease, e)
+        finally:
+            self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
+
+    async def _failed(self, lease: Lease, error: Exception) -> None:
+        self.metrics.poll_failures.labels(failure_reason(error)).inc()
+        try:
+            failures = (await self.store.user_state(lease.account_id, lease.user_id)).failures
+        except RedisError:
+            failures = None
+        failures = (failures or 0) + 1
+        delay = retry_delay(error, failures - 1, self.settings.polling.interval)
+        if account_rejected(error):
+            assert isinstance(error, UpstreamRejected)
+            await self._back_off_account(lease.account_id, error)
+        log.warning(
+            "poll_failed",
+            account_id=lease.account_id,
+            user_id=lease.user_id,
+            error=str(error),
+            error_type=type(error).__name__,
+            status=getattr(error, "status", None),
+            failures=failures,
+            retry_in=round(delay, 3),
+        )
+        due = int((self.clock() + delay) * 1000)
+        failed = UserState(failures=failures, last_error=str(error))
+        await quietly(self.leases.release(lease, due, failed))
+
+    async def _back_off_account(self, account_id: str, error: UpstreamRejected) -> None:
+        """Back the whole account off: its other users are not polled until then either."""
+        try:
+            previous = (await self.store.backed_off_accounts()).get(account_id)
+            failures = (previous.failures if previous else 0) + 1
+            delay = retry_delay(error, failures - 1, self.settings.polling.interval)
+            backoff = AccountBackoff(self.clock() + delay, failures, str(error))
+            await self.store.back_off_account(account_id, backoff)
+        except RedisError as e:
+            log.warning("account_backoff_failed", account_id=account_id, error=str(e))
+            return
+        log.warning(
+            "account_backed_off",
+            account_id=account_id,
+            status=error.status,
+            failures=failures,
+            retry_in=round(delay, 1),
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +12,7 @@ from redis.asyncio import Redis
 from service.app import Service
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
-from tests.helpers import ACCOUNT, endpoint, make_settings
+from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings
 from tests.redis_server import RedisServer
 
 TOKEN = "admin-token-9f8e7d"
@@ -23,7 +22,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 async def admin(
     redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: tuple[Receiver, str]
-) -> AsyncIterator[tuple[Service, aiohttp.ClientSession, SimLMS, Receiver]]:
+) -> AsyncIterator[tuple[Driven, aiohttp.ClientSession, SimLMS, Receiver]]:
+    """The admin API of a driven service (its users are spread over an hour: none is due
+    until a test asks)."""
     sim, lms_url = lms
     rx, rx_url = receiver
     sim.put_assignment(ACCOUNT, "u_1", {"id": "a1"})
@@ -35,14 +36,11 @@ async def admin(
         http={"admin_token": TOKEN},
         polling={"emit_on_first_sync": True, "interval": "1h"},
     )
-    service = Service(settings)
-    await service.start()
-    async with asyncio.timeout(5):  # the config's users are scheduled (spread over the hour)
-        while not await service.poll_store.scheduled_users():
-            await asyncio.sleep(0.02)
-    async with aiohttp.ClientSession(base_url=service.http_url) as http:
-        yield service, http, sim, rx
-    await service.stop(timeout=2.0)
+    async with driven(settings, sim, http=True) as service:
+        assert await service.poll() == 0  # the config's users are scheduled, none is due
+        assert service.service.http_url is not None
+        async with aiohttp.ClientSession(base_url=service.service.http_url) as http:
+            yield service, http, sim, rx
 
 
 async def call(
@@ -76,7 +74,8 @@ async def test_every_route_needs_the_token(admin: Any) -> None:
 
 
 async def test_endpoints_and_enable(admin: Any) -> None:
-    service, http, _, _ = admin
+    driver, http, _, _ = admin
+    service = driver.service
     status, body = await call(http, "GET", "/admin/endpoints")
     assert status == 200
     [hr] = body["endpoints"]
@@ -90,12 +89,14 @@ async def test_endpoints_and_enable(admin: Any) -> None:
 
 
 async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
-    service, http, _, rx = admin
+    driver, http, _, rx = admin
+    service = driver.service
     rx.default_answer = Answer(status=500)
     assert await service.poll_store.poll_now(ACCOUNT, "u_1")
-    async with asyncio.timeout(10):
-        while await service.queue.dead_count("hr") < 1:  # created: 3 attempts, then dead
-            await asyncio.sleep(0.05)
+    await driver.step()  # created: the first attempt
+    await driver.step(0.25)  # and two retries, then dead
+    await driver.step(0.25)
+    assert await service.queue.dead_count("hr") == 1
     status, body = await call(http, "GET", "/admin/dead-letters?endpoint=hr")
     assert status == 200
     [letter] = body["dead_letters"]
@@ -107,8 +108,8 @@ async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
         http, "POST", "/admin/dead-letters/replay", json={"endpoint": "hr", "ids": [event_id]}
     )
     assert status == 200 and body["queued"] == 1
-    await rx.wait_for(1, 10)
-    assert rx.events[0].webhook_id == event_id
+    await driver.deliver()
+    assert [e.webhook_id for e in rx.events] == [event_id]
     assert await service.queue.dead_count("hr") == 0
 
     for path, expected in [
@@ -131,7 +132,7 @@ async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
 
 
 async def test_users_added_and_removed_at_run_time(admin: Any) -> None:
-    service, http, sim, _ = admin
+    driver, http, sim, _ = admin
     sim.put_assignment(ACCOUNT, "u_new", {"id": "n1"})
     status, body = await call(
         http, "POST", "/admin/users", json={"account_id": ACCOUNT, "user_id": "u_new"}
@@ -141,9 +142,8 @@ async def test_users_added_and_removed_at_run_time(admin: Any) -> None:
         http, "POST", "/admin/users", json={"account_id": ACCOUNT, "user_id": "u_new"}
     )
     assert status == 200
-    async with asyncio.timeout(10):  # polled at once: the new user's baseline is taken
-        while not any(r.user_id == "u_new" for r in sim.requests):
-            await asyncio.sleep(0.05)
+    assert await driver.poll() == 1  # polled at once: the new user's baseline is taken
+    assert [r.user_id for r in sim.requests] == ["u_new"]
     status, body = await call(http, "GET", "/admin/users")
     users = {(u["account_id"], u["user_id"]): u for u in body["users"]}
     assert users[(ACCOUNT, "u_1")]["source"] == "config"
@@ -152,9 +152,9 @@ async def test_users_added_and_removed_at_run_time(admin: Any) -> None:
     status, body = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_new")
     assert status == 200 and body["removed"] is True
     sim.clear_requests()
-    await service.poll_store.poll_now(ACCOUNT, "u_1")
-    await asyncio.sleep(1.0)
-    assert {r.user_id for r in sim.requests} <= {"u_1"}  # u_new is polled no more
+    await driver.service.poll_store.poll_now(ACCOUNT, "u_1")
+    await driver.step(3600)  # an hour on: every tracked user is due
+    assert {r.user_id for r in sim.requests} == {"u_1"}  # u_new is polled no more
     status, _ = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_new")
     assert status == 404
     status, _ = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_1")
@@ -165,16 +165,13 @@ async def test_users_added_and_removed_at_run_time(admin: Any) -> None:
 
 
 async def test_poll_now(admin: Any) -> None:
-    _, http, sim, _ = admin
-    await asyncio.sleep(0.5)
-    assert sim.requests == []  # u_1's first poll is spread somewhere into the hour
+    driver, http, sim, _ = admin
+    assert await driver.poll() == 0 and sim.requests == []  # u_1's first poll: into the hour
     status, _ = await call(
         http, "POST", "/admin/poll", json={"account_id": ACCOUNT, "user_id": "u_1"}
     )
     assert status == 202
-    async with asyncio.timeout(5):
-        while not sim.requests:
-            await asyncio.sleep(0.05)
+    assert await driver.poll() == 1 and len(sim.requests) == 1
     status, body = await call(
         http, "POST", "/admin/poll", json={"account_id": ACCOUNT, "user_id": "zz"}
     )

@@ -269,23 +269,23 @@ async def test_poller_and_dispatcher_roles_split_the_work(
         ["u_1"],
         polling={"emit_on_first_sync": True},
     )
-    poller = Service(settings, role="poller", serve_http=False)
+    poller = Service(settings, role="poller", serve_http=False, background=False)
+    dispatcher = Service(settings, role="dispatcher", serve_http=False, background=False)
     await poller.start()
+    await dispatcher.start()
     try:
-        async with asyncio.timeout(10):
-            while not await redis.zcard(keys.EndpointKeys("hr").due):
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
-        assert rx.received == []  # a poller alone queues, never sends
+        assert poller.scheduler is not None and dispatcher.dispatcher is not None
+        assert poller.dispatcher is None and dispatcher.scheduler is None
+        await poller.scheduler.sync_users()
+        assert await poller.poll_store.poll_now(ACCOUNT, "u_1")
+        assert await poller.scheduler.run_once() == 1
+        assert await redis.zcard(keys.EndpointKeys("hr").due) == 1  # queued, not sent
+        assert rx.received == []
         assert set(await poller.operations.readiness()) == {"redis", "poller"}
-        dispatcher = Service(settings, role="dispatcher", serve_http=False)
-        await dispatcher.start()
-        try:
-            await rx.wait_for(1, 10)
-            assert set(await dispatcher.operations.readiness()) == {"redis", "dispatcher"}
-        finally:
-            await dispatcher.stop(timeout=2.0)
+        await dispatcher.dispatcher.drain()
+        assert set(await dispatcher.operations.readiness()) == {"redis", "dispatcher"}
     finally:
+        await dispatcher.stop(timeout=2.0)
         await poller.stop(timeout=2.0)
     assert [e.type for e in rx.events] == ["assignment.created"]
 

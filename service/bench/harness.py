@@ -126,6 +126,7 @@ class Received:
     delay: float = 0.0  # how long the receiver takes to answer, like a real HR system
     first_at: float | None = None
     last_at: float | None = None
+    sample: str = ""  # one body as received, for a plain POST loop to send
 
 
 def _latency_of(body: bytes, now: float) -> float | None:
@@ -147,6 +148,7 @@ async def start_receiver(received: Received) -> tuple[web.AppRunner, str]:
         received.count += 1
         received.first_at = received.first_at or now
         received.last_at = now
+        received.sample = received.sample or body.decode()
         if received.track_latency and request.headers.get("webhook-id"):
             latency = _latency_of(body, now)
             if latency is not None:
@@ -183,10 +185,12 @@ class Bench:
         budget: int = 100_000,
         interval: str = "1s",
         poll_concurrency: int = 16,
-        delivery_concurrency: int = 32,
+        delivery_concurrency: int | None = 32,
         endpoint: bool = True,
+        events: list[str] | None = None,
         emit_on_first_sync: bool = False,
     ) -> dict[str, Any]:
+        """`delivery_concurrency` None: the endpoint's default; `events`: its subscription."""
         config: dict[str, Any] = {
             "redis_url": self.redis_server.url,
             "stackone": {
@@ -206,15 +210,16 @@ class Bench:
             "log": {"level": "warning", "format": "json"},
         }
         if endpoint:
-            config["endpoints"] = [
-                {
-                    "id": "hr",
-                    "url": f"{self.receiver_url}/hooks",
-                    "secret": SECRET,
-                    "concurrency": delivery_concurrency,
-                    "timeout": "10s",
-                }
-            ]
+            hook: dict[str, Any] = {
+                "id": "hr",
+                "url": f"{self.receiver_url}/hooks",
+                "secret": SECRET,
+            }
+            if delivery_concurrency is not None:
+                hook |= {"concurrency": delivery_concurrency, "timeout": "10s"}
+            if events is not None:
+                hook["events"] = events
+            config["endpoints"] = [hook]
         return config
 
     async def start_services(

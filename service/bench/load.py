@@ -57,6 +57,25 @@ def seed_users(lms: SimLMS, users: int, assignments: int) -> None:
             records[record["id"]] = record
 
 
+def start_every_record(lms: SimLMS) -> None:
+    """Every record in progress (not completed), as a course under way."""
+    for account_id, users in lms.accounts.items():
+        for user_id, records in users.items():
+            for assignment_id in records:
+                lms.progress(account_id, user_id, assignment_id, 50)
+
+
+def complete_every_record(lms: SimLMS) -> int:
+    """Every record completed at once (one `assignment.completed` each)."""
+    completed = 0
+    for account_id, users in lms.accounts.items():
+        for user_id, records in users.items():
+            for assignment_id in list(records):
+                lms.progress(account_id, user_id, assignment_id, 100)
+                completed += 1
+    return completed
+
+
 def change_every_record(lms: SimLMS) -> int:
     """Move every record's progress on (a real change: progress and updated_at differ)."""
     changed = 0

@@ -30,6 +30,7 @@ TARGETS: dict[str, list[tuple[str, float | None, bool]]] = {
     ],
     "detection": [("changes_per_second", 20_000, True), ("changes_per_cpu_second", None, True)],
     "delivery": [("ratio", 0.8, True), ("service_per_second", None, True)],
+    "burst": [("interval_1s.ratio", 0.5, True), ("interval_5s.ratio", 0.5, True)],
     "latency": [("p50_seconds", None, False), ("p99_seconds", 2.0, False)],
     "footprint": [
         ("service_peak_rss_mb", 200, False),

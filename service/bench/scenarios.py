@@ -19,14 +19,17 @@ from typing import Any
 from service.bench.harness import SECRET, Bench, cpu_seconds, memory_kb
 from service.bench.load import (
     change_every_record,
+    complete_every_record,
     poll_everyone_now,
     queue_events,
     seed_users,
+    start_every_record,
     store_baselines,
     user_ids,
 )
 from service.bench.roundtrips import idle_poll_cost
 from service.config import EndpointSettings
+from service.events import COMPLETED
 from service.store import keys
 from service.store.polls import PollStore
 
@@ -208,6 +211,61 @@ async def delivery(bench: Bench, scale: float) -> dict[str, Any]:
     }
 
 
+async def burst(bench: Bench, scale: float) -> dict[str, Any]:
+    """Many completions at once, with the endpoint's default settings (one `completed` event
+    per assignment): time from the changes to the last webhook received, against what is
+    physically possible: one poll interval (to see them) plus a plain POST loop sending as
+    many webhooks (to send them), at the same concurrency.
+
+    Run at two poll intervals: at 1 s the polls themselves compete with the deliveries for
+    the service's one core; at 5 s they are spread out."""
+    users = user_ids(_n(500, scale, 20))
+    per_user = 10
+    seed_users(bench.lms, len(users), per_user)
+    start_every_record(bench.lms)
+    concurrency = EndpointSettings.model_fields["concurrency"].default
+    figures: dict[str, Any] = {"users": len(users), "completions": len(users) * per_user}
+    body = ""
+    for interval in (1.0, 5.0):
+        config = bench.service_config(
+            users, interval=f"{interval:g}s", delivery_concurrency=None, events=[COMPLETED]
+        )
+        config["polling"]["concurrency"] = 16
+        bench.received.count, bench.received.first_at = 0, None
+        (process,) = await bench.start_services(config)
+        await poll_everyone_now(bench.redis, users)
+        await _wait(lambda: _baselined(bench, len(users)), 300, "every user's baseline")
+        cpu0 = cpu_seconds(process.pid)
+        changed_at = time.time()
+        completions = complete_every_record(bench.lms)
+
+        async def delivered(expected: int = completions) -> bool:
+            return bench.received.count >= expected
+
+        await _wait(delivered, 600, "every completion to be delivered")
+        assert bench.received.last_at is not None and bench.received.first_at is not None
+        took = bench.received.last_at - changed_at
+        cpu = cpu_seconds(process.pid) - cpu0
+        body = body or bench.received.sample
+        bench.stop_services()
+        await bench.redis.flushall()
+        start_every_record(bench.lms)  # ready to complete again
+        plain_rate, _ = await asyncio.to_thread(_plain_post, bench, body, completions, concurrency)
+        limit = completions / plain_rate + interval
+        figures[f"interval_{interval:g}s"] = {
+            "seconds_to_last_webhook": round(took, 2),
+            "seconds_first_to_last_webhook": round(
+                bench.received.last_at - bench.received.first_at, 2
+            ),
+            "plain_post_per_second": round(plain_rate),
+            "limit_seconds": round(limit, 2),
+            "ratio": round(limit / took, 3),
+            "service_cpu_seconds": round(cpu, 2),
+        }
+    figures["endpoint_concurrency"] = concurrency
+    return figures
+
+
 async def latency(bench: Bench, scale: float) -> dict[str, Any]:
     """Upstream change → webhook received, at a 1 s interval under moderate load."""
     users = user_ids(_n(500, scale, 20))
@@ -295,6 +353,7 @@ SCENARIOS: dict[str, Scenario] = {
     "idle": idle_cost,
     "detection": detection,
     "delivery": delivery,
+    "burst": burst,
     "latency": latency,
     "footprint": footprint,
     "scale_out": scale_out,

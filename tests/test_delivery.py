@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import time
 from typing import Any
 
 import structlog
@@ -18,7 +19,8 @@ from service import events as ev
 from service.delivery.breaker import BASE_COOLDOWN, THRESHOLD
 from service.endpoint_health import EndpointHealth
 from service.sim.lms import SimLMS
-from service.sim.receiver import Answer, ReceivedEvent, Receiver
+from service.sim.receiver import Answer, ReceivedEvent, Receiver, hang
+from service.store import keys
 from tests.helpers import ACCOUNT, SECRET, Driven, driven, endpoint, make_settings, seed_user
 from tests.redis_server import RedisServer
 
@@ -189,3 +191,28 @@ async def test_private_addresses_are_refused_unless_allowed(
     refused = [entry for entry in logs if entry["event"] == "delivery_address_refused"]
     assert {entry["endpoint"] for entry in refused} == {"literal", "by-name"}
     assert "allow_private_addresses" in letters[0]["last_error"]
+
+
+async def test_a_receiver_that_hangs_is_timed_out_and_the_event_retried(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    rx.responses.append(hang(30))
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url, timeout="500ms", concurrency=1)], ["u_1"]
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        sim.update_assignment(ACCOUNT, "u_1", "u_1_a1", x_round=1)  # one `updated`
+        started = time.monotonic()
+        await service.step(0.5)  # its attempt hangs until the endpoint's timeout
+        waited = time.monotonic() - started
+        assert rx.events == [] and await service.service.queue.depth("hr") == 1
+        [meta] = await redis.hvals(keys.EndpointKeys("hr").meta)
+        assert "timed out after 0.5s" in meta
+        await service.step(0.25)  # the retry
+    assert 0.5 <= waited < 5  # 500 ms, and at most a tenth of it more: not the 30 s hang
+    first, second = rx.received
+    assert first.webhook_id == second.webhook_id and len(rx.events) == 1

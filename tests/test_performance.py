@@ -90,10 +90,20 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
     claimed = await queue.claim("hr", now_ms=10, lease_until_ms=1000, limit=3)
     assert len(claimed) == 3
     claimed[1].token = 999  # as if its lease had run out and another worker took it over
-    batcher = AckBatcher(queue, "hr")
-    done = await asyncio.gather(*(batcher.ack(e) for e in claimed))
-    assert done == [True, False, True]
+    done: list[tuple[str, bool]] = []
+    batcher = AckBatcher(queue, "hr", lambda e, acked: done.append((e.event_id, acked)), batch=3)
+    for event in claimed:
+        batcher.add(event)  # the third fills the batch: sent at once, nobody waits
+    await batcher.flush()
+    assert sorted(done) == [("evt_0", True), ("evt_1", False), ("evt_2", True)]
     assert await redis.zrange(keys.EndpointKeys("hr").due, 0, -1) == ["evt_1"]
+
+    [again] = await queue.claim("hr", now_ms=1000, lease_until_ms=2000, limit=1)
+    batcher.add(again)  # alone, below a batch: it waits a few ms for company, no more
+    assert len(done) == 3
+    await asyncio.sleep(0.05)
+    assert done[3:] == [("evt_1", True)]
+    assert await redis.zcard(keys.EndpointKeys("hr").due) == 0
 
 
 @pytest.mark.parametrize(

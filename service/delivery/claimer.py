@@ -58,7 +58,9 @@ class Claimer:
         self.queue = queue
         self.endpoints = endpoints
         self.clock = clock
-        self.batch = max(1, endpoint.concurrency // 4)
+        # a full round of slots at a time: a claim's round trip costs the CPU of several
+        # deliveries, so claiming often (a quarter of the slots) cost more than it kept busy
+        self.batch = endpoint.concurrency
         self.wakeup = asyncio.Event()  # new events were committed, or the endpoint enabled
         self.wait = 0.0  # after WITHHELD: how long the circuit stays open, at most
 
@@ -85,8 +87,8 @@ class Claimer:
                 await self.sleep(IDLE_WAIT)
 
     async def claim(self) -> Claimed:
-        """One round: claim what the senders can take now (a quarter of the slots at a time,
-        before they run dry), or one probe when the breaker is half-open."""
+        """One round: claim what the senders can take now (a round of slots at a time, before
+        they run dry), or one probe when the breaker is half-open."""
         self.handoff.room.clear()
         busy = self.handoff.busy()
         now = self.clock()

@@ -17,7 +17,7 @@ class Handoff:
     def __init__(self) -> None:
         self.ready: asyncio.Queue[ClaimedEvent | None] = asyncio.Queue()
         self.held: dict[str, ClaimedEvent] = {}
-        self.sending = 0  # taken by a sender whose request is not over (waiting for a slot too)
+        self.sending = 0  # taken by a sender whose request is not over
         self.room = asyncio.Event()  # a request ended: room to claim more
         self.closed = False  # stopping: senders start nothing new
         self._settled = asyncio.Event()  # nothing held
@@ -49,8 +49,10 @@ class Handoff:
         self.sending -= 1
         self.room.set()
 
-    def settled(self, event: ClaimedEvent) -> None:
-        self.held.pop(event.event_id, None)
+    def settled(self, event: ClaimedEvent, acked: bool = True) -> None:
+        """This process is done with the event (`acked`: for the ack batcher's callback)."""
+        if self.held.get(event.event_id) is event:
+            del self.held[event.event_id]
         if not self.held:
             self._settled.set()
 

@@ -17,8 +17,9 @@ from redis.exceptions import RedisError
 from service.config import EndpointSettings
 from service.delivery.breaker_cache import BreakerCache
 from service.delivery.claimer import LEASE_MARGIN, lease_seconds
+from service.delivery.deadlines import Deadlines
 from service.delivery.handoff import Handoff
-from service.delivery.policy import AttemptResult, Verdict, classify
+from service.delivery.policy import AttemptResult, classify
 from service.delivery.signing import secret_key, webhook_headers
 from service.delivery.ssrf import check_url
 from service.errors import AddressRefused
@@ -29,16 +30,19 @@ from service.store.queue import EventQueue
 
 log = structlog.get_logger("delivery")
 
+NO_TIMEOUT = aiohttp.ClientTimeout()
+
 
 class Settles(Protocol):
     """What a sender hands its attempts to (the Settler)."""
 
-    async def settle(self, event: ClaimedEvent, result: AttemptResult, duration: float) -> None: ...
+    async def settle(self, event: ClaimedEvent, result: AttemptResult, duration: float) -> bool:
+        """True when settled; False when the event is settled later (its ack on its way)."""
 
 
 class Sender:
-    """Shared by the worker's sender tasks (`run` once per task); `concurrency` of them send
-    at a time, the rest wait for a slot with the event they took."""
+    """Shared by the worker's sender tasks, one per slot (`run` once per task): each sends one
+    event at a time, so a worker has at most `concurrency` requests in flight."""
 
     def __init__(
         self,
@@ -65,8 +69,7 @@ class Sender:
         self.clock = clock
         self.allow_private = allow_private
         self.keys = [secret_key(s.get_secret_value()) for s in endpoint.secret]
-        self.slots = asyncio.Semaphore(endpoint.concurrency)
-        self.timeout = aiohttp.ClientTimeout(total=endpoint.timeout)
+        self.deadlines = Deadlines(endpoint.timeout)  # the worker runs its check
 
     async def run(self) -> None:
         """Deliver events from the hand-off until it closes."""
@@ -76,29 +79,22 @@ class Sender:
     async def deliver(self, event: ClaimedEvent) -> None:
         """Send one claimed event and settle it.
 
-        Counted as busy until its request is over. The slot is held until the outcome is
-        settled, except for a plain success on a healthy endpoint: its ack joins the next
-        batch while another request goes out. So with concurrency 1 the breaker sees every
-        failure before the next request is sent.
+        Counted as busy until its request is over, so the claimer claims more while this
+        settles. A failure is settled (the breaker updated) before this sender takes the
+        next event, so with concurrency 1 the breaker sees every failure before the next
+        request; a success's ack goes in a batch nobody waits for.
         """
-        sending = True
+        requesting, settled = True, True
         try:
-            later: tuple[AttemptResult, float] | None = None
-            async with self.slots:
-                if self.handoff.closed:  # stopping: stays held, the worker hands it back
-                    return
-                if not self.breaker.may_send(event, self.clock()):
-                    # due again at once, for whichever process may send
-                    await self.queue.reschedule(self.endpoint.id, event, int(self.clock() * 1000))
-                elif (attempt := await self._attempt(event)) is not None:
-                    if attempt[0].verdict is Verdict.SUCCESS and self.breaker.healthy():
-                        later = attempt
-                    else:
-                        await self.settler.settle(event, *attempt)
-                sending = False
+            if self.handoff.closed:  # stopping: stays held, the worker hands it back
+                return
+            if not self.breaker.may_send(event, self.clock()):
+                # due again at once, for whichever process may send
+                await self.queue.reschedule(self.endpoint.id, event, int(self.clock() * 1000))
+            elif (attempt := await self._attempt(event)) is not None:
+                requesting = False
                 self.handoff.request_over()
-            if later is not None:
-                await self.settler.settle(event, *later)
+                settled = await self.settler.settle(event, *attempt)
         except RedisError as e:  # the claim runs out and the event is sent again, same id
             log.warning(
                 "delivery_settle_failed",
@@ -111,13 +107,14 @@ class Sender:
         except Exception:  # a bug must not kill the sender; the claim brings the event back
             log.exception("delivery_crashed", endpoint=self.endpoint.id, event_id=event.event_id)
         finally:
-            if sending:
+            if requesting:
                 self.handoff.request_over()
-        self.handoff.settled(event)
+        if settled:
+            self.handoff.settled(event)
 
     async def _attempt(self, event: ClaimedEvent) -> tuple[AttemptResult, float] | None:
         """Send once, after the endpoint's rate allows; None when the claim was lost."""
-        waited = await self._throttle()
+        waited = 0.0 if self.rate is None else await self._throttle(self.rate)
         left = event.token / 1000 - self.clock()
         if waited or left < self.endpoint.timeout + LEASE_MARGIN / 2:
             # the wait for the rate, or for a free slot, may have outlasted the claim: renew
@@ -127,12 +124,10 @@ class Sender:
                 return None
         return await self._post(event)
 
-    async def _throttle(self) -> float:
+    async def _throttle(self, rate: SharedRate) -> float:
         """Wait for the endpoint's shared rate; returns how long that took."""
         waited = 0.0
-        if self.rate is None:
-            return waited
-        while (wait := await self.rate.try_acquire()) > 0:
+        while (wait := await rate.try_acquire()) > 0:
             self.throttle_wait.inc(wait)
             waited += wait
             await asyncio.sleep(wait)
@@ -140,22 +135,31 @@ class Sender:
 
     async def _post(self, event: ClaimedEvent) -> tuple[AttemptResult, float]:
         now = self.clock()
-        headers = webhook_headers(self.keys, event.event_id, int(now), event.body, USER_AGENT)
+        body = event.body.encode()  # signed as the bytes sent, encoded once
+        headers = webhook_headers(self.keys, event.event_id, int(now), body, USER_AGENT)
         started = time.perf_counter()
+        timed_out = f"timed out after {self.endpoint.timeout:g}s"
         try:
             check_url(self.endpoint.url, self.allow_private)
-            async with self.session.post(
-                self.endpoint.url,
-                data=event.body.encode(),
-                headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-            ) as response:
-                # a small read keeps the connection reusable; a huge body is never buffered
-                await response.content.read(64 * 1024)
-                result = classify(response.status, response.headers.get("Retry-After"), now=now)
-        except TimeoutError:
-            result = classify(None, error=f"timed out after {self.endpoint.timeout:g}s", now=now)
+            with self.deadlines.request():
+                try:
+                    async with self.session.post(
+                        self.endpoint.url,
+                        data=body,
+                        headers=headers,
+                        timeout=NO_TIMEOUT,  # Deadlines keeps the endpoint's timeout
+                        allow_redirects=False,
+                    ) as response:
+                        # a small read keeps the connection reusable; a huge body is not read
+                        await response.content.read(64 * 1024)
+                        retry_after = response.headers.get("Retry-After")
+                        result = classify(response.status, retry_after, now=now)
+                except asyncio.CancelledError:
+                    if not self.deadlines.timed_out():
+                        raise
+                    result = classify(None, error=timed_out, now=now)
+        except TimeoutError:  # a connect timeout of the session's own
+            result = classify(None, error=timed_out, now=now)
         except (AddressRefused, aiohttp.ClientConnectorError) as e:
             refused = e if isinstance(e, AddressRefused) else e.os_error
             if isinstance(refused, AddressRefused):  # nothing was sent: the guard refused it

@@ -62,8 +62,12 @@ class Settler:
         self.clock = clock
         self.rng = rng
         self._success_noted = 0.0
+        self._stamp: str | None = None
+        self._stamp_at: float | None = None
 
-    async def settle(self, event: ClaimedEvent, result: AttemptResult, duration: float) -> None:
+    async def settle(self, event: ClaimedEvent, result: AttemptResult, duration: float) -> bool:
+        """True when the event is settled; False when its ack is on its way (the ack batcher
+        settles it once Redis has it)."""
         now = self.clock()
         event.meta.attempts += 1
         decision = decide(result, event.meta.attempts, self.retry_schedule, now, self.rng)
@@ -79,12 +83,12 @@ class Settler:
             next_attempt_in=None if decision.due is None else round(decision.due - now, 3),
         )
         if decision.action is Action.ACK:
-            await self.acks.ack(event)
+            self.acks.add(event)
             await self._note_success(now)
-            detected = parse_iso(detected_at(event.body))
+            detected = self._detected_at(event.body)
             if detected is not None:
-                self.latency.observe(now - detected.timestamp())
-            return
+                self.latency.observe(now - detected)
+            return False
         event.meta.last_status = result.status
         event.meta.last_error = result.error
         event.meta.last_attempt_at = now
@@ -101,6 +105,16 @@ class Settler:
         else:
             assert decision.due is not None
             await self.queue.reschedule(self.endpoint_id, event, int(decision.due * 1000))
+        return True
+
+    def _detected_at(self, body: str) -> float | None:
+        """When the event's change was detected (epoch s). A poll stamps all its events
+        alike, so a stamp is parsed once for a run of them."""
+        stamp = detected_at(body)
+        if stamp != self._stamp:
+            parsed = parse_iso(stamp)
+            self._stamp, self._stamp_at = stamp, None if parsed is None else parsed.timestamp()
+        return self._stamp_at
 
     async def _note_failure(self, result: AttemptResult, now: float) -> None:
         before = self.breaker.health.status

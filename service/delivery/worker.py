@@ -1,8 +1,8 @@
 """One endpoint's deliveries: a claimer, senders and a settler, joined by the hand-off.
 
-claimer ──claimed events──► hand-off ──► senders (`concurrency` at a time) ──► settler
-   ▲                                                                             │
-   └──────────────── breaker cache (read by all three, changed by settles) ◄────┘
+claimer ──claimed events──► hand-off ──► senders (one per slot) ──► settler ──► acks
+   │                                          │                       │
+   └─────────────── breaker cache: read by all three, changed by settles
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ class EndpointWorker:
         breaker = BreakerCache(endpoint.id, endpoints)
         self.breaker = breaker
         self.claimer = Claimer(endpoint, self.handoff, breaker, queue, endpoints, clock)
+        self.acks = AckBatcher(queue, endpoint.id, self.handoff.settled, batch=endpoint.concurrency)
         settler = Settler(
             endpoint.id,
             queue,
             endpoints,
-            AckBatcher(queue, endpoint.id),
+            self.acks,
             breaker,
             retry_schedule=delivery.retry_schedule,
             disable_after=delivery.disable_after,
@@ -75,6 +76,7 @@ class EndpointWorker:
             allow_private=delivery.allow_private_addresses,
         )
         self.senders: set[asyncio.Task[None]] = set()
+        self.deadlines: asyncio.Task[None] | None = None
         self.claiming: asyncio.Task[None] | None = None
 
     @property
@@ -91,11 +93,13 @@ class EndpointWorker:
         self.claiming = asyncio.create_task(self.claimer.run(), name=f"claim:{self.endpoint.id}")
 
     def _start_senders(self) -> None:
-        # twice the slots: a sender waiting for its ack holds no connection
         self.senders = {
             asyncio.create_task(self.sender.run(), name=f"send:{self.endpoint.id}")
-            for _ in range(2 * self.endpoint.concurrency)
+            for _ in range(self.endpoint.concurrency)
         }
+        self.deadlines = asyncio.create_task(
+            self.sender.deadlines.run(), name=f"deadlines:{self.endpoint.id}"
+        )
 
     async def drain(self) -> int:
         """Burst mode, without a running claimer: deliver every event due now until none is
@@ -127,6 +131,8 @@ class EndpointWorker:
         if self.claiming is not None:
             await asyncio.gather(self.claiming, return_exceptions=True)
         await self._stop_senders(timeout)
+        with contextlib.suppress(TimeoutError):  # what was delivered is not handed back
+            await asyncio.wait_for(self.acks.flush(), timeout)
         await self.hand_back()
 
     async def _stop_senders(self, timeout: float | None) -> None:
@@ -134,10 +140,12 @@ class EndpointWorker:
         if not self.senders:
             return
         _, pending = await asyncio.wait(self.senders, timeout=timeout)
+        if self.deadlines is not None:
+            pending.add(self.deadlines)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        self.senders = set()
+        self.senders, self.deadlines = set(), None
 
     async def hand_back(self) -> int:
         """Every event still held here, due again at once; returns how many."""

@@ -120,10 +120,17 @@ class Service:
     def _scheduler(self) -> PollScheduler:
         stores, settings = self.stores, self.settings
         wake = self.dispatcher.wake if self.dispatcher else None
-        rate = stores.limiter.rate(api_key_budget(settings.stackone.max_requests_per_minute))
+        budget = api_key_budget(settings.stackone.max_requests_per_minute)
+        rate = stores.limiter.rate(budget)
         client = StackOneClient(self._session(limit=100), settings.stackone, rate, self.metrics)
         poller = Poller(
-            stores.polls, client, rate, settings, self.metrics, on_committed=wake, clock=self.clock
+            stores.polls,
+            client,
+            budget,
+            settings,
+            self.metrics,
+            on_committed=wake,
+            clock=self.clock,
         )
         overdue = OverdueWatcher(
             stores.polls, settings, self.metrics, on_committed=wake, clock=self.clock

@@ -56,8 +56,7 @@ class OverdueWatcher:
         token = int((now + CLAIM_SECONDS) * 1000)
         claimed = await self.store.claim_overdue(int(now * 1000), token, BATCH)
         queued = 0
-        for due in claimed:
-            account_id, user_id, assignment_id, due_ms = due
+        for member, (account_id, user_id, assignment_id, due_ms) in claimed:
             snapshot = await self.store.snapshot(account_id, user_id, assignment_id)
             event = None
             if snapshot is not None:
@@ -67,7 +66,7 @@ class OverdueWatcher:
             routed: RoutedEvents = {}
             if event is not None:
                 route_events([event], self.settings.endpoints, int(now * 1000), routed)
-            if await self.store.commit_overdue(due, token, routed) and event is not None:
+            if await self.store.commit_overdue(member, token, routed) and event is not None:
                 queued += 1
                 self.metrics.events.labels(event["type"]).inc()
                 log.info(

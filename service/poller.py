@@ -23,7 +23,7 @@ from service.errors import StaleLease
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.store.leases import LEASE_SECONDS, Lease
-from service.store.limits import SharedRate
+from service.store.limits import Budget
 from service.store.polls import PollStore, StoredUser
 from service.store.user_state import UserState
 from service.timefmt import from_epoch
@@ -94,7 +94,7 @@ class Poller:
         self,
         store: PollStore,
         client: StackOneClient,
-        rate: SharedRate,
+        budget: Budget,
         settings: Settings,
         metrics: Metrics,
         *,
@@ -103,7 +103,7 @@ class Poller:
     ) -> None:
         self.store = store
         self.client = client
-        self.rate = rate  # the client's budget: the first request's permit comes with the load
+        self.budget = budget  # the client's: the first request's permit comes with the load
         self.settings = settings
         self.metrics = metrics
         self.on_committed = on_committed
@@ -113,7 +113,9 @@ class Poller:
         """Poll one user; raises UpstreamError (nothing committed past the last flush)."""
         polling = self.settings.polling
         started = self.clock()
-        stored = await self.store.load_user(lease.account_id, lease.user_id, self.rate)
+        stored = await self.store.load_user(lease.account_id, lease.user_id, self.budget)
+        if stored.permit_granted:
+            self.client.keep_permit()
         state = stored.state
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         last_full = state.last_full_sync_ms
@@ -232,6 +234,7 @@ class Poller:
             if not committed:
                 raise StaleLease(f"lease on {lease.member} was taken over")
             lease.token = next_score
+            lease.ended = done is not None
         result.changes += len(outbox.changes)
         detected = Counter(event["type"] for change in outbox.changes for event in change.events)
         for kind, count in detected.items():

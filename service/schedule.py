@@ -135,7 +135,8 @@ class PollScheduler:
         while True:
             async with self._claiming:
                 started = await self._claim()
-            if not started and not self.tasks:
+            # all claimed may have been deferred while more are due (the claim was full)
+            if not started and not self.tasks and not self._backlog:
                 break
             polls += started
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
@@ -197,6 +198,7 @@ class PollScheduler:
     async def _claim(self) -> int:
         """Claim due users into the free slots and start their polls; returns how many."""
         free = self.settings.polling.concurrency - len(self.tasks)
+        self._backlog = False
         if not self.accepting or free <= 0:
             return 0
         try:
@@ -248,7 +250,12 @@ class PollScheduler:
                 log.warning("lease_extend_failed", error=str(e))
 
     async def _poll(self, lease: Lease) -> None:
-        await self.runner.run(lease)  # cancelled: the lease stays here for stop() to hand back
+        try:
+            await self.runner.run(lease)
+        except asyncio.CancelledError:
+            raise  # the lease stays here for stop() to hand back
+        except Exception:  # the runner's own failure handling failed: the lease runs out
+            log.exception("poll_end_failed", account_id=lease.account_id, user_id=lease.user_id)
         if self.polling.get(lease.member) is lease:
             del self.polling[lease.member]
 

@@ -24,6 +24,7 @@ from service.config import Settings, parse_settings
 from service.sim.lms import SimLMS
 from service.sim.receiver import ReceivedEvent
 from service.store import keys
+from service.store.leases import LEASE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"lms-webhooks-test-secret-0123456789").decode()
@@ -80,7 +81,12 @@ class Clock:
 
 @dataclass
 class Driven:
-    """A service in burst mode: nothing happens until the test polls or delivers."""
+    """A service in burst mode: nothing happens until the test polls or delivers.
+
+    The test clock drives due times, leases, retries, the breaker's cooldowns and the
+    simulator's timestamps. What Redis times on its own clock does not move with it: the
+    shared rates (GCRA), a Retry-After pause of the upstream key, and the probe lock of a
+    paused endpoint (its TTL is the claim's lease, about 7 s in these tests)."""
 
     service: Service
     clock: Clock
@@ -174,18 +180,19 @@ async def baseline_taken(redis: Redis, user: str, timeout: float = 5.0) -> None:
 
 
 async def leases_run_out(redis: Redis) -> None:
-    """What LEASE_SECONDS (and an event claim's lease) would do to a killed process's
-    claims, at once: every user and event scored in the future (a lease, or a due time to
-    come) is due now. Only for a dead process: a live one would just lose its leases."""
+    """What time would do to a killed process's claims, at once: every user and event scored
+    in the future (a lease, or a due time to come) is due now. Each of those scores must be
+    a lease's length away at most (a poll's LEASE_SECONDS; an event's claim is shorter), so
+    a claim that would never run out by itself fails here. Only for a dead process: a live
+    one would just lose its leases."""
     now_ms = int(time.time() * 1000)
-    zsets = [
-        keys.POLL_DUE,
-        *[key async for key in redis.scan_iter(match=f"{keys.PREFIX}:ep:*:due")],
-    ]
-    for zset in zsets:
-        ahead = await redis.zrangebyscore(zset, now_ms, "+inf")
+    queues = [key async for key in redis.scan_iter(match=keys.ENDPOINT_QUEUES)]
+    for zset in [keys.POLL_DUE, *queues]:
+        ahead = await redis.zrangebyscore(zset, now_ms, "+inf", withscores=True)
+        too_far = [(m, s) for m, s in ahead if s > now_ms + (LEASE_SECONDS + 1) * 1000]
+        assert not too_far, f"{zset}: leased beyond any lease: {too_far}"
         if ahead:
-            await redis.zadd(zset, dict.fromkeys(ahead, now_ms), xx=True)
+            await redis.zadd(zset, {member: now_ms for member, _ in ahead}, xx=True)
 
 
 def seed(sim: SimLMS, count: int) -> None:

@@ -6,6 +6,7 @@ was sent meanwhile" is proven by draining, not by waiting.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import time
@@ -21,7 +22,17 @@ from service.endpoint_health import EndpointHealth
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, ReceivedEvent, Receiver, hang
 from service.store import keys
-from tests.helpers import ACCOUNT, SECRET, Driven, driven, endpoint, make_settings, seed_user
+from service.store.claims import DeliveryMeta
+from tests.helpers import (
+    ACCOUNT,
+    SECRET,
+    Driven,
+    driven,
+    endpoint,
+    make_settings,
+    running,
+    seed_user,
+)
 from tests.redis_server import RedisServer
 
 Sim = tuple[SimLMS, str]
@@ -216,3 +227,36 @@ async def test_a_receiver_that_hangs_is_timed_out_and_the_event_retried(
     assert 0.5 <= waited < 5  # 500 ms, and at most a tenth of it more: not the 30 s hang
     first, second = rx.received
     assert first.webhook_id == second.webhook_id and len(rx.events) == 1
+
+
+async def test_a_stop_hands_back_what_is_in_flight_and_keeps_what_was_delivered(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """The running worker, stopped while a request hangs: the delivered event's ack is sent
+    first (it is not handed back), the hanging one is handed back at once, due now, with no
+    attempt counted (the stop's cancel is not taken for a timeout)."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    rx.responses.extend([Answer(), hang(30)])
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=1)],
+        ["u_1"],
+        polling={"emit_on_first_sync": True},
+    )
+    hr = keys.EndpointKeys("hr")
+    async with running(settings) as service:
+        async with asyncio.timeout(10):
+            while len(rx.received) < 2:  # the first delivered, the second hanging
+                await asyncio.sleep(0.02)
+        await service.stop(timeout=0.3)
+        left = await redis.zrange(hr.due, 0, -1, withscores=True)
+        stopped_at = time.time()
+    delivered, hanging = rx.received
+    assert [event_id for event_id, _ in left] == [hanging.webhook_id]
+    assert left[0][1] <= stopped_at * 1000  # due at once, not leased
+    [meta] = await redis.hvals(hr.meta)
+    assert DeliveryMeta.decode(meta).attempts == 0  # no attempt counted for it
+    assert delivered.webhook_id not in {event_id for event_id, _ in left}

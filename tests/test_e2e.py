@@ -28,6 +28,7 @@ from tests.helpers import (
     of_type,
     running,
     seed_user,
+    wait_until,
 )
 from tests.redis_server import RedisServer
 
@@ -293,6 +294,11 @@ async def test_health_ready_and_metrics(
     )
     async with running(settings) as service, aiohttp.ClientSession() as http:
         await rx.wait_for(1, 10)
+
+        async def acked() -> bool:  # a few milliseconds after the 2xx: acks go in batches
+            return await service.queue.depth("hr") == 0
+
+        await wait_until(acked, 5, "the ack")
         async with http.get(f"{service.http_url}/healthz") as response:
             assert response.status == 200
         async with http.get(f"{service.http_url}/readyz") as response:

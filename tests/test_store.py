@@ -8,26 +8,30 @@ import itertools
 import json
 import time
 
+import aiohttp
 from redis.asyncio import Redis
 
 from service.detect import Snapshot, detect
+from service.metrics import Metrics
 from service.outbox import Outbox
+from service.poller import Poller
+from service.sim.lms import SimLMS
 from service.store import keys
 from service.store.leases import LEASE_SECONDS, PollLeases
-from service.store.limits import Budget, SharedLimiter, SharedRate
+from service.store.limits import Budget, SharedLimiter, SharedRate, api_key_budget
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
 from service.store.user_state import UserState
 from service.timefmt import from_epoch
-from tests.helpers import Clock
+from service.upstream.client import StackOneClient
+from tests.helpers import ACCOUNT, Clock, make_settings
 from tests.redis_server import RedisServer
 
 MEMBER = keys.user_member("acc:1", "u/1")
 HR = keys.EndpointKeys("hr")
 
 
-def a_rate(redis: Redis) -> SharedRate:
-    return SharedLimiter(redis).rate(Budget("upstream", per_second=1, burst=1))
+ONE_A_SECOND = Budget("upstream", per_second=1, burst=1)
 
 
 def an_outbox() -> Outbox:
@@ -76,14 +80,13 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         snapshots=snapshots,
     )
     assert ok is True
-    rate = a_rate(redis)
-    stored = await store.load_user("acc:1", "u/1", rate)
+    stored = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert stored.snapshots == {"a1": Snapshot(2, {"id": "a1", "progress": 10})}
     assert stored.state == UserState(watermark_ms=1, baselined=True)
-    assert await rate.try_acquire() == 0  # the first request's permit came with the state
+    assert stored.permit_granted  # the first request's permit came with the state
+    rate = SharedLimiter(redis).rate(ONE_A_SECOND)
     assert await rate.try_acquire() > 0.9  # 1/s: spent
-    await store.load_user("acc:1", "u/1", rate)
-    assert await rate.try_acquire() > 0.9  # none came with this load
+    assert not (await store.load_user("acc:1", "u/1", ONE_A_SECOND)).permit_granted
     assert await redis.zscore(keys.POLL_DUE, MEMBER) == 90_000
     assert await redis.zcard(HR.due) == 2  # updated + progress_changed
 
@@ -217,7 +220,7 @@ async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
     }
     records["gone"] = Snapshot(7, None)  # a tombstone
     await store.commit("acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=records)
-    assert (await store.load_user("acc:1", "u/1", a_rate(redis))).snapshots == records
+    assert (await store.load_user("acc:1", "u/1", ONE_A_SECOND)).snapshots == records
     assert await store.snapshot("acc:1", "u/1", "a3") == records["a3"]
     assert await store.snapshot("acc:1", "u/1", "nope") is None
     plain = len(json.dumps({a: [s.sequence, s.record] for a, s in records.items()}))
@@ -232,14 +235,14 @@ async def test_snapshots_stored_by_0_1_are_read_and_replaced_on_the_next_commit(
     legacy = keys.legacy_snapshots("acc:1", "u/1")
     old = {"id": "a1", "progress": 10}
     await redis.hset(legacy, "a1", json.dumps({"s": 3, "r": old}))
-    state = await store.load_user("acc:1", "u/1", a_rate(redis))
+    state = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert state.snapshots == {"a1": Snapshot(3, old)} and state.legacy
     assert await store.snapshot("acc:1", "u/1", "a1") == Snapshot(3, old)
     await store.commit(
         "acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=state.snapshots
     )
     assert await redis.exists(legacy) == 0
-    again = await store.load_user("acc:1", "u/1", a_rate(redis))
+    again = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert again.snapshots == {"a1": Snapshot(3, old)} and not again.legacy
 
 
@@ -260,3 +263,28 @@ async def test_every_lua_script_says_what_it_takes_and_compiles(redis: Redis) ->
         assert "-- KEYS:" in header and "-- ARGV:" in header, name
         assert "--!include" not in lua_source(name)
         assert await redis.script_load(lua_source(name)), name
+
+
+async def test_a_heartbeat_after_the_last_commit_leaves_the_next_due_time(
+    redis: Redis, redis_server: RedisServer, lms: tuple[SimLMS, str]
+) -> None:
+    """A heartbeat that waited for the lock of a poll's last commit must not take the user's
+    next due time for a lease (it would poll the user again a lease later)."""
+    sim, lms_url = lms
+    sim.put_assignment(ACCOUNT, "u_1", {"id": "a1"})
+    settings = make_settings(redis_server.url, lms_url, [], ["u_1"], polling={"interval": "5m"})
+    store, leases = PollStore(redis), PollLeases(redis)
+    budget = api_key_budget(settings.stackone.max_requests_per_minute)
+    member = keys.user_member(ACCOUNT, "u_1")
+    await store.add_users({member: 0})
+    [lease] = await leases.claim(1)
+    async with aiohttp.ClientSession() as session:
+        client = StackOneClient(
+            session, settings.stackone, SharedLimiter(redis).rate(budget), Metrics()
+        )
+        await Poller(store, client, budget, settings, Metrics()).poll(lease)
+    next_due = await redis.zscore(keys.POLL_DUE, member)
+    assert next_due is not None and next_due > (time.time() + 200) * 1000  # an interval on
+    assert not await leases.extend(lease)
+    assert not await leases.release(lease, 0)
+    assert await redis.zscore(keys.POLL_DUE, member) == next_due

@@ -19,6 +19,7 @@ from service.errors import UpstreamMalformed, UpstreamRejected, UpstreamUnavaila
 from service.metrics import Metrics
 from service.sim.lms import SimLMS
 from service.store.limits import SharedLimiter, api_key_budget
+from service.upstream import client as client_module
 from service.upstream.client import StackOneClient
 from service.upstream.model import Assignment, Page, parse_page, plainly_valid
 from tests.helpers import API_KEY
@@ -170,3 +171,28 @@ def test_json_values_come_back_exactly(value: object) -> None:
     raw = json.dumps({"v": value})
     assert jsonfmt.loads(raw.encode()) == {"v": value}
     assert json.loads(jsonfmt.dumps_bytes({"v": value})) == {"v": value}
+
+
+async def test_a_permit_handed_in_is_taken_by_the_next_request_while_fresh(
+    redis: Redis, lms: tuple[SimLMS, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll gets its first request's permit with the user's state: the client spends it
+    instead of asking Redis; one left unused for a second is not spent later."""
+    sim, url = lms
+    sim.put_assignment(ACCOUNT, USER, {"id": "a0"})
+    settings = StackOneSettings(base_url=url, api_key=API_KEY, max_requests_per_minute=600)  # type: ignore[arg-type]
+    budget = api_key_budget(600)  # 10 back to back, then about 10/s
+    rate = SharedLimiter(redis).rate(budget)
+    metrics = Metrics()
+    waited = metrics.throttle_wait.labels("upstream")
+    async with aiohttp.ClientSession() as session:
+        stackone = StackOneClient(session, settings, rate, metrics)
+        while await rate.try_acquire() == 0:  # the budget spent
+            pass
+        stackone.keep_permit()
+        await read_all(stackone)
+        assert waited._value.get() == 0  # the kept permit: no wait
+        stackone.keep_permit()
+        monkeypatch.setattr(client_module, "KEPT_PERMIT_SECONDS", -1.0)  # now stale
+        await read_all(stackone)
+        assert waited._value.get() > 0  # it asked the budget, and waited

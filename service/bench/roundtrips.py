@@ -63,11 +63,13 @@ async def poll_cost(
     redis = counting_redis(redis_url)
     metrics = Metrics()
     store = PollStore(redis)
-    rate = SharedLimiter(redis).rate(api_key_budget(settings.stackone.max_requests_per_minute))
+    budget = api_key_budget(settings.stackone.max_requests_per_minute)
     try:
         async with aiohttp.ClientSession() as session:
-            client = StackOneClient(session, settings.stackone, rate, metrics)
-            poller = Poller(store, client, rate, settings, metrics)
+            client = StackOneClient(
+                session, settings.stackone, SharedLimiter(redis).rate(budget), metrics
+            )
+            poller = Poller(store, client, budget, settings, metrics)
             first = await measure_poll(store, poller, account_id, user_id)
             if before_second is not None:
                 before_second()

@@ -111,6 +111,8 @@ class Claimer:
             want = self.endpoint.concurrency + self.batch - busy  # the slots and one batch
             if busy and want < self.batch:  # claims go in batches, not one per delivery
                 return Claimed.FULL
+        if self.handoff.closed:  # stopping: claim nothing more to hand back
+            return Claimed.WITHHELD
         lease_until = int((now + lease_seconds(self.endpoint, want)) * 1000)
         batch = await self.queue.claim(self.endpoint.id, int(now * 1000), lease_until, want)
         if state is Circuit.HALF_OPEN:

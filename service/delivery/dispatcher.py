@@ -13,13 +13,8 @@ from service.config import Settings
 from service.delivery.worker import EndpointWorker
 from service.metrics import Metrics
 from service.store.endpoints import EndpointStore
-from service.store.limits import Budget, SharedLimiter
+from service.store.limits import SharedLimiter, endpoint_budget
 from service.store.queue import EventQueue
-
-
-def endpoint_budget(max_per_second: float | None, endpoint_id: str) -> Budget | None:
-    """An endpoint's `max_per_second`, as a budget every process shares; None: unlimited."""
-    return None if max_per_second is None else Budget(f"endpoint:{endpoint_id}", max_per_second)
 
 
 class Dispatcher:
@@ -38,7 +33,7 @@ class Dispatcher:
         rng = rng or random.Random()
         self.workers: dict[str, EndpointWorker] = {}
         for endpoint in settings.endpoints:
-            budget = endpoint_budget(endpoint.max_per_second, endpoint.id)
+            budget = endpoint_budget(endpoint.id, endpoint.max_per_second)
             self.workers[endpoint.id] = EndpointWorker(
                 endpoint,
                 settings.delivery,

@@ -80,24 +80,26 @@ class Sender:
         """Send one claimed event and settle it.
 
         Counted as busy until its request is over, so the claimer claims more while this
-        settles. A failure is settled (the breaker updated) before this sender takes the
-        next event, so with concurrency 1 the breaker sees every failure before the next
-        request; a success's ack goes in a batch nobody waits for.
+        settles (until it is settled when the breaker is not closed and healthy). A failure
+        is settled (the breaker updated) before this sender takes the next event, so with
+        concurrency 1 the breaker sees every failure before the next request; a success's
+        ack goes in a batch nobody waits for.
         """
         requesting, settled = True, True
         try:
-            if self.handoff.closed:  # stopping: stays held, the worker hands it back
-                return
             if not self.breaker.may_send(event, self.clock()):
                 # due again at once, for whichever process may send
                 await self.queue.reschedule(self.endpoint.id, event, int(self.clock() * 1000))
             elif (attempt := await self._attempt(event)) is not None:
-                requesting = False
-                self.handoff.request_over()
+                if self.breaker.healthy():  # the claimer may claim on while this settles
+                    requesting = False
+                    self.handoff.request_over()
+                # else (a probe, a failure after failures) the claimer waits for the breaker
+                # this settle changes, so a successful probe lets the rest flow at once
                 settled = await self.settler.settle(event, *attempt)
         except RedisError as e:  # the claim runs out and the event is sent again, same id
             log.warning(
-                "delivery_settle_failed",
+                "delivery_redis_error",
                 endpoint=self.endpoint.id,
                 event_id=event.event_id,
                 error=str(e),
@@ -155,11 +157,12 @@ class Sender:
                         retry_after = response.headers.get("Retry-After")
                         result = classify(response.status, retry_after, now=now)
                 except asyncio.CancelledError:
+                    # ours when the request ran past the timeout; anyone else's (a stop) goes
+                    # on. Ours can land just after a 2xx was read, as aiohttp's timer could:
+                    # the event is then sent again, same id
                     if not self.deadlines.timed_out():
                         raise
                     result = classify(None, error=timed_out, now=now)
-        except TimeoutError:  # a connect timeout of the session's own
-            result = classify(None, error=timed_out, now=now)
         except (AddressRefused, aiohttp.ClientConnectorError) as e:
             refused = e if isinstance(e, AddressRefused) else e.os_error
             if isinstance(refused, AddressRefused):  # nothing was sent: the guard refused it

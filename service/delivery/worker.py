@@ -105,6 +105,7 @@ class EndpointWorker:
         """Burst mode, without a running claimer: deliver every event due now until none is
         (or the breaker withholds the rest), and wait until each is settled. Returns how many
         claim rounds found work."""
+        assert not self.running, "drain() is the burst mode of a worker that was not started"
         self._start_senders()
         rounds = 0
         try:
@@ -126,13 +127,15 @@ class EndpointWorker:
     async def stop(self, timeout: float) -> None:
         """Claim nothing new; let deliveries in flight finish in `timeout`, then hand back
         what this process still holds: due again at once, for any process."""
+        deadline = asyncio.get_running_loop().time() + timeout
         self.handoff.close(len(self.senders))
         self.wake()
         if self.claiming is not None:
             await asyncio.gather(self.claiming, return_exceptions=True)
         await self._stop_senders(timeout)
+        left = deadline - asyncio.get_running_loop().time()
         with contextlib.suppress(TimeoutError):  # what was delivered is not handed back
-            await asyncio.wait_for(self.acks.flush(), timeout)
+            await asyncio.wait_for(self.acks.flush(), max(left, 0.1))
         await self.hand_back()
 
     async def _stop_senders(self, timeout: float | None) -> None:

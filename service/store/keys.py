@@ -56,13 +56,23 @@ def legacy_snapshots(account_id: str, user_id: str) -> str:
 
 
 def user_state(account_id: str, user_id: str) -> str:
-    """hash: watermark, baselined, last_full_sync, failures, last_error."""
+    """hash: watermark, baselined, last_full_sync, last_poll, failures, last_error
+    (store.user_state.UserState)."""
     return f"{PREFIX}:user:{user_member(account_id, user_id)}"
 
 
 def rate_limit(name: str) -> str:
-    """string: a GCRA limiter's theoretical arrival time (ms)."""
+    """string: a GCRA limiter's theoretical arrival time (ms), of the budget `name`."""
     return f"{PREFIX}:rate:{_q(name)}"
+
+
+# The names of the shared budgets (store.limits.Budget), each a `rate_limit` key.
+UPSTREAM_BUDGET = "upstream"  # the API key's, shared by every account
+
+
+def endpoint_budget(endpoint_id: str) -> str:
+    """An endpoint's `max_per_second`, shared by every process."""
+    return f"endpoint:{endpoint_id}"
 
 
 class EndpointKeys:
@@ -82,4 +92,7 @@ class EndpointKeys:
         self.state = f"{base}:state"
         # string with a TTL: held by the one process probing a paused endpoint.
         self.probe = f"{base}:probe"
-        self.rate = rate_limit(f"endpoint:{endpoint_id}")
+
+
+# every endpoint's `EndpointKeys.due`, for SCAN
+ENDPOINT_QUEUES = f"{PREFIX}:ep:*:due"

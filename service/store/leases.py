@@ -36,6 +36,9 @@ class Lease:
     claimed_at: float
     # held while the token is in use (a commit, an extension), so none uses a stale one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # the poll's last commit moved the user on to its next due time: that score is no
+    # longer a lease, and nothing may move it as one (a heartbeat that waited for the lock)
+    ended: bool = False
 
 
 class PollLeases:
@@ -55,8 +58,11 @@ class PollLeases:
         ]
 
     async def extend(self, lease: Lease) -> bool:
-        """Keep a running poll's lease for another LEASE_SECONDS; False when it was lost."""
+        """Keep a running poll's lease for another LEASE_SECONDS; False when it was lost or
+        has ended."""
         async with lease.lock:
+            if lease.ended:
+                return False
             token = int((self.clock() + LEASE_SECONDS) * 1000)
             if not await self._move(lease.member, lease.token, token):
                 return False
@@ -67,7 +73,10 @@ class PollLeases:
         """End the lease without a commit: the user is next due at `due_ms`, with `state`
         (a failed poll's failure count and error) written at the same time."""
         async with lease.lock:
-            return await self._move(lease.member, lease.token, due_ms, state)
+            if lease.ended:
+                return False
+            lease.ended = await self._move(lease.member, lease.token, due_ms, state)
+            return lease.ended
 
     async def hand_back(self, lease: Lease) -> bool:
         """End the lease of a poll that did not run (stopping, deferred): due again at once,

@@ -35,33 +35,21 @@ def api_key_budget(per_minute: int) -> Budget:
     Up to a second's worth may go back to back (smooth, never a minute's budget at once); the
     steady rate leaves room for that burst, so no 60 s window exceeds `per_minute`."""
     burst = max(1.0, min(per_minute / 60.0, per_minute * 0.05))
-    return Budget("upstream", max(per_minute - burst, 1.0) / 60.0, burst, keys.UPSTREAM_PAUSE)
+    per_second = max(per_minute - burst, 1.0) / 60.0
+    return Budget(keys.UPSTREAM_BUDGET, per_second, burst, keys.UPSTREAM_PAUSE)
 
 
 class SharedRate:
     """One budget, asked for permits by whoever sends through it (the upstream client, one
-    endpoint's senders).
-
-    A permit can also come with other work (the first request's permit comes back with the
-    user's state when a poll loads it): `keep_permit` holds it here, and the next request
-    takes it instead of asking Redis. Permits are interchangeable, so whichever request
-    takes it, the budget holds.
-    """
+    endpoint's senders)."""
 
     def __init__(self, budget: Budget, acquire: GcraAcquire, pause: Pause) -> None:
         self.budget = budget
         self._acquire = acquire
         self._pause = pause
-        self._kept = 0
-
-    def keep_permit(self) -> None:
-        self._kept += 1
 
     async def try_acquire(self) -> float:
         """0 when a request may go now, else seconds to wait before asking again."""
-        if self._kept:
-            self._kept -= 1
-            return 0.0
         return await self._acquire(self.budget.script_keys(), self.budget.script_args())
 
     async def pause(self, seconds: float) -> None:
@@ -69,6 +57,13 @@ class SharedRate:
         if self.budget.pause_key is None:
             raise ValueError(f"the budget {self.budget.name!r} has no pause")
         await self._pause(self.budget.pause_key, seconds)
+
+
+def endpoint_budget(endpoint_id: str, max_per_second: float | None) -> Budget | None:
+    """An endpoint's `max_per_second`, shared by every process; None: unlimited."""
+    if max_per_second is None:
+        return None
+    return Budget(keys.endpoint_budget(endpoint_id), max_per_second)
 
 
 class SharedLimiter:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from service.detect import Snapshot
 from service.outbox import Outbox, OverdueWatch, RoutedEvents
 from service.store import keys
-from service.store.limits import SharedRate
+from service.store.limits import Budget
 from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 from service.store.user_state import FIELDS, UserState
@@ -27,6 +27,7 @@ class StoredUser:
     raw_snapshots: str | None
     # snapshots as 0.1 stored them (a hash), when the user has none in today's form yet
     legacy: dict[str, str] = field(default_factory=dict)
+    permit_granted: bool = False  # the budget's permit for the poll's first request
 
     @cached_property
     def snapshots(self) -> dict[str, Snapshot]:
@@ -63,14 +64,12 @@ class PollStore:
 
     # -- one user's poll --
 
-    async def load_user(self, account_id: str, user_id: str, rate: SharedRate) -> StoredUser:
-        """One round trip: the user's state and every snapshot, and a permit of `rate` for
-        the first request, which `rate` keeps when granted."""
-        budget = rate.budget
+    async def load_user(self, account_id: str, user_id: str, budget: Budget) -> StoredUser:
+        """One round trip: the user's state and every snapshot, and a permit of `budget`
+        for the first request (spent when granted: the caller hands it to its client)."""
         loaded = await self._load(account_id, user_id, budget.script_keys(), budget.script_args())
-        if loaded.permit_wait <= 0:
-            rate.keep_permit()
-        return StoredUser(UserState.decode(loaded.state), loaded.snapshots, loaded.legacy)
+        state = UserState.decode(loaded.state)
+        return StoredUser(state, loaded.snapshots, loaded.legacy, loaded.permit_wait <= 0)
 
     async def commit(
         self,
@@ -119,14 +118,15 @@ class PollStore:
 
     async def claim_overdue(
         self, now_ms: int, lease_until_ms: int, limit: int
-    ) -> list[OverdueWatch]:
-        """Claim watched due dates that have passed (leased like polls: fenced by the expiry)."""
+    ) -> list[tuple[str, OverdueWatch]]:
+        """Claim watched due dates that have passed (leased like polls: fenced by the
+        expiry): each member as stored, with what it says."""
         claimed = await self._claim(keys.OVERDUE, now_ms, lease_until_ms, limit)
-        return [OverdueWatch(*keys.parse_overdue_member(member)) for member, _ in claimed]
+        return [(member, OverdueWatch(*keys.parse_overdue_member(member))) for member, _ in claimed]
 
-    async def commit_overdue(self, due: OverdueWatch, token: int, events: RoutedEvents) -> bool:
+    async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:
         """Queue an overdue check's events (maybe none) and unwatch it, fenced, in one step."""
-        return await self._commit_overdue(due, token, events)
+        return await self._commit_overdue(member, token, events)
 
     # -- the schedule: who is tracked, and when each is due --
 

@@ -122,9 +122,10 @@ class CommitPoll(_Script):
 class CommitOverdue(_Script):
     source = "commit_overdue"
 
-    async def __call__(self, due: OverdueWatch, token: int, events: RoutedEvents) -> bool:
+    async def __call__(self, member: str, token: int, events: RoutedEvents) -> bool:
+        """`member`: as claimed (the fence compares the claim's own member)."""
         script_keys: list[Any] = [keys.OVERDUE]
-        args: list[Any] = [keys.overdue_member(*due), token]
+        args: list[Any] = [member, token]
         _pack_events(events, script_keys, args)
         return bool(await self._run(keys=script_keys, args=args))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Protocol
@@ -36,6 +37,9 @@ from service.upstream.model import Page, parse_page
 log = structlog.get_logger("upstream")
 
 DEFAULT_RETRY_AFTER = 5.0  # a 429/408 without a readable Retry-After pauses this long
+# A permit handed in with other work (`keep_permit`) is good for this long: one that stayed
+# unused (its poll failed before its first request) must not add to a later burst.
+KEPT_PERMIT_SECONDS = 1.0
 MAX_RETRY_AFTER = 600.0
 MAX_PAGE_BYTES = 32 * 1024 * 1024  # 100 records are far below this; a runaway body is not
 
@@ -98,6 +102,14 @@ class StackOneClient:
         self.clock = clock
         token = base64.b64encode(f"{settings.api_key.get_secret_value()}:".encode()).decode()
         self._auth = f"Basic {token}"
+        self._kept: deque[float] = deque()  # when each permit handed in was granted
+
+    def keep_permit(self) -> None:
+        """A permit of the budget was granted along with other work (a poll gets the first
+        request's with the user's state, in the same Redis round trip): the next request
+        takes it instead of asking for one. Permits are interchangeable, so whichever request
+        takes it, the budget holds."""
+        self._kept.append(time.monotonic())
 
     def __repr__(self) -> str:
         return f"StackOneClient(base_url={self.settings.base_url!r})"
@@ -151,6 +163,10 @@ class StackOneClient:
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _acquire(self) -> None:
+        fresh = time.monotonic() - KEPT_PERMIT_SECONDS
+        while self._kept:
+            if self._kept.popleft() >= fresh:
+                return
         while (wait := await self.rate.try_acquire()) > 0:
             self.metrics.throttle_wait.labels("upstream").inc(wait)
             await self.sleep(wait)

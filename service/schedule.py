@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -166,16 +167,12 @@ class PollScheduler:
             await self._end(lease, self.leases.hand_back(lease))
 
     async def sync_users(self) -> None:
-        """Schedule newly tracked users, unschedule users no longer tracked."""
+        """Schedule newly tracked users (spread over the interval), unschedule users no
+        longer tracked."""
+        now, interval = self.clock(), self.settings.polling.interval
         try:
             tracked = await self.users.members()
-            scheduled = await self.store.scheduled_users()
-            now = self.clock()
-            interval = self.settings.polling.interval
-            await self.store.add_users(
-                {m: initial_due_ms(m, now, interval) for m in tracked - scheduled.keys()}
-            )
-            await self.store.remove_users(sorted(scheduled.keys() - tracked))
+            await self.store.schedule_only(tracked, lambda m: initial_due_ms(m, now, interval))
         except RedisError as e:
             log.warning("sync_users_failed", error=str(e))
 
@@ -215,15 +212,14 @@ class PollScheduler:
         except RedisError as e:
             log.warning("claim_users_failed", error=str(e))
             return 0
-        running: dict[str, int] = {}
-        for lease in self.polling.values():
-            running[lease.account_id] = running.get(lease.account_id, 0) + 1
-        many_accounts = len(self._accounts()) > 1
+        running = Counter(lease.account_id for lease in self.polling.values())
+        accounts = {a.account_id for a in self.settings.accounts} | running.keys()
+        concurrency = self.settings.polling.concurrency
         deferred = deferred_claims(
             [lease.member for lease in claimed],
             backed_off,
             running,
-            cap=max(1, -(-self.settings.polling.concurrency // 2)) if many_accounts else None,
+            cap=max(1, -(-concurrency // 2)) if len(accounts) > 1 else None,
             now=self.clock(),
             interval=self.settings.polling.interval,
         )
@@ -258,11 +254,6 @@ class PollScheduler:
             log.exception("poll_end_failed", account_id=lease.account_id, user_id=lease.user_id)
         if self.polling.get(lease.member) is lease:
             del self.polling[lease.member]
-
-    def _accounts(self) -> set[str]:
-        return {a.account_id for a in self.settings.accounts} | {
-            lease.account_id for lease in self.polling.values()
-        }
 
     async def _end(self, lease: Lease, moving: Awaitable[bool]) -> None:
         """The lease is released or handed back: this process polls the user no longer."""

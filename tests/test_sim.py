@@ -13,22 +13,10 @@ import pytest
 
 from service.sim.lms import SimLMS, start_sim_server
 from service.sim.lms_state import basic_auth_header, iso_ms, parse_iso_ms
+from tests.helpers import Clock
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 T0 = 1_795_845_600.0  # 2026-11-28T00:00:00Z
-
-
-class FakeClock:
-    """A settable clock so timestamps and the rate limit are deterministic."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -73,12 +61,13 @@ class Sim:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> Clock:
+    """A settable clock so timestamps and the rate limit are deterministic."""
+    return Clock(T0)
 
 
 @pytest.fixture
-async def sim(clock: FakeClock) -> AsyncIterator[Sim]:
+async def sim(clock: Clock) -> AsyncIterator[Sim]:
     lms = SimLMS(clock=clock)
     lms.seed(accounts=2, users=2, assignments=7)
     runner, base = await start_sim_server(lms)
@@ -130,7 +119,7 @@ async def test_url_encoded_ids(sim: Sim) -> None:
 # -- records and paging ---------------------------------------------------------------------
 
 
-async def test_seed_is_deterministic_and_realistic(clock: FakeClock) -> None:
+async def test_seed_is_deterministic_and_realistic(clock: Clock) -> None:
     a, b = SimLMS(clock=clock), SimLMS(clock=clock)
     a.seed(2, 3, 4)
     b.seed(2, 3, 4)
@@ -176,7 +165,7 @@ async def test_default_page_size_and_clamp(sim: Sim) -> None:
 
 
 @pytest.mark.parametrize("param", ["filter[updated_after]", "updated_after"])
-async def test_updated_after_is_strictly_after(sim: Sim, clock: FakeClock, param: str) -> None:
+async def test_updated_after_is_strictly_after(sim: Sim, clock: Clock, param: str) -> None:
     stamps = []
     for i in range(5):
         clock.advance(1.5)
@@ -212,7 +201,7 @@ async def test_update_bumps_updated_at_and_keeps_unknown_fields(sim: Sim) -> Non
 # -- rate limit ------------------------------------------------------------------------------
 
 
-async def test_rate_limit_429_with_integer_retry_after(sim: Sim, clock: FakeClock) -> None:
+async def test_rate_limit_429_with_integer_retry_after(sim: Sim, clock: Clock) -> None:
     sim.lms.set_rate_limit(60)  # 1 token/s, burst 6
     statuses = [(await sim.get())[0] for _ in range(7)]
     assert statuses == [200] * 6 + [429]
@@ -313,7 +302,7 @@ async def test_client_giving_up_on_a_hung_request_does_not_block(sim: Sim) -> No
     # the fixture's runner.cleanup() must not wait out the 30 s (the test would be slow)
 
 
-async def test_pause_holds_requests(sim: Sim, clock: FakeClock) -> None:
+async def test_pause_holds_requests(sim: Sim, clock: Clock) -> None:
     sim.lms.faults.pause_all_until = clock.now + 0.2
     started = time.monotonic()
     assert (await sim.get())[0] == 200
@@ -388,7 +377,7 @@ async def test_control_api_faults_and_requests(sim: Sim) -> None:
     assert [(await sim.get())[0] for _ in range(2)] == [200, 429]
 
 
-async def test_churn_advances_assignments(clock: FakeClock) -> None:
+async def test_churn_advances_assignments(clock: Clock) -> None:
     lms = SimLMS(clock=clock)
     lms.seed(1, 1, 3)
     before = {r["id"]: r for r in lms.assignments("acc_1", "u_1")}

@@ -4,6 +4,7 @@ atomic commit of a poll, overdue watches, and accounts backed off."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import cast
@@ -129,6 +130,14 @@ class PollStore:
         return await self._commit_overdue(member, token, events)
 
     # -- the schedule: who is tracked, and when each is due --
+
+    async def schedule_only(self, members: set[str], first_due_ms: Callable[[str], int]) -> None:
+        """The schedule holds exactly `members`: those new to it are added, due at
+        `first_due_ms(member)`; those no longer among them are removed. Running leases stay
+        untouched."""
+        scheduled = await self.scheduled_users()
+        await self.add_users({m: first_due_ms(m) for m in members - scheduled.keys()})
+        await self.remove_users(sorted(scheduled.keys() - members))
 
     async def add_users(self, scores: dict[str, int]) -> int:
         """Schedule users not yet scheduled (ZADD NX): running leases stay untouched."""

@@ -179,6 +179,19 @@ async def baseline_taken(redis: Redis, user: str, timeout: float = 5.0) -> None:
     await wait_until(lambda: baselined(redis, user), timeout, f"{user}'s baseline")
 
 
+async def queue_drained(redis: Redis, endpoint_id: str = "hr", timeout: float = 15.0) -> None:
+    """Until a running process has nothing left to send to the endpoint: its queue is empty,
+    every event acknowledged. A receiver may count an event before the service does (its
+    2xx on the way back, an answer the service timed out): such an event is still queued
+    and is sent again, same id. Waiting for the queue, not the receiver, proves that nothing
+    else will arrive."""
+
+    async def empty() -> bool:
+        return await redis.zcard(keys.EndpointKeys(endpoint_id).due) == 0
+
+    await wait_until(empty, timeout, f"{endpoint_id}'s queue to drain")
+
+
 async def leases_run_out(redis: Redis) -> None:
     """What time would do to a killed process's claims, at once: every user and event scored
     in the future (a lease, or a due time to come) is due now. Each of those scores must be

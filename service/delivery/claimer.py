@@ -77,6 +77,8 @@ class Claimer:
                 log.exception("dispatch_loop_error", endpoint=self.endpoint.id)
                 await self.sleep(1.0)
                 continue
+            if self.handoff.closed:
+                return
             if claimed is Claimed.FULL:
                 # bounded, so a stop is noticed while every slot hangs
                 with contextlib.suppress(TimeoutError):

@@ -68,4 +68,5 @@ class Handoff:
         """Stopping: every sender ends after its current delivery; events still ready stay
         held, for the worker to hand back."""
         self.closed = True
+        self.room.set()  # a claimer waiting for room looks again, and sees it
         self.end_senders(senders)

@@ -63,12 +63,14 @@ class Outbox:
         previous: Snapshot | None,
         *,
         now: datetime,
+        due_ms: int,
         emit: bool,
         endpoints: Iterable[EndpointSettings],
     ) -> None:
-        """A change joins the outbox: its events, routed, and its overdue watch."""
+        """A change joins the outbox: its events, routed (due at `due_ms`, `now` in ms: a
+        poll's changes share it, computed once), and its overdue watch."""
         self.changes.append(change)
-        route_events(change.events, endpoints, int(now.timestamp() * 1000), self.events)
+        route_events(change.events, endpoints, due_ms, self.events)
         stop, start = overdue_watch(previous, change.snapshot, now, emit)
         if stop is not None:
             self.unwatch.append(OverdueWatch(account_id, user_id, change.assignment_id, stop))

@@ -57,6 +57,10 @@ class _Run:
     outbox: Outbox = field(default_factory=Outbox)
     seen: set[str] = field(default_factory=set)
     updated_values: list[object] = field(default_factory=list)
+    now_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self.now_ms = int(self.now.timestamp() * 1000)
 
     @property
     def snapshots(self) -> dict[str, Snapshot]:
@@ -75,6 +79,7 @@ class _Run:
             change,
             previous,
             now=self.now,
+            due_ms=self.now_ms,
             emit=self.emit,
             endpoints=settings.endpoints,
         )
@@ -154,7 +159,7 @@ class Poller:
                 )
                 run.add(gone, previous, self.settings)
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
-        now_ms = int(started * 1000)
+        now_ms = run.now_ms
         done = UserState(
             watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
             baselined=True,

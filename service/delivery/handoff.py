@@ -49,8 +49,8 @@ class Handoff:
         self.sending -= 1
         self.room.set()
 
-    def settled(self, event: ClaimedEvent, acked: bool = True) -> None:
-        """This process is done with the event (`acked`: for the ack batcher's callback)."""
+    def settled(self, event: ClaimedEvent) -> None:
+        """This process is done with the event."""
         if self.held.get(event.event_id) is event:
             del self.held[event.event_id]
         if not self.held:

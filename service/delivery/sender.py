@@ -119,7 +119,7 @@ class Sender:
         waited = 0.0 if self.rate is None else await self._throttle(self.rate)
         left = event.token / 1000 - self.clock()
         if waited or left < self.endpoint.timeout + LEASE_MARGIN / 2:
-            # the wait for the rate, or for a free slot, may have outlasted the claim: renew
+            # the wait for the rate, or in the hand-off, may have outlasted the claim: renew
             # it, or leave the event to the worker that took it over, so it is never sent twice
             lease = int((self.clock() + lease_seconds(self.endpoint, 1)) * 1000)
             if not await self.queue.extend(self.endpoint.id, event, lease):

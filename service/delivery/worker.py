@@ -49,7 +49,12 @@ class EndpointWorker:
         breaker = BreakerCache(endpoint.id, endpoints)
         self.breaker = breaker
         self.claimer = Claimer(endpoint, self.handoff, breaker, queue, endpoints, clock)
-        self.acks = AckBatcher(queue, endpoint.id, self.handoff.settled, batch=endpoint.concurrency)
+        self.acks = AckBatcher(
+            queue,
+            endpoint.id,
+            lambda event, _acked: self.handoff.settled(event),  # acked or not: done with it
+            batch=endpoint.concurrency,
+        )
         settler = Settler(
             endpoint.id,
             queue,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import aiohttp
@@ -17,12 +17,15 @@ from service.api import create_api
 from service.config import Settings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.ssrf import GuardedResolver
+from service.discovery import UserListing
+from service.feed import FeedReader
 from service.metrics import Metrics
 from service.operations import Operations
 from service.overdue import OverdueWatcher
 from service.poll_runner import PollRunner
 from service.poller import Poller
 from service.schedule import PollScheduler
+from service.store import keys
 from service.store.connect import connect
 from service.store.limits import api_key_budget
 from service.store.stores import Stores
@@ -32,6 +35,15 @@ log = structlog.get_logger("service")
 
 Role = Literal["all", "poller", "dispatcher"]
 STOP_TIMEOUT = 10.0  # in-flight work gets this long; the whole stop stays under 15 s
+
+
+def _constant(members: set[str]) -> Callable[[], Awaitable[set[str]]]:
+    """A schedule that holds the same members whatever happens (the config's accounts)."""
+
+    async def members_() -> set[str]:
+        return members
+
+    return members_
 
 
 class Service:
@@ -63,7 +75,9 @@ class Service:
         self.queue = self.stores.queue
         self.endpoint_store = self.stores.endpoints
         self.poll_store = self.stores.polls
-        self.scheduler: PollScheduler | None = None
+        self.scheduler: PollScheduler | None = None  # users polled one by one
+        self.feeds: PollScheduler | None = None  # accounts' change feeds
+        self.listings: PollScheduler | None = None  # accounts' user listings (`users: all`)
         self.dispatcher: Dispatcher | None = None
         self.http_url: str | None = None
         self._sessions: list[aiohttp.ClientSession] = []
@@ -77,10 +91,13 @@ class Service:
                 self.dispatcher.start()
             self.operations.checks["dispatcher"] = lambda: self._running(self.dispatcher)
         if self.role in ("all", "poller"):
-            self.scheduler = self._scheduler()
-            if self.background:
-                self.scheduler.start()
-            self.operations.checks["poller"] = lambda: self._running(self.scheduler)
+            self._schedulers()
+            for scheduler in self.schedulers():
+                if self.background:
+                    scheduler.start()
+            self.operations.checks["poller"] = lambda: all(
+                self._running(scheduler) for scheduler in self.schedulers()
+            )
         if self.serve_http:
             self._runner = web.AppRunner(create_api(self.operations), access_log=None)
             await self._runner.setup()
@@ -117,36 +134,97 @@ class Service:
             rng=self.rng,
         )
 
-    def _scheduler(self) -> PollScheduler:
-        stores, settings = self.stores, self.settings
+    def schedulers(self) -> list[PollScheduler]:
+        """Those this process runs, in the order a burst runs them: listings (who is
+        tracked), feeds, then users polled one by one."""
+        return [s for s in (self.listings, self.feeds, self.scheduler) if s is not None]
+
+    def _schedulers(self) -> None:
+        """The user poll schedule, and those of account feeds and user listings where the
+        config has accounts that use them; one client and budget for all."""
+        stores, settings, metrics, clock = self.stores, self.settings, self.metrics, self.clock
+        polling = settings.polling
         wake = self.dispatcher.wake if self.dispatcher else None
         budget = api_key_budget(settings.stackone.max_requests_per_minute)
         rate = stores.limiter.rate(budget)
-        client = StackOneClient(self._session(limit=100), settings.stackone, rate, self.metrics)
+        client = StackOneClient(self._session(limit=100), settings.stackone, rate, metrics)
         poller = Poller(
-            stores.polls,
-            client,
-            budget,
-            settings,
-            self.metrics,
-            on_committed=wake,
-            clock=self.clock,
+            stores.polls, client, budget, settings, metrics, on_committed=wake, clock=clock
         )
-        overdue = OverdueWatcher(
-            stores.polls, settings, self.metrics, on_committed=wake, clock=self.clock
-        )
+        overdue = OverdueWatcher(stores.polls, settings, metrics, on_committed=wake, clock=clock)
         runner = PollRunner(
-            poller, stores.leases, stores.polls, settings, self.metrics, clock=self.clock
+            poller, stores.leases, stores.polls, metrics, interval=polling.interval, clock=clock
         )
-        return PollScheduler(
+        users = PollScheduler(
             stores.leases,
             stores.polls,
-            stores.users,
+            stores.users.per_user_members,
             runner,
             settings,
+            interval=polling.interval,
             overdue=overdue,
-            clock=self.clock,
+            clock=clock,
         )
+        self.scheduler = users
+        feed_accounts = {a.account_id for a in settings.accounts if a.uses_feed}
+        if feed_accounts:
+            feed = FeedReader(
+                stores.feeds,
+                stores.users,
+                client,
+                settings,
+                metrics,
+                on_committed=wake,
+                on_fallback=users.resync,
+                clock=clock,
+            )
+            runner = PollRunner(
+                feed,
+                stores.feed_leases,
+                stores.polls,
+                metrics,
+                interval=polling.account_interval,
+                clock=clock,
+            )
+            self.feeds = PollScheduler(
+                stores.feed_leases,
+                stores.polls,
+                _constant({keys.account_member(a) for a in feed_accounts}),
+                runner,
+                settings,
+                interval=polling.account_interval,
+                spread=False,
+                clock=clock,
+            )
+        listed_accounts = {a.account_id for a in settings.accounts if a.all_users}
+        if listed_accounts:
+            listing = UserListing(
+                stores.feeds,
+                stores.users,
+                client,
+                settings,
+                metrics,
+                on_changed=users.resync,
+                clock=clock,
+            )
+            runner = PollRunner(
+                listing,
+                stores.discovery_leases,
+                stores.polls,
+                metrics,
+                interval=polling.discovery_interval,
+                clock=clock,
+            )
+            self.listings = PollScheduler(
+                stores.discovery_leases,
+                stores.polls,
+                _constant({keys.account_member(a) for a in listed_accounts}),
+                runner,
+                settings,
+                interval=polling.discovery_interval,
+                spread=False,
+                clock=clock,
+            )
 
     def _session(
         self, limit: int, resolver: aiohttp.abc.AbstractResolver | None = None
@@ -159,9 +237,7 @@ class Service:
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop taking work, let in-flight work finish up to `timeout`, hand back the rest."""
-        stops = []
-        if self.scheduler:
-            stops.append(self.scheduler.stop(timeout))
+        stops = [scheduler.stop(timeout) for scheduler in self.schedulers()]
         if self.dispatcher:
             stops.append(self.dispatcher.stop(timeout))
         await asyncio.gather(*stops, return_exceptions=True)

@@ -128,9 +128,11 @@ def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    users = sum(len(a.users) for a in settings.accounts)
+    users = sum(len(a.listed_users) for a in settings.accounts)
+    listed = sum(a.all_users for a in settings.accounts)
+    every = f" (and every user of {listed} account(s))" if listed else ""
     print(
-        f"config ok: {len(settings.accounts)} account(s), {users} user(s), "
+        f"config ok: {len(settings.accounts)} account(s), {users} user(s){every}, "
         f"{len(settings.endpoints)} endpoint(s)"
     )
     return EXIT_OK

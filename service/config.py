@@ -86,18 +86,39 @@ class StackOneSettings(_Strict):
 
 class AccountSettings(_Strict):
     account_id: str = Field(min_length=1)
-    users: list[str] = Field(default_factory=list)
+    # a list of user ids, or "all": every user the account's user listing names
+    users: list[str] | Literal["all"] = Field(default_factory=list)
+    # per_user: each user's assignments read on its own; account: the account's change feed;
+    # auto: the feed, falling back to per_user where the upstream cannot serve it
+    strategy: Literal["per_user", "account", "auto"] = "per_user"
+
+    @property
+    def all_users(self) -> bool:
+        return self.users == "all"
+
+    @property
+    def listed_users(self) -> list[str]:
+        """The user ids the config names (none for `users: all`)."""
+        return [] if isinstance(self.users, str) else self.users
+
+    @property
+    def uses_feed(self) -> bool:
+        return self.strategy != "per_user"
 
 
 class PollingSettings(_Strict):
     interval: Duration = 300.0
+    # strategy account/auto: how often each account's change feed is read
+    account_interval: Duration = 10.0
+    # users: all: how often the account's user listing is read again
+    discovery_interval: Duration = 900.0
     overlap: Duration = 60.0
     full_resync_interval: Duration = 86400.0
     emit_on_first_sync: bool = False
     # How many users one process polls at the same time.
     concurrency: int = Field(16, ge=1)
 
-    @field_validator("interval")
+    @field_validator("interval", "account_interval", "discovery_interval")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
@@ -251,6 +272,9 @@ class Settings(_Strict):
         if self.http.admin_token:
             values.append(self.http.admin_token.get_secret_value())
         return values
+
+    def account(self, account_id: str) -> AccountSettings | None:
+        return next((a for a in self.accounts if a.account_id == account_id), None)
 
     def endpoint(self, endpoint_id: str) -> EndpointSettings | None:
         return next((e for e in self.endpoints if e.id == endpoint_id), None)

@@ -99,5 +99,29 @@ class Metrics:
             registry=r,
         )
 
+        self.feed_reads = Counter(
+            "lms_webhooks_feed_reads",
+            "Account change feed reads by outcome (ok, full, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.feed_fallbacks = Counter(
+            "lms_webhooks_feed_fallbacks",
+            "`strategy: auto` accounts fallen back to per-user polling, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.accounts_per_user = Gauge(
+            "lms_webhooks_accounts_fallen_back",
+            "`strategy: auto` accounts polled per user now, their feed unusable.",
+            registry=r,
+        )
+        self.listed_users = Counter(
+            "lms_webhooks_listing_changes",
+            "Users that joined or left a `users: all` account's listing.",
+            ["change"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
@@ -18,9 +21,23 @@ from service.config import Settings
 from service.delivery.breaker import enabled
 from service.endpoint_health import EndpointHealth, EndpointState
 from service.metrics import Metrics
+from service.store import keys
+from service.store.read_state import ReadState
 from service.store.stores import Stores
 
 log = structlog.get_logger("service")
+
+
+def _read_state(state: ReadState, due_ms: int | None) -> dict[str, Any]:
+    """A feed's or listing's state as the admin API shows it."""
+    return {
+        "watermark_ms": state.watermark_ms,
+        "last_read_ms": state.last_poll_ms,
+        "last_full_read_ms": state.last_full_sync_ms,
+        "next_read_at_ms": due_ms,
+        "failures": state.failures or 0,
+        "last_error": state.last_error,
+    }
 
 
 class Operations:
@@ -63,6 +80,53 @@ class Operations:
         log.info("user_removed", account_id=account_id, user_id=user_id, removed=removed)
         return removed
 
+    async def poll_now(self, account_id: str, user_id: str) -> bool:
+        """Read the user's assignments now: its own poll, or its account's feed when the feed
+        covers it. False when the user is not tracked."""
+        users = self.stores.users
+        if await users.polled_by_feed(account_id, user_id):
+            return await self.stores.feed_leases.due_now(keys.account_member(account_id))
+        return await self.stores.leases.due_now(keys.user_member(account_id, user_id))
+
+    async def accounts(self) -> list[dict[str, Any]]:
+        """Each configured account: its strategy in force (and why, for `auto`), its feed
+        and listing state, the users tracked, and its back-off."""
+        stores = self.stores
+        fallbacks = await stores.feeds.fallbacks()
+        backoffs = await stores.polls.backed_off_accounts()
+        tracked = Counter(keys.parse_user_member(m)[0] for m in await stores.users.members())
+        out = []
+        for account in self.settings.accounts:
+            account_id = account.account_id
+            fallback = fallbacks.get(account_id)
+            in_force = "account" if account.uses_feed and fallback is None else "per_user"
+            feed = listing = None
+            if account.uses_feed:
+                feed = _read_state(
+                    await stores.feeds.feed_state(account_id),
+                    await stores.feed_leases.due_ms(keys.account_member(account_id)),
+                )
+            if account.all_users:
+                listing = _read_state(
+                    await stores.feeds.listing_state(account_id),
+                    await stores.discovery_leases.due_ms(keys.account_member(account_id)),
+                )
+            backoff = backoffs.get(account_id)
+            out.append(
+                {
+                    "account_id": account_id,
+                    "strategy": account.strategy,
+                    "strategy_in_force": in_force,
+                    "fallback": None if fallback is None else asdict(fallback),
+                    "users": "all" if account.all_users else "listed",
+                    "users_tracked": tracked.get(account_id, 0),
+                    "feed": feed,
+                    "listing": listing,
+                    "backoff": None if backoff is None else asdict(backoff),
+                }
+            )
+        return out
+
     async def readiness(self) -> dict[str, bool]:
         try:
             redis_ok = bool(await asyncio.wait_for(self.stores.redis.ping(), 2.0))
@@ -74,7 +138,7 @@ class Operations:
         """The gauges read from Redis (the same on every replica), before a scrape."""
         metrics, polls, queue = self.metrics, self.stores.polls, self.stores.queue
         now_ms = self.clock() * 1000
-        oldest_poll = await polls.oldest_due_ms()
+        oldest_poll = await self.stores.leases.oldest_due_ms()
         late = (now_ms - oldest_poll) / 1000 if oldest_poll is not None else 0.0
         metrics.poll_lag.set(max(late, 0.0))
         metrics.accounts_blocked.set(len(await polls.backed_off_accounts()))

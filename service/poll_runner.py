@@ -1,4 +1,5 @@
-"""One claimed poll, start to end: run it, then end its lease by its outcome.
+"""One claimed read, start to end (a user's poll, an account's feed or user listing): run
+it, then end its lease by its outcome.
 
 A success ends with the poll's own commit (which moves the user on to its next due time) and
 ends its account's back-off. A failure releases the lease with the failure counted: due
@@ -11,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 from redis.exceptions import RedisError
 
-from service.config import Settings
 from service.errors import (
     StaleLease,
     UpstreamError,
@@ -26,10 +27,9 @@ from service.errors import (
 )
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
-from service.poller import Poller
-from service.store.leases import Lease, PollLeases
+from service.store.leases import Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
-from service.store.user_state import UserState
+from service.store.read_state import ReadState
 
 log = structlog.get_logger("schedule")
 
@@ -72,22 +72,35 @@ async def quietly(moving: Awaitable[bool]) -> None:
         log.warning("lease_release_failed", error=str(e))
 
 
+class ReadResult(Protocol):
+    full: bool
+    pages: int
+    changes: int
+    events: int
+
+
+class Reader(Protocol):
+    """What the runner runs: Poller (a user), FeedReader (an account's feed), UserListing."""
+
+    async def poll(self, lease: Lease) -> ReadResult: ...
+
+
 class PollRunner:
     def __init__(
         self,
-        poller: Poller,
-        leases: PollLeases,
+        poller: Reader,
+        leases: Leases,
         store: PollStore,
-        settings: Settings,
         metrics: Metrics,
         *,
+        interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.poller = poller
         self.leases = leases
         self.store = store
-        self.settings = settings
         self.metrics = metrics
+        self.interval = interval  # the reader's cadence: failures retry within it
         self.clock = clock
         # accounts backed off when the scheduler last claimed: a success here ends theirs
         self.backed_off: set[str] = set()
@@ -129,11 +142,11 @@ class PollRunner:
     async def _failed(self, lease: Lease, error: Exception) -> None:
         self.metrics.poll_failures.labels(failure_reason(error)).inc()
         try:
-            failures = (await self.store.user_state(lease.account_id, lease.user_id)).failures
+            failures = (await self.leases.state(lease.member)).failures
         except RedisError:
             failures = None
         failures = (failures or 0) + 1
-        delay = retry_delay(error, failures - 1, self.settings.polling.interval)
+        delay = retry_delay(error, failures - 1, self.interval)
         if account_rejected(error):
             assert isinstance(error, UpstreamRejected)
             await self._back_off_account(lease.account_id, error)
@@ -148,7 +161,7 @@ class PollRunner:
             retry_in=round(delay, 3),
         )
         due = int((self.clock() + delay) * 1000)
-        failed = UserState(failures=failures, last_error=str(error))
+        failed = ReadState(failures=failures, last_error=str(error))
         await quietly(self.leases.release(lease, due, failed))
 
     async def _back_off_account(self, account_id: str, error: UpstreamRejected) -> None:
@@ -156,7 +169,7 @@ class PollRunner:
         try:
             previous = (await self.store.backed_off_accounts()).get(account_id)
             failures = (previous.failures if previous else 0) + 1
-            delay = retry_delay(error, failures - 1, self.settings.polling.interval)
+            delay = retry_delay(error, failures - 1, self.interval)
             backoff = AccountBackoff(self.clock() + delay, failures, str(error))
             await self.store.back_off_account(account_id, backoff)
         except RedisError as e:

@@ -25,7 +25,7 @@ from service.outbox import Outbox
 from service.store.leases import LEASE_SECONDS, Lease
 from service.store.limits import Budget
 from service.store.polls import PollStore, StoredUser
-from service.store.user_state import UserState
+from service.store.read_state import ReadState
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
 
@@ -160,7 +160,7 @@ class Poller:
                 run.add(gone, previous, self.settings)
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
         now_ms = run.now_ms
-        done = UserState(
+        done = ReadState(
             watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
             baselined=True,
             last_full_sync_ms=now_ms if full else None,
@@ -215,7 +215,7 @@ class Poller:
         interval = self.settings.polling.interval
         return int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
 
-    async def _commit(self, run: _Run, done: UserState | None) -> None:
+    async def _commit(self, run: _Run, done: ReadState | None) -> None:
         """Commit the outbox, fenced by the lease. `done`: the poll's final state, which ends
         the lease (the user is next due an interval on); None: an intermediate flush, which
         extends it."""

@@ -1,10 +1,11 @@
-"""Polling schedule: due times in Redis, claimed by whichever process is free.
+"""Polling schedules: due times in Redis, claimed by whichever process is free.
 
-APScheduler drives four periodic jobs: claim due users (tick), extend the leases of polls in
-flight (heartbeat), reconcile the tracked users with the schedule (sync), and report passed
-due dates (the overdue check). While users are waiting (the last claim filled every free
-slot), a finished poll claims the next ones at once instead of waiting for the next tick, so
-throughput is not capped at concurrency per tick.
+One scheduler per schedule: users polled one by one, accounts' change feeds, accounts' user
+listings. APScheduler drives its periodic jobs: claim due members (tick), extend the leases
+of reads in flight (heartbeat), reconcile the schedule with what should be on it (sync),
+and, for users, report passed due dates (the overdue check). While members are waiting (the
+last claim filled every free slot), a finished read claims the next ones at once instead of
+waiting for the next tick, so throughput is not capped at concurrency per tick.
 
 `run_once` is the burst mode: no jobs, every due user polled until none is (tests, tools).
 """
@@ -25,9 +26,8 @@ from service.config import Settings
 from service.overdue import CHECK_SECONDS, OverdueWatcher
 from service.poll_runner import PollRunner, quietly
 from service.store import keys
-from service.store.leases import LEASE_SECONDS, Lease, PollLeases
+from service.store.leases import LEASE_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
-from service.store.users import TrackedUsers
 
 log = structlog.get_logger("schedule")
 
@@ -84,20 +84,27 @@ def deferred_claims(
 
 
 class PollScheduler:
+    """`members()`: what the schedule should hold (users, or accounts), each due first
+    within `interval` of being added (`spread`), or at once."""
+
     def __init__(
         self,
-        leases: PollLeases,
+        leases: Leases,
         store: PollStore,
-        users: TrackedUsers,
+        members: Callable[[], Awaitable[set[str]]],
         runner: PollRunner,
         settings: Settings,
         *,
+        interval: float,
+        spread: bool = True,
         overdue: OverdueWatcher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.leases = leases
         self.store = store
-        self.users = users
+        self.members = members
+        self.interval = interval
+        self.spread = spread
         self.runner = runner
         self.overdue = overdue
         self.settings = settings
@@ -109,6 +116,7 @@ class PollScheduler:
         self._claiming = asyncio.Lock()
         self._backlog = False  # the last claim took as many users as it asked for
         self._kick: asyncio.Task[None] | None = None
+        self._resync: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -154,8 +162,9 @@ class PollScheduler:
         self.accepting = False
         if self.jobs.running:
             self.jobs.shutdown(wait=False)
-        if self._kick is not None:
-            await asyncio.gather(self._kick, return_exceptions=True)
+        for task in (self._kick, self._resync):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
         async with self._claiming:  # a claim under way has started its polls or handed back
             pass
         if self.tasks:
@@ -166,13 +175,18 @@ class PollScheduler:
         for lease in list(self.polling.values()):  # cancelled polls: due again at once
             await self._end(lease, self.leases.hand_back(lease))
 
+    def resync(self) -> None:
+        """What the schedule should hold changed (users listed, an account's strategy):
+        sync now rather than at the next periodic sync. Burst mode syncs in run_once."""
+        if self.running and (self._resync is None or self._resync.done()):
+            self._resync = asyncio.create_task(self.sync_users())
+
     async def sync_users(self) -> None:
-        """Schedule newly tracked users (spread over the interval), unschedule users no
-        longer tracked."""
-        now, interval = self.clock(), self.settings.polling.interval
+        """Schedule new members (spread over the interval), unschedule those gone."""
+        now, interval = self.clock(), self.interval if self.spread else 0.0
         try:
-            tracked = await self.users.members()
-            await self.store.schedule_only(tracked, lambda m: initial_due_ms(m, now, interval))
+            wanted = await self.members()
+            await self.leases.schedule_only(wanted, lambda m: initial_due_ms(m, now, interval))
         except RedisError as e:
             log.warning("sync_users_failed", error=str(e))
 
@@ -221,7 +235,7 @@ class PollScheduler:
             running,
             cap=max(1, -(-concurrency // 2)) if len(accounts) > 1 else None,
             now=self.clock(),
-            interval=self.settings.polling.interval,
+            interval=self.interval,
         )
         started = 0
         for lease in claimed:

@@ -92,9 +92,9 @@ class Driven:
     clock: Clock
 
     async def poll(self) -> int:
-        """Every user due now polled, passed due dates reported; returns the polls."""
-        assert self.service.scheduler is not None
-        return await self.service.scheduler.run_once()
+        """Every listing, feed and user due now read, passed due dates reported; returns
+        how many reads ran."""
+        return sum([await s.run_once() for s in self.service.schedulers()])
 
     async def deliver(self) -> None:
         """Every event due now delivered (and retried, while a retry is due) and settled."""
@@ -103,9 +103,10 @@ class Driven:
 
     async def baseline(self) -> None:
         """One interval on: every tracked user's first poll is due (they are spread over
-        the interval), polled, and what it sent delivered."""
-        assert self.service.scheduler is not None
-        await self.service.scheduler.sync_users()
+        the interval; feeds and listings are due at once), polled, and what it sent
+        delivered."""
+        for scheduler in self.service.schedulers():
+            await scheduler.sync_users()
         await self.step(self.service.settings.polling.interval)
 
     async def step(self, seconds: float = 0.0) -> None:

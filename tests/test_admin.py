@@ -92,7 +92,7 @@ async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
     driver, http, _, rx = admin
     service = driver.service
     rx.default_answer = Answer(status=500)
-    assert await service.poll_store.poll_now(ACCOUNT, "u_1")
+    assert await service.operations.poll_now(ACCOUNT, "u_1")
     await driver.step()  # created: the first attempt
     await driver.step(0.25)  # and two retries, then dead
     await driver.step(0.25)
@@ -152,7 +152,7 @@ async def test_users_added_and_removed_at_run_time(admin: Any) -> None:
     status, body = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_new")
     assert status == 200 and body["removed"] is True
     sim.clear_requests()
-    await driver.service.poll_store.poll_now(ACCOUNT, "u_1")
+    await driver.service.operations.poll_now(ACCOUNT, "u_1")
     await driver.step(3600)  # an hour on: every tracked user is due
     assert {r.user_id for r in sim.requests} == {"u_1"}  # u_new is polled no more
     status, _ = await call(http, "DELETE", f"/admin/users/{ACCOUNT}/u_new")

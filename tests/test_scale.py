@@ -277,7 +277,7 @@ async def test_poller_and_dispatcher_roles_split_the_work(
         assert poller.scheduler is not None and dispatcher.dispatcher is not None
         assert poller.dispatcher is None and dispatcher.scheduler is None
         await poller.scheduler.sync_users()
-        assert await poller.poll_store.poll_now(ACCOUNT, "u_1")
+        assert await poller.operations.poll_now(ACCOUNT, "u_1")
         assert await poller.scheduler.run_once() == 1
         assert await redis.zcard(keys.EndpointKeys("hr").due) == 1  # queued, not sent
         assert rx.received == []

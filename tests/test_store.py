@@ -17,11 +17,11 @@ from service.outbox import Outbox
 from service.poller import Poller
 from service.sim.lms import SimLMS
 from service.store import keys
-from service.store.leases import LEASE_SECONDS, PollLeases
+from service.store.leases import LEASE_SECONDS, user_leases
 from service.store.limits import Budget, SharedLimiter, SharedRate, api_key_budget
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
-from service.store.user_state import UserState
+from service.store.read_state import ReadState
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
 from tests.helpers import ACCOUNT, Clock, make_settings
@@ -47,8 +47,8 @@ def an_outbox() -> Outbox:
 
 async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     store = PollStore(redis)
-    leases = PollLeases(redis, clock=Clock(0.010))
-    await store.add_users({MEMBER: 0})
+    leases = user_leases(redis, clock=Clock(0.010))
+    await leases.add({MEMBER: 0})
     [lease] = await leases.claim(10)
     assert lease.due_at == 0 and lease.token == 10 + LEASE_SECONDS * 1000
     assert (lease.member, lease.account_id, lease.user_id) == (MEMBER, "acc:1", "u/1")
@@ -63,7 +63,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         outbox,
         token=lease.token - 1,
         next_score=90_000,
-        state=UserState(watermark_ms=1),
+        state=ReadState(watermark_ms=1),
         snapshots=snapshots,
     )
     assert stale is False
@@ -76,13 +76,13 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         an_outbox(),
         token=lease.token,
         next_score=90_000,
-        state=UserState(watermark_ms=1, baselined=True),
+        state=ReadState(watermark_ms=1, baselined=True),
         snapshots=snapshots,
     )
     assert ok is True
     stored = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert stored.snapshots == {"a1": Snapshot(2, {"id": "a1", "progress": 10})}
-    assert stored.state == UserState(watermark_ms=1, baselined=True)
+    assert stored.state == ReadState(watermark_ms=1, baselined=True)
     assert stored.permit_granted  # the first request's permit came with the state
     rate = SharedLimiter(redis).rate(ONE_A_SECOND)
     assert await rate.try_acquire() > 0.9  # 1/s: spent
@@ -99,18 +99,18 @@ async def test_a_poll_lease_is_extended_released_and_handed_back_only_by_its_hol
     redis: Redis,
 ) -> None:
     clock = Clock(100.0)
-    leases, store = PollLeases(redis, clock=clock), PollStore(redis)
-    await store.add_users({MEMBER: 0})
+    leases, store = user_leases(redis, clock=clock), PollStore(redis)
+    await leases.add({MEMBER: 0})
     [lease] = await leases.claim(1)
     first = lease.token
     clock.advance(5)
     assert await leases.extend(lease) and lease.token == (105 + LEASE_SECONDS) * 1000
     late = dataclasses.replace(lease, token=first)  # its holder's view before the extension
-    assert not await leases.release(late, 1, UserState(failures=9))
+    assert not await leases.release(late, 1, ReadState(failures=9))
     assert await redis.zscore(keys.POLL_DUE, MEMBER) == lease.token
     assert not await redis.exists(keys.user_state("acc:1", "u/1"))
 
-    failed = UserState(failures=1, last_error="upstream answered 500")
+    failed = ReadState(failures=1, last_error="upstream answered 500")
     assert await leases.release(lease, 200_000, failed)
     assert await redis.zscore(keys.POLL_DUE, MEMBER) == 200_000
     assert await store.user_state("acc:1", "u/1") == failed
@@ -127,8 +127,8 @@ async def test_two_processes_never_claim_the_same_user(
 ) -> None:
     other = Redis.from_url(redis_server.url, decode_responses=True)
     try:
-        a, b = PollLeases(redis), PollLeases(other)
-        await PollStore(redis).add_users({f"acc:u{n}": 0 for n in range(200)})
+        a, b = user_leases(redis), user_leases(other)
+        await a.add({f"acc:u{n}": 0 for n in range(200)})
         claims = await asyncio.gather(*[s.claim(7) for _ in range(20) for s in (a, b)])
         flat = [lease.member for batch in claims for lease in batch]
         assert len(flat) == len(set(flat)) == 200
@@ -255,7 +255,7 @@ async def test_every_lua_script_says_what_it_takes_and_compiles(redis: Redis) ->
 
     folder = files("service.store").joinpath("lua")
     names = [p.name[:-4] for p in folder.iterdir()]
-    libraries = {"fence", "enqueue", "gcra"}
+    libraries = {"fence", "enqueue", "gcra", "commit_parts"}
     assert libraries < set(names)
     for name in sorted(set(names) - libraries):
         lines = folder.joinpath(f"{name}.lua").read_text().splitlines()
@@ -273,10 +273,10 @@ async def test_a_heartbeat_after_the_last_commit_leaves_the_next_due_time(
     sim, lms_url = lms
     sim.put_assignment(ACCOUNT, "u_1", {"id": "a1"})
     settings = make_settings(redis_server.url, lms_url, [], ["u_1"], polling={"interval": "5m"})
-    store, leases = PollStore(redis), PollLeases(redis)
+    store, leases = PollStore(redis), user_leases(redis)
     budget = api_key_budget(settings.stackone.max_requests_per_minute)
     member = keys.user_member(ACCOUNT, "u_1")
-    await store.add_users({member: 0})
+    await leases.add({member: 0})
     [lease] = await leases.claim(1)
     async with aiohttp.ClientSession() as session:
         client = StackOneClient(

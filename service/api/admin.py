@@ -130,12 +130,17 @@ async def poll_now(request: web.Request) -> web.Response:
     body = await json_object(request)
     account_id = non_empty_string(body, "account_id")
     user_id = non_empty_string(body, "user_id")
-    if not await ops(request).stores.polls.poll_now(account_id, user_id):
+    if not await ops(request).poll_now(account_id, user_id):
         return json_error(404, "not tracked", f"{account_id}/{user_id} is not a tracked user")
     return web.json_response({"account_id": account_id, "user_id": user_id}, status=202)
 
 
+async def list_accounts(request: web.Request) -> web.Response:
+    return web.json_response({"accounts": await ops(request).accounts()})
+
+
 def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/accounts", list_accounts)
     app.router.add_get("/admin/endpoints", list_endpoints)
     app.router.add_post("/admin/endpoints/{endpoint_id}/enable", enable_endpoint)
     app.router.add_get("/admin/dead-letters", dead_letters)

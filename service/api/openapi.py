@@ -37,6 +37,51 @@ _USER_REF = {
 }
 
 
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_READ_STATE = {
+    "type": ["object", "null"],
+    "required": ["watermark_ms", "last_read_ms", "next_read_at_ms", "failures"],
+    "properties": {
+        "watermark_ms": _NULLABLE_INT,
+        "last_read_ms": _NULLABLE_INT,
+        "last_full_read_ms": _NULLABLE_INT,
+        "next_read_at_ms": _NULLABLE_INT,
+        "failures": {"type": "integer"},
+        "last_error": {"type": ["string", "null"]},
+    },
+}
+_ACCOUNT = {
+    "type": "object",
+    "required": ["account_id", "strategy", "strategy_in_force", "users", "users_tracked"],
+    "properties": {
+        "account_id": {"type": "string"},
+        "strategy": {"type": "string", "enum": ["per_user", "account", "auto"]},
+        "strategy_in_force": {"type": "string", "enum": ["per_user", "account"]},
+        "fallback": {
+            "type": ["object", "null"],
+            "description": "why a `strategy: auto` account is polled per user, and until when",
+            "properties": {
+                "reason": {"type": "string"},
+                "since": {"type": "number"},
+                "retry_at": {"type": "number"},
+            },
+        },
+        "users": {"type": "string", "enum": ["all", "listed"]},
+        "users_tracked": {"type": "integer"},
+        "feed": {"$ref": "#/components/schemas/ReadState"},
+        "listing": {"$ref": "#/components/schemas/ReadState"},
+        "backoff": {
+            "type": ["object", "null"],
+            "properties": {
+                "until": {"type": "number"},
+                "failures": {"type": "integer"},
+                "error": {"type": "string"},
+            },
+        },
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -89,7 +134,13 @@ def build_openapi(admin: bool) -> dict[str, Any]:
         "info": {"title": "lms-webhooks", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": {"Error": _ERROR, "EndpointHealth": _HEALTH, "UserRef": _USER_REF},
+            "schemas": {
+                "Error": _ERROR,
+                "EndpointHealth": _HEALTH,
+                "UserRef": _USER_REF,
+                "ReadState": _READ_STATE,
+                "Account": _ACCOUNT,
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
@@ -182,6 +233,28 @@ def _admin_paths() -> dict[str, Any]:
                     for n in ("account_id", "user_id")
                 ],
                 "responses": {"200": _json(_OBJECT), **_errors(401, 404, 409, 503)},
+            }
+        },
+        "/admin/accounts": {
+            "get": {
+                "summary": "Each account's strategy in force (and why), feed and listing state, "
+                "users tracked and back-off",
+                **_SECURED,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["accounts"],
+                            "properties": {
+                                "accounts": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Account"},
+                                }
+                            },
+                        }
+                    ),
+                    **_errors(401, 503),
+                },
             }
         },
         "/admin/poll": {

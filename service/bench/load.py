@@ -21,7 +21,7 @@ from service.outbox import Outbox, route_events
 from service.sim.lms import SimLMS
 from service.store import keys
 from service.store.polls import PollStore
-from service.store.user_state import UserState
+from service.store.read_state import ReadState
 
 ACCOUNT = "acc_1"
 
@@ -146,7 +146,7 @@ async def store_baselines(
                 change = detect(ACCOUNT, user_id, assignment_id, None, record, now=now, emit=False)
                 assert change is not None
                 outbox.changes.append(change)
-            state = UserState(watermark_ms=now_ms, baselined=True, last_full_sync_ms=now_ms)
+            state = ReadState(watermark_ms=now_ms, baselined=True, last_full_sync_ms=now_ms)
             due = int(now.timestamp() * 1000) + rng.randrange(0, spread_ms)
             snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
             await store.commit(

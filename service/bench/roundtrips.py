@@ -16,7 +16,7 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.poller import Poller
 from service.store import keys
-from service.store.leases import PollLeases
+from service.store.leases import user_leases
 from service.store.limits import SharedLimiter, api_key_budget
 from service.store.polls import PollStore
 from service.upstream.client import StackOneClient
@@ -42,9 +42,10 @@ async def measure_poll(
 ) -> tuple[int, Any]:
     """Claim the user as the scheduler would, poll once; (round trips of the poll, result)."""
     member = keys.user_member(account_id, user_id)
-    await store.add_users({member: 0})
-    await store.poll_now(account_id, user_id)
-    [lease] = await PollLeases(store.redis).claim(1)
+    leases = user_leases(store.redis)
+    await leases.add({member: 0})
+    await leases.due_now(member)
+    [lease] = await leases.claim(1)
     assert lease.member == member
     before = CountingConnection.sent
     result = await poller.poll(lease)
@@ -81,7 +82,7 @@ async def poll_cost(
 async def idle_poll_cost(bench: Any, config: dict[str, Any]) -> tuple[int, int]:
     """(HTTP requests, Redis round trips) of one idle poll: a user's second, nothing changed."""
     settings = Settings.model_validate(config)
-    user_id = settings.accounts[0].users[0]
+    user_id = settings.accounts[0].listed_users[0]
     await poll_cost(bench.redis_server.url, settings, "acc_1", user_id)  # connect, load scripts
     await bench.redis.delete(keys.user_state("acc_1", user_id), keys.snapshots("acc_1", user_id))
     baseline_at = len(bench.lms.requests)

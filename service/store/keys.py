@@ -20,6 +20,12 @@ UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
 BLOCKED_ACCOUNTS = f"{PREFIX}:accounts:blocked"
 # zset: overdue member (user, assignment, due date) → the due date (ms); claimed like POLL_DUE.
 OVERDUE = f"{PREFIX}:overdue"
+# zset: account member → when its change feed is next read (ms); leased like POLL_DUE.
+FEED_DUE = f"{PREFIX}:feed:due"
+# hash: account id → JSON FeedFallback, while a `strategy: auto` account is polled per user.
+FEED_FALLBACK = f"{PREFIX}:feed:fallback"
+# zset: account member → when its user listing is next read (ms); leased like POLL_DUE.
+DISCOVERY_DUE = f"{PREFIX}:discovery:due"
 
 
 def _q(value: str) -> str:
@@ -31,8 +37,14 @@ def user_member(account_id: str, user_id: str) -> str:
 
 
 def parse_user_member(member: str) -> tuple[str, str]:
+    """(account id, user id); an account member gives (account id, "")."""
     account, _, user = member.partition(":")
     return unquote(account), unquote(user)
+
+
+def account_member(account_id: str) -> str:
+    """An account in FEED_DUE and DISCOVERY_DUE (parse_user_member reads it too)."""
+    return _q(account_id)
 
 
 def overdue_member(account_id: str, user_id: str, assignment_id: str, due_ms: int) -> str:
@@ -56,9 +68,24 @@ def legacy_snapshots(account_id: str, user_id: str) -> str:
 
 
 def user_state(account_id: str, user_id: str) -> str:
-    """hash: watermark, baselined, last_full_sync, last_poll, failures, last_error
-    (store.user_state.UserState)."""
+    """hash: the user poll's ReadState (watermark, baselined, last_full_sync, last_poll,
+    failures, last_error)."""
     return f"{PREFIX}:user:{user_member(account_id, user_id)}"
+
+
+def feed_state(account_id: str) -> str:
+    """hash: the account change feed's ReadState (watermark, last full read, failures)."""
+    return f"{PREFIX}:feed:{account_member(account_id)}"
+
+
+def discovery_state(account_id: str) -> str:
+    """hash: the account user listing's ReadState (watermark, last complete listing)."""
+    return f"{PREFIX}:discovery:{account_member(account_id)}"
+
+
+def discovered_users(account_id: str) -> str:
+    """set: the user ids the account's user listing names (`users: all`)."""
+    return f"{PREFIX}:users:listed:{account_member(account_id)}"
 
 
 def rate_limit(name: str) -> str:

@@ -1,9 +1,10 @@
-"""Poll leases, the whole life of one: claim, extend, release, hand back.
+"""Leased schedules, the whole life of a lease: claim, extend, release, hand back.
 
-A user's member in `keys.POLL_DUE` is scored by when it is next due. Claiming a due user sets
-its score to the lease's expiry, and that score is the fencing token of every write of the
-poll (see fence.lua): a poll whose lease ran out and was claimed elsewhere writes nothing.
-The poll's commit moves the score on to the next due time, which ends the lease.
+A schedule is a zset of members (users to poll, accounts whose change feed or user listing
+to read), each scored by when it is next due. Claiming a due member sets its score to the
+lease's expiry, and that score is the fencing token of every write of the work (see
+fence.lua): work whose lease ran out and was claimed elsewhere writes nothing. The work's
+commit moves the score on to the next due time, which ends the lease.
 """
 
 from __future__ import annotations
@@ -12,73 +13,161 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from redis.asyncio import Redis
 
 from service.store import keys
-from service.store.scripts import ClaimDue, MovePollLease
-from service.store.user_state import UserState
+from service.store.read_state import FIELDS, ReadState
+from service.store.scripts import ClaimDue, MoveLease
 
-# A dead process's users are polled again this soon; a live poll extends its lease every
-# third of it (the scheduler's heartbeat).
+# A dead process's work is taken over this soon; live work extends its lease every third of
+# it (the scheduler's heartbeat).
 LEASE_SECONDS = 15.0
 
 
 @dataclass
 class Lease:
-    """A claimed user. `token` (the lease expiry, ms) changes whenever the lease moves."""
+    """A claimed member. `token` (the lease expiry, ms) changes whenever the lease moves."""
 
     member: str
     account_id: str
-    user_id: str
+    user_id: str  # "" for an account's feed or listing
     token: int
-    due_at: float  # when it was due (s): the next poll is due an interval later
+    due_at: float  # when it was due (s): the next run is due an interval later
     claimed_at: float
     # held while the token is in use (a commit, an extension), so none uses a stale one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # the poll's last commit moved the user on to its next due time: that score is no
+    # the work's last commit moved the member on to its next due time: that score is no
     # longer a lease, and nothing may move it as one (a heartbeat that waited for the lock)
     ended: bool = False
 
 
-class PollLeases:
-    def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.time) -> None:
+class Leases:
+    """One schedule (`zset`) and the leases on it; `state_key(member)` is the hash of the
+    member's ReadState, written with a released lease."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        zset: str,
+        state_key: Callable[[str], str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.zset = zset
+        self.state_key = state_key
         self.clock = clock
         self._claim = ClaimDue(redis)
-        self._move = MovePollLease(redis)
+        self._move = MoveLease(redis)
 
     async def claim(self, limit: int) -> list[Lease]:
-        """Lease up to `limit` users that are due now."""
+        """Lease up to `limit` members that are due now."""
         now = self.clock()
         token = int((now + LEASE_SECONDS) * 1000)
-        claimed = await self._claim(keys.POLL_DUE, int(now * 1000), token, limit)
+        claimed = await self._claim(self.zset, int(now * 1000), token, limit)
         return [
             Lease(member, *keys.parse_user_member(member), token, due_ms / 1000, now)
             for member, due_ms in claimed
         ]
 
     async def extend(self, lease: Lease) -> bool:
-        """Keep a running poll's lease for another LEASE_SECONDS; False when it was lost or
+        """Keep running work's lease for another LEASE_SECONDS; False when it was lost or
         has ended."""
         async with lease.lock:
             if lease.ended:
                 return False
             token = int((self.clock() + LEASE_SECONDS) * 1000)
-            if not await self._move(lease.member, lease.token, token):
+            if not await self._move(self._keys(lease), lease.member, lease.token, token):
                 return False
             lease.token = token
             return True
 
-    async def release(self, lease: Lease, due_ms: int, state: UserState | None = None) -> bool:
-        """End the lease without a commit: the user is next due at `due_ms`, with `state`
-        (a failed poll's failure count and error) written at the same time."""
+    async def release(self, lease: Lease, due_ms: int, state: ReadState | None = None) -> bool:
+        """End the lease without a commit: the member is next due at `due_ms`, with `state`
+        (a failed read's failure count and error) written at the same time."""
         async with lease.lock:
             if lease.ended:
                 return False
-            lease.ended = await self._move(lease.member, lease.token, due_ms, state)
-            return lease.ended
+            moved = await self._move(self._keys(lease), lease.member, lease.token, due_ms, state)
+            lease.ended = moved
+            return moved
 
     async def hand_back(self, lease: Lease) -> bool:
-        """End the lease of a poll that did not run (stopping, deferred): due again at once,
+        """End the lease of work that did not run (stopping, deferred): due again at once,
         for whichever process claims it first."""
         return await self.release(lease, int(self.clock() * 1000))
+
+    async def state(self, member: str) -> ReadState:
+        values = await self.redis.hmget(self.state_key(member), FIELDS)
+        return ReadState.decode_list(cast(list[str | None], values))
+
+    def _keys(self, lease: Lease) -> tuple[str, str]:
+        return self.zset, self.state_key(lease.member)
+
+    # -- the schedule's membership --
+
+    async def schedule_only(self, members: set[str], first_due_ms: Callable[[str], int]) -> None:
+        """The schedule holds exactly `members`: those new to it are added, due at
+        `first_due_ms(member)`; those no longer among them are removed (a running lease
+        removed so ends: its commit finds no token)."""
+        scheduled = await self.scheduled()
+        await self.add({m: first_due_ms(m) for m in members - scheduled.keys()})
+        await self.remove(sorted(scheduled.keys() - members))
+
+    async def add(self, scores: dict[str, int]) -> int:
+        """Schedule members not yet scheduled (ZADD NX): running leases stay untouched."""
+        if not scores:
+            return 0
+        added = await self.redis.zadd(self.zset, dict(scores), nx=True)
+        return int(added or 0)
+
+    async def remove(self, members: list[str]) -> None:
+        if members:
+            await self.redis.zrem(self.zset, *members)
+
+    async def scheduled(self) -> dict[str, float]:
+        raw = await self.redis.zrange(self.zset, 0, -1, withscores=True)
+        return dict(cast(list[tuple[str, float]], raw))
+
+    async def oldest_due_ms(self) -> float | None:
+        """The earliest due time of any member (running work's lease counts as not due)."""
+        first = await self.redis.zrange(self.zset, 0, 0, withscores=True)
+        return float(cast(list[tuple[str, float]], first)[0][1]) if first else None
+
+    async def due_ms(self, member: str) -> int | None:
+        """When the member is next due (or its lease's expiry, while it runs)."""
+        score = await self.redis.zscore(self.zset, member)
+        return None if score is None else int(score)
+
+    async def due_now(self, member: str) -> bool:
+        """Make a scheduled member due at once (XX: one not scheduled is not added)."""
+        return bool(await self.redis.zadd(self.zset, {member: 0}, xx=True, ch=True))
+
+
+def _user_state_key(member: str) -> str:
+    return keys.user_state(*keys.parse_user_member(member))
+
+
+def _feed_state_key(member: str) -> str:
+    return keys.feed_state(keys.parse_user_member(member)[0])
+
+
+def _discovery_state_key(member: str) -> str:
+    return keys.discovery_state(keys.parse_user_member(member)[0])
+
+
+def user_leases(redis: Redis, *, clock: Callable[[], float] = time.time) -> Leases:
+    """Users to poll one by one (`strategy: per_user`)."""
+    return Leases(redis, keys.POLL_DUE, _user_state_key, clock=clock)
+
+
+def feed_leases(redis: Redis, *, clock: Callable[[], float] = time.time) -> Leases:
+    """Accounts whose change feed to read (`strategy: account | auto`)."""
+    return Leases(redis, keys.FEED_DUE, _feed_state_key, clock=clock)
+
+
+def discovery_leases(redis: Redis, *, clock: Callable[[], float] = time.time) -> Leases:
+    """Accounts whose user listing to read (`users: all`)."""
+    return Leases(redis, keys.DISCOVERY_DUE, _discovery_state_key, clock=clock)

@@ -4,7 +4,6 @@ atomic commit of a poll, overdue watches, and accounts backed off."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import cast
@@ -15,16 +14,16 @@ from service.detect import Snapshot
 from service.outbox import Outbox, OverdueWatch, RoutedEvents
 from service.store import keys
 from service.store.limits import Budget
+from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
-from service.store.user_state import FIELDS, UserState
 
 
 @dataclass
 class StoredUser:
     """One user as a poll finds it in Redis: its state and its snapshots."""
 
-    state: UserState
+    state: ReadState
     raw_snapshots: str | None
     # snapshots as 0.1 stored them (a hash), when the user has none in today's form yet
     legacy: dict[str, str] = field(default_factory=dict)
@@ -69,7 +68,7 @@ class PollStore:
         """One round trip: the user's state and every snapshot, and a permit of `budget`
         for the first request (spent when granted: the caller hands it to its client)."""
         loaded = await self._load(account_id, user_id, budget.script_keys(), budget.script_args())
-        state = UserState.decode(loaded.state)
+        state = ReadState.decode(loaded.state)
         return StoredUser(state, loaded.snapshots, loaded.legacy, loaded.permit_wait <= 0)
 
     async def commit(
@@ -80,7 +79,7 @@ class PollStore:
         *,
         token: int | None,
         next_score: int | None,
-        state: UserState | None = None,
+        state: ReadState | None = None,
         snapshots: dict[str, Snapshot] | None = None,
     ) -> bool:
         """Snapshots, user state, outgoing events and the due score in one atomic step.
@@ -103,9 +102,9 @@ class PollStore:
             events=outbox.events,
         )
 
-    async def user_state(self, account_id: str, user_id: str) -> UserState:
+    async def user_state(self, account_id: str, user_id: str) -> ReadState:
         values = await self.redis.hmget(keys.user_state(account_id, user_id), FIELDS)
-        return UserState.decode_list(cast(list[str | None], values))
+        return ReadState.decode_list(cast(list[str | None], values))
 
     async def snapshot(self, account_id: str, user_id: str, assignment_id: str) -> Snapshot | None:
         raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id)))
@@ -128,43 +127,6 @@ class PollStore:
     async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:
         """Queue an overdue check's events (maybe none) and unwatch it, fenced, in one step."""
         return await self._commit_overdue(member, token, events)
-
-    # -- the schedule: who is tracked, and when each is due --
-
-    async def schedule_only(self, members: set[str], first_due_ms: Callable[[str], int]) -> None:
-        """The schedule holds exactly `members`: those new to it are added, due at
-        `first_due_ms(member)`; those no longer among them are removed. Running leases stay
-        untouched."""
-        scheduled = await self.scheduled_users()
-        await self.add_users({m: first_due_ms(m) for m in members - scheduled.keys()})
-        await self.remove_users(sorted(scheduled.keys() - members))
-
-    async def add_users(self, scores: dict[str, int]) -> int:
-        """Schedule users not yet scheduled (ZADD NX): running leases stay untouched."""
-        if not scores:
-            return 0
-        added = await self.redis.zadd(keys.POLL_DUE, dict(scores), nx=True)
-        return int(added or 0)
-
-    async def remove_users(self, members: list[str]) -> None:
-        if members:
-            await self.redis.zrem(keys.POLL_DUE, *members)
-
-    async def scheduled_users(self) -> dict[str, float]:
-        raw = await self.redis.zrange(keys.POLL_DUE, 0, -1, withscores=True)
-        return dict(cast(list[tuple[str, float]], raw))
-
-    async def oldest_due_ms(self) -> float | None:
-        """The earliest due time of any user (a running poll's lease counts as not due)."""
-        first = await self.redis.zrange(keys.POLL_DUE, 0, 0, withscores=True)
-        return float(cast(list[tuple[str, float]], first)[0][1]) if first else None
-
-    async def poll_now(self, account_id: str, user_id: str) -> bool:
-        """Make a scheduled user due at once (XX: an untracked user is not added)."""
-        changed = await self.redis.zadd(
-            keys.POLL_DUE, {keys.user_member(account_id, user_id): 0}, xx=True, ch=True
-        )
-        return bool(changed)
 
     # -- accounts backed off after 401/403/412 --
 

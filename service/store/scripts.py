@@ -20,8 +20,8 @@ from service.detect import Snapshot
 from service.outbox import OverdueWatch, RoutedEvents
 from service.store import keys
 from service.store.claims import ClaimedEvent, DeliveryMeta
+from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
-from service.store.user_state import UserState
 
 _INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
@@ -50,7 +50,7 @@ def _pack_events(events: RoutedEvents, script_keys: list[Any], args: list[Any]) 
             args += [event_id, body, due]
 
 
-def _state_pairs(state: UserState | None) -> list[str]:
+def _state_pairs(state: ReadState | None) -> list[str]:
     return [x for pair in (state.encode() if state else {}).items() for x in pair]
 
 
@@ -65,18 +65,36 @@ class ClaimDue(_Script):
         return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 
-class MovePollLease(_Script):
-    source = "move_poll_lease"
+class MoveLease(_Script):
+    source = "move_lease"
 
     async def __call__(
-        self, member: str, token: int, score: int, state: UserState | None = None
+        self,
+        schedule: tuple[str, str],
+        member: str,
+        token: int,
+        score: int,
+        state: ReadState | None = None,
     ) -> bool:
-        account_id, user_id = keys.parse_user_member(member)
+        """`schedule`: (the zset, the member's state hash)."""
         moved = await self._run(
-            keys=[keys.POLL_DUE, keys.user_state(account_id, user_id)],
-            args=[member, token, score, *_state_pairs(state)],
+            keys=list(schedule), args=[member, token, score, *_state_pairs(state)]
         )
         return bool(moved)
+
+
+def _state_args(state: ReadState | None) -> list[Any]:
+    """A ReadState as commit_parts.lua's hset_pairs reads it."""
+    pairs = _state_pairs(state)
+    return [len(pairs) // 2, *pairs]
+
+
+def _watch_args(watch: list[OverdueWatch], unwatch: list[OverdueWatch]) -> list[Any]:
+    """Overdue watches as commit_parts.lua's watch reads them."""
+    args: list[Any] = [len(watch)]
+    for due in watch:
+        args += [keys.overdue_member(*due), due.due_ms]
+    return [*args, len(unwatch), *(keys.overdue_member(*due) for due in unwatch)]
 
 
 class CommitPoll(_Script):
@@ -90,7 +108,7 @@ class CommitPoll(_Script):
         token: int | None,
         next_score: int | None,
         snapshots: dict[str, Snapshot] | None,
-        state: UserState | None,
+        state: ReadState | None,
         watch: list[OverdueWatch],
         unwatch: list[OverdueWatch],
         events: RoutedEvents,
@@ -102,19 +120,65 @@ class CommitPoll(_Script):
             keys.OVERDUE,
             keys.legacy_snapshots(account_id, user_id),
         ]
-        pairs = _state_pairs(state)
         args: list[Any] = [
             keys.user_member(account_id, user_id),
             "" if token is None else token,
             "" if next_score is None else next_score,
             "" if snapshots is None else encode_snapshots(snapshots),
-            len(pairs) // 2,
-            *pairs,
-            len(watch),
+            *_state_args(state),
+            *_watch_args(watch, unwatch),
         ]
-        for due in watch:
-            args += [keys.overdue_member(*due), due.due_ms]
-        args += [len(unwatch), *(keys.overdue_member(*due) for due in unwatch)]
+        _pack_events(events, script_keys, args)
+        return bool(await self._run(keys=script_keys, args=args))
+
+
+class UserWrite(NamedTuple):
+    """One user's part of a feed commit."""
+
+    user_id: str
+    snapshots: dict[str, Snapshot] | None  # every snapshot of the user; None: unchanged
+    state: ReadState | None
+
+
+class CommitFeed(_Script):
+    source = "commit_feed"
+
+    async def __call__(
+        self,
+        account_id: str,
+        *,
+        token: int,
+        next_score: int | None,
+        end_fallback: bool,
+        state: ReadState | None,
+        users: list[UserWrite],
+        watch: list[OverdueWatch],
+        unwatch: list[OverdueWatch],
+        events: RoutedEvents,
+    ) -> bool:
+        script_keys: list[Any] = [
+            keys.FEED_DUE,
+            keys.feed_state(account_id),
+            keys.OVERDUE,
+            keys.FEED_FALLBACK,
+        ]
+        args: list[Any] = [
+            keys.account_member(account_id),
+            token,
+            "" if next_score is None else next_score,
+            account_id if end_fallback else "",
+            *_state_args(state),
+            len(users),
+        ]
+        for user in users:
+            script_keys += [
+                keys.snapshots(account_id, user.user_id),
+                keys.user_state(account_id, user.user_id),
+                keys.legacy_snapshots(account_id, user.user_id),
+            ]
+            args += ["" if user.snapshots is None else encode_snapshots(user.snapshots)]
+            args += _state_args(user.state)
+        args += _watch_args(watch, unwatch)
         _pack_events(events, script_keys, args)
         return bool(await self._run(keys=script_keys, args=args))
 
@@ -233,3 +297,35 @@ class ReplayDead(_Script):
         ep = keys.EndpointKeys(endpoint_id)
         queued = await self._run(keys=[ep.due, ep.dead, ep.meta], args=[now_ms, *(event_ids or [])])
         return int(queued)
+
+
+class CommitListing(_Script):
+    source = "commit_listing"
+
+    async def __call__(
+        self,
+        account_id: str,
+        *,
+        token: int,
+        next_score: int,
+        state: ReadState,
+        add: list[str],
+        drop: list[str],
+    ) -> bool:
+        """`drop`: users to forget (their schedule entry, state and snapshots)."""
+        script_keys: list[Any] = [
+            keys.DISCOVERY_DUE,
+            keys.discovery_state(account_id),
+            keys.discovered_users(account_id),
+            keys.POLL_DUE,
+        ]
+        args: list[Any] = [keys.account_member(account_id), token, next_score]
+        args += [*_state_args(state), len(add), *add, len(drop)]
+        for user_id in drop:
+            script_keys += [
+                keys.snapshots(account_id, user_id),
+                keys.user_state(account_id, user_id),
+                keys.legacy_snapshots(account_id, user_id),
+            ]
+            args += [user_id, keys.user_member(account_id, user_id)]
+        return bool(await self._run(keys=script_keys, args=args))

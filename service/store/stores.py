@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.store.endpoints import EndpointStore
-from service.store.leases import PollLeases
+from service.store.feeds import FeedStore
+from service.store.leases import Leases, discovery_leases, feed_leases, user_leases
 from service.store.limits import SharedLimiter
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
@@ -23,18 +24,25 @@ class Stores:
     queue: EventQueue
     endpoints: EndpointStore
     polls: PollStore
-    leases: PollLeases
+    feeds: FeedStore
+    leases: Leases  # users polled one by one
+    feed_leases: Leases
+    discovery_leases: Leases
     users: TrackedUsers
     limiter: SharedLimiter
 
     @classmethod
     def on(cls, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time) -> Stores:
+        feeds = FeedStore(redis)
         return cls(
             redis=redis,
             queue=EventQueue(redis),
             endpoints=EndpointStore(redis),
             polls=PollStore(redis),
-            leases=PollLeases(redis, clock=clock),
-            users=TrackedUsers(redis, settings),
+            feeds=feeds,
+            leases=user_leases(redis, clock=clock),
+            feed_leases=feed_leases(redis, clock=clock),
+            discovery_leases=discovery_leases(redis, clock=clock),
+            users=TrackedUsers(redis, settings, feeds),
             limiter=SharedLimiter(redis),
         )

@@ -1,4 +1,5 @@
-"""Tracked users: the config's, plus those added at run time (kept in Redis)."""
+"""Tracked users: the config's, those its user listings name (`users: all`), and those
+added at run time (kept in Redis); and which of them are polled one by one."""
 
 from __future__ import annotations
 
@@ -8,17 +9,22 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.store import keys
-from service.store.user_state import FIELDS, UserState
+from service.store.feeds import FeedFallback, FeedStore
+from service.store.read_state import FIELDS, ReadState
 
 
 class TrackedUsers:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, feeds: FeedStore) -> None:
         self.redis = redis
+        self.settings = settings
+        self.feeds = feeds
         self.configured = {
             keys.user_member(account.account_id, user)
             for account in settings.accounts
-            for user in account.users
+            for user in account.listed_users
         }
+        self.listing_accounts = [a.account_id for a in settings.accounts if a.all_users]
+        self.feed_accounts = {a.account_id for a in settings.accounts if a.uses_feed}
 
     def in_config(self, account_id: str, user_id: str) -> bool:
         return keys.user_member(account_id, user_id) in self.configured
@@ -26,18 +32,55 @@ class TrackedUsers:
     async def runtime(self) -> set[str]:
         return cast(set[str], await self.redis.smembers(keys.RUNTIME_USERS))
 
+    async def listed(self) -> set[str]:
+        """Every user the `users: all` accounts' listings name, as members."""
+        members: set[str] = set()
+        for account_id in self.listing_accounts:
+            listed = await self.feeds.listed(account_id)
+            members |= {keys.user_member(account_id, user_id) for user_id in listed}
+        return members
+
     async def members(self) -> set[str]:
-        return self.configured | await self.runtime()
+        return self.configured | await self.listed() | await self.runtime()
+
+    async def of_account(self, account_id: str) -> set[str]:
+        """The user ids tracked in one account."""
+        return {
+            user_id
+            for account, user_id in map(keys.parse_user_member, await self.members())
+            if account == account_id
+        }
+
+    async def feed_accounts_in_force(self) -> set[str]:
+        """Accounts read through their change feed now (not fallen back to per-user)."""
+        if not self.feed_accounts:
+            return set()
+        return self.feed_accounts - (await self.feeds.fallbacks()).keys()
+
+    async def per_user_members(self) -> set[str]:
+        """The tracked users polled one by one: all but those their account's feed covers."""
+        feeds = await self.feed_accounts_in_force()
+        return {m for m in await self.members() if keys.parse_user_member(m)[0] not in feeds}
+
+    async def polled_by_feed(self, account_id: str, user_id: str) -> bool:
+        member = keys.user_member(account_id, user_id)
+        return account_id in await self.feed_accounts_in_force() and member in await self.members()
+
+    async def fallbacks(self) -> dict[str, FeedFallback]:
+        return await self.feeds.fallbacks()
 
     async def add(self, account_id: str, user_id: str, due_ms: int) -> bool:
-        """Track a user from now on; False when it was tracked already."""
+        """Track a user from now on; False when it was tracked already. A user of an account
+        read through its feed is not scheduled: the feed's next read baselines it."""
         member = keys.user_member(account_id, user_id)
         if member in self.configured:
             return False
+        by_feed = account_id in await self.feed_accounts_in_force()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(keys.RUNTIME_USERS, member)
-            pipe.zadd(keys.POLL_DUE, {member: due_ms}, nx=True)
-            added, _ = await pipe.execute()
+            if not by_feed:
+                pipe.zadd(keys.POLL_DUE, {member: due_ms}, nx=True)
+            added, *_ = await pipe.execute()
         return bool(added)
 
     async def remove(self, account_id: str, user_id: str) -> bool:
@@ -56,8 +99,8 @@ class TrackedUsers:
 
     async def describe(self) -> list[dict[str, Any]]:
         """Every tracked user with where it comes from and how its polls go."""
-        runtime = await self.runtime()
-        members = sorted(self.configured | runtime)
+        runtime, listed = await self.runtime(), await self.listed()
+        members = sorted(self.configured | listed | runtime)
         async with self.redis.pipeline(transaction=False) as pipe:
             for member in members:
                 pipe.zscore(keys.POLL_DUE, member)
@@ -67,12 +110,19 @@ class TrackedUsers:
         for n, member in enumerate(members):
             account_id, user_id = keys.parse_user_member(member)
             due, state = answers[2 * n], answers[2 * n + 1]
-            decoded = UserState.decode_list(state)
+            decoded = ReadState.decode_list(state)
+            source = (
+                "config"
+                if member in self.configured
+                else "runtime"
+                if member in runtime
+                else "listing"
+            )
             out.append(
                 {
                     "account_id": account_id,
                     "user_id": user_id,
-                    "source": "config" if member in self.configured else "runtime",
+                    "source": source,
                     "next_poll_at_ms": int(due) if due is not None else None,
                     "watermark_ms": decoded.watermark_ms,
                     "last_poll_ms": decoded.last_poll_ms,

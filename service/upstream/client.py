@@ -1,4 +1,5 @@
-"""The StackOne client: one user's assignments, page by page, within the shared budget."""
+"""The StackOne client: a user's or an account's assignments and an account's users, page
+by page, within the shared budget."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -32,7 +33,7 @@ from service.errors import (
 from service.httpspec import USER_AGENT, StatusClass, retry_after_seconds, status_class
 from service.metrics import Metrics
 from service.timefmt import iso_ms
-from service.upstream.model import Page, parse_page
+from service.upstream.model import Page, UserPage, parse_page, parse_user_page
 
 log = structlog.get_logger("upstream")
 
@@ -42,6 +43,17 @@ DEFAULT_RETRY_AFTER = 5.0  # a 429/408 without a readable Retry-After pauses thi
 KEPT_PERMIT_SECONDS = 1.0
 MAX_RETRY_AFTER = 600.0
 MAX_PAGE_BYTES = 32 * 1024 * 1024  # 100 records are far below this; a runaway body is not
+NOT_IMPLEMENTED = 501
+ACCOUNT_ASSIGNMENTS = "/unified/lms/assignments"
+ACCOUNT_USERS = "/unified/lms/users"
+
+
+class _Paged(Protocol):
+    @property
+    def next(self) -> str | None: ...
+
+
+_PageT = TypeVar("_PageT", bound=_Paged)
 
 
 class RequestRate(Protocol):
@@ -67,6 +79,8 @@ def error_for_status(status: int, retry_after: str | None, now: float) -> Upstre
         )
     if kind in (StatusClass.ACCOUNT_REJECTED, StatusClass.NOT_FOUND):
         return UpstreamRejected(message, status=status)
+    if status == NOT_IMPLEMENTED:  # an endpoint the provider lacks: retrying cannot help
+        return UpstreamError(message, status=status)
     if kind is StatusClass.SERVER_ERROR:
         return UpstreamUnavailable(message, status=status)
     return UpstreamError(message, status=status)
@@ -117,8 +131,34 @@ class StackOneClient:
     async def pages(
         self, account_id: str, user_id: str, updated_after: datetime | None
     ) -> AsyncIterator[Page]:
-        """Every page of the user's assignments, following `next` until it is empty."""
-        url = f"{self.settings.base_url}/unified/lms/users/{quote(user_id, safe='')}/assignments"
+        """Every page of one user's assignments, following `next` until it is empty."""
+        path = f"/unified/lms/users/{quote(user_id, safe='')}/assignments"
+        async for page in self._walk(path, account_id, updated_after, parse_page):
+            yield page
+
+    async def account_pages(
+        self, account_id: str, updated_after: datetime | None
+    ) -> AsyncIterator[Page]:
+        """Every page of the account's assignments, of all its users (the change feed)."""
+        async for page in self._walk(ACCOUNT_ASSIGNMENTS, account_id, updated_after, parse_page):
+            yield page
+
+    async def user_pages(
+        self, account_id: str, updated_after: datetime | None
+    ) -> AsyncIterator[UserPage]:
+        """Every page of the account's user listing."""
+        async for page in self._walk(ACCOUNT_USERS, account_id, updated_after, parse_user_page):
+            yield page
+
+    async def _walk(
+        self,
+        path: str,
+        account_id: str,
+        updated_after: datetime | None,
+        parse: Callable[[bytes], _PageT],
+    ) -> AsyncIterator[_PageT]:
+        """Every page of one listing, following `next` until it is empty."""
+        url = f"{self.settings.base_url}{path}"
         params: dict[str, str] = {"page_size": str(self.settings.page_size)}
         if updated_after is not None:
             name = (
@@ -135,19 +175,24 @@ class StackOneClient:
         }
         seen_cursors: set[str] = set()
         for _ in range(self.settings.max_pages):
-            page = await self._get_with_retries(url, params, headers)
+            page = await self._get_with_retries(url, params, headers, parse)
             yield page
-            if not page.next:
+            cursor = page.next
+            if not cursor:
                 return
-            if page.next in seen_cursors:
+            if cursor in seen_cursors:
                 raise UpstreamMalformed("the `next` cursor repeats itself")
-            seen_cursors.add(page.next)
-            params = {**params, "next": page.next}
+            seen_cursors.add(cursor)
+            params = {**params, "next": cursor}
         raise UpstreamMalformed(f"more than {self.settings.max_pages} pages: runaway `next` chain")
 
     async def _get_with_retries(
-        self, url: str, params: dict[str, str], headers: dict[str, str]
-    ) -> Page:
+        self,
+        url: str,
+        params: dict[str, str],
+        headers: dict[str, str],
+        parse: Callable[[bytes], _PageT],
+    ) -> _PageT:
         # Rate-limit answers wait out the shared pause inside _acquire; 5xx and broken
         # connections back off exponentially with jitter. Both count as attempts.
         retrying = AsyncRetrying(
@@ -159,7 +204,7 @@ class StackOneClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._get(url, params, headers)
+                return parse(await self._get(url, params, headers))
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _acquire(self) -> None:
@@ -180,7 +225,7 @@ class StackOneClient:
                 raise UpstreamMalformed(f"a page larger than {MAX_PAGE_BYTES} bytes")
         return bytes(body)
 
-    async def _get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Page:
+    async def _get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> bytes:
         await self._acquire()
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         try:
@@ -203,4 +248,4 @@ class StackOneClient:
             await self.rate.pause(error.retry_after)
         if error is not None:
             raise error
-        return parse_page(raw)
+        return raw

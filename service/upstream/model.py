@@ -106,12 +106,9 @@ class Page:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def parse_page(raw: bytes) -> Page:
-    """A body of `AssignmentsPaginated`, or UpstreamMalformed saying what is wrong.
-
-    The envelope must have the documented shape. A single record that does not is skipped and
-    counted, so one odd record cannot block every later poll of its user.
-    """
+def _envelope(raw: bytes) -> tuple[list[Any], str | None, bool]:
+    """A list body's `data` and `next`, and whether orjson read it (plain JSON types only),
+    or UpstreamMalformed saying what is wrong."""
     try:
         body, plain = jsonfmt.loads_exact(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -121,8 +118,18 @@ def parse_page(raw: bytes) -> Page:
     cursor = body.get("next")
     if cursor is not None and not isinstance(cursor, str):
         raise UpstreamMalformed("`next` is neither a string nor null")
-    page = Page([], cursor or None)
-    for index, item in enumerate(body["data"]):
+    return body["data"], cursor or None, plain
+
+
+def parse_page(raw: bytes) -> Page:
+    """A body of `AssignmentsPaginated`, or UpstreamMalformed saying what is wrong.
+
+    The envelope must have the documented shape. A single record that does not is skipped and
+    counted, so one odd record cannot block every later poll of its user.
+    """
+    data, cursor, plain = _envelope(raw)
+    page = Page([], cursor)
+    for index, item in enumerate(data):
         if not isinstance(item, dict):
             raise UpstreamMalformed(f"data[{index}] is not an object")
         if isinstance(item.get("id"), int) and not isinstance(item["id"], bool):
@@ -132,6 +139,34 @@ def parse_page(raw: bytes) -> Page:
             page.skipped[reason] = page.skipped.get(reason, 0) + 1
             continue
         page.records.append(item)
+    return page
+
+
+@dataclass(slots=True)
+class UserPage:
+    """One page of an account's user listing (`GET /unified/lms/users`)."""
+
+    active: list[str]  # ids of the users listed as active (or without `active`)
+    inactive: list[str]  # ids of the users listed with `active: false`
+    next: str | None
+    updated_at: list[object] = field(default_factory=list)  # each user's, as received
+    skipped: int = 0  # users without a usable id
+
+
+def parse_user_page(raw: bytes) -> UserPage:
+    """A page of `LmsUsersPaginated`, or UpstreamMalformed; a user without a string id is
+    skipped and counted."""
+    data, cursor, _ = _envelope(raw)
+    page = UserPage([], [], cursor)
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise UpstreamMalformed(f"data[{index}] is not an object")
+        user_id = item.get("id")
+        if not isinstance(user_id, str) or not user_id:
+            page.skipped += 1
+            continue
+        (page.inactive if item.get("active") is False else page.active).append(user_id)
+        page.updated_at.append(item.get("updated_at"))
     return page
 
 

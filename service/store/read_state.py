@@ -1,4 +1,6 @@
-"""One user's poll state: the hash at `keys.user_state`, encoded and decoded here only."""
+"""The state of one reader of an upstream listing: a user's poll (`keys.user_state`), an
+account's change feed (`keys.feed_state`) or its user listing (`keys.discovery_state`). One
+hash format for the three, encoded and decoded here only."""
 
 from __future__ import annotations
 
@@ -7,14 +9,14 @@ from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True, slots=True)
-class UserState:
+class ReadState:
     """None means unknown when read, and "leave as it is" when written."""
 
-    watermark_ms: int | None = None  # the newest updated_at read (the next poll reads from it)
-    baselined: bool | None = None  # the first poll is done: later changes send events
+    watermark_ms: int | None = None  # the newest updated_at read (the next read starts there)
+    baselined: bool | None = None  # a user's first complete read is done: changes send events
     last_full_sync_ms: int | None = None
-    last_poll_ms: int | None = None  # the last poll that succeeded
-    failures: int | None = None  # failed polls in a row
+    last_poll_ms: int | None = None  # the last read that succeeded
+    failures: int | None = None  # failed reads in a row
     last_error: str | None = None  # '' clears it
 
     def encode(self) -> dict[str, str]:
@@ -27,7 +29,7 @@ class UserState:
         return out
 
     @classmethod
-    def decode(cls, raw: Mapping[str, str | None]) -> UserState:
+    def decode(cls, raw: Mapping[str, str | None]) -> ReadState:
         """From HGETALL (or HMGET zipped with FIELDS); empty values read as None."""
         values: dict[str, object] = {}
         for name, hash_field in _HASH_FIELD.items():
@@ -37,7 +39,7 @@ class UserState:
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
-    def decode_list(cls, values: Iterable[str | None]) -> UserState:
+    def decode_list(cls, values: Iterable[str | None]) -> ReadState:
         """From HMGET of FIELDS, in that order."""
         return cls.decode(dict(zip(FIELDS, values, strict=True)))
 

@@ -1,5 +1,5 @@
--- Move a held poll lease: extend it, release it with a new due time, or hand it back.
--- KEYS: [1] poll due zset, [2] the user's state hash
+-- Move a held lease: extend it, release it with a new due time, or hand it back.
+-- KEYS: [1] the schedule's due zset, [2] the member's state hash
 -- ARGV: [1] member, [2] token held, [3] new score (a later lease expiry, or the next due
 --       time), then (state field, value) pairs to write with it
 -- Returns: 1 moved, 0 the lease was lost (nothing written)

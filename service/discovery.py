@@ -1,0 +1,121 @@
+"""`users: all`: an account's user listing (`GET /unified/lms/users`), read again every
+`discovery_interval` (`filter[updated_after]` in between, a complete listing every
+`full_resync_interval`).
+
+A user newly listed is tracked from then on and baselined like a user added at run time. A
+user no longer listed (missing from a complete listing, or listed with `active: false`)
+stops being tracked and its snapshots and state are forgotten, without `removed` events.
+A listing that fails or is cut short changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from service.config import Settings
+from service.detect import next_watermark, updated_after
+from service.errors import StaleLease
+from service.metrics import Metrics
+from service.poller import next_due
+from service.store import keys
+from service.store.feeds import FeedStore
+from service.store.leases import Lease
+from service.store.read_state import ReadState
+from service.store.users import TrackedUsers
+from service.timefmt import from_epoch
+from service.upstream.client import StackOneClient
+
+log = structlog.get_logger("discovery")
+
+
+@dataclass(slots=True)
+class ListingResult:
+    full: bool = False
+    pages: int = 0
+    changes: int = 0  # users that joined or left
+    events: int = 0  # never any: joining and leaving are not assignment events
+    joined: int = 0
+    left: int = 0
+
+
+class UserListing:
+    def __init__(
+        self,
+        store: FeedStore,
+        users: TrackedUsers,
+        client: StackOneClient,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        on_changed: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.users = users
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.on_changed = on_changed  # the tracked users changed: schedules follow
+        self.clock = clock
+
+    async def poll(self, lease: Lease) -> ListingResult:
+        """Read the account's user listing once; raises UpstreamError (nothing changed)."""
+        account_id, polling = lease.account_id, self.settings.polling
+        started = self.clock()
+        state = await self.store.listing_state(account_id)
+        last_full = state.last_full_sync_ms
+        full = last_full is None or started - last_full / 1000 >= polling.full_resync_interval
+        watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
+        since = None if full or watermark is None else updated_after(watermark, polling.overlap)
+        result = ListingResult(full=full)
+        active: set[str] = set()
+        inactive: set[str] = set()
+        updated: list[object] = []
+        async for page in self.client.user_pages(account_id, since):
+            result.pages += 1
+            active.update(page.active)
+            inactive.update(page.inactive)
+            updated += page.updated_at
+            if page.skipped:
+                self.metrics.records_skipped.labels("user_without_id").inc(page.skipped)
+                log.warning("users_skipped", account_id=account_id, count=page.skipped)
+        inactive -= active  # listed twice (a page shift): active wins, it is seen again later
+        listed = await self.store.listed(account_id)
+        add = sorted(active - listed)
+        gone = (listed - active) if full else (listed & inactive)
+        # a user added through the admin API stays tracked: only its listing entry goes
+        runtime = {
+            u for a, u in map(keys.parse_user_member, await self.users.runtime()) if a == account_id
+        }
+        drop = sorted(gone - runtime)
+        new_watermark = next_watermark(watermark, updated, poll_started=from_epoch(started))
+        now_ms = int(started * 1000)
+        done = ReadState(
+            watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
+            last_full_sync_ms=now_ms if full else None,
+            last_poll_ms=now_ms,
+            failures=0,
+            last_error="",
+        )
+        interval = polling.discovery_interval
+        next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
+        async with lease.lock:
+            committed = await self.store.commit_listing(
+                account_id, token=lease.token, next_score=next_score, state=done, add=add, drop=drop
+            )
+            if not committed:
+                raise StaleLease(f"listing lease on {account_id} was taken over")
+            lease.token, lease.ended = next_score, True
+        result.joined, result.left = len(add), len(drop)
+        result.changes = len(add) + len(drop)
+        if result.changes:
+            self.metrics.listed_users.labels("joined").inc(len(add))
+            self.metrics.listed_users.labels("left").inc(len(drop))
+            log.info("users_listed", account_id=account_id, joined=len(add), left=len(drop))
+            if self.on_changed is not None:
+                self.on_changed()
+        return result

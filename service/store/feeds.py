@@ -1,0 +1,136 @@
+"""Account feeds and user listings in Redis: many users' state loaded at once, a feed
+read's atomic commit, `strategy: auto` fallbacks, and the users a listing names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import cast
+
+from redis.asyncio import Redis
+
+from service.outbox import Outbox
+from service.store import keys
+from service.store.polls import StoredUser
+from service.store.read_state import FIELDS, ReadState
+from service.store.scripts import CommitFeed, CommitListing, UserWrite
+
+# users loaded per pipelined round trip
+LOAD_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class FeedFallback:
+    """A `strategy: auto` account polled per user, because its upstream cannot serve the
+    account feed; the feed is tried again from `retry_at` (epoch seconds)."""
+
+    reason: str
+    since: float
+    retry_at: float
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: str) -> FeedFallback:
+        data = json.loads(raw)
+        return cls(str(data["reason"]), float(data["since"]), float(data["retry_at"]))
+
+
+class FeedStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._commit = CommitFeed(redis)
+        self._commit_listing = CommitListing(redis)
+
+    async def load_users(self, account_id: str, user_ids: Iterable[str]) -> dict[str, StoredUser]:
+        """Each user's state and snapshots, a few hundred users per round trip."""
+        wanted = list(user_ids)
+        out: dict[str, StoredUser] = {}
+        for start in range(0, len(wanted), LOAD_BATCH):
+            batch = wanted[start : start + LOAD_BATCH]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user_id in batch:
+                    pipe.hmget(keys.user_state(account_id, user_id), FIELDS)
+                    pipe.get(keys.snapshots(account_id, user_id))
+                answers = await pipe.execute()
+            legacy_wanted = []
+            for n, user_id in enumerate(batch):
+                state = ReadState.decode_list(answers[2 * n])
+                out[user_id] = StoredUser(state, answers[2 * n + 1])
+                if answers[2 * n + 1] is None:
+                    legacy_wanted.append(user_id)
+            for user_id in legacy_wanted:  # 0.1's form: only users never committed since
+                raw = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id))
+                out[user_id].legacy = cast(dict[str, str], raw)
+        return out
+
+    async def commit(
+        self,
+        account_id: str,
+        outbox: Outbox,
+        *,
+        token: int,
+        next_score: int | None,
+        state: ReadState | None,
+        users: list[UserWrite],
+        end_fallback: bool = False,
+    ) -> bool:
+        """Every user's snapshots and state, the events and overdue watches, the feed's
+        state and its next score in one atomic step; False when `token` no longer holds the
+        account's feed lease (nothing written)."""
+        return await self._commit(
+            account_id,
+            token=token,
+            next_score=next_score,
+            end_fallback=end_fallback,
+            state=state,
+            users=users,
+            watch=outbox.watch,
+            unwatch=outbox.unwatch,
+            events=outbox.events,
+        )
+
+    async def feed_state(self, account_id: str) -> ReadState:
+        values = await self.redis.hmget(keys.feed_state(account_id), FIELDS)
+        return ReadState.decode_list(cast(list[str | None], values))
+
+    # -- `strategy: auto` accounts polled per user --
+
+    async def fallbacks(self) -> dict[str, FeedFallback]:
+        raw = cast(dict[str, str], await self.redis.hgetall(keys.FEED_FALLBACK))
+        return {account: FeedFallback.decode(value) for account, value in raw.items()}
+
+    async def fall_back(self, account_id: str, fallback: FeedFallback) -> None:
+        await self.redis.hset(keys.FEED_FALLBACK, account_id, fallback.encode())
+
+    # -- `users: all`: the users the account's listing names --
+
+    async def listing_state(self, account_id: str) -> ReadState:
+        values = await self.redis.hmget(keys.discovery_state(account_id), FIELDS)
+        return ReadState.decode_list(cast(list[str | None], values))
+
+    async def listed(self, account_id: str) -> set[str]:
+        return cast(set[str], await self.redis.smembers(keys.discovered_users(account_id)))
+
+    async def commit_listing(
+        self,
+        account_id: str,
+        *,
+        token: int,
+        next_score: int,
+        state: ReadState,
+        add: list[str],
+        drop: list[str],
+    ) -> bool:
+        """Users added to and dropped from the listing (the dropped ones forgotten), with the
+        listing's state and next due time, in one atomic step; False when the lease is lost."""
+        return await self._commit_listing(
+            account_id,
+            token=token,
+            next_score=next_score,
+            state=state,
+            add=add,
+            drop=drop,
+        )

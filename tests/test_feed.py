@@ -1,0 +1,226 @@
+"""`strategy: account`: one account-wide read finds every change of every tracked user, with
+the events, ids and sequences per-user polling would send; switching either way re-sends
+nothing and misses nothing; `auto` falls back where the upstream cannot serve the feed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service import events as ev
+from service.detect import event_id
+from service.sim.lms import SimLMS
+from service.sim.receiver import Receiver
+from service.store import keys
+from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user
+from tests.redis_server import RedisServer
+
+Rx = tuple[Receiver, str]
+FEED_PATH = "/unified/lms/assignments"
+
+
+def feed_settings(
+    redis_url: str, lms_url: str, rx_url: str, users: list[str] | str, strategy: str, **extra: Any
+) -> Any:
+    polling = {"account_interval": "500ms", **extra.pop("polling", {})}
+    return make_settings(
+        redis_url,
+        lms_url,
+        [endpoint(rx_url)],
+        [],
+        accounts=[{"account_id": ACCOUNT, "users": users, "strategy": strategy}],
+        polling=polling,
+        **extra,
+    )
+
+
+def paths(sim: SimLMS) -> list[str]:
+    return [r.path for r in sim.requests]
+
+
+async def test_feed_sends_what_per_user_polling_would(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    for user in ("u_1", "u_2"):
+        seed_user(sim, user, 3)
+    seed_user(sim, "u_9", 2)  # not tracked
+    settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1", "u_2"], "account")
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        assert rx.events == []  # the first read baselines silently
+        sim.clear_requests()
+        sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
+        sim.progress(ACCOUNT, "u_2", "u_2_a1", 40)
+        sim.progress(ACCOUNT, "u_9", "u_9_a1", 100)
+        await service.step(0.5)
+        # one read of the account, however many users: no per-user request
+        assert set(paths(sim)) == {FEED_PATH}
+    [done] = of_type(rx.events, ev.COMPLETED)
+    assert (done.data["user_id"], done.data["assignment_id"]) == ("u_1", "u_1_a2")
+    # the id per-user polling gives the same change: the snapshot's second sequence
+    assert done.webhook_id == event_id(ACCOUNT, "u_1", "u_1_a2", 2, ev.COMPLETED)
+    assert done.data["previous"]["status"]["value"] == "pending"
+    [progress] = [e for e in of_type(rx.events, ev.PROGRESS_CHANGED) if e.data["user_id"] == "u_2"]
+    assert progress.data["changed_fields"] == ["progress", "status"]
+    assert {e.data["user_id"] for e in rx.events} == {"u_1", "u_2"}  # u_9 is not tracked
+
+
+async def test_switching_strategies_resends_nothing_and_misses_nothing(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    seed_user(sim, "u_2", 2)
+    settings = {
+        strategy: feed_settings(redis_server.url, lms_url, rx_url, ["u_1", "u_2"], strategy)
+        for strategy in ("per_user", "account")
+    }
+    async with driven(settings["per_user"], sim) as service:
+        await service.baseline()
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 30)
+        await service.step(0.5)
+    sim.progress(ACCOUNT, "u_2", "u_2_a1", 50)  # while switching to the feed
+    async with driven(settings["account"], sim) as service:
+        await service.baseline()
+        sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
+        await service.step(0.5)
+    sim.progress(ACCOUNT, "u_2", "u_2_a2", 100)  # while switching back
+    async with driven(settings["per_user"], sim) as service:
+        await service.baseline()
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 60)
+        await service.step(0.5)
+    updates = [
+        (e.data["assignment_id"], e.data["sequence"]) for e in of_type(rx.events, ev.UPDATED)
+    ]
+    assert updates == [("u_1_a1", 2), ("u_2_a1", 2), ("u_1_a2", 2), ("u_2_a2", 2), ("u_1_a1", 3)]
+    assert len({e.webhook_id for e in rx.events}) == len(rx.events)  # nothing sent twice
+
+
+async def test_untracked_users_and_records_without_user_id_are_skipped(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        orphan = {k: v for k, v in sim.get_assignment(ACCOUNT, "u_1", "u_1_a1").items()}
+        del orphan["user_id"]
+        sim.put_assignment(ACCOUNT, "u_1", {**orphan, "progress": 10})
+        sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
+        await service.step(0.5)
+        metrics = service.service.metrics.render().decode()
+    assert [e.data["assignment_id"] for e in of_type(rx.events, ev.COMPLETED)] == ["u_1_a2"]
+    assert 'lms_webhooks_records_skipped_total{reason="missing_user_id"} 1.0' in metrics
+
+
+async def test_removed_only_when_the_users_own_read_agrees(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 3)
+    seed_user(sim, "u_2", 1)
+    settings = feed_settings(
+        redis_server.url,
+        lms_url,
+        rx_url,
+        ["u_1", "u_2"],
+        "account",
+        polling={"full_resync_interval": "1s"},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        sim.delete_assignment(ACCOUNT, "u_1", "u_1_a3")
+        sim.delete_assignment(ACCOUNT, "u_2", "u_2_a1")  # u_2 has none left
+        await service.step(1.0)  # a full read of the account
+        await service.step(1.0)  # and another: nothing twice
+    removed = sorted(e.data["assignment_id"] for e in of_type(rx.events, ev.REMOVED))
+    assert removed == ["u_1_a3", "u_2_a1"]
+
+
+async def test_a_user_added_at_run_time_is_baselined_then_followed(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    seed_user(sim, "u_2", 2)
+    settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        assert await service.service.operations.add_user(ACCOUNT, "u_2")
+        assert await redis.zscore(keys.POLL_DUE, keys.user_member(ACCOUNT, "u_2")) is None
+        await service.step(0.5)  # the feed reads u_2 on its own once: its baseline
+        assert rx.events == []
+        sim.progress(ACCOUNT, "u_2", "u_2_a2", 100)
+        await service.step(0.5)
+    [done] = of_type(rx.events, ev.COMPLETED)
+    assert done.data["assignment_id"] == "u_2_a2" and done.data["sequence"] == 2
+
+
+async def test_auto_falls_back_to_per_user_when_the_filter_is_ignored(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    sim.faults.account_filter_ignored = True
+    settings = feed_settings(
+        redis_server.url, lms_url, rx_url, ["u_1"], "auto", http={"admin_token": "t0k"}
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()  # a full read: the filter is not asked for yet
+        service.clock.advance(60)
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+        await service.step(0.5)  # read through the filter: the watermark moves on
+        await service.step(0.5)  # records older than the bound come back: falls back
+        [account] = await service.service.operations.accounts()
+        assert account["strategy_in_force"] == "per_user"
+        assert account["fallback"]["reason"] == "filter_ignored"
+        sim.clear_requests()
+        await service.step(0.5)  # polled per user from now on
+        assert FEED_PATH not in paths(sim)
+        assert set(paths(sim)) == {"/unified/lms/users/u_1/assignments"}
+        metrics = service.service.metrics.render().decode()
+    [done] = of_type(rx.events, ev.COMPLETED)
+    assert done.data["sequence"] == 2
+    assert 'lms_webhooks_feed_fallbacks_total{reason="filter_ignored"} 1.0' in metrics
+
+
+async def test_auto_falls_back_on_501_and_tries_the_feed_again_later(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    sim.faults.account_endpoint_status = 501
+    settings = feed_settings(
+        redis_server.url, lms_url, rx_url, ["u_1"], "auto", polling={"full_resync_interval": "1m"}
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        [account] = await service.service.operations.accounts()
+        assert account["fallback"]["reason"] == "status_501"
+        assert len([p for p in paths(sim) if p == FEED_PATH]) == 1  # 501 is not retried
+        await service.step(0.5)  # u_1's first poll of its own: its baseline
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+        await service.step(0.5)
+        assert len(of_type(rx.events, ev.COMPLETED)) == 1
+        sim.faults.account_endpoint_status = None
+        await service.step(60.0)  # full_resync_interval on: the feed again
+        [account] = await service.service.operations.accounts()
+        assert account["strategy_in_force"] == "account" and account["fallback"] is None
+        sim.clear_requests()
+        sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
+        await service.step(0.5)
+        assert set(paths(sim)) == {FEED_PATH}
+    assert [e.data["assignment_id"] for e in of_type(rx.events, ev.COMPLETED)] == [
+        "u_1_a1",
+        "u_1_a2",
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +12,14 @@ import aiohttp
 import pytest
 
 from service.sim.lms import SimLMS, start_sim_server
-from service.sim.lms_state import basic_auth_header, iso_ms, parse_iso_ms
+from service.sim.lms_state import NotFoundError, basic_auth_header, iso_ms, parse_iso_ms
 from tests.helpers import Clock
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 T0 = 1_795_845_600.0  # 2026-11-28T00:00:00Z
+
+
+Answer = tuple[int, Any, aiohttp.ClientResponse]
 
 
 @dataclass
@@ -25,21 +28,20 @@ class Sim:
     base: str
     http: aiohttp.ClientSession
 
-    async def get(
+    async def call(
         self,
-        user: str = "u_1",
+        path: str,
         account: str | None = "acc_1",
         auth: str | None = "sim_key",
         **params: str,
-    ) -> tuple[int, Any, aiohttp.ClientResponse]:
-        """List a user's assignments; returns (status, parsed JSON or raw text, response)."""
+    ) -> Answer:
+        """GET a list endpoint; returns (status, parsed JSON or raw text, response)."""
         headers = {}
         if auth is not None:
             headers["Authorization"] = basic_auth_header(auth)
         if account is not None:
             headers["x-account-id"] = account
-        url = f"{self.base}/unified/lms/users/{user}/assignments"
-        async with self.http.get(url, params=params, headers=headers) as resp:
+        async with self.http.get(self.base + path, params=params, headers=headers) as resp:
             text = await resp.text()
             try:
                 body: Any = await resp.json(content_type=None)
@@ -47,17 +49,35 @@ class Sim:
                 body = text
             return resp.status, body, resp
 
-    async def all_pages(self, **params: str) -> list[list[dict[str, Any]]]:
+    async def get(self, user: str = "u_1", **kwargs: Any) -> Answer:
+        """List a user's assignments."""
+        return await self.call(f"/unified/lms/users/{user}/assignments", **kwargs)
+
+    async def account(self, **kwargs: Any) -> Answer:
+        """List every assignment of the account."""
+        return await self.call("/unified/lms/assignments", **kwargs)
+
+    async def users(self, **kwargs: Any) -> Answer:
+        """List the account's users."""
+        return await self.call("/unified/lms/users", **kwargs)
+
+    async def walk(
+        self, lister: Callable[..., Awaitable[Answer]], **params: str
+    ) -> list[list[dict[str, Any]]]:
+        """Every page of a listing, following next."""
         pages: list[list[dict[str, Any]]] = []
         query = dict(params)
         while True:
-            status, body, _ = await self.get(**query)
+            status, body, _ = await lister(**query)
             assert status == 200, body
             pages.append(body["data"])
             if not body["next"]:
                 return pages
             query = {**params, "next": body["next"]}
             assert len(pages) < 50, "runaway cursor"
+
+    async def all_pages(self, **params: str) -> list[list[dict[str, Any]]]:
+        return await self.walk(self.get, **params)
 
 
 @pytest.fixture
@@ -387,3 +407,266 @@ async def test_churn_advances_assignments(clock: Clock) -> None:
     after = lms.assignments("acc_1", "u_1")
     assert any(r["id"] not in before or r != before[r["id"]] for r in after)
     assert all(r["progress"] >= (before.get(r["id"]) or {"progress": 0})["progress"] for r in after)
+
+
+# -- the account-wide assignments endpoint --------------------------------------------------
+
+
+def ids_of(pages: list[list[dict[str, Any]]]) -> list[str]:
+    return [r["id"] for page in pages for r in page]
+
+
+async def test_account_endpoint_lists_every_user_once(sim: Sim) -> None:
+    pages = await sim.walk(sim.account, page_size="3")
+    assert [len(p) for p in pages] == [3, 3, 3, 3, 2]
+    expected = {r["id"]: u for u in ("u_1", "u_2") for r in sim.lms.assignments("acc_1", u)}
+    got = [r for p in pages for r in p]
+    assert sorted(r["id"] for r in got) == sorted(expected)  # each record exactly once
+    assert all(r["user_id"] == expected[r["id"]] and r["remote_user_id"] for r in got)
+    logged = sim.lms.requests[-1]
+    assert (logged.path, logged.user_id, logged.account_id) == (
+        "/unified/lms/assignments",
+        None,
+        "acc_1",
+    )
+    _, other, _ = await sim.account(account="acc_2", page_size="100")
+    assert len(other["data"]) == 14 and not {r["id"] for r in other["data"]} & set(expected)
+
+
+async def test_account_endpoint_auth_and_addressing(sim: Sim) -> None:
+    status, body, _ = await sim.account(auth="wrong_key")
+    assert status == 401
+    error_shape(body, 401)
+    assert (await sim.account(account=None))[0] == 400
+    status, body, _ = await sim.account(account="acc_nope")
+    assert (status, body["message"]) == (403, "Account not found")
+    sim.lms.put_assignment("acc x/1", "user x/1", {"id": "odd"})
+    status, body, _ = await sim.account(account="acc%20x%2F1")
+    assert [(r["id"], r["user_id"]) for r in body["data"]] == [("odd", "user x/1")]
+
+
+async def test_account_filters(sim: Sim) -> None:
+    lms = sim.lms
+    _, body, _ = await sim.account(**{"filter[status]": "completed"}, page_size="100")
+    completed = [
+        r["id"]
+        for u in ("u_1", "u_2")
+        for r in lms.assignments("acc_1", u)
+        if r["status"]["value"] == "completed"
+    ]
+    assert completed and sorted(r["id"] for r in body["data"]) == sorted(completed)
+    pages = await sim.walk(sim.account, user_id="u_2", page_size="2")
+    assert ids_of(pages) == [r["id"] for r in lms.assignments("acc_1", "u_2")]
+    assert lms.requests[-1].user_id == "u_2"
+    remote = lms.assignments("acc_1", "u_1")[0]["remote_user_id"]
+    _, body, _ = await sim.account(remote_user_id=remote, page_size="100")
+    assert {r["user_id"] for r in body["data"]} == {"u_1"} and len(body["data"]) == 7
+    assert (await sim.account(user_id="u_nobody"))[1] == {"data": [], "next": None}
+
+
+@pytest.mark.parametrize("param", ["filter[updated_after]", "updated_after"])
+async def test_account_updated_after_is_strictly_after(sim: Sim, clock: Clock, param: str) -> None:
+    stamps = []
+    for i in range(4):
+        clock.advance(1.5)
+        user = ("u_1", "u_2")[i % 2]
+        stamps.append(sim.lms.put_assignment("acc_1", user, {"id": f"f{i}"})["updated_at"])
+    _, body, _ = await sim.account(**{param: stamps[0]})
+    assert [r["id"] for r in body["data"]] == ["f1", "f2", "f3"]
+    # the filter survives into later pages through the cursor, with a narrowing filter too
+    pages = await sim.walk(sim.account, page_size="1", user_id="u_2", **{param: stamps[0]})
+    assert ids_of(pages) == ["f1", "f3"]
+
+
+async def test_account_paging_quirks_and_shared_faults(sim: Sim) -> None:
+    sim.lms.faults.max_page_records = 4
+    pages = await sim.walk(sim.account, page_size="10")
+    assert [len(p) for p in pages] == [4, 4, 4, 2]  # short pages that still have a next
+    assert len(set(ids_of(pages))) == 14
+    sim.lms.faults.max_page_records = None
+    sim.lms.faults.trailing_empty_page = True
+    assert [len(p) for p in await sim.walk(sim.account, page_size="14")] == [14, 0]
+    sim.lms.faults.trailing_empty_page = False
+    sim.lms.faults.forced += [{"status": 503, "retry_after": 3}, {"missing_id": True}]
+    status, body, resp = await sim.account()
+    assert (status, resp.headers["Retry-After"]) == (503, "3")
+    status, body, _ = await sim.users()
+    assert "id" not in body["data"][0] and "id" in body["data"][1]
+    # one rate limit for every endpoint of the key (burst of 6)
+    sim.lms.set_rate_limit(60)
+    for _ in range(2):
+        statuses = [(await sim.get())[0], (await sim.account())[0], (await sim.users())[0]]
+        assert statuses == [200] * 3
+    assert (await sim.account())[0] == 429
+
+
+async def test_a_walk_during_changes_returns_each_record_once(sim: Sim, clock: Clock) -> None:
+    lms = sim.lms
+    before = {r["id"] for u in ("u_1", "u_2") for r in lms.assignments("acc_1", u)}
+    _, body, _ = await sim.account(page_size="5")
+    seen = [r["id"] for r in body["data"]]
+    # a record already read and one not yet read change; a new one is assigned
+    clock.advance(1)
+    lms.progress("acc_1", "u_1", seen[0], 100)
+    later = lms.assignments("acc_1", "u_2")[-1]["id"]
+    lms.progress("acc_1", "u_2", later, 50)
+    lms.put_assignment("acc_1", "u_1", {"id": "new"})
+    rest = await sim.walk(sim.account, page_size="5", next=body["next"])
+    seen += ids_of(rest)
+    assert len(seen) == len(set(seen)) == len(before) + 1
+    assert set(seen) == before | {"new"}
+    changed = next(r for p in rest for r in p if r["id"] == later)
+    assert changed["progress"] == 50  # read after its change: it kept its place
+
+
+async def test_a_user_removed_mid_walk_disappears(sim: Sim) -> None:
+    lms = sim.lms
+    _, body, _ = await sim.account(page_size="3")
+    first = [r["id"] for r in body["data"]]
+    assert {r["user_id"] for r in body["data"]} == {"u_1"}
+    removed = lms.remove_user("acc_1", "u_2")
+    assert removed["id"] == "u_2"
+    rest = await sim.walk(sim.account, page_size="3", next=body["next"])
+    assert first + ids_of(rest) == [r["id"] for r in lms.assignments("acc_1", "u_1")]
+    assert [u["id"] for u in (await sim.users())[1]["data"]] == ["u_1"]
+    assert (await sim.get(user="u_2"))[0] == 404
+    with pytest.raises(NotFoundError):
+        lms.remove_user("acc_1", "u_2")
+
+
+async def test_records_written_straight_into_accounts_are_listed(sim: Sim) -> None:
+    """As the benchmark's bulk loader writes them: they join the order at the next walk."""
+    records = sim.lms.accounts["acc_1"].setdefault("bulk", {})
+    records["b1"] = {"id": "b1", "user_id": "bulk", "updated_at": iso_ms(T0)}
+    pages = await sim.walk(sim.account, page_size="100")
+    assert ids_of(pages)[-1] == "b1"
+    assert "bulk" in [u["id"] for u in (await sim.users())[1]["data"]]
+
+
+async def test_account_fault_switches(sim: Sim, clock: Clock) -> None:
+    http, base = sim.http, sim.base + "/_sim"
+    mark = iso_ms(clock.now)  # after every seeded record
+    assert (await sim.account(**{"filter[updated_after]": mark}))[1]["data"] == []
+    async with http.post(f"{base}/faults", json={"account_filter_ignored": True}) as r:
+        assert (await r.json())["account_filter_ignored"] is True
+    status, body, _ = await sim.account(**{"filter[updated_after]": mark}, page_size="100")
+    assert len(body["data"]) == 14  # older than the bound, as a provider without the filter
+    assert (await sim.get(**{"filter[updated_after]": mark}))[1]["data"] == []
+    async with http.post(f"{base}/faults", json={"account_endpoint_status": 501}) as r:
+        assert (await r.json())["account_endpoint_status"] == 501
+    status, body, _ = await sim.account()
+    assert status == 501
+    error_shape(body, 501)
+    assert sim.lms.requests[-1].fault == "account_endpoint_status"
+    assert (await sim.get())[0] == 200 and (await sim.users())[0] == 200
+    for bad in ({"account_endpoint_status": 200}, {"account_endpoint_status": "404"}):
+        async with http.post(f"{base}/faults", json=bad) as r:
+            assert r.status == 400, bad
+    async with http.post(f"{base}/faults", json={"account_filter_ignored": 1}) as r:
+        assert r.status == 400
+    async with http.post(f"{base}/faults", json={"account_endpoint_status": None}) as r:
+        assert (await r.json())["account_endpoint_status"] is None
+    assert (await sim.account())[0] == 200
+
+
+@pytest.mark.parametrize("lister", ["account", "users"])
+async def test_account_wide_bad_input_is_400(sim: Sim, lister: str) -> None:
+    listing = getattr(sim, lister)
+    for params in (
+        {"filter[updated_after]": "yesterday"},
+        {"updated_after": "2026-13-01"},
+        {"next": "%%%garbage"},
+        {"next": "eyJwIjogMX0"},  # valid base64 JSON, not a cursor
+        {"page_size": "lots"},
+    ):
+        status, body, _ = await listing(**params)
+        assert status == 400, params
+        error_shape(body, 400)
+    # a cursor belongs to the listing that made it
+    cursor = (await sim.get(page_size="1"))[1]["next"]
+    assert (await listing(next=cursor))[0] == 400
+
+
+# -- the users endpoint ---------------------------------------------------------------------
+
+
+async def test_users_have_plausible_metadata(sim: Sim) -> None:
+    status, body, _ = await sim.users()
+    assert status == 200 and body["next"] is None
+    u1, u2 = body["data"]
+    assert (u1["id"], u2["id"]) == ("u_1", "u_2")
+    assert u1["active"] is True and u1["email"] == "u_1@example.com"
+    assert u1["remote_id"] == sim.lms.assignments("acc_1", "u_1")[0]["remote_user_id"]
+    expected = {"external_reference", "phone_number", "name", "unified_custom_fields"}
+    assert expected <= set(u1) and ISO_MS.match(u1["created_at"])
+    assert ISO_MS.match(u1["updated_at"])
+    assert sim.lms.requests[-1].path == "/unified/lms/users"
+
+
+async def test_users_filters_and_paging(sim: Sim, clock: Clock) -> None:
+    lms = sim.lms
+    for n in range(3, 8):
+        lms.add_user("acc_1", f"u_{n}")
+    mark = lms.now_iso()
+    clock.advance(1)
+    lms.set_user("acc_1", "u_4", email="Ada@Example.com", external_reference="E-4")
+    lms.set_user("acc_1", "u_6", active=False)
+    pages = await sim.walk(sim.users, page_size="3")
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert ids_of(pages) == [f"u_{n}" for n in range(1, 8)]
+    lms.faults.max_page_records = 2
+    assert [len(p) for p in await sim.walk(sim.users, page_size="3")] == [2, 2, 2, 1]
+    lms.faults.max_page_records = None
+    by = {
+        "filter[email]": "ada@example.com",
+        "filter[external_reference]": "E-4",
+    }
+    for name, value in by.items():
+        assert [u["id"] for u in (await sim.users(**{name: value}))[1]["data"]] == ["u_4"]
+    pages = await sim.walk(sim.users, page_size="1", **{"filter[updated_after]": mark})
+    assert [(u["id"], u["active"]) for p in pages for u in p] == [("u_4", True), ("u_6", False)]
+
+
+async def test_set_user_bumps_updated_at_strictly(sim: Sim) -> None:
+    lms = sim.lms
+    first = lms.set_user("acc_1", "u_9", name="Nine")
+    assert first["name"] == "Nine" and first["email"] == "u_9@example.com"
+    second = lms.set_user("acc_1", "u_9", active=False)  # the same clock instant
+    assert parse_iso_ms(second["updated_at"]) > parse_iso_ms(first["updated_at"])
+    assert second["name"] == "Nine" and second["created_at"] == first["created_at"]
+    with pytest.raises(ValueError):
+        lms.set_user("acc_1", "u_9", id="u_10")
+    with pytest.raises(ValueError):
+        lms.set_user("acc_1", "u_9", active="no")
+
+
+async def test_control_api_users(sim: Sim) -> None:
+    http, base = sim.http, sim.base + "/_sim"
+    one = f"{base}/accounts/acc_1/users/u_new"
+    async with http.post(one, json={"name": "Nora", "email": "nora@corp.example"}) as r:
+        created = await r.json()
+        assert r.status == 201
+    assert (created["id"], created["name"], created["active"]) == ("u_new", "Nora", True)
+    async with http.post(f"{base}/accounts/acc_1/users/u_plain") as r:
+        assert r.status == 201 and (await r.json())["email"] == "u_plain@example.com"
+    async with http.patch(one, json={"active": False}) as r:
+        patched = await r.json()
+    assert patched["active"] is False and patched["name"] == "Nora"
+    assert parse_iso_ms(patched["updated_at"]) > parse_iso_ms(created["updated_at"])
+    _, body, _ = await sim.users(**{"filter[email]": "nora@corp.example"})
+    assert body["data"] == [patched]
+    for bad in ({"active": "no"}, {"id": "other"}):
+        async with http.patch(one, json=bad) as r:
+            assert r.status == 400, bad
+    async with http.patch(f"{base}/accounts/acc_1/users/u_ghost", json={"name": "x"}) as r:
+        assert r.status == 404
+    sim.lms.put_assignment("acc_1", "u_new", {"id": "n1"})
+    async with http.delete(one) as r:
+        assert r.status == 200 and (await r.json())["id"] == "u_new"
+    async with http.delete(one) as r:
+        assert r.status == 404 and (await r.json())["error"] == "not_found"
+    assert "n1" not in ids_of(await sim.walk(sim.account, page_size="100"))
+    async with http.get(f"{base}/state") as r:
+        state = await r.json()
+    assert "u_new" not in state["accounts"]["acc_1"]
+    assert [u["id"] for u in state["users"]["acc_1"]] == ["u_1", "u_2", "u_plain"]

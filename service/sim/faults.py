@@ -60,7 +60,7 @@ def parse_fault_spec(obj: object) -> FaultSpec:
 
 @dataclass
 class Faults:
-    """Run-time switchable misbehaviour, applied per request (see SimLMS._answer)."""
+    """Run-time switchable misbehaviour, applied per request (see service.sim.gate.Gate._answer)."""
 
     pause_all_until: float | None = None  # clock time until which every request is held
     forced: list[FaultSpec] = field(default_factory=list)  # consumed one per request
@@ -70,6 +70,9 @@ class Faults:
     max_page_records: int | None = None  # short pages that still carry a next
     trailing_empty_page: bool = False  # the last data page has a next leading to an empty one
     runaway_next: bool = False  # next never ends
+    # the account-wide assignments endpoint only (the per-user one is unaffected):
+    account_filter_ignored: bool = False  # filter[updated_after] ignored: older records too
+    account_endpoint_status: int | None = None  # answered instead, e.g. 404 or 501
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -94,13 +97,17 @@ class Faults:
                 if not isinstance(value, dict):
                     raise ValueError("page_delays must map page index to seconds")
                 changes[name] = {int(k): _seconds(name, v) for k, v in value.items()}
-            elif name in ("trailing_empty_page", "runaway_next"):
+            elif name in ("trailing_empty_page", "runaway_next", "account_filter_ignored"):
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be a boolean")
                 changes[name] = value
             elif name == "max_page_records":
                 if value is not None and (type(value) is not int or value < 1):
                     raise ValueError("max_page_records must be a positive integer or null")
+                changes[name] = value
+            elif name == "account_endpoint_status":
+                if value is not None and (type(value) is not int or not 400 <= value <= 599):
+                    raise ValueError(f"{name} must be an HTTP error status (400..599) or null")
                 changes[name] = value
             elif name == "pause_seconds":
                 changes["pause_all_until"] = now + _seconds(name, value)
@@ -124,14 +131,14 @@ def _seconds(name: str, value: object) -> float:
 
 @dataclass
 class RequestRecord:
-    """One request to the unified endpoint, as the simulator saw and answered it."""
+    """One request to a unified list endpoint, as the simulator saw and answered it."""
 
     time: float
     method: str
     path: str
     query: dict[str, str]
     account_id: str | None
-    user_id: str
+    user_id: str | None  # the path's user; on the account endpoint the user_id filter, if any
     auth_ok: bool
     status: int
     fault: str | None = None  # which fault or limit shaped the answer, if any

@@ -1,7 +1,10 @@
-"""The simulated StackOne LMS over HTTP: the unified endpoint plus a `/_sim/` control API.
+"""The simulated StackOne LMS over HTTP: the unified list endpoints plus a `/_sim/` control API.
 
-State, paging and auth live in `service.sim.lms_state`, faults and rate limits in
-`service.sim.faults`; this module only moves requests in and out of them.
+Served: `GET /unified/lms/users/{id}/assignments` (one user's assignments),
+`GET /unified/lms/assignments` (every assignment of the account) and `GET /unified/lms/users`.
+Requests, auth and faults are handled in `service.sim.lms_state`, records and users in
+`service.sim.records`, paging in `service.sim.listing`, fault settings in `service.sim.faults`;
+this module only moves requests in and out of them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from aiohttp import web
 
 from service.sim.faults import Faults, FaultSpec, RequestRecord
 from service.sim.lms_state import (
+    ACCOUNT_ASSIGNMENTS_PATH,
     LIST_PATH,
+    USERS_PATH,
     NotFoundError,
     SimLMS,
     SimResponse,
@@ -75,23 +80,37 @@ class _Routes:
         self.lms = lms
 
     async def list_assignments(self, request: web.Request) -> web.Response:
-        answer = self.lms.handle_list(request.match_info["id"], request.headers, request.query)
-        if answer.delay > 0:
-            await asyncio.sleep(answer.delay)
-        return web.Response(
-            status=answer.status,
-            body=answer.body,
-            headers=answer.headers,
-            content_type="application/json",
-        )
+        user_id = request.match_info["id"]
+        return await _serve(self.lms.handle_list(user_id, request.headers, request.query))
+
+    async def list_account_assignments(self, request: web.Request) -> web.Response:
+        return await _serve(self.lms.handle_account_assignments(request.headers, request.query))
+
+    async def list_users(self, request: web.Request) -> web.Response:
+        return await _serve(self.lms.handle_users(request.headers, request.query))
 
     async def add_account(self, request: web.Request) -> web.Response:
         self.lms.add_account(request.match_info["account_id"])
         return web.json_response({"ok": True}, status=201)
 
     async def add_user(self, request: web.Request) -> web.Response:
-        self.lms.add_user(request.match_info["account_id"], request.match_info["user_id"])
-        return web.json_response({"ok": True}, status=201)
+        """Create a user, or update it when the body has fields (an existing user without
+        them is left as it is)."""
+        a, u = request.match_info["account_id"], request.match_info["user_id"]
+        fields = await _body(request)
+        if fields:
+            return web.json_response(self.lms.set_user(a, u, **fields), status=201)
+        self.lms.add_user(a, u)
+        return web.json_response(self.lms.get_user(a, u), status=201)
+
+    async def patch_user(self, request: web.Request) -> web.Response:
+        a, u = request.match_info["account_id"], request.match_info["user_id"]
+        self.lms.get_user(a, u)  # only an existing user is patched (404 otherwise)
+        return web.json_response(self.lms.set_user(a, u, **await _body(request)))
+
+    async def remove_user(self, request: web.Request) -> web.Response:
+        a, u = request.match_info["account_id"], request.match_info["user_id"]
+        return web.json_response(self.lms.remove_user(a, u))
 
     async def put_assignment(self, request: web.Request) -> web.Response:
         a, u, aid = (request.match_info[k] for k in ("account_id", "user_id", "aid"))
@@ -136,16 +155,32 @@ class _Routes:
         return web.json_response(self.lms.snapshot())
 
 
+async def _serve(answer: SimResponse) -> web.Response:
+    if answer.delay > 0:
+        await asyncio.sleep(answer.delay)
+    return web.Response(
+        status=answer.status,
+        body=answer.body,
+        headers=answer.headers,
+        content_type="application/json",
+    )
+
+
 def create_app(lms: SimLMS) -> web.Application:
     """The simulator's aiohttp application. Control requests are not in `lms.requests`."""
     r = _Routes(lms)
     app = web.Application(middlewares=[_control_errors])
-    one = "/_sim/accounts/{account_id}/users/{user_id}/assignments/{aid}"
+    user = "/_sim/accounts/{account_id}/users/{user_id}"
+    one = user + "/assignments/{aid}"
     app.add_routes(
         [
             web.get(LIST_PATH, r.list_assignments),
+            web.get(ACCOUNT_ASSIGNMENTS_PATH, r.list_account_assignments),
+            web.get(USERS_PATH, r.list_users),
             web.post("/_sim/accounts/{account_id}", r.add_account),
-            web.post("/_sim/accounts/{account_id}/users/{user_id}", r.add_user),
+            web.post(user, r.add_user),
+            web.patch(user, r.patch_user),
+            web.delete(user, r.remove_user),
             web.put(one, r.put_assignment),
             web.patch(one, r.patch_assignment),
             web.delete(one, r.delete_assignment),
@@ -203,11 +238,20 @@ async def run_standalone(
     print(f"simulated StackOne LMS at {base}")
     print(f"api key: {api_key}   accounts: acc_1..acc_{accounts}   users: u_1..u_{users}")
     print(f"rate limit: {rate_limit or 'none'} req/min   churn: {churn_per_second}/s")
+    curl = f'curl -u {api_key}: -H "x-account-id: acc_1"'
+    print("examples:")
     print(
-        f'example: curl -u {api_key}: -H "x-account-id: acc_1" '
-        f"'{base}/unified/lms/users/u_1/assignments?page_size=5'"
+        f"  one user's assignments: {curl} '{base}/unified/lms/users/u_1/assignments?page_size=5'"
     )
-    print(f"control API: {base}/_sim/state, {base}/_sim/faults, {base}/_sim/requests", flush=True)
+    print(f"  the account's:          {curl} '{base}/unified/lms/assignments?page_size=100'")
+    print(
+        f"  its changes:            {curl} -G '{base}/unified/lms/assignments' "
+        "--data-urlencode 'filter[updated_after]=2026-01-01T00:00:00.000Z'"
+    )
+    print(f"  its users:              {curl} '{base}/unified/lms/users?page_size=100'")
+    print(f"control API: {base}/_sim/state, {base}/_sim/faults, {base}/_sim/requests,")
+    print(f"  users join, change, leave: POST|PATCH|DELETE {base}/_sim/accounts/acc_1/users/<id>")
+    print("  (see service/sim/lms.py create_app for every route)", flush=True)
     churn = None
     if churn_per_second > 0:
         churn = asyncio.create_task(churn_forever(lms, churn_per_second))

@@ -260,3 +260,97 @@ async def test_a_stop_hands_back_what_is_in_flight_and_keeps_what_was_delivered(
     [meta] = await redis.hvals(hr.meta)
     assert DeliveryMeta.decode(meta).attempts == 0  # no attempt counted for it
     assert delivered.webhook_id not in {event_id for event_id, _ in left}
+
+
+async def test_events_a_receiver_rejects_spend_their_own_retries_and_never_pause_it(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """A healthy endpoint that cannot handle six of thirty events (422): those six go through
+    their retries to the dead letters on schedule, the other 24 are delivered, and the
+    endpoint is never paused nor its failures counted."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 30)
+    poison = {f"u_1_a{n}" for n in range(5, 31, 5)}
+    rx.answer_for = lambda r: Answer(status=422) if r.data.get("assignment_id") in poison else None
+    schedule = ["100ms"] * 3  # four attempts each
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1"],
+        delivery={"retry_schedule": schedule},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        change_many(sim, "u_1", 30, 1)
+        await service.step(0.5)  # 24 delivered, 6 rejected
+        states = [await health(service)]
+        for _ in schedule:  # each retry of the six, due 80-120 ms after the last
+            await service.step(0.15)
+            states.append(await health(service))
+        queue = service.service.queue
+        dead = await queue.dead_letters("hr", 10)
+        depth = await queue.depth("hr")
+    assert {(s.status, s.consecutive_failures, s.pauses) for s in states} == {("active", 0, 0)}
+    assert sorted(d["event"]["data"]["assignment_id"] for d in dead) == sorted(poison)
+    assert {d["last_error"] for d in dead} == {"HTTP 422"} and depth == 0
+    assert len(rx.events) == 24 and len(rx.received) == 24 + 6 * (len(schedule) + 1)
+
+
+async def test_a_4xx_neither_counts_toward_a_pause_nor_resets_the_failure_streak(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """503 ×4, 422, 503, one at a time: the 422 leaves the streak of four as it was, so the
+    sixth answer is the fifth failure and pauses the endpoint."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 8)
+    rx.responses.extend([Answer(status=503)] * 4 + [Answer(status=422), Answer(status=503)])
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=1)],
+        ["u_1"],
+        delivery={"retry_schedule": ["100ms"] * 20},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        change_many(sim, "u_1", 8, 1)
+        await service.step(0.5)
+        paused = await health(service)
+    assert [r.status for r in rx.received] == [503] * 4 + [422, 503]
+    assert paused.status == "paused" and paused.consecutive_failures == THRESHOLD
+    assert paused.last_error == "HTTP 503"
+
+
+async def test_a_probe_answered_4xx_lets_the_next_event_probe_at_once(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """The probe of a paused endpoint happens to be an event the receiver rejects: that says
+    nothing of the endpoint, so it neither pauses it again nor holds the probe: the next due
+    event probes in the same round, and on its 2xx the rest flow."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 6)
+    rx.responses.extend([Answer(status=503)] * THRESHOLD)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=1)],
+        ["u_1"],
+        delivery={"retry_schedule": ["100ms"] * 20},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        change_many(sim, "u_1", 6, 1)
+        await service.step(0.5)
+        assert (await health(service)).status == "paused"
+        rx.responses.append(Answer(status=422))  # the probe's answer; then 200s
+        await service.step(BASE_COOLDOWN)
+        after = await health(service)
+        assert after.status == "active" and after.consecutive_failures == 0
+        assert len(rx.events) == 5  # all but the rejected one, whose retry is not due yet
+        await service.step(0.15)
+    assert [r.status for r in rx.received] == [503] * THRESHOLD + [422] + [200] * 6
+    assert len({e.webhook_id for e in rx.events}) == 6 == len(rx.events)

@@ -10,8 +10,9 @@ import asyncio
 import base64
 import itertools
 import time
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import structlog
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
@@ -354,3 +355,60 @@ async def test_a_probe_answered_4xx_lets_the_next_event_probe_at_once(
         await service.step(0.15)
     assert [r.status for r in rx.received] == [503] * THRESHOLD + [422] + [200] * 6
     assert len({e.webhook_id for e in rx.events}) == 6 == len(rx.events)
+
+
+@pytest.mark.parametrize(
+    ("broken", "requests"),
+    [
+        ("webhook_headers", 0),  # signing fails: nothing is sent
+        ("classify", 3),  # reading the answer fails: each attempt was sent, then crashed
+    ],
+)
+async def test_a_bug_in_a_delivery_is_a_failed_attempt_and_dead_letters(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: Sim,
+    receiver: Rx,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: str,
+    requests: int,
+) -> None:
+    """An exception inside the send path counts as an attempt with its error recorded, so
+    the event follows the schedule into the dead letters instead of coming back every lease
+    period; the endpoint's breaker does not count our bug against it."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+
+    def crash(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError(f"injected bug in {broken}")
+
+    monkeypatch.setattr(f"service.delivery.sender.{broken}", crash)
+    schedule = ["100ms", "100ms"]
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=1)],
+        ["u_1"],
+        delivery={"retry_schedule": schedule},
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            sim.update_assignment(ACCOUNT, "u_1", "u_1_a1", x_round=1)  # one `updated`
+            await service.step(0.5)
+            [meta] = await redis.hvals(keys.EndpointKeys("hr").meta)
+            first = DeliveryMeta.decode(meta)
+            for _ in schedule:  # well within the claim's lease: only the schedule brings it back
+                await service.step(0.15)
+            queue = service.service.queue
+            [dead] = await queue.dead_letters("hr")
+            depth = await queue.depth("hr")
+            after = await health(service)
+    crashes = [entry for entry in logs if entry["event"] == "delivery_crashed"]
+    assert len(crashes) == len(schedule) + 1  # each with its traceback (exc_info)
+    assert first.attempts == 1 and first.last_status is None
+    assert first.last_error == f"delivery crashed: RuntimeError: injected bug in {broken}"
+    assert dead["attempts"] == len(schedule) + 1 and dead["last_error"] == first.last_error
+    assert depth == 0 and len(rx.received) == requests
+    assert after == EndpointHealth()  # untouched: not a failure of the endpoint

@@ -26,7 +26,7 @@ class AttemptResult:
     error: str | None = None
     retry_after: float | None = None
     # A sign that the endpoint itself is unwell (5xx, 408, 429, no answer): counts toward
-    # pausing it. Any other failure (a 4xx, a redirect) is about this one event
+    # pausing it. Any other failure (a 4xx, a redirect, our own bug) is about this one event
     # and spends only its retries: a few events a receiver rejects never hold back the rest.
     unwell: bool = False
 
@@ -74,6 +74,13 @@ def classify(
         retry_after=honoured,
         unwell=kind in _UNWELL,
     )
+
+
+def crashed(error: str) -> AttemptResult:
+    """An attempt our own code failed (a bug while signing, sending or classifying): a failed
+    attempt of this event, so it follows the schedule to the dead letters instead of coming
+    back every lease forever. Says nothing of the endpoint, so the breaker ignores it."""
+    return AttemptResult(Verdict.RETRY, None, f"delivery crashed: {error}")
 
 
 def decide(

@@ -10,8 +10,9 @@ import asyncio
 import base64
 import itertools
 import time
-from typing import Any
+from typing import Any, NoReturn
 
+import pytest
 import structlog
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
@@ -260,3 +261,154 @@ async def test_a_stop_hands_back_what_is_in_flight_and_keeps_what_was_delivered(
     [meta] = await redis.hvals(hr.meta)
     assert DeliveryMeta.decode(meta).attempts == 0  # no attempt counted for it
     assert delivered.webhook_id not in {event_id for event_id, _ in left}
+
+
+async def test_events_a_receiver_rejects_spend_their_own_retries_and_never_pause_it(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """A healthy endpoint that cannot handle six of thirty events (422): those six go through
+    their retries to the dead letters on schedule, the other 24 are delivered, and the
+    endpoint is never paused nor its failures counted."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 30)
+    poison = {f"u_1_a{n}" for n in range(5, 31, 5)}
+    rx.answer_for = lambda r: Answer(status=422) if r.data.get("assignment_id") in poison else None
+    schedule = ["100ms"] * 3  # four attempts each
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        ["u_1"],
+        delivery={"retry_schedule": schedule},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        change_many(sim, "u_1", 30, 1)
+        await service.step(0.5)  # 24 delivered, 6 rejected
+        states = [await health(service)]
+        for _ in schedule:  # each retry of the six, due 80-120 ms after the last
+            await service.step(0.15)
+            states.append(await health(service))
+        queue = service.service.queue
+        dead = await queue.dead_letters("hr", 10)
+        depth = await queue.depth("hr")
+    assert {(s.status, s.consecutive_failures, s.pauses) for s in states} == {("active", 0, 0)}
+    assert sorted(d["event"]["data"]["assignment_id"] for d in dead) == sorted(poison)
+    assert {d["last_error"] for d in dead} == {"HTTP 422"} and depth == 0
+    assert len(rx.events) == 24 and len(rx.received) == 24 + 6 * (len(schedule) + 1)
+
+
+async def test_a_4xx_neither_counts_toward_a_pause_nor_resets_the_failure_streak(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """503 ×4, 422, 503, one at a time: the 422 leaves the streak of four as it was, so the
+    sixth answer is the fifth failure and pauses the endpoint."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 8)
+    rx.responses.extend([Answer(status=503)] * 4 + [Answer(status=422), Answer(status=503)])
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=1)],
+        ["u_1"],
+        delivery={"retry_schedule": ["100ms"] * 20},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        change_many(sim, "u_1", 8, 1)
+        await service.step(0.5)
+        paused = await health(service)
+    assert [r.status for r in rx.received] == [503] * 4 + [422, 503]
+    assert paused.status == "paused" and paused.consecutive_failures == THRESHOLD
+    assert paused.last_error == "HTTP 503"
+
+
+async def test_a_probe_answered_4xx_lets_the_next_event_probe_at_once(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """The probe of a paused endpoint happens to be an event the receiver rejects: that says
+    nothing of the endpoint, so it neither pauses it again nor holds the probe: the next due
+    event probes in the same round, and on its 2xx the rest flow."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 6)
+    rx.responses.extend([Answer(status=503)] * THRESHOLD)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=1)],
+        ["u_1"],
+        delivery={"retry_schedule": ["100ms"] * 20},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        change_many(sim, "u_1", 6, 1)
+        await service.step(0.5)
+        assert (await health(service)).status == "paused"
+        rx.responses.append(Answer(status=422))  # the probe's answer; then 200s
+        await service.step(BASE_COOLDOWN)
+        after = await health(service)
+        assert after.status == "active" and after.consecutive_failures == 0
+        assert len(rx.events) == 5  # all but the rejected one, whose retry is not due yet
+        await service.step(0.15)
+    assert [r.status for r in rx.received] == [503] * THRESHOLD + [422] + [200] * 6
+    assert len({e.webhook_id for e in rx.events}) == 6 == len(rx.events)
+
+
+@pytest.mark.parametrize(
+    ("broken", "requests"),
+    [
+        ("webhook_headers", 0),  # signing fails: nothing is sent
+        ("classify", 3),  # reading the answer fails: each attempt was sent, then crashed
+    ],
+)
+async def test_a_bug_in_a_delivery_is_a_failed_attempt_and_dead_letters(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: Sim,
+    receiver: Rx,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: str,
+    requests: int,
+) -> None:
+    """An exception inside the send path counts as an attempt with its error recorded, so
+    the event follows the schedule into the dead letters instead of coming back every lease
+    period; the endpoint's breaker does not count our bug against it."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+
+    def crash(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError(f"injected bug in {broken}")
+
+    monkeypatch.setattr(f"service.delivery.sender.{broken}", crash)
+    schedule = ["100ms", "100ms"]
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url, concurrency=1)],
+        ["u_1"],
+        delivery={"retry_schedule": schedule},
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            sim.update_assignment(ACCOUNT, "u_1", "u_1_a1", x_round=1)  # one `updated`
+            await service.step(0.5)
+            [meta] = await redis.hvals(keys.EndpointKeys("hr").meta)
+            first = DeliveryMeta.decode(meta)
+            for _ in schedule:  # well within the claim's lease: only the schedule brings it back
+                await service.step(0.15)
+            queue = service.service.queue
+            [dead] = await queue.dead_letters("hr")
+            depth = await queue.depth("hr")
+            after = await health(service)
+    crashes = [entry for entry in logs if entry["event"] == "delivery_crashed"]
+    assert len(crashes) == len(schedule) + 1  # each with its traceback (exc_info)
+    assert first.attempts == 1 and first.last_status is None
+    assert first.last_error == f"delivery crashed: RuntimeError: injected bug in {broken}"
+    assert dead["attempts"] == len(schedule) + 1 and dead["last_error"] == first.last_error
+    assert depth == 0 and len(rx.received) == requests
+    assert after == EndpointHealth()  # untouched: not a failure of the endpoint

@@ -79,3 +79,31 @@ def test_decide(
         assert decision.due is None
     else:
         assert decision.due is not None and decision.due - NOW >= min_delay
+
+
+@pytest.mark.parametrize(
+    ("status", "unwell"),
+    [
+        (500, True),
+        (502, True),
+        (503, True),
+        (599, True),
+        (600, True),  # outside 2xx-5xx: a broken answer
+        (408, True),
+        (429, True),
+        (None, True),  # timeout, refused or broken connection
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (409, False),
+        (412, False),
+        (422, False),
+        (301, False),  # a redirect: not followed, and no sign the endpoint is unwell
+        (200, False),
+    ],
+)
+def test_only_signs_of_an_unwell_endpoint_count_for_the_breaker(
+    status: int | None, unwell: bool
+) -> None:
+    assert classify(status, now=NOW).unwell is unwell

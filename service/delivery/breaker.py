@@ -1,5 +1,10 @@
 """The endpoint circuit breaker, pure: health + outcome + now → new health.
 
+Only signs that the endpoint is unwell are failures here (5xx, 408, 429, timeouts, refused or
+broken connections: `AttemptResult.unwell`), and a 410. An event the receiver rejects (any
+other 4xx, a redirect) spends its own retries and never reaches the breaker: it neither
+counts toward a pause nor resets the streak, which only a 2xx does.
+
 The usual words: a closed circuit delivers, an open one delivers nothing, a half-open one lets
 a single probe through. The endpoint states an operator sees map onto them:
 

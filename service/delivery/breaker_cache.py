@@ -3,6 +3,8 @@ changed at once by this process's own settles."""
 
 from __future__ import annotations
 
+import uuid
+
 from service.delivery.breaker import Circuit, circuit
 from service.endpoint_health import EndpointHealth, EndpointState
 from service.store.claims import ClaimedEvent
@@ -19,6 +21,7 @@ class BreakerCache:
         self.store = store
         self.health = EndpointHealth()
         self.probe_event_id: str | None = None  # the one event this process may probe with
+        self.probe_holder = uuid.uuid4().hex  # this worker's value in the shared probe lock
         self._read_at = float("-inf")
         self._changes = 0  # bumped by every local change
 

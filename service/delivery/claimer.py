@@ -103,7 +103,9 @@ class Claimer:
             if busy:
                 return Claimed.FULL
             seconds = lease_seconds(self.endpoint, 1)
-            probing = await self.endpoints.try_probe(self.endpoint.id, seconds)
+            probing = await self.endpoints.try_probe(
+                self.endpoint.id, seconds, self.breaker.probe_holder
+            )
             log.debug("endpoint_probe", endpoint=self.endpoint.id, probing=probing)
             if not probing:
                 self.wait = OPEN_RECHECK

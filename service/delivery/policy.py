@@ -25,6 +25,14 @@ class AttemptResult:
     status: int | None
     error: str | None = None
     retry_after: float | None = None
+    # A sign that the endpoint itself is unwell (5xx, 408, 429, no answer): counts toward
+    # pausing it. Any other failure (a 4xx, a redirect, our own bug) is about this one event
+    # and spends only its retries: a few events a receiver rejects never hold back the rest.
+    unwell: bool = False
+
+
+# What says the endpoint is unwell rather than this event unwanted (CONTRACT §4).
+_UNWELL = frozenset({StatusClass.SERVER_ERROR, StatusClass.RATE_LIMITED})
 
 
 class Action(Enum):
@@ -49,7 +57,7 @@ def classify(
 ) -> AttemptResult:
     """Map an HTTP status (None: timeout or broken connection) to a verdict."""
     if status is None:
-        return AttemptResult(Verdict.RETRY, None, error or "no response")
+        return AttemptResult(Verdict.RETRY, None, error or "no response", unwell=True)
     kind = status_class(status)
     if kind is StatusClass.SUCCESS:
         return AttemptResult(Verdict.SUCCESS, status)
@@ -60,8 +68,19 @@ def classify(
         honoured = retry_after_seconds(retry_after, now=now, cap=MAX_RETRY_AFTER)
     reason = "redirects are not followed" if kind is StatusClass.REDIRECT else None
     return AttemptResult(
-        Verdict.RETRY, status, error or reason or f"HTTP {status}", retry_after=honoured
+        Verdict.RETRY,
+        status,
+        error or reason or f"HTTP {status}",
+        retry_after=honoured,
+        unwell=kind in _UNWELL,
     )
+
+
+def crashed(error: str) -> AttemptResult:
+    """An attempt our own code failed (a bug while signing, sending or classifying): a failed
+    attempt of this event, so it follows the schedule to the dead letters instead of coming
+    back every lease forever. Says nothing of the endpoint, so the breaker ignores it."""
+    return AttemptResult(Verdict.RETRY, None, f"delivery crashed: {error}")
 
 
 def decide(

@@ -19,7 +19,7 @@ from service.delivery.breaker_cache import BreakerCache
 from service.delivery.claimer import LEASE_MARGIN, lease_seconds
 from service.delivery.deadlines import Deadlines
 from service.delivery.handoff import Handoff
-from service.delivery.policy import AttemptResult, classify
+from service.delivery.policy import AttemptResult, classify, crashed
 from service.delivery.signing import secret_key, webhook_headers
 from service.delivery.ssrf import check_url
 from service.errors import AddressRefused
@@ -86,6 +86,7 @@ class Sender:
         ack goes in a batch nobody waits for.
         """
         requesting, settled = True, True
+        started, attempts = time.perf_counter(), event.meta.attempts
         try:
             if not self.breaker.may_send(event, self.clock()):
                 # due again at once, for whichever process may send
@@ -106,13 +107,35 @@ class Sender:
             )
         except asyncio.CancelledError:
             raise  # stays held: the worker hands it back to the queue
-        except Exception:  # a bug must not kill the sender; the claim brings the event back
+        except Exception as e:  # a bug must not kill the sender
             log.exception("delivery_crashed", endpoint=self.endpoint.id, event_id=event.event_id)
+            event.meta.attempts = attempts  # a settle that crashed midway may have counted it
+            settled = await self._settle_crash(event, e, time.perf_counter() - started)
         finally:
             if requesting:
                 self.handoff.request_over()
         if settled:
             self.handoff.settled(event)
+
+    async def _settle_crash(self, event: ClaimedEvent, error: Exception, duration: float) -> bool:
+        """A bug while delivering is a failed attempt of this event, its error recorded: so it
+        follows the schedule into the dead letters, not back every lease period forever. The
+        settle's writes are fenced by the claim, so one that had gone through is not redone."""
+        result = crashed(f"{type(error).__name__}: {error}")
+        try:
+            return await self.settler.settle(event, result, duration)
+        except RedisError as e:  # the claim runs out and the event is sent again, same id
+            log.warning(
+                "delivery_redis_error",
+                endpoint=self.endpoint.id,
+                event_id=event.event_id,
+                error=str(e),
+            )
+        except Exception:  # the settler itself is broken: the claim brings the event back
+            log.exception(
+                "delivery_settle_crashed", endpoint=self.endpoint.id, event_id=event.event_id
+            )
+        return True
 
     async def _attempt(self, event: ClaimedEvent) -> tuple[AttemptResult, float] | None:
         """Send once, after the endpoint's rate allows; None when the claim was lost."""

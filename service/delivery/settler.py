@@ -1,6 +1,6 @@
 """One endpoint's settler: what an attempt's outcome changes. A success is acknowledged (in
-batches); a failure updates the shared breaker, then the event is retried later or
-dead-lettered."""
+batches); a failure updates the shared breaker when it shows the endpoint unwell, then the
+event is retried later or dead-lettered."""
 
 from __future__ import annotations
 
@@ -92,7 +92,12 @@ class Settler:
         event.meta.last_status = result.status
         event.meta.last_error = result.error
         event.meta.last_attempt_at = now
-        await self._note_failure(result, now)
+        if result.unwell or result.verdict is Verdict.GONE:
+            await self._note_failure(result, now)
+        else:  # this event's own failure (a 4xx): the breaker neither counts it nor takes it
+            # for a sign of health, so the failure streak stays as it was
+            if event.event_id == self.breaker.probe_event_id:
+                await self._end_probe()
         if decision.action is Action.DEAD:
             await self.queue.dead_letter(self.endpoint_id, event, int(now * 1000))
             log.warning(
@@ -139,6 +144,13 @@ class Settler:
                 paused_until=health.paused_until,
             )
         self.breaker.set(health)  # a Retry-After hold changes no status, yet holds every sender
+
+    async def _end_probe(self) -> None:
+        """The probe of a paused endpoint failed for a reason of its own (a 4xx): that says
+        nothing of the endpoint, so the next due event probes at once, not after the lock
+        runs out (a lease later)."""
+        self.breaker.probe_event_id = None
+        await self.endpoints.end_probe(self.endpoint_id, self.breaker.probe_holder)
 
     async def _note_success(self, now: float) -> None:
         """Close the breaker when it was not closed; else just note the time, once a second."""

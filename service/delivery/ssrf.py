@@ -16,15 +16,42 @@ from yarl import URL
 
 from service.errors import AddressRefused
 
+# IPv6 forms that are only another way to write an IPv4 address (its last 32 bits): a
+# connection to one reaches that IPv4 host, through the kernel or a translator on the path.
+_IPV4_IN_LAST_32 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64, the well-known prefix (RFC 6052)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (RFC 2765)
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (RFC 4291, deprecated)
+)
+# NAT64 for local use (RFC 8215). Where the IPv4 address sits in it depends on the prefix
+# length the network chose (RFC 6052 §2.2: /48 to /96), which we cannot know, so any one
+# reading could be dodged by writing the address for another: never public.
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
 
 def is_public(address: str) -> bool:
-    """False for loopback, private, link-local (cloud metadata), CGNAT, multicast, reserved."""
+    """False for loopback, private, link-local (cloud metadata), CGNAT, multicast, reserved,
+    and for an IPv6 address that carries an IPv4 address which is not public."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        if ip.ipv4_mapped is not None:
+            return _public(ip.ipv4_mapped)
+        if any(ip in net for net in _IPV4_IN_LAST_32):
+            return _public(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+        # tunnels: the packet goes to the IPv4 addresses inside (6to4's relay target;
+        # Teredo's server and client), and the IPv6 address must be public as well
+        tunnelled = [ip.sixtofour] if ip.sixtofour is not None else list(ip.teredo or ())
+        if not all(_public(v4) for v4 in tunnelled):
+            return False
+    return _public(ip)
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 

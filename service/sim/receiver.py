@@ -91,6 +91,9 @@ class Receiver:
         self.events: list[ReceivedEvent] = []  # verified and answered 2xx
         self.responses: collections.deque[Answer] = collections.deque()
         self.default_answer = Answer()
+        # chooses the answer to a verified request by what it carries (e.g. an event a
+        # receiver cannot handle), before `responses`; None leaves it to them
+        self.answer_for: Callable[[ReceivedEvent], Answer | None] | None = None
         # called once per request, after verification and once its answer is chosen
         self.on_event: Callable[[ReceivedEvent], None] | None = None
 
@@ -187,6 +190,8 @@ class Receiver:
             answer = Answer(
                 status=401, body=json.dumps({"error": "invalid signature", "detail": error})
             )
+        elif self.answer_for is not None and (chosen := self.answer_for(event)) is not None:
+            answer = chosen
         else:
             answer = self.responses.popleft() if self.responses else self.default_answer
         event.status = answer.status

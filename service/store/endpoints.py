@@ -44,9 +44,24 @@ class EndpointStore:
         """A success on a healthy endpoint only moves `last_success_at`; no transaction."""
         await self.redis.hset(EndpointKeys(endpoint_id).state, LAST_SUCCESS_FIELD, str(now))
 
-    async def try_probe(self, endpoint_id: str, seconds: float) -> bool:
-        """One process at a time sends the probe of a paused endpoint."""
+    async def try_probe(self, endpoint_id: str, seconds: float, holder: str) -> bool:
+        """One process at a time sends the probe of a paused endpoint; the lock runs out
+        after `seconds` (a probe's lease) unless `end_probe` gives it up first."""
         acquired = await self.redis.set(
-            EndpointKeys(endpoint_id).probe, "1", nx=True, px=max(1, int(seconds * 1000))
+            EndpointKeys(endpoint_id).probe, holder, nx=True, px=max(1, int(seconds * 1000))
         )
         return bool(acquired)
+
+    async def end_probe(self, endpoint_id: str, holder: str) -> None:
+        """Give up the probe lock, if `holder` still has it: it may have run out meanwhile and
+        been taken by another process, whose probe is in flight."""
+        key = EndpointKeys(endpoint_id).probe
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                if await pipe.get(key) == holder:
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.delete(key)
+                    await pipe.execute()
+            except WatchError:
+                pass  # taken or run out meanwhile: not ours to give up

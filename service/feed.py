@@ -46,7 +46,7 @@ log = structlog.get_logger("feed")
 FLUSH_EVERY = 500  # changes held before an intermediate commit (the watermark waits)
 KEEP_LOADED = 2000  # users whose snapshots stay in memory during a long read
 BASELINE_BATCH = 25  # new users baselined per read, each by a complete read of its own
-LISTING_WAIT = 5.0  # a `users: all` account's feed waits this long for its first listing
+LISTING_WAIT = 1.0  # a `users: all` account's feed waits at most this for its first listing
 
 
 class FeedUnsupported(UpstreamError):
@@ -140,7 +140,8 @@ class FeedReader:
         if account is not None and account.all_users:
             listing = await self.store.listing_state(lease.account_id)
             if listing.last_full_sync_ms is None:  # baselining before it would miss users
-                return await self._wait(lease, started + LISTING_WAIT)
+                wait = min(LISTING_WAIT, self.settings.polling.account_interval)
+                return await self._wait(lease, started + wait)
         state = await self.store.feed_state(lease.account_id)
         polling = self.settings.polling
         full = (

@@ -1,8 +1,11 @@
 """`lms-webhooks demo`: a simulated LMS, the in-memory store, a verifying receiver, live.
 
-An employee's training assignments progress and complete in the simulated LMS; the service
-polls every second, detects each change and delivers signed webhooks; the receiver verifies
-every signature and the table shows the events as they arrive.
+Employees' training assignments progress and complete in the simulated LMS, in two
+accounts: one whose listed users are polled one by one (`strategy: per_user`), one whose
+every user is found through its user listing and followed through the account's change
+feed (`users: all`, `strategy: account`). The service detects each change and delivers
+signed webhooks; the receiver verifies every signature and the table shows the events as
+they arrive.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from service.logs import configure_logging
 from service.sim.lms import SimLMS, start_sim_server
 from service.sim.receiver import ReceivedEvent, Receiver, start_receiver_server
 
-ACCOUNT = "acc_demo"
+ACCOUNT = "acc_demo"  # per_user: these users, each polled on its own
 USERS = ("emp_alice", "emp_bob")
+FEED_ACCOUNT = "acc_feed"  # users: all, strategy: account: one read for the whole account
+FEED_USERS = ("emp_carol", "emp_dan")
 STEP_SECONDS = 2.0
 _COLOURS = {
     "assignment.completed": "bold green",
@@ -45,8 +50,11 @@ def demo_settings(lms_url: str, receiver_url: str, secret: str) -> Settings:
         {
             "redis_url": "memory://",
             "stackone": {"base_url": lms_url, "api_key": "demo_key", "page_size": 50},
-            "accounts": [{"account_id": ACCOUNT, "users": list(USERS)}],
-            "polling": {"interval": "1s", "overlap": "5s"},
+            "accounts": [
+                {"account_id": ACCOUNT, "users": list(USERS)},
+                {"account_id": FEED_ACCOUNT, "users": "all", "strategy": "account"},
+            ],
+            "polling": {"interval": "1s", "account_interval": "1s", "overlap": "5s"},
             "endpoints": [
                 {"id": "hr-demo", "url": f"{receiver_url}/hooks/lms", "secret": secret},
             ],
@@ -60,10 +68,11 @@ def demo_settings(lms_url: str, receiver_url: str, secret: str) -> Settings:
 def seed(lms: SimLMS) -> None:
     """Each employee starts with courses assigned and not started: the service's baseline."""
     courses = ["Security Awareness 2026", "Code of Conduct", "Data Protection Basics"]
-    for user in USERS:
+    employees = [(ACCOUNT, user) for user in USERS] + [(FEED_ACCOUNT, u) for u in FEED_USERS]
+    for account, user in employees:
         for n, title in enumerate(courses, 1):
             lms.put_assignment(
-                ACCOUNT,
+                account,
                 user,
                 {
                     "id": f"{user}_c{n}",
@@ -71,15 +80,18 @@ def seed(lms: SimLMS) -> None:
                     "due_date": "2026-12-31T00:00:00.000Z",
                 },
             )
-            lms.progress(ACCOUNT, user, f"{user}_c{n}", 0)
+            lms.progress(account, user, f"{user}_c{n}", 0)
 
 
 def scenario(lms: SimLMS) -> list[Callable[[], object]]:
     """What happens in the LMS, one step every STEP_SECONDS."""
     a, b = USERS
+    c, d = FEED_USERS
     return [
         lambda: lms.progress(ACCOUNT, a, f"{a}_c1", 40),
+        lambda: lms.progress(FEED_ACCOUNT, c, f"{c}_c1", 60),
         lambda: lms.progress(ACCOUNT, b, f"{b}_c2", 25),
+        lambda: lms.progress(FEED_ACCOUNT, d, f"{d}_c3", 100),
         lambda: lms.progress(ACCOUNT, a, f"{a}_c1", 100),
         lambda: lms.put_assignment(
             ACCOUNT,
@@ -93,12 +105,22 @@ def scenario(lms: SimLMS) -> list[Callable[[], object]]:
         lambda: lms.update_assignment(ACCOUNT, b, f"{b}_c3", due_date="2027-02-01T00:00:00.000Z"),
         lambda: lms.progress(ACCOUNT, b, f"{b}_c2", 100),
         lambda: lms.progress(ACCOUNT, a, f"{a}_c4", 100),
+        lambda: lms.progress(FEED_ACCOUNT, c, f"{c}_c1", 100),
     ]
 
 
 def render(events: list[ReceivedEvent], started: float, status: str) -> Group:
     table = Table(title="Webhooks received by the HR system (signatures verified)", expand=True)
-    for name in ("t+s", "verified", "type", "user", "assignment", "seq", "changed", "status"):
+    for name in (
+        "t+s",
+        "verified",
+        "type",
+        "account/user",
+        "assignment",
+        "seq",
+        "changed",
+        "status",
+    ):
         table.add_column(name, no_wrap=name in ("type", "t+s"))
     for event in events[-18:]:
         data = event.data
@@ -109,7 +131,7 @@ def render(events: list[ReceivedEvent], started: float, status: str) -> Group:
             f"{event.received_at - started:5.1f}",
             "✓" if event.verified else "✗",
             Text(event.type or "?", style=_COLOURS.get(event.type or "", "")),
-            str(data.get("user_id")),
+            f"{data.get('account_id')}/{data.get('user_id')}",
             str(current.get("learning_object_external_reference") or data.get("assignment_id")),
             str(data.get("sequence")),
             ", ".join(data.get("changed_fields", [])[:4]),
@@ -136,6 +158,11 @@ async def run_demo(duration: float | None = None) -> None:
         f"[bold]lms-webhooks demo[/]: simulated LMS at {lms_url}, receiver at {rx_url}, "
         f"service API at {service.http_url} (metrics: {service.http_url}/metrics). Ctrl-C ends it."
     )
+    console.print(
+        f"{ACCOUNT}: {', '.join(USERS)}, each polled on its own (strategy: per_user). "
+        f"{FEED_ACCOUNT}: every user its listing names, one change feed for them all "
+        "(users: all, strategy: account)."
+    )
     if not interactive:
         receiver.on_event = lambda e: print(_line(e, started), flush=True)
     try:
@@ -152,7 +179,8 @@ def _line(event: ReceivedEvent, started: float) -> str:
     data = event.data
     return (
         f"t+{event.received_at - started:5.1f}s {'verified' if event.verified else 'INVALID '} "
-        f"{event.type:<30} {data.get('user_id')}/{data.get('assignment_id')} "
+        f"{event.type:<30} {data.get('account_id')}/{data.get('user_id')}/"
+        f"{data.get('assignment_id')} "
         f"seq={data.get('sequence')} changed={','.join(data.get('changed_fields', []))}"
     )
 

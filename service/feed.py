@@ -155,11 +155,13 @@ class FeedReader:
         if not full:
             await self._baseline_new(run)
         since = None if full else updated_after(watermark, polling.overlap)
+        auto = account is not None and account.strategy == "auto"
         try:
             async for page in self.client.account_pages(lease.account_id, since):
-                await self._page(run, page, since)
+                # only `auto` has somewhere to go: `account` reads on, at a full read's cost
+                await self._page(run, page, since if auto else None)
         except UpstreamError as e:
-            await self._unusable(lease, account is not None and account.strategy == "auto", e)
+            await self._unusable(lease, auto, e)
             raise
         if full:
             await self._finish_full_read(run)
@@ -177,11 +179,12 @@ class FeedReader:
 
     # -- reading --
 
-    async def _page(self, run: _Run, page: Page, since: datetime | None) -> None:
+    async def _page(self, run: _Run, page: Page, asked_after: datetime | None) -> None:
+        """One page of the feed; `asked_after`: the bound to hold the records to."""
         run.result.pages += 1
         run.result.records += len(page.records)
         skipped = dict(page.skipped)
-        if since is not None and _ignores_filter(page, since):
+        if asked_after is not None and _ignores_filter(page, asked_after):
             raise FeedUnsupported("the account endpoint ignores filter[updated_after]")
         records = []
         for record in page.records:
@@ -267,6 +270,7 @@ class FeedReader:
     async def _baseline_new(self, run: _Run) -> None:
         """Read users the feed has not baselined yet completely, each on its own."""
         known = self._baselined.setdefault(run.account_id, set())
+        known &= run.tracked  # a user untracked and tracked again is baselined again
         unknown = run.tracked - known
         if not unknown:
             return
@@ -303,13 +307,13 @@ class FeedReader:
             user.stored = None  # loaded again only if one of its assignments is missing
         for user in run.users.values():
             user.complete = True
+        self._baselined[run.account_id] = set(run.tracked)
         if run.result.skipped:  # a skipped record may be one we know: removals wait
             return
         for user_id, user in list(run.users.items()):
             missing = user.live_before - user.seen
             if missing:
                 await self._confirm_removed(run, user_id, missing)
-        self._baselined[run.account_id] = set(run.tracked)
 
     async def _confirm_removed(self, run: _Run, user_id: str, missing: frozenset[str]) -> None:
         """Offset paging shifts when records are deleted during a read, so one read can skip

@@ -127,6 +127,20 @@ class Received:
     first_at: float | None = None
     last_at: float | None = None
     sample: str = ""  # one body as received, for a plain POST loop to send
+    # per change (assignment id, its updated_at) → first arrival: a change fires several
+    # events (updated, progress_changed...), and it counts once, when the first one arrives
+    changes: dict[tuple[str, str], float] = field(default_factory=dict)
+    track_changes: bool = False
+
+
+def _change_of(body: bytes) -> tuple[str, str] | None:
+    """Which upstream change an event reports: (assignment id, the record's updated_at)."""
+    data = json.loads(body).get("data") or {}
+    updated = (data.get("assignment") or {}).get("updated_at")
+    assignment_id = data.get("assignment_id")
+    if isinstance(assignment_id, str) and isinstance(updated, str):
+        return assignment_id, updated
+    return None
 
 
 def _latency_of(body: bytes, now: float) -> float | None:
@@ -153,6 +167,10 @@ async def start_receiver(received: Received) -> tuple[web.AppRunner, str]:
             latency = _latency_of(body, now)
             if latency is not None:
                 received.latencies.append(latency)
+        if received.track_changes:
+            change = _change_of(body)
+            if change is not None:
+                received.changes.setdefault(change, now)
         return web.Response(status=204)
 
     app = web.Application()

@@ -19,6 +19,7 @@ from service.config import EndpointSettings
 from service.detect import Change, Snapshot, detect
 from service.outbox import Outbox, route_events
 from service.sim.lms import SimLMS
+from service.sim.records import remote_user_id
 from service.store import keys
 from service.store.polls import PollStore
 from service.store.read_state import ReadState
@@ -39,22 +40,31 @@ def record_shapes(count: int) -> list[dict[str, Any]]:
 
 
 def seed_users(lms: SimLMS, users: int, assignments: int) -> None:
-    """`users` users with `assignments` realistic records each, quickly.
+    """`users` users with `assignments` realistic records each, quickly: user u_<k> holds
+    a_<(k-1)*assignments+1> .. a_<k*assignments> (`owner_of` inverts it).
 
-    The record shapes are cloned with fresh ids, so a million records take seconds, not
-    minutes.
+    The record shapes are cloned with fresh ids and written straight into the simulator's
+    accounts (its account-wide order catches up at the next walk), so a million records take
+    seconds, not minutes.
     """
     shapes = record_shapes(assignments)
     account = lms.accounts.setdefault(ACCOUNT, {})
     serial = 0
     for user_id in user_ids(users):
         records = account.setdefault(user_id, {})
+        remote_user = remote_user_id(user_id)  # the shapes carry u_1's
         for n in range(assignments):
             serial += 1
             record = dict(shapes[n % len(shapes)])
             record["id"] = f"a_{serial}"
             record["user_id"] = user_id
+            record["remote_user_id"] = remote_user
             records[record["id"]] = record
+
+
+def owner_of(serial: int, assignments: int) -> str:
+    """The user `seed_users(..., assignments)` gave a_<serial>."""
+    return f"u_{(serial - 1) // assignments + 1}"
 
 
 def start_every_record(lms: SimLMS) -> None:
@@ -131,9 +141,16 @@ async def queue_events(
 
 
 async def store_baselines(
-    store: PollStore, lms: SimLMS, users: list[str], spread_ms: int, concurrency: int = 32
+    store: PollStore,
+    lms: SimLMS,
+    users: list[str],
+    spread_ms: int | None,
+    concurrency: int = 32,
 ) -> None:
-    """Commit every user's snapshots with the poller's own commit, as a baseline poll would."""
+    """Commit every user's snapshots with the poller's own commit, as a baseline poll would
+    (the user is marked baselined, so its next read, a poll or the feed, sends events).
+    Each user is due within `spread_ms`; None leaves the poll schedule alone, for users an
+    account feed reads."""
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
     gate = asyncio.Semaphore(concurrency)
@@ -147,7 +164,7 @@ async def store_baselines(
                 assert change is not None
                 outbox.changes.append(change)
             state = ReadState(watermark_ms=now_ms, baselined=True, last_full_sync_ms=now_ms)
-            due = int(now.timestamp() * 1000) + rng.randrange(0, spread_ms)
+            due = None if spread_ms is None else now_ms + rng.randrange(0, spread_ms)
             snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
             await store.commit(
                 ACCOUNT,
@@ -160,3 +177,35 @@ async def store_baselines(
             )
 
     await asyncio.gather(*(one(u) for u in users))
+
+
+async def store_feed_state(redis: Redis, account_id: str, at_ms: int) -> None:
+    """The feed state a complete read of the account at `at_ms` leaves: its next read is
+    incremental (from the watermark) and no full read is due for `full_resync_interval`."""
+    state = ReadState(watermark_ms=at_ms, last_full_sync_ms=at_ms, last_poll_ms=at_ms)
+    pairs = [part for pair in state.encode().items() for part in pair]
+    await redis.hset(keys.feed_state(account_id), items=pairs)
+
+
+async def change_steadily(
+    lms: SimLMS, serials: list[int], assignments: int, per_second: float
+) -> dict[tuple[str, str], float]:
+    """Change the assignments a_<serial> (as `seed_users` made them) one by one at
+    `per_second`, paced on the clock so slow steps do not slow the rate down.
+
+    Returns each change, as (assignment id, its new updated_at), with when the simulator
+    applied it. Each serial should appear once: a record changed twice between two reads is
+    one change to any poller, and could not be counted as delivered.
+    """
+    made: dict[tuple[str, str], float] = {}
+    start = time.time()
+    for n, serial in enumerate(serials):
+        wait = start + n / per_second - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        user_id, assignment_id = owner_of(serial, assignments), f"a_{serial}"
+        progress = lms.accounts[ACCOUNT][user_id][assignment_id].get("progress") or 0
+        applied = time.time()
+        record = lms.update_assignment(ACCOUNT, user_id, assignment_id, progress=progress % 99 + 1)
+        made[(assignment_id, record["updated_at"])] = applied
+    return made

@@ -37,6 +37,19 @@ TARGETS: dict[str, list[tuple[str, float | None, bool]]] = {
         ("redis_bytes_per_assignment", 400, False),
     ],
     "scale_out": [("receiver_50ms.speedup", 1.6, True), ("receiver_instant.speedup", None, True)],
+    # account: p99 within account_interval (10 s) + 5 s, on 10% of the 1,000/min budget,
+    # nothing lost; per_user cannot keep up at 20,000 users, and the report says how far
+    "reach": [
+        ("account.p99_seconds", 15.0, False),
+        ("account.requests_per_minute", 100, False),
+        ("account.undelivered", 0, False),
+        ("account.p50_seconds", None, False),
+        ("per_user.requests_per_minute", None, False),
+        ("per_user.changes_delivered", None, True),
+        ("per_user.undelivered", None, False),
+        ("per_user.delivered_p50_seconds", None, False),
+        ("per_user.behind_factor", None, False),
+    ],
 }
 
 

@@ -1,4 +1,4 @@
-"""The seven scenarios of `lms-webhooks bench`. Each takes a fresh Bench and a scale (1 = the
+"""The scenarios of `lms-webhooks bench`. Each takes a fresh Bench and a scale (1 = the
 documented sizes, smaller for a quick check) and returns its figures.
 
 Ratios compare two things measured in the same run, on the same machine, at the same time.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 import resource
 import statistics
 import subprocess
@@ -18,18 +20,22 @@ from typing import Any
 
 from service.bench.harness import SECRET, Bench, cpu_seconds, memory_kb
 from service.bench.load import (
+    ACCOUNT,
     change_every_record,
+    change_steadily,
     complete_every_record,
     poll_everyone_now,
     queue_events,
     seed_users,
     start_every_record,
     store_baselines,
+    store_feed_state,
     user_ids,
 )
 from service.bench.roundtrips import idle_poll_cost
 from service.config import EndpointSettings
 from service.events import COMPLETED
+from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
 from service.store.polls import PollStore
 
@@ -347,6 +353,161 @@ async def scale_out(bench: Bench, scale: float) -> dict[str, Any]:
     return figures
 
 
+def nearest_rank(values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of `values`, sorted, where inf stands for a change not
+    delivered: None when the percentile falls on one (the figure was not reached)."""
+    if not values:
+        return None
+    value = values[max(0, math.ceil(fraction * len(values)) - 1)]
+    return None if math.isinf(value) else round(value, 3)
+
+
+def delivery_figures(
+    made: dict[tuple[str, str], float], received: dict[tuple[str, str], float]
+) -> dict[str, Any]:
+    """Changes made against changes received: how many arrived, and how long after the
+    simulator applied each one (p50/p99 over every change made, so one not delivered counts
+    as later than any that was)."""
+    latencies = sorted(received[c] - at if c in received else math.inf for c, at in made.items())
+    delivered = [x for x in latencies if not math.isinf(x)]
+    return {
+        "changes_made": len(made),
+        "changes_delivered": len(delivered),
+        "undelivered": len(made) - len(delivered),
+        "unexpected_changes_received": len(received.keys() - made.keys()),
+        "p50_seconds": nearest_rank(latencies, 0.5),
+        "p99_seconds": nearest_rank(latencies, 0.99),
+        "delivered_p50_seconds": nearest_rank(delivered, 0.5),
+        "delivered_max_seconds": round(delivered[-1], 3) if delivered else None,
+    }
+
+
+REACH_ACCOUNT_INTERVAL = 10.0
+REACH_INTERVAL = 300.0  # per_user: each user's target cadence
+FEED_READS = "lms_webhooks_feed_reads"
+UPDATED_AFTER = "filter[updated_after]"
+
+
+async def reach(bench: Bench, scale: float) -> dict[str, Any]:
+    """One account of 20,000 users × 5 assignments on a budget of 1,000 requests a minute,
+    changes at 20/s for a minute; read through the account's change feed (`strategy:
+    account`, every 10 s), then user by user (`per_user`, every 5 m). Per strategy: upstream
+    requests in the measured minute, change → webhook latency, and which changes arrived.
+
+    The baseline (a first complete read: 1,000 pages for the feed, 20,000 polls per user) is
+    not measured: each user's snapshots are committed straight into Redis, marked baselined,
+    and for the feed a watermark and last complete read of now, so its first read is
+    incremental. The budget is not scaled: `--scale` shrinks users and the minute only.
+    """
+    users = user_ids(_n(20_000, scale, 200))
+    per_user = 5
+    budget = 1000
+    per_second = 20.0
+    window = 60.0 * scale
+    seed_users(bench.lms, len(users), per_user)
+    figures: dict[str, Any] = {
+        "users": len(users),
+        "assignments": len(users) * per_user,
+        "budget_per_minute": budget,
+        "changes_per_second": per_second,
+        "account_interval_seconds": REACH_ACCOUNT_INTERVAL,
+        "per_user_interval_seconds": REACH_INTERVAL,
+        "baseline": "seeded in Redis (snapshots, baselined, feed watermark), not measured",
+    }
+    rng = random.Random(20)
+    # a quick look's window still holds a feed read to count (per user: a few seconds)
+    for strategy, least in (("account", REACH_ACCOUNT_INTERVAL), ("per_user", 5.0)):
+        started = time.perf_counter()
+        seconds = max(least, window)
+        # distinct assignments: one changed twice between two reads is one change to a poller
+        serials = rng.sample(range(1, len(users) * per_user + 1), round(per_second * seconds))
+        run = await _reach_run(bench, users, strategy, budget, serials, per_user, seconds)
+        run |= {"window_seconds": seconds, "bench_seconds": round(time.perf_counter() - started, 1)}
+        figures[strategy] = run
+    return figures
+
+
+async def _reach_run(
+    bench: Bench,
+    users: list[str],
+    strategy: str,
+    budget: int,
+    serials: list[int],
+    per_user: int,
+    window: float,
+) -> dict[str, Any]:
+    lms, received = bench.lms, bench.received
+    await bench.redis.flushall()
+    lms.set_rate_limit(budget)  # a full bucket: the previous run's requests do not count
+    lms.clear_requests()
+    received.changes.clear()
+    received.track_changes = True
+    feed = strategy == "account"
+    store = PollStore(bench.redis)
+    await store_baselines(store, lms, users, spread_ms=None if feed else int(REACH_INTERVAL * 1000))
+    if feed:
+        await store_feed_state(bench.redis, ACCOUNT, int(time.time() * 1000))
+    config = bench.service_config(users, budget=budget, interval=f"{REACH_INTERVAL:g}s")
+    config["accounts"][0]["strategy"] = strategy
+    config["polling"]["account_interval"] = f"{REACH_ACCOUNT_INTERVAL:g}s"
+    (process,) = await bench.start_services(config)
+
+    # past the start-up: the feed's first read (it loads every user's state once) or the
+    # first polls; what follows is the steady state
+    async def started() -> bool:
+        return (await bench.total(FEED_READS) if feed else await _polls(bench)) >= 1
+
+    await _wait(started, 120, f"the first {strategy} read")
+    cpu0, start = cpu_seconds(process.pid), time.time()
+    made = await change_steadily(lms, serials, per_user, per_second=len(serials) / window)
+    end = start + window
+    await asyncio.sleep(max(0.0, end - time.time()))
+    cpu = cpu_seconds(process.pid) - cpu0
+    # the feed gets its p99 target's allowance after the last change (then some, to see
+    # late arrivals); per user, a change still waiting for its user's poll then is reported
+    # as not delivered within the run
+    allowance = REACH_ACCOUNT_INTERVAL + 5.0
+
+    async def all_arrived() -> bool:
+        return made.keys() <= received.changes.keys()
+
+    try:
+        await _wait(all_arrived, allowance + (15.0 if feed else 0.0), "every change")
+    except TimeoutError:
+        pass
+    in_window = [r for r in lms.requests if start <= r.time < end]
+    figures: dict[str, Any] = {
+        "requests_per_minute": round(len(in_window) / window * 60.0, 1),
+        "budget_used": round(len(in_window) / window * 60.0 / budget, 3),
+        "throttled_429": sum(1 for r in in_window if r.status == 429),
+        **delivery_figures(made, dict(received.changes)),
+        "seconds_allowed_after_last_change": allowance,
+        "service_cpu_share": round(cpu / window, 3),
+    }
+    if feed:
+        pages = [r for r in in_window if r.path == ACCOUNT_ASSIGNMENTS_PATH]
+        firsts = [r for r in pages if "next" not in r.query]
+        figures |= {
+            "feed_reads": len(firsts),
+            "feed_pages": len(pages),
+            # a read without the filter is a complete one: the baseline must not be here
+            "feed_complete_reads": sum(1 for r in firsts if UPDATED_AFTER not in r.query),
+        }
+    else:
+        needed = len(users) * 60.0 / REACH_INTERVAL
+        used = len(in_window) / window * 60.0
+        now_ms = int(time.time() * 1000)
+        figures |= {
+            "needed_requests_per_minute": round(needed),
+            "effective_interval_seconds": round(len(users) / used * 60.0) if used else None,
+            "behind_factor": round(needed / used, 2) if used else None,
+            "users_overdue_at_end": await bench.redis.zcount(keys.POLL_DUE, 0, now_ms),
+        }
+    received.track_changes = False
+    bench.stop_services()
+    return figures
+
+
 SCENARIOS: dict[str, Scenario] = {
     "budget": upstream_budget,
     "idle": idle_cost,
@@ -356,4 +517,5 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency,
     "footprint": footprint,
     "scale_out": scale_out,
+    "reach": reach,
 }

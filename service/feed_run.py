@@ -1,0 +1,182 @@
+"""One account feed read in progress: the users it met, what it found in their records, and
+what its next commit writes. No upstream requests here; the snapshots come from Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from service.config import EndpointSettings
+from service.detect import Change, Snapshot, detect
+from service.metrics import Metrics
+from service.outbox import Outbox
+from service.store.feeds import FeedStore
+from service.store.leases import Lease
+from service.store.polls import StoredUser
+from service.store.read_state import ReadState
+from service.store.scripts import UserWrite
+
+log = structlog.get_logger("feed")
+
+KEEP_LOADED = 2000  # users whose snapshots stay in memory during a long read
+
+
+@dataclass(slots=True)
+class FeedResult:
+    full: bool = False
+    pages: int = 0
+    records: int = 0
+    changes: int = 0
+    events: int = 0
+    skipped: int = 0  # records that cannot be tracked (no id, no user_id, invalid)
+    untracked: int = 0  # records of users not tracked
+    baselined: int = 0  # users baselined by a complete read of their own
+    waited: bool = False  # not read: waiting for a fallback's end or the first listing
+
+
+@dataclass(slots=True)
+class FeedUser:
+    """One user met by a read. `stored` is dropped after a commit when many are loaded
+    (its snapshots are in Redis) and loaded again if the user comes back."""
+
+    stored: StoredUser | None
+    emit: bool
+    was_baselined: bool
+    live_before: frozenset[str]  # assignments present before this read (removal candidates)
+    seen: set[str] = field(default_factory=set)
+    dirty: bool = False
+    complete: bool = False  # read completely by this run: baselined once it commits
+
+    @property
+    def snapshots(self) -> dict[str, Snapshot]:
+        assert self.stored is not None, "loaded before use"
+        return self.stored.snapshots
+
+
+class FeedRun:
+    def __init__(
+        self,
+        lease: Lease,
+        store: FeedStore,
+        endpoints: Iterable[EndpointSettings],
+        *,
+        full: bool,
+        tracked: set[str],
+        now: datetime,
+        emit_on_first_sync: bool,
+    ) -> None:
+        self.lease = lease
+        self.store = store
+        self.endpoints = list(endpoints)
+        self.full = full
+        self.tracked = tracked
+        self.now = now
+        self.now_ms = int(now.timestamp() * 1000)
+        self.emit_on_first_sync = emit_on_first_sync
+        self.result = FeedResult(full=full)
+        self.outbox = Outbox()
+        self.users: dict[str, FeedUser] = {}
+        self.ignored: set[str] = set()  # tracked, but not baselined yet
+        self.updated_values: list[object] = []
+        self.loaded = 0  # users whose snapshots are in memory
+
+    @property
+    def account_id(self) -> str:
+        return self.lease.account_id
+
+    def meet(self, user_id: str, stored: StoredUser) -> FeedUser:
+        baselined = bool(stored.state.baselined)
+        user = FeedUser(
+            stored,
+            emit=baselined or self.emit_on_first_sync,
+            was_baselined=baselined,
+            live_before=frozenset(a for a, s in stored.snapshots.items() if s.record is not None),
+        )
+        self.users[user_id] = user
+        self.loaded += 1
+        return user
+
+    async def load(self, user_ids: set[str]) -> None:
+        """Load the tracked users among these not in memory yet. During an incremental read
+        a user not baselined is ignored: its own complete read will baseline it."""
+        wanted = {
+            u
+            for u in user_ids & self.tracked
+            if u not in self.ignored and (u not in self.users or self.users[u].stored is None)
+        }
+        if not wanted:
+            return
+        for user_id, stored in (await self.store.load_users(self.account_id, wanted)).items():
+            known = self.users.get(user_id)
+            if known is not None:
+                known.stored = stored
+                self.loaded += 1
+            elif stored.state.baselined or self.full:
+                self.meet(user_id, stored)
+            else:
+                self.ignored.add(user_id)
+
+    def detect(self, user_id: str, record: dict[str, Any]) -> None:
+        user = self.users[user_id]
+        assignment_id = str(record["id"])
+        user.seen.add(assignment_id)
+        previous = user.snapshots.get(assignment_id)
+        change = detect(
+            self.account_id, user_id, assignment_id, previous, record, now=self.now, emit=user.emit
+        )
+        if change is not None:
+            self.add(user_id, change, previous)
+
+    def add(self, user_id: str, change: Change, previous: Snapshot | None) -> None:
+        user = self.users[user_id]
+        user.snapshots[change.assignment_id] = change.snapshot
+        user.dirty = True
+        self.outbox.add(
+            self.account_id,
+            user_id,
+            change,
+            previous,
+            now=self.now,
+            due_ms=self.now_ms,
+            emit=user.emit,
+            endpoints=self.endpoints,
+        )
+
+    def writes(self, final: bool) -> list[UserWrite]:
+        """Each user's part of the next commit. Users are baselined by the final commit
+        only: a read cut short must baseline them again."""
+        out = []
+        for user_id, user in self.users.items():
+            baseline = final and user.complete and not user.was_baselined
+            if user.dirty or baseline:
+                snapshots = user.snapshots if user.dirty else None
+                out.append(
+                    UserWrite(user_id, snapshots, ReadState(baselined=True) if baseline else None)
+                )
+        return out
+
+    def committed(self, final: bool) -> Outbox:
+        """After a commit: a fresh outbox; when many users are loaded, their snapshots leave
+        memory (they are in Redis now). Returns the outbox committed."""
+        done, self.outbox = self.outbox, Outbox()
+        evict = not final and self.loaded >= KEEP_LOADED
+        for user in self.users.values():
+            user.dirty = False
+            if evict:
+                user.stored = None
+        if evict:
+            self.loaded = 0
+        return done
+
+
+def count_skipped(metrics: Metrics, run: FeedRun, skipped: dict[str, int]) -> None:
+    """Records that cannot be tracked: counted, logged, skipped (the read goes on)."""
+    for reason, count in skipped.items():
+        run.result.skipped += count
+        metrics.records_skipped.labels(reason).inc(count)
+        log.warning("records_skipped", account_id=run.account_id, reason=reason, count=count)

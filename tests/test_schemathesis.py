@@ -30,7 +30,9 @@ async def test_no_server_errors_for_generated_requests(
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st, "schemathesis is part of the test dependencies (pip install -e '.[test]')"
     port = free_port()
-    process = RunProcess(redis_server.url, lms[1], receiver[1], tmp_path / "run.log")
+    # the config with every strategy: per-user users, account feeds, a `users: all` listing
+    config = "config/test-feed.yaml"
+    process = RunProcess(redis_server.url, lms[1], receiver[1], tmp_path / "run.log", config)
     process.env |= {"ADMIN_TOKEN": TOKEN, "HTTP_PORT": str(port)}
     process.start()
     base = f"http://127.0.0.1:{port}"
@@ -49,7 +51,7 @@ async def test_no_server_errors_for_generated_requests(
             "run",
             f"{base}/openapi.json",
             "--checks",
-            "not_a_server_error",
+            "not_a_server_error,response_schema_conformance",
             "-H",
             f"Authorization: Bearer {TOKEN}",
             "--max-examples",

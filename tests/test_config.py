@@ -153,3 +153,151 @@ def test_example_config_is_valid() -> None:
         ENV | {"HR_WEBHOOK_SECRET": ENV["SECRET"], "STACKONE_API_KEY": "k"},
     )
     assert settings.endpoints[0].events == ["assignment.completed"]
+
+
+# ------------------------------------------------- hostile files: what the loader refuses
+
+
+def check_config_exit(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """check-config in-process on `text`: exit 2, and the error (stderr) is returned."""
+    path = write(tmp_path, text)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in ENV.items():
+            env.setenv(name, value)
+        assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert ENV["KEY"] not in err and ENV["SECRET"] not in err
+    return err
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`safe_load` shares an aliased node; filling `${VAR}`s and validating copy it: nine
+    levels of ten aliases are 10^9 leaves. Aliases are refused outright."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    text = MINIMAL + "bomb:\n" + "".join(f"  {level}\n" for level in levels)
+    err = check_config_exit(tmp_path, text, capsys)
+    assert "alias" in err and "line 11" in err
+
+
+def test_alias_bomb_check_config_returns_at_once(tmp_path: Path) -> None:
+    """The whole command, as a user runs it: exit 2 in seconds, not minutes and gigabytes."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    bad = write(tmp_path, MINIMAL + "".join(f"{level}\n" for level in levels))
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**ENV, "PATH": ""},
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2 and "alias" in proc.stderr
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for depth in (40, 500, 50_000):
+        err = check_config_exit(tmp_path, MINIMAL + "deep: " + "[" * depth + "]" * depth, capsys)
+        assert "nested deeper than" in err and "line 9" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (MINIMAL + "polling:\n  interval: 5m\n  interval: 1s\n", "polling.interval"),
+        (MINIMAL + "stackone:\n  api_key: other\n", "stackone"),
+        (
+            MINIMAL.replace("    url:", "    url: https://x.example.com\n    url:"),
+            "endpoints.0.url",
+        ),
+        # keys from the environment collide only once filled in
+        (MINIMAL + "log:\n  ${A}: info\n  ${B}: debug\n", "log.level"),
+    ],
+)
+def test_duplicate_keys_are_errors_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, path: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), ENV | {"A": "level", "B": "level"})
+    assert caught.value.path == path and "duplicate key" in caught.value.message
+    assert f"{path}: duplicate key" in check_config_exit(
+        tmp_path, text.replace("${A}", "level").replace("${B}", "level"), capsys
+    )
+
+
+def test_oversized_file_is_refused_unread(tmp_path: Path) -> None:
+    """A 49 MB config ran for minutes; above the cap the file is refused before parsing."""
+    padding = "# " + "x" * 1021 + "\n"  # 1 KiB
+    big = write(tmp_path, MINIMAL + padding * (5 * 1024))  # 5 MiB of comments
+    with pytest.raises(ConfigError, match="larger than 4 MiB"):
+        load_settings(big, ENV)
+    # just below the cap: read as always
+    ok = write(tmp_path, MINIMAL + padding * (4 * 1024 - 1))
+    assert load_settings(ok, ENV).endpoints[0].id == "hr"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (b"log:\n  level: \xff\xfe\n", "not UTF-8"),
+        (b"log:\n  level: 2024-13-45\n", "line 10"),  # an impossible date
+        (b"log:\n  level: !!int nope\n", "line 10"),
+        (b"log:\n  level: !!timestamp nope\n", "line 10"),
+        (b"log:\n  level: 2024-01-01 99:00:00\n", "line 10"),
+    ],
+)
+def test_unreadable_values_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: bytes, problem: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(MINIMAL.encode() + text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, ENV)
+    assert problem in caught.value.message
+
+
+# ------------------------------------------------------- interpolation cannot be spoofed
+
+
+@pytest.mark.parametrize("literal", ["__lms_webhooks_env_0__", "__lms_webhooks_env_99__"])
+def test_placeholder_text_in_the_file_stays_literal(tmp_path: Path, literal: str) -> None:
+    """Values go back in through placeholders; plain text that looks like one must not be
+    replaced by a variable's value (here the API key) nor break the load."""
+    text = MINIMAL + f"accounts:\n  - account_id: x{literal}\n    users: [{literal}]\n"
+    settings = load_settings(write(tmp_path, text), ENV)
+    assert settings.accounts[0].account_id == f"x{literal}"
+    assert settings.accounts[0].users == [literal]
+    assert settings.stackone.api_key.get_secret_value() == ENV["KEY"]
+
+
+def test_placeholders_differ_on_every_load() -> None:
+    first, _ = interpolate("k: ${A}", {"A": "1"})
+    second, _ = interpolate("k: ${A}", {"A": "1"})
+    assert first != second
+
+
+def test_a_value_that_looks_like_a_placeholder_stays_itself(tmp_path: Path) -> None:
+    text, values = interpolate("a: ${A}\nb: ${B}\n", {"A": "x", "B": "y"})
+    token_of_b = text.split("b: ")[1].strip()
+    # A's value is B's placeholder: it is put in as text, never replaced again
+    settings = load_settings(
+        write(tmp_path, MINIMAL.replace("${KEY}", "${A}") + "accounts:\n  - account_id: ${B}\n"),
+        ENV | {"A": token_of_b, "B": "acc"},
+    )
+    assert settings.stackone.api_key.get_secret_value() == token_of_b
+    assert fill("b: " + token_of_b, values) == "b: y"
+
+
+def test_empty_required_variable_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL), ENV | {"KEY": ""})
+    assert caught.value.path == "KEY" and "empty" in caught.value.message
+    # `${VAR:-}` says so when empty is meant
+    settings = load_settings(
+        write(tmp_path, MINIMAL + "http:\n  admin_token: ${TOKEN:-}\n"), ENV | {"TOKEN": ""}
+    )
+    assert settings.http.admin_token is None

@@ -6,6 +6,7 @@ Loaded once at start; every duration becomes float seconds here and nowhere else
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 import secrets
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -36,35 +38,104 @@ from service.events import EVENT_TYPES
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
+DAY = 86400.0
+# Every duration has a finite range: `.nan`, `.inf` or 1e308 passed once and then stopped the
+# service silently (no poll ever due, a timeout that never ends).
+MAX_DURATION = 30 * DAY
+MAX_TIMEOUT = 3600.0  # one request or delivery attempt; 0 is not "no timeout"
+MIN_POLL_INTERVAL = 0.1  # shorter than a poll itself takes means "all the time"
+MAX_DISABLE_AFTER = 365 * DAY  # an operator who never wants an endpoint disabled: a year
+
 
 def parse_duration(value: Any) -> float:
     """`500ms`, `30s`, `5m`, `2h`, `1d` or a plain number of seconds → float seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like 500ms, 30s, 5m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"invalid duration {value!r}: use seconds or e.g. 500ms, 30s, 5m, 2h, 1d")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value)):
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        else:
+            raise ValueError(
+                f"invalid duration {value!r}: use seconds or e.g. 500ms, 30s, 5m, 2h, 1d"
+            )
+    except OverflowError:  # an integer of hundreds of digits
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
 
+def _human(seconds: float) -> str:
+    """Seconds in the largest unit that holds them whole: 0.1 → 100ms, 2592000 → 30d."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _within(low: float, high: float, *, above: bool = False) -> AfterValidator:
+    """A duration between `low` (excluded when `above`) and `high` seconds."""
+
+    def check(seconds: float) -> float:
+        if seconds < low or (above and seconds == low):
+            raise ValueError(f"must be {'more than' if above else 'at least'} {_human(low)}")
+        if seconds > high:
+            raise ValueError(f"must be at most {_human(high)}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+def _duration_schema(low: float, high: float, *, above: bool = False) -> WithJsonSchema:
+    number: dict[str, Any] = {"type": "number", "maximum": high}
+    number["exclusiveMinimum" if above else "minimum"] = low
+    low_text = f"more than {_human(low)}" if above else f"at least {_human(low)}"
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                number,
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+            ],
+            "description": (
+                "seconds, or a string such as 500ms, 30s, 5m, 2h, 1d; "
+                f"{low_text}, at most {_human(high)}"
+            ),
+        }
+    )
+
+
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
-            ],
-            "description": "seconds, or a string such as 500ms, 30s, 5m, 2h, 1d",
-        }
-    ),
+    _within(0, MAX_DURATION),
+    _duration_schema(0, MAX_DURATION),
 ]
+Timeout = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(0, MAX_TIMEOUT, above=True),
+    _duration_schema(0, MAX_TIMEOUT, above=True),
+]
+PollInterval = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(MIN_POLL_INTERVAL, MAX_DURATION),
+    _duration_schema(MIN_POLL_INTERVAL, MAX_DURATION),
+]
+LongDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(0, MAX_DISABLE_AFTER),
+    _duration_schema(0, MAX_DISABLE_AFTER),
+]
+# Counts: what one process runs at once is a task (and its buffers) each; a million of them
+# took 1.5 GB in 20 s and ignored SIGTERM.
+MAX_CONCURRENCY = 1000
 
 
 class _Strict(BaseModel):
@@ -74,12 +145,12 @@ class _Strict(BaseModel):
 class StackOneSettings(_Strict):
     base_url: str = "https://api.stackone.com"
     api_key: SecretStr
-    max_requests_per_minute: int = Field(1000, ge=1)
+    max_requests_per_minute: int = Field(1000, ge=1, le=1_000_000)
     page_size: int = Field(100, ge=1, le=100)
-    request_timeout: Duration = 60.0
+    request_timeout: Timeout = 60.0
     filter_style: Literal["deep_object", "form"] = "deep_object"
     # A runaway `next` chain (a provider looping its cursor) fails the poll after this many pages.
-    max_pages: int = Field(1000, ge=1)
+    max_pages: int = Field(1000, ge=1, le=100_000)
 
     @field_validator("base_url")
     @classmethod
@@ -95,12 +166,12 @@ class AccountSettings(_Strict):
 
 
 class PollingSettings(_Strict):
-    interval: Duration = 300.0
+    interval: PollInterval = 300.0
     overlap: Duration = 60.0
     full_resync_interval: Duration = 86400.0
     emit_on_first_sync: bool = False
     # How many users one process polls at the same time.
-    concurrency: int = Field(16, ge=1)
+    concurrency: int = Field(16, ge=1, le=MAX_CONCURRENCY)
 
     @field_validator("interval")
     @classmethod
@@ -136,10 +207,10 @@ class EndpointSettings(_Strict):
     ] = Field(min_length=1)
     events: list[str] | None = None
     accounts: list[str] | None = None
-    max_per_second: float | None = Field(None, gt=0)
-    timeout: Duration = 15.0
+    max_per_second: float | None = Field(None, ge=0.01, le=100_000, allow_inf_nan=False)
+    timeout: Timeout = 15.0
     # Deliveries to this endpoint in flight at once, per process.
-    concurrency: int = Field(8, ge=1)
+    concurrency: int = Field(8, ge=1, le=MAX_CONCURRENCY)
 
     @field_validator("url")
     @classmethod
@@ -178,9 +249,10 @@ class EndpointSettings(_Strict):
 
 class DeliverySettings(_Strict):
     retry_schedule: list[Duration] = Field(
-        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        max_length=100,
     )
-    disable_after: Duration = 5 * 86400.0
+    disable_after: LongDuration = 5 * 86400.0
     allow_http: bool = False
     allow_private_addresses: bool = False
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.config import fill, interpolate, load_settings, parse_duration
+from service.config import (
+    fill,
+    interpolate,
+    load_settings,
+    parse_duration,
+    parse_settings,
+    settings_json_schema,
+)
 from service.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,3 +308,86 @@ def test_empty_required_variable_is_an_error(
         write(tmp_path, MINIMAL + "http:\n  admin_token: ${TOKEN:-}\n"), ENV | {"TOKEN": ""}
     )
     assert settings.http.admin_token is None
+
+
+# ------------------------------------------- every duration and count within a finite range
+
+API = "  api_key: ${KEY}"
+HOOK = "    secret: ${SECRET}"
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ((API, f"{API}\n  request_timeout: 0"), "stackone.request_timeout"),  # 0 = no timeout
+        ((API, f"{API}\n  request_timeout: .inf"), "stackone.request_timeout"),
+        ((API, f"{API}\n  request_timeout: 2h"), "stackone.request_timeout"),
+        (
+            (API, f"{API}\n  max_requests_per_minute: 1000000000"),
+            "stackone.max_requests_per_minute",
+        ),
+        ((API, f"{API}\n  max_pages: 1000000000"), "stackone.max_pages"),
+        ((HOOK, f"{HOOK}\n    timeout: 0"), "endpoints.0.timeout"),
+        ((HOOK, f"{HOOK}\n    timeout: .inf"), "endpoints.0.timeout"),
+        ((HOOK, f"{HOOK}\n    timeout: .nan"), "endpoints.0.timeout"),
+        ((HOOK, f"{HOOK}\n    concurrency: 1000000"), "endpoints.0.concurrency"),
+        ((HOOK, f"{HOOK}\n    max_per_second: .inf"), "endpoints.0.max_per_second"),
+        ((HOOK, f"{HOOK}\n    max_per_second: .nan"), "endpoints.0.max_per_second"),
+        ((HOOK, f"{HOOK}\n    max_per_second: 0.0001"), "endpoints.0.max_per_second"),
+        (("", "polling:\n  interval: .nan"), "polling.interval"),
+        (("", "polling:\n  interval: .inf"), "polling.interval"),
+        (("", "polling:\n  interval: 1.0e+308"), "polling.interval"),
+        (("", "polling:\n  interval: 31d"), "polling.interval"),
+        (("", "polling:\n  interval: 10ms"), "polling.interval"),
+        (("", "polling:\n  interval: " + "9" * 400), "polling.interval"),  # an int float() refuses
+        (("", "polling:\n  interval: " + "9" * 400 + "s"), "polling.interval"),
+        (("", "polling:\n  overlap: .nan"), "polling.overlap"),
+        (("", "polling:\n  full_resync_interval: -.inf"), "polling.full_resync_interval"),
+        (("", "polling:\n  concurrency: 1000000000"), "polling.concurrency"),
+        (("", "delivery:\n  retry_schedule: [1s, .nan]"), "delivery.retry_schedule.1"),
+        (("", "delivery:\n  retry_schedule: [1s, 1e999]"), "delivery.retry_schedule.1"),
+        (("", "delivery:\n  retry_schedule: [" + "1s, " * 101 + "]"), "delivery.retry_schedule"),
+        (("", "delivery:\n  disable_after: .nan"), "delivery.disable_after"),
+        (("", "delivery:\n  disable_after: 400d"), "delivery.disable_after"),
+    ],
+)
+def test_absurd_values_are_errors_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], path: str
+) -> None:
+    """Each passed check-config and then broke the service silently (no poll ever due, a
+    dispatch error every second, gigabytes of tasks, a timeout of 0 meaning none)."""
+    old, new = change
+    text = MINIMAL.replace(old, new) if old else MINIMAL + new + "\n"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), ENV)
+    assert caught.value.path == path
+    assert f"{path}: " in check_config_exit(tmp_path, text, capsys)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "seconds"),
+    [
+        ("polling.interval", "100ms", 0.1),
+        ("polling.interval", "30d", 30 * 86400.0),
+        ("polling.overlap", "0", 0.0),
+        ("polling.full_resync_interval", 0, 0.0),  # every poll a full read
+        ("stackone.request_timeout", "1h", 3600.0),
+        ("delivery.disable_after", "365d", 365 * 86400.0),
+    ],
+)
+def test_range_ends_are_valid(key: str, value: object, seconds: float) -> None:
+    section, name = key.split(".")
+    data: dict[str, dict[str, object]] = {"stackone": {"api_key": "k"}}
+    data.setdefault(section, {})[name] = value
+    settings = parse_settings(data)
+    assert getattr(getattr(settings, section), name) == seconds
+
+
+def test_schema_states_the_ranges() -> None:
+    props = settings_json_schema()["$defs"]
+    interval = props["PollingSettings"]["properties"]["interval"]
+    assert {"type": "number", "minimum": 0.1, "maximum": 30 * 86400} in interval["anyOf"]
+    assert "100ms" in interval["description"] and "30d" in interval["description"]
+    timeout = props["EndpointSettings"]["properties"]["timeout"]
+    assert {"type": "number", "exclusiveMinimum": 0, "maximum": 3600} in timeout["anyOf"]
+    assert props["EndpointSettings"]["properties"]["concurrency"]["maximum"] == 1000

@@ -433,3 +433,36 @@ async def test_an_id_listed_twice_in_one_read_is_one_version(
     assert {(e["reason"], e["count"]) for e in duplicates} == {("duplicate_id", 1)}
     assert len(duplicates) == polls // 2  # one per read, of two pages each
     assert f'lms_webhooks_records_skipped_total{{reason="duplicate_id"}} {polls // 2}.0' in metrics
+
+
+async def test_records_that_cannot_be_stored_exactly_are_skipped_not_polled_forever(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """`progress: NaN` was stored as null (a change on every poll, forever); an id with a
+    lone surrogate raised in event_id on every poll, so none of the user's other changes
+    were committed again. Both are skipped and counted; the rest flows."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    records = sim.accounts[ACCOUNT]["u_1"]
+    records["nan"] = {**records["u_1_a1"], "id": "u_1_nan", "progress": float("nan")}
+    records["inf"] = {**records["u_1_a1"], "id": "u_1_inf", "progress": float("inf")}
+    records["bad"] = {**records["u_1_a1"], "id": "bad\ud800x"}  # sent as a \\ud800 escape
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"], polling={"emit_on_first_sync": True}
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            for _ in range(3):
+                await service.step(0.5)
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 40)
+            await service.step(0.5)
+            reads = len(sim.requests) // 2  # four records, two a page
+    assert {e.data["assignment_id"] for e in rx.events} == {"u_1_a1"}
+    assert len(of_type(rx.events, ev.CREATED)) == 1
+    assert len(of_type(rx.events, ev.PROGRESS_CHANGED)) == 1
+    assert not [e for e in logs if e["event"] == "poll_crashed"]
+    skipped = [e for e in logs if e["event"] == "records_skipped"]
+    assert skipped and {e["reason"] for e in skipped} == {"invalid_record"}
+    assert sum(e["count"] for e in skipped) == 3 * reads

@@ -35,6 +35,7 @@ log = structlog.get_logger("service")
 
 Role = Literal["all", "poller", "dispatcher"]
 STOP_TIMEOUT = 10.0  # in-flight work gets this long; the whole stop stays under 15 s
+MAX_HEADER_BYTES = 16 * 1024  # one header field, or the request line
 
 
 def _constant(members: set[str]) -> Callable[[], Awaitable[set[str]]]:
@@ -99,7 +100,15 @@ class Service:
                 self._running(scheduler) for scheduler in self.schedulers()
             )
         if self.serve_http:
-            self._runner = web.AppRunner(create_api(self.operations), access_log=None)
+            # aiohttp answers a header or request line over 8 KiB with a plain-text 400
+            # before any middleware; twice that lets real requests (large cookies, tokens)
+            # reach the API's JSON answers, and still bounds what one request can buffer
+            self._runner = web.AppRunner(
+                create_api(self.operations),
+                access_log=None,
+                max_line_size=MAX_HEADER_BYTES,
+                max_field_size=MAX_HEADER_BYTES,
+            )
             await self._runner.setup()
             http = self.settings.http
             site = web.TCPSite(self._runner, http.host, http.port)

@@ -6,14 +6,18 @@ Loaded once at start; every duration becomes float seconds here and nowhere else
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
+import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +28,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from service.errors import ConfigError
 from service.events import EVENT_TYPES
@@ -31,35 +38,104 @@ from service.events import EVENT_TYPES
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
+DAY = 86400.0
+# Every duration has a finite range: `.nan`, `.inf` or 1e308 passed once and then stopped the
+# service silently (no poll ever due, a timeout that never ends).
+MAX_DURATION = 30 * DAY
+MAX_TIMEOUT = 3600.0  # one request or delivery attempt; 0 is not "no timeout"
+MIN_POLL_INTERVAL = 0.1  # shorter than a poll itself takes means "all the time"
+MAX_DISABLE_AFTER = 365 * DAY  # an operator who never wants an endpoint disabled: a year
+
 
 def parse_duration(value: Any) -> float:
     """`500ms`, `30s`, `5m`, `2h`, `1d` or a plain number of seconds → float seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like 500ms, 30s, 5m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"invalid duration {value!r}: use seconds or e.g. 500ms, 30s, 5m, 2h, 1d")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION.match(value)):
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        else:
+            raise ValueError(
+                f"invalid duration {value!r}: use seconds or e.g. 500ms, 30s, 5m, 2h, 1d"
+            )
+    except OverflowError:  # an integer of hundreds of digits
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
 
+def _human(seconds: float) -> str:
+    """Seconds in the largest unit that holds them whole: 0.1 → 100ms, 2592000 → 30d."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _within(low: float, high: float, *, above: bool = False) -> AfterValidator:
+    """A duration between `low` (excluded when `above`) and `high` seconds."""
+
+    def check(seconds: float) -> float:
+        if seconds < low or (above and seconds == low):
+            raise ValueError(f"must be {'more than' if above else 'at least'} {_human(low)}")
+        if seconds > high:
+            raise ValueError(f"must be at most {_human(high)}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+def _duration_schema(low: float, high: float, *, above: bool = False) -> WithJsonSchema:
+    number: dict[str, Any] = {"type": "number", "maximum": high}
+    number["exclusiveMinimum" if above else "minimum"] = low
+    low_text = f"more than {_human(low)}" if above else f"at least {_human(low)}"
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                number,
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+            ],
+            "description": (
+                "seconds, or a string such as 500ms, 30s, 5m, 2h, 1d; "
+                f"{low_text}, at most {_human(high)}"
+            ),
+        }
+    )
+
+
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "minimum": 0},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
-            ],
-            "description": "seconds, or a string such as 500ms, 30s, 5m, 2h, 1d",
-        }
-    ),
+    _within(0, MAX_DURATION),
+    _duration_schema(0, MAX_DURATION),
 ]
+Timeout = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(0, MAX_TIMEOUT, above=True),
+    _duration_schema(0, MAX_TIMEOUT, above=True),
+]
+PollInterval = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(MIN_POLL_INTERVAL, MAX_DURATION),
+    _duration_schema(MIN_POLL_INTERVAL, MAX_DURATION),
+]
+LongDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(0, MAX_DISABLE_AFTER),
+    _duration_schema(0, MAX_DISABLE_AFTER),
+]
+# Counts: what one process runs at once is a task (and its buffers) each; a million of them
+# took 1.5 GB in 20 s and ignored SIGTERM.
+MAX_CONCURRENCY = 1000
 
 
 class _Strict(BaseModel):
@@ -69,12 +145,12 @@ class _Strict(BaseModel):
 class StackOneSettings(_Strict):
     base_url: str = "https://api.stackone.com"
     api_key: SecretStr
-    max_requests_per_minute: int = Field(1000, ge=1)
+    max_requests_per_minute: int = Field(1000, ge=1, le=1_000_000)
     page_size: int = Field(100, ge=1, le=100)
-    request_timeout: Duration = 60.0
+    request_timeout: Timeout = 60.0
     filter_style: Literal["deep_object", "form"] = "deep_object"
     # A runaway `next` chain (a provider looping its cursor) fails the poll after this many pages.
-    max_pages: int = Field(1000, ge=1)
+    max_pages: int = Field(1000, ge=1, le=100_000)
 
     @field_validator("base_url")
     @classmethod
@@ -107,23 +183,16 @@ class AccountSettings(_Strict):
 
 
 class PollingSettings(_Strict):
-    interval: Duration = 300.0
+    interval: PollInterval = 300.0
     # strategy account/auto: how often each account's change feed is read
-    account_interval: Duration = 10.0
+    account_interval: PollInterval = 10.0
     # users: all: how often the account's user listing is read again
-    discovery_interval: Duration = 900.0
+    discovery_interval: PollInterval = 900.0
     overlap: Duration = 60.0
     full_resync_interval: Duration = 86400.0
     emit_on_first_sync: bool = False
     # How many users one process polls at the same time.
-    concurrency: int = Field(16, ge=1)
-
-    @field_validator("interval", "account_interval", "discovery_interval")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0")
-        return value
+    concurrency: int = Field(16, ge=1, le=MAX_CONCURRENCY)
 
 
 def _secret_list(value: Any) -> Any:
@@ -152,10 +221,10 @@ class EndpointSettings(_Strict):
     ] = Field(min_length=1)
     events: list[str] | None = None
     accounts: list[str] | None = None
-    max_per_second: float | None = Field(None, gt=0)
-    timeout: Duration = 15.0
+    max_per_second: float | None = Field(None, ge=0.01, le=100_000, allow_inf_nan=False)
+    timeout: Timeout = 15.0
     # Deliveries to this endpoint in flight at once, per process.
-    concurrency: int = Field(8, ge=1)
+    concurrency: int = Field(8, ge=1, le=MAX_CONCURRENCY)
 
     @field_validator("url")
     @classmethod
@@ -194,9 +263,10 @@ class EndpointSettings(_Strict):
 
 class DeliverySettings(_Strict):
     retry_schedule: list[Duration] = Field(
-        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        max_length=100,
     )
-    disable_after: Duration = 5 * 86400.0
+    disable_after: LongDuration = 5 * 86400.0
     allow_http: bool = False
     allow_private_addresses: bool = False
 
@@ -291,50 +361,80 @@ def settings_json_schema() -> dict[str, Any]:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-_TOKEN = "__lms_webhooks_env_{}__"
-_TOKENS = re.compile(r"__lms_webhooks_env_(\d+)__")
+@dataclass(frozen=True, slots=True)
+class Substitutions:
+    """The environment values of one load and the placeholder tokens standing for them.
+
+    Each token carries a random nonce drawn for this load, so no text in a config file can
+    name one: a fixed token (`__lms_webhooks_env_0__`) let plain text pull in the first
+    variable's value, the API key.
+    """
+
+    values: list[str] = field(default_factory=list)
+    nonce: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def token(self, index: int) -> str:
+        return f"__lms_webhooks_env_{self.nonce}_{index}__"
+
+    def put_back(self, text: str) -> str:
+        if self.nonce not in text:  # the common case, without a regex
+            return text
+        return re.sub(
+            rf"__lms_webhooks_env_{self.nonce}_(\d+)__",
+            lambda m: self.values[int(m.group(1))],
+            text,
+        )
 
 
-def interpolate(text: str, env: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+def interpolate(text: str, env: Mapping[str, str] | None = None) -> tuple[str, Substitutions]:
     """Resolve `${VAR}` and `${VAR:-default}` before parsing, as placeholder tokens.
 
     The values are put back into the parsed strings (`fill`), never into the YAML text: a
     value holding `: `, `#` or quotes cannot change the document's structure, and a YAML
-    error cannot quote a secret. An unset variable without default is an error.
+    error cannot quote a secret. A variable without default that is unset or empty is an
+    error (`${VAR:-}` says that empty is meant).
     """
     environ = os.environ if env is None else env
-    values: list[str] = []
+    found = Substitutions()
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         value = environ.get(name)
-        if value is None or (value == "" and default is not None):
+        if not value:
             if default is None:
-                raise ConfigError(name, "environment variable is not set (use ${VAR:-default})")
+                problem = "is not set" if value is None else "is empty"
+                raise ConfigError(name, f"environment variable {problem} (use ${{VAR:-default}})")
             value = default
-        values.append(value)
-        return _TOKEN.format(len(values) - 1)
+        found.values.append(value)
+        return found.token(len(found.values) - 1)
 
     # whole-line comments are left alone, so documenting `${VAR}` in a comment is harmless
     text = "".join(
         line if line.lstrip().startswith("#") else _VAR.sub(replace, line)
         for line in text.splitlines(keepends=True)
     )
-    return text, values
+    return text, found
 
 
-def fill(data: Any, values: list[str]) -> Any:
+def fill(data: Any, values: Substitutions, at: tuple[str, ...] = ()) -> Any:
     """Put the environment values into the parsed document's strings.
 
     A value stays a string (an account id "007" stays "007"); numeric and boolean settings
-    accept their string forms ("100", "true") when the Settings model validates them.
+    accept their string forms ("100", "true") when the Settings model validates them. Two
+    keys that are equal only once filled in (`${A}: 1` and `${B}: 2`) are a duplicate key.
     """
     if isinstance(data, str):
-        return _TOKENS.sub(lambda m: values[int(m.group(1))], data)
+        return values.put_back(data)
     if isinstance(data, dict):
-        return {fill(k, values): fill(v, values) for k, v in data.items()}
+        filled: dict[Any, Any] = {}
+        for key, value in data.items():
+            name = fill(key, values)
+            if name in filled:
+                raise ConfigError(_location((*at, str(name))), "duplicate key")
+            filled[name] = fill(value, values, (*at, str(name)))
+        return filled
     if isinstance(data, list):
-        return [fill(v, values) for v in data]
+        return [fill(v, values, (*at, str(n))) for n, v in enumerate(data)]
     return data
 
 
@@ -360,17 +460,104 @@ def parse_settings(data: Any) -> Settings:
         raise ConfigError(path, message) from None
 
 
-def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:
+# A config is a few kilobytes; 100,000 tracked users listed inline are about 2.5 MB. The
+# pure-Python YAML parser reads about 0.4 MB a second (a 49 MB file ran for minutes), so
+# larger files are refused unread.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# A config is nested 5 levels deep; the composer recurses per level (500 overflowed it).
+MAX_YAML_DEPTH = 32
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader without what a config never needs and a hostile or broken file abuses."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        alias = self.check_event(yaml.AliasEvent)
+        event = self.current_event  # check_event has read it
+        if alias:
+            # An alias shares its node; filling in `${VAR}`s and validating copy it, so nine
+            # lines of aliases grow to 10^9 nodes. A config has no need for them.
+            raise ComposerError(
+                None,
+                None,
+                "aliases (*name) are not supported: write the value out",
+                event.start_mark,
+            )
+        if self._depth >= MAX_YAML_DEPTH:
+            raise ComposerError(
+                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            # PyYAML lets e.g. `2024-13-45` or `!!int x` escape as plain errors, and their
+            # messages quote the value
+            raise ConstructorError(
+                None,
+                None,
+                "a value YAML cannot read (an impossible date or number?)",
+                node.start_mark,
+            ) from None
+
+
+def _no_duplicate_keys(node: Node, at: tuple[str, ...], values: Substitutions) -> None:
+    """PyYAML keeps the last of two equal keys without a word: one of them is a mistake."""
+    if isinstance(node, MappingNode):
+        seen: set[tuple[str, Any]] = set()
+        for key, value in node.value:
+            name = values.put_back(str(key.value)) if isinstance(key, ScalarNode) else "?"
+            if isinstance(key, ScalarNode):
+                if (key.tag, key.value) in seen:
+                    line = key.start_mark.line + 1
+                    raise ConfigError(_location((*at, name)), f"duplicate key (line {line})")
+                seen.add((key.tag, key.value))
+            _no_duplicate_keys(value, (*at, name), values)
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            _no_duplicate_keys(item, (*at, str(index)), values)
+
+
+def _parse_yaml(text: str, values: Substitutions, source: str) -> Any:
+    loader = _ConfigLoader(text)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(str(path), f"cannot read config file: {e.strerror}") from e
-    text, values = interpolate(text, env)
-    try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _no_duplicate_keys(node, (), values)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "cannot parse"
-        raise ConfigError(str(path), f"invalid YAML{where}: {problem}") from None
-    return parse_settings(fill(data, values))
+        raise ConfigError(source, f"invalid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:
+    try:
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read config file: {e.strerror}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), f"the file is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), f"the file is not UTF-8 (byte {e.start})") from None
+    text, values = interpolate(text, env)
+    return parse_settings(fill(_parse_yaml(text, values, str(path)), values))

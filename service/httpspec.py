@@ -6,7 +6,7 @@ Pure: `now` is passed in.
 
 from __future__ import annotations
 
-import math
+import re
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -53,15 +53,20 @@ def status_class(status: int) -> StatusClass:
 RECEIVER_RETRY_AFTER = frozenset({429, 503})
 
 
+# delta-seconds (RFC 9110: ASCII digits; a fraction or a minus sign read kindly). float()
+# alone also takes "nan", "1e999", "1_0" and non-ASCII digits.
+_DELTA_SECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
+
+
 def retry_after_seconds(value: str | None, *, now: float, cap: float) -> float | None:
     """A Retry-After header as seconds from `now`, clamped to [0, cap]; None when absent or
     unreadable. Both forms of RFC 9110 §10.2.3: delta-seconds, or an HTTP date."""
     if value is None:
         return None
     text = value.strip()
-    try:
+    if _DELTA_SECONDS.match(text):
         seconds = float(text)
-    except ValueError:
+    else:
         try:
             moment = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
@@ -69,6 +74,4 @@ def retry_after_seconds(value: str | None, *, now: float, cap: float) -> float |
         if moment.tzinfo is None:  # "-0000": UTC by RFC 5322
             moment = moment.replace(tzinfo=UTC)
         seconds = moment.timestamp() - now
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), cap)
+    return min(max(seconds, 0.0), cap)  # a delta of 400 digits is inf: the cap

@@ -32,15 +32,19 @@ def dumps_bytes(value: Any) -> bytes:
 
 def loads_exact(raw: bytes | str) -> tuple[Any, bool]:
     """(value, whether orjson read it). Raises ValueError on bad JSON (both parsers' errors
-    are ValueErrors). Only what orjson read is guaranteed to hold plain JSON types: `json`
-    also gives integers of any size and strings with lone surrogates."""
+    are ValueErrors, and so is nesting too deep for `json`). Only what orjson read is
+    guaranteed to hold plain JSON types: `json` also gives integers of any size, strings
+    with lone surrogates, NaN and infinities."""
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
     if not _has_long_number(data):
         try:
             return orjson.loads(raw), True
         except orjson.JSONDecodeError:
-            pass  # NaN, lone surrogates, ...: `json` decides
-    return json.loads(raw), False
+            pass  # NaN, lone surrogates, nesting beyond 1024, ...: `json` decides
+    try:
+        return json.loads(raw), False
+    except RecursionError:  # `[[[[...` 100,000 deep: a ValueError like any bad JSON
+        raise ValueError("JSON nested too deeply") from None
 
 
 def loads(raw: bytes | str) -> Any:

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 
@@ -26,7 +26,7 @@ from service.store.leases import LEASE_SECONDS, Lease
 from service.store.limits import Budget
 from service.store.polls import PollStore, StoredUser
 from service.store.read_state import ReadState
-from service.timefmt import from_epoch
+from service.timefmt import from_epoch, parse_iso
 from service.upstream.client import StackOneClient
 
 log = structlog.get_logger("poller")
@@ -83,6 +83,14 @@ class _Run:
             emit=self.emit,
             endpoints=settings.endpoints,
         )
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _updated(record: dict[str, object]) -> datetime:
+    """A record's `updated_at`, for choosing between two versions; unreadable: the oldest."""
+    return parse_iso(record.get("updated_at")) or _NEVER
 
 
 def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> float:
@@ -172,8 +180,17 @@ class Poller:
         return run.result
 
     async def _read(self, run: _Run, since: datetime | None) -> None:
-        """Read every page, detect each record, flush the outbox when it grows large."""
+        """Read every page, then detect each assignment once, flushing the outbox when it
+        grows large.
+
+        A read may list an id twice (in one page or across pages); detecting both versions
+        made every poll see two changes, forever. One version is kept per read: the one
+        updated last, on a tie the one listed last. So every read agrees, incremental or
+        full: a filtered read that returns either version returns the latest one too.
+        """
         lease = run.lease
+        latest: dict[str, dict[str, object]] = {}
+        duplicates = 0
         async for page in self.client.pages(lease.account_id, lease.user_id, since):
             run.result.pages += 1
             run.result.records += len(page.records)
@@ -182,20 +199,30 @@ class Poller:
                 run.result.skipped += sum(page.skipped.values())
             for record in page.records:
                 assignment_id = str(record["id"])
-                run.seen.add(assignment_id)
-                run.updated_values.append(record.get("updated_at"))
-                previous = run.snapshots.get(assignment_id)
-                change = detect(
-                    lease.account_id,
-                    lease.user_id,
-                    assignment_id,
-                    previous,
-                    record,
-                    now=run.now,
-                    emit=run.emit,
-                )
-                if change is not None:
-                    run.add(change, previous, self.settings)
+                held = latest.get(assignment_id)
+                if held is not None:
+                    duplicates += 1
+                    if _updated(record) < _updated(held):
+                        continue
+                latest[assignment_id] = record
+        if duplicates:
+            # counted, not in result.skipped: the id was read, so removals can still be told
+            self._skipped(lease, {"duplicate_id": duplicates})
+        for assignment_id, record in latest.items():
+            run.seen.add(assignment_id)
+            run.updated_values.append(record.get("updated_at"))
+            previous = run.snapshots.get(assignment_id)
+            change = detect(
+                lease.account_id,
+                lease.user_id,
+                assignment_id,
+                previous,
+                record,
+                now=run.now,
+                emit=run.emit,
+            )
+            if change is not None:
+                run.add(change, previous, self.settings)
             if len(run.outbox) >= FLUSH_EVERY:
                 await self._commit(run, None)
                 run.outbox = Outbox()

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.config import fill, interpolate, load_settings, parse_duration
+from service.config import (
+    fill,
+    interpolate,
+    load_settings,
+    parse_duration,
+    parse_settings,
+    settings_json_schema,
+)
 from service.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,3 +160,234 @@ def test_example_config_is_valid() -> None:
         ENV | {"HR_WEBHOOK_SECRET": ENV["SECRET"], "STACKONE_API_KEY": "k"},
     )
     assert settings.endpoints[0].events == ["assignment.completed"]
+
+
+# ------------------------------------------------- hostile files: what the loader refuses
+
+
+def check_config_exit(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """check-config in-process on `text`: exit 2, and the error (stderr) is returned."""
+    path = write(tmp_path, text)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in ENV.items():
+            env.setenv(name, value)
+        assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert ENV["KEY"] not in err and ENV["SECRET"] not in err
+    return err
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`safe_load` shares an aliased node; filling `${VAR}`s and validating copy it: nine
+    levels of ten aliases are 10^9 leaves. Aliases are refused outright."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    text = MINIMAL + "bomb:\n" + "".join(f"  {level}\n" for level in levels)
+    err = check_config_exit(tmp_path, text, capsys)
+    assert "alias" in err and "line 11" in err
+
+
+def test_alias_bomb_check_config_returns_at_once(tmp_path: Path) -> None:
+    """The whole command, as a user runs it: exit 2 in seconds, not minutes and gigabytes."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
+    bad = write(tmp_path, MINIMAL + "".join(f"{level}\n" for level in levels))
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**ENV, "PATH": ""},
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2 and "alias" in proc.stderr
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for depth in (40, 500, 50_000):
+        err = check_config_exit(tmp_path, MINIMAL + "deep: " + "[" * depth + "]" * depth, capsys)
+        assert "nested deeper than" in err and "line 9" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (MINIMAL + "polling:\n  interval: 5m\n  interval: 1s\n", "polling.interval"),
+        (MINIMAL + "stackone:\n  api_key: other\n", "stackone"),
+        (
+            MINIMAL.replace("    url:", "    url: https://x.example.com\n    url:"),
+            "endpoints.0.url",
+        ),
+        # keys from the environment collide only once filled in
+        (MINIMAL + "log:\n  ${A}: info\n  ${B}: debug\n", "log.level"),
+    ],
+)
+def test_duplicate_keys_are_errors_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, path: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), ENV | {"A": "level", "B": "level"})
+    assert caught.value.path == path and "duplicate key" in caught.value.message
+    assert f"{path}: duplicate key" in check_config_exit(
+        tmp_path, text.replace("${A}", "level").replace("${B}", "level"), capsys
+    )
+
+
+def test_oversized_file_is_refused_unread(tmp_path: Path) -> None:
+    """A 49 MB config ran for minutes; above the cap the file is refused before parsing."""
+    padding = "# " + "x" * 1021 + "\n"  # 1 KiB
+    big = write(tmp_path, MINIMAL + padding * (5 * 1024))  # 5 MiB of comments
+    with pytest.raises(ConfigError, match="larger than 4 MiB"):
+        load_settings(big, ENV)
+    # just below the cap: read as always
+    ok = write(tmp_path, MINIMAL + padding * (4 * 1024 - 1))
+    assert load_settings(ok, ENV).endpoints[0].id == "hr"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (b"log:\n  level: \xff\xfe\n", "not UTF-8"),
+        (b"log:\n  level: 2024-13-45\n", "line 10"),  # an impossible date
+        (b"log:\n  level: !!int nope\n", "line 10"),
+        (b"log:\n  level: !!timestamp nope\n", "line 10"),
+        (b"log:\n  level: 2024-01-01 99:00:00\n", "line 10"),
+    ],
+)
+def test_unreadable_values_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: bytes, problem: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(MINIMAL.encode() + text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, ENV)
+    assert problem in caught.value.message
+
+
+# ------------------------------------------------------- interpolation cannot be spoofed
+
+
+@pytest.mark.parametrize("literal", ["__lms_webhooks_env_0__", "__lms_webhooks_env_99__"])
+def test_placeholder_text_in_the_file_stays_literal(tmp_path: Path, literal: str) -> None:
+    """Values go back in through placeholders; plain text that looks like one must not be
+    replaced by a variable's value (here the API key) nor break the load."""
+    text = MINIMAL + f"accounts:\n  - account_id: x{literal}\n    users: [{literal}]\n"
+    settings = load_settings(write(tmp_path, text), ENV)
+    assert settings.accounts[0].account_id == f"x{literal}"
+    assert settings.accounts[0].users == [literal]
+    assert settings.stackone.api_key.get_secret_value() == ENV["KEY"]
+
+
+def test_placeholders_differ_on_every_load() -> None:
+    first, _ = interpolate("k: ${A}", {"A": "1"})
+    second, _ = interpolate("k: ${A}", {"A": "1"})
+    assert first != second
+
+
+def test_a_value_that_looks_like_a_placeholder_stays_itself(tmp_path: Path) -> None:
+    text, values = interpolate("a: ${A}\nb: ${B}\n", {"A": "x", "B": "y"})
+    token_of_b = text.split("b: ")[1].strip()
+    # A's value is B's placeholder: it is put in as text, never replaced again
+    settings = load_settings(
+        write(tmp_path, MINIMAL.replace("${KEY}", "${A}") + "accounts:\n  - account_id: ${B}\n"),
+        ENV | {"A": token_of_b, "B": "acc"},
+    )
+    assert settings.stackone.api_key.get_secret_value() == token_of_b
+    assert fill("b: " + token_of_b, values) == "b: y"
+
+
+def test_empty_required_variable_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, MINIMAL), ENV | {"KEY": ""})
+    assert caught.value.path == "KEY" and "empty" in caught.value.message
+    # `${VAR:-}` says so when empty is meant
+    settings = load_settings(
+        write(tmp_path, MINIMAL + "http:\n  admin_token: ${TOKEN:-}\n"), ENV | {"TOKEN": ""}
+    )
+    assert settings.http.admin_token is None
+
+
+# ------------------------------------------- every duration and count within a finite range
+
+API = "  api_key: ${KEY}"
+HOOK = "    secret: ${SECRET}"
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ((API, f"{API}\n  request_timeout: 0"), "stackone.request_timeout"),  # 0 = no timeout
+        ((API, f"{API}\n  request_timeout: .inf"), "stackone.request_timeout"),
+        ((API, f"{API}\n  request_timeout: 2h"), "stackone.request_timeout"),
+        (
+            (API, f"{API}\n  max_requests_per_minute: 1000000000"),
+            "stackone.max_requests_per_minute",
+        ),
+        ((API, f"{API}\n  max_pages: 1000000000"), "stackone.max_pages"),
+        ((HOOK, f"{HOOK}\n    timeout: 0"), "endpoints.0.timeout"),
+        ((HOOK, f"{HOOK}\n    timeout: .inf"), "endpoints.0.timeout"),
+        ((HOOK, f"{HOOK}\n    timeout: .nan"), "endpoints.0.timeout"),
+        ((HOOK, f"{HOOK}\n    concurrency: 1000000"), "endpoints.0.concurrency"),
+        ((HOOK, f"{HOOK}\n    max_per_second: .inf"), "endpoints.0.max_per_second"),
+        ((HOOK, f"{HOOK}\n    max_per_second: .nan"), "endpoints.0.max_per_second"),
+        ((HOOK, f"{HOOK}\n    max_per_second: 0.0001"), "endpoints.0.max_per_second"),
+        (("", "polling:\n  interval: .nan"), "polling.interval"),
+        (("", "polling:\n  interval: .inf"), "polling.interval"),
+        (("", "polling:\n  interval: 1.0e+308"), "polling.interval"),
+        (("", "polling:\n  interval: 31d"), "polling.interval"),
+        (("", "polling:\n  interval: 10ms"), "polling.interval"),
+        (("", "polling:\n  interval: " + "9" * 400), "polling.interval"),  # an int float() refuses
+        (("", "polling:\n  interval: " + "9" * 400 + "s"), "polling.interval"),
+        (("", "polling:\n  overlap: .nan"), "polling.overlap"),
+        (("", "polling:\n  full_resync_interval: -.inf"), "polling.full_resync_interval"),
+        (("", "polling:\n  concurrency: 1000000000"), "polling.concurrency"),
+        (("", "delivery:\n  retry_schedule: [1s, .nan]"), "delivery.retry_schedule.1"),
+        (("", "delivery:\n  retry_schedule: [1s, 1e999]"), "delivery.retry_schedule.1"),
+        (("", "delivery:\n  retry_schedule: [" + "1s, " * 101 + "]"), "delivery.retry_schedule"),
+        (("", "delivery:\n  disable_after: .nan"), "delivery.disable_after"),
+        (("", "delivery:\n  disable_after: 400d"), "delivery.disable_after"),
+    ],
+)
+def test_absurd_values_are_errors_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], path: str
+) -> None:
+    """Each passed check-config and then broke the service silently (no poll ever due, a
+    dispatch error every second, gigabytes of tasks, a timeout of 0 meaning none)."""
+    old, new = change
+    text = MINIMAL.replace(old, new) if old else MINIMAL + new + "\n"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), ENV)
+    assert caught.value.path == path
+    assert f"{path}: " in check_config_exit(tmp_path, text, capsys)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "seconds"),
+    [
+        ("polling.interval", "100ms", 0.1),
+        ("polling.interval", "30d", 30 * 86400.0),
+        ("polling.overlap", "0", 0.0),
+        ("polling.full_resync_interval", 0, 0.0),  # every poll a full read
+        ("stackone.request_timeout", "1h", 3600.0),
+        ("delivery.disable_after", "365d", 365 * 86400.0),
+    ],
+)
+def test_range_ends_are_valid(key: str, value: object, seconds: float) -> None:
+    section, name = key.split(".")
+    data: dict[str, dict[str, object]] = {"stackone": {"api_key": "k"}}
+    data.setdefault(section, {})[name] = value
+    settings = parse_settings(data)
+    assert getattr(getattr(settings, section), name) == seconds
+
+
+def test_schema_states_the_ranges() -> None:
+    props = settings_json_schema()["$defs"]
+    interval = props["PollingSettings"]["properties"]["interval"]
+    assert {"type": "number", "minimum": 0.1, "maximum": 30 * 86400} in interval["anyOf"]
+    assert "100ms" in interval["description"] and "30d" in interval["description"]
+    timeout = props["EndpointSettings"]["properties"]["timeout"]
+    assert {"type": "number", "exclusiveMinimum": 0, "maximum": 3600} in timeout["anyOf"]
+    assert props["EndpointSettings"]["properties"]["concurrency"]["maximum"] == 1000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 from service import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver, hang, start_receiver_server
+from service.timefmt import iso_ms, parse_iso
 from tests.helpers import (
     ACCOUNT,
     SECRET,
@@ -373,3 +375,94 @@ async def test_a_hanging_endpoint_does_not_stall_another(
     # incremental polls read from the watermark minus the overlap
     incremental = [r for r in sim.requests if "filter[updated_after]" in r.query]
     assert incremental and all(r.query["filter[updated_after]"].endswith("Z") for r in incremental)
+
+
+@pytest.mark.parametrize(
+    ("completed_first", "same_updated_at", "kept"),
+    [
+        (False, False, "completed"),  # the later update wins...
+        (True, False, "completed"),  # ...wherever it is listed
+        (False, True, "completed"),  # a tie: the one listed last
+        (True, True, "pending"),
+    ],
+)
+async def test_an_id_listed_twice_in_one_read_is_one_version(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: Sim,
+    receiver: Rx,
+    completed_first: bool,
+    same_updated_at: bool,
+    kept: str,
+) -> None:
+    """Two records with one id (one pending, one completed) made every poll detect two
+    changes: a new `assignment.completed` with a new webhook-id every poll, forever. Pages
+    hold 2 records here, so the two versions are on different pages of one read."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 3)
+    records = sim.accounts[ACCOUNT]["u_1"]
+    pending = records.pop("u_1_a1")
+    later = parse_iso(pending["updated_at"]) + timedelta(seconds=0 if same_updated_at else 1)
+    done = {
+        **pending,
+        "status": {"value": "completed", "source_value": "Completed"},
+        "progress": 100,
+        "updated_at": iso_ms(later),
+    }
+    # the simulator lists its dict's values: two keys can hold one id
+    first, last = (done, pending) if completed_first else (pending, done)
+    sim.accounts[ACCOUNT]["u_1"] = {"v1": first, **records, "v2": last}
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"], polling={"emit_on_first_sync": True}
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            seen = [e for e in rx.events if e.data["assignment_id"] == "u_1_a1"]
+            for _ in range(4):
+                await service.step(0.5)
+            polls = len(sim.requests)
+            metrics = service.service.metrics.render().decode()
+    events = [e for e in rx.events if e.data["assignment_id"] == "u_1_a1"]
+    assert events == seen  # nothing more after the baseline: one version, every read
+    created = of_type(events, ev.CREATED)
+    assert len(created) == 1 and created[0].data["assignment"]["status"]["value"] == kept
+    assert len(of_type(events, ev.COMPLETED)) == (kept == "completed")
+    duplicates = [e for e in logs if e["event"] == "records_skipped"]
+    assert {(e["reason"], e["count"]) for e in duplicates} == {("duplicate_id", 1)}
+    assert len(duplicates) == polls // 2  # one per read, of two pages each
+    assert f'lms_webhooks_records_skipped_total{{reason="duplicate_id"}} {polls // 2}.0' in metrics
+
+
+async def test_records_that_cannot_be_stored_exactly_are_skipped_not_polled_forever(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """`progress: NaN` was stored as null (a change on every poll, forever); an id with a
+    lone surrogate raised in event_id on every poll, so none of the user's other changes
+    were committed again. Both are skipped and counted; the rest flows."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    records = sim.accounts[ACCOUNT]["u_1"]
+    records["nan"] = {**records["u_1_a1"], "id": "u_1_nan", "progress": float("nan")}
+    records["inf"] = {**records["u_1_a1"], "id": "u_1_inf", "progress": float("inf")}
+    records["bad"] = {**records["u_1_a1"], "id": "bad\ud800x"}  # sent as a \\ud800 escape
+    settings = make_settings(
+        redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"], polling={"emit_on_first_sync": True}
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            for _ in range(3):
+                await service.step(0.5)
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 40)
+            await service.step(0.5)
+            reads = len(sim.requests) // 2  # four records, two a page
+    assert {e.data["assignment_id"] for e in rx.events} == {"u_1_a1"}
+    assert len(of_type(rx.events, ev.CREATED)) == 1
+    assert len(of_type(rx.events, ev.PROGRESS_CHANGED)) == 1
+    assert not [e for e in logs if e["event"] == "poll_crashed"]
+    skipped = [e for e in logs if e["event"] == "records_skipped"]
+    assert skipped and {e["reason"] for e in skipped} == {"invalid_record"}
+    assert sum(e["count"] for e in skipped) == 3 * reads

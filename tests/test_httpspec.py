@@ -50,6 +50,14 @@ def test_status_classes(status: int, kind: StatusClass) -> None:
         ("", None),
         ("soon", None),
         ("nan", None),
+        ("inf", None),
+        ("1e999", None),
+        # float() reads these; RFC 9110's delta-seconds is ASCII digits only
+        ("1_0", None),
+        ("\u0663", None),  # ARABIC-INDIC DIGIT THREE
+        ("1e3", None),
+        ("0x10", None),
+        ("9" * 400, 600.0),  # readable, only long: the cap
         ("120", 120.0),
         (" 7 ", 7.0),
         ("1.5", 1.5),

@@ -13,12 +13,16 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from service.bench.load import ACCOUNT as BENCH_ACCOUNT
+from service.bench.load import change_steadily, owner_of, seed_users
 from service.bench.roundtrips import poll_cost
+from service.bench.scenarios import delivery_figures
 from service.delivery.acks import AckBatcher
 from service.outbox import Outbox, RoutedEvents
 from service.poller import next_due
 from service.sim.lms import SimLMS, iso_ms
 from service.sim.receiver import Answer, Receiver
+from service.sim.records import remote_user_id
 from service.store import keys
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
@@ -120,6 +124,26 @@ def test_the_next_poll_keeps_the_cadence_of_due_times(
     due_at: float, claimed_at: float, now: float, expected: float
 ) -> None:
     assert next_due(due_at, claimed_at, interval=10.0, now=now) == expected
+
+
+async def test_reach_changes_are_the_records_seeded_and_counted_once_each() -> None:
+    sim = SimLMS()
+    seed_users(sim, 3, 2)  # u_1: a_1, a_2; u_2: a_3, a_4; u_3: a_5, a_6
+    users = sim.accounts[BENCH_ACCOUNT]
+    assert owner_of(4, 2) == "u_2" and "a_4" in users["u_2"]
+    assert {r["remote_user_id"] for r in users["u_3"].values()} == {remote_user_id("u_3")}
+    made = await change_steadily(sim, [6, 1], 2, per_second=1000.0)
+    assert [aid for aid, _ in made] == ["a_6", "a_1"]
+    for aid, updated_at in made:
+        assert users[owner_of(int(aid[2:]), 2)][aid]["updated_at"] == updated_at
+
+    # a change counts once, however many events report it; one never received is later
+    # than any that was, so p99 is not reached when 1 change in 2 is missing
+    first, _ = made
+    figures = delivery_figures(made, {first: made[first] + 2.0, ("a_9", "x"): 0.0})
+    assert figures["changes_delivered"] == 1 and figures["undelivered"] == 1
+    assert figures["p50_seconds"] == 2.0 and figures["p99_seconds"] is None
+    assert figures["unexpected_changes_received"] == 1
 
 
 @pytest.mark.slow

@@ -147,7 +147,8 @@ ODD_RECORDS = [
 @pytest.mark.parametrize("record", ODD_RECORDS)
 def test_fast_record_check_agrees_with_the_model(record: dict[str, Any]) -> None:
     """The fast path only ever accepts what pydantic accepts, parse_page's verdict is
-    pydantic's own for every record, and a record passes through exactly as received."""
+    pydantic's own for every record here, and a record passes through exactly as received.
+    (What pydantic would accept but cannot be stored exactly is refused before it: below.)"""
     try:
         Assignment.model_validate(record)
         valid = True
@@ -196,3 +197,78 @@ async def test_a_permit_handed_in_is_taken_by_the_next_request_while_fresh(
         monkeypatch.setattr(client_module, "KEPT_PERMIT_SECONDS", -1.0)  # now stale
         await read_all(stackone)
         assert waited._value.get() > 0  # it asked the budget, and waited
+
+
+class RecordedPauses:
+    """The shared budget, with every key-wide pause recorded instead of applied."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.paused: list[float] = []
+
+    async def try_acquire(self) -> float:
+        return float(await self.real.try_acquire())
+
+    async def pause(self, seconds: float) -> None:
+        self.paused.append(seconds)
+
+
+@pytest.mark.parametrize("header", ["nan", "inf", "1e999", "1_0", "soon", "", "7"])
+async def test_retry_after_unreadable_is_the_default_pause(
+    client: tuple[StackOneClient, SimLMS], header: str
+) -> None:
+    """`Retry-After: nan` crashed the poll and left the key unpaused: an unreadable value
+    reads as absent, so the default pause applies, and the read goes on."""
+    stackone, sim = client
+    stackone.rate = rate = RecordedPauses(stackone.rate)
+    sim.faults.forced.append({"status": 429, "retry_after": header})
+    pages = await read_all(stackone)
+    assert sum(len(p.records) for p in pages) == 5
+    assert rate.paused == [7.0 if header == "7" else client_module.DEFAULT_RETRY_AFTER]
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [1100, 100_000])
+def test_page_nested_beyond_what_json_reads_is_malformed(depth: int) -> None:
+    """orjson refuses past 1024 levels and `json` then raised RecursionError: the poll
+    crashed (poll_crashed) instead of failing as a malformed page."""
+    for body in (nested(depth), f'{{"data": {nested(depth)}, "next": null}}'):
+        with pytest.raises(UpstreamMalformed):
+            parse_page(body.encode())
+    record = f'{{"data": [{{"id": "a", "x": {nested(depth)}}}], "next": null}}'
+    with pytest.raises(UpstreamMalformed):
+        parse_page(record.encode())
+
+
+@pytest.mark.parametrize("depth", [300, 1020])
+def test_record_too_deep_to_write_again_is_skipped(depth: int) -> None:
+    """orjson reads 1024 levels but writes 254, and `json` about 1000: a record read but not
+    writable failed every poll of its user when its snapshot was stored."""
+    good = {"id": "b", "x": json.loads(nested(200))}
+    raw = f'{{"data": [{{"id": "a", "x": {nested(depth)}}}, {json.dumps(good)}], "next": null}}'
+    page = parse_page(raw.encode())
+    assert page.records == [good] and page.skipped == {"invalid_record": 1}
+    jsonfmt.dumps_bytes(page.records)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        '{"id": "a", "progress": NaN}',
+        '{"id": "a", "progress": Infinity}',
+        '{"id": "a", "progress": -Infinity}',
+        '{"id": "a", "progress": 1e400}',
+        '{"id": "a", "unified_custom_fields": {"k": [1, NaN]}}',
+        '{"id": "a", "anything_new": {"deep": Infinity}}',
+        '{"id": "bad\\ud800x"}',  # a lone surrogate in the id: no event id can be made of it
+        '{"id": "\\udfff"}',
+    ],
+)
+def test_non_finite_numbers_and_unencodable_ids_make_a_record_invalid(record: str) -> None:
+    """NaN and Infinity were stored as null, so every poll saw a change and sent events;
+    an id with a lone surrogate raised UnicodeEncodeError in event_id on every poll."""
+    page = parse_page(f'{{"data": [{record}, {{"id": "ok"}}], "next": null}}'.encode())
+    assert page.records == [{"id": "ok"}] and page.skipped == {"invalid_record": 1}

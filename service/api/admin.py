@@ -15,6 +15,7 @@ from aiohttp.typedefs import Middleware
 from service.api.common import (
     BadRequest,
     Handler,
+    is_text,
     json_error,
     json_object,
     non_empty_string,
@@ -28,7 +29,9 @@ def bearer_auth(token: str) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/admin"):
-            given = request.headers.get("Authorization", "").encode()
+            # aiohttp reads header bytes that are not UTF-8 as surrogates: encoded back
+            # with them, any header compares (unequal) instead of raising
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
             if not hmac.compare_digest(given, expected):
                 return json_error(401, "unauthorized", "Authorization: Bearer <admin_token>")
         return await handler(request)
@@ -85,9 +88,7 @@ async def replay(request: web.Request) -> web.Response:
     body = await json_object(request)
     endpoint_id = non_empty_string(body, "endpoint")
     ids = body.get("ids")
-    if ids is not None and (
-        not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids)
-    ):
+    if ids is not None and (not isinstance(ids, list) or not all(is_text(i) for i in ids)):
         raise BadRequest("`ids` must be a list of event ids")
     _known_endpoint(request, endpoint_id)
     queued = await ops(request).replay(endpoint_id, ids or None)

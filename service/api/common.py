@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeGuard
 
+import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from service.operations import Operations
+
+log = structlog.get_logger("api")
 
 OPS_KEY: web.AppKey[Operations] = web.AppKey("operations", Operations)
 
@@ -31,7 +34,8 @@ def json_error(status: int, error: str, detail: object = None) -> web.Response:
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error a JSON `{"error", "detail"}`: 4xx for bad input, 503 while Redis is away."""
+    """Every error a JSON `{"error", "detail"}`: 4xx for bad input, 503 while Redis is away,
+    and 500 (logged) for a bug, instead of aiohttp's plain text."""
     try:
         return await handler(request)
     except BadRequest as e:
@@ -42,6 +46,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_error(e.status, e.reason)
     except RedisError:
         return json_error(503, "store unavailable")
+    except Exception:
+        log.exception("http_handler_failed", method=request.method, path=request.path)
+        return json_error(500, "internal error")
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
@@ -49,13 +56,27 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         body = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON: {e}") from e
+    except RecursionError as e:  # `[[[[...` 100,000 deep
+        raise BadRequest("the body is nested too deeply") from e
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
 
 
+def is_text(value: object) -> TypeGuard[str]:
+    """A non-empty string that UTF-8 can encode. JSON's `\ud800` escape gives a lone
+    surrogate, which every Redis key and log line would fail to encode."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def non_empty_string(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"`{name}` must be a non-empty string")
+    if not is_text(value):
+        raise BadRequest(f"`{name}` must be a non-empty string of valid Unicode")
     return value

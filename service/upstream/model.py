@@ -6,11 +6,13 @@ unknown enum values pass through to the webhooks untouched.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service import jsonfmt
@@ -129,12 +131,14 @@ def parse_page(raw: bytes) -> Page:
     """
     data, cursor, plain = _envelope(raw)
     page = Page([], cursor)
+    # One call shows that every record of the page can be written again (the usual case).
+    writable = plain and _orjson_writes(data)
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             raise UpstreamMalformed(f"data[{index}] is not an object")
         if isinstance(item.get("id"), int) and not isinstance(item["id"], bool):
             item["id"] = str(item["id"])  # a numeric id is still an id
-        reason = _unusable(item, plain)
+        reason = _unusable(item, plain, writable)
         if reason is not None:
             page.skipped[reason] = page.skipped.get(reason, 0) + 1
             continue
@@ -170,15 +174,60 @@ def parse_user_page(raw: bytes) -> UserPage:
     return page
 
 
-def _unusable(item: dict[str, Any], plain: bool) -> str | None:
+def _unusable(item: dict[str, Any], plain: bool, writable: bool) -> str | None:
     """Why a record cannot be tracked, or None. `plain`: orjson read it, so its values are of
-    plain JSON types only (no huge integers, no lone surrogates) and the fast check is exact."""
+    plain JSON types only (no huge integers, no lone surrogates, no NaN) and the fast check is
+    exact; `writable`: orjson wrote the whole page again."""
     if not item.get("id") or not isinstance(item["id"], str):
         return "missing_id"
-    if plain and plainly_valid(item):
-        return None
+    if plain:
+        if not writable and not _orjson_writes(item):
+            return "invalid_record"
+        if plainly_valid(item):
+            return None
+    elif not _storable(item):
+        return "invalid_record"
     try:
         Assignment.model_validate(item)
     except ValidationError:
         return "invalid_record"
     return None
+
+
+# orjson reads 1024 levels but writes 254, `json` about 1000 (less the caller's stack): a
+# record read but nested too deep to be written again failed every poll of its user when
+# its snapshot was stored. Deeper records are invalid, whichever parser read them.
+MAX_RECORD_DEPTH = 254
+
+
+def _orjson_writes(value: Any) -> bool:
+    """orjson can write it: nested no deeper than MAX_RECORD_DEPTH (a list of records, one
+    level more: a record at the limit is then checked on its own)."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
+def _storable(item: dict[str, Any]) -> bool:
+    """A record `json` read (orjson refused the page) can be kept as it is: its id encodes
+    (a lone surrogate raised in every event id of the record, on every poll), no number is
+    NaN or infinite (stored as null, they made every poll see a change), and it is nested
+    no deeper than MAX_RECORD_DEPTH. Lone surrogates elsewhere are kept, escaped."""
+    try:
+        item["id"].encode()
+    except UnicodeEncodeError:
+        return False
+    stack: list[tuple[Any, int]] = [(item, 1)]
+    while stack:  # no recursion: the record may be nested hundreds deep
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, float) and not math.isfinite(child):
+                return False
+            if isinstance(child, dict | list):
+                if depth >= MAX_RECORD_DEPTH:
+                    return False
+                stack.append((child, depth + 1))
+    return True

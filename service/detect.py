@@ -17,6 +17,7 @@ from service.events import Event, EventData
 from service.timefmt import iso_ms, parse_iso
 
 _EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
+_NEVER = datetime.min.replace(tzinfo=UTC)
 # A difference in these alone is no change: providers bump updated_at on reads and syncs.
 IGNORED_FIELDS = frozenset({"updated_at"})
 _MISSING = object()
@@ -207,6 +208,12 @@ def detect_overdue(
     # keyed by the due date, not the sequence: a later change must not send it again
     event["id"] = event_id(account_id, user_id, assignment_id, due_ms, ev.OVERDUE)
     return event
+
+
+def version_time(record: dict[str, Any]) -> datetime:
+    """A record's `updated_at`, to choose between two versions of one assignment listed in
+    one read; unreadable: the oldest."""
+    return parse_iso(record.get("updated_at")) or _NEVER
 
 
 def next_watermark(

@@ -120,6 +120,8 @@ class FeedReader:
         )
         await self._commit(run, done, end_fallback=fallback is not None)
         self.metrics.feed_reads.labels("full" if full else "ok").inc()
+        if run.result.duplicates:  # not result.skipped: the id was read, removals still hold
+            self.metrics.records_skipped.labels("duplicate_id").inc(run.result.duplicates)
         return run.result
 
     async def _read(

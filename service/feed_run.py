@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from service.config import EndpointSettings
-from service.detect import Change, Snapshot, detect
+from service.detect import Change, Snapshot, detect, version_time
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.store.feeds import FeedStore
@@ -35,6 +35,7 @@ class FeedResult:
     events: int = 0
     skipped: int = 0  # records that cannot be tracked (no id, no user_id, invalid)
     untracked: int = 0  # records of users not tracked
+    duplicates: int = 0  # older versions of an assignment already read in this run
     baselined: int = 0  # users baselined by a complete read of their own
     waited: bool = False  # not read: waiting for a fallback's end or the first listing
 
@@ -48,7 +49,8 @@ class FeedUser:
     emit: bool
     was_baselined: bool
     live_before: frozenset[str]  # assignments present before this read (removal candidates)
-    seen: set[str] = field(default_factory=set)
+    # assignments read in this run, with the `updated_at` of the version detected
+    seen: dict[str, datetime] = field(default_factory=dict)
     dirty: bool = False
     complete: bool = False  # read completely by this run: baselined once it commits
 
@@ -124,7 +126,14 @@ class FeedRun:
     def detect(self, user_id: str, record: dict[str, Any]) -> None:
         user = self.users[user_id]
         assignment_id = str(record["id"])
-        user.seen.add(assignment_id)
+        version = version_time(record)
+        held = user.seen.get(assignment_id)
+        # one read sees one version of an assignment: an older one listed again (a provider
+        # listing an id twice) would be detected as a change back, and then forward again
+        if held is not None and version < held:
+            self.result.duplicates += 1
+            return
+        user.seen[assignment_id] = version
         previous = user.snapshots.get(assignment_id)
         change = detect(
             self.account_id, user_id, assignment_id, previous, record, now=self.now, emit=user.emit

@@ -64,7 +64,7 @@ class CompleteUserReads:
         if run.result.skipped:  # a skipped record may be one we know: removals wait
             return
         for user_id, user in list(run.users.items()):
-            missing = user.live_before - user.seen
+            missing = user.live_before - user.seen.keys()
             if missing:
                 await self._confirm_removed(run, user_id, missing)
 
@@ -73,10 +73,10 @@ class CompleteUserReads:
         record that still exists: the user's own complete read must agree."""
         await run.load({user_id})
         user = run.users[user_id]
-        user.seen = set()
+        user.seen = {}
         if not await self._read(run, user_id, "removal_check_failed", strict=True):
             return
-        for assignment_id in sorted(missing - user.seen):
+        for assignment_id in sorted(missing - user.seen.keys()):
             previous = user.snapshots[assignment_id]
             if previous.record is not None:
                 gone = detect_removed(

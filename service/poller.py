@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
@@ -18,6 +18,7 @@ from service.detect import (
     detect_removed,
     next_watermark,
     updated_after,
+    version_time,
 )
 from service.errors import StaleLease
 from service.metrics import Metrics
@@ -26,7 +27,7 @@ from service.store.leases import LEASE_SECONDS, Lease
 from service.store.limits import Budget
 from service.store.polls import PollStore, StoredUser
 from service.store.read_state import ReadState
-from service.timefmt import from_epoch, parse_iso
+from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
 
 log = structlog.get_logger("poller")
@@ -83,14 +84,6 @@ class _Run:
             emit=self.emit,
             endpoints=settings.endpoints,
         )
-
-
-_NEVER = datetime.min.replace(tzinfo=UTC)
-
-
-def _updated(record: dict[str, object]) -> datetime:
-    """A record's `updated_at`, for choosing between two versions; unreadable: the oldest."""
-    return parse_iso(record.get("updated_at")) or _NEVER
 
 
 def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> float:
@@ -202,7 +195,7 @@ class Poller:
                 held = latest.get(assignment_id)
                 if held is not None:
                     duplicates += 1
-                    if _updated(record) < _updated(held):
+                    if version_time(record) < version_time(held):
                         continue
                 latest[assignment_id] = record
         if duplicates:

@@ -4,16 +4,17 @@ nothing and misses nothing; `auto` falls back where the upstream cannot serve th
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from redis.asyncio import Redis
 
 from service import events as ev
 from service.detect import event_id
-from service.sim.lms import SimLMS
+from service.sim.lms import SimLMS, SimResponse, start_sim_server
 from service.sim.receiver import Receiver
 from service.store import keys
-from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user
+from tests.helpers import ACCOUNT, API_KEY, driven, endpoint, make_settings, of_type, seed_user
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
@@ -224,3 +225,41 @@ async def test_auto_falls_back_on_501_and_tries_the_feed_again_later(
         "u_1_a1",
         "u_1_a2",
     ]
+
+
+class TwiceListingLMS(SimLMS):
+    """Lists one assignment twice in the account feed: the current version, then an older
+    one, as a provider with a duplicate row would."""
+
+    stale: dict[str, Any] | None = None
+
+    def handle_account_assignments(self, headers: Any, query: Any) -> SimResponse:
+        response = super().handle_account_assignments(headers, query)
+        if self.stale is not None and response.status == 200:
+            body = json.loads(response.body)
+            body["data"].append(self.stale)
+            response.body = json.dumps(body).encode()
+        return response
+
+
+async def test_an_assignment_listed_twice_is_one_version(
+    redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    sim = TwiceListingLMS(api_key=API_KEY)
+    runner, lms_url = await start_sim_server(sim)
+    rx, rx_url = receiver
+    try:
+        seed_user(sim, "u_1", 2)
+        settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            sim.stale = sim.progress(ACCOUNT, "u_1", "u_1_a1", 50)
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+            for _ in range(3):
+                await service.step(0.5)
+            metrics = service.service.metrics.render().decode()
+    finally:
+        await runner.cleanup()
+    # the newer version was listed first: the older one after it changes nothing
+    assert [e.data["sequence"] for e in of_type(rx.events, ev.UPDATED)] == [2]
+    assert 'lms_webhooks_records_skipped_total{reason="duplicate_id"}' in metrics

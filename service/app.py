@@ -12,8 +12,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.api import create_api
+from service.budget_planner import PLAN_SECONDS, BudgetPlanner
 from service.config import Settings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.ssrf import GuardedResolver
@@ -71,6 +73,11 @@ class Service:
         self.stores = Stores.on(redis or connect(settings.redis_url), settings, clock)
         self.metrics = Metrics()
         self.operations = Operations(settings, self.stores, self.metrics, clock=clock)
+        # every process derives the same plan from Redis; the readers follow it
+        self.planner = BudgetPlanner(
+            self.stores.budget, self.stores.users, settings, self.metrics, clock=clock
+        )
+        self._planning: asyncio.Task[None] | None = None
         # the stores tests and tools reach for most
         self.redis = self.stores.redis
         self.queue = self.stores.queue
@@ -93,6 +100,9 @@ class Service:
             self.operations.checks["dispatcher"] = lambda: self._running(self.dispatcher)
         if self.role in ("all", "poller"):
             self._schedulers()
+            if self.background:
+                await self._refresh_plan()
+                self._planning = asyncio.create_task(self._plan_periodically())
             for scheduler in self.schedulers():
                 if self.background:
                     scheduler.start()
@@ -143,6 +153,17 @@ class Service:
             rng=self.rng,
         )
 
+    async def _refresh_plan(self) -> None:
+        try:
+            await self.planner.refresh()
+        except RedisError as e:  # the readers follow the last plan (at first: the config's)
+            log.warning("budget_plan_failed", error=str(e))
+
+    async def _plan_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(PLAN_SECONDS)
+            await self._refresh_plan()
+
     def schedulers(self) -> list[PollScheduler]:
         """Those this process runs, in the order a burst runs them: listings (who is
         tracked), feeds, then users polled one by one."""
@@ -157,12 +178,26 @@ class Service:
         budget = api_key_budget(settings.stackone.max_requests_per_minute)
         rate = stores.limiter.rate(budget)
         client = StackOneClient(self._session(limit=100), settings.stackone, rate, metrics)
+        cadence = self.planner
         poller = Poller(
-            stores.polls, client, budget, settings, metrics, on_committed=wake, clock=clock
+            stores.polls,
+            client,
+            budget,
+            settings,
+            metrics,
+            on_committed=wake,
+            cadence=cadence,
+            clock=clock,
         )
         overdue = OverdueWatcher(stores.polls, settings, metrics, on_committed=wake, clock=clock)
         runner = PollRunner(
-            poller, stores.leases, stores.polls, metrics, interval=polling.interval, clock=clock
+            poller,
+            stores.leases,
+            stores.polls,
+            metrics,
+            interval=polling.interval,
+            on_read=self.planner.observer("user"),
+            clock=clock,
         )
         users = PollScheduler(
             stores.leases,
@@ -185,6 +220,7 @@ class Service:
                 metrics,
                 on_committed=wake,
                 on_fallback=users.resync,
+                cadence=cadence,
                 clock=clock,
             )
             runner = PollRunner(
@@ -193,6 +229,7 @@ class Service:
                 stores.polls,
                 metrics,
                 interval=polling.account_interval,
+                on_read=self.planner.observer("feed"),
                 clock=clock,
             )
             self.feeds = PollScheduler(
@@ -214,6 +251,7 @@ class Service:
                 settings,
                 metrics,
                 on_changed=users.resync,
+                cadence=cadence,
                 clock=clock,
             )
             runner = PollRunner(
@@ -222,6 +260,7 @@ class Service:
                 stores.polls,
                 metrics,
                 interval=polling.discovery_interval,
+                on_read=self.planner.observer("listing"),
                 clock=clock,
             )
             self.listings = PollScheduler(
@@ -246,6 +285,9 @@ class Service:
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop taking work, let in-flight work finish up to `timeout`, hand back the rest."""
+        if self._planning is not None:
+            self._planning.cancel()
+            await asyncio.gather(self._planning, return_exceptions=True)
         stops = [scheduler.stop(timeout) for scheduler in self.schedulers()]
         if self.dispatcher:
             stops.append(self.dispatcher.stop(timeout))

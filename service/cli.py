@@ -15,6 +15,8 @@ from redis.exceptions import RedisError
 
 from service import __version__
 from service.app import Role, Service
+from service.budget import plan
+from service.budget_planner import demand_of_config
 from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
@@ -135,6 +137,28 @@ def _check_config(args: argparse.Namespace) -> int:
         f"config ok: {len(settings.accounts)} account(s), {users} user(s){every}, "
         f"{len(settings.endpoints)} endpoint(s)"
     )
+    estimate = plan(demand_of_config(settings))
+    cadence = (
+        f"per_user every {estimate.user_interval:g}s ({estimate.users} users), "
+        f"account feeds every {estimate.feed_interval:g}s ({estimate.feeds} accounts), "
+        f"listings every {estimate.listing_interval:g}s ({estimate.listings} accounts)"
+    )
+    budget = (
+        f"{estimate.needed_per_minute:.0f} requests a minute needed, "
+        f"{estimate.allowed_per_minute:.0f} planned of stackone.max_requests_per_minute "
+        f"{settings.stackone.max_requests_per_minute}"
+    )
+    unknown = " (users: all accounts' users polled one by one not counted: not listed yet)"
+    if any(a.all_users and not a.uses_feed for a in settings.accounts):
+        budget += unknown
+    if estimate.fits:
+        print(f"budget: {budget}; {cadence}")
+    else:
+        print(
+            f"warning: the configured cadences do not fit the budget: {budget}; "
+            f"stretched to fit: {cadence}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -191,6 +191,10 @@ class PollingSettings(_Strict):
     overlap: Duration = 60.0
     full_resync_interval: Duration = 86400.0
     emit_on_first_sync: bool = False
+    # per_user: busy users polled more often and idle ones less, in the same budget
+    adaptive: bool = False
+    # adaptive: no user polled more often than this
+    min_interval: PollInterval = 30.0
     # How many users one process polls at the same time.
     concurrency: int = Field(16, ge=1, le=MAX_CONCURRENCY)
 

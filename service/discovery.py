@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from service.budget import Cadence, ConfiguredCadence
 from service.config import Settings
 from service.detect import next_watermark, updated_after
 from service.errors import StaleLease
@@ -52,8 +53,10 @@ class UserListing:
         metrics: Metrics,
         *,
         on_changed: Callable[[], None] | None = None,
+        cadence: Cadence | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.cadence = cadence or ConfiguredCadence.of(settings.polling)
         self.store = store
         self.users = users
         self.client = client
@@ -68,7 +71,7 @@ class UserListing:
         started = self.clock()
         state = await self.store.listing_state(account_id)
         last_full = state.last_full_sync_ms
-        full = last_full is None or started - last_full / 1000 >= polling.full_resync_interval
+        full = last_full is None or started - last_full / 1000 >= self.cadence.full_resync_interval
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         since = None if full or watermark is None else updated_after(watermark, polling.overlap)
         result = ListingResult(full=full)
@@ -101,7 +104,7 @@ class UserListing:
             failures=0,
             last_error="",
         )
-        interval = polling.discovery_interval
+        interval = self.cadence.listing_interval
         next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
         async with lease.lock:
             committed = await self.store.commit_listing(

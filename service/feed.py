@@ -17,6 +17,7 @@ from datetime import datetime
 
 import structlog
 
+from service.budget import Cadence, ConfiguredCadence
 from service.config import AccountSettings, Settings
 from service.detect import next_watermark, updated_after
 from service.errors import StaleLease, UpstreamError
@@ -63,8 +64,10 @@ class FeedReader:
         *,
         on_committed: Callable[[set[str]], None] | None = None,
         on_fallback: Callable[[], None] | None = None,
+        cadence: Cadence | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.cadence = cadence or ConfiguredCadence.of(settings.polling)
         self.store = store
         self.users = users
         self.client = client
@@ -93,7 +96,7 @@ class FeedReader:
         full = (
             state.watermark_ms is None
             or state.last_full_sync_ms is None
-            or started - state.last_full_sync_ms / 1000 >= polling.full_resync_interval
+            or started - state.last_full_sync_ms / 1000 >= self.cadence.full_resync_interval
         )
         run = FeedRun(
             lease,
@@ -172,7 +175,7 @@ class FeedReader:
         lease, final = run.lease, done is not None
         async with lease.lock:
             if final:
-                interval = self.settings.polling.account_interval
+                interval = self.cadence.feed_interval
                 due = next_due(lease.due_at, lease.claimed_at, interval, self.clock())
                 next_score = int(due * 1000)
             else:

@@ -123,5 +123,23 @@ class Metrics:
             registry=r,
         )
 
+        self.budget_needed = Gauge(
+            "lms_webhooks_budget_needed_per_minute",
+            "Upstream requests a minute the configured cadences need (the budget plan).",
+            registry=r,
+        )
+        self.budget_allowed = Gauge(
+            "lms_webhooks_budget_allowed_per_minute",
+            "Upstream requests a minute the plan may spend (90% of max_requests_per_minute).",
+            registry=r,
+        )
+        self.effective_interval = Gauge(
+            "lms_webhooks_effective_interval_seconds",
+            "The cadence the plan gives each strategy (per_user, account, listing, "
+            "full_resync): the configured one, or longer when it does not fit the budget.",
+            ["strategy"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,15 +8,17 @@ the running workers beyond two hooks the lifecycle sets: `wake` (events to deliv
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from redis.exceptions import RedisError
 
+from service.budget_planner import BudgetPlanner
 from service.config import Settings
 from service.delivery.breaker import enabled
 from service.endpoint_health import EndpointHealth, EndpointState
@@ -126,6 +128,15 @@ class Operations:
                 }
             )
         return out
+
+    async def budget(self) -> dict[str, Any]:
+        """The budget plan the pollers follow (as last published; the config's before)."""
+        published = await self.stores.budget.published()
+        if published is not None:
+            return cast(dict[str, Any], json.loads(published))
+        return BudgetPlanner(
+            self.stores.budget, self.stores.users, self.settings, self.metrics
+        ).describe()
 
     async def readiness(self) -> dict[str, bool]:
         try:

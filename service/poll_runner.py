@@ -94,9 +94,11 @@ class PollRunner:
         metrics: Metrics,
         *,
         interval: float,
+        on_read: Callable[[Lease, ReadResult], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.poller = poller
+        self.on_read = on_read  # what each read cost, for the budget plan
         self.leases = leases
         self.store = store
         self.metrics = metrics
@@ -111,6 +113,8 @@ class PollRunner:
         outcome = "ok"
         try:
             result = await self.poller.poll(lease)
+            if self.on_read is not None:
+                self.on_read(lease, result)
             if lease.account_id in self.backed_off:
                 await self.store.end_backoff(lease.account_id)
                 self.backed_off.discard(lease.account_id)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import structlog
 
+from service.budget import (
+    Cadence,
+    ConfiguredCadence,
+    assignment_activity,
+    change_rate,
+    user_weight,
+)
 from service.config import Settings
 from service.detect import (
     Change,
@@ -105,6 +112,7 @@ class Poller:
         metrics: Metrics,
         *,
         on_committed: Callable[[set[str]], None] | None = None,
+        cadence: Cadence | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -113,6 +121,7 @@ class Poller:
         self.settings = settings
         self.metrics = metrics
         self.on_committed = on_committed
+        self.cadence = cadence or ConfiguredCadence.of(settings.polling)
         self.clock = clock
 
     async def poll(self, lease: Lease) -> PollResult:
@@ -128,7 +137,7 @@ class Poller:
         full = (
             watermark is None
             or last_full is None
-            or started - last_full / 1000 >= polling.full_resync_interval
+            or started - last_full / 1000 >= self.cadence.full_resync_interval
         )
         run = _Run(
             lease=lease,
@@ -161,7 +170,9 @@ class Poller:
                 run.add(gone, previous, self.settings)
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
         now_ms = run.now_ms
-        done = ReadState(
+        activity, weight = self._activity(run, state) if polling.adaptive else (ReadState(), None)
+        done = replace(
+            activity,
             watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
             baselined=True,
             last_full_sync_ms=now_ms if full else None,
@@ -169,8 +180,29 @@ class Poller:
             failures=0,
             last_error="",
         )
-        await self._commit(run, done)
+        await self._commit(run, done, weight)
         return run.result
+
+    def _activity(self, run: _Run, state: ReadState) -> tuple[ReadState, float]:
+        """The user's activity after this poll, and the weight of its polls (`adaptive`).
+        Its assignments are looked at again only when this poll decoded them anyway."""
+        changes = run.result.changes + len(run.outbox.changes) if run.emit else 0
+        rate = change_rate(
+            state.change_rate,
+            state.last_poll_ms,
+            changes,
+            run.now_ms,
+            self.settings.polling.interval,
+        )
+        if run.stored.decoded:
+            records = (s.record for s in run.snapshots.values())
+            in_progress, next_due_date = assignment_activity(records)
+        else:
+            in_progress, next_due_date = bool(state.in_progress), state.next_due_date_ms or None
+        weight = user_weight(rate, in_progress, next_due_date, run.now_ms)
+        return ReadState(
+            change_rate=rate, in_progress=in_progress, next_due_date_ms=next_due_date or 0
+        ), weight
 
     async def _read(self, run: _Run, since: datetime | None) -> None:
         """Read every page, then detect each assignment once, flushing the outbox when it
@@ -231,11 +263,11 @@ class Poller:
                 count=count,
             )
 
-    def next_due_ms(self, lease: Lease) -> int:
-        interval = self.settings.polling.interval
+    def next_due_ms(self, lease: Lease, weight: float | None = None) -> int:
+        interval = self.cadence.user_interval(weight)
         return int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
 
-    async def _commit(self, run: _Run, done: ReadState | None) -> None:
+    async def _commit(self, run: _Run, done: ReadState | None, weight: float | None = None) -> None:
         """Commit the outbox, fenced by the lease. `done`: the poll's final state, which ends
         the lease (the user is next due an interval on); None: an intermediate flush, which
         extends it."""
@@ -244,7 +276,7 @@ class Poller:
             if done is None:
                 next_score = int((self.clock() + LEASE_SECONDS) * 1000)
             else:
-                next_score = self.next_due_ms(lease)
+                next_score = self.next_due_ms(lease, weight)
             committed = await self.store.commit(
                 lease.account_id,
                 lease.user_id,
@@ -255,6 +287,7 @@ class Poller:
                 # all of them: they are stored as one value (written at once when they were
                 # still in 0.1's form, which the commit then removes)
                 snapshots=run.snapshots if outbox.changes or run.stored.legacy else None,
+                weight=weight,
             )
             if not committed:
                 raise StaleLease(f"lease on {lease.member} was taken over")

@@ -140,8 +140,13 @@ async def list_accounts(request: web.Request) -> web.Response:
     return web.json_response({"accounts": await ops(request).accounts()})
 
 
+async def budget(request: web.Request) -> web.Response:
+    return web.json_response(await ops(request).budget())
+
+
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/accounts", list_accounts)
+    app.router.add_get("/admin/budget", budget)
     app.router.add_get("/admin/endpoints", list_endpoints)
     app.router.add_post("/admin/endpoints/{endpoint_id}/enable", enable_endpoint)
     app.router.add_get("/admin/dead-letters", dead_letters)

@@ -82,6 +82,49 @@ _ACCOUNT = {
 }
 
 
+_SECONDS_BY_STRATEGY = {
+    "type": "object",
+    "required": ["per_user", "account", "listing", "full_resync"],
+    "properties": {
+        k: {"type": "number"} for k in ("per_user", "account", "listing", "full_resync")
+    },
+}
+_BUDGET = {
+    "type": "object",
+    "required": [
+        "allowed_per_minute",
+        "needed_per_minute",
+        "budget_per_minute",
+        "fits",
+        "effective_interval_seconds",
+        "configured_interval_seconds",
+        "users",
+        "accounts",
+    ],
+    "properties": {
+        "allowed_per_minute": {"type": "number", "description": "90% of the key's budget"},
+        "needed_per_minute": {"type": "number"},
+        "budget_per_minute": {"type": "integer"},
+        "fits": {"type": "boolean"},
+        "effective_interval_seconds": _SECONDS_BY_STRATEGY,
+        "configured_interval_seconds": _SECONDS_BY_STRATEGY,
+        "users": {"type": "object", "properties": {"per_user": {"type": "integer"}}},
+        "accounts": {
+            "type": "object",
+            "properties": {"account": {"type": "integer"}, "listing": {"type": "integer"}},
+        },
+        "adaptive": {
+            "type": ["object", "null"],
+            "properties": {
+                "min_interval_seconds": {"type": "number"},
+                "max_interval_seconds": {"type": "number"},
+                "scale": {"type": "number"},
+            },
+        },
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -140,6 +183,7 @@ def build_openapi(admin: bool) -> dict[str, Any]:
                 "UserRef": _USER_REF,
                 "ReadState": _READ_STATE,
                 "Account": _ACCOUNT,
+                "Budget": _BUDGET,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -253,6 +297,17 @@ def _admin_paths() -> dict[str, Any]:
                             },
                         }
                     ),
+                    **_errors(401, 503),
+                },
+            }
+        },
+        "/admin/budget": {
+            "get": {
+                "summary": "The budget plan: requests a minute needed and allowed, the effective "
+                "cadence per strategy, users and accounts per strategy",
+                **_SECURED,
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Budget"}),
                     **_errors(401, 503),
                 },
             }

@@ -33,7 +33,7 @@ from service.bench.load import (
     user_ids,
 )
 from service.bench.roundtrips import idle_poll_cost
-from service.config import EndpointSettings
+from service.config import EndpointSettings, PollingSettings
 from service.events import COMPLETED
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
@@ -384,6 +384,9 @@ def delivery_figures(
 
 REACH_ACCOUNT_INTERVAL = 10.0
 REACH_INTERVAL = 300.0  # per_user: each user's target cadence
+# the default, as deployed: each feed read asks from its watermark minus this, so it reads
+# again the changes of the last `overlap` seconds, and that is part of what it costs
+REACH_OVERLAP = float(PollingSettings.model_fields["overlap"].default)
 FEED_READS = "lms_webhooks_feed_reads"
 UPDATED_AFTER = "filter[updated_after]"
 
@@ -397,13 +400,16 @@ async def reach(bench: Bench, scale: float) -> dict[str, Any]:
     The baseline (a first complete read: 1,000 pages for the feed, 20,000 polls per user) is
     not measured: each user's snapshots are committed straight into Redis, marked baselined,
     and for the feed a watermark and last complete read of now, so its first read is
-    incremental. The budget is not scaled: `--scale` shrinks users and the minute only.
+    incremental. For the feed, changes start `overlap` before the measured minute, so every
+    read in it reads a full overlap again, as it does all day long. The budget is not
+    scaled: `--scale` shrinks the users, the minute and that lead.
     """
     users = user_ids(_n(20_000, scale, 200))
     per_user = 5
     budget = 1000
     per_second = 20.0
     window = max(5.0, 60.0 * scale)
+    lead = REACH_OVERLAP * scale
     seed_users(bench.lms, len(users), per_user)
     figures: dict[str, Any] = {
         "users": len(users),
@@ -413,14 +419,26 @@ async def reach(bench: Bench, scale: float) -> dict[str, Any]:
         "changes_seconds": window,
         "account_interval_seconds": REACH_ACCOUNT_INTERVAL,
         "per_user_interval_seconds": REACH_INTERVAL,
+        "overlap_seconds": REACH_OVERLAP,
         "baseline": "seeded in Redis (snapshots, baselined, feed watermark), not measured",
     }
     rng = random.Random(20)
-    for strategy in ("account", "per_user"):
+    # After the last change, the feed has its p99 target's allowance (then some, to see late
+    # arrivals); per user, a change still waiting for its user's poll by then is reported as
+    # not delivered within the run (a quick look shortens that wait with the minute).
+    allowance = REACH_ACCOUNT_INTERVAL + 5.0
+    for strategy, before, after in (
+        ("account", lead, allowance),
+        ("per_user", 0.0, allowance * scale),
+    ):
         started = time.perf_counter()
         # distinct assignments: one changed twice between two reads is one change to a poller
-        serials = rng.sample(range(1, len(users) * per_user + 1), round(per_second * window))
-        run = await _reach_run(bench, users, strategy, budget, serials, per_user, window)
+        serials = rng.sample(
+            range(1, len(users) * per_user + 1), round(per_second * (before + window))
+        )
+        run = await _reach_run(
+            bench, users, strategy, budget, serials, per_user, (before, window, after)
+        )
         run["bench_seconds"] = round(time.perf_counter() - started, 1)
         figures[strategy] = run
     return figures
@@ -433,10 +451,12 @@ async def _reach_run(
     budget: int,
     serials: list[int],
     per_user: int,
-    window: float,
+    seconds: tuple[float, float, float],
 ) -> dict[str, Any]:
-    """One strategy: seed, start, change `serials` over `window` seconds, then see what
-    arrived and what it cost."""
+    """One strategy: seed, start, change `serials` evenly over `before` seconds then the
+    measured `window`, and see what the window's changes cost and which of them arrived
+    within `allowance` of the last one."""
+    before, window, allowance = seconds
     lms, received = bench.lms, bench.received
     await bench.redis.flushall()
     lms.set_rate_limit(budget)  # a full bucket: the previous run's requests do not count
@@ -451,6 +471,7 @@ async def _reach_run(
     config = bench.service_config(users, budget=budget, interval=f"{REACH_INTERVAL:g}s")
     config["accounts"][0]["strategy"] = strategy
     config["polling"]["account_interval"] = f"{REACH_ACCOUNT_INTERVAL:g}s"
+    config["polling"]["overlap"] = f"{REACH_OVERLAP:g}s"
     (process,) = await bench.start_services(config)
 
     # past the start-up: the feed's first read (it loads every user's state once) or the
@@ -459,17 +480,16 @@ async def _reach_run(
         return (await bench.total(FEED_READS) if feed else await _polls(bench)) >= 1
 
     await _wait(started, 120, f"the first {strategy} read")
+    per_second = len(serials) / (before + window)
+    lead = round(before * per_second)
+    early = await change_steadily(lms, serials[:lead], per_user, per_second) if lead else {}
     cpu0, start = cpu_seconds(process.pid), time.time()
-    made = await change_steadily(lms, serials, per_user, per_second=len(serials) / window)
+    made = await change_steadily(lms, serials[lead:], per_user, per_second)
     # requests are counted over the window, and at least one feed interval: a quick look
     # (a window of a few seconds) must still hold a read
     counted = max(window, REACH_ACCOUNT_INTERVAL) if feed else window
     await asyncio.sleep(max(0.0, start + counted - time.time()))
     cpu = cpu_seconds(process.pid) - cpu0
-    # After the last change, the feed has its p99 target's allowance (then some, to see
-    # late arrivals); per user, a change still waiting for its user's poll by then is
-    # reported as not delivered within the run.
-    allowance = REACH_ACCOUNT_INTERVAL + 5.0
     last_change = start + window
 
     async def all_arrived() -> bool:
@@ -480,6 +500,7 @@ async def _reach_run(
         await _wait(all_arrived, last_change + allowance + slack - time.time(), "every change")
     except TimeoutError:
         pass
+    arrived = {c: at for c, at in received.changes.items() if c not in early}
     in_window = [r for r in lms.requests if start <= r.time < start + counted]
     per_minute = len(in_window) / counted * 60.0
     figures: dict[str, Any] = {
@@ -487,7 +508,7 @@ async def _reach_run(
         "budget_used": round(per_minute / budget, 3),
         "requests_counted_seconds": counted,
         "throttled_429": sum(1 for r in in_window if r.status == 429),
-        **delivery_figures(made, dict(received.changes)),
+        **delivery_figures(made, arrived),
         "seconds_allowed_after_last_change": allowance,
         "service_cpu_share": round(cpu / counted, 3),
     }
@@ -495,6 +516,7 @@ async def _reach_run(
         pages = [r for r in in_window if r.path == ACCOUNT_ASSIGNMENTS_PATH]
         firsts = [r for r in pages if "next" not in r.query]
         figures |= {
+            "changes_before_window": len(early),
             "feed_reads": len(firsts),
             "feed_pages": len(pages),
             # a read without the filter is a complete one: the baseline must not be here

@@ -26,6 +26,12 @@ FEED_DUE = f"{PREFIX}:feed:due"
 FEED_FALLBACK = f"{PREFIX}:feed:fallback"
 # zset: account member → when its user listing is next read (ms); leased like POLL_DUE.
 DISCOVERY_DUE = f"{PREFIX}:discovery:due"
+# string: the budget plan last published (JSON), for the admin API and to log each change once.
+BUDGET_PLAN = f"{PREFIX}:budget:plan"
+# hash: what reads cost, learned: pages and reads by kind, pages of each full read.
+BUDGET_LEARNED = f"{PREFIX}:budget:learned"
+# zset: user member → the weight of its poll (service.budget.user_weight), for `adaptive`.
+USER_WEIGHTS = f"{PREFIX}:budget:weights"
 
 
 def _q(value: str) -> str:

@@ -29,6 +29,11 @@ class StoredUser:
     legacy: dict[str, str] = field(default_factory=dict)
     permit_granted: bool = False  # the budget's permit for the poll's first request
 
+    @property
+    def decoded(self) -> bool:
+        """The snapshots were decoded (a read needed them)."""
+        return "snapshots" in self.__dict__
+
     @cached_property
     def snapshots(self) -> dict[str, Snapshot]:
         """Decoded on first use: a poll that reads no record never needs them."""
@@ -81,6 +86,7 @@ class PollStore:
         next_score: int | None,
         state: ReadState | None = None,
         snapshots: dict[str, Snapshot] | None = None,
+        weight: float | None = None,
     ) -> bool:
         """Snapshots, user state, outgoing events and the due score in one atomic step.
 
@@ -97,6 +103,7 @@ class PollStore:
             next_score=next_score,
             snapshots=snapshots,
             state=state,
+            weight=weight,
             watch=outbox.watch,
             unwatch=outbox.unwatch,
             events=outbox.events,

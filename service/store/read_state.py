@@ -18,6 +18,10 @@ class ReadState:
     last_poll_ms: int | None = None  # the last read that succeeded
     failures: int | None = None  # failed reads in a row
     last_error: str | None = None  # '' clears it
+    # a user's activity, for the adaptive cadence (service.budget)
+    change_rate: float | None = None  # changes an hour, fading
+    in_progress: bool | None = None  # an assignment in progress
+    next_due_date_ms: int | None = None  # the nearest due date of an open assignment; 0: none
 
     def encode(self) -> dict[str, str]:
         """The hash fields to write: every field that is not None."""
@@ -35,7 +39,7 @@ class ReadState:
         for name, hash_field in _HASH_FIELD.items():
             value = raw.get(hash_field)
             if value:
-                values[name] = value == "1" if name == "baselined" else _DECODE[name](value)
+                values[name] = value == "1" if name in _FLAGS else _DECODE[name](value)
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
@@ -58,12 +62,18 @@ _HASH_FIELD = {
     "last_poll_ms": "last_poll",
     "failures": "failures",
     "last_error": "last_error",
+    "change_rate": "change_rate",
+    "in_progress": "in_progress",
+    "next_due_date_ms": "next_due_date",
 }
+_FLAGS = {"baselined", "in_progress"}
 _DECODE = {
     "watermark_ms": int,
     "last_full_sync_ms": int,
     "last_poll_ms": int,
     "failures": int,
     "last_error": str,
+    "change_rate": float,
+    "next_due_date_ms": int,
 }
 FIELDS = list(_HASH_FIELD.values())

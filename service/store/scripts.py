@@ -109,6 +109,7 @@ class CommitPoll(_Script):
         next_score: int | None,
         snapshots: dict[str, Snapshot] | None,
         state: ReadState | None,
+        weight: float | None,
         watch: list[OverdueWatch],
         unwatch: list[OverdueWatch],
         events: RoutedEvents,
@@ -119,12 +120,14 @@ class CommitPoll(_Script):
             keys.user_state(account_id, user_id),
             keys.OVERDUE,
             keys.legacy_snapshots(account_id, user_id),
+            keys.USER_WEIGHTS,
         ]
         args: list[Any] = [
             keys.user_member(account_id, user_id),
             "" if token is None else token,
             "" if next_score is None else next_score,
             "" if snapshots is None else encode_snapshots(snapshots),
+            "" if weight is None else weight,
             *_state_args(state),
             *_watch_args(watch, unwatch),
         ]
@@ -318,6 +321,7 @@ class CommitListing(_Script):
             keys.discovery_state(account_id),
             keys.discovered_users(account_id),
             keys.POLL_DUE,
+            keys.USER_WEIGHTS,
         ]
         args: list[Any] = [keys.account_member(account_id), token, next_score]
         args += [*_state_args(state), len(add), *add, len(drop)]

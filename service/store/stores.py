@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.config import Settings
+from service.store.budget import BudgetStore
 from service.store.endpoints import EndpointStore
 from service.store.feeds import FeedStore
 from service.store.leases import Leases, discovery_leases, feed_leases, user_leases
@@ -25,6 +26,7 @@ class Stores:
     endpoints: EndpointStore
     polls: PollStore
     feeds: FeedStore
+    budget: BudgetStore
     leases: Leases  # users polled one by one
     feed_leases: Leases
     discovery_leases: Leases
@@ -40,6 +42,7 @@ class Stores:
             endpoints=EndpointStore(redis),
             polls=PollStore(redis),
             feeds=feeds,
+            budget=BudgetStore(redis),
             leases=user_leases(redis, clock=clock),
             feed_leases=feed_leases(redis, clock=clock),
             discovery_leases=discovery_leases(redis, clock=clock),

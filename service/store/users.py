@@ -89,6 +89,7 @@ class TrackedUsers:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.RUNTIME_USERS, member)
             pipe.zrem(keys.POLL_DUE, member)
+            pipe.zrem(keys.USER_WEIGHTS, member)
             pipe.delete(
                 keys.snapshots(account_id, user_id),
                 keys.legacy_snapshots(account_id, user_id),

@@ -2,7 +2,8 @@
 -- user's schedule entry, state and snapshots are forgotten), the listing's state and its
 -- next due time.
 -- KEYS: [1] discovery due zset, [2] discovery state hash, [3] the account's listed user set,
---       [4] poll due zset, then per user dropped: (snapshots, user state hash, 0.1's hash)
+--       [4] poll due zset, [5] user weights zset,
+--       then per user dropped: (snapshots, user state hash, 0.1's hash)
 -- ARGV: [1] account member, [2] token held, [3] next due time,
 --       then the listing state as hset_pairs reads it,
 --       then n, n × user id to add, then n, n × (user id, its poll member) to drop
@@ -17,7 +18,8 @@ n = tonumber(ARGV[i]); i = i + 1
 for u = 0, n - 1 do
   redis.call('SREM', KEYS[3], ARGV[i])
   redis.call('ZREM', KEYS[4], ARGV[i + 1])
-  redis.call('DEL', KEYS[5 + 3 * u], KEYS[6 + 3 * u], KEYS[7 + 3 * u])
+  redis.call('ZREM', KEYS[5], ARGV[i + 1])
+  redis.call('DEL', KEYS[6 + 3 * u], KEYS[7 + 3 * u], KEYS[8 + 3 * u])
   i = i + 2
 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])

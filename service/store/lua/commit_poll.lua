@@ -1,10 +1,12 @@
--- One poll's commit, all or nothing: snapshots, user state, overdue watches, the outgoing
--- events and the user's next score (its extended lease, or its next due time).
+-- One poll's commit, all or nothing: snapshots, user state, the weight of its polls,
+-- overdue watches, the outgoing events and the user's next score (its extended lease, or
+-- its next due time).
 -- KEYS: [1] poll due zset, [2] snapshots, [3] user state hash, [4] overdue zset,
---       [5] 0.1's snapshot hash (deleted once snapshots are written),
---       [6..] (due zset, body hash) per endpoint, as enqueue.lua reads them
+--       [5] 0.1's snapshot hash (deleted once snapshots are written), [6] user weights zset,
+--       [7..] (due zset, body hash) per endpoint, as enqueue.lua reads them
 -- ARGV: [1] member, [2] token held ('' = unfenced), [3] new score ('' = leave it),
---       [4] snapshots ('' = unchanged), then the user state as hset_pairs reads it,
+--       [4] snapshots ('' = unchanged), [5] the user's weight ('' = unchanged),
+--       then the user state as hset_pairs reads it,
 --       then the overdue watches as watch reads them, then the events as enqueue reads them
 -- Returns: 1 committed, 0 the lease was lost (nothing written)
 --!include fence.lua
@@ -15,8 +17,9 @@ if ARGV[4] ~= '' then
   redis.call('SET', KEYS[2], ARGV[4])
   redis.call('DEL', KEYS[5])
 end
-local i = hset_pairs(KEYS[3], 5)
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1]) end
+local i = hset_pairs(KEYS[3], 6)
 i = watch(KEYS[4], i)
-enqueue(6, i)
+enqueue(7, i)
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
 return 1

@@ -1,0 +1,212 @@
+"""The request budget, pure: what the configured cadences need, what the API key allows, the
+effective cadences that fit, and the adaptive cadence of one user. `now` is passed in.
+
+Every request counts against `max_requests_per_minute`: feeds, per-user polls, listings,
+full reads. HEADROOM of it is planned; the rest is left for retries and probes. Classes are
+served in order (feeds, per-user polls, listings, full reads), each first given a small
+share so none starves, then what it needs while budget is left; a class given less than it
+needs has its cadence stretched in proportion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service.config import PollingSettings
+from service.detect import overdue_due_ms, status_value
+
+HEADROOM = 0.9  # of the key's budget planned; the rest absorbs retries and probes
+MIN_SHARE = 0.05  # of the planned budget, held for each class present before the order
+DAY_MS = 86_400_000
+
+# adaptive cadence
+IDLE_BOUND = 2.0  # no user polled less often than this × the plan's per-user interval
+RATE_FLOOR = 1.0 / 24  # changes an hour every user is assumed to have (an idle user counts)
+RATE_MEMORY = 12.0  # a change weighs on a user's cadence for about this many intervals
+IN_PROGRESS_BOOST = 1.5  # an assignment in progress: the learner is at it
+DUE_SOON_BOOST = 2.0  # a due date within a day: the completion (or the overdue) is near
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What the tracked users, accounts and their strategies ask of the key."""
+
+    budget_per_minute: float  # max_requests_per_minute
+    feeds: int  # accounts read through their change feed now
+    users: int  # users polled one by one
+    listings: int  # `users: all` accounts
+    interval: float  # seconds, as configured
+    account_interval: float
+    discovery_interval: float
+    full_resync_interval: float
+    user_pages: float = 1.0  # pages a user's poll reads, as learned
+    feed_pages: float = 1.0  # pages an incremental feed read reads, as learned
+    full_read_pages: float = 0.0  # pages of every feed's and listing's full read together
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    allowed_per_minute: float
+    needed_per_minute: float
+    feed_interval: float  # effective cadences, seconds
+    user_interval: float
+    listing_interval: float
+    full_resync_interval: float
+    feeds: int
+    users: int
+    listings: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_per_minute <= self.allowed_per_minute + 1e-9
+
+
+def _per_minute(count: float, pages: float, interval: float) -> float:
+    return count * max(pages, 1.0) * 60.0 / interval
+
+
+def plan(demand: Demand) -> Plan:
+    """The effective cadences that fit the budget (the configured ones when they do)."""
+    d = demand
+    allowed = d.budget_per_minute * HEADROOM
+    needs = [
+        _per_minute(d.feeds, d.feed_pages, d.account_interval),
+        _per_minute(d.users, d.user_pages, d.interval),
+        _per_minute(d.listings, 1.0, d.discovery_interval),
+        d.full_read_pages * 60.0 / d.full_resync_interval,
+    ]
+    granted = [min(need, MIN_SHARE * allowed) for need in needs]
+    left = allowed - sum(granted)
+    for n, need in enumerate(needs):  # in order: feeds, users, listings, full reads
+        more = min(need - granted[n], max(left, 0.0))
+        granted[n] += more
+        left -= more
+
+    def stretched(interval: float, n: int) -> float:
+        return interval if granted[n] >= needs[n] else interval * needs[n] / granted[n]
+
+    return Plan(
+        allowed_per_minute=allowed,
+        needed_per_minute=sum(needs),
+        feed_interval=stretched(d.account_interval, 0),
+        user_interval=stretched(d.interval, 1),
+        listing_interval=stretched(d.discovery_interval, 2),
+        full_resync_interval=stretched(d.full_resync_interval, 3),
+        feeds=d.feeds,
+        users=d.users,
+        listings=d.listings,
+    )
+
+
+# -- adaptive cadence --
+
+
+def change_rate(
+    previous: float | None, since_ms: int | None, changes: int, now_ms: int, interval: float
+) -> float:
+    """A user's changes an hour, decayed: each change adds to it and the sum fades over
+    RATE_MEMORY intervals, so a burst of activity keeps a user close for a while."""
+    memory_hours = RATE_MEMORY * interval / 3600.0
+    rate = previous or 0.0
+    if since_ms is not None and now_ms > since_ms:
+        rate *= math.exp(-(now_ms - since_ms) / 3_600_000.0 / memory_hours)
+    return rate + changes / memory_hours
+
+
+def user_weight(rate: float, in_progress: bool, next_due_ms: int | None, now_ms: int) -> float:
+    """How much a user's poll is worth: √(change rate), the allocation that minimises the
+    mean time to detect a change for a given number of polls, with boosts for an
+    assignment in progress and a due date within a day."""
+    weight = math.sqrt(rate + RATE_FLOOR)
+    if in_progress:
+        weight *= IN_PROGRESS_BOOST
+    if next_due_ms is not None and next_due_ms - now_ms <= DAY_MS:
+        weight *= DUE_SOON_BOOST
+    return weight
+
+
+def adaptive_interval(weight: float, scale: float, min_interval: float, bound: float) -> float:
+    """A user's interval: `scale` / weight, never under `min_interval`, never over `bound`."""
+    return min(max(scale / weight, min_interval), max(bound, min_interval))
+
+
+def adaptive_scale(
+    weights: list[float], interval: float, min_interval: float, bound: float
+) -> float:
+    """The scale at which the users' adaptive intervals cost what polling every one of them
+    each `interval` would: the same number of polls a second, spent where changes are."""
+    if not weights:
+        return interval
+    target = len(weights) / interval
+
+    def polls(scale: float) -> float:
+        return sum(1.0 / adaptive_interval(w, scale, min_interval, bound) for w in weights)
+
+    low, high = min_interval * min(weights), bound * max(weights)
+    if polls(high) >= target:  # even the slowest cadence costs as much: every user at bound
+        return high
+    if polls(low) <= target:  # every user at min_interval fits
+        return low
+    for _ in range(60):  # bisection on a log scale: polls(scale) falls as scale grows
+        middle = math.sqrt(low * high)
+        if polls(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+class Cadence(Protocol):
+    """The effective cadences a reader follows (the budget planner's, or the config's)."""
+
+    @property
+    def feed_interval(self) -> float: ...
+
+    @property
+    def listing_interval(self) -> float: ...
+
+    @property
+    def full_resync_interval(self) -> float: ...
+
+    def user_interval(self, weight: float | None) -> float:
+        """A user's interval: the plan's, or with `adaptive` its own by its weight."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredCadence:
+    """The cadences as configured, for tools and tests that run readers without a plan."""
+
+    feed_interval: float
+    listing_interval: float
+    full_resync_interval: float
+    interval: float
+
+    @classmethod
+    def of(cls, polling: PollingSettings) -> ConfiguredCadence:
+        return cls(
+            polling.account_interval,
+            polling.discovery_interval,
+            polling.full_resync_interval,
+            polling.interval,
+        )
+
+    def user_interval(self, weight: float | None) -> float:
+        return self.interval
+
+
+def assignment_activity(
+    records: Iterable[dict[str, Any] | None],
+) -> tuple[bool, int | None]:
+    """(an assignment is in progress, the nearest due date of an open assignment in ms)."""
+    in_progress = False
+    nearest: int | None = None
+    for record in records:
+        in_progress = in_progress or status_value(record) == "in_progress"
+        due = overdue_due_ms(record)
+        if due is not None and (nearest is None or due < nearest):
+            nearest = due
+    return in_progress, nearest

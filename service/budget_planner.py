@@ -1,0 +1,202 @@
+"""The budget plan of the running service: computed from what Redis holds (the users polled
+one by one, the feeds in force, what reads cost as learned by every process), so every
+process derives the same plan; published in Redis for the admin API, logged once per change,
+exported as metrics. The readers follow it through the `Cadence` it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+
+from service.budget import (
+    IDLE_BOUND,
+    RATE_FLOOR,
+    Demand,
+    Plan,
+    adaptive_interval,
+    adaptive_scale,
+    plan,
+)
+from service.config import Settings
+from service.metrics import Metrics
+from service.poll_runner import ReadResult
+from service.store.budget import BudgetStore
+from service.store.leases import Lease
+from service.store.users import TrackedUsers
+
+log = structlog.get_logger("budget")
+
+PLAN_SECONDS = 30.0  # the plan is derived again this often (and when tracked users change)
+_IDLE_WEIGHT = RATE_FLOOR**0.5  # a user never polled yet weighs as an idle one
+
+
+def demand_of_config(settings: Settings) -> Demand:
+    """What the config asks for, before anything is learned: its listed users (a `users:
+    all` account's are not known until listed), its feeds, one page a read."""
+    polling, accounts = settings.polling, settings.accounts
+    return Demand(
+        budget_per_minute=settings.stackone.max_requests_per_minute,
+        feeds=sum(a.uses_feed for a in accounts),
+        users=sum(len(a.listed_users) for a in accounts if not a.uses_feed),
+        listings=sum(a.all_users for a in accounts),
+        interval=polling.interval,
+        account_interval=polling.account_interval,
+        discovery_interval=polling.discovery_interval,
+        full_resync_interval=polling.full_resync_interval,
+    )
+
+
+class BudgetPlanner:
+    """Also the Cadence the readers follow: the plan's effective intervals."""
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        users: TrackedUsers,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.users = users
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.plan = plan(demand_of_config(settings))
+        self.scale = settings.polling.interval  # adaptive: a user's interval is scale/weight
+        self._seen: dict[str, list[int]] = {}  # kind → [pages, reads] not yet in Redis
+        self._full: dict[tuple[str, str], int] = {}  # (kind, account) → its full read's pages
+
+    # -- the Cadence --
+
+    @property
+    def feed_interval(self) -> float:
+        return self.plan.feed_interval
+
+    @property
+    def listing_interval(self) -> float:
+        return self.plan.listing_interval
+
+    @property
+    def full_resync_interval(self) -> float:
+        return self.plan.full_resync_interval
+
+    def user_interval(self, weight: float | None) -> float:
+        polling = self.settings.polling
+        if not polling.adaptive:
+            return self.plan.user_interval
+        return adaptive_interval(
+            weight or _IDLE_WEIGHT, self.scale, polling.min_interval, self.idle_bound
+        )
+
+    @property
+    def idle_bound(self) -> float:
+        """No user is polled less often than this, however idle."""
+        return IDLE_BOUND * self.plan.user_interval
+
+    # -- learning and planning --
+
+    def observer(self, kind: str) -> Callable[[Lease, ReadResult], None]:
+        """What the runner of `kind` (`user`, `feed`, `listing`) reports each read to:
+        pages per read, and each account's full read apart (it is spread over a day)."""
+
+        def seen(lease: Lease, result: ReadResult) -> None:
+            if not result.pages:  # not read (waiting): costs nothing
+                return
+            if result.full and kind != "user":
+                self._full[(kind, lease.account_id)] = result.pages
+                return
+            pages_reads = self._seen.setdefault(kind, [0, 0])
+            pages_reads[0] += result.pages
+            pages_reads[1] += 1
+
+        return seen
+
+    async def refresh(self) -> Plan:
+        """Derive the plan from what Redis holds now; publish it, and say so when it
+        changed."""
+        for kind, (pages, reads) in self._seen.items():
+            await self.store.learn(kind, pages, reads)
+        for (kind, account_id), pages in self._full.items():
+            await self.store.learn_full_read(kind, account_id, pages)
+        self._seen, self._full = {}, {}
+        learned = await self.store.learned()
+        per_user = await self.users.per_user_members()
+        polling = self.settings.polling
+        config = demand_of_config(self.settings)
+        demand = Demand(
+            budget_per_minute=config.budget_per_minute,
+            feeds=len(await self.users.feed_accounts_in_force()),
+            users=len(per_user),
+            listings=config.listings,
+            interval=polling.interval,
+            account_interval=polling.account_interval,
+            discovery_interval=polling.discovery_interval,
+            full_resync_interval=polling.full_resync_interval,
+            user_pages=learned.get("user", 1.0),
+            feed_pages=learned.get("feed", 1.0),
+            full_read_pages=learned["full"],
+        )
+        self.plan = plan(demand)
+        if polling.adaptive:
+            weights = [w or _IDLE_WEIGHT for w in await self.store.weights(sorted(per_user))]
+            self.scale = adaptive_scale(
+                weights, self.plan.user_interval, polling.min_interval, self.idle_bound
+            )
+        self._export()
+        if await self.store.publish(json.dumps(self.describe(), sort_keys=True)):
+            say = log.info if self.plan.fits else log.warning
+            say("budget_plan", **self.describe())
+        return self.plan
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as the admin API shows it."""
+        p = self.plan
+        polling = self.settings.polling
+        return {
+            "allowed_per_minute": round(p.allowed_per_minute, 1),
+            "needed_per_minute": round(p.needed_per_minute, 1),
+            "budget_per_minute": self.settings.stackone.max_requests_per_minute,
+            "fits": p.fits,
+            "effective_interval_seconds": {
+                "per_user": round(p.user_interval, 3),
+                "account": round(p.feed_interval, 3),
+                "listing": round(p.listing_interval, 3),
+                "full_resync": round(p.full_resync_interval, 3),
+            },
+            "configured_interval_seconds": {
+                "per_user": polling.interval,
+                "account": polling.account_interval,
+                "listing": polling.discovery_interval,
+                "full_resync": polling.full_resync_interval,
+            },
+            "users": {"per_user": p.users},
+            "accounts": {"account": p.feeds, "listing": p.listings},
+            "adaptive": (
+                {
+                    "min_interval_seconds": polling.min_interval,
+                    "max_interval_seconds": round(self.idle_bound, 3),
+                    "scale": round(self.scale, 6),
+                }
+                if polling.adaptive
+                else None
+            ),
+        }
+
+    def _export(self) -> None:
+        p, metrics = self.plan, self.metrics
+        metrics.budget_needed.set(p.needed_per_minute)
+        metrics.budget_allowed.set(p.allowed_per_minute)
+        for strategy, seconds in asdict(p).items():
+            if strategy.endswith("_interval"):
+                name = {"user_interval": "per_user", "feed_interval": "account"}.get(
+                    strategy, strategy.removesuffix("_interval")
+                )
+                metrics.effective_interval.labels(name).set(seconds)

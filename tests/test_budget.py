@@ -1,0 +1,142 @@
+"""The budget plan and the adaptive cadence, pure: tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.budget import (
+    HEADROOM,
+    Demand,
+    adaptive_interval,
+    adaptive_scale,
+    change_rate,
+    plan,
+    user_weight,
+)
+
+HOUR_MS = 3_600_000
+
+
+def demand(**changes: float) -> Demand:
+    base = {
+        "budget_per_minute": 1000,
+        "feeds": 0,
+        "users": 0,
+        "listings": 0,
+        "interval": 300.0,
+        "account_interval": 10.0,
+        "discovery_interval": 900.0,
+        "full_resync_interval": 86400.0,
+    }
+    return Demand(**{**base, **changes})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "needed", "user_interval", "feed_interval", "fits"),
+    [
+        ({"users": 1000}, 200.0, 300.0, 10.0, True),  # 1,000 users at 5 m: 200 a minute
+        ({"users": 4500}, 900.0, 300.0, 10.0, True),  # just at the 900 planned
+        ({"users": 20_000}, 4000.0, 300.0 * 4000 / 900, 10.0, False),  # stretched to 22 m
+        ({"users": 1000, "user_pages": 2}, 400.0, 300.0, 10.0, True),  # pages count
+        ({"feeds": 3, "users": 1000}, 218.0, 300.0, 10.0, True),  # 3 feeds: 18 a minute
+        # feeds first: 100 feeds at 5 s take 1,200 of 900; users keep their 5 % share (45)
+        (
+            {"feeds": 100, "account_interval": 5.0, "users": 1000},
+            1400.0,
+            300 * 200 / 45,
+            None,
+            False,
+        ),
+    ],
+)
+def test_plan_fits_the_budget_feeds_first(
+    changes: dict[str, float],
+    needed: float,
+    user_interval: float,
+    feed_interval: float | None,
+    fits: bool,
+) -> None:
+    result = plan(demand(**changes))
+    assert result.allowed_per_minute == 1000 * HEADROOM
+    assert result.needed_per_minute == pytest.approx(needed)
+    assert result.user_interval == pytest.approx(user_interval)
+    if feed_interval is not None:
+        assert result.feed_interval == pytest.approx(feed_interval)
+    assert result.fits is fits
+    spent = (
+        result.feeds * 60 / result.feed_interval
+        + result.users * changes.get("user_pages", 1) * 60 / result.user_interval
+    )
+    assert spent <= result.allowed_per_minute + 1e-6  # what the plan spends fits
+
+
+def test_full_reads_are_spread_and_stretched_last() -> None:
+    # 200 feeds' full reads of 1,000 pages each a day: 139 a minute; they get what is left
+    result = plan(demand(feeds=1, users=4000, full_read_pages=200_000))
+    assert result.user_interval == pytest.approx(300.0)  # 800 + 6 fit in 900
+    left = 900 - 806
+    assert result.full_resync_interval == pytest.approx(86400.0 * (200_000 / 1440) / left)
+
+
+@pytest.mark.parametrize(
+    ("previous", "since_h", "changes", "expected"),
+    [
+        (None, None, 0, 0.0),
+        (None, None, 1, 1.0),  # at a 5 m interval, RATE_MEMORY intervals are an hour
+        (1.0, 1.0, 0, 0.36788),  # an hour later it has faded to 1/e
+        (1.0, 1.0, 2, 2.36788),
+        (5.0, 0.0, 0, 5.0),
+    ],
+)
+def test_change_rate_adds_changes_and_fades(
+    previous: float | None, since_h: float | None, changes: int, expected: float
+) -> None:
+    now = 10 * HOUR_MS
+    since = None if since_h is None else int(now - since_h * HOUR_MS)
+    assert change_rate(previous, since, changes, now, 300.0) == pytest.approx(expected, 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("rate", "in_progress", "due_in_h", "expected"),
+    [
+        (0.0, False, None, (1 / 24) ** 0.5),  # idle: the floor
+        (24.0, False, None, (24 + 1 / 24) ** 0.5),  # √rate: 4× the changes, 2× the polls
+        (0.0, True, None, 1.5 * (1 / 24) ** 0.5),
+        (0.0, False, 12, 2 * (1 / 24) ** 0.5),  # due within a day
+        (0.0, False, 48, (1 / 24) ** 0.5),  # due later: no boost
+        (0.0, False, -5, 2 * (1 / 24) ** 0.5),  # just past due: overdue is near
+    ],
+)
+def test_user_weight(
+    rate: float, in_progress: bool, due_in_h: float | None, expected: float
+) -> None:
+    now = 100 * HOUR_MS
+    due = None if due_in_h is None else int(now + due_in_h * HOUR_MS)
+    assert user_weight(rate, in_progress, due, now) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("weights", "busy_at_most", "idle_at_least"),
+    [
+        ([1.0] * 100, 300.001, 299.999),  # all alike: the uniform cadence
+        ([9.0] * 10 + [1.0] * 90, 100.0, 300.0),  # busy users sooner, idle ones later
+        # very busy: idle users at the bound pay for the busy ones as far as it goes
+        ([100.0] * 10 + [1.0] * 90, 60.0, 600.0),
+    ],
+)
+def test_adaptive_cadence_spends_what_uniform_would(
+    weights: list[float], busy_at_most: float, idle_at_least: float
+) -> None:
+    interval, minimum, bound = 300.0, 30.0, 600.0
+    scale = adaptive_scale(weights, interval, minimum, bound)
+    intervals = [adaptive_interval(w, scale, minimum, bound) for w in weights]
+    assert sum(1 / t for t in intervals) == pytest.approx(len(weights) / interval, rel=1e-3)
+    assert min(intervals) >= minimum and max(intervals) <= bound
+    assert intervals[0] <= busy_at_most and intervals[-1] >= idle_at_least
+
+
+def test_adaptive_cadence_when_everyone_is_busy_or_idle() -> None:
+    # nobody can go faster than min_interval nor slower than the bound
+    assert adaptive_interval(1000.0, 1.0, 30.0, 600.0) == 30.0
+    assert adaptive_interval(0.001, 1000.0, 30.0, 600.0) == 600.0
+    assert adaptive_scale([], 300.0, 30.0, 600.0) == 300.0

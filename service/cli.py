@@ -128,6 +128,10 @@ def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _seconds(value: float) -> str:
+    return f"{round(value, 1):g}s"
+
+
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     users = sum(len(a.listed_users) for a in settings.accounts)
@@ -139,9 +143,9 @@ def _check_config(args: argparse.Namespace) -> int:
     )
     estimate = plan(demand_of_config(settings))
     cadence = (
-        f"per_user every {estimate.user_interval:g}s ({estimate.users} users), "
-        f"account feeds every {estimate.feed_interval:g}s ({estimate.feeds} accounts), "
-        f"listings every {estimate.listing_interval:g}s ({estimate.listings} accounts)"
+        f"per_user every {_seconds(estimate.user_interval)} ({estimate.users} users), "
+        f"account feeds every {_seconds(estimate.feed_interval)} ({estimate.feeds} accounts), "
+        f"listings every {_seconds(estimate.listing_interval)} ({estimate.listings} accounts)"
     )
     budget = (
         f"{estimate.needed_per_minute:.0f} requests a minute needed, "

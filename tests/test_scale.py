@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 from pathlib import Path
 
 import aiohttp
@@ -151,12 +152,19 @@ async def test_one_budget_for_two_processes_without_a_429(
         sim.clear_requests()
         await asyncio.sleep(4.0)  # demand (2 users every 0.5 s) is twice the budget
         seen = list(sim.requests)
+        published = await redis.get(keys.BUDGET_PLAN)
     finally:
         codes = [process.stop() for process in processes]
     assert codes == [0, 0]
     assert [r.status for r in seen if r.status == 429] == []
     # just under 2/s for 4 s, plus the burst of 2 the limiter allows at most; a floor on use
     assert 7 <= len(seen) <= 10
+    # one plan for both: 240 a minute needed, 108 planned, each user every 1.1 s; said once
+    plan = json.loads(published)
+    assert plan["fits"] is False and plan["needed_per_minute"] == 240
+    assert plan["effective_interval_seconds"]["per_user"] == pytest.approx(0.5 * 240 / 108, 1e-3)
+    logs = "".join(process.log.read_text() for process in processes)
+    assert logs.count('"budget_plan"') == 1
 
 
 @pytest.mark.slow

@@ -1,0 +1,145 @@
+"""The budget plan in the running service, on a real redis-server: an over-budget config is
+stretched and says so; users added at run time change the plan at once; adaptive polls busy
+users more often and idle ones within the bound."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from service.sim.lms import SimLMS
+from service.sim.receiver import Receiver
+from tests.helpers import ACCOUNT, API_KEY, ROOT, driven, endpoint, make_settings, seed_user
+from tests.redis_server import RedisServer
+
+Rx = tuple[Receiver, str]
+
+
+def user_polls(sim: SimLMS) -> Counter[str]:
+    return Counter(r.user_id for r in sim.requests if r.user_id)
+
+
+async def test_an_over_budget_config_is_stretched_and_says_so(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    users = [f"u_{n}" for n in range(1, 41)]
+    for user in users:
+        seed_user(sim, user, 1)
+    # 40 users every 500 ms: 4,800 requests a minute; 90% of 600 are planned
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(receiver[1])],
+        users,
+        stackone={"base_url": lms_url, "api_key": API_KEY, "max_requests_per_minute": 600},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        budget = await service.service.operations.budget()
+        assert budget["fits"] is False
+        assert budget["needed_per_minute"] == 4800 and budget["allowed_per_minute"] == 540
+        stretched = 0.5 * 4800 / 540  # 4.44 s
+        assert budget["effective_interval_seconds"]["per_user"] == pytest.approx(stretched, 1e-3)
+        metrics = service.service.metrics.render().decode()
+        sim.clear_requests()
+        for _ in range(18):  # 9 s: two polls a user on the plan, not eighteen
+            await service.step(0.5)
+    assert "lms_webhooks_budget_needed_per_minute 4800.0" in metrics
+    assert 'lms_webhooks_effective_interval_seconds{strategy="per_user"} 4.44' in metrics
+    assert set(user_polls(sim).values()) == {2}
+
+
+async def test_users_added_at_run_time_change_the_plan_without_a_restart(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    for n in range(1, 11):
+        seed_user(sim, f"u_{n}", 1)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(receiver[1])],
+        ["u_1", "u_2"],
+        stackone={"base_url": lms_url, "api_key": API_KEY, "max_requests_per_minute": 120},
+        polling={"interval": "2s"},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        assert (await service.service.operations.budget())["fits"] is True  # 60 of 108
+        for n in range(3, 11):
+            await service.service.operations.add_user(ACCOUNT, f"u_{n}")
+        await service.step(0.0)
+        budget = await service.service.operations.budget()
+    assert budget["fits"] is False and budget["users"]["per_user"] == 10
+    assert budget["effective_interval_seconds"]["per_user"] == pytest.approx(2 * 300 / 108, 1e-3)
+
+
+async def test_adaptive_polls_busy_users_more_often_and_idle_ones_within_the_bound(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    users = [f"u_{n}" for n in range(1, 11)]
+    for user in users:
+        seed_user(sim, user, 2)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(receiver[1])],
+        users,
+        polling={"interval": "4s", "adaptive": True, "min_interval": "1s"},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        progress = 0
+        for _ in range(3):  # u_1 busy from the start: its weight grows with each change
+            for _ in range(8):
+                progress += 1
+                sim.progress(ACCOUNT, "u_1", "u_1_a1", progress)
+                await service.step(0.5)
+        budget = await service.service.operations.budget()
+        sim.clear_requests()
+        for _ in range(48):  # 24 s: 60 polls of the ten users at the uniform cadence
+            progress += 1
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", progress)
+            await service.step(0.5)
+        requests = list(sim.requests)
+    polls = Counter(r.user_id for r in requests)
+    idle = [polls[user] for user in users[1:]]
+    assert polls["u_1"] >= 3 * max(idle)  # the busy user: polled far more often
+    assert polls["u_1"] <= 24 / 1.0 + 1  # never more often than min_interval
+    bound = budget["adaptive"]["max_interval_seconds"]
+    assert bound == 8.0  # twice the plan's interval
+    for user in users[1:]:  # idle users: polled at least once per bound
+        times = sorted(r.time for r in requests if r.user_id == user)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert times and max(gaps, default=0.0) <= bound + 0.5, (user, gaps)
+    assert sum(polls.values()) <= 24 * 10 / 4 * 1.1  # about what uniform polling costs
+
+
+def test_check_config_warns_when_the_cadences_do_not_fit(tmp_path: Path) -> None:
+    users = ", ".join(f"u_{n}" for n in range(5000))
+    config = tmp_path / "big.yaml"
+    config.write_text(
+        f"stackone: {{api_key: k}}\naccounts:\n  - {{account_id: a, users: [{users}]}}\n"
+        "  - {account_id: b, users: all, strategy: account}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "check-config", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # 5,000 users every 5 m: 1,000 a minute, and a feed: 6; 900 planned of 1,000
+    assert "warning: the configured cadences do not fit the budget" in proc.stderr
+    assert "1006 requests a minute needed, 900 planned" in proc.stderr
+    assert "per_user every 335.6" in proc.stderr and "account feeds every 10s" in proc.stderr

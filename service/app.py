@@ -78,6 +78,7 @@ class Service:
             self.stores.budget, self.stores.users, settings, self.metrics, clock=clock
         )
         self._planning: asyncio.Task[None] | None = None
+        self._replan: asyncio.Task[None] | None = None
         # the stores tests and tools reach for most
         self.redis = self.stores.redis
         self.queue = self.stores.queue
@@ -100,6 +101,7 @@ class Service:
             self.operations.checks["dispatcher"] = lambda: self._running(self.dispatcher)
         if self.role in ("all", "poller"):
             self._schedulers()
+            self.operations.users_changed = self._users_changed
             if self.background:
                 await self._refresh_plan()
                 self._planning = asyncio.create_task(self._plan_periodically())
@@ -158,6 +160,14 @@ class Service:
             await self.planner.refresh()
         except RedisError as e:  # the readers follow the last plan (at first: the config's)
             log.warning("budget_plan_failed", error=str(e))
+
+    def _users_changed(self) -> None:
+        """Tracked users came or went, or an account's strategy changed: the per-user
+        schedule and the budget plan follow now, not at their next periodic run."""
+        if self.scheduler is not None:
+            self.scheduler.resync()
+        if self.background and (self._replan is None or self._replan.done()):
+            self._replan = asyncio.create_task(self._refresh_plan())
 
     async def _plan_periodically(self) -> None:
         while True:
@@ -219,7 +229,7 @@ class Service:
                 settings,
                 metrics,
                 on_committed=wake,
-                on_fallback=users.resync,
+                on_fallback=self._users_changed,
                 cadence=cadence,
                 clock=clock,
             )
@@ -250,7 +260,7 @@ class Service:
                 client,
                 settings,
                 metrics,
-                on_changed=users.resync,
+                on_changed=self._users_changed,
                 cadence=cadence,
                 clock=clock,
             )
@@ -285,9 +295,10 @@ class Service:
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop taking work, let in-flight work finish up to `timeout`, hand back the rest."""
-        if self._planning is not None:
-            self._planning.cancel()
-            await asyncio.gather(self._planning, return_exceptions=True)
+        for task in (self._planning, self._replan):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         stops = [scheduler.stop(timeout) for scheduler in self.schedulers()]
         if self.dispatcher:
             stops.append(self.dispatcher.stop(timeout))

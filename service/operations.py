@@ -1,8 +1,9 @@
 """What an operator can do and see, in one place: the admin API and the CLI call these.
 
 Built by the lifecycle (`app.Service`) or by a command from the stores; it knows nothing of
-the running workers beyond two hooks the lifecycle sets: `wake` (events to deliver now) and
-`checks` (whether each worker runs, for /readyz).
+the running workers beyond the hooks the lifecycle sets: `wake` (events to deliver now),
+`users_changed` (the schedules and the budget plan follow at once) and `checks` (whether
+each worker runs, for /readyz).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Operations:
         self.metrics = metrics
         self.clock = clock
         self.wake: Callable[[set[str]], None] = lambda endpoint_ids: None
+        self.users_changed: Callable[[], None] = lambda: None
         self.checks: dict[str, Callable[[], bool]] = {}
 
     async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
@@ -75,11 +77,15 @@ class Operations:
     async def add_user(self, account_id: str, user_id: str) -> bool:
         added = await self.stores.users.add(account_id, user_id, due_ms=int(self.clock() * 1000))
         log.info("user_added", account_id=account_id, user_id=user_id, added=added)
+        if added:
+            self.users_changed()
         return added
 
     async def remove_user(self, account_id: str, user_id: str) -> bool:
         removed = await self.stores.users.remove(account_id, user_id)
         log.info("user_removed", account_id=account_id, user_id=user_id, removed=removed)
+        if removed:
+            self.users_changed()
         return removed
 
     async def poll_now(self, account_id: str, user_id: str) -> bool:

@@ -263,3 +263,22 @@ async def test_an_assignment_listed_twice_is_one_version(
     # the newer version was listed first: the older one after it changes nothing
     assert [e.data["sequence"] for e in of_type(rx.events, ev.UPDATED)] == [2]
     assert 'lms_webhooks_records_skipped_total{reason="duplicate_id"}' in metrics
+
+
+async def test_emit_on_first_sync_sends_the_first_read_of_the_account(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
+    settings = feed_settings(
+        redis_server.url, lms_url, rx_url, ["u_1"], "account", polling={"emit_on_first_sync": True}
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+    assert sorted(e.data["assignment_id"] for e in of_type(rx.events, ev.CREATED)) == [
+        "u_1_a1",
+        "u_1_a2",
+    ]
+    assert [e.data["assignment_id"] for e in of_type(rx.events, ev.COMPLETED)] == ["u_1_a2"]

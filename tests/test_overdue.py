@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
 
 from service import events as ev
@@ -11,7 +12,9 @@ from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, see
 from tests.redis_server import RedisServer
 
 
+@pytest.mark.parametrize("strategy", ["per_user", "account"])
 async def test_overdue_once_and_not_when_completed_first(
+    strategy: str,
     redis_server: RedisServer,
     redis: Redis,
     lms: tuple[SimLMS, str],
@@ -19,7 +22,14 @@ async def test_overdue_once_and_not_when_completed_first(
 ) -> None:
     sim, lms_url = lms
     rx, rx_url = receiver
-    settings = make_settings(redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"])
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        [],
+        accounts=[{"account_id": ACCOUNT, "users": ["u_1"], "strategy": strategy}],
+        polling={"account_interval": "500ms"},
+    )
     async with driven(settings, sim) as service:
         seed_user(sim, "u_1", 2)
         due = iso_ms(service.clock.now + 2.5)

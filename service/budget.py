@@ -10,6 +10,8 @@ needs has its cadence stretched in proportion.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,6 +103,15 @@ def plan(demand: Demand) -> Plan:
     )
 
 
+def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> float:
+    """An interval after the poll was due, not after it was claimed or ended: claims lag by up
+    to a tick and polls take time, and either would stretch every interval. A poll claimed an
+    interval or more late (a backlog, or `poll now`, which makes a user due at 0) starts the
+    cadence again from its claim instead of being due again at once."""
+    on_cadence = due_at + interval
+    return on_cadence if on_cadence > now else max(claimed_at + interval, now)
+
+
 # -- adaptive cadence --
 
 
@@ -123,7 +134,7 @@ def user_weight(rate: float, in_progress: bool, next_due_ms: int | None, now_ms:
     weight = math.sqrt(rate + RATE_FLOOR)
     if in_progress:
         weight *= IN_PROGRESS_BOOST
-    if next_due_ms is not None and next_due_ms - now_ms <= DAY_MS:
+    if next_due_ms is not None and -DAY_MS <= next_due_ms - now_ms <= DAY_MS:
         weight *= DUE_SOON_BOOST
     return weight
 
@@ -137,25 +148,36 @@ def adaptive_scale(
     weights: list[float], interval: float, min_interval: float, bound: float
 ) -> float:
     """The scale at which the users' adaptive intervals cost what polling every one of them
-    each `interval` would: the same number of polls a second, spent where changes are."""
+    each `interval` would: the same number of polls a second, spent where changes are.
+
+    At a given scale the users split in three: the heaviest polled every `min_interval`,
+    the lightest every `bound`, the rest every scale/weight (w/scale polls a second). With
+    the weights sorted and summed once, each trial scale costs two bisections, not a pass
+    over every user (20,000 users, 60 trials)."""
     if not weights:
         return interval
-    target = len(weights) / interval
+    bound = max(bound, min_interval)
+    ordered = sorted(weights)
+    sums = list(itertools.accumulate(ordered, initial=0.0))
+    count, target = len(ordered), len(ordered) / interval
 
     def polls(scale: float) -> float:
-        return sum(1.0 / adaptive_interval(w, scale, min_interval, bound) for w in weights)
+        slow = bisect.bisect_right(ordered, scale / bound)  # scale/w >= bound: at the bound
+        fast = bisect.bisect_left(ordered, scale / min_interval)  # from here: min_interval
+        middle = sums[fast] - sums[slow]
+        return slow / bound + middle / scale + (count - fast) / min_interval
 
-    low, high = min_interval * min(weights), bound * max(weights)
+    low, high = min_interval * ordered[0], bound * ordered[-1]
     if polls(high) >= target:  # even the slowest cadence costs as much: every user at bound
         return high
     if polls(low) <= target:  # every user at min_interval fits
         return low
     for _ in range(60):  # bisection on a log scale: polls(scale) falls as scale grows
-        middle = math.sqrt(low * high)
-        if polls(middle) > target:
-            low = middle
+        middle_scale = math.sqrt(low * high)
+        if polls(middle_scale) > target:
+            low = middle_scale
         else:
-            high = middle
+            high = middle_scale
     return high
 
 

@@ -73,6 +73,7 @@ class BudgetPlanner:
         self.scale = settings.polling.interval  # adaptive: a user's interval is scale/weight
         self._seen: dict[str, list[int]] = {}  # kind → [pages, reads] not yet in Redis
         self._full: dict[tuple[str, str], int] = {}  # (kind, account) → its full read's pages
+        self._feed_users = 0  # users the feeds cover
 
     # -- the Cadence --
 
@@ -129,6 +130,7 @@ class BudgetPlanner:
         self._seen, self._full = {}, {}
         learned = await self.store.learned()
         per_user = await self.users.per_user_members()
+        self._feed_users = len(await self.users.members()) - len(per_user)
         polling = self.settings.polling
         config = demand_of_config(self.settings)
         demand = Demand(
@@ -177,13 +179,13 @@ class BudgetPlanner:
                 "listing": polling.discovery_interval,
                 "full_resync": polling.full_resync_interval,
             },
-            "users": {"per_user": p.users},
+            "users": {"per_user": p.users, "account": self._feed_users},
             "accounts": {"account": p.feeds, "listing": p.listings},
+            # not the scale: it moves with every poll's weight, the plan does not
             "adaptive": (
                 {
                     "min_interval_seconds": polling.min_interval,
                     "max_interval_seconds": round(self.idle_bound, 3),
-                    "scale": round(self.scale, 6),
                 }
                 if polling.adaptive
                 else None

@@ -151,6 +151,9 @@ class StackOneSettings(_Strict):
     filter_style: Literal["deep_object", "form"] = "deep_object"
     # A runaway `next` chain (a provider looping its cursor) fails the poll after this many pages.
     max_pages: int = Field(1000, ge=1, le=100_000)
+    # The same for a whole account's listing (a feed's full read: 20,000 users × 5
+    # assignments are 1,000 pages of 100 already).
+    max_account_pages: int = Field(100_000, ge=1, le=10_000_000)
 
     @field_validator("base_url")
     @classmethod

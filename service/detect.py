@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from service import events as ev
 from service.events import Event, EventData
@@ -18,6 +18,7 @@ from service.timefmt import iso_ms, parse_iso
 
 _EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
 _NEVER = datetime.min.replace(tzinfo=UTC)
+K = TypeVar("K")
 # A difference in these alone is no change: providers bump updated_at on reads and syncs.
 IGNORED_FIELDS = frozenset({"updated_at"})
 _MISSING = object()
@@ -214,6 +215,33 @@ def version_time(record: dict[str, Any]) -> datetime:
     """A record's `updated_at`, to choose between two versions of one assignment listed in
     one read; unreadable: the oldest."""
     return parse_iso(record.get("updated_at")) or _NEVER
+
+
+class LatestVersions(Generic[K]):
+    """One version of each record per read: the one updated last, on a tie the one listed
+    last. A provider may list an id twice (in one page or across pages, a record updated
+    mid-read moving to a later page); detecting both versions would see two changes, and
+    where the duplicate persists, a change back and forth on every read."""
+
+    def __init__(self) -> None:
+        self.records: dict[K, dict[str, Any]] = {}
+        self.duplicates = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, key: K, record: dict[str, Any]) -> None:
+        held = self.records.get(key)
+        if held is not None:
+            self.duplicates += 1
+            if version_time(record) < version_time(held):
+                return
+        self.records[key] = record
+
+    def take(self) -> dict[K, dict[str, Any]]:
+        """The versions kept so far (in the order first listed); the buffer starts again."""
+        taken, self.records = self.records, {}
+        return taken
 
 
 def next_watermark(

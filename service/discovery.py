@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from service.budget import Cadence, ConfiguredCadence
+from service.budget import Cadence, ConfiguredCadence, next_due
 from service.config import Settings
 from service.detect import next_watermark, updated_after
 from service.errors import StaleLease
 from service.metrics import Metrics
-from service.poller import next_due
 from service.store import keys
 from service.store.feeds import FeedStore
 from service.store.leases import Lease
@@ -90,7 +89,7 @@ class UserListing:
         listed = await self.store.listed(account_id)
         add = sorted(active - listed)
         gone = (listed - active) if full else (listed & inactive)
-        # a user added through the admin API stays tracked: only its listing entry goes
+        # a user added through the admin API stays tracked, its state and snapshots kept
         runtime = {
             u for a, u in map(keys.parse_user_member, await self.users.runtime()) if a == account_id
         }

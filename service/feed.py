@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
-from service.budget import Cadence, ConfiguredCadence
+from service.budget import Cadence, ConfiguredCadence, next_due
 from service.config import AccountSettings, Settings
 from service.detect import next_watermark, updated_after
 from service.errors import StaleLease, UpstreamError
@@ -25,7 +25,6 @@ from service.feed_run import KEEP_LOADED, FeedResult, FeedRun, count_skipped
 from service.feed_users import CompleteUserReads
 from service.metrics import Metrics
 from service.outbox import Outbox
-from service.poller import next_due
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.leases import LEASE_SECONDS, Lease
 from service.store.read_state import ReadState
@@ -37,6 +36,10 @@ from service.upstream.model import Page
 log = structlog.get_logger("feed")
 
 FLUSH_EVERY = 500  # changes held before an intermediate commit (the watermark waits)
+# records held (one version per assignment) before they are detected: a duplicate listed
+# further apart than this in one read is caught by FeedRun.detect's version check instead
+SETTLE_EVERY = 5000
+FILTER_TOLERANCE = timedelta(seconds=1)  # a provider may round the bound it was given
 LISTING_WAIT = 1.0  # a `users: all` account's feed waits at most this for its first listing
 
 
@@ -76,14 +79,14 @@ class FeedReader:
         self.on_committed = on_committed
         self.on_fallback = on_fallback  # the account's users are to be polled one by one
         self.clock = clock
-        self.complete_reads = CompleteUserReads(store, client, metrics)
+        self.complete_reads = CompleteUserReads(store, client, metrics, clock=clock)
 
     async def poll(self, lease: Lease) -> FeedResult:
         """Read the account's feed once; raises UpstreamError (nothing committed past the
         last flush; the watermark has not moved)."""
         account = self.settings.account(lease.account_id)
         started = self.clock()
-        fallback = (await self.store.fallbacks()).get(lease.account_id)
+        fallback = (await self.users.fallbacks()).get(lease.account_id)
         if fallback is not None and fallback.retry_at > started:
             return await self._wait(lease, fallback.retry_at)
         if account is not None and account.all_users:
@@ -91,28 +94,41 @@ class FeedReader:
             if listing.last_full_sync_ms is None:  # baselining before it would miss users
                 wait = min(LISTING_WAIT, self.settings.polling.account_interval)
                 return await self._wait(lease, started + wait)
+        tracked = await self.users.of_account(lease.account_id)
+        if fallback is not None:
+            await self._end_fallback(lease.account_id, tracked)
         state = await self.store.feed_state(lease.account_id)
         polling = self.settings.polling
-        full = (
-            state.watermark_ms is None
-            or state.last_full_sync_ms is None
-            or started - state.last_full_sync_ms / 1000 >= self.cadence.full_resync_interval
+        # a read that ends a fallback asks for the filter, if it can: it must show again
+        # whether the upstream applies it (a full read cannot tell)
+        full = state.watermark_ms is None or (
+            fallback is None
+            and (
+                state.last_full_sync_ms is None
+                or started - state.last_full_sync_ms / 1000 >= self.cadence.full_resync_interval
+            )
         )
         run = FeedRun(
             lease,
             self.store,
             self.settings.endpoints,
             full=full,
-            tracked=await self.users.of_account(lease.account_id),
+            tracked=tracked,
             now=from_epoch(started),
             emit_on_first_sync=polling.emit_on_first_sync,
         )
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
-        if not full:
-            await self.complete_reads.baseline_new(run)
-        await self._read(run, account, None if full else updated_after(watermark, polling.overlap))
-        if full:
-            await self.complete_reads.finish_full_read(run)
+        try:
+            await self._read(
+                run, account, None if full else updated_after(watermark, polling.overlap)
+            )
+            if full:
+                await self.complete_reads.finish_full_read(run)
+            else:
+                await self.complete_reads.baseline_new(run)
+        except UpstreamError:
+            self.metrics.feed_reads.labels("error").inc()
+            raise
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
         done = ReadState(
             watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
@@ -121,10 +137,11 @@ class FeedReader:
             failures=0,
             last_error="",
         )
-        await self._commit(run, done, end_fallback=fallback is not None)
+        await self._commit(run, done)
         self.metrics.feed_reads.labels("full" if full else "ok").inc()
-        if run.result.duplicates:  # not result.skipped: the id was read, removals still hold
-            self.metrics.records_skipped.labels("duplicate_id").inc(run.result.duplicates)
+        duplicates = run.result.duplicates + run.latest.duplicates
+        if duplicates:  # not result.skipped: the id was read, removals still hold
+            self.metrics.records_skipped.labels("duplicate_id").inc(duplicates)
         return run.result
 
     async def _read(
@@ -140,6 +157,7 @@ class FeedReader:
             if reason is not None:
                 await self._fall_back(run.account_id, reason, e)
             raise
+        await self._settle(run)
 
     async def _page(self, run: FeedRun, page: Page, asked_after: datetime | None) -> None:
         """One page of the feed; `asked_after`: the bound to hold the records to."""
@@ -148,27 +166,27 @@ class FeedReader:
         if asked_after is not None and _ignores_filter(page, asked_after):
             raise FeedUnsupported("the account endpoint ignores filter[updated_after]")
         skipped = dict(page.skipped)
-        records = []
         for record in page.records:
             run.updated_values.append(record.get("updated_at"))
             user_id = record.get("user_id")
-            if isinstance(user_id, str) and user_id:
-                records.append((user_id, record))
-            else:
+            if not isinstance(user_id, str) or not user_id:
                 skipped["missing_user_id"] = skipped.get("missing_user_id", 0) + 1
-        count_skipped(self.metrics, run, skipped)
-        await run.load({user_id for user_id, _ in records})
-        for user_id, record in records:
-            if user_id in run.users:
-                run.detect(user_id, record)
+            elif user_id in run.tracked:
+                run.latest.add((user_id, str(record["id"])), record)
             else:
-                run.result.untracked += user_id not in run.tracked
+                run.result.untracked += 1
+        count_skipped(self.metrics, run, skipped)
+        if len(run.latest) >= SETTLE_EVERY:
+            await self._settle(run)
+
+    async def _settle(self, run: FeedRun) -> None:
+        """Detect the versions held so far (one per assignment), and commit once enough
+        changes wait or enough users are in memory."""
+        await run.detect_latest()
         if len(run.outbox) >= FLUSH_EVERY or run.loaded >= KEEP_LOADED:
             await self._commit(run, None)
 
-    async def _commit(
-        self, run: FeedRun, done: ReadState | None, *, end_fallback: bool = False
-    ) -> None:
+    async def _commit(self, run: FeedRun, done: ReadState | None) -> None:
         """Commit what the read found, fenced by the feed's lease. `done`: the feed's final
         state (ends the lease: the account is due an interval on); None: a flush (extends
         it)."""
@@ -187,7 +205,6 @@ class FeedReader:
                 next_score=next_score,
                 state=done,
                 users=run.writes(final),
-                end_fallback=end_fallback,
             )
             if not committed:
                 raise StaleLease(f"feed lease on {lease.account_id} was taken over")
@@ -217,11 +234,20 @@ class FeedReader:
             lease.ended = True
         return FeedResult(waited=True)
 
+    async def _end_fallback(self, account_id: str, tracked: set[str]) -> None:
+        """The feed is tried again: the account's users stop being polled one by one first
+        (a poll still running finds its lease gone and commits nothing), so the feed and
+        per-user polls never write the same users' snapshots at once."""
+        await self.store.end_fallback(account_id, tracked)
+        log.info("feed_fallback_ended", account_id=account_id)
+        if self.on_fallback is not None:
+            self.on_fallback()
+
     async def _fall_back(self, account_id: str, reason: str, error: UpstreamError) -> None:
         """Poll the account's users one by one until `full_resync_interval` has passed, then
         try the feed again."""
         now = self.clock()
-        retry_at = now + self.settings.polling.full_resync_interval
+        retry_at = now + self.cadence.full_resync_interval
         await self.store.fall_back(account_id, FeedFallback(reason, now, retry_at))
         self.metrics.feed_fallbacks.labels(reason).inc()
         log.warning(
@@ -237,9 +263,11 @@ class FeedReader:
 
 def _ignores_filter(page: Page, since: datetime) -> bool:
     """A record updated before the instant asked for: the upstream does not apply
-    `filter[updated_after]` (whether the bound is inclusive is not known: equal is fine)."""
+    `filter[updated_after]` (whether the bound is inclusive is not known: equal is fine,
+    and so is a second less: a provider may round the bound)."""
+    earliest = since - FILTER_TOLERANCE
     for record in page.records:
         moment = parse_iso(record.get("updated_at"))
-        if moment is not None and moment < since:
+        if moment is not None and moment < earliest:
             return True
     return False

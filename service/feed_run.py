@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from service.config import EndpointSettings
-from service.detect import Change, Snapshot, detect, version_time
+from service.detect import Change, LatestVersions, Snapshot, detect, version_time
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.store.feeds import FeedStore
@@ -35,7 +35,7 @@ class FeedResult:
     events: int = 0
     skipped: int = 0  # records that cannot be tracked (no id, no user_id, invalid)
     untracked: int = 0  # records of users not tracked
-    duplicates: int = 0  # older versions of an assignment already read in this run
+    duplicates: int = 0  # versions of an assignment read twice in this run (one kept)
     baselined: int = 0  # users baselined by a complete read of their own
     waited: bool = False  # not read: waiting for a fallback's end or the first listing
 
@@ -84,6 +84,7 @@ class FeedRun:
         self.outbox = Outbox()
         self.users: dict[str, FeedUser] = {}
         self.ignored: set[str] = set()  # tracked, but not baselined yet
+        self.latest: LatestVersions[tuple[str, str]] = LatestVersions()  # read, not detected
         self.updated_values: list[object] = []
         self.loaded = 0  # users whose snapshots are in memory
 
@@ -122,6 +123,14 @@ class FeedRun:
                 self.meet(user_id, stored)
             else:
                 self.ignored.add(user_id)
+
+    async def detect_latest(self) -> None:
+        """Detect the versions held (one per user and assignment), their users loaded."""
+        held = self.latest.take()
+        await self.load({user_id for user_id, _ in held})
+        for (user_id, _), record in held.items():
+            if user_id in self.users:
+                self.detect(user_id, record)
 
     def detect(self, user_id: str, record: dict[str, Any]) -> None:
         user = self.users[user_id]

@@ -2,15 +2,21 @@
 complete read before an assignment missing from a full read of the account is removed.
 
 Both go through the per-user endpoint (`GET /unified/lms/users/{id}/assignments`), which is
-authoritative for one user's set of assignments.
+authoritative for one user's set of assignments. A user whose read fails is left as it was
+(not baselined, nothing removed) and backed off; the account's feed goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
 import structlog
 
-from service.detect import detect_removed
-from service.errors import UpstreamRejected
+from service.detect import LatestVersions, detect_removed
+from service.errors import UpstreamError, UpstreamRateLimited
 from service.feed_run import FeedRun, count_skipped
 from service.metrics import Metrics
 from service.store.feeds import FeedStore
@@ -19,34 +25,56 @@ from service.upstream.client import StackOneClient
 log = structlog.get_logger("feed")
 
 BASELINE_BATCH = 25  # new users baselined per feed read, each by a complete read of its own
+CONFIRM_BATCH = 100  # users whose removals one full read confirms; the rest wait for the next
+PARALLEL_READS = 4  # single users read at once (the key's budget paces them all)
+# a user whose own read fails is tried again a minute later, doubling up to an hour
+BACKOFF_FIRST = 60.0
+BACKOFF_MAX = 3600.0
 
 
 class CompleteUserReads:
-    def __init__(self, store: FeedStore, client: StackOneClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: FeedStore,
+        client: StackOneClient,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.client = client
         self.metrics = metrics
+        self.clock = clock
         self._baselined: dict[str, set[str]] = {}  # per account: users known baselined
+        self._version: dict[str, str | None] = {}  # per account: the tracked users' version
+        self._failed: dict[tuple[str, str], tuple[int, float]] = {}  # → (failures, retry at)
 
     async def baseline_new(self, run: FeedRun) -> None:
         """Read users the feed has not baselined yet completely, each on its own; more than
         BASELINE_BATCH wait for the next read (the feed ignores them meanwhile)."""
-        known = self._baselined.setdefault(run.account_id, set())
-        known &= run.tracked  # a user untracked and tracked again is baselined again
+        known = await self._known(run.account_id)
+        known &= run.tracked
         unknown = run.tracked - known
         if not unknown:
             return
-        loaded = await self.store.load_users(run.account_id, unknown)
-        fresh = sorted(u for u, stored in loaded.items() if not stored.state.baselined)
-        known |= unknown - set(fresh)
-        for user_id in fresh[:BASELINE_BATCH]:
-            run.meet(user_id, loaded[user_id])
-            if await self._read(run, user_id, "baseline_failed", strict=False):
-                run.users[user_id].complete = True
-                run.result.baselined += 1
-            else:  # tried again at the next read
+        done = await self.store.baselined(run.account_id, unknown)
+        known |= done
+        now = self.clock()
+        due = sorted(u for u in unknown - done if self._retry_at(run.account_id, u) <= now)
+        batch = due[:BASELINE_BATCH]
+        if not batch:
+            return
+        loaded = await self.store.load_users(run.account_id, batch)
+        for user_id in batch:
+            run.meet(user_id, loaded[user_id]).complete = True
+        results = await self._read_all(run, batch, strict=False)
+        for user_id in batch:
+            if results[user_id] is None:  # failed: tried again later, not baselined now
                 del run.users[user_id]
-        run.ignored |= set(fresh[BASELINE_BATCH:])
+                run.ignored.add(user_id)
+            else:
+                run.result.baselined += 1
+        run.ignored |= unknown - done - set(batch)
 
     async def finish_full_read(self, run: FeedRun) -> None:
         """After a complete read of the account: every tracked user is baselined, and an
@@ -63,19 +91,28 @@ class CompleteUserReads:
         self._baselined[run.account_id] = set(run.tracked)
         if run.result.skipped:  # a skipped record may be one we know: removals wait
             return
-        for user_id, user in list(run.users.items()):
-            missing = user.live_before - user.seen.keys()
-            if missing:
-                await self._confirm_removed(run, user_id, missing)
+        missing = {
+            user_id: user.live_before - user.seen.keys()
+            for user_id, user in run.users.items()
+            if user.live_before - user.seen.keys()
+        }
+        confirm = sorted(missing)[:CONFIRM_BATCH]
+        if len(missing) > len(confirm):
+            log.info(
+                "removals_postponed", account_id=run.account_id, users=len(missing) - len(confirm)
+            )
+        await run.load(set(confirm))
+        for user_id in confirm:
+            run.users[user_id].seen = {}
+        results = await self._read_all(run, confirm, strict=True)
+        for user_id in confirm:
+            if results[user_id] is not None:
+                self._remove(run, user_id, missing[user_id])
 
-    async def _confirm_removed(self, run: FeedRun, user_id: str, missing: frozenset[str]) -> None:
-        """Paging shifts when records are deleted during a read, so one read can skip a
-        record that still exists: the user's own complete read must agree."""
-        await run.load({user_id})
+    def _remove(self, run: FeedRun, user_id: str, missing: frozenset[str]) -> None:
+        """Offset paging shifts when records are deleted during a read, so one read can skip
+        a record that still exists: removed are those the user's own read agrees on."""
         user = run.users[user_id]
-        user.seen = {}
-        if not await self._read(run, user_id, "removal_check_failed", strict=True):
-            return
         for assignment_id in sorted(missing - user.seen.keys()):
             previous = user.snapshots[assignment_id]
             if previous.record is not None:
@@ -84,17 +121,69 @@ class CompleteUserReads:
                 )
                 run.add(user_id, gone, previous)
 
-    async def _read(self, run: FeedRun, user_id: str, failure: str, *, strict: bool) -> bool:
-        """One user's complete read into the run; False when the user is unknown upstream,
-        or (`strict`: to confirm a removal) when a record was skipped: it may be the one."""
+    async def _read_all(
+        self, run: FeedRun, user_ids: list[str], *, strict: bool
+    ) -> dict[str, list[dict[str, Any]] | None]:
+        """Each user's complete read, a few at a time, detected into the run when it
+        succeeds; None for a user whose read failed."""
+        gate = asyncio.Semaphore(PARALLEL_READS)
+
+        async def one(user_id: str) -> list[dict[str, Any]] | None:
+            async with gate:
+                return await self._read(run, user_id, strict=strict)
+
+        records = await asyncio.gather(*(one(u) for u in user_ids))
+        results = dict(zip(user_ids, records, strict=True))
+        for user_id, read in results.items():
+            for record in read or []:
+                run.detect(user_id, record)
+        return results
+
+    async def _read(
+        self, run: FeedRun, user_id: str, *, strict: bool
+    ) -> list[dict[str, Any]] | None:
+        """One user's records, one version each; None when the read fails, or (`strict`:
+        to confirm a removal) when a record was skipped: it may be the one."""
+        latest: LatestVersions[str] = LatestVersions()
         try:
             async for page in self.client.pages(run.account_id, user_id, None):
+                run.result.pages += 1  # the budget counts these too
                 count_skipped(self.metrics, run, page.skipped)
                 if page.skipped and strict:
-                    return False
+                    return None
                 for record in page.records:
-                    run.detect(user_id, record)
-        except UpstreamRejected as e:
-            log.warning(failure, account_id=run.account_id, user_id=user_id, error=str(e))
-            return False
-        return True
+                    latest.add(str(record["id"]), record)
+        except UpstreamRateLimited:
+            raise  # the key is paused for everyone: the feed read waits, then runs again
+        except UpstreamError as e:
+            self._fail(run.account_id, user_id, e)
+            return None
+        self._failed.pop((run.account_id, user_id), None)
+        return list(latest.take().values())
+
+    def _fail(self, account_id: str, user_id: str, error: UpstreamError) -> None:
+        failures = self._failed.get((account_id, user_id), (0, 0.0))[0] + 1
+        delay = min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
+        self._failed[(account_id, user_id)] = (failures, self.clock() + delay)
+        self.metrics.poll_failures.labels("feed_user_read").inc()
+        log.warning(
+            "feed_user_read_failed",
+            account_id=account_id,
+            user_id=user_id,
+            error=str(error),
+            status=error.status,
+            failures=failures,
+            retry_in=round(delay, 1),
+        )
+
+    def _retry_at(self, account_id: str, user_id: str) -> float:
+        return self._failed.get((account_id, user_id), (0, 0.0))[1]
+
+    async def _known(self, account_id: str) -> set[str]:
+        """The users this process knows baselined, forgotten when tracked users changed
+        since (a user removed and added again must be baselined again)."""
+        version = await self.store.users_version()
+        if self._version.get(account_id, "") != version:
+            self._version[account_id] = version
+            self._baselined[account_id] = set()
+        return self._baselined.setdefault(account_id, set())

@@ -111,7 +111,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.accounts_per_user = Gauge(
+        self.accounts_fallen_back = Gauge(
             "lms_webhooks_accounts_fallen_back",
             "`strategy: auto` accounts polled per user now, their feed unusable.",
             registry=r,

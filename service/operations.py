@@ -100,7 +100,7 @@ class Operations:
         """Each configured account: its strategy in force (and why, for `auto`), its feed
         and listing state, the users tracked, and its back-off."""
         stores = self.stores
-        fallbacks = await stores.feeds.fallbacks()
+        fallbacks = await stores.users.fallbacks()
         backoffs = await stores.polls.backed_off_accounts()
         tracked = Counter(keys.parse_user_member(m)[0] for m in await stores.users.members())
         out = []
@@ -159,6 +159,7 @@ class Operations:
         late = (now_ms - oldest_poll) / 1000 if oldest_poll is not None else 0.0
         metrics.poll_lag.set(max(late, 0.0))
         metrics.accounts_blocked.set(len(await polls.backed_off_accounts()))
+        metrics.accounts_fallen_back.set(len(await self.stores.users.fallbacks()))
         for endpoint in self.settings.endpoints:
             oldest = await queue.next_due_ms(endpoint.id)
             waiting = (now_ms - oldest) / 1000 if oldest is not None else 0.0

@@ -15,17 +15,18 @@ from service.budget import (
     ConfiguredCadence,
     assignment_activity,
     change_rate,
+    next_due,
     user_weight,
 )
 from service.config import Settings
 from service.detect import (
     Change,
+    LatestVersions,
     Snapshot,
     detect,
     detect_removed,
     next_watermark,
     updated_after,
-    version_time,
 )
 from service.errors import StaleLease
 from service.metrics import Metrics
@@ -91,15 +92,6 @@ class _Run:
             emit=self.emit,
             endpoints=settings.endpoints,
         )
-
-
-def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> float:
-    """An interval after the poll was due, not after it was claimed or ended: claims lag by up
-    to a tick and polls take time, and either would stretch every interval. A poll claimed an
-    interval or more late (a backlog, or `poll now`, which makes a user due at 0) starts the
-    cadence again from its claim instead of being due again at once."""
-    on_cadence = due_at + interval
-    return on_cadence if on_cadence > now else max(claimed_at + interval, now)
 
 
 class Poller:
@@ -214,8 +206,7 @@ class Poller:
         full: a filtered read that returns either version returns the latest one too.
         """
         lease = run.lease
-        latest: dict[str, dict[str, object]] = {}
-        duplicates = 0
+        latest: LatestVersions[str] = LatestVersions()
         async for page in self.client.pages(lease.account_id, lease.user_id, since):
             run.result.pages += 1
             run.result.records += len(page.records)
@@ -223,17 +214,11 @@ class Poller:
                 self._skipped(lease, page.skipped)
                 run.result.skipped += sum(page.skipped.values())
             for record in page.records:
-                assignment_id = str(record["id"])
-                held = latest.get(assignment_id)
-                if held is not None:
-                    duplicates += 1
-                    if version_time(record) < version_time(held):
-                        continue
-                latest[assignment_id] = record
-        if duplicates:
+                latest.add(str(record["id"]), record)
+        if latest.duplicates:
             # counted, not in result.skipped: the id was read, so removals can still be told
-            self._skipped(lease, {"duplicate_id": duplicates})
-        for assignment_id, record in latest.items():
+            self._skipped(lease, {"duplicate_id": latest.duplicates})
+        for assignment_id, record in latest.take().items():
             run.seen.add(assignment_id)
             run.updated_values.append(record.get("updated_at"))
             previous = run.snapshots.get(assignment_id)

@@ -105,6 +105,7 @@ def test_change_rate_adds_changes_and_fades(
         (0.0, False, 12, 2 * (1 / 24) ** 0.5),  # due within a day
         (0.0, False, 48, (1 / 24) ** 0.5),  # due later: no boost
         (0.0, False, -5, 2 * (1 / 24) ** 0.5),  # just past due: overdue is near
+        (0.0, False, -48, (1 / 24) ** 0.5),  # long past due: no boost for ever
     ],
 )
 def test_user_weight(

@@ -15,7 +15,17 @@ from redis.asyncio import Redis
 
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
-from tests.helpers import ACCOUNT, API_KEY, ROOT, driven, endpoint, make_settings, seed_user
+from tests.helpers import (
+    ACCOUNT,
+    API_KEY,
+    ROOT,
+    driven,
+    endpoint,
+    make_settings,
+    running,
+    seed_user,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
@@ -143,3 +153,35 @@ def test_check_config_warns_when_the_cadences_do_not_fit(tmp_path: Path) -> None
     assert "warning: the configured cadences do not fit the budget" in proc.stderr
     assert "1006 requests a minute needed, 900 planned" in proc.stderr
     assert "per_user every 335.6" in proc.stderr and "account feeds every 10s" in proc.stderr
+
+
+async def test_a_running_service_replans_as_soon_as_users_are_added(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    for n in range(1, 11):
+        seed_user(sim, f"u_{n}", 1)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(receiver[1])],
+        ["u_1", "u_2"],
+        stackone={"base_url": lms_url, "api_key": API_KEY, "max_requests_per_minute": 120},
+        polling={"interval": "2s"},
+    )
+    async with running(settings) as service:
+        operations = service.operations
+
+        async def users_planned() -> int:
+            return int((await operations.budget())["users"]["per_user"])
+
+        await wait_until(lambda: users_planned(), 5, "the first plan")
+        for n in range(3, 11):
+            await operations.add_user(ACCOUNT, f"u_{n}")
+
+        async def ten() -> bool:
+            return await users_planned() == 10
+
+        # well before the next periodic plan (every 30 s)
+        await wait_until(ten, 5, "the plan to count the users added")
+        assert (await operations.budget())["fits"] is False

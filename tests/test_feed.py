@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from service import events as ev
@@ -228,24 +229,30 @@ async def test_auto_falls_back_on_501_and_tries_the_feed_again_later(
 
 
 class TwiceListingLMS(SimLMS):
-    """Lists one assignment twice in the account feed: the current version, then an older
-    one, as a provider with a duplicate row would."""
+    """Lists one assignment twice in the account feed, on every page: an older version (a
+    stale row at the provider) before or after the current one."""
 
     stale: dict[str, Any] | None = None
+    stale_first = True
 
     def handle_account_assignments(self, headers: Any, query: Any) -> SimResponse:
         response = super().handle_account_assignments(headers, query)
         if self.stale is not None and response.status == 200:
             body = json.loads(response.body)
-            body["data"].append(self.stale)
+            if self.stale_first:
+                body["data"].insert(0, self.stale)
+            else:
+                body["data"].append(self.stale)
             response.body = json.dumps(body).encode()
         return response
 
 
+@pytest.mark.parametrize("stale_first", [True, False])
 async def test_an_assignment_listed_twice_is_one_version(
-    redis_server: RedisServer, redis: Redis, receiver: Rx
+    stale_first: bool, redis_server: RedisServer, redis: Redis, receiver: Rx
 ) -> None:
     sim = TwiceListingLMS(api_key=API_KEY)
+    sim.stale_first = stale_first
     runner, lms_url = await start_sim_server(sim)
     rx, rx_url = receiver
     try:
@@ -260,8 +267,10 @@ async def test_an_assignment_listed_twice_is_one_version(
             metrics = service.service.metrics.render().decode()
     finally:
         await runner.cleanup()
-    # the newer version was listed first: the older one after it changes nothing
+    # per-user polling sends this one change (the latest version wins); so does the feed,
+    # however the provider orders the stale row, and no change back and forth after it
     assert [e.data["sequence"] for e in of_type(rx.events, ev.UPDATED)] == [2]
+    assert [e.data["assignment"]["progress"] for e in of_type(rx.events, ev.UPDATED)] == [100]
     assert 'lms_webhooks_records_skipped_total{reason="duplicate_id"}' in metrics
 
 
@@ -282,3 +291,120 @@ async def test_emit_on_first_sync_sends_the_first_read_of_the_account(
         "u_1_a2",
     ]
     assert [e.data["assignment_id"] for e in of_type(rx.events, ev.COMPLETED)] == ["u_1_a2"]
+
+
+async def test_a_user_removed_and_added_again_is_baselined_again(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    seed_user(sim, "u_2", 2)
+    settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
+    async with driven(settings, sim) as service:
+        operations = service.service.operations
+        await service.baseline()
+        assert await operations.add_user(ACCOUNT, "u_2")
+        await service.step(0.5)  # baselined by its own read
+        assert await operations.remove_user(ACCOUNT, "u_2")  # its snapshots forgotten
+        assert await operations.add_user(ACCOUNT, "u_2")
+        await service.step(0.5)  # baselined again, silently
+        sim.progress(ACCOUNT, "u_2", "u_2_a2", 100)
+        await service.step(0.5)
+    [done] = of_type(rx.events, ev.COMPLETED)
+    assert done.data["assignment_id"] == "u_2_a2"
+    assert [e.data["assignment_id"] for e in of_type(rx.events, ev.CREATED)] == []
+
+
+class OneUserFailsLMS(SimLMS):
+    """The per-user endpoint of one user answers `answer` (the account feed works)."""
+
+    failing: str | None = None
+    answer: SimResponse | None = None
+
+    def handle_list(self, user_id: str, headers: Any, query: Any) -> SimResponse:
+        response = super().handle_list(user_id, headers, query)
+        if user_id == self.failing and self.answer is not None:
+            return self.answer
+        return response
+
+
+@pytest.mark.parametrize("answer", ["500", "404", "not json"])
+async def test_a_user_whose_own_read_fails_does_not_hold_up_the_account(
+    answer: str, redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    sim = OneUserFailsLMS(api_key=API_KEY)
+    runner, lms_url = await start_sim_server(sim)
+    rx, rx_url = receiver
+    sim.failing = "u_2"
+    sim.answer = SimResponse(200, b"{not json") if answer == "not json" else sim.error(int(answer))
+    try:
+        seed_user(sim, "u_1", 1)
+        seed_user(sim, "u_2", 1)
+        settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
+        async with driven(settings, sim) as service:
+            operations = service.service.operations
+            await service.baseline()
+            assert await operations.add_user(ACCOUNT, "u_2")
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+            await service.step(0.5)
+            assert len(of_type(rx.events, ev.COMPLETED)) == 1  # u_1's change went on
+            sim.clear_requests()
+            for _ in range(3):  # u_2 is backed off: not read again at every feed read
+                await service.step(0.5)
+            assert "/unified/lms/users/u_2/assignments" not in paths(sim)
+            [account] = await operations.accounts()
+    finally:
+        await runner.cleanup()
+    assert account["feed"]["failures"] == 0
+    assert not await redis.hget(keys.user_state(ACCOUNT, "u_2"), "baselined")
+
+
+async def test_an_account_longer_than_a_users_page_limit_is_read_whole(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    for n in range(1, 6):
+        seed_user(sim, f"u_{n}", 2)  # 10 records: 5 pages of 2
+    settings = feed_settings(
+        redis_server.url,
+        lms_url,
+        rx_url,
+        [f"u_{n}" for n in range(1, 6)],
+        "account",
+        stackone={"base_url": lms_url, "api_key": API_KEY, "page_size": 2, "max_pages": 3},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        sim.progress(ACCOUNT, "u_5", "u_5_a2", 100)
+        await service.step(0.5)
+    assert [e.data["user_id"] for e in of_type(rx.events, ev.COMPLETED)] == ["u_5"]
+
+
+async def test_auto_trying_the_feed_again_asks_for_the_filter(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    sim.faults.account_filter_ignored = True
+    settings = feed_settings(
+        redis_server.url, lms_url, rx_url, ["u_1"], "auto", polling={"full_resync_interval": "1m"}
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        service.clock.advance(60)
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+        await service.step(0.5)
+        await service.step(0.5)  # falls back
+        await service.step(60.0)  # tried again: still ignored, so back to per-user at once
+        [account] = await service.service.operations.accounts()
+        sim.clear_requests()
+        await service.step(0.5)
+        requested = paths(sim)
+        metrics = service.service.metrics.render().decode()
+    assert account["strategy_in_force"] == "per_user"
+    assert FEED_PATH not in requested and "/unified/lms/users/u_1/assignments" in requested
+    assert 'lms_webhooks_feed_fallbacks_total{reason="filter_ignored"} 2.0' in metrics
+    assert len(of_type(rx.events, ev.COMPLETED)) == 1

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from service.sim.lms import SimLMS
-from service.sim.receiver import Receiver
+from service.sim.receiver import Answer, Receiver, hang
 from service.store import keys
 from tests.helpers import RunProcess, leases_run_out, queue_drained, wait_until
 from tests.redis_server import RedisServer
@@ -117,3 +117,37 @@ async def test_two_processes_share_three_accounts_feeds(
     }
     logs = "".join(p.log.read_text() for p in processes)
     assert '"poll_crashed"' not in logs and "Traceback" not in logs
+
+
+async def test_kill_between_a_feed_commit_and_its_delivery_resends_the_same_ids(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_accounts(sim, 1)
+    process = RunProcess(redis_server.url, lms_url, rx_url, tmp_path / "run.log", CONFIG)
+    process.start()
+    try:
+        await wait_until(lambda: all_baselined(redis), 20, "every account's baseline")
+        rx.default_answer = hang(60)  # the feed commits; its webhooks go and hang
+        sim.progress("acc_2", "u_1", "acc_2_u_1_a1", 100)
+        await wait_until(lambda: len({r.webhook_id for r in rx.received}) >= 2, 20, "attempts")
+        process.kill()
+        in_flight = {r.webhook_id for r in rx.received}
+        assert await redis.zcard(keys.EndpointKeys("hr").due) == 4  # committed, not sent
+
+        rx.default_answer = Answer(status=200)
+        await leases_run_out(redis)
+        process.start()
+        await rx.wait_for(4, 30)
+        await queue_drained(redis)
+    finally:
+        code = process.stop()
+    assert code == 0
+    delivered = {e.webhook_id for e in rx.events}
+    assert len(delivered) == 4 == len(rx.events)
+    assert in_flight <= delivered  # sent again with the webhook-id they first had

@@ -9,23 +9,46 @@ from pathlib import Path
 SERVICE = Path(__file__).resolve().parent.parent / "service"
 
 # a module under the first prefix never imports one under any of the others
+_READERS = [
+    "service.poller",
+    "service.feed",
+    "service.feed_run",
+    "service.feed_users",
+    "service.discovery",
+    "service.overdue",
+    "service.budget_planner",
+]
+_ABOVE_READERS = ["service.schedule", "service.operations", "service.api", "service.app"]
 LOWER_LAYERS = {
-    "service.store": ["service.upstream", "service.delivery", "service.poller", "service.schedule",
-                      "service.poll_runner", "service.overdue", "service.operations",
+    "service.store": ["service.upstream", "service.delivery", *_READERS, "service.schedule",
+                      "service.poll_runner", "service.operations",
                       "service.api", "service.app", "service.cli", "service.sim",
                       "service.bench"],
-    "service.upstream": ["service.store", "service.delivery", "service.poller",
-                         "service.schedule", "service.poll_runner", "service.overdue",
+    "service.upstream": ["service.store", "service.delivery", *_READERS,
+                         "service.schedule", "service.poll_runner",
                          "service.operations", "service.api", "service.app"],
-    "service.delivery": ["service.upstream", "service.poller", "service.schedule",
-                         "service.poll_runner", "service.overdue", "service.operations",
+    "service.delivery": ["service.upstream", *_READERS, "service.schedule",
+                         "service.poll_runner", "service.operations",
                          "service.api", "service.app"],
-    "service.poller": ["service.schedule", "service.poll_runner", "service.delivery",
-                       "service.overdue", "service.operations", "service.api", "service.app"],
+    # one reader never reaches into another, except a feed read into its parts
+    "service.poller": ["service.poll_runner", "service.delivery", "service.feed",
+                       "service.discovery", "service.overdue", "service.budget_planner",
+                       *_ABOVE_READERS],
+    "service.feed_run": ["service.feed", "service.feed_users", "service.poller",
+                         "service.discovery", "service.poll_runner", "service.delivery",
+                         *_ABOVE_READERS],
+    "service.feed_users": ["service.feed", "service.poller", "service.discovery",
+                           "service.poll_runner", "service.delivery", *_ABOVE_READERS],
+    "service.feed": ["service.poller", "service.discovery", "service.poll_runner",
+                     "service.delivery", *_ABOVE_READERS],
+    "service.discovery": ["service.poller", "service.feed", "service.poll_runner",
+                          "service.delivery", *_ABOVE_READERS],
     "service.overdue": ["service.schedule", "service.poll_runner", "service.poller",
-                        "service.delivery", "service.operations", "service.api", "service.app"],
-    "service.poll_runner": ["service.schedule", "service.delivery", "service.operations",
-                            "service.api", "service.app"],
+                        "service.feed", "service.delivery", "service.operations",
+                        "service.api", "service.app"],
+    "service.poll_runner": ["service.schedule", "service.delivery", *_READERS,
+                            "service.operations", "service.api", "service.app"],
+    "service.budget_planner": ["service.schedule", "service.api", "service.app"],
     "service.schedule": ["service.delivery", "service.operations", "service.api",
                          "service.app"],
     "service.operations": ["service.api", "service.app"],
@@ -33,7 +56,7 @@ LOWER_LAYERS = {
 }  # fmt: skip
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",
-        "service.jsonfmt"]  # fmt: skip
+        "service.jsonfmt", "service.budget"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

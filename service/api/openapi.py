@@ -108,7 +108,10 @@ _BUDGET = {
         "fits": {"type": "boolean"},
         "effective_interval_seconds": _SECONDS_BY_STRATEGY,
         "configured_interval_seconds": _SECONDS_BY_STRATEGY,
-        "users": {"type": "object", "properties": {"per_user": {"type": "integer"}}},
+        "users": {
+            "type": "object",
+            "properties": {"per_user": {"type": "integer"}, "account": {"type": "integer"}},
+        },
         "accounts": {
             "type": "object",
             "properties": {"account": {"type": "integer"}, "listing": {"type": "integer"}},
@@ -118,7 +121,6 @@ _BUDGET = {
             "properties": {
                 "min_interval_seconds": {"type": "number"},
                 "max_interval_seconds": {"type": "number"},
-                "scale": {"type": "number"},
             },
         },
     },

@@ -75,7 +75,6 @@ class FeedStore:
         next_score: int | None,
         state: ReadState | None,
         users: list[UserWrite],
-        end_fallback: bool = False,
     ) -> bool:
         """Every user's snapshots and state, the events and overdue watches, the feed's
         state and its next score in one atomic step; False when `token` no longer holds the
@@ -84,13 +83,28 @@ class FeedStore:
             account_id,
             token=token,
             next_score=next_score,
-            end_fallback=end_fallback,
             state=state,
             users=users,
             watch=outbox.watch,
             unwatch=outbox.unwatch,
             events=outbox.events,
         )
+
+    async def baselined(self, account_id: str, user_ids: Iterable[str]) -> set[str]:
+        """Those of these users whose baseline is taken (their state's flag only)."""
+        wanted = list(user_ids)
+        done: set[str] = set()
+        for start in range(0, len(wanted), LOAD_BATCH * 4):
+            batch = wanted[start : start + LOAD_BATCH * 4]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user_id in batch:
+                    pipe.hget(keys.user_state(account_id, user_id), "baselined")
+                flags = await pipe.execute()
+            done |= {u for u, flag in zip(batch, flags, strict=True) if flag == "1"}
+        return done
+
+    async def users_version(self) -> str | None:
+        return cast(str | None, await self.redis.get(keys.USERS_VERSION))
 
     async def feed_state(self, account_id: str) -> ReadState:
         values = await self.redis.hmget(keys.feed_state(account_id), FIELDS)
@@ -104,6 +118,16 @@ class FeedStore:
 
     async def fall_back(self, account_id: str, fallback: FeedFallback) -> None:
         await self.redis.hset(keys.FEED_FALLBACK, account_id, fallback.encode())
+
+    async def end_fallback(self, account_id: str, user_ids: set[str]) -> None:
+        """The account is read through its feed again: in one step its fallback ends and its
+        users leave the per-user schedule (a running poll's lease with them)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.FEED_FALLBACK, account_id)
+            members = [keys.user_member(account_id, user_id) for user_id in user_ids]
+            if members:
+                pipe.zrem(keys.POLL_DUE, *members)
+            await pipe.execute()
 
     # -- `users: all`: the users the account's listing names --
 

@@ -14,6 +14,9 @@ PREFIX = "lw"
 POLL_DUE = f"{PREFIX}:poll:due"
 # set: user members added at run time (admin API), beside the config's users.
 RUNTIME_USERS = f"{PREFIX}:users:runtime"
+# string: a counter moved whenever users are added or removed at run time or by a listing,
+# so a process's caches of who is baselined know to look again.
+USERS_VERSION = f"{PREFIX}:users:version"
 # string with a TTL: while it exists every process pauses the upstream API key (429/408).
 UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
 # hash: account id → JSON {until, failures, error} while 401/403/412 back the account off.

@@ -152,7 +152,6 @@ class CommitFeed(_Script):
         *,
         token: int,
         next_score: int | None,
-        end_fallback: bool,
         state: ReadState | None,
         users: list[UserWrite],
         watch: list[OverdueWatch],
@@ -163,13 +162,11 @@ class CommitFeed(_Script):
             keys.FEED_DUE,
             keys.feed_state(account_id),
             keys.OVERDUE,
-            keys.FEED_FALLBACK,
         ]
         args: list[Any] = [
             keys.account_member(account_id),
             token,
             "" if next_score is None else next_score,
-            account_id if end_fallback else "",
             *_state_args(state),
             len(users),
         ]
@@ -322,6 +319,7 @@ class CommitListing(_Script):
             keys.discovered_users(account_id),
             keys.POLL_DUE,
             keys.USER_WEIGHTS,
+            keys.USERS_VERSION,
         ]
         args: list[Any] = [keys.account_member(account_id), token, next_score]
         args += [*_state_args(state), len(add), *add, len(drop)]

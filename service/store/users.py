@@ -25,6 +25,7 @@ class TrackedUsers:
         }
         self.listing_accounts = [a.account_id for a in settings.accounts if a.all_users]
         self.feed_accounts = {a.account_id for a in settings.accounts if a.uses_feed}
+        self.auto_accounts = {a.account_id for a in settings.accounts if a.strategy == "auto"}
 
     def in_config(self, account_id: str, user_id: str) -> bool:
         return keys.user_member(account_id, user_id) in self.configured
@@ -55,7 +56,7 @@ class TrackedUsers:
         """Accounts read through their change feed now (not fallen back to per-user)."""
         if not self.feed_accounts:
             return set()
-        return self.feed_accounts - (await self.feeds.fallbacks()).keys()
+        return self.feed_accounts - (await self.fallbacks()).keys()
 
     async def per_user_members(self) -> set[str]:
         """The tracked users polled one by one: all but those their account's feed covers."""
@@ -67,7 +68,12 @@ class TrackedUsers:
         return account_id in await self.feed_accounts_in_force() and member in await self.members()
 
     async def fallbacks(self) -> dict[str, FeedFallback]:
-        return await self.feeds.fallbacks()
+        """`strategy: auto` accounts polled per user now. A fallback left from when an
+        account was `auto` does not apply once the config says otherwise."""
+        if not self.auto_accounts:
+            return {}
+        fallbacks = await self.feeds.fallbacks()
+        return {a: f for a, f in fallbacks.items() if a in self.auto_accounts}
 
     async def add(self, account_id: str, user_id: str, due_ms: int) -> bool:
         """Track a user from now on; False when it was tracked already. A user of an account
@@ -78,6 +84,7 @@ class TrackedUsers:
         by_feed = account_id in await self.feed_accounts_in_force()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(keys.RUNTIME_USERS, member)
+            pipe.incr(keys.USERS_VERSION)
             if not by_feed:
                 pipe.zadd(keys.POLL_DUE, {member: due_ms}, nx=True)
             added, *_ = await pipe.execute()
@@ -88,6 +95,7 @@ class TrackedUsers:
         member = keys.user_member(account_id, user_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.srem(keys.RUNTIME_USERS, member)
+            pipe.incr(keys.USERS_VERSION)
             pipe.zrem(keys.POLL_DUE, member)
             pipe.zrem(keys.USER_WEIGHTS, member)
             pipe.delete(

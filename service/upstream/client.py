@@ -133,21 +133,25 @@ class StackOneClient:
     ) -> AsyncIterator[Page]:
         """Every page of one user's assignments, following `next` until it is empty."""
         path = f"/unified/lms/users/{quote(user_id, safe='')}/assignments"
-        async for page in self._walk(path, account_id, updated_after, parse_page):
+        async for page in self._walk(path, account_id, updated_after, parse_page, per_user=True):
             yield page
 
     async def account_pages(
         self, account_id: str, updated_after: datetime | None
     ) -> AsyncIterator[Page]:
         """Every page of the account's assignments, of all its users (the change feed)."""
-        async for page in self._walk(ACCOUNT_ASSIGNMENTS, account_id, updated_after, parse_page):
+        walk = self._walk(
+            ACCOUNT_ASSIGNMENTS, account_id, updated_after, parse_page, per_user=False
+        )
+        async for page in walk:
             yield page
 
     async def user_pages(
         self, account_id: str, updated_after: datetime | None
     ) -> AsyncIterator[UserPage]:
         """Every page of the account's user listing."""
-        async for page in self._walk(ACCOUNT_USERS, account_id, updated_after, parse_user_page):
+        walk = self._walk(ACCOUNT_USERS, account_id, updated_after, parse_user_page, per_user=False)
+        async for page in walk:
             yield page
 
     async def _walk(
@@ -156,8 +160,12 @@ class StackOneClient:
         account_id: str,
         updated_after: datetime | None,
         parse: Callable[[bytes], _PageT],
+        *,
+        per_user: bool,
     ) -> AsyncIterator[_PageT]:
-        """Every page of one listing, following `next` until it is empty."""
+        """Every page of one listing, following `next` until it is empty; a chain longer
+        than a user's (or an account's) `max_pages` is a runaway cursor."""
+        limit = self.settings.max_pages if per_user else self.settings.max_account_pages
         url = f"{self.settings.base_url}{path}"
         params: dict[str, str] = {"page_size": str(self.settings.page_size)}
         if updated_after is not None:
@@ -174,7 +182,7 @@ class StackOneClient:
             "User-Agent": USER_AGENT,
         }
         seen_cursors: set[str] = set()
-        for _ in range(self.settings.max_pages):
+        for _ in range(limit):
             page = await self._get_with_retries(url, params, headers, parse)
             yield page
             cursor = page.next
@@ -184,7 +192,7 @@ class StackOneClient:
                 raise UpstreamMalformed("the `next` cursor repeats itself")
             seen_cursors.add(cursor)
             params = {**params, "next": cursor}
-        raise UpstreamMalformed(f"more than {self.settings.max_pages} pages: runaway `next` chain")
+        raise UpstreamMalformed(f"more than {limit} pages: runaway `next` chain")
 
     async def _get_with_retries(
         self,

@@ -1,11 +1,10 @@
 -- One account feed read's commit (or one flush of a long read), all or nothing: the
 -- snapshots and state of every user it changed, overdue watches, the outgoing events, the
 -- feed's state and its next score (its extended lease, or its next due time).
--- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset, [4] feed fallback hash,
+-- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset,
 --       then per user written: (snapshots, user state hash, 0.1's snapshot hash),
 --       then (due zset, body hash) per endpoint, as enqueue.lua reads them
 -- ARGV: [1] account member, [2] token held, [3] new score ('' = leave it),
---       [4] account id whose fallback to per-user polling ends ('' = none),
 --       then the feed state as hset_pairs reads it,
 --       then n users, each: snapshots ('' = unchanged), its state as hset_pairs reads it,
 --       then the overdue watches as watch reads them, then the events as enqueue reads them
@@ -14,11 +13,10 @@
 --!include enqueue.lua
 --!include commit_parts.lua
 if not held(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
-if ARGV[4] ~= '' then redis.call('HDEL', KEYS[4], ARGV[4]) end
-local i = hset_pairs(KEYS[2], 5)
+local i = hset_pairs(KEYS[2], 4)
 local users = tonumber(ARGV[i]); i = i + 1
 for u = 0, users - 1 do
-  local k = 5 + 3 * u
+  local k = 4 + 3 * u
   if ARGV[i] ~= '' then
     redis.call('SET', KEYS[k], ARGV[i])
     redis.call('DEL', KEYS[k + 2])
@@ -26,6 +24,6 @@ for u = 0, users - 1 do
   i = hset_pairs(KEYS[k + 1], i + 1)
 end
 i = watch(KEYS[3], i)
-enqueue(5 + 3 * users, i)
+enqueue(4 + 3 * users, i)
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
 return 1

@@ -2,7 +2,7 @@
 -- user's schedule entry, state and snapshots are forgotten), the listing's state and its
 -- next due time.
 -- KEYS: [1] discovery due zset, [2] discovery state hash, [3] the account's listed user set,
---       [4] poll due zset, [5] user weights zset,
+--       [4] poll due zset, [5] user weights zset, [6] tracked users' version counter,
 --       then per user dropped: (snapshots, user state hash, 0.1's hash)
 -- ARGV: [1] account member, [2] token held, [3] next due time,
 --       then the listing state as hset_pairs reads it,
@@ -14,12 +14,14 @@ if not held(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
 local i = hset_pairs(KEYS[2], 4)
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('SADD', KEYS[3], ARGV[i]); i = i + 1 end
+if n > 0 then redis.call('INCR', KEYS[6]) end
 n = tonumber(ARGV[i]); i = i + 1
+if n > 0 then redis.call('INCR', KEYS[6]) end
 for u = 0, n - 1 do
   redis.call('SREM', KEYS[3], ARGV[i])
   redis.call('ZREM', KEYS[4], ARGV[i + 1])
   redis.call('ZREM', KEYS[5], ARGV[i + 1])
-  redis.call('DEL', KEYS[6 + 3 * u], KEYS[7 + 3 * u], KEYS[8 + 3 * u])
+  redis.call('DEL', KEYS[7 + 3 * u], KEYS[8 + 3 * u], KEYS[9 + 3 * u])
   i = i + 2
 end
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])

@@ -26,7 +26,7 @@ from service.poll_runner import PollRunner
 from service.poller import Poller
 from service.schedule import PollScheduler
 from service.store import keys
-from service.store.connect import connect
+from service.store.connect import connect, connect_http
 from service.store.limits import api_key_budget
 from service.store.stores import Stores
 from service.upstream.client import StackOneClient
@@ -69,7 +69,11 @@ class Service:
         self.rng = rng or random.Random()
         self.stores = Stores.on(redis or connect(settings.redis_url), settings, clock)
         self.metrics = Metrics()
-        self.operations = Operations(settings, self.stores, self.metrics, clock=clock)
+        # the HTTP API (and readiness, and the gauges) on a client of its own: however many
+        # requests come, they never take a connection from the workers' pool
+        http_redis = redis or connect_http(settings.redis_url, self.stores.redis)
+        http_stores = Stores.on(http_redis, settings, clock)
+        self.operations = Operations(settings, http_stores, self.metrics, clock=clock)
         # the stores tests and tools reach for most
         self.redis = self.stores.redis
         self.queue = self.stores.queue
@@ -245,5 +249,7 @@ class Service:
             await self._runner.cleanup()
         for session in self._sessions:
             await session.close()
+        if self.operations.stores.redis is not self.redis:
+            await self.operations.stores.redis.aclose()
         await self.redis.aclose()
         log.info("service_stopped")

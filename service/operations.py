@@ -8,11 +8,12 @@ the running workers beyond two hooks the lifecycle sets: `wake` (events to deliv
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
@@ -26,6 +27,31 @@ from service.store.read_state import ReadState
 from service.store.stores import Stores
 
 log = structlog.get_logger("service")
+
+T = TypeVar("T")
+
+# /readyz and /metrics read Redis at most this often, whatever the number of requests: a
+# flood of probes costs the HTTP API's own Redis client one round trip a second, no more.
+SHARED_FOR = 1.0
+
+
+class Shared(Generic[T]):
+    """`compute()`'s result, computed at most once per `seconds`: callers meanwhile get the
+    last result, and concurrent callers share one computation (its result or its error)."""
+
+    def __init__(self, compute: Callable[[], Awaitable[T]], seconds: float = SHARED_FOR) -> None:
+        self.compute = compute
+        self.seconds = seconds
+        self._task: asyncio.Task[T] | None = None
+        self._started = -math.inf
+
+    async def get(self) -> T:
+        now = time.monotonic()
+        if self._task is None or (self._task.done() and now - self._started >= self.seconds):
+            self._started = now
+            self._task = asyncio.ensure_future(self.compute())
+        # shielded: a request that goes away does not cancel what the others wait for
+        return await asyncio.shield(self._task)
 
 
 def _read_state(state: ReadState, due_ms: int | None) -> dict[str, Any]:
@@ -55,6 +81,8 @@ class Operations:
         self.clock = clock
         self.wake: Callable[[set[str]], None] = lambda endpoint_ids: None
         self.checks: dict[str, Callable[[], bool]] = {}
+        self._redis_ok = Shared(self._ping)
+        self._gauges = Shared(self._refresh_gauges)
 
     async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
         """Queue dead letters again with their ids (all of the endpoint's when none given)."""
@@ -128,14 +156,22 @@ class Operations:
         return out
 
     async def readiness(self) -> dict[str, bool]:
-        try:
-            redis_ok = bool(await asyncio.wait_for(self.stores.redis.ping(), 2.0))
-        except (RedisError, OSError, TimeoutError):
-            redis_ok = False
+        """Whether Redis answers (asked at most once a second) and each worker runs."""
+        redis_ok = await self._redis_ok.get()
         return {"redis": redis_ok, **{name: check() for name, check in self.checks.items()}}
 
+    async def _ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.stores.redis.ping(), 2.0))
+        except (RedisError, OSError, TimeoutError):
+            return False
+
     async def refresh_gauges(self) -> None:
-        """The gauges read from Redis (the same on every replica), before a scrape."""
+        """The gauges read from Redis (the same on every replica), before a scrape; read at
+        most once a second, however many scrapes ask."""
+        await self._gauges.get()
+
+    async def _refresh_gauges(self) -> None:
         metrics, polls, queue = self.metrics, self.stores.polls, self.stores.queue
         now_ms = self.clock() * 1000
         oldest_poll = await self.stores.leases.oldest_due_ms()

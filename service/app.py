@@ -20,7 +20,7 @@ from service.delivery.ssrf import GuardedResolver
 from service.discovery import UserListing
 from service.feed import FeedReader
 from service.metrics import Metrics
-from service.operations import Operations
+from service.operations import SHARED_FOR, Operations
 from service.overdue import OverdueWatcher
 from service.poll_runner import PollRunner
 from service.poller import Poller
@@ -86,6 +86,7 @@ class Service:
         self.http_url: str | None = None
         self._sessions: list[aiohttp.ClientSession] = []
         self._runner: web.AppRunner | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.role in ("all", "dispatcher"):
@@ -102,6 +103,8 @@ class Service:
             self.operations.checks["poller"] = lambda: all(
                 self._running(scheduler) for scheduler in self.schedulers()
             )
+        if self.background:
+            self._watch = asyncio.create_task(self._watch_redis(), name="watch-redis")
         if self.serve_http:
             self._runner = web.AppRunner(create_api(self.operations), access_log=None)
             await self._runner.setup()
@@ -116,6 +119,17 @@ class Service:
             http=self.http_url,
             endpoints=len(self.settings.endpoints),
         )
+
+    async def _watch_redis(self) -> None:
+        """Readiness checked every second, whether or not anything asks: an episode of Redis
+        trouble (out of memory, say) is logged and in the metrics when it starts, not at the
+        next probe. /readyz shares these checks."""
+        while True:
+            try:
+                await self.operations.readiness()
+            except Exception:  # a bug here must not end the watch
+                log.exception("readiness_check_crashed")
+            await asyncio.sleep(SHARED_FOR)
 
     def _running(self, worker: Dispatcher | PollScheduler | None) -> bool:
         """A worker runs; in burst mode, it is there to be driven."""
@@ -241,6 +255,9 @@ class Service:
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop taking work, let in-flight work finish up to `timeout`, hand back the rest."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         stops = [scheduler.stop(timeout) for scheduler in self.schedulers()]
         if self.dispatcher:
             stops.append(self.dispatcher.stop(timeout))

@@ -16,13 +16,13 @@ from dataclasses import asdict
 from typing import Any, Generic, TypeVar
 
 import structlog
-from redis.exceptions import RedisError
 
 from service.config import Settings
 from service.delivery.breaker import enabled
 from service.endpoint_health import EndpointHealth, EndpointState
 from service.metrics import Metrics
 from service.store import keys
+from service.store.health import OUT_OF_MEMORY, write_problem
 from service.store.read_state import ReadState
 from service.store.stores import Stores
 
@@ -81,7 +81,8 @@ class Operations:
         self.clock = clock
         self.wake: Callable[[set[str]], None] = lambda endpoint_ids: None
         self.checks: dict[str, Callable[[], bool]] = {}
-        self._redis_ok = Shared(self._ping)
+        self.redis_check = Shared(self._check_redis)
+        self._episode: tuple[str, float] | None = None  # Redis' problem, and since when
         self._gauges = Shared(self._refresh_gauges)
 
     async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
@@ -155,16 +156,31 @@ class Operations:
             )
         return out
 
-    async def readiness(self) -> dict[str, bool]:
-        """Whether Redis answers (asked at most once a second) and each worker runs."""
-        redis_ok = await self._redis_ok.get()
-        return {"redis": redis_ok, **{name: check() for name, check in self.checks.items()}}
+    async def readiness(self) -> dict[str, bool | str]:
+        """Each check: true, or why not. Redis must take a write (asked at most once a
+        second); each worker must run."""
+        problem = await self.redis_check.get()
+        return {
+            "redis": problem or True,
+            **{name: check() for name, check in self.checks.items()},
+        }
 
-    async def _ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self.stores.redis.ping(), 2.0))
-        except (RedisError, OSError, TimeoutError):
-            return False
+    async def _check_redis(self) -> str | None:
+        """Redis' problem, if any; its start and its end are logged once each."""
+        problem = await write_problem(self.stores.redis)
+        self.metrics.redis_oom.set(1 if problem == OUT_OF_MEMORY else 0)
+        episode = self._episode
+        if problem == (episode[0] if episode else None):
+            return problem
+        now = time.monotonic()
+        if problem is None:
+            assert episode is not None
+            log.info("redis_ready", was=episode[0], after_s=round(now - episode[1], 1))
+            self._episode = None
+        else:
+            log.warning("redis_not_ready", reason=problem)
+            self._episode = (problem, now)
+        return problem
 
     async def refresh_gauges(self) -> None:
         """The gauges read from Redis (the same on every replica), before a scrape; read at

@@ -26,6 +26,7 @@ from service.config import Settings
 from service.overdue import CHECK_SECONDS, OverdueWatcher
 from service.poll_runner import PollRunner, quietly
 from service.store import keys
+from service.store.health import log_redis_error
 from service.store.leases import LEASE_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 
@@ -188,7 +189,7 @@ class PollScheduler:
             wanted = await self.members()
             await self.leases.schedule_only(wanted, lambda m: initial_due_ms(m, now, interval))
         except RedisError as e:
-            log.warning("sync_users_failed", error=str(e))
+            log_redis_error(log, "sync_users_failed", e)
 
     async def tick(self) -> None:
         if self._claiming.locked():  # a claim is running; the next finished poll kicks again
@@ -224,7 +225,7 @@ class PollScheduler:
             backed_off = await self.store.backed_off_accounts()
             self.runner.backed_off = set(backed_off)
         except RedisError as e:
-            log.warning("claim_users_failed", error=str(e))
+            log_redis_error(log, "claim_users_failed", e)
             return 0
         running = Counter(lease.account_id for lease in self.polling.values())
         accounts = {a.account_id for a in self.settings.accounts} | running.keys()
@@ -257,7 +258,7 @@ class PollScheduler:
             try:
                 await self.leases.extend(lease)
             except RedisError as e:
-                log.warning("lease_extend_failed", error=str(e))
+                log_redis_error(log, "lease_extend_failed", e)
 
     async def _poll(self, lease: Lease) -> None:
         try:

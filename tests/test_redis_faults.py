@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from service.api.capacity import capped
 from service.sim.lms import SimLMS
 from service.sim.receiver import ReceivedEvent, Receiver
+from service.store import keys
 from tests.helpers import (
     ACCOUNT,
     baseline_taken,
@@ -149,3 +153,85 @@ async def test_beyond_the_cap_a_request_is_answered_busy_at_once() -> None:
 
 async def wait_for_baseline(redis: Redis, user: str) -> None:
     await baseline_taken(redis, user, 10)
+
+
+async def test_redis_out_of_memory_is_reported_the_queue_drains_and_all_recovers(
+    lms: Sim, receiver: Rx, tmp_path: Path
+) -> None:
+    """`maxmemory` with `noeviction`, reached while events wait: readiness says so (one log
+    line for the episode, a metric), the queue still drains (claims and acks go through),
+    and once that freed enough memory, polls go on by themselves."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    server = RedisServer(tmp_path / "redis")  # its own: this one's memory limit is changed
+    server.start()
+    redis = Redis.from_url(server.url, decode_responses=True)
+    settings = make_settings(
+        server.url, lms_url, [endpoint(rx_url)], ["u_1"], http={"admin_token": "t0ken-oom"}
+    )
+    bulky = "x" * 4000  # each event carries the record twice: 20 changes ≈ 0.5 MB queued
+    for n in range(1, 21):
+        sim.put_assignment(ACCOUNT, "u_1", {"id": f"a{n}", "description": bulky})
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with driven(settings, sim, http=True) as d, aiohttp.ClientSession() as http:
+                d.service.operations.redis_check.seconds = 0  # every request checks anew
+                url = d.service.http_url
+                await d.baseline()
+                for n in range(1, 21):
+                    sim.progress(ACCOUNT, "u_1", f"a{n}", 50)
+                d.clock.advance(settings.polling.interval)
+                await d.poll()  # queued, not delivered yet
+                queued = await redis.zcard(keys.EndpointKeys("hr").due)
+                assert queued == 60  # updated, status_changed, progress_changed each
+
+                used = int((await redis.info("memory"))["used_memory"])
+                await redis.config_set("maxmemory-policy", "noeviction")
+                await redis.config_set("maxmemory", used - 100_000)
+                with pytest.raises(OutOfMemoryError):
+                    await redis.set("anything", "1")
+
+                for _ in range(3):  # checked three times, logged once
+                    async with http.get(f"{url}/readyz") as response:
+                        assert response.status == 503
+                        assert (await response.json())["checks"]["redis"] == "out of memory"
+                assert "lms_webhooks_redis_oom 1.0" in await text(http, f"{url}/metrics")
+                track = http.post(
+                    f"{url}/admin/users",
+                    json={"account_id": ACCOUNT, "user_id": "u_9"},
+                    headers={"Authorization": "Bearer t0ken-oom"},
+                )
+                async with track as response:  # an admin write says why it failed
+                    assert response.status == 503
+                    assert (await response.json())["error"] == "store out of memory"
+                sim.progress(ACCOUNT, "u_1", "a1", 100)  # a change Redis cannot take now
+                d.clock.advance(settings.polling.interval)
+                assert await d.poll() == 0  # no poll can claim its user
+
+                await asyncio.wait_for(d.deliver(), 20)  # claims and acks go through
+                assert len({e.webhook_id for e in rx.events}) == queued
+                assert await redis.zcard(keys.EndpointKeys("hr").due) == 0
+
+                # the bodies sent and acknowledged freed the memory: ready again, alone
+                async with http.get(f"{url}/readyz") as response:
+                    assert response.status == 200
+                assert "lms_webhooks_redis_oom 0.0" in await text(http, f"{url}/metrics")
+                await d.step(settings.polling.interval)  # the change made meanwhile
+                completed = [e for e in rx.events if e.type == "assignment.completed"]
+                assert [e.data["assignment_id"] for e in completed] == ["a1"]
+    finally:
+        await redis.aclose()
+        server.stop()
+    episodes = [e for e in logs if e["event"] in ("redis_not_ready", "redis_ready")]
+    assert [(e["event"], e.get("reason", e.get("was"))) for e in episodes] == [
+        ("redis_not_ready", "out of memory"),
+        ("redis_ready", "out of memory"),
+    ]
+    refused = [e for e in logs if "maxmemory" in str(e.get("error"))]
+    assert {e["event"] for e in refused} >= {"claim_users_failed"}  # a poll's claim failed
+    assert [e for e in refused if e["log_level"] != "debug"] == []  # each at debug level
+
+
+async def text(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as response:
+        return await response.text()

@@ -26,6 +26,9 @@ FEED_DUE = f"{PREFIX}:feed:due"
 FEED_FALLBACK = f"{PREFIX}:feed:fallback"
 # zset: account member → when its user listing is next read (ms); leased like POLL_DUE.
 DISCOVERY_DUE = f"{PREFIX}:discovery:due"
+# string with a TTL: written by every readiness check, since a write is what tells whether
+# Redis takes the service's commits (out of memory, a replica, away); its value is unused.
+READY_PROBE = f"{PREFIX}:ready:probe"
 
 
 def _q(value: str) -> str:

@@ -118,6 +118,9 @@ class PollScheduler:
         self._backlog = False  # the last claim took as many users as it asked for
         self._kick: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
+        # whether a sync went through: until one does (Redis away at start), every tick tries
+        # again, so the schedule fills as soon as Redis is there, not a SYNC_SECONDS later
+        self._in_sync = False
 
     @property
     def running(self) -> bool:
@@ -188,6 +191,7 @@ class PollScheduler:
         try:
             wanted = await self.members()
             await self.leases.schedule_only(wanted, lambda m: initial_due_ms(m, now, interval))
+            self._in_sync = True
         except RedisError as e:
             log_redis_error(log, "sync_users_failed", e)
 
@@ -195,6 +199,10 @@ class PollScheduler:
         if self._claiming.locked():  # a claim is running; the next finished poll kicks again
             return
         async with self._claiming:
+            if not self._in_sync:
+                await self.sync_users()
+                if not self._in_sync:  # Redis is still away: a claim would fail as well
+                    return
             await self._claim()
 
     def _poll_finished(self, task: asyncio.Task[None]) -> None:

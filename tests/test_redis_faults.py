@@ -22,6 +22,7 @@ from service.sim.receiver import ReceivedEvent, Receiver
 from service.store import keys
 from tests.helpers import (
     ACCOUNT,
+    RunProcess,
     baseline_taken,
     driven,
     endpoint,
@@ -29,8 +30,9 @@ from tests.helpers import (
     queue_drained,
     running,
     seed_user,
+    wait_until,
 )
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 Sim = tuple[SimLMS, str]
 Rx = tuple[Receiver, str]
@@ -235,3 +237,47 @@ async def test_redis_out_of_memory_is_reported_the_queue_drains_and_all_recovers
 async def text(http: aiohttp.ClientSession, url: str) -> str:
     async with http.get(url) as response:
         return await response.text()
+
+
+@pytest.mark.slow
+async def test_a_redis_absent_at_start_is_waited_for(
+    lms: Sim, receiver: Rx, tmp_path: Path
+) -> None:
+    """`lms-webhooks run` with nothing listening at the Redis URL: it starts, is not ready,
+    and once Redis comes up it works (it waited rather than exiting)."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    server = RedisServer(tmp_path / "redis")  # its port chosen, nothing listening there yet
+    process = RunProcess(server.url, lms_url, rx_url, tmp_path / "run.log")
+    port = free_port()
+    process.env["HTTP_PORT"] = str(port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        process.start()
+        async with aiohttp.ClientSession() as http:
+
+            async def unreachable() -> bool:
+                try:
+                    async with http.get(f"{url}/readyz") as response:
+                        body = await response.json()
+                        return response.status == 503 and body["checks"]["redis"] == "unreachable"
+                except aiohttp.ClientError:
+                    return False  # not listening yet
+
+            await wait_until(unreachable, 20, "/readyz: Redis unreachable")
+            server.start()
+
+            async def ready() -> bool:
+                async with http.get(f"{url}/readyz") as response:
+                    return response.status == 200
+
+            await wait_until(ready, 10, "/readyz: ready")
+        async with Redis.from_url(server.url, decode_responses=True) as client:
+            await baseline_taken(client, "u_1", 10)
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+            await rx.wait_for(lambda es: any(e.type == "assignment.completed" for e in es), 10)
+        assert process.stop() == 0
+    finally:
+        process.ensure_stopped()
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ Sim = tuple[SimLMS, str]
 Rx = tuple[Receiver, str]
 
 
-def troubles(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def troubles(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     """Log lines of a warning or worse."""
     return [e for e in logs if e.get("log_level") in ("warning", "error", "critical")]
 

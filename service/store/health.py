@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     ConnectionError,
     OutOfMemoryError,
@@ -39,8 +40,8 @@ def log_redis_error(logger: Any, event: str, error: BaseException, **fields: Any
 
 async def write_problem(redis: Redis) -> str | None:
     """None when Redis takes a write now, else why not: `out of memory`, `read only` (a
-    replica, e.g. a former primary after a failover), `unreachable`, `timeout`, or the
-    error Redis answered."""
+    replica, e.g. a former primary after a failover), `no primary` (none the sentinels
+    vouch for), `unreachable`, `timeout`, or the error Redis answered."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             await redis.set(keys.READY_PROBE, "1", px=10_000)
@@ -48,6 +49,8 @@ async def write_problem(redis: Redis) -> str | None:
         return OUT_OF_MEMORY
     except ReadOnlyError:
         return "read only"
+    except MasterNotFoundError:  # the sentinels know no healthy primary: a failover is under way
+        return "no primary"
     except (TimeoutError, RedisTimeout):
         return "timeout"
     except (ConnectionError, OSError):

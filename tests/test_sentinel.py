@@ -139,8 +139,9 @@ async def replicated(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisSe
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("redis_server")  # skipped without redis-server, failed under CI
 async def test_a_failover_mid_flow_is_followed_and_loses_nothing_committed_before_it(
-    redis_server: RedisServer, lms: Sim, receiver: Rx, tmp_path: Path
+    lms: Sim, receiver: Rx, tmp_path: Path
 ) -> None:
     """The primary is killed while events are queued and in flight: the service follows the
     sentinel to the promoted replica, /readyz drops and comes back, every event committed

@@ -22,13 +22,14 @@ from service.delivery.ssrf import GuardedResolver
 from service.discovery import UserListing
 from service.feed import FeedReader
 from service.metrics import Metrics
-from service.operations import Operations
+from service.operations import SHARED_FOR, Operations
 from service.overdue import OverdueWatcher
 from service.poll_runner import PollRunner
 from service.poller import Poller
 from service.schedule import PollScheduler
 from service.store import keys
-from service.store.connect import connect
+from service.store.connect import connect, connect_http
+from service.store.health import log_redis_error
 from service.store.limits import api_key_budget
 from service.store.stores import Stores
 from service.upstream.client import StackOneClient
@@ -72,7 +73,11 @@ class Service:
         self.rng = rng or random.Random()
         self.stores = Stores.on(redis or connect(settings.redis_url), settings, clock)
         self.metrics = Metrics()
-        self.operations = Operations(settings, self.stores, self.metrics, clock=clock)
+        # the HTTP API (and readiness, and the gauges) on a client of its own: however many
+        # requests come, they never take a connection from the workers' pool
+        http_redis = redis or connect_http(settings.redis_url, self.stores.redis)
+        http_stores = Stores.on(http_redis, settings, clock)
+        self.operations = Operations(settings, http_stores, self.metrics, clock=clock)
         # every process derives the same plan from Redis; the readers follow it
         self.planner = BudgetPlanner(
             self.stores.budget, self.stores.users, settings, self.metrics, clock=clock
@@ -91,6 +96,7 @@ class Service:
         self.http_url: str | None = None
         self._sessions: list[aiohttp.ClientSession] = []
         self._runner: web.AppRunner | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.role in ("all", "dispatcher"):
@@ -103,7 +109,7 @@ class Service:
             self._schedulers()
             self.operations.users_changed = self._users_changed
             if self.background:
-                await self._refresh_plan()
+                await self.refresh_plan()
                 self._planning = asyncio.create_task(self._plan_periodically())
             for scheduler in self.schedulers():
                 if self.background:
@@ -111,6 +117,8 @@ class Service:
             self.operations.checks["poller"] = lambda: all(
                 self._running(scheduler) for scheduler in self.schedulers()
             )
+        if self.background:
+            self._watch = asyncio.create_task(self._watch_redis(), name="watch-redis")
         if self.serve_http:
             # aiohttp answers a header or request line over 8 KiB with a plain-text 400
             # before any middleware; twice that lets real requests (large cookies, tokens)
@@ -134,6 +142,17 @@ class Service:
             endpoints=len(self.settings.endpoints),
         )
 
+    async def _watch_redis(self) -> None:
+        """Readiness checked every second, whether or not anything asks: an episode of Redis
+        trouble (out of memory, say) is logged and in the metrics when it starts, not at the
+        next probe. /readyz shares these checks."""
+        while True:
+            try:
+                await self.operations.readiness()
+            except Exception:  # a bug here must not end the watch
+                log.exception("readiness_check_crashed")
+            await asyncio.sleep(SHARED_FOR)
+
     def _running(self, worker: Dispatcher | PollScheduler | None) -> bool:
         """A worker runs; in burst mode, it is there to be driven."""
         return worker is not None and (worker.running or not self.background)
@@ -155,11 +174,12 @@ class Service:
             rng=self.rng,
         )
 
-    async def _refresh_plan(self) -> None:
+    async def refresh_plan(self) -> None:
+        """Derive the budget plan again now; while Redis fails, the readers follow the last."""
         try:
             await self.planner.refresh()
         except RedisError as e:  # the readers follow the last plan (at first: the config's)
-            log.warning("budget_plan_failed", error=str(e))
+            log_redis_error(log, "budget_plan_failed", e)
 
     def _users_changed(self) -> None:
         """Tracked users came or went, or an account's strategy changed: the per-user
@@ -167,12 +187,12 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.resync()
         if self.background and (self._replan is None or self._replan.done()):
-            self._replan = asyncio.create_task(self._refresh_plan())
+            self._replan = asyncio.create_task(self.refresh_plan())
 
     async def _plan_periodically(self) -> None:
         while True:
             await asyncio.sleep(PLAN_SECONDS)
-            await self._refresh_plan()
+            await self.refresh_plan()
 
     def schedulers(self) -> list[PollScheduler]:
         """Those this process runs, in the order a burst runs them: listings (who is
@@ -295,7 +315,7 @@ class Service:
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop taking work, let in-flight work finish up to `timeout`, hand back the rest."""
-        for task in (self._planning, self._replan):
+        for task in (self._planning, self._replan, self._watch):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -307,5 +327,7 @@ class Service:
             await self._runner.cleanup()
         for session in self._sessions:
             await session.close()
+        if self.operations.stores.redis is not self.redis:
+            await self.operations.stores.redis.aclose()
         await self.redis.aclose()
         log.info("service_stopped")

@@ -34,6 +34,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from service.errors import ConfigError
 from service.events import EVENT_TYPES
+from service.redis_url import is_sentinel, parse_sentinel_url, url_secrets
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -310,7 +311,8 @@ class LogSettings(_Strict):
 
 
 class Settings(_Strict):
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # repr=False: the URL may hold Redis' password
+    redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
     stackone: StackOneSettings
     accounts: list[AccountSettings] = Field(default_factory=list)
     polling: PollingSettings = PollingSettings()
@@ -322,8 +324,10 @@ class Settings(_Strict):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://", "memory://")):
-            raise ValueError("must be redis://, rediss://, unix:// or memory://")
+        if is_sentinel(value):
+            parse_sentinel_url(value)  # its ValueError never quotes the URL (a password)
+        elif not value.startswith(("redis://", "rediss://", "unix://", "memory://")):
+            raise ValueError("must be redis://, rediss://, unix://, redis+sentinel:// or memory://")
         return value
 
     @model_validator(mode="after")
@@ -345,6 +349,7 @@ class Settings(_Strict):
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redactor."""
         values = [self.stackone.api_key.get_secret_value()]
+        values += url_secrets(self.redis_url)
         values += [s.get_secret_value() for e in self.endpoints for s in e.secret]
         if self.http.admin_token:
             values.append(self.http.admin_token.get_secret_value())

@@ -111,6 +111,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.redis_oom = Gauge(
+            "lms_webhooks_redis_oom",
+            "1 while Redis refuses writes for lack of memory (maxmemory, noeviction), else 0.",
+            registry=r,
+        )
         self.accounts_fallen_back = Gauge(
             "lms_webhooks_accounts_fallen_back",
             "`strategy: auto` accounts polled per user now, their feed unusable.",

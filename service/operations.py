@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import structlog
-from redis.exceptions import RedisError
 
 from service.budget_planner import BudgetPlanner
 from service.config import Settings
@@ -25,10 +25,36 @@ from service.delivery.breaker import enabled
 from service.endpoint_health import EndpointHealth, EndpointState
 from service.metrics import Metrics
 from service.store import keys
+from service.store.health import OUT_OF_MEMORY, write_problem
 from service.store.read_state import ReadState
 from service.store.stores import Stores
 
 log = structlog.get_logger("service")
+
+T = TypeVar("T")
+
+# /readyz and /metrics read Redis at most this often, whatever the number of requests: a
+# flood of probes costs the HTTP API's own Redis client one round trip a second, no more.
+SHARED_FOR = 1.0
+
+
+class Shared(Generic[T]):
+    """`compute()`'s result, computed at most once per `seconds`: callers meanwhile get the
+    last result, and concurrent callers share one computation (its result or its error)."""
+
+    def __init__(self, compute: Callable[[], Awaitable[T]], seconds: float = SHARED_FOR) -> None:
+        self.compute = compute
+        self.seconds = seconds
+        self._task: asyncio.Task[T] | None = None
+        self._started = -math.inf
+
+    async def get(self) -> T:
+        now = time.monotonic()
+        if self._task is None or (self._task.done() and now - self._started >= self.seconds):
+            self._started = now
+            self._task = asyncio.ensure_future(self.compute())
+        # shielded: a request that goes away does not cancel what the others wait for
+        return await asyncio.shield(self._task)
 
 
 def _read_state(state: ReadState, due_ms: int | None) -> dict[str, Any]:
@@ -59,6 +85,9 @@ class Operations:
         self.wake: Callable[[set[str]], None] = lambda endpoint_ids: None
         self.users_changed: Callable[[], None] = lambda: None
         self.checks: dict[str, Callable[[], bool]] = {}
+        self.redis_check = Shared(self._check_redis)
+        self._episode: tuple[str, float] | None = None  # Redis' problem, and since when
+        self._gauges = Shared(self._refresh_gauges)
 
     async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
         """Queue dead letters again with their ids (all of the endpoint's when none given)."""
@@ -144,15 +173,38 @@ class Operations:
             self.stores.budget, self.stores.users, self.settings, self.metrics
         ).describe()
 
-    async def readiness(self) -> dict[str, bool]:
-        try:
-            redis_ok = bool(await asyncio.wait_for(self.stores.redis.ping(), 2.0))
-        except (RedisError, OSError, TimeoutError):
-            redis_ok = False
-        return {"redis": redis_ok, **{name: check() for name, check in self.checks.items()}}
+    async def readiness(self) -> dict[str, bool | str]:
+        """Each check: true, or why not. Redis must take a write (asked at most once a
+        second); each worker must run."""
+        problem = await self.redis_check.get()
+        return {
+            "redis": problem or True,
+            **{name: check() for name, check in self.checks.items()},
+        }
+
+    async def _check_redis(self) -> str | None:
+        """Redis' problem, if any; its start and its end are logged once each."""
+        problem = await write_problem(self.stores.redis)
+        self.metrics.redis_oom.set(1 if problem == OUT_OF_MEMORY else 0)
+        episode = self._episode
+        if problem == (episode[0] if episode else None):
+            return problem
+        now = time.monotonic()
+        if problem is None:
+            assert episode is not None
+            log.info("redis_ready", was=episode[0], after_s=round(now - episode[1], 1))
+            self._episode = None
+        else:
+            log.warning("redis_not_ready", reason=problem)
+            self._episode = (problem, now)
+        return problem
 
     async def refresh_gauges(self) -> None:
-        """The gauges read from Redis (the same on every replica), before a scrape."""
+        """The gauges read from Redis (the same on every replica), before a scrape; read at
+        most once a second, however many scrapes ask."""
+        await self._gauges.get()
+
+    async def _refresh_gauges(self) -> None:
         metrics, polls, queue = self.metrics, self.stores.polls, self.stores.queue
         now_ms = self.clock() * 1000
         oldest_poll = await self.stores.leases.oldest_due_ms()

@@ -17,6 +17,7 @@ from service.config import Settings
 from service.detect import detect_overdue
 from service.metrics import Metrics
 from service.outbox import RoutedEvents, route_events
+from service.store.health import log_redis_error
 from service.store.polls import PollStore
 from service.timefmt import from_epoch
 
@@ -48,7 +49,7 @@ class OverdueWatcher:
         try:
             return await self._check()
         except RedisError as e:  # the leases run out; the next check takes them again
-            log.warning("overdue_check_failed", error=str(e))
+            log_redis_error(log, "overdue_check_failed", e)
             return 0
 
     async def _check(self) -> int:

@@ -27,6 +27,7 @@ from service.errors import (
 )
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
+from service.store.health import log_redis_error, out_of_memory
 from service.store.leases import Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 from service.store.read_state import ReadState
@@ -69,7 +70,7 @@ async def quietly(moving: Awaitable[bool]) -> None:
     try:
         await moving
     except RedisError as e:
-        log.warning("lease_release_failed", error=str(e))
+        log_redis_error(log, "lease_release_failed", e)
 
 
 class ReadResult(Protocol):
@@ -154,7 +155,9 @@ class PollRunner:
         if account_rejected(error):
             assert isinstance(error, UpstreamRejected)
             await self._back_off_account(lease.account_id, error)
-        log.warning(
+        # Redis out of memory fails every poll alike: readiness reports that episode once
+        emit = log.debug if out_of_memory(error) else log.warning
+        emit(
             "poll_failed",
             account_id=lease.account_id,
             user_id=lease.user_id,
@@ -177,7 +180,7 @@ class PollRunner:
             backoff = AccountBackoff(self.clock() + delay, failures, str(error))
             await self.store.back_off_account(account_id, backoff)
         except RedisError as e:
-            log.warning("account_backoff_failed", account_id=account_id, error=str(e))
+            log_redis_error(log, "account_backoff_failed", e, account_id=account_id)
             return
         log.warning(
             "account_backed_off",

@@ -26,6 +26,7 @@ from service.config import Settings
 from service.overdue import CHECK_SECONDS, OverdueWatcher
 from service.poll_runner import PollRunner, quietly
 from service.store import keys
+from service.store.health import log_redis_error
 from service.store.leases import LEASE_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 
@@ -117,6 +118,9 @@ class PollScheduler:
         self._backlog = False  # the last claim took as many users as it asked for
         self._kick: asyncio.Task[None] | None = None
         self._resync: asyncio.Task[None] | None = None
+        # whether a sync went through: until one does (Redis away at start), every tick tries
+        # again, so the schedule fills as soon as Redis is there, not a SYNC_SECONDS later
+        self._in_sync = False
 
     @property
     def running(self) -> bool:
@@ -187,13 +191,18 @@ class PollScheduler:
         try:
             wanted = await self.members()
             await self.leases.schedule_only(wanted, lambda m: initial_due_ms(m, now, interval))
+            self._in_sync = True
         except RedisError as e:
-            log.warning("sync_users_failed", error=str(e))
+            log_redis_error(log, "sync_users_failed", e)
 
     async def tick(self) -> None:
         if self._claiming.locked():  # a claim is running; the next finished poll kicks again
             return
         async with self._claiming:
+            if not self._in_sync:
+                await self.sync_users()
+                if not self._in_sync:  # Redis is still away: a claim would fail as well
+                    return
             await self._claim()
 
     def _poll_finished(self, task: asyncio.Task[None]) -> None:
@@ -224,7 +233,7 @@ class PollScheduler:
             backed_off = await self.store.backed_off_accounts()
             self.runner.backed_off = set(backed_off)
         except RedisError as e:
-            log.warning("claim_users_failed", error=str(e))
+            log_redis_error(log, "claim_users_failed", e)
             return 0
         running = Counter(lease.account_id for lease in self.polling.values())
         accounts = {a.account_id for a in self.settings.accounts} | running.keys()
@@ -257,7 +266,7 @@ class PollScheduler:
             try:
                 await self.leases.extend(lease)
             except RedisError as e:
-                log.warning("lease_extend_failed", error=str(e))
+                log_redis_error(log, "lease_extend_failed", e)
 
     async def _poll(self, lease: Lease) -> None:
         try:

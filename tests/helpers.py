@@ -94,7 +94,7 @@ class Driven:
     async def poll(self) -> int:
         """Every listing, feed and user due now read, passed due dates reported; returns
         how many reads ran."""
-        await self.service.planner.refresh()
+        await self.service.refresh_plan()
         return sum([await s.run_once() for s in self.service.schedulers()])
 
     async def deliver(self) -> None:

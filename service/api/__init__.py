@@ -7,6 +7,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from service.api.admin import add_admin_routes, bearer_auth
+from service.api.capacity import capped
 from service.api.common import OPS_KEY, errors_as_json
 from service.api.health import add_health_routes
 from service.api.openapi import build_openapi
@@ -18,6 +19,8 @@ def create_api(operations: Operations) -> web.Application:
     middlewares: list[Middleware] = [errors_as_json]
     if token is not None:
         middlewares.append(bearer_auth(token.get_secret_value()))
+    # after the token check: a request without the token is refused without queueing
+    middlewares.append(capped())
     app = web.Application(middlewares=middlewares)
     app[OPS_KEY] = operations
     document = build_openapi(admin=token is not None)

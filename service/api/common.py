@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from service.operations import Operations
+from service.store.health import out_of_memory
 
 log = structlog.get_logger("api")
 
@@ -44,7 +45,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if e.status < 400:
             raise
         return json_error(e.status, e.reason)
-    except RedisError:
+    except RedisError as e:
+        if out_of_memory(e):  # it takes no new data until memory is freed
+            return json_error(503, "store out of memory")
         return json_error(503, "store unavailable")
     except Exception:
         log.exception("http_handler_failed", method=request.method, path=request.path)

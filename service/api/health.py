@@ -15,7 +15,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     checks = await ops(request).readiness()
-    status = 200 if all(checks.values()) else 503
+    status = 200 if all(value is True for value in checks.values()) else 503
     return web.json_response({"ready": status == 200, "checks": checks}, status=status)
 
 

@@ -156,7 +156,9 @@ def build_openapi(admin: bool) -> dict[str, Any]:
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(_OBJECT)}}},
         "/readyz": {
             "get": {
-                "summary": "Readiness: Redis answers and the workers run",
+                "summary": "Readiness: Redis takes writes and the workers run",
+                "description": '`checks`: each true, or why not (e.g. `"redis": "out of '
+                'memory"`, `"unreachable"`, `"no primary"`, `"read only"`).',
                 "responses": {"200": _json(_OBJECT), "503": _json(_OBJECT, "Not ready")},
             }
         },

@@ -16,6 +16,7 @@ from service.delivery.breaker import OPEN_RECHECK, Circuit
 from service.delivery.breaker_cache import BreakerCache
 from service.delivery.handoff import Handoff
 from service.store.endpoints import EndpointStore
+from service.store.health import log_redis_error
 from service.store.queue import EventQueue
 
 log = structlog.get_logger("delivery")
@@ -70,7 +71,7 @@ class Claimer:
             try:
                 claimed = await self.claim()
             except RedisError as e:
-                log.warning("dispatch_redis_error", endpoint=self.endpoint.id, error=str(e))
+                log_redis_error(log, "dispatch_redis_error", e, endpoint=self.endpoint.id)
                 await self.sleep(1.0)
                 continue
             except Exception:  # a bug must not end this endpoint's deliveries for good

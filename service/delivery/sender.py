@@ -25,6 +25,7 @@ from service.delivery.ssrf import check_url
 from service.errors import AddressRefused
 from service.httpspec import USER_AGENT
 from service.store.claims import ClaimedEvent
+from service.store.health import log_redis_error
 from service.store.limits import SharedRate
 from service.store.queue import EventQueue
 
@@ -99,11 +100,8 @@ class Sender:
                 # this settle changes, so a successful probe lets the rest flow at once
                 settled = await self.settler.settle(event, *attempt)
         except RedisError as e:  # the claim runs out and the event is sent again, same id
-            log.warning(
-                "delivery_redis_error",
-                endpoint=self.endpoint.id,
-                event_id=event.event_id,
-                error=str(e),
+            log_redis_error(
+                log, "delivery_redis_error", e, endpoint=self.endpoint.id, event_id=event.event_id
             )
         except asyncio.CancelledError:
             raise  # stays held: the worker hands it back to the queue
@@ -125,11 +123,8 @@ class Sender:
         try:
             return await self.settler.settle(event, result, duration)
         except RedisError as e:  # the claim runs out and the event is sent again, same id
-            log.warning(
-                "delivery_redis_error",
-                endpoint=self.endpoint.id,
-                event_id=event.event_id,
-                error=str(e),
+            log_redis_error(
+                log, "delivery_redis_error", e, endpoint=self.endpoint.id, event_id=event.event_id
             )
         except Exception:  # the settler itself is broken: the claim brings the event back
             log.exception(

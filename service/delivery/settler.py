@@ -160,5 +160,7 @@ class Settler:
             log.info("endpoint_recovered", endpoint=self.endpoint_id, status=health.status.value)
             self._success_noted = now
         elif now - self._success_noted >= 1.0:
-            await self.endpoints.touch_success(self.endpoint_id, now)
+            # noted before the write: one that fails (Redis out of memory, say) is tried
+            # again a second later, not on every success meanwhile
             self._success_noted = now
+            await self.endpoints.touch_success(self.endpoint_id, now)

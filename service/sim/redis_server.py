@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -20,10 +21,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, args: Sequence[str] = ()
+    ) -> None:
         self.binary = shutil.which("redis-server")
         self.workdir = workdir
         self.appendonly = appendonly
+        self.args = list(args)  # more redis-server options, e.g. --replicaof host port
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -48,6 +52,7 @@ class RedisServer:
             "yes" if self.appendonly else "no",
             "--appendfsync",
             "always",
+            *self.args,
         ]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir

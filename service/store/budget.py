@@ -23,7 +23,8 @@ class BudgetStore:
         """Add reads of one kind (`user`, `feed`) and the pages they took."""
         if not reads:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # not a transaction: Redis out of memory refuses the command, not a whole MULTI
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hincrbyfloat(keys.BUDGET_LEARNED, f"{kind}:pages", pages)
             pipe.hincrby(keys.BUDGET_LEARNED, f"{kind}:reads", reads)
             total_pages, total_reads = await pipe.execute()

@@ -35,6 +35,9 @@ BUDGET_PLAN = f"{PREFIX}:budget:plan"
 BUDGET_LEARNED = f"{PREFIX}:budget:learned"
 # zset: user member → the weight of its poll (service.budget.user_weight), for `adaptive`.
 USER_WEIGHTS = f"{PREFIX}:budget:weights"
+# string with a TTL: written by every readiness check, since a write is what tells whether
+# Redis takes the service's commits (out of memory, a replica, away); its value is unused.
+READY_PROBE = f"{PREFIX}:ready:probe"
 
 
 def _q(value: str) -> str:

@@ -12,6 +12,10 @@ local function acquire(rate_key, pause_key, emission, tolerance)
   local wait = tat - tonumber(tolerance) - now
   if wait > 0 then return math.ceil(wait) end
   local new_tat = tat + tonumber(emission)
+  -- deleted first: Redis out of memory (noeviction) refuses a script's writes that may add
+  -- data only until its first write, so a throttled endpoint's queue still drains then; the
+  -- value set is the size of the one deleted
+  redis.call('DEL', rate_key)
   redis.call('SET', rate_key, new_tat, 'PX', math.ceil(new_tat - now + 1000))
   return 0
 end

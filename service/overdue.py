@@ -53,8 +53,7 @@ class OverdueWatcher:
 
     async def _check(self) -> int:
         now = self.clock()
-        token = int((now + CLAIM_SECONDS) * 1000)
-        claimed = await self.store.claim_overdue(int(now * 1000), token, BATCH)
+        token, claimed = await self.store.claim_overdue(int(now * 1000), CLAIM_SECONDS, BATCH)
         queued = 0
         for member, (account_id, user_id, assignment_id, due_ms) in claimed:
             snapshot = await self.store.snapshot(account_id, user_id, assignment_id)

@@ -22,7 +22,7 @@ from service.detect import (
 from service.errors import StaleLease
 from service.metrics import Metrics
 from service.outbox import Outbox
-from service.store.leases import LEASE_SECONDS, Lease
+from service.store.leases import KEEP_LEASE, Lease
 from service.store.limits import Budget
 from service.store.polls import PollStore, StoredUser
 from service.store.read_state import ReadState
@@ -221,11 +221,9 @@ class Poller:
         extends it."""
         lease, outbox, result = run.lease, run.outbox, run.result
         async with lease.lock:
-            if done is None:
-                next_score = int((self.clock() + LEASE_SECONDS) * 1000)
-            else:
-                next_score = self.next_due_ms(lease)
-            committed = await self.store.commit(
+            # a flush keeps the lease (on Redis' clock); the last commit ends it
+            next_score = KEEP_LEASE if done is None else self.next_due_ms(lease)
+            token = await self.store.commit(
                 lease.account_id,
                 lease.user_id,
                 outbox,
@@ -236,9 +234,9 @@ class Poller:
                 # still in 0.1's form, which the commit then removes)
                 snapshots=run.snapshots if outbox.changes or run.stored.legacy else None,
             )
-            if not committed:
+            if token is None:
                 raise StaleLease(f"lease on {lease.member} was taken over")
-            lease.token = next_score
+            lease.token = token
             lease.ended = done is not None
         result.changes += len(outbox.changes)
         detected = Counter(event["type"] for change in outbox.changes for event in change.events)

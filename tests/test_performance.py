@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from service.sim.receiver import Answer, Receiver
 from service.store import keys
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
-from tests.helpers import ACCOUNT, driven, endpoint, make_settings, seed_user
+from tests.helpers import ACCOUNT, driven, endpoint, leases_run_out, make_settings, seed_user
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
         "hr": [(f"evt_{n}", json.dumps({"id": f"evt_{n}"}), 0) for n in range(3)]
     }
     await store.commit(ACCOUNT, "u", Outbox(events=dict(events)), token=None, next_score=None)
-    claimed = await queue.claim("hr", now_ms=10, lease_until_ms=1000, limit=3)
+    claimed = await queue.claim("hr", now=0.01, seconds=1.0, limit=3)
     assert len(claimed) == 3
     claimed[1].token = 999  # as if its lease had run out and another worker took it over
     done: list[tuple[str, bool]] = []
@@ -98,7 +99,8 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
     assert sorted(done) == [("evt_0", True), ("evt_1", False), ("evt_2", True)]
     assert await redis.zrange(keys.EndpointKeys("hr").due, 0, -1) == ["evt_1"]
 
-    [again] = await queue.claim("hr", now_ms=1000, lease_until_ms=2000, limit=1)
+    await leases_run_out(redis)  # the lease the other worker took, as if it had died
+    [again] = await queue.claim("hr", now=time.time() + 1, seconds=1.0, limit=1)
     batcher.add(again)  # alone, below a batch: it waits a few ms for company, no more
     assert len(done) == 3
     await asyncio.sleep(0.05)

@@ -15,7 +15,7 @@ from service.outbox import Outbox, OverdueWatch, RoutedEvents
 from service.store import keys
 from service.store.limits import Budget
 from service.store.read_state import FIELDS, ReadState
-from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser
+from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, lease_ms
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 
 
@@ -81,13 +81,16 @@ class PollStore:
         next_score: int | None,
         state: ReadState | None = None,
         snapshots: dict[str, Snapshot] | None = None,
-    ) -> bool:
+    ) -> int | None:
         """Snapshots, user state, outgoing events and the due score in one atomic step.
 
         `snapshots`: every snapshot of the user (they are stored as one value), or None to
         leave them as they are. `token` None: unfenced (tools and tests, not polls).
 
-        False when `token` no longer holds the user's lease: another process took the user
+        `next_score`: the next due time (ends the lease), `scripts.hold(…)` (keeps it), or None
+        (leaves the score). Returns the score written (a kept lease's new token; 0 for None).
+
+        None when `token` no longer holds the user's lease: another process took the user
         over, so nothing was written and this poll's results are dropped.
         """
         return await self._commit(
@@ -117,12 +120,15 @@ class PollStore:
     # -- due dates watched for `assignment.overdue` --
 
     async def claim_overdue(
-        self, now_ms: int, lease_until_ms: int, limit: int
-    ) -> list[tuple[str, OverdueWatch]]:
-        """Claim watched due dates that have passed (leased like polls: fenced by the
-        expiry): each member as stored, with what it says."""
-        claimed = await self._claim(keys.OVERDUE, now_ms, lease_until_ms, limit)
-        return [(member, OverdueWatch(*keys.parse_overdue_member(member))) for member, _ in claimed]
+        self, now_ms: int, seconds: float, limit: int
+    ) -> tuple[int, list[tuple[str, OverdueWatch]]]:
+        """Claim watched due dates that have passed (leased like polls for `seconds` on
+        Redis' clock, and fenced by the lease): the claims' token, and each member as
+        stored, with what it says."""
+        token, claimed = await self._claim(keys.OVERDUE, now_ms, lease_ms(seconds), limit)
+        return token, [
+            (member, OverdueWatch(*keys.parse_overdue_member(member))) for member, _ in claimed
+        ]
 
     async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:
         """Queue an overdue check's events (maybe none) and unwatch it, fenced, in one step."""

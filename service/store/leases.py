@@ -29,6 +29,7 @@ from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import (
     LEASED,
     ClaimDue,
+    DueNow,
     MoveLease,
     due_or_expiry_ms,
     hold,
@@ -79,6 +80,7 @@ class Leases:
         self.clock = clock
         self._claim = ClaimDue(redis)
         self._move = MoveLease(redis)
+        self._due_now = DueNow(redis)
 
     async def claim(self, limit: int) -> list[Lease]:
         """Lease up to `limit` members that are due now, or whose lease ran out (their
@@ -106,7 +108,8 @@ class Leases:
 
     async def release(self, lease: Lease, due_ms: int, state: ReadState | None = None) -> bool:
         """End the lease without a commit: the member is next due at `due_ms`, with `state`
-        (a failed read's failure count and error) written at the same time."""
+        (a failed read's failure count and error) written at the same time; due at once
+        instead when a read now was asked for meanwhile (due_now)."""
         async with lease.lock:
             if lease.ended:
                 return False
@@ -165,8 +168,10 @@ class Leases:
         return None if score is None else due_or_expiry_ms(score)
 
     async def due_now(self, member: str) -> bool:
-        """Make a scheduled member due at once (XX: one not scheduled is not added)."""
-        return bool(await self.redis.zadd(self.zset, {member: 0}, xx=True, ch=True))
+        """Read a scheduled member at once; one being read is read again as soon as that
+        read ends (its lease is not broken: the read is not wasted). False when it is not
+        scheduled."""
+        return await self._due_now((self.zset, self.state_key(member)), member)
 
 
 def _user_state_key(member: str) -> str:

@@ -114,6 +114,14 @@ class MoveLease(_Script):
         )
 
 
+class DueNow(_Script):
+    source = "due_now"
+
+    async def __call__(self, schedule: tuple[str, str], member: str) -> bool:
+        """`schedule`: (the zset, the member's state hash). False when not scheduled."""
+        return bool(await self._run(keys=list(schedule), args=[member]))
+
+
 def _state_args(state: ReadState | None) -> list[Any]:
     """A ReadState as commit_parts.lua's hset_pairs reads it."""
     pairs = _state_pairs(state)

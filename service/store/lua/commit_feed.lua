@@ -31,4 +31,4 @@ end
 i = watch(KEYS[3], i)
 enqueue(5 + 3 * users, i)
 if ARGV[3] == '' then return 0 end
-return move(KEYS[1], ARGV[1], ARGV[3])
+return move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])

@@ -22,5 +22,5 @@ for u = 0, n - 1 do
   redis.call('DEL', KEYS[5 + 3 * u], KEYS[6 + 3 * u], KEYS[7 + 3 * u])
   i = i + 2
 end
-move(KEYS[1], ARGV[1], ARGV[3])
+move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])
 return 1

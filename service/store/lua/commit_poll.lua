@@ -22,4 +22,4 @@ local i = hset_pairs(KEYS[3], 5)
 i = watch(KEYS[4], i)
 enqueue(6, i)
 if ARGV[3] == '' then return 0 end
-return move(KEYS[1], ARGV[1], ARGV[3])
+return move(KEYS[1], ARGV[1], ARGV[3], KEYS[3])

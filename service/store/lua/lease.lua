@@ -39,11 +39,17 @@ local function claimable(zset, due_by, limit)
 end
 -- lease_token(hold_ms) → the score of a lease that runs out `hold_ms` from now (Redis' clock)
 local function lease_token(hold_ms) return LEASED + redis_ms() + tonumber(hold_ms) end
--- move(zset, member, score) → the score written. `score` ≥ 0 is the member's next due time
--- and ends its lease; -n keeps the lease n ms more, on Redis' clock (the new token).
-local function move(zset, member, score)
+-- move(zset, member, score, state) → the score written. `score` ≥ 0 is the member's next due
+-- time and ends its lease; -n keeps the lease n ms more, on Redis' clock (the new token).
+-- Ending a lease of a member asked to be read at once while it was being read (`state`, its
+-- state hash, holds due_now: see due_now.lua) makes it due at once instead.
+local function move(zset, member, score, state)
   score = tonumber(score)
-  if score < 0 then score = lease_token(-score) end
+  if score < 0 then
+    score = lease_token(-score)
+  elseif state and redis.call('HDEL', state, 'due_now') == 1 then
+    score = 0
+  end
   redis.call('ZADD', zset, as_score(score), member)
   return score
 end

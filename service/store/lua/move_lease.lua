@@ -8,4 +8,4 @@
 --!include lease.lua
 if not held(KEYS[1], ARGV[1], ARGV[2]) then return -1 end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return move(KEYS[1], ARGV[1], ARGV[3])
+return move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])

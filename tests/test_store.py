@@ -264,8 +264,8 @@ async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
     records["gone"] = Snapshot(7, None)  # a tombstone
     await store.commit("acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=records)
     assert (await store.load_user("acc:1", "u/1", ONE_A_SECOND)).snapshots == records
-    assert await store.snapshot("acc:1", "u/1", "a3") == records["a3"]
-    assert await store.snapshot("acc:1", "u/1", "nope") is None
+    assert await store.user_snapshots("acc:1", "u/1") == records
+    assert await store.user_snapshots("acc:1", "u/9") == {}
     plain = len(json.dumps({a: [s.sequence, s.record] for a, s in records.items()}))
     assert await redis.strlen(keys.snapshots("acc:1", "u/1")) < plain / 2
 
@@ -280,7 +280,7 @@ async def test_snapshots_stored_by_0_1_are_read_and_replaced_on_the_next_commit(
     await redis.hset(legacy, "a1", json.dumps({"s": 3, "r": old}))
     state = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert state.snapshots == {"a1": Snapshot(3, old)} and state.legacy
-    assert await store.snapshot("acc:1", "u/1", "a1") == Snapshot(3, old)
+    assert await store.user_snapshots("acc:1", "u/1") == {"a1": Snapshot(3, old)}
     await store.commit(
         "acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=state.snapshots
     )

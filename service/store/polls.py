@@ -109,13 +109,14 @@ class PollStore:
         values = await self.redis.hmget(keys.user_state(account_id, user_id), FIELDS)
         return ReadState.decode_list(cast(list[str | None], values))
 
-    async def snapshot(self, account_id: str, user_id: str, assignment_id: str) -> Snapshot | None:
+    async def user_snapshots(self, account_id: str, user_id: str) -> dict[str, Snapshot]:
+        """Every snapshot of the user (decoding them is what costs: read them once for all
+        that is needed of one user)."""
         raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id)))
-        if raw is None:
-            legacy = keys.legacy_snapshots(account_id, user_id)
-            old = cast(str | None, await self.redis.hget(legacy, assignment_id))
-            return decode_legacy_snapshots({assignment_id: old}).get(assignment_id) if old else None
-        return decode_snapshots(raw).get(assignment_id)
+        if raw is None:  # 0.1's form, for a user never committed since
+            legacy = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id))
+            return decode_legacy_snapshots(cast(dict[str, str], legacy))
+        return decode_snapshots(raw)
 
     # -- due dates watched for `assignment.overdue` --
 
@@ -130,9 +131,11 @@ class PollStore:
             (member, OverdueWatch(*keys.parse_overdue_member(member))) for member, _ in claimed
         ]
 
-    async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:
-        """Queue an overdue check's events (maybe none) and unwatch it, fenced, in one step."""
-        return await self._commit_overdue(member, token, events)
+    async def commit_overdue(self, claims: list[tuple[str, int, RoutedEvents]]) -> list[bool]:
+        """For each claimed due date (member, token, events): queue its events (maybe none)
+        and unwatch it, fenced by its own claim; all in one step. Returns, per claim,
+        whether it still held (and so was committed)."""
+        return await self._commit_overdue(claims)
 
     # -- accounts backed off after 401/403/412 --
 

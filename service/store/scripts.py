@@ -229,12 +229,23 @@ class CommitFeed(_Script):
 class CommitOverdue(_Script):
     source = "commit_overdue"
 
-    async def __call__(self, member: str, token: int, events: RoutedEvents) -> bool:
-        """`member`: as claimed (the fence compares the claim's own member)."""
+    async def __call__(self, claims: list[tuple[str, int, RoutedEvents]]) -> list[bool]:
+        """`claims`: (overdue member as claimed, its claim's token, its events), each
+        committed only while its claim holds. Returns, per claim, whether it was."""
+        endpoint_ids = sorted({endpoint_id for _, _, events in claims for endpoint_id in events})
         script_keys: list[Any] = [keys.OVERDUE]
-        args: list[Any] = [member, token]
-        _pack_events(events, script_keys, args)
-        return bool(await self._run(keys=script_keys, args=args))
+        for endpoint_id in endpoint_ids:
+            ep = keys.EndpointKeys(endpoint_id)
+            script_keys += [ep.due, ep.body]
+        args: list[Any] = [len(claims)]
+        for member, token, events in claims:
+            args += [member, token]
+            for endpoint_id in endpoint_ids:  # every endpoint in KEYS, none for most
+                routed = events.get(endpoint_id, [])
+                args.append(len(routed))
+                for event_id, body, due in routed:
+                    args += [event_id, body, due]
+        return [bool(flag) for flag in await self._run(keys=script_keys, args=args)]
 
 
 class LoadedUser(NamedTuple):

@@ -26,7 +26,9 @@ DAY_MS = 86_400_000
 
 # adaptive cadence
 IDLE_BOUND = 2.0  # no user polled less often than this × the plan's per-user interval
-RATE_FLOOR = 1.0 / 24  # changes an hour every user is assumed to have (an idle user counts)
+# a user's change rate counts changes per RATE_MEMORY intervals (an hour at the 5-minute
+# default): so the rule is the same at any interval, and a bench run at a faster one transfers
+RATE_FLOOR = 1.0 / 24  # the rate every user is assumed to have: a change a day at 5 minutes
 RATE_MEMORY = 12.0  # a change weighs on a user's cadence for about this many intervals
 IN_PROGRESS_BOOST = 1.5  # an assignment in progress: the learner is at it
 DUE_SOON_BOOST = 2.0  # a due date within a day: the completion (or the overdue) is near
@@ -118,13 +120,15 @@ def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> f
 def change_rate(
     previous: float | None, since_ms: int | None, changes: int, now_ms: int, interval: float
 ) -> float:
-    """A user's changes an hour, decayed: each change adds to it and the sum fades over
-    RATE_MEMORY intervals, so a burst of activity keeps a user close for a while."""
-    memory_hours = RATE_MEMORY * interval / 3600.0
+    """A user's changes, decayed: each change adds one and the sum fades over RATE_MEMORY
+    intervals, so a burst of activity keeps a user close for a while. In changes per
+    RATE_MEMORY intervals, not per hour: against RATE_FLOOR an hour would make one change
+    pull a user in 15× harder than an idle one at a 30 s interval, 5× at 5 minutes, 1.7× at
+    an hour; per interval it is 5× at any interval."""
     rate = previous or 0.0
     if since_ms is not None and now_ms > since_ms:
-        rate *= math.exp(-(now_ms - since_ms) / 3_600_000.0 / memory_hours)
-    return rate + changes / memory_hours
+        rate *= math.exp(-(now_ms - since_ms) / 1000.0 / (RATE_MEMORY * interval))
+    return rate + changes
 
 
 def user_weight(rate: float, in_progress: bool, next_due_ms: int | None, now_ms: int) -> float:

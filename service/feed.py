@@ -26,7 +26,7 @@ from service.feed_users import CompleteUserReads
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.store.feeds import FeedFallback, FeedStore
-from service.store.leases import LEASE_SECONDS, Lease
+from service.store.leases import KEEP_LEASE, Lease
 from service.store.read_state import ReadState
 from service.store.users import TrackedUsers
 from service.timefmt import from_epoch, parse_iso
@@ -196,9 +196,9 @@ class FeedReader:
                 interval = self.cadence.feed_interval
                 due = next_due(lease.due_at, lease.claimed_at, interval, self.clock())
                 next_score = int(due * 1000)
-            else:
-                next_score = int((self.clock() + LEASE_SECONDS) * 1000)
-            committed = await self.store.commit(
+            else:  # a flush keeps the lease (on Redis' clock)
+                next_score = KEEP_LEASE
+            token = await self.store.commit(
                 run.account_id,
                 run.outbox,
                 token=lease.token,
@@ -206,9 +206,9 @@ class FeedReader:
                 state=done,
                 users=run.writes(final),
             )
-            if not committed:
+            if token is None:
                 raise StaleLease(f"feed lease on {lease.account_id} was taken over")
-            lease.token = next_score
+            lease.token = token
             lease.ended = final
         outbox = run.committed(final)
         run.result.changes += len(outbox.changes)
@@ -222,13 +222,16 @@ class FeedReader:
     async def _wait(self, lease: Lease, until: float) -> FeedResult:
         """Not read now: due again at `until`."""
         async with lease.lock:
-            if not await self.store.commit(
-                lease.account_id,
-                Outbox(),
-                token=lease.token,
-                next_score=int(until * 1000),
-                state=None,
-                users=[],
+            if (
+                await self.store.commit(
+                    lease.account_id,
+                    Outbox(),
+                    token=lease.token,
+                    next_score=int(until * 1000),
+                    state=None,
+                    users=[],
+                )
+                is None
             ):
                 raise StaleLease(f"feed lease on {lease.account_id} was taken over")
             lease.ended = True

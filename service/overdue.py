@@ -1,22 +1,25 @@
 """Overdue: due dates watched in Redis, reported once each when they pass, no upstream call.
 
 Polls commit the due dates to watch together with the snapshots. A periodic check claims
-the due dates that have passed (leased, like polls, so one process reports each), reads the
-snapshot, and commits the `assignment.overdue` events and the unwatch in one step.
+the due dates that have passed (leased, like polls, so one process reports each), reads each
+user's snapshots once for all of that user's due dates, and commits the
+`assignment.overdue` events and the unwatch of a batch of them in one step.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from redis.exceptions import RedisError
 
 from service.config import Settings
-from service.detect import detect_overdue
+from service.detect import Snapshot, detect_overdue
+from service.events import Event
 from service.metrics import Metrics
-from service.outbox import RoutedEvents, route_events
+from service.outbox import OverdueWatch, RoutedEvents, route_events
 from service.store.health import log_redis_error
 from service.store.polls import PollStore
 from service.timefmt import from_epoch
@@ -25,7 +28,18 @@ log = structlog.get_logger("overdue")
 
 CHECK_SECONDS = 5.0  # due dates are reported within this of passing (well inside a minute)
 CLAIM_SECONDS = 30.0  # a claimed check not committed by then (its process died) is claimed again
-BATCH = 200
+BATCH = 500  # due dates claimed, or committed, in one round trip
+# due dates one check claims at most (within its claims' 30 s); the rest wait for the next
+CHECK_LIMIT = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """One claimed due date: its overdue member, its claim's token, what it says."""
+
+    member: str
+    token: int
+    watch: OverdueWatch
 
 
 class OverdueWatcher:
@@ -53,12 +67,35 @@ class OverdueWatcher:
             return 0
 
     async def _check(self) -> int:
+        """Claim first, then read: every user's snapshots are read after its due dates were
+        claimed, so they are at least as new as the commit that watched each of them (an
+        older read could miss a due date a poll has just watched, and unwatch it unsent). A
+        later commit that makes one no longer overdue unwatches it, which fails its claim."""
         now = self.clock()
-        token = int((now + CLAIM_SECONDS) * 1000)
-        claimed = await self.store.claim_overdue(int(now * 1000), token, BATCH)
+        by_user: dict[tuple[str, str], list[_Claim]] = {}
+        claimed = 0
+        while claimed < CHECK_LIMIT:
+            token, batch = await self.store.claim_overdue(int(now * 1000), CLAIM_SECONDS, BATCH)
+            for member, watch in batch:
+                by_user.setdefault(watch[:2], []).append(_Claim(member, token, watch))
+            claimed += len(batch)
+            if len(batch) < BATCH:
+                break
         queued = 0
-        for member, (account_id, user_id, assignment_id, due_ms) in claimed:
-            snapshot = await self.store.snapshot(account_id, user_id, assignment_id)
+        for (account_id, user_id), claims in by_user.items():
+            snapshots = await self.store.user_snapshots(account_id, user_id)
+            for start in range(0, len(claims), BATCH):
+                queued += await self._report(claims[start : start + BATCH], snapshots, now)
+        return queued
+
+    async def _report(
+        self, claims: list[_Claim], snapshots: dict[str, Snapshot], now: float
+    ) -> int:
+        """Commit one batch of one user's claimed due dates; returns the events queued."""
+        reports: list[tuple[_Claim, Event | None, RoutedEvents]] = []
+        for claim in claims:
+            account_id, user_id, assignment_id, due_ms = claim.watch
+            snapshot = snapshots.get(assignment_id)
             event = None
             if snapshot is not None:
                 event = detect_overdue(
@@ -67,16 +104,24 @@ class OverdueWatcher:
             routed: RoutedEvents = {}
             if event is not None:
                 route_events([event], self.settings.endpoints, int(now * 1000), routed)
-            if await self.store.commit_overdue(member, token, routed) and event is not None:
-                queued += 1
-                self.metrics.events.labels(event["type"]).inc()
-                log.info(
-                    "assignment_overdue",
-                    account_id=account_id,
-                    user_id=user_id,
-                    assignment_id=assignment_id,
-                    event_id=event["id"],
-                )
-                if routed and self.on_committed:
-                    self.on_committed(set(routed))
+            reports.append((claim, event, routed))
+        committed = await self.store.commit_overdue(
+            [(claim.member, claim.token, routed) for claim, _, routed in reports]
+        )
+        queued, endpoints = 0, set()
+        for (claim, event, routed), done in zip(reports, committed, strict=True):
+            if not done or event is None:
+                continue
+            queued += 1
+            endpoints |= set(routed)
+            self.metrics.events.labels(event["type"]).inc()
+            log.info(
+                "assignment_overdue",
+                account_id=claim.watch.account_id,
+                user_id=claim.watch.user_id,
+                assignment_id=claim.watch.assignment_id,
+                event_id=event["id"],
+            )
+        if endpoints and self.on_committed:
+            self.on_committed(endpoints)
         return queued

@@ -4,7 +4,8 @@ it, then end its lease by its outcome.
 A success ends with the poll's own commit (which moves the user on to its next due time) and
 ends its account's back-off. A failure releases the lease with the failure counted: due
 again soon for passing trouble, slowly for an unusable key, account or user, whose whole
-account is then backed off, not hammered.
+account is then backed off, not hammered. A read cut off by a Redis outage releases its
+lease once Redis answers again, so its next read is not a lease late.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from service.errors import (
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
 from service.store.health import log_redis_error, out_of_memory
-from service.store.leases import Lease, Leases
+from service.store.leases import LEASE_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 from service.store.read_state import ReadState
 
 log = structlog.get_logger("schedule")
+
+# how often a failed read's release is tried again while Redis does not answer
+RELEASE_RETRY_SECONDS = 0.5
 
 
 def account_rejected(error: Exception) -> bool:
@@ -169,7 +173,25 @@ class PollRunner:
         )
         due = int((self.clock() + delay) * 1000)
         failed = ReadState(failures=failures, last_error=str(error))
-        await quietly(self.leases.release(lease, due, failed))
+        await self._release(lease, due, failed)
+
+    async def _release(self, lease: Lease, due_ms: int, failed: ReadState) -> None:
+        """Release a failed read's lease. While Redis is away (the likely reason the read
+        failed), try again until it answers: left to run out, the lease would hold the next
+        read back by up to LEASE_SECONDS. The heartbeat keeps the lease meanwhile (this
+        read still counts as running), and the release is fenced, so a late one changes
+        nothing once another process has taken the member over. Given up after
+        LEASE_SECONDS: by then the lease has run out anyway."""
+        deadline = time.monotonic() + LEASE_SECONDS
+        while True:
+            try:
+                await self.leases.release(lease, due_ms, failed)
+                return
+            except RedisError as e:
+                if time.monotonic() + RELEASE_RETRY_SECONDS > deadline:
+                    log.warning("lease_release_failed", member=lease.member, error=str(e))
+                    return
+            await asyncio.sleep(RELEASE_RETRY_SECONDS)
 
     async def _back_off_account(self, account_id: str, error: UpstreamRejected) -> None:
         """Back the whole account off: its other users are not polled until then either."""

@@ -31,7 +31,7 @@ from service.detect import (
 from service.errors import StaleLease
 from service.metrics import Metrics
 from service.outbox import Outbox
-from service.store.leases import LEASE_SECONDS, Lease
+from service.store.leases import KEEP_LEASE, Lease
 from service.store.limits import Budget
 from service.store.polls import PollStore, StoredUser
 from service.store.read_state import ReadState
@@ -258,11 +258,9 @@ class Poller:
         extends it."""
         lease, outbox, result = run.lease, run.outbox, run.result
         async with lease.lock:
-            if done is None:
-                next_score = int((self.clock() + LEASE_SECONDS) * 1000)
-            else:
-                next_score = self.next_due_ms(lease, weight)
-            committed = await self.store.commit(
+            # a flush keeps the lease (on Redis' clock); the last commit ends it
+            next_score = KEEP_LEASE if done is None else self.next_due_ms(lease, weight)
+            token = await self.store.commit(
                 lease.account_id,
                 lease.user_id,
                 outbox,
@@ -274,9 +272,9 @@ class Poller:
                 snapshots=run.snapshots if outbox.changes or run.stored.legacy else None,
                 weight=weight,
             )
-            if not committed:
+            if token is None:
                 raise StaleLease(f"lease on {lease.member} was taken over")
-            lease.token = next_score
+            lease.token = token
             lease.ended = done is not None
         result.changes += len(outbox.changes)
         detected = Counter(event["type"] for change in outbox.changes for event in change.events)

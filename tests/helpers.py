@@ -25,6 +25,7 @@ from service.sim.lms import SimLMS
 from service.sim.receiver import ReceivedEvent
 from service.store import keys
 from service.store.leases import LEASE_SECONDS
+from service.store.scripts import LEASED
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"lms-webhooks-test-secret-0123456789").decode()
@@ -83,10 +84,11 @@ class Clock:
 class Driven:
     """A service in burst mode: nothing happens until the test polls or delivers.
 
-    The test clock drives due times, leases, retries, the breaker's cooldowns and the
-    simulator's timestamps. What Redis times on its own clock does not move with it: the
-    shared rates (GCRA), a Retry-After pause of the upstream key, and the probe lock of a
-    paused endpoint (its TTL is the claim's lease, about 7 s in these tests)."""
+    The test clock drives due times, retries, the breaker's cooldowns and the simulator's
+    timestamps. What Redis times on its own clock does not move with it: leases (a claim
+    holds until its work ends it, or for its length in real time), the shared rates (GCRA),
+    a Retry-After pause of the upstream key, and the probe lock of a paused endpoint (its
+    TTL is the claim's lease, about 7 s in these tests)."""
 
     service: Service
     clock: Clock
@@ -194,20 +196,26 @@ async def queue_drained(redis: Redis, endpoint_id: str = "hr", timeout: float = 
     await wait_until(empty, timeout, f"{endpoint_id}'s queue to drain")
 
 
+async def redis_ms(redis: Redis) -> int:
+    """Now on Redis' clock (epoch ms), which leases run on."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def leases_run_out(redis: Redis) -> None:
-    """What time would do to a killed process's claims, at once: every user and event scored
-    in the future (a lease, or a due time to come) is due now. Each of those scores must be
-    a lease's length away at most (a poll's LEASE_SECONDS; an event's claim is shorter), so
-    a claim that would never run out by itself fails here. Only for a dead process: a live
-    one would just lose its leases."""
-    now_ms = int(time.time() * 1000)
+    """What time would do to a killed process's claims, at once: every user and event being
+    worked on (scored as a lease) is due now. Each lease must run out within a lease's
+    length on Redis' clock (a poll's LEASE_SECONDS; an event's claim is shorter), so a claim
+    that would never run out by itself fails here. Only for a dead process: a live one would
+    just lose its leases."""
+    now_ms = await redis_ms(redis)
     queues = [key async for key in redis.scan_iter(match=keys.ENDPOINT_QUEUES)]
     for zset in [keys.POLL_DUE, *queues]:
-        ahead = await redis.zrangebyscore(zset, now_ms, "+inf", withscores=True)
-        too_far = [(m, s) for m, s in ahead if s > now_ms + (LEASE_SECONDS + 1) * 1000]
+        leased = await redis.zrangebyscore(zset, LEASED, "+inf", withscores=True)
+        too_far = [(m, s) for m, s in leased if s > LEASED + now_ms + (LEASE_SECONDS + 1) * 1000]
         assert not too_far, f"{zset}: leased beyond any lease: {too_far}"
-        if ahead:
-            await redis.zadd(zset, {member: now_ms for member, _ in ahead}, xx=True)
+        if leased:
+            await redis.zadd(zset, {member: now_ms for member, _ in leased}, xx=True)
 
 
 def seed(sim: SimLMS, count: int) -> None:

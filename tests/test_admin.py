@@ -11,10 +11,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service import events as ev
 from service.app import Service
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
-from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings
+from service.store import keys
+from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings, wait_until
 from tests.redis_server import RedisServer
 
 TOKEN = "admin-token-9f8e7d"
@@ -180,6 +182,49 @@ async def test_poll_now(admin: Any) -> None:
     assert status == 404 and body["error"] == "not tracked"
     status, _ = await call(http, "POST", "/admin/poll", json={"user_id": "u_1"})
     assert status == 400
+
+
+async def test_poll_now_during_a_running_poll_follows_it_without_breaking_it(
+    admin: Any, redis: Redis
+) -> None:
+    """A poll asked for while the user's poll runs neither breaks that poll's lease (its
+    work would be dropped at its commit) nor overlaps it: it runs right after it."""
+    driver, http, sim, rx = admin
+    member = keys.user_member(ACCOUNT, "u_1")
+    assert await driver.service.operations.poll_now(ACCOUNT, "u_1")
+    assert await driver.poll() == 1  # the baseline (it emits: a1's created)
+    sim.progress(ACCOUNT, "u_1", "a1", 50)
+    sim.clear_requests()
+    sim.faults.delay_seconds = 0.3  # the first poll is under way when poll now comes
+
+    async def leased() -> bool:  # scored as a lease, no longer as a due time
+        return (await redis.zscore(keys.POLL_DUE, member) or 0) > driver.clock.now * 1000
+
+    assert await driver.service.operations.poll_now(ACCOUNT, "u_1")
+    polling = asyncio.create_task(driver.poll())
+    await wait_until(leased, 5, "u_1's poll under way")
+    token = await redis.zscore(keys.POLL_DUE, member)
+    status, _ = await call(
+        http, "POST", "/admin/poll", json={"account_id": ACCOUNT, "user_id": "u_1"}
+    )
+    assert status == 202
+    assert await redis.zscore(keys.POLL_DUE, member) == token  # the running poll's lease holds
+    assert await polling == 2  # the running poll, then the one asked for, at once
+    sim.faults.delay_seconds = 0.0
+    await driver.deliver()
+    assert len(sim.requests) == 2
+    # both polls committed: the running one's work was not dropped as a lost lease's
+    metrics = driver.service.metrics.render().decode()
+    assert 'lms_webhooks_poll_duration_seconds_count{outcome="ok"} 3.0' in metrics
+    assert 'outcome="stale"' not in metrics
+    assert sorted(e.type for e in rx.events)[-3:] == [
+        ev.PROGRESS_CHANGED,
+        ev.STATUS_CHANGED,
+        ev.UPDATED,
+    ]
+    assert len(rx.events) == len({e.webhook_id for e in rx.events}) == 4
+    # and the cadence goes on from the poll asked for: due an interval (1 h) later
+    assert await redis.zscore(keys.POLL_DUE, member) == int((driver.clock.now + 3600) * 1000)
 
 
 async def test_openapi_describes_every_admin_route(admin: Any) -> None:

@@ -96,6 +96,16 @@ def test_change_rate_adds_changes_and_fades(
     assert change_rate(previous, since, changes, now, 300.0) == pytest.approx(expected, 1e-4)
 
 
+@pytest.mark.parametrize("interval", [30.0, 300.0, 3600.0])
+def test_change_rate_is_the_same_at_any_interval(interval: float) -> None:
+    # counted in intervals, so one change weighs as much against the floor at any interval
+    # (and a bench run ten times faster behaves as at 5 minutes)
+    memory_ms = int(12 * interval * 1000)
+    now = 1000 * memory_ms
+    assert change_rate(None, None, 1, now, interval) == pytest.approx(1.0)
+    assert change_rate(1.0, now - memory_ms, 2, now, interval) == pytest.approx(2.36788, 1e-4)
+
+
 @pytest.mark.parametrize(
     ("rate", "in_progress", "due_in_h", "expected"),
     [

@@ -11,9 +11,21 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
-from tests.helpers import ACCOUNT, RunProcess, baselined, queue_drained, seed, wait_until
+from service.store import keys
+from tests.helpers import (
+    ACCOUNT,
+    RunProcess,
+    baselined,
+    driven,
+    endpoint,
+    make_settings,
+    queue_drained,
+    seed,
+    wait_until,
+)
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -92,8 +104,8 @@ async def test_redis_away_for_a_few_seconds(
             return await readyz(url) == 200
 
         await wait_until(ready, 20, "ready again")
-        # both changes: updated, status_changed, progress_changed. A poll that Redis left
-        # holding its lease is taken up again once the lease runs out (15 s)
+        # both changes: updated, status_changed, progress_changed. A poll that Redis cut off
+        # releases its lease once Redis answers again (or it runs out, 15 s, if that fails)
         await rx.wait_for(lambda es: len({e.webhook_id for e in es}) >= 6, 40)
         async with Redis.from_url(server.url, decode_responses=True) as after:
             await queue_drained(after)  # nothing else is on its way
@@ -105,3 +117,54 @@ async def test_redis_away_for_a_few_seconds(
     assert code == 0
     assert len({e.webhook_id for e in rx.events}) == 6  # nothing lost (a repeat keeps its id)
     assert {e.data["assignment_id"] for e in rx.events} == {"a1", "a2"}
+
+
+async def test_a_poll_cut_off_by_redis_releases_its_lease_once_redis_is_back(
+    lms: tuple[SimLMS, str], receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    """A poll whose commit finds Redis gone does not leave its lease to run out (15 s, the
+    user's next poll as late): it is released, the failure counted, as soon as Redis
+    answers again, and the next poll finds the change."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed(sim, 1)
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    settings = make_settings(server.url, lms_url, [endpoint(rx_url)], ["u_1"])
+    member = keys.user_member(ACCOUNT, "u_1")
+    client = Redis.from_url(server.url, decode_responses=True)
+    try:
+        async with driven(settings, sim) as driver:
+            await driver.baseline()
+            sim.progress(ACCOUNT, "u_1", "a1", 50)
+            sim.faults.delay_seconds = 0.5  # Redis goes while the poll reads upstream
+
+            async def leased() -> bool:
+                return (await client.zscore(keys.POLL_DUE, member) or 0) > driver.clock.now * 1e3
+
+            driver.clock.advance(0.5)
+            polling = asyncio.create_task(driver.poll())
+            await wait_until(leased, 5, "u_1's poll under way")
+            server.stop()  # SIGTERM: the AOF keeps the lease
+            metrics = driver.service.metrics
+            failed = 'lms_webhooks_poll_failures_total{reason="error"} 1.0'
+            await wait_until(lambda: failed in metrics.render().decode(), 5, "the poll failed")
+            server.start()
+            assert await polling == 1
+            await client.connection_pool.disconnect()  # its connections went with the server
+            # released (due again in half a second, the failure counted), not leased for 15 s
+            assert await client.zscore(keys.POLL_DUE, member) == int(
+                (driver.clock.now + 0.5) * 1000
+            )
+            state = await client.hgetall(keys.user_state(ACCOUNT, "u_1"))
+            assert state["failures"] == "1" and "Connection" in state["last_error"]
+            sim.faults.delay_seconds = 0.0
+            await driver.step(0.5)
+    finally:
+        await client.aclose()
+        server.stop()
+    assert sorted(e.type for e in rx.events) == [
+        ev.PROGRESS_CHANGED,
+        ev.STATUS_CHANGED,
+        ev.UPDATED,
+    ]

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from redis.asyncio import Redis
 
 from service import events as ev
+from service.detect import Snapshot
+from service.metrics import Metrics
+from service.outbox import Outbox, OverdueWatch
+from service.overdue import OverdueWatcher
 from service.sim.lms import SimLMS, iso_ms
 from service.sim.receiver import Receiver
+from service.store import keys
+from service.store.polls import PollStore
 from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user
 from tests.redis_server import RedisServer
 
@@ -50,3 +58,36 @@ async def test_overdue_once_and_not_when_completed_first(
     [overdue] = of_type(rx.events, ev.OVERDUE)
     assert overdue.data["assignment_id"] == "u_1_a1"
     assert overdue.data["assignment"]["due_date"] == due
+
+
+async def test_many_due_dates_of_one_user_are_reported_in_one_check_from_one_read(
+    redis_server: RedisServer, redis: Redis
+) -> None:
+    """1,200 due dates of one user passing together are reported by one check, reading the
+    user's snapshots (which hold all 1,200 assignments) once, in a few round trips: not one
+    read and decode of the whole snapshot per due date."""
+    count = 1200
+    settings = make_settings(
+        redis_server.url, "http://127.0.0.1:9", [endpoint("http://127.0.0.1:9")], ["u_1"]
+    )
+    store, now = PollStore(redis), float(int(time.time()))  # whole seconds: exact due dates
+    due = iso_ms(now - 60)
+    due_ms = int((now - 60) * 1000)
+    snapshots = {
+        f"a{n}": Snapshot(1, {"id": f"a{n}", "due_date": due, "status": {"value": "in_progress"}})
+        for n in range(count)
+    }
+    watch = [OverdueWatch(ACCOUNT, "u_1", assignment, due_ms) for assignment in snapshots]
+    outbox = Outbox(watch=watch)
+    await store.commit(ACCOUNT, "u_1", outbox, token=None, next_score=None, snapshots=snapshots)
+    await redis.config_resetstat()
+
+    watcher = OverdueWatcher(store, settings, Metrics(), clock=lambda: now)
+    queued = await watcher.check()
+    stats = await redis.info("commandstats")
+    assert queued == count
+    assert stats["cmdstat_get"]["calls"] == 1  # the user's snapshots, read once
+    assert stats["cmdstat_evalsha"]["calls"] <= 6  # three claims, three commits of 500
+    assert await redis.zcard(keys.OVERDUE) == 0  # every due date reported, none left
+    assert await redis.zcard(keys.EndpointKeys("hr").due) == count
+    assert await watcher.check() == 0  # once each

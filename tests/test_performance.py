@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from service.bench.load import ACCOUNT as BENCH_ACCOUNT
-from service.bench.load import change_steadily, owner_of, seed_users
+from service.bench.load import change_steadily, owner_of, seed_users, skewed_changes
 from service.bench.roundtrips import poll_cost
-from service.bench.scenarios import delivery_figures
+from service.bench.scenarios import delivery_figures, first_news
 from service.budget import next_due
 from service.delivery.acks import AckBatcher
 from service.outbox import Outbox, RoutedEvents
@@ -26,7 +29,7 @@ from service.sim.records import remote_user_id
 from service.store import keys
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
-from tests.helpers import ACCOUNT, driven, endpoint, make_settings, seed_user
+from tests.helpers import ACCOUNT, driven, endpoint, leases_run_out, make_settings, seed_user
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +94,7 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
         "hr": [(f"evt_{n}", json.dumps({"id": f"evt_{n}"}), 0) for n in range(3)]
     }
     await store.commit(ACCOUNT, "u", Outbox(events=dict(events)), token=None, next_score=None)
-    claimed = await queue.claim("hr", now_ms=10, lease_until_ms=1000, limit=3)
+    claimed = await queue.claim("hr", now=0.01, seconds=1.0, limit=3)
     assert len(claimed) == 3
     claimed[1].token = 999  # as if its lease had run out and another worker took it over
     done: list[tuple[str, bool]] = []
@@ -102,7 +105,8 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
     assert sorted(done) == [("evt_0", True), ("evt_1", False), ("evt_2", True)]
     assert await redis.zrange(keys.EndpointKeys("hr").due, 0, -1) == ["evt_1"]
 
-    [again] = await queue.claim("hr", now_ms=1000, lease_until_ms=2000, limit=1)
+    await leases_run_out(redis)  # the lease the other worker took, as if it had died
+    [again] = await queue.claim("hr", now=time.time() + 1, seconds=1.0, limit=1)
     batcher.add(again)  # alone, below a batch: it waits a few ms for company, no more
     assert len(done) == 3
     await asyncio.sleep(0.05)
@@ -144,6 +148,24 @@ async def test_reach_changes_are_the_records_seeded_and_counted_once_each() -> N
     assert figures["changes_delivered"] == 1 and figures["undelivered"] == 1
     assert figures["p50_seconds"] == 2.0 and figures["p99_seconds"] is None
     assert figures["unexpected_changes_received"] == 1
+
+
+async def test_adaptive_changes_are_skewed_made_alike_in_twins_and_told_by_later_ones() -> None:
+    serials, busy = skewed_changes(random.Random(1), 100, 5, 2000, busy=0.1, busy_share=0.9)
+    per_user = Counter(owner_of(serial, 5) for serial in serials)
+    assert len(busy) == 10
+    assert 0.87 < sum(per_user[u] for u in busy) / 2000 < 0.93
+    assert per_user.most_common(1)[0][0] in busy  # Zipf: the busiest makes 1/H(10) ≈ 34%
+    assert per_user.most_common(1)[0][1] > 2000 * 0.9 * 0.3
+
+    sim, twin = SimLMS(), SimLMS()
+    seed_users(sim, 2, 5, twins=[twin])
+    made = await change_steadily(sim, [3, 3], 5, per_second=1000.0, twins=[twin])
+    assert twin.accounts == sim.accounts  # the same records, the same updated_at
+    # a_3 changed twice before a read: the later version tells both changes
+    (first, _), (second, _) = made
+    told = first_news(made, {("a_3", second): 7.0})
+    assert told == {("a_3", first): 7.0, ("a_3", second): 7.0}
 
 
 @pytest.mark.slow

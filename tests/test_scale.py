@@ -11,11 +11,13 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
 from tests.helpers import (
     ACCOUNT,
+    Clock,
     RunProcess,
     baselined,
     driven,
@@ -315,3 +317,50 @@ def test_deferred_claims_wait_out_a_back_off_and_the_account_share() -> None:
     assert all(1_300_000 <= due < 1_360_000 for due in deferred.values())
     capped = deferred_claims(["ok:u1", "ok:u2"], {}, {"ok": 1}, cap=2, now=now, interval=300)
     assert capped == {"ok:u2": int((now + 2 * TICK_SECONDS) * 1000)}
+
+
+async def test_a_replica_whose_clock_runs_ahead_neither_takes_a_live_poll_nor_repeats_it(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+) -> None:
+    """Leases are judged on Redis' clock: a second replica whose clock runs 40 s ahead (past
+    the 15 s lease of a poll running elsewhere, as that one's clock sees it) leaves the poll
+    to its holder, so the change it finds is read and sent once."""
+    from service.app import Service
+
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    settings = make_settings(redis_server.url, lms_url, [endpoint(rx_url)], ["u_1"])
+    member = keys.user_member(ACCOUNT, "u_1")
+    async with driven(settings, sim) as here:
+        await here.baseline()
+        ahead = Clock(here.clock.now + 40)
+        there = Service(settings, clock=ahead, background=False, serve_http=False)
+        await there.start()
+        try:
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 50)
+            sim.clear_requests()
+            sim.faults.delay_seconds = 0.5  # the poll here is under way while the other looks
+            here.clock.advance(0.5)  # u_1 due here (and long due over there)
+
+            async def leased() -> bool:  # scored as a lease, no longer as a due time
+                return (await redis.zscore(keys.POLL_DUE, member) or 0) > here.clock.now * 1000
+
+            polling = asyncio.create_task(here.poll())
+            await wait_until(leased, 5, "u_1 leased here")
+            assert there.scheduler is not None
+            assert await there.scheduler.run_once() == 0  # the live lease is left alone
+            assert await polling == 1
+            sim.faults.delay_seconds = 0.0
+            await here.deliver()
+        finally:
+            await there.stop(timeout=2.0)
+    assert len(sim.requests) == 1  # one read of the change, by the lease's holder
+    assert sorted(e.type for e in rx.events) == [
+        ev.PROGRESS_CHANGED,
+        ev.STATUS_CHANGED,
+        ev.UPDATED,
+    ]

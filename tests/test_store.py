@@ -22,9 +22,10 @@ from service.store.limits import Budget, SharedLimiter, SharedRate, api_key_budg
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
 from service.store.read_state import ReadState
+from service.store.scripts import LEASED
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
-from tests.helpers import ACCOUNT, Clock, make_settings
+from tests.helpers import ACCOUNT, Clock, make_settings, redis_ms
 from tests.redis_server import RedisServer
 
 MEMBER = keys.user_member("acc:1", "u/1")
@@ -49,8 +50,11 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     store = PollStore(redis)
     leases = user_leases(redis, clock=Clock(0.010))
     await leases.add({MEMBER: 0})
+    before = await redis_ms(redis)
     [lease] = await leases.claim(10)
-    assert lease.due_at == 0 and lease.token == 10 + LEASE_SECONDS * 1000
+    # the token: LEASED + when the lease runs out on Redis' clock, whatever the caller's says
+    assert lease.due_at == 0 and lease.token - LEASED - LEASE_SECONDS * 1000 >= before
+    assert lease.token - LEASED - LEASE_SECONDS * 1000 <= await redis_ms(redis)
     assert (lease.member, lease.account_id, lease.user_id) == (MEMBER, "acc:1", "u/1")
     assert await leases.claim(10) == []
 
@@ -66,7 +70,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         state=ReadState(watermark_ms=1),
         snapshots=snapshots,
     )
-    assert stale is False
+    assert stale is None
     assert await redis.exists(keys.snapshots("acc:1", "u/1"), keys.user_state("acc:1", "u/1")) == 0
     assert await redis.zcard(HR.due) == 0
 
@@ -79,7 +83,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         state=ReadState(watermark_ms=1, baselined=True),
         snapshots=snapshots,
     )
-    assert ok is True
+    assert ok == 90_000  # the score written: the lease ended
     stored = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert stored.snapshots == {"a1": Snapshot(2, {"id": "a1", "progress": 10})}
     assert stored.state == ReadState(watermark_ms=1, baselined=True)
@@ -92,7 +96,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
 
     # the same change committed again (a poll replayed after a crash) is queued once
     again = await store.commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
-    assert again is True and await redis.zcard(HR.due) == 2
+    assert again == 0 and await redis.zcard(HR.due) == 2
 
 
 async def test_a_poll_lease_is_extended_released_and_handed_back_only_by_its_holder(
@@ -103,8 +107,10 @@ async def test_a_poll_lease_is_extended_released_and_handed_back_only_by_its_hol
     await leases.add({MEMBER: 0})
     [lease] = await leases.claim(1)
     first = lease.token
-    clock.advance(5)
-    assert await leases.extend(lease) and lease.token == (105 + LEASE_SECONDS) * 1000
+    await asyncio.sleep(0.002)  # Redis' clock moves on: the extension has another token
+    before = await redis_ms(redis)
+    assert await leases.extend(lease)
+    assert before <= lease.token - LEASED - LEASE_SECONDS * 1000 <= await redis_ms(redis)
     late = dataclasses.replace(lease, token=first)  # its holder's view before the extension
     assert not await leases.release(late, 1, ReadState(failures=9))
     assert await redis.zscore(keys.POLL_DUE, MEMBER) == lease.token
@@ -119,7 +125,7 @@ async def test_a_poll_lease_is_extended_released_and_handed_back_only_by_its_hol
     clock.advance(100)  # due again; claimed, then handed back: due at once, for anyone
     [again] = await leases.claim(1)
     assert await leases.hand_back(again)
-    assert await redis.zscore(keys.POLL_DUE, MEMBER) == 205_000
+    assert await redis.zscore(keys.POLL_DUE, MEMBER) == 200_000
 
 
 async def test_two_processes_never_claim_the_same_user(
@@ -136,16 +142,53 @@ async def test_two_processes_never_claim_the_same_user(
         await other.aclose()
 
 
+async def test_a_process_whose_clock_runs_ahead_takes_no_live_lease(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """Whether a lease holds is judged on Redis' clock: a process 40 s ahead (beyond every
+    15 s lease as its holder's clock sees it) takes none of the live ones, users or events,
+    and the holders' writes go through. When a member is due stays on each process's clock:
+    one ahead claims a due member early, which is all its clock changes."""
+    now = time.time()
+    other = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        here, ahead = (
+            user_leases(redis, clock=Clock(now)),
+            user_leases(other, clock=Clock(now + 40)),
+        )
+        await here.add({f"acc:u{n}": int(now * 1000) - 1000 for n in range(3)})
+        held = await here.claim(10)
+        assert len(held) == 3
+        assert await ahead.claim(10) == []
+        assert all([await here.extend(lease) for lease in held])
+
+        await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+        queue, queue_ahead = EventQueue(redis), EventQueue(other)
+        sending = await queue.claim("hr", now=now, seconds=LEASE_SECONDS, limit=10)
+        assert len(sending) == 2
+        assert await queue_ahead.claim("hr", now=now + 40, seconds=LEASE_SECONDS, limit=10) == []
+        assert await queue.ack_many("hr", sending) == [True, True]
+
+        # released to be due in 20 s: due at once for the process 40 s ahead, not here
+        assert await here.release(held[0], int((now + 20) * 1000))
+        assert await here.claim(10) == []
+        assert [lease.member for lease in await ahead.claim(10)] == [held[0].member]
+    finally:
+        await other.aclose()
+
+
 async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
     queue = EventQueue(redis)
     store = PollStore(redis)
     await store.commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
-    first = await queue.claim("hr", now_ms=2000, lease_until_ms=3000, limit=1)
+    first = await queue.claim("hr", now=2.0, seconds=0.002, limit=1)
     assert len(first) == 1 and first[0].meta.attempts == 0
-    # its lease has not run out: nobody else gets it; once it has, it is claimed again
-    rest = await queue.claim("hr", now_ms=2000, lease_until_ms=3001, limit=10)
+    # its lease has not run out: nobody else gets it; once it has (on Redis' clock, whatever
+    # the claimant's says), it is claimed again
+    rest = await queue.claim("hr", now=2.0, seconds=LEASE_SECONDS, limit=10)
     assert [e.event_id for e in rest] != [first[0].event_id] and len(rest) == 1
-    again = await queue.claim("hr", now_ms=3000, lease_until_ms=4000, limit=10)
+    await asyncio.sleep(0.005)  # Redis' clock passes the first claim's 2 ms
+    again = await queue.claim("hr", now=2.0, seconds=LEASE_SECONDS, limit=10)
     assert [e.event_id for e in again] == [first[0].event_id]
     # the first claimant lost its lease: its ack changes nothing
     assert await queue.ack("hr", first[0]) is False
@@ -156,7 +199,7 @@ async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
     event = again[0]
     event.meta.attempts, event.meta.last_error = 1, "HTTP 500"
     assert await queue.reschedule("hr", event, due_ms=5000)
-    [retried] = await queue.claim("hr", now_ms=5000, lease_until_ms=6000, limit=10)
+    [retried] = await queue.claim("hr", now=5.0, seconds=LEASE_SECONDS, limit=10)
     assert retried.meta.attempts == 1 and retried.meta.last_error == "HTTP 500"
     assert await queue.dead_letter("hr", retried, now_ms=5500)
     assert await queue.depth("hr") == 0 and await queue.dead_count("hr") == 1
@@ -166,7 +209,7 @@ async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
 
     assert await queue.replay("hr", now_ms=7000) == 1
     assert await queue.dead_count("hr") == 0
-    replayed = await queue.claim("hr", now_ms=7000, lease_until_ms=8000, limit=10)
+    replayed = await queue.claim("hr", now=7.0, seconds=LEASE_SECONDS, limit=10)
     assert [e.event_id for e in replayed] == [retried.event_id]
     assert all(await asyncio.gather(*[queue.ack("hr", e) for e in replayed]))
     assert await queue.depth("hr") == 0
@@ -221,8 +264,8 @@ async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
     records["gone"] = Snapshot(7, None)  # a tombstone
     await store.commit("acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=records)
     assert (await store.load_user("acc:1", "u/1", ONE_A_SECOND)).snapshots == records
-    assert await store.snapshot("acc:1", "u/1", "a3") == records["a3"]
-    assert await store.snapshot("acc:1", "u/1", "nope") is None
+    assert await store.user_snapshots("acc:1", "u/1") == records
+    assert await store.user_snapshots("acc:1", "u/9") == {}
     plain = len(json.dumps({a: [s.sequence, s.record] for a, s in records.items()}))
     assert await redis.strlen(keys.snapshots("acc:1", "u/1")) < plain / 2
 
@@ -237,7 +280,7 @@ async def test_snapshots_stored_by_0_1_are_read_and_replaced_on_the_next_commit(
     await redis.hset(legacy, "a1", json.dumps({"s": 3, "r": old}))
     state = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert state.snapshots == {"a1": Snapshot(3, old)} and state.legacy
-    assert await store.snapshot("acc:1", "u/1", "a1") == Snapshot(3, old)
+    assert await store.user_snapshots("acc:1", "u/1") == {"a1": Snapshot(3, old)}
     await store.commit(
         "acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=state.snapshots
     )
@@ -255,7 +298,7 @@ async def test_every_lua_script_says_what_it_takes_and_compiles(redis: Redis) ->
 
     folder = files("service.store").joinpath("lua")
     names = [p.name[:-4] for p in folder.iterdir()]
-    libraries = {"fence", "enqueue", "gcra", "commit_parts"}
+    libraries = {"fence", "lease", "enqueue", "gcra", "commit_parts"}
     assert libraries < set(names)
     for name in sorted(set(names) - libraries):
         lines = folder.joinpath(f"{name}.lua").read_text().splitlines()

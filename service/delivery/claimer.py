@@ -118,8 +118,9 @@ class Claimer:
                 return Claimed.FULL
         if self.handoff.closed:  # stopping: claim nothing more to hand back
             return Claimed.WITHHELD
-        lease_until = int((now + lease_seconds(self.endpoint, want)) * 1000)
-        batch = await self.queue.claim(self.endpoint.id, int(now * 1000), lease_until, want)
+        batch = await self.queue.claim(
+            self.endpoint.id, now, lease_seconds(self.endpoint, want), want
+        )
         if state is Circuit.HALF_OPEN:
             self.breaker.probe_event_id = batch[0].event_id if batch else None
         for event in batch:

@@ -31,7 +31,7 @@ class Handoff:
         """A fresh claim. An event still held here (its claim ran out and was claimed again
         by this process) keeps its one sender and takes the new claim's token."""
         if (mine := self.held.get(event.event_id)) is not None:
-            mine.token = event.token
+            mine.token, mine.held_until = event.token, event.held_until
             return
         self.held[event.event_id] = event
         self._settled.clear()

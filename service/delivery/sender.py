@@ -135,12 +135,12 @@ class Sender:
     async def _attempt(self, event: ClaimedEvent) -> tuple[AttemptResult, float] | None:
         """Send once, after the endpoint's rate allows; None when the claim was lost."""
         waited = 0.0 if self.rate is None else await self._throttle(self.rate)
-        left = event.token / 1000 - self.clock()
-        if waited or left < self.endpoint.timeout + LEASE_MARGIN / 2:
+        now = self.clock()
+        if waited or event.held_until - now < self.endpoint.timeout + LEASE_MARGIN / 2:
             # the wait for the rate, or in the hand-off, may have outlasted the claim: renew
             # it, or leave the event to the worker that took it over, so it is never sent twice
-            lease = int((self.clock() + lease_seconds(self.endpoint, 1)) * 1000)
-            if not await self.queue.extend(self.endpoint.id, event, lease):
+            seconds = lease_seconds(self.endpoint, 1)
+            if not await self.queue.extend(self.endpoint.id, event, now, seconds):
                 return None
         return await self._post(event)
 

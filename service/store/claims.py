@@ -48,4 +48,8 @@ class ClaimedEvent:
     event_id: str
     body: str
     meta: DeliveryMeta
-    token: int  # the claim's expiry (ms), which fences every write of it
+    # the claim's score (LEASED + its expiry, ms on Redis' clock), which fences every write
+    token: int
+    # when this process takes the claim to run out, on its own clock (it cannot read Redis'):
+    # the claim's length from just before it was claimed
+    held_until: float = 0.0

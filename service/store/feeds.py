@@ -75,10 +75,11 @@ class FeedStore:
         next_score: int | None,
         state: ReadState | None,
         users: list[UserWrite],
-    ) -> bool:
+    ) -> int | None:
         """Every user's snapshots and state, the events and overdue watches, the feed's
-        state and its next score in one atomic step; False when `token` no longer holds the
-        account's feed lease (nothing written)."""
+        state and its next score (as PollStore.commit takes it) in one atomic step; returns
+        the score written, None when `token` no longer holds the account's feed lease
+        (nothing written)."""
         return await self._commit(
             account_id,
             token=token,

@@ -81,12 +81,14 @@ def legacy_snapshots(account_id: str, user_id: str) -> str:
 
 def user_state(account_id: str, user_id: str) -> str:
     """hash: the user poll's ReadState (watermark, baselined, last_full_sync, last_poll,
-    failures, last_error)."""
+    failures, last_error), and `due_now` while a poll asked for (poll now) waits for the
+    running one to end (due_now.lua)."""
     return f"{PREFIX}:user:{user_member(account_id, user_id)}"
 
 
 def feed_state(account_id: str) -> str:
-    """hash: the account change feed's ReadState (watermark, last full read, failures)."""
+    """hash: the account change feed's ReadState (watermark, last full read, failures), and
+    `due_now` as in `user_state`."""
     return f"{PREFIX}:feed:{account_member(account_id)}"
 
 

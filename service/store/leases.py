@@ -1,10 +1,17 @@
 """Leased schedules, the whole life of a lease: claim, extend, release, hand back.
 
 A schedule is a zset of members (users to poll, accounts whose change feed or user listing
-to read), each scored by when it is next due. Claiming a due member sets its score to the
-lease's expiry, and that score is the fencing token of every write of the work (see
-fence.lua): work whose lease ran out and was claimed elsewhere writes nothing. The work's
-commit moves the score on to the next due time, which ends the lease.
+to read), each scored by when it is next due. Claiming a due member sets its score to its
+lease (LEASED + the lease's expiry), and that score is the fencing token of every write of
+the work (see fence.lua): work whose lease ran out and was claimed elsewhere writes nothing.
+The work's commit moves the score on to the next due time, which ends the lease.
+
+Two clocks, each for what it can judge (see lease.lua). When a member is due is judged on
+the claiming process's clock, as due times are written from process clocks (an interval on
+from when the last read was due; a test's clock). Whether a lease still holds is judged on
+Redis' clock alone: leases are taken, extended and found run out by the scripts on Redis'
+TIME, so a process whose clock runs ahead may claim due members early, but never takes a
+live lease.
 """
 
 from __future__ import annotations
@@ -19,23 +26,35 @@ from redis.asyncio import Redis
 
 from service.store import keys
 from service.store.read_state import FIELDS, ReadState
-from service.store.scripts import ClaimDue, MoveLease
+from service.store.scripts import (
+    LEASED,
+    ClaimDue,
+    DueNow,
+    MoveLease,
+    due_or_expiry_ms,
+    hold,
+    lease_ms,
+)
 
 # A dead process's work is taken over this soon; live work extends its lease every third of
 # it (the scheduler's heartbeat).
 LEASE_SECONDS = 15.0
+# the next score of a commit that keeps its lease (a flush of a long read): LEASE_SECONDS
+# more, on Redis' clock
+KEEP_LEASE = hold(LEASE_SECONDS)
 
 
 @dataclass
 class Lease:
-    """A claimed member. `token` (the lease expiry, ms) changes whenever the lease moves."""
+    """A claimed member. `token` (its score: LEASED + the lease's expiry, ms on Redis' clock)
+    changes whenever the lease moves."""
 
     member: str
     account_id: str
     user_id: str  # "" for an account's feed or listing
     token: int
     due_at: float  # when it was due (s): the next run is due an interval later
-    claimed_at: float
+    claimed_at: float  # on this process's clock
     # held while the token is in use (a commit, an extension), so none uses a stale one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # the work's last commit moved the member on to its next due time: that score is no
@@ -61,12 +80,15 @@ class Leases:
         self.clock = clock
         self._claim = ClaimDue(redis)
         self._move = MoveLease(redis)
+        self._due_now = DueNow(redis)
 
     async def claim(self, limit: int) -> list[Lease]:
-        """Lease up to `limit` members that are due now."""
+        """Lease up to `limit` members that are due now, or whose lease ran out (their
+        process died)."""
         now = self.clock()
-        token = int((now + LEASE_SECONDS) * 1000)
-        claimed = await self._claim(self.zset, int(now * 1000), token, limit)
+        token, claimed = await self._claim(
+            self.zset, int(now * 1000), lease_ms(LEASE_SECONDS), limit
+        )
         return [
             Lease(member, *keys.parse_user_member(member), token, due_ms / 1000, now)
             for member, due_ms in claimed
@@ -78,21 +100,22 @@ class Leases:
         async with lease.lock:
             if lease.ended:
                 return False
-            token = int((self.clock() + LEASE_SECONDS) * 1000)
-            if not await self._move(self._keys(lease), lease.member, lease.token, token):
+            token = await self._move(self._keys(lease), lease.member, lease.token, KEEP_LEASE)
+            if token is None:
                 return False
             lease.token = token
             return True
 
     async def release(self, lease: Lease, due_ms: int, state: ReadState | None = None) -> bool:
         """End the lease without a commit: the member is next due at `due_ms`, with `state`
-        (a failed read's failure count and error) written at the same time."""
+        (a failed read's failure count and error) written at the same time; due at once
+        instead when a read now was asked for meanwhile (due_now)."""
         async with lease.lock:
             if lease.ended:
                 return False
             moved = await self._move(self._keys(lease), lease.member, lease.token, due_ms, state)
-            lease.ended = moved
-            return moved
+            lease.ended = moved is not None
+            return lease.ended
 
     async def hand_back(self, lease: Lease) -> bool:
         """End the lease of work that did not run (stopping, deferred): due again at once,
@@ -133,17 +156,22 @@ class Leases:
 
     async def oldest_due_ms(self) -> float | None:
         """The earliest due time of any member (running work's lease counts as not due)."""
-        first = await self.redis.zrange(self.zset, 0, 0, withscores=True)
+        first = await self.redis.zrangebyscore(
+            self.zset, "-inf", f"({LEASED}", start=0, num=1, withscores=True
+        )
         return float(cast(list[tuple[str, float]], first)[0][1]) if first else None
 
     async def due_ms(self, member: str) -> int | None:
-        """When the member is next due (or its lease's expiry, while it runs)."""
+        """When the member is next due (or its lease's expiry on Redis' clock, while it
+        runs)."""
         score = await self.redis.zscore(self.zset, member)
-        return None if score is None else int(score)
+        return None if score is None else due_or_expiry_ms(score)
 
     async def due_now(self, member: str) -> bool:
-        """Make a scheduled member due at once (XX: one not scheduled is not added)."""
-        return bool(await self.redis.zadd(self.zset, {member: 0}, xx=True, ch=True))
+        """Read a scheduled member at once; one being read is read again as soon as that
+        read ends (its lease is not broken: the read is not wasted). False when it is not
+        scheduled."""
+        return await self._due_now((self.zset, self.state_key(member)), member)
 
 
 def _user_state_key(member: str) -> str:

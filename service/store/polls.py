@@ -15,7 +15,7 @@ from service.outbox import Outbox, OverdueWatch, RoutedEvents
 from service.store import keys
 from service.store.limits import Budget
 from service.store.read_state import FIELDS, ReadState
-from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser
+from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, lease_ms
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 
 
@@ -87,13 +87,16 @@ class PollStore:
         state: ReadState | None = None,
         snapshots: dict[str, Snapshot] | None = None,
         weight: float | None = None,
-    ) -> bool:
+    ) -> int | None:
         """Snapshots, user state, outgoing events and the due score in one atomic step.
 
         `snapshots`: every snapshot of the user (they are stored as one value), or None to
         leave them as they are. `token` None: unfenced (tools and tests, not polls).
 
-        False when `token` no longer holds the user's lease: another process took the user
+        `next_score`: the next due time (ends the lease), `scripts.hold(…)` (keeps it), or None
+        (leaves the score). Returns the score written (a kept lease's new token; 0 for None).
+
+        None when `token` no longer holds the user's lease: another process took the user
         over, so nothing was written and this poll's results are dropped.
         """
         return await self._commit(
@@ -113,27 +116,33 @@ class PollStore:
         values = await self.redis.hmget(keys.user_state(account_id, user_id), FIELDS)
         return ReadState.decode_list(cast(list[str | None], values))
 
-    async def snapshot(self, account_id: str, user_id: str, assignment_id: str) -> Snapshot | None:
+    async def user_snapshots(self, account_id: str, user_id: str) -> dict[str, Snapshot]:
+        """Every snapshot of the user (decoding them is what costs: read them once for all
+        that is needed of one user)."""
         raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id)))
-        if raw is None:
-            legacy = keys.legacy_snapshots(account_id, user_id)
-            old = cast(str | None, await self.redis.hget(legacy, assignment_id))
-            return decode_legacy_snapshots({assignment_id: old}).get(assignment_id) if old else None
-        return decode_snapshots(raw).get(assignment_id)
+        if raw is None:  # 0.1's form, for a user never committed since
+            legacy = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id))
+            return decode_legacy_snapshots(cast(dict[str, str], legacy))
+        return decode_snapshots(raw)
 
     # -- due dates watched for `assignment.overdue` --
 
     async def claim_overdue(
-        self, now_ms: int, lease_until_ms: int, limit: int
-    ) -> list[tuple[str, OverdueWatch]]:
-        """Claim watched due dates that have passed (leased like polls: fenced by the
-        expiry): each member as stored, with what it says."""
-        claimed = await self._claim(keys.OVERDUE, now_ms, lease_until_ms, limit)
-        return [(member, OverdueWatch(*keys.parse_overdue_member(member))) for member, _ in claimed]
+        self, now_ms: int, seconds: float, limit: int
+    ) -> tuple[int, list[tuple[str, OverdueWatch]]]:
+        """Claim watched due dates that have passed (leased like polls for `seconds` on
+        Redis' clock, and fenced by the lease): the claims' token, and each member as
+        stored, with what it says."""
+        token, claimed = await self._claim(keys.OVERDUE, now_ms, lease_ms(seconds), limit)
+        return token, [
+            (member, OverdueWatch(*keys.parse_overdue_member(member))) for member, _ in claimed
+        ]
 
-    async def commit_overdue(self, member: str, token: int, events: RoutedEvents) -> bool:
-        """Queue an overdue check's events (maybe none) and unwatch it, fenced, in one step."""
-        return await self._commit_overdue(member, token, events)
+    async def commit_overdue(self, claims: list[tuple[str, int, RoutedEvents]]) -> list[bool]:
+        """For each claimed due date (member, token, events): queue its events (maybe none)
+        and unwatch it, fenced by its own claim; all in one step. Returns, per claim,
+        whether it still held (and so was committed)."""
+        return await self._commit_overdue(claims)
 
     # -- accounts backed off after 401/403/412 --
 

@@ -13,31 +13,53 @@ from redis.asyncio import Redis
 
 from service.store.claims import ClaimedEvent, DeliveryMeta
 from service.store.keys import EndpointKeys
-from service.store.scripts import AckEvents, ClaimEvents, DeadLetterEvent, MoveEvent, ReplayDead
+from service.store.scripts import (
+    LEASED,
+    AckEvents,
+    ClaimEvents,
+    DeadLetterEvent,
+    MoveEvent,
+    ReplayDead,
+    hold,
+    lease_ms,
+)
 
 
 class EventQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self.claim = ClaimEvents(redis)
+        self._claim = ClaimEvents(redis)
         self.ack_many = AckEvents(redis)  # delivered, each fenced by its own token
         self.dead_letter = DeadLetterEvent(redis)
         self._move = MoveEvent(redis)
         self._replay = ReplayDead(redis)
 
+    async def claim(
+        self, endpoint_id: str, now: float, seconds: float, limit: int
+    ) -> list[ClaimedEvent]:
+        """Up to `limit` events due by `now` (this process's clock), or whose claim ran out
+        (Redis' clock), claimed for `seconds` on Redis' clock."""
+        return await self._claim(
+            endpoint_id, int(now * 1000), lease_ms(seconds), limit, held_until=now + seconds
+        )
+
     async def ack(self, endpoint_id: str, event: ClaimedEvent) -> bool:
         return (await self.ack_many(endpoint_id, [event]))[0]
 
-    async def extend(self, endpoint_id: str, event: ClaimedEvent, lease_until_ms: int) -> bool:
-        """Keep a claim (fenced); False when another worker has taken the event over."""
-        if not await self._move(endpoint_id, event, lease_until_ms, None):
+    async def extend(
+        self, endpoint_id: str, event: ClaimedEvent, now: float, seconds: float
+    ) -> bool:
+        """Keep a claim `seconds` longer from `now` (fenced); False when another worker has
+        taken the event over."""
+        token = await self._move(endpoint_id, event, hold(seconds), None)
+        if token is None:
             return False
-        event.token = lease_until_ms
+        event.token, event.held_until = token, now + seconds
         return True
 
     async def reschedule(self, endpoint_id: str, event: ClaimedEvent, due_ms: int) -> bool:
         """End the claim: due again at `due_ms`, with what the attempts so far left behind."""
-        return await self._move(endpoint_id, event, due_ms, event.meta)
+        return await self._move(endpoint_id, event, due_ms, event.meta) is not None
 
     async def replay(
         self, endpoint_id: str, now_ms: int, event_ids: list[str] | None = None
@@ -46,7 +68,10 @@ class EventQueue:
         return await self._replay(endpoint_id, now_ms, event_ids)
 
     async def next_due_ms(self, endpoint_id: str) -> float | None:
-        first = await self.redis.zrange(EndpointKeys(endpoint_id).due, 0, 0, withscores=True)
+        """The earliest due time of an event waiting (claimed ones are not waiting)."""
+        first = await self.redis.zrangebyscore(
+            EndpointKeys(endpoint_id).due, "-inf", f"({LEASED}", start=0, num=1, withscores=True
+        )
         return float(first[0][1]) if first else None
 
     async def depth(self, endpoint_id: str) -> int:

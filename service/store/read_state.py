@@ -1,6 +1,7 @@
 """The state of one reader of an upstream listing: a user's poll (`keys.user_state`), an
 account's change feed (`keys.feed_state`) or its user listing (`keys.discovery_state`). One
-hash format for the three, encoded and decoded here only."""
+hash format for the three, encoded and decoded here only. The hash may also hold `due_now`,
+which only the scripts read and write (lease.lua, due_now.lua)."""
 
 from __future__ import annotations
 

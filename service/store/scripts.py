@@ -2,9 +2,9 @@
 KEYS and ARGV and reads its reply.
 
 The scripts are files in `lua/`, each opening with the keys and arguments it takes; a line
-`--!include name.lua` pulls in a library part (the fence, the enqueue, the GCRA) as a local
-function. A script's text is read once per process and registered once per Redis client, and
-runs by EVALSHA.
+`--!include name.lua` pulls in a library part (the fence, leases, the enqueue, the GCRA) as
+local functions. A script's text is read once per process and registered once per Redis
+client, and runs by EVALSHA.
 """
 
 from __future__ import annotations
@@ -50,6 +50,36 @@ def _pack_events(events: RoutedEvents, script_keys: list[Any], args: list[Any]) 
             args += [event_id, body, due]
 
 
+# lease.lua's LEASED: a member scored at or above it is being worked on, and its score less
+# LEASED is when its lease runs out (epoch ms on Redis' clock); below it, a score is a due
+# time (epoch ms on the clock of the process that wrote it)
+LEASED = 2**52
+
+
+def lease_ms(seconds: float) -> int:
+    """A lease's length as the scripts take it: at least 1 ms, so that each claim's token
+    differs from that of the claim it took over."""
+    return max(1, int(seconds * 1000))
+
+
+def hold(seconds: float) -> int:
+    """A new score that keeps a lease `seconds` longer, on Redis' clock (lease.lua's move
+    reads -n so); a score of 0 or more is a due time, which ends the lease."""
+    return -lease_ms(seconds)
+
+
+def due_or_expiry_ms(score: float) -> int:
+    """A schedule's or queue's score as operators see it: the due time, or, while the member
+    is worked on, when its lease runs out (epoch ms on Redis' clock)."""
+    return int(score) - LEASED if score >= LEASED else int(score)
+
+
+def _moved(reply: Any) -> int | None:
+    """A moving script's reply: the score it wrote, None when the lease was lost (-1)."""
+    score = int(reply)
+    return None if score < 0 else score
+
+
 def _state_pairs(state: ReadState | None) -> list[str]:
     return [x for pair in (state.encode() if state else {}).items() for x in pair]
 
@@ -58,11 +88,12 @@ class ClaimDue(_Script):
     source = "claim_due"
 
     async def __call__(
-        self, zset: str, now_ms: int, lease_until_ms: int, limit: int
-    ) -> list[tuple[str, int]]:
-        """Up to `limit` members due by `now_ms`, each with when it was due (ms)."""
-        flat = await self._run(keys=[zset], args=[now_ms, lease_until_ms, limit])
-        return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        self, zset: str, now_ms: int, lease_ms: int, limit: int
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """Up to `limit` members due by `now_ms` (or whose lease ran out), each with when it
+        was due (ms), leased for `lease_ms` on Redis' clock; with the leases' token."""
+        token, *flat = await self._run(keys=[zset], args=[now_ms, lease_ms, limit])
+        return int(token), [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 
 class MoveLease(_Script):
@@ -75,12 +106,20 @@ class MoveLease(_Script):
         token: int,
         score: int,
         state: ReadState | None = None,
-    ) -> bool:
-        """`schedule`: (the zset, the member's state hash)."""
-        moved = await self._run(
-            keys=list(schedule), args=[member, token, score, *_state_pairs(state)]
+    ) -> int | None:
+        """`schedule`: (the zset, the member's state hash); `score` a due time or hold(…).
+        Returns the score written (a held lease's new token), None when the lease was lost."""
+        return _moved(
+            await self._run(keys=list(schedule), args=[member, token, score, *_state_pairs(state)])
         )
-        return bool(moved)
+
+
+class DueNow(_Script):
+    source = "due_now"
+
+    async def __call__(self, schedule: tuple[str, str], member: str) -> bool:
+        """`schedule`: (the zset, the member's state hash). False when not scheduled."""
+        return bool(await self._run(keys=list(schedule), args=[member]))
 
 
 def _state_args(state: ReadState | None) -> list[Any]:
@@ -113,7 +152,9 @@ class CommitPoll(_Script):
         watch: list[OverdueWatch],
         unwatch: list[OverdueWatch],
         events: RoutedEvents,
-    ) -> bool:
+    ) -> int | None:
+        """`next_score`: a due time or hold(…). Returns the score written (a held lease's new
+        token; 0 when `next_score` is None), None when the lease was lost."""
         script_keys: list[Any] = [
             keys.POLL_DUE,
             keys.snapshots(account_id, user_id),
@@ -132,7 +173,7 @@ class CommitPoll(_Script):
             *_watch_args(watch, unwatch),
         ]
         _pack_events(events, script_keys, args)
-        return bool(await self._run(keys=script_keys, args=args))
+        return _moved(await self._run(keys=script_keys, args=args))
 
 
 class UserWrite(NamedTuple):
@@ -157,7 +198,9 @@ class CommitFeed(_Script):
         watch: list[OverdueWatch],
         unwatch: list[OverdueWatch],
         events: RoutedEvents,
-    ) -> bool:
+    ) -> int | None:
+        """`next_score`: a due time or hold(…). Returns the score written (a held lease's new
+        token; 0 when `next_score` is None), None when the lease was lost."""
         script_keys: list[Any] = [
             keys.FEED_DUE,
             keys.feed_state(account_id),
@@ -180,18 +223,29 @@ class CommitFeed(_Script):
             args += _state_args(user.state)
         args += _watch_args(watch, unwatch)
         _pack_events(events, script_keys, args)
-        return bool(await self._run(keys=script_keys, args=args))
+        return _moved(await self._run(keys=script_keys, args=args))
 
 
 class CommitOverdue(_Script):
     source = "commit_overdue"
 
-    async def __call__(self, member: str, token: int, events: RoutedEvents) -> bool:
-        """`member`: as claimed (the fence compares the claim's own member)."""
+    async def __call__(self, claims: list[tuple[str, int, RoutedEvents]]) -> list[bool]:
+        """`claims`: (overdue member as claimed, its claim's token, its events), each
+        committed only while its claim holds. Returns, per claim, whether it was."""
+        endpoint_ids = sorted({endpoint_id for _, _, events in claims for endpoint_id in events})
         script_keys: list[Any] = [keys.OVERDUE]
-        args: list[Any] = [member, token]
-        _pack_events(events, script_keys, args)
-        return bool(await self._run(keys=script_keys, args=args))
+        for endpoint_id in endpoint_ids:
+            ep = keys.EndpointKeys(endpoint_id)
+            script_keys += [ep.due, ep.body]
+        args: list[Any] = [len(claims)]
+        for member, token, events in claims:
+            args += [member, token]
+            for endpoint_id in endpoint_ids:  # every endpoint in KEYS, none for most
+                routed = events.get(endpoint_id, [])
+                args.append(len(routed))
+                for event_id, body, due in routed:
+                    args += [event_id, body, due]
+        return [bool(flag) for flag in await self._run(keys=script_keys, args=args)]
 
 
 class LoadedUser(NamedTuple):
@@ -242,14 +296,19 @@ class ClaimEvents(_Script):
     source = "claim_events"
 
     async def __call__(
-        self, endpoint_id: str, now_ms: int, lease_until_ms: int, limit: int
+        self, endpoint_id: str, now_ms: int, lease_ms: int, limit: int, held_until: float
     ) -> list[ClaimedEvent]:
+        """Up to `limit` events due by `now_ms` (or whose claim ran out), claimed for
+        `lease_ms` on Redis' clock; `held_until`: when the claimer takes them to run out, on
+        its own clock."""
         ep = keys.EndpointKeys(endpoint_id)
-        flat = await self._run(
-            keys=[ep.due, ep.body, ep.meta], args=[now_ms, lease_until_ms, limit]
+        token, *flat = await self._run(
+            keys=[ep.due, ep.body, ep.meta], args=[now_ms, lease_ms, limit]
         )
         return [
-            ClaimedEvent(flat[i], flat[i + 1], DeliveryMeta.decode(flat[i + 2]), lease_until_ms)
+            ClaimedEvent(
+                flat[i], flat[i + 1], DeliveryMeta.decode(flat[i + 2]), int(token), held_until
+            )
             for i in range(0, len(flat), 3)
         ]
 
@@ -269,13 +328,15 @@ class MoveEvent(_Script):
 
     async def __call__(
         self, endpoint_id: str, event: ClaimedEvent, score: int, meta: DeliveryMeta | None
-    ) -> bool:
+    ) -> int | None:
+        """`score`: the next attempt's due time or hold(…). Returns the score written (a held
+        claim's new token), None when the claim was lost."""
         ep = keys.EndpointKeys(endpoint_id)
         moved = await self._run(
             keys=[ep.due, ep.meta],
             args=[event.event_id, event.token, score, "" if meta is None else meta.encode()],
         )
-        return bool(moved)
+        return _moved(moved)
 
 
 class DeadLetterEvent(_Script):

@@ -11,6 +11,7 @@ from service.config import Settings
 from service.store import keys
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.read_state import FIELDS, ReadState
+from service.store.scripts import due_or_expiry_ms
 
 
 class TrackedUsers:
@@ -132,7 +133,7 @@ class TrackedUsers:
                     "account_id": account_id,
                     "user_id": user_id,
                     "source": source,
-                    "next_poll_at_ms": int(due) if due is not None else None,
+                    "next_poll_at_ms": None if due is None else due_or_expiry_ms(due),
                     "watermark_ms": decoded.watermark_ms,
                     "last_poll_ms": decoded.last_poll_ms,
                     "last_full_sync_ms": decoded.last_full_sync_ms,

@@ -1,8 +1,12 @@
--- Claim what is due in a zset of due times (users to poll, overdue checks to run).
--- KEYS: [1] the zset (member → due ms; a claimed member's score is its lease expiry)
--- ARGV: [1] now ms, [2] lease expiry ms (the claims' fencing token), [3] at most this many
--- Returns: {member, its due ms, member, its due ms, ...}, each now leased until ARGV[2]
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
-  tonumber(ARGV[3]))
-for j = 1, #due, 2 do redis.call('ZADD', KEYS[1], ARGV[2], due[j]) end
+-- Claim what is due in a schedule (users to poll, feeds, listings, overdue checks).
+-- KEYS: [1] the zset (member → due ms; a claimed member's score is its lease, see lease.lua)
+-- ARGV: [1] now ms on the caller's clock (what is due by then), [2] the lease's length ms
+--       (on Redis' clock), [3] at most this many
+-- Returns: {the claims' fencing token, member, its due ms, member, its due ms, ...}; a member
+--          whose lease ran out is reported as due at ARGV[1]
+--!include lease.lua
+local due = claimable(KEYS[1], ARGV[1], ARGV[3])
+local token = lease_token(ARGV[2])
+for j = 1, #due, 2 do redis.call('ZADD', KEYS[1], as_score(token), due[j]) end
+table.insert(due, 1, token)
 return due

@@ -4,15 +4,18 @@
 -- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset,
 --       then per user written: (snapshots, user state hash, 0.1's snapshot hash),
 --       then (due zset, body hash) per endpoint, as enqueue.lua reads them
--- ARGV: [1] account member, [2] token held, [3] new score ('' = leave it),
+-- ARGV: [1] account member, [2] token held, [3] new score as lease.lua's move reads it (the
+--       next due time, or -n: the lease n ms longer; '' = leave it),
 --       then the feed state as hset_pairs reads it,
 --       then n users, each: snapshots ('' = unchanged), its state as hset_pairs reads it,
 --       then the overdue watches as watch reads them, then the events as enqueue reads them
--- Returns: 1 committed, 0 the lease was lost (nothing written)
+-- Returns: the score written (an extended lease's new token; 0 when ARGV[3] is ''), or -1:
+--          the lease was lost (nothing written)
 --!include fence.lua
+--!include lease.lua
 --!include enqueue.lua
 --!include commit_parts.lua
-if not held(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+if not held(KEYS[1], ARGV[1], ARGV[2]) then return -1 end
 local i = hset_pairs(KEYS[2], 4)
 local users = tonumber(ARGV[i]); i = i + 1
 for u = 0, users - 1 do
@@ -25,5 +28,5 @@ for u = 0, users - 1 do
 end
 i = watch(KEYS[3], i)
 enqueue(4 + 3 * users, i)
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
-return 1
+if ARGV[3] == '' then return 0 end
+return move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])

@@ -4,11 +4,13 @@
 -- KEYS: [1] discovery due zset, [2] discovery state hash, [3] the account's listed user set,
 --       [4] poll due zset, [5] user weights zset, [6] tracked users' version counter,
 --       then per user dropped: (snapshots, user state hash, 0.1's hash)
--- ARGV: [1] account member, [2] token held, [3] next due time,
+-- ARGV: [1] account member, [2] token held, [3] next due time (ms ≥ 0, as lease.lua's move
+--       reads it),
 --       then the listing state as hset_pairs reads it,
 --       then n, n × user id to add, then n, n × (user id, its poll member) to drop
 -- Returns: 1 committed, 0 the lease was lost (nothing written)
 --!include fence.lua
+--!include lease.lua
 --!include commit_parts.lua
 if not held(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
 local i = hset_pairs(KEYS[2], 4)
@@ -24,5 +26,5 @@ for u = 0, n - 1 do
   redis.call('DEL', KEYS[7 + 3 * u], KEYS[8 + 3 * u], KEYS[9 + 3 * u])
   i = i + 2
 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])
 return 1

@@ -40,10 +40,17 @@ def make_settings(
     users: list[str],
     **overrides: Any,
 ) -> Settings:
-    """A fast test config: polls every 0.5 s, short retry schedule."""
+    """A fast test config: polls every 0.5 s, short retry schedule, and a key budget the
+    test's cadences fit (the shared limiter runs on Redis' real clock: a small budget would
+    hold a test up in real time; tests of the budget give their own)."""
     data: dict[str, Any] = {
         "redis_url": redis_url,
-        "stackone": {"base_url": lms_url, "api_key": API_KEY, "page_size": 2},
+        "stackone": {
+            "base_url": lms_url,
+            "api_key": API_KEY,
+            "page_size": 2,
+            "max_requests_per_minute": 60_000,
+        },
         "accounts": [{"account_id": ACCOUNT, "users": users}],
         "polling": {"interval": "500ms", "overlap": "5s"},
         "endpoints": endpoints,

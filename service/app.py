@@ -24,12 +24,13 @@ from service.feed import FeedReader
 from service.metrics import Metrics
 from service.operations import SHARED_FOR, Operations
 from service.overdue import OverdueWatcher
-from service.poll_runner import PollRunner
+from service.poll_runner import PollRunner, Reader
 from service.poller import Poller
 from service.schedule import PollScheduler
 from service.store import keys
 from service.store.connect import connect, connect_http
 from service.store.health import log_redis_error
+from service.store.leases import Leases
 from service.store.limits import api_key_budget
 from service.store.stores import Stores
 from service.upstream.client import StackOneClient
@@ -253,24 +254,8 @@ class Service:
                 cadence=cadence,
                 clock=clock,
             )
-            runner = PollRunner(
-                feed,
-                stores.feed_leases,
-                stores.polls,
-                metrics,
-                interval=polling.account_interval,
-                on_read=self.planner.observer("feed"),
-                clock=clock,
-            )
-            self.feeds = PollScheduler(
-                stores.feed_leases,
-                stores.polls,
-                _constant({keys.account_member(a) for a in feed_accounts}),
-                runner,
-                settings,
-                interval=polling.account_interval,
-                spread=False,
-                clock=clock,
+            self.feeds = self._account_schedule(
+                feed, stores.feed_leases, feed_accounts, polling.account_interval, "feed"
             )
         listed_accounts = {a.account_id for a in settings.accounts if a.all_users}
         if listed_accounts:
@@ -284,25 +269,39 @@ class Service:
                 cadence=cadence,
                 clock=clock,
             )
-            runner = PollRunner(
+            self.listings = self._account_schedule(
                 listing,
                 stores.discovery_leases,
-                stores.polls,
-                metrics,
-                interval=polling.discovery_interval,
-                on_read=self.planner.observer("listing"),
-                clock=clock,
+                listed_accounts,
+                polling.discovery_interval,
+                "listing",
             )
-            self.listings = PollScheduler(
-                stores.discovery_leases,
-                stores.polls,
-                _constant({keys.account_member(a) for a in listed_accounts}),
-                runner,
-                settings,
-                interval=polling.discovery_interval,
-                spread=False,
-                clock=clock,
-            )
+
+    def _account_schedule(
+        self, reader: Reader, leases: Leases, accounts: set[str], interval: float, kind: str
+    ) -> PollScheduler:
+        """A schedule of the config's accounts (their feeds, or their user listings), each
+        due at once when first scheduled, read by `reader` every `interval`."""
+        stores = self.stores
+        runner = PollRunner(
+            reader,
+            leases,
+            stores.polls,
+            self.metrics,
+            interval=interval,
+            on_read=self.planner.observer(kind),
+            clock=self.clock,
+        )
+        return PollScheduler(
+            leases,
+            stores.polls,
+            _constant({keys.account_member(a) for a in accounts}),
+            runner,
+            self.settings,
+            interval=interval,
+            spread=False,
+            clock=self.clock,
+        )
 
     def _session(
         self, limit: int, resolver: aiohttp.abc.AbstractResolver | None = None

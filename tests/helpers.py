@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from service.app import Service
 from service.config import Settings, parse_settings
-from service.sim.lms import SimLMS
+from service.sim.lms import SimLMS, start_sim_server
 from service.sim.receiver import ReceivedEvent
 from service.store import keys
 from service.store.leases import LEASE_SECONDS
@@ -141,6 +141,16 @@ async def driven(
         yield Driven(service, clock)
     finally:
         await service.stop(timeout=2.0)
+
+
+@asynccontextmanager
+async def served(sim: SimLMS) -> AsyncIterator[str]:
+    """A simulator of the test's own (a subclass that misbehaves) served over HTTP: its URL."""
+    runner, url = await start_sim_server(sim)
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
 
 
 @asynccontextmanager

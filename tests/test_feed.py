@@ -12,10 +12,19 @@ from redis.asyncio import Redis
 
 from service import events as ev
 from service.detect import event_id
-from service.sim.lms import SimLMS, SimResponse, start_sim_server
+from service.sim.lms import SimLMS, SimResponse
 from service.sim.receiver import Receiver
 from service.store import keys
-from tests.helpers import ACCOUNT, API_KEY, driven, endpoint, make_settings, of_type, seed_user
+from tests.helpers import (
+    ACCOUNT,
+    API_KEY,
+    driven,
+    endpoint,
+    make_settings,
+    of_type,
+    seed_user,
+    served,
+)
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
@@ -253,9 +262,8 @@ async def test_an_assignment_listed_twice_is_one_version(
 ) -> None:
     sim = TwiceListingLMS(api_key=API_KEY)
     sim.stale_first = stale_first
-    runner, lms_url = await start_sim_server(sim)
     rx, rx_url = receiver
-    try:
+    async with served(sim) as lms_url:
         seed_user(sim, "u_1", 2)
         settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
         async with driven(settings, sim) as service:
@@ -265,8 +273,6 @@ async def test_an_assignment_listed_twice_is_one_version(
             for _ in range(3):
                 await service.step(0.5)
             metrics = service.service.metrics.render().decode()
-    finally:
-        await runner.cleanup()
     # per-user polling sends this one change (the latest version wins); so does the feed,
     # however the provider orders the stale row, and no change back and forth after it
     assert [e.data["sequence"] for e in of_type(rx.events, ev.UPDATED)] == [2]
@@ -334,11 +340,10 @@ async def test_a_user_whose_own_read_fails_does_not_hold_up_the_account(
     answer: str, redis_server: RedisServer, redis: Redis, receiver: Rx
 ) -> None:
     sim = OneUserFailsLMS(api_key=API_KEY)
-    runner, lms_url = await start_sim_server(sim)
     rx, rx_url = receiver
     sim.failing = "u_2"
     sim.answer = SimResponse(200, b"{not json") if answer == "not json" else sim.error(int(answer))
-    try:
+    async with served(sim) as lms_url:
         seed_user(sim, "u_1", 1)
         seed_user(sim, "u_2", 1)
         settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
@@ -354,8 +359,6 @@ async def test_a_user_whose_own_read_fails_does_not_hold_up_the_account(
                 await service.step(0.5)
             assert "/unified/lms/users/u_2/assignments" not in paths(sim)
             [account] = await operations.accounts()
-    finally:
-        await runner.cleanup()
     assert account["feed"]["failures"] == 0
     assert not await redis.hget(keys.user_state(ACCOUNT, "u_2"), "baselined")
 

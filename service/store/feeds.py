@@ -42,7 +42,9 @@ class FeedStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._commit = CommitFeed(redis)
-        self._commit_listing = CommitListing(redis)
+        # users added to and dropped from a listing (the dropped ones forgotten), with the
+        # listing's state and next due time, in one atomic step (False: the lease is lost)
+        self.commit_listing = CommitListing(redis)
 
     async def load_users(self, account_id: str, user_ids: Iterable[str]) -> dict[str, StoredUser]:
         """Each user's state and snapshots, a few hundred users per round trip."""
@@ -138,24 +140,3 @@ class FeedStore:
 
     async def listed(self, account_id: str) -> set[str]:
         return cast(set[str], await self.redis.smembers(keys.discovered_users(account_id)))
-
-    async def commit_listing(
-        self,
-        account_id: str,
-        *,
-        token: int,
-        next_score: int,
-        state: ReadState,
-        add: list[str],
-        drop: list[str],
-    ) -> bool:
-        """Users added to and dropped from the listing (the dropped ones forgotten), with the
-        listing's state and next due time, in one atomic step; False when the lease is lost."""
-        return await self._commit_listing(
-            account_id,
-            token=token,
-            next_score=next_score,
-            state=state,
-            add=add,
-            drop=drop,
-        )

@@ -85,6 +85,7 @@ class Service:
         )
         self._planning: asyncio.Task[None] | None = None
         self._replan: asyncio.Task[None] | None = None
+        self._replan_again = False
         # the stores tests and tools reach for most
         self.redis = self.stores.redis
         self.queue = self.stores.queue
@@ -187,8 +188,16 @@ class Service:
         schedule and the budget plan follow now, not at their next periodic run."""
         if self.scheduler is not None:
             self.scheduler.resync()
-        if self.background and (self._replan is None or self._replan.done()):
-            self._replan = asyncio.create_task(self.refresh_plan())
+        if not self.background:
+            return
+        self._replan_again = True  # a plan under way may have read the users before this
+        if self._replan is None or self._replan.done():
+            self._replan = asyncio.create_task(self._replan_while_changed())
+
+    async def _replan_while_changed(self) -> None:
+        while self._replan_again:
+            self._replan_again = False
+            await self.refresh_plan()
 
     async def _plan_periodically(self) -> None:
         while True:

@@ -109,13 +109,13 @@ def test_change_rate_is_the_same_at_any_interval(interval: float) -> None:
 @pytest.mark.parametrize(
     ("rate", "in_progress", "due_in_h", "expected"),
     [
-        (0.0, False, None, (1 / 24) ** 0.5),  # idle: the floor
-        (24.0, False, None, (24 + 1 / 24) ** 0.5),  # √rate: 4× the changes, 2× the polls
-        (0.0, True, None, 1.5 * (1 / 24) ** 0.5),
-        (0.0, False, 12, 2 * (1 / 24) ** 0.5),  # due within a day
-        (0.0, False, 48, (1 / 24) ** 0.5),  # due later: no boost
-        (0.0, False, -5, 2 * (1 / 24) ** 0.5),  # just past due: overdue is near
-        (0.0, False, -48, (1 / 24) ** 0.5),  # long past due: no boost for ever
+        (0.0, False, None, (1 / 8) ** 0.5),  # idle: the floor
+        (24.0, False, None, (24 + 1 / 8) ** 0.5),  # √rate: 4× the changes, 2× the polls
+        (0.0, True, None, 1.5 * (1 / 8) ** 0.5),
+        (0.0, False, 12, 2 * (1 / 8) ** 0.5),  # due within a day
+        (0.0, False, 48, (1 / 8) ** 0.5),  # due later: no boost
+        (0.0, False, -5, 2 * (1 / 8) ** 0.5),  # just past due: overdue is near
+        (0.0, False, -48, (1 / 8) ** 0.5),  # long past due: no boost for ever
     ],
 )
 def test_user_weight(

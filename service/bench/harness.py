@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,24 +271,42 @@ def _workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+@asynccontextmanager
+async def _world(workdir: Path, session: aiohttp.ClientSession) -> AsyncIterator[Bench]:
+    """A Redis, a simulator and a receiver of its own, torn down afterwards."""
+    server = RedisServer(workdir / "redis")
+    server.start()
+    lms = SimLMS(api_key=API_KEY)
+    received = Received()
+    lms_runner, lms_url = await start_sim_server(lms)
+    receiver_runner, receiver_url = await start_receiver(received)
+    redis = Redis.from_url(server.url, decode_responses=True)
+    bench = Bench(workdir, server, redis, lms, lms_url, received, receiver_url, session)
+    try:
+        yield bench
+    finally:
+        bench.stop_services()
+        await redis.aclose()
+        await receiver_runner.cleanup()
+        await lms_runner.cleanup()
+        server.stop()
+
+
+def twin(bench: Bench) -> AbstractAsyncContextManager[Bench]:
+    """A second world beside `bench` (its own Redis, simulator and receiver), so two
+    configurations run side by side, at the same moments, on the same changes: what one
+    sees the other sees, on the same loaded machine."""
+    workdir = bench.workdir / "twin"
+    workdir.mkdir()  # its services' configs and logs
+    return _world(workdir, bench.session)
+
+
 async def run_in_bench(scenario: Callable[[Bench], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
     """Give `scenario` a fresh world and tear it all down afterwards, whatever happens."""
     with _workdir() as workdir:
-        server = RedisServer(workdir / "redis")
-        server.start()
-        lms = SimLMS(api_key=API_KEY)
-        received = Received()
-        lms_runner, lms_url = await start_sim_server(lms)
-        receiver_runner, receiver_url = await start_receiver(received)
-        redis = Redis.from_url(server.url, decode_responses=True)
         session = aiohttp.ClientSession()
-        bench = Bench(workdir, server, redis, lms, lms_url, received, receiver_url, session)
         try:
-            return await scenario(bench)
+            async with _world(workdir, session) as bench:
+                return await scenario(bench)
         finally:
-            bench.stop_services()
             await session.close()
-            await redis.aclose()
-            await receiver_runner.cleanup()
-            await lms_runner.cleanup()
-            server.stop()

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import random
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
 
+from service.budget import assignment_activity, user_weight
 from service.config import EndpointSettings
 from service.detect import Change, Snapshot, detect
 from service.outbox import Outbox, route_events
@@ -39,9 +43,10 @@ def record_shapes(count: int) -> list[dict[str, Any]]:
     return list(templates.accounts["acc_1"]["u_1"].values())
 
 
-def seed_users(lms: SimLMS, users: int, assignments: int) -> None:
+def seed_users(lms: SimLMS, users: int, assignments: int, twins: Sequence[SimLMS] = ()) -> None:
     """`users` users with `assignments` realistic records each, quickly: user u_<k> holds
-    a_<(k-1)*assignments+1> .. a_<k*assignments> (`owner_of` inverts it).
+    a_<(k-1)*assignments+1> .. a_<k*assignments> (`owner_of` inverts it). `twins` get the
+    very same records (the shapes' dates follow the clock, so seeding each would not).
 
     The record shapes are cloned with fresh ids and written straight into the simulator's
     accounts (its account-wide order catches up at the next walk), so a million records take
@@ -60,6 +65,8 @@ def seed_users(lms: SimLMS, users: int, assignments: int) -> None:
             record["user_id"] = user_id
             record["remote_user_id"] = remote_user
             records[record["id"]] = record
+    for twin in twins:
+        twin.accounts[ACCOUNT] = copy.deepcopy(account)
 
 
 def owner_of(serial: int, assignments: int) -> str:
@@ -146,11 +153,15 @@ async def store_baselines(
     users: list[str],
     spread_ms: int | None,
     concurrency: int = 32,
+    *,
+    adaptive: bool = False,
 ) -> None:
     """Commit every user's snapshots with the poller's own commit, as a baseline poll would
     (the user is marked baselined, so its next read, a poll or the feed, sends events).
     Each user is due within `spread_ms`; None leaves the poll schedule alone, for users an
-    account feed reads."""
+    account feed reads. `adaptive`: also the activity and poll weight an `adaptive: true`
+    baseline poll leaves (no change yet; the assignments as read), so a user that changes
+    later is not weighed against users that never had their activity looked at."""
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
     gate = asyncio.Semaphore(concurrency)
@@ -164,6 +175,18 @@ async def store_baselines(
                 assert change is not None
                 outbox.changes.append(change)
             state = ReadState(watermark_ms=now_ms, baselined=True, last_full_sync_ms=now_ms)
+            weight = None
+            if adaptive:
+                in_progress, due_date = assignment_activity(
+                    c.snapshot.record for c in outbox.changes
+                )
+                weight = user_weight(0.0, in_progress, due_date, now_ms)
+                state = replace(
+                    state,
+                    change_rate=0.0,
+                    in_progress=in_progress,
+                    next_due_date_ms=due_date or 0,
+                )
             due = None if spread_ms is None else now_ms + rng.randrange(0, spread_ms)
             snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
             await store.commit(
@@ -174,6 +197,7 @@ async def store_baselines(
                 next_score=due,
                 state=state,
                 snapshots=snapshots,
+                weight=weight,
             )
 
     await asyncio.gather(*(one(u) for u in users))
@@ -188,14 +212,21 @@ async def store_feed_state(redis: Redis, account_id: str, at_ms: int) -> None:
 
 
 async def change_steadily(
-    lms: SimLMS, serials: list[int], assignments: int, per_second: float
+    lms: SimLMS,
+    serials: list[int],
+    assignments: int,
+    per_second: float,
+    twins: Sequence[SimLMS] = (),
 ) -> dict[tuple[str, str], float]:
     """Change the assignments a_<serial> (as `seed_users` made them) one by one at
-    `per_second`, paced on the clock so slow steps do not slow the rate down.
+    `per_second`, paced on the clock so slow steps do not slow the rate down. `twins`,
+    simulators seeded alike, get each change at the same moment with the same updated_at,
+    so one set of changes serves services running side by side.
 
     Returns each change, as (assignment id, its new updated_at), with when the simulator
-    applied it. Each serial should appear once: a record changed twice between two reads is
-    one change to any poller, and could not be counted as delivered.
+    applied it. A serial may appear again, but a record changed twice between two reads is
+    one change to any poller: the earlier one never arrives as itself, only through the later
+    one (`first_news` counts it so).
     """
     made: dict[tuple[str, str], float] = {}
     start = time.time()
@@ -207,5 +238,45 @@ async def change_steadily(
         progress = lms.accounts[ACCOUNT][user_id][assignment_id].get("progress") or 0
         applied = time.time()
         record = lms.update_assignment(ACCOUNT, user_id, assignment_id, progress=progress % 99 + 1)
+        for other in twins:
+            other.update_assignment(
+                ACCOUNT,
+                user_id,
+                assignment_id,
+                progress=record["progress"],
+                updated_at=record["updated_at"],
+            )
         made[(assignment_id, record["updated_at"])] = applied
     return made
+
+
+def skewed_changes(
+    rng: random.Random,
+    users: int,
+    assignments: int,
+    count: int,
+    busy: float,
+    busy_share: float,
+) -> tuple[list[int], set[str]]:
+    """`count` changes (serials for `change_steadily`) among `users` users seeded with
+    `assignments` each: a `busy` fraction of the users, picked at random, make `busy_share`
+    of the changes, the k-th busiest of them in proportion to 1/k (Zipf); every other user
+    is as likely as any other to make the rest. A user's changes go round its assignments,
+    so one record is changed again only after all of the user's others.
+
+    Returns the serials and the busy users."""
+    everyone = list(range(1, users + 1))
+    rng.shuffle(everyone)
+    split = max(1, round(users * busy))
+    hot, rest = everyone[:split], everyone[split:]
+    zipf = list(itertools.accumulate(1.0 / rank for rank in range(1, len(hot) + 1)))
+    turn: dict[int, int] = {}  # user → the assignment it changed last
+    serials = []
+    for _ in range(count):
+        if rest and rng.random() >= busy_share:
+            user = rng.choice(rest)
+        else:
+            user = rng.choices(hot, cum_weights=zipf)[0]
+        turn[user] = (turn.get(user, rng.randrange(assignments)) + 1) % assignments
+        serials.append((user - 1) * assignments + turn[user] + 1)
+    return serials, {f"u_{user}" for user in hot}

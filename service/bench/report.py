@@ -50,6 +50,27 @@ TARGETS: dict[str, list[tuple[str, float | None, bool]]] = {
         ("per_user.delivered_p50_seconds", None, False),
         ("per_user.behind_factor", None, False),
     ],
+    # on the same changes: adaptive's mean change → webhook latency at most a third of
+    # uniform's (uniform ÷ adaptive ≥ 3), its p95 no worse, within the key, no 429s; and the
+    # same at 5 minutes as estimated (the wait for a read scaled up, the rest as measured)
+    "adaptive": [
+        ("mean_speedup", 3.0, True),
+        ("p95_ratio", 1.0, False),
+        ("mean_speedup_at_5_minutes", None, True),
+        ("p95_ratio_at_5_minutes", None, False),
+        ("uniform.mean_seconds", None, False),
+        ("adaptive.mean_seconds", None, False),
+        ("uniform.p95_seconds", None, False),
+        ("adaptive.p95_seconds", None, False),
+        ("uniform.undelivered", 0, False),
+        ("adaptive.undelivered", 0, False),
+        ("uniform.budget_used", 1.0, False),
+        ("adaptive.budget_used", 1.0, False),
+        ("uniform.requests_per_minute", None, False),
+        ("adaptive.requests_per_minute", None, False),
+        ("uniform.throttled_429", 0, False),
+        ("adaptive.throttled_429", 0, False),
+    ],
 }
 
 

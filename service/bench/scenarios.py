@@ -7,6 +7,8 @@ Ratios compare two things measured in the same run, on the same machine, at the 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import json
 import math
 import random
@@ -16,28 +18,34 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import partial
 from typing import Any
 
-from service.bench.harness import SECRET, Bench, cpu_seconds, memory_kb
+from service.bench.harness import SECRET, Bench, cpu_seconds, memory_kb, twin
 from service.bench.load import (
     ACCOUNT,
     change_every_record,
     change_steadily,
     complete_every_record,
+    owner_of,
     poll_everyone_now,
     queue_events,
     seed_users,
+    skewed_changes,
     start_every_record,
     store_baselines,
     store_feed_state,
     user_ids,
 )
 from service.bench.roundtrips import idle_poll_cost
+from service.budget import HEADROOM, IDLE_BOUND
 from service.config import EndpointSettings, PollingSettings
 from service.events import COMPLETED
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
 from service.store.polls import PollStore
+from service.timefmt import parse_iso
 
 Scenario = Callable[..., Awaitable[dict[str, Any]]]
 POLLS_OK = "lms_webhooks_poll_duration_seconds_count"
@@ -538,6 +546,218 @@ async def _reach_run(
     return figures
 
 
+ADAPTIVE_USERS = 3000
+ADAPTIVE_ASSIGNMENTS = 5
+# The 5-minute cadence ten times faster, so a run covers many intervals: the cadence rule is
+# scale-free (rates count and fade over RATE_MEMORY intervals, the bounds are multiples of
+# the plan's interval, min_interval is scaled alike), so waits in intervals transfer to
+# 5 minutes. What does not scale: the plan is derived every 30 s (one interval here, a tenth
+# at 5 minutes) and the fixed costs of a poll and a delivery, which the figures split off.
+ADAPTIVE_INTERVAL = 30.0
+FIVE_MINUTES = 300.0
+ADAPTIVE_MIN_INTERVAL = 0.1  # of the interval: 30 s at 5 minutes
+ADAPTIVE_CHANGES = 0.05  # changes per user per interval: 150 an interval among 3,000 users
+ADAPTIVE_BUSY = 0.1  # of the users, who make
+ADAPTIVE_BUSY_SHARE = 0.9  # of the changes
+# intervals of warm-up (changes flow, not measured: the adaptive cadence learns the users'
+# rates, which fade over RATE_MEMORY = 12 intervals), then measured
+ADAPTIVE_WARM_UP, ADAPTIVE_WINDOW = 12, 4
+
+
+async def adaptive(bench: Bench, scale: float) -> dict[str, Any]:
+    """3,000 users on a budget that polls each one every interval uniformly; 10% of them make
+    90% of the changes (Zipf among them), the rest rarely change. The same users and the same
+    changes, at the same moments, for `adaptive: false` and `adaptive: true` side by side
+    (two worlds, each its own Redis, simulator and receiver, so they share only the machine):
+    change → webhook latency (mean, p95), requests a minute against the budget, 429s.
+
+    Time runs ten times faster than at 5 minutes (a 30 s interval, min_interval 3 s): a
+    warm-up of ADAPTIVE_WARM_UP intervals (not measured), then ADAPTIVE_WINDOW measured.
+    Each user's baseline is seeded in Redis (as the poll would leave it, with its weight for
+    `adaptive`), due within the first interval. `--scale` shrinks the users and the interval
+    alike (the same polls a second, the same changes per user and interval)."""
+    interval = ADAPTIVE_INTERVAL * max(scale, 0.1)
+    minimum = interval * ADAPTIVE_MIN_INTERVAL
+    users = user_ids(_n(ADAPTIVE_USERS, scale, 100))
+    per_user = ADAPTIVE_ASSIGNMENTS
+    # HEADROOM of the key is planned: this budget plans exactly one poll a user an interval
+    budget = math.ceil(len(users) * 60.0 / interval / HEADROOM)
+    per_second = ADAPTIVE_CHANGES * len(users) / interval
+    warm_up, window = ADAPTIVE_WARM_UP * interval, ADAPTIVE_WINDOW * interval
+    serials, busy = skewed_changes(
+        random.Random(11),
+        len(users),
+        per_user,
+        round(per_second * (warm_up + window)),
+        ADAPTIVE_BUSY,
+        ADAPTIVE_BUSY_SHARE,
+    )
+    lead = round(per_second * warm_up)
+    figures: dict[str, Any] = {
+        "users": len(users),
+        "busy_users": len(busy),
+        "budget_per_minute": budget,
+        "planned_per_minute": round(budget * HEADROOM, 1),
+        "interval_seconds": interval,
+        "min_interval_seconds": round(minimum, 3),
+        "idle_bound_seconds": IDLE_BOUND * interval,
+        "changes_per_second": round(per_second, 3),
+        "warm_up_seconds": warm_up,
+        "window_seconds": window,
+        "time_scale": f"1 s here = {FIVE_MINUTES / interval:g} s at a 5-minute interval",
+    }
+    async with twin(bench) as other:
+        worlds = {"uniform": bench, "adaptive": other}
+        seed_users(bench.lms, len(users), per_user, twins=[other.lms])
+        for world in worlds.values():
+            world.lms.set_rate_limit(budget)  # the simulator enforces the same budget
+        await asyncio.gather(
+            *(
+                store_baselines(
+                    PollStore(world.redis),
+                    world.lms,
+                    users,
+                    spread_ms=int(interval * 1000),
+                    adaptive=name == "adaptive",
+                )
+                for name, world in worlds.items()
+            )
+        )
+        for name, world in worlds.items():
+            config = world.service_config(users, budget=budget, interval=f"{interval:g}s")
+            config["polling"] |= {"adaptive": name == "adaptive", "min_interval": f"{minimum:g}s"}
+            await world.start_services(config)
+            world.received.track_changes = True
+        for name, world in worlds.items():
+            await _wait(partial(_polled, world), 60, f"the {name} service's first poll")
+        twins = [other.lms]
+        await change_steadily(bench.lms, serials[:lead], per_user, per_second, twins)
+        start = time.time()
+        made = await change_steadily(bench.lms, serials[lead:], per_user, per_second, twins)
+        end = time.time()
+
+        # every change is told once the last one made to each record is (no later one is
+        # made): a cheap check, as the simulators share this process with the check; `made`
+        # is in the order the changes were made
+        last = {change[0]: change for change in made}
+
+        async def all_told() -> bool:
+            return all(c in w.received.changes for w in worlds.values() for c in last.values())
+
+        # the last changes' users are polled within the idle bound (then a little for the
+        # delivery); one still waiting then counts as not delivered
+        allowance = IDLE_BOUND * interval + max(2.0, interval / 6)
+        with contextlib.suppress(TimeoutError):
+            await _wait(all_told, end + allowance - time.time(), "every change")
+        for name, world in worlds.items():
+            figures[name] = _adaptive_figures(world, made, busy, (start, end), budget, interval)
+        published = await other.redis.get(keys.BUDGET_PLAN)
+        figures["adaptive"]["plan"] = json.loads(published)["adaptive"] if published else None
+    for suffix, uniform, fast in (
+        ("", figures["uniform"], figures["adaptive"]),
+        ("_at_5_minutes", figures["uniform"]["at_5_minutes"], figures["adaptive"]["at_5_minutes"]),
+    ):
+        if uniform["mean_seconds"] and fast["mean_seconds"]:
+            speedup = uniform["mean_seconds"] / fast["mean_seconds"]
+            figures["mean_speedup" + suffix] = round(speedup, 3)
+        if uniform["p95_seconds"] and fast["p95_seconds"]:
+            figures["p95_ratio" + suffix] = round(fast["p95_seconds"] / uniform["p95_seconds"], 3)
+    return figures
+
+
+async def _polled(bench: Bench) -> bool:
+    return await _polls(bench) >= 1
+
+
+def first_news(
+    made: dict[tuple[str, str], float], received: dict[tuple[str, str], float]
+) -> dict[tuple[str, str], float]:
+    """When each change made was first told: the first webhook carrying that version of the
+    assignment or a later one. A record changed twice between two reads arrives only as its
+    later version, which tells the earlier change too (the receiver learns the record's
+    state as of then)."""
+    versions: dict[str, list[tuple[datetime, float]]] = {}
+    for (assignment_id, updated), at in received.items():
+        moment = parse_iso(updated)
+        if moment is not None:
+            versions.setdefault(assignment_id, []).append((moment, at))
+    told = {}
+    for change in made:
+        assignment_id, updated = change
+        moment = parse_iso(updated)
+        arrivals = [at for v, at in versions.get(assignment_id, ()) if moment and v >= moment]
+        if arrivals:
+            told[change] = min(arrivals)
+    return told
+
+
+def _mean(values: list[float]) -> float | None:
+    """None when any is inf (a change not told within the run) or there are none."""
+    return round(statistics.fmean(values), 3) if values and math.isfinite(sum(values)) else None
+
+
+def _adaptive_figures(
+    bench: Bench,
+    made: dict[tuple[str, str], float],
+    busy: set[str],
+    window: tuple[float, float],
+    budget: int,
+    interval: float,
+) -> dict[str, Any]:
+    """One strategy's latencies over the changes made in `window`, its requests in it, its
+    429s all along.
+
+    Each latency is split at the first read of the change's user after it (the simulator's
+    log): the wait for that read is the cadence's, and scales with the interval; the rest
+    (the poll, the commit, the delivery, a loaded machine) does not. So the latency at
+    5 minutes is estimated as the wait × 300 s / interval plus the rest."""
+    start, end = window
+    told = first_news(made, bench.received.changes)
+    reads: dict[str, list[float]] = {}
+    for r in bench.lms.requests:
+        if r.status == 200 and r.user_id is not None:
+            reads.setdefault(r.user_id, []).append(r.time)
+    owner = {c: owner_of(int(c[0].removeprefix("a_")), ADAPTIVE_ASSIGNMENTS) for c in made}
+    latency, wait, rest = {}, [], []
+    for change, at in made.items():
+        latency[change] = told[change] - at if change in told else math.inf
+        user_reads = reads.get(owner[change], [])
+        n = bisect.bisect_left(user_reads, at)
+        read = user_reads[n] if n < len(user_reads) else math.inf
+        wait.append(read - at)
+        rest.append(latency[change] - wait[-1] if math.isfinite(read) else math.inf)
+    ordered = sorted(latency.values())
+    factor = FIVE_MINUTES / interval
+    at_five = sorted(w * factor + r for w, r in zip(wait, rest, strict=True))
+    in_window = [r for r in bench.lms.requests if start <= r.time < end]
+    per_minute = len(in_window) / (end - start) * 60.0
+    return {
+        "mean_seconds": _mean(ordered),
+        "p50_seconds": nearest_rank(ordered, 0.5),
+        "p95_seconds": nearest_rank(ordered, 0.95),
+        "max_seconds": round(ordered[-1], 3) if ordered and math.isfinite(ordered[-1]) else None,
+        "changes": len(made),
+        "undelivered": sum(1 for x in ordered if math.isinf(x)),
+        # told only through a later version of the record: changed again before a read
+        "told_by_a_later_version": sum(1 for c in told if c not in bench.received.changes),
+        "busy_users_mean_seconds": _mean([x for c, x in latency.items() if owner[c] in busy]),
+        "other_users_mean_seconds": _mean([x for c, x in latency.items() if owner[c] not in busy]),
+        "read_wait_mean_seconds": _mean(wait),
+        "read_wait_p95_seconds": nearest_rank(sorted(wait), 0.95),
+        "read_to_webhook_mean_seconds": _mean(rest),
+        "at_5_minutes": {
+            "mean_seconds": _mean(at_five),
+            "p95_seconds": nearest_rank(at_five, 0.95),
+        },
+        "requests_per_minute": round(per_minute, 1),
+        "budget_used": round(per_minute / budget, 3),
+        "busy_users_share_of_requests": round(
+            sum(1 for r in in_window if r.user_id in busy) / max(1, len(in_window)), 3
+        ),
+        "throttled_429": sum(1 for r in bench.lms.requests if r.status == 429),
+    }
+
+
 SCENARIOS: dict[str, Scenario] = {
     "budget": upstream_budget,
     "idle": idle_cost,
@@ -548,4 +768,5 @@ SCENARIOS: dict[str, Scenario] = {
     "footprint": footprint,
     "scale_out": scale_out,
     "reach": reach,
+    "adaptive": adaptive,
 }

@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from service.httpspec import RECEIVER_RETRY_AFTER, StatusClass, retry_after_seconds, status_class
 
@@ -35,9 +36,9 @@ class AttemptResult:
 _UNWELL = frozenset({StatusClass.SERVER_ERROR, StatusClass.RATE_LIMITED})
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One POST and what came of it."""
+class Attempt(NamedTuple):
+    """One POST and what came of it (a tuple: one is made per delivery, and a frozen
+    dataclass costs several times as much to make)."""
 
     result: AttemptResult
     started_at: float  # epoch seconds, on the service's clock

@@ -184,7 +184,6 @@ class Sender:
         """
         requesting, settled = True, True
         started, attempts = time.perf_counter(), event.meta.attempts
-        started_at = self.clock()
         try:
             if not self.breaker.may_send(event, self.clock()):
                 # due again at once, for whichever process may send
@@ -208,9 +207,8 @@ class Sender:
         except Exception as e:  # a bug must not kill the sender
             log.exception("delivery_crashed", endpoint=self.endpoint.id, event_id=event.event_id)
             event.meta.attempts = attempts  # a settle that crashed midway may have counted it
-            crash = Attempt(
-                crashed(f"{type(e).__name__}: {e}"), started_at, time.perf_counter() - started
-            )
+            took = time.perf_counter() - started
+            crash = Attempt(crashed(f"{type(e).__name__}: {e}"), self.clock() - took, took)
             settled = await self._settle_crash(event, crash)
         finally:
             if requesting:

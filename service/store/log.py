@@ -38,6 +38,20 @@ _HEAD = ["t", "ts", "ac", "us", "as", "at"]
 _CURSOR = "log"
 
 
+# An attempt's record as the log keeps it: a JSON array of these, in this order (a quarter of
+# the bytes of an object, per attempt of every event, and quicker to write on each delivery)
+ATTEMPT_FIELDS = (
+    "attempt",
+    "started_at_ms",
+    "duration_ms",
+    "status",
+    "error",
+    "response_body",
+    "response_truncated",
+    "next_attempt_at_ms",
+)
+
+
 def attempt_record(
     *,
     attempt: int,
@@ -48,22 +62,27 @@ def attempt_record(
     response: bytes | None,
     next_attempt_at_ms: int | None,
 ) -> str:
-    """One attempt as the log keeps it (JSON). `response`: the first bytes of the answer's
-    body as read, RESPONSE_BODY_BYTES of them kept (more read: truncated)."""
+    """One attempt as the log keeps it. `response`: the first bytes of the answer's body as
+    read; RESPONSE_BODY_BYTES of them are kept (more read: truncated), as text whatever the
+    bytes (an undecodable one becomes U+FFFD)."""
     body = None if response is None else response[:RESPONSE_BODY_BYTES]
     return orjson.dumps(
-        {
-            "attempt": attempt,
-            "started_at_ms": started_at_ms,
-            "duration_ms": duration_ms,
-            "status": status,
-            "error": error,
-            # text, whatever the bytes: an undecodable byte becomes U+FFFD
-            "response_body": None if body is None else body.decode("utf-8", "replace"),
-            "response_truncated": response is not None and len(response) > len(body or b""),
-            "next_attempt_at_ms": next_attempt_at_ms,
-        }
+        (
+            attempt,
+            started_at_ms,
+            duration_ms,
+            status,
+            error,
+            None if body is None else body.decode("utf-8", "replace"),
+            response is not None and len(response) > RESPONSE_BODY_BYTES,
+            next_attempt_at_ms,
+        )
     ).decode()
+
+
+def attempt_fields(record: str) -> dict[str, Any]:
+    """An attempt's record by name."""
+    return dict(zip(ATTEMPT_FIELDS, orjson.loads(record), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +252,7 @@ class DeliveryLog:
                 endpoints[field[2:]] = outcome
             elif field.startswith("a:"):
                 endpoint_id, _, number = field[2:].rpartition(":")
-                attempts.setdefault(endpoint_id, []).append((int(number), orjson.loads(value)))
+                attempts.setdefault(endpoint_id, []).append((int(number), attempt_fields(value)))
         try:
             body: Any = jsonfmt.loads(raw.get("b", ""))
         except ValueError:  # not one of ours; shown as the text it is
@@ -261,7 +280,7 @@ class DeliveryLog:
         out = []
         for entry in cast(list[str], raw):
             event_id, kind, record = entry.split("\t", 2)
-            out.append({"event_id": event_id, "type": kind or None, **orjson.loads(record)})
+            out.append({"event_id": event_id, "type": kind or None, **attempt_fields(record)})
         return out
 
     # -- writing outside the settle path --

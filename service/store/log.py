@@ -34,7 +34,6 @@ RECENT_ATTEMPTS = 500  # an endpoint's recent attempts kept in order (lua/log.lu
 # that matches little answers a short page (maybe empty) with a cursor to continue.
 MAX_SCAN = 2000
 SCAN_BATCH = 200
-_HEAD = ["t", "ts", "ac", "us", "as", "at"]
 _CURSOR = "log"
 
 
@@ -107,6 +106,20 @@ class LogFilter:
         )
 
 
+def _head(event_id: str, raw: str) -> dict[str, Any]:
+    """An event's summary from its head (the hash's field h: see scripts.log_head)."""
+    kind, at, timestamp, account, user, assignment = raw.split("\x1f", 5)
+    return {
+        "id": event_id,
+        "type": kind,
+        "timestamp": timestamp or None,
+        "logged_at_ms": int(at),
+        "account_id": account or None,
+        "user_id": user or None,
+        "assignment_id": assignment or None,
+    }
+
+
 def _outcome(raw: str | None) -> dict[str, Any] | None:
     """'<outcome> <attempts>' as the scripts write it."""
     if not raw:
@@ -154,7 +167,7 @@ class DeliveryLog:
             start = await self.redis.zcount(index, f"({filters.until_ms}", "+inf")
         else:
             start = 0
-        fields = [*_HEAD, *(f"o:{e}" for e in self.endpoint_ids)]
+        fields = ["h", *(f"o:{e}" for e in self.endpoint_ids)]
         batch_size = SCAN_BATCH if filters.narrows else min(SCAN_BATCH, limit + 1)
         items: list[dict[str, Any]] = []
         scanned = 0
@@ -204,23 +217,14 @@ class DeliveryLog:
         return encode_cursor(_CURSOR, int(position[0]), position[1])
 
     def _summary(self, event_id: str, values: list[str | None]) -> dict[str, Any] | None:
-        kind, timestamp, account, user, assignment, at = values[: len(_HEAD)]
-        if kind is None:
+        head, outcomes = values[0], values[1:]
+        if head is None:
             return None  # its hash ran out before a trim removed it from the index
         endpoints = {}
-        for endpoint_id, raw in zip(self.endpoint_ids, values[len(_HEAD) :], strict=True):
+        for endpoint_id, raw in zip(self.endpoint_ids, outcomes, strict=True):
             if (outcome := _outcome(raw)) is not None:
                 endpoints[endpoint_id] = outcome
-        return {
-            "id": event_id,
-            "type": kind,
-            "timestamp": timestamp or None,
-            "logged_at_ms": int(at or 0),
-            "account_id": account or None,
-            "user_id": user or None,
-            "assignment_id": assignment or None,
-            "endpoints": endpoints,
-        }
+        return {**_head(event_id, head), "endpoints": endpoints}
 
     @staticmethod
     def _matches(summary: dict[str, Any], f: LogFilter) -> bool:
@@ -243,7 +247,7 @@ class DeliveryLog:
         """One logged event: its summary, its body as sent (parsed), and every attempt kept,
         per endpoint, oldest first; None when it is not (or no longer) logged."""
         raw = cast(dict[str, str], await self.redis.hgetall(keys.log_event(event_id)))
-        if "t" not in raw:
+        if "h" not in raw:
             return None
         endpoints: dict[str, dict[str, Any]] = {}
         attempts: dict[str, list[tuple[int, dict[str, Any]]]] = {}
@@ -258,13 +262,7 @@ class DeliveryLog:
         except ValueError:  # not one of ours; shown as the text it is
             body = raw.get("b")
         return {
-            "id": event_id,
-            "type": raw["t"],
-            "timestamp": raw.get("ts") or None,
-            "logged_at_ms": int(raw.get("at") or 0),
-            "account_id": raw.get("ac") or None,
-            "user_id": raw.get("us") or None,
-            "assignment_id": raw.get("as") or None,
+            **_head(event_id, raw["h"]),
             "endpoints": endpoints,
             "body": body,
             "attempts": {

@@ -59,36 +59,53 @@ def _head(body: bytes | str) -> EventHead:
     return EventHead.of(event if isinstance(event, dict) else {})
 
 
+_SEP = "\x1f"  # between the parts of an event's head in the log (lua/log.lua, field h)
+
+
+def log_head(head: EventHead, at_ms: int) -> str:
+    """An event's head as the delivery log keeps it: type, when logged, timestamp, account,
+    user and assignment, joined by _SEP (None: empty). An upstream id holding _SEP itself
+    (none does) has it replaced, so the parts stay where the readers look for them."""
+    parts = (
+        head.type,
+        str(at_ms),
+        head.timestamp,
+        head.account_id or "",
+        head.user_id or "",
+        head.assignment_id or "",
+    )
+    text = _SEP.join(parts)
+    if text.count(_SEP) != len(parts) - 1:
+        text = _SEP.join(part.replace(_SEP, "\ufffd") for part in parts)
+    return text
+
+
 def _pack_events(
     events: RoutedEvents, log: LogPolicy, script_keys: list[Any], args: list[Any]
 ) -> None:
     """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments): each
-    event, its head and its body once, and the endpoints it is queued for."""
+    event once, in three arguments (a commit's thousands of arguments cost the client more
+    to encode than anything else in it): its id and head, its body, and the endpoints it
+    is queued for with their due times."""
     endpoint_ids = sorted(events)
-    # event id → (its arguments, the (endpoint number, due) pairs after them)
-    by_event: dict[str, tuple[list[Any], list[Any]]] = {}
+    # event id → [its id and head, its body, its routes ("number:due", ...)]
+    by_event: dict[str, list[Any]] = {}
     for number, endpoint_id in enumerate(endpoint_ids, 1):
         for event_id, body, due, head in events[endpoint_id]:
             if (entry := by_event.get(event_id)) is None:
-                head = head or _head(body)
-                entry = by_event[event_id] = (
-                    [event_id, head.type, head.timestamp, head.account_id or "",
-                     head.user_id or "", head.assignment_id or "", body, due],
-                    [],
-                )  # fmt: skip
-            entry[1].extend((number, due))
+                head_text = log_head(head or _head(body), due)
+                by_event[event_id] = [f"{event_id}{_SEP}{head_text}", body, f"{number}:{due}"]
+            else:
+                entry[2] += f" {number}:{due}"
     script_keys.append(keys.LOG_EVENTS)
-    script_keys += [keys.log_event(event_id) for event_id in by_event]
     for endpoint_id in endpoint_ids:
         ep = keys.EndpointKeys(endpoint_id)
         script_keys += [ep.due, ep.body, ep.log]
     args += [log.retention_ms, log.max_per_endpoint, log.ttl_ms]
     args += [keys.LOG_EVENT_PREFIX, keys.LOG_ENDPOINT_PREFIX, len(endpoint_ids), *endpoint_ids]
     args.append(len(by_event))
-    for head_args, routes in by_event.values():
-        args += head_args
-        args.append(len(routes) // 2)
-        args += routes
+    for event_args in by_event.values():
+        args += event_args
 
 
 def _state_pairs(state: ReadState | None) -> list[str]:
@@ -304,12 +321,10 @@ class AckEvents(_Script):
     async def __call__(self, endpoint_id: str, events: list[ClaimedEvent]) -> list[bool]:
         """Each event's `record` is its attempt's, for the delivery log."""
         ep = keys.EndpointKeys(endpoint_id)
-        script_keys = [ep.due, ep.body, ep.meta, ep.attempts]
-        script_keys += [keys.log_event(event.event_id) for event in events]
-        args: list[Any] = [endpoint_id]
+        args: list[Any] = [endpoint_id, keys.LOG_EVENT_PREFIX]
         for event in events:
             args += [event.event_id, event.token, event.record]
-        done = await self._run(keys=script_keys, args=args)
+        done = await self._run(keys=[ep.due, ep.body, ep.meta, ep.attempts], args=args)
         return [bool(flag) for flag in done]
 
 
@@ -327,13 +342,14 @@ class MoveEvent(_Script):
         """`record`: the attempt that led to the move, for the delivery log ("": none)."""
         ep = keys.EndpointKeys(endpoint_id)
         moved = await self._run(
-            keys=[ep.due, ep.meta, ep.attempts, keys.log_event(event.event_id)],
+            keys=[ep.due, ep.meta, ep.attempts],
             args=[
                 event.event_id,
                 event.token,
                 score,
                 "" if meta is None else meta.encode(),
                 endpoint_id,
+                keys.LOG_EVENT_PREFIX,
                 record,
             ],
         )
@@ -348,8 +364,16 @@ class DeadLetterEvent(_Script):
     ) -> bool:
         ep = keys.EndpointKeys(endpoint_id)
         done = await self._run(
-            keys=[ep.due, ep.dead, ep.meta, ep.attempts, keys.log_event(event.event_id)],
-            args=[event.event_id, event.token, now_ms, event.meta.encode(), endpoint_id, record],
+            keys=[ep.due, ep.dead, ep.meta, ep.attempts],
+            args=[
+                event.event_id,
+                event.token,
+                now_ms,
+                event.meta.encode(),
+                endpoint_id,
+                keys.LOG_EVENT_PREFIX,
+                record,
+            ],
         )
         return bool(done)
 
@@ -405,7 +429,7 @@ class LogSent(_Script):
     ) -> None:
         ep = keys.EndpointKeys(endpoint_id)
         await self._run(
-            keys=[keys.LOG_EVENTS, keys.log_event(event_id), ep.log, ep.attempts],
+            keys=[keys.LOG_EVENTS, ep.log, ep.attempts],
             args=[
                 log.retention_ms,
                 log.max_per_endpoint,
@@ -414,8 +438,7 @@ class LogSent(_Script):
                 keys.LOG_ENDPOINT_PREFIX,
                 endpoint_id,
                 event_id,
-                head.type,
-                head.timestamp,
+                log_head(head, at_ms),
                 body,
                 at_ms,
                 outcome,

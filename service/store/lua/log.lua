@@ -1,20 +1,21 @@
 -- Library part (included, not run alone): the delivery log (store/log.py).
--- One hash per event (LOG_EVENT_PREFIX .. id): t type, ts its timestamp, ac, us, as its
--- account, user and assignment ids ('' = none), at when logged (ms), b the body as sent,
--- n how many endpoints' logs hold it; per endpoint ep: o:ep '<outcome> <attempts>'
--- (queued, delivered or dead) and a:ep:k the record of its k-th attempt there (JSON, the
--- last KEEP_ATTEMPTS kept). Indexes (zsets, id → when logged): every event's, and each
--- endpoint's (LOG_ENDPOINT_PREFIX .. endpoint id).
+-- One hash per event, named LOG_EVENT_PREFIX .. id (the scripts are given the prefix, not
+-- each event's key: a commit of thousands of events would pass thousands of keys):
+--   h   type, when logged (ms), timestamp, account, user, assignment, joined by \31
+--       (scripts.log_head)
+--   b   the body as sent
+--   o:E the outcome at endpoint E and its attempts: '<queued|delivered|dead> <n>'
+--   a:E:k the record of the k-th attempt at E (a JSON array; the last KEEP_ATTEMPTS kept)
+-- Indexes (zsets, id → when logged): every event's, and each endpoint's
+-- (LOG_ENDPOINT_PREFIX .. endpoint id).
 local KEEP_ATTEMPTS = 20 -- attempt records kept per event and endpoint (store/log.py says so)
 local RECENT_ATTEMPTS = 500 -- entries kept in an endpoint's list of recent attempts
 local unpack = unpack or table.unpack
 
--- new_event(hash, index, id, at, ttl, head, body, eps, ep_indexes): an event enters the log,
--- queued for the endpoints `eps` (ids), whose log indexes are `ep_indexes`; head = {type,
--- timestamp, account, user, assignment}
-local function new_event(hash, index, id, at, ttl, head, body, eps, ep_indexes)
-  local fields = {'t', head[1], 'ts', head[2], 'ac', head[3], 'us', head[4], 'as', head[5],
-                  'at', at, 'b', body, 'n', #eps}
+-- new_event(hash, index, id, at, ttl, h, body, eps, ep_indexes): an event enters the log,
+-- queued for the endpoints `eps` (ids), whose log indexes are `ep_indexes`
+local function new_event(hash, index, id, at, ttl, h, body, eps, ep_indexes)
+  local fields = {'h', h, 'b', body}
   for j, ep in ipairs(eps) do
     fields[#fields + 1] = 'o:' .. ep
     fields[#fields + 1] = 'queued 0'
@@ -44,21 +45,26 @@ local function trim_old(index, ev_prefix, ep_prefix, before, budget)
   for _, id in ipairs(old) do forget(index, ev_prefix, ep_prefix, id) end
 end
 
--- cap(index, ev_prefix, ep_prefix, ep_index, most, budget): an endpoint's log keeps its
--- `most` newest events (dropping at most `budget` at once); an event that no endpoint's log
--- keeps any longer leaves the log
-local function cap(index, ev_prefix, ep_prefix, ep_index, most, budget)
+-- cap(index, ev_prefix, ep_prefix, ep, most, budget): endpoint ep's log keeps its `most`
+-- newest events (dropping at most `budget` at once); an event that no endpoint's log keeps
+-- any longer leaves the log
+local function cap(index, ev_prefix, ep_prefix, ep, most, budget)
+  local ep_index = ep_prefix .. ep
   local over = redis.call('ZCARD', ep_index) - most
   if over <= 0 then return end
   local popped = redis.call('ZPOPMIN', ep_index, math.min(over, budget))
   for j = 1, #popped, 2 do
     local id = popped[j]
-    local hash = ev_prefix .. id
-    if redis.call('EXISTS', hash) == 0 then
-      redis.call('ZREM', index, id) -- its hash ran out (TTL) before a trim came
-    elseif redis.call('HINCRBY', hash, 'n', -1) <= 0 then
-      forget(index, ev_prefix, ep_prefix, id)
+    local kept = false
+    for _, f in ipairs(redis.call('HKEYS', ev_prefix .. id)) do
+      local other = string.sub(f, 3)
+      if string.sub(f, 1, 2) == 'o:' and other ~= ep
+          and redis.call('ZSCORE', ep_prefix .. other, id) then
+        kept = true
+        break
+      end
     end
+    if not kept then forget(index, ev_prefix, ep_prefix, id) end
   end
 end
 
@@ -67,13 +73,13 @@ end
 -- it leaves (queued, delivered, dead); an event no longer logged records nothing
 local function attempt(hash, ep, id, outcome, record)
   local field = 'o:' .. ep
-  local found = redis.call('HMGET', hash, field, 't')
+  local found = redis.call('HMGET', hash, field, 'h')
   if found[1] then
     local n = tonumber(string.match(found[1], '%d+$')) + 1
     redis.call('HSET', hash, field, outcome .. ' ' .. n, 'a:' .. ep .. ':' .. n, record)
     if n > KEEP_ATTEMPTS then redis.call('HDEL', hash, 'a:' .. ep .. ':' .. (n - KEEP_ATTEMPTS)) end
   end
-  return id .. '\t' .. (found[2] or '') .. '\t' .. record
+  return id .. '\t' .. string.match(found[2] or '', '^[^\31]*') .. '\t' .. record
 end
 
 -- recent(list, entries): the endpoint's recent attempts, newest first

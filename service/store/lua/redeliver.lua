@@ -10,17 +10,22 @@
 local field = 'o:' .. ARGV[2]
 local n = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[4])) do
-  local found = redis.call('HMGET', ARGV[1] .. id, field, 't', 'b')
-  local outcome = found[1] and string.match(found[1], '^(%a+) ')
-  if outcome and outcome ~= 'queued' and found[2] ~= ARGV[7] and found[3]
+  local hash = ARGV[1] .. id
+  local found = redis.call('HMGET', hash, field, 'h', 'b')
+  local outcome, attempts
+  if found[1] then outcome, attempts = string.match(found[1], '^(%a+) (%d+)$') end
+  if outcome and outcome ~= 'queued' and string.match(found[2] or '', '^[^\31]*') ~= ARGV[7]
+      and found[3]
       and (ARGV[5] == 'any' or ARGV[5] == outcome)
       and not redis.call('ZSCORE', KEYS[2], id) then
-    redis.call('ZREM', KEYS[5], id)
-    -- a dead letter's body is still queued, a delivered event's is the log's: the same bytes
-    redis.call('HSET', KEYS[3], id, found[3])
-    redis.call('HDEL', KEYS[4], id)
+    if outcome == 'dead' then -- its body is still queued; its retries start afresh
+      redis.call('ZREM', KEYS[5], id)
+      redis.call('HDEL', KEYS[4], id)
+    else -- delivered: the queue let it go, its body is the log's (the same bytes)
+      redis.call('HSET', KEYS[3], id, found[3])
+    end
     redis.call('ZADD', KEYS[2], ARGV[6], id)
-    requeued(ARGV[1] .. id, ARGV[2])
+    redis.call('HSET', hash, field, 'queued ' .. attempts)
     n = n + 1
   end
 end

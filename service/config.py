@@ -287,7 +287,7 @@ class DeliverySettings(_Strict):
     # The delivery log (README, The delivery log): every event and attempt kept this long,
     log_retention: LogRetention = 7 * DAY
     # and at most this many of each endpoint's most recent events.
-    log_max_per_endpoint: int = Field(100_000, ge=1, le=MAX_LOG_PER_ENDPOINT)
+    log_max_per_endpoint: int = Field(50_000, ge=1, le=MAX_LOG_PER_ENDPOINT)
 
 
 class HttpSettings(_Strict):

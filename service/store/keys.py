@@ -37,8 +37,9 @@ USER_WEIGHTS = f"{PREFIX}:budget:weights"
 # event logged, for listing them newest first.
 LOG_EVENTS = f"{PREFIX}:log:events"
 # `log_event(id)`, the hash of one logged event: its head (type, timestamp, account, user,
-# assignment), its body as sent, and per endpoint its outcome and attempts. The Lua scripts
-# that trim the log name an event's hash by this prefix and its id.
+# assignment), its body as sent, and per endpoint its outcome and attempts (lua/log.lua).
+# The Lua scripts name an event's hash by this prefix and its id, not by a key each: a
+# commit of thousands of events would pass thousands of keys.
 LOG_EVENT_PREFIX = f"{PREFIX}:log:ev:"
 # `EndpointKeys.log`: zset, event id → when logged (ms), the events queued for the endpoint.
 # The scripts that trim the log name an endpoint's by this prefix and the endpoint id.

@@ -85,6 +85,7 @@ class Service:
         )
         self._planning: asyncio.Task[None] | None = None
         self._replan: asyncio.Task[None] | None = None
+        self._replan_again = False
         # the stores tests and tools reach for most
         self.redis = self.stores.redis
         self.queue = self.stores.queue
@@ -100,8 +101,14 @@ class Service:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # the deliveries' own connection pool (never waiting behind upstream requests), its
+        # resolver the SSRF guard's; test sends from the admin API use it too, in any role
+        delivery_session = self._session(
+            limit=200, resolver=GuardedResolver(self.settings.delivery.allow_private_addresses)
+        )
+        self.operations.session = delivery_session
         if self.role in ("all", "dispatcher"):
-            self.dispatcher = self._dispatcher()
+            self.dispatcher = self._dispatcher(delivery_session)
             self.operations.wake = self.dispatcher.wake
             if self.background:
                 self.dispatcher.start()
@@ -158,11 +165,7 @@ class Service:
         """A worker runs; in burst mode, it is there to be driven."""
         return worker is not None and (worker.running or not self.background)
 
-    def _dispatcher(self) -> Dispatcher:
-        # its own connection pool: deliveries never wait behind upstream requests
-        session = self._session(
-            limit=200, resolver=GuardedResolver(self.settings.delivery.allow_private_addresses)
-        )
+    def _dispatcher(self, session: aiohttp.ClientSession) -> Dispatcher:
         stores = self.stores
         return Dispatcher(
             stores.queue,
@@ -187,8 +190,16 @@ class Service:
         schedule and the budget plan follow now, not at their next periodic run."""
         if self.scheduler is not None:
             self.scheduler.resync()
-        if self.background and (self._replan is None or self._replan.done()):
-            self._replan = asyncio.create_task(self.refresh_plan())
+        if not self.background:
+            return
+        self._replan_again = True  # a plan under way may have read the users before this
+        if self._replan is None or self._replan.done():
+            self._replan = asyncio.create_task(self._replan_while_changed())
+
+    async def _replan_while_changed(self) -> None:
+        while self._replan_again:
+            self._replan_again = False
+            await self.refresh_plan()
 
     async def _plan_periodically(self) -> None:
         while True:

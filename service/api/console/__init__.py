@@ -76,7 +76,9 @@ def _relative(value: float | str | None, now_ms: float) -> str:
     if moment is None:
         return _when(value)
     delta = moment.timestamp() - now_ms / 1000
-    return f"in {_span(delta)}" if delta > 0.5 else f"{_span(delta)} ago"
+    if abs(delta) < 1:
+        return "just now"
+    return f"in {_span(delta)}" if delta > 0 else f"{_span(delta)} ago"
 
 
 def _pretty(value: Any) -> str:

@@ -33,7 +33,7 @@ LOWER_LAYERS = {
 }  # fmt: skip
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",
-        "service.jsonfmt"]  # fmt: skip
+        "service.jsonfmt", "service.cursor"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

@@ -35,6 +35,16 @@ class AttemptResult:
 _UNWELL = frozenset({StatusClass.SERVER_ERROR, StatusClass.RATE_LIMITED})
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One POST and what came of it."""
+
+    result: AttemptResult
+    started_at: float  # epoch seconds, on the service's clock
+    duration: float  # seconds
+    response: bytes | None = None  # the first bytes of the answer's body, as read
+
+
 class Action(Enum):
     ACK = "ack"
     RETRY = "retry"

@@ -49,3 +49,5 @@ class ClaimedEvent:
     body: str
     meta: DeliveryMeta
     token: int  # the claim's expiry (ms), which fences every write of it
+    # the record of its last attempt, for the delivery log, written with its ack
+    record: str = ""

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from service.outbox import Outbox
 from service.store import keys
+from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.polls import StoredUser
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import CommitFeed, CommitListing, UserWrite
@@ -39,9 +40,10 @@ class FeedFallback:
 
 
 class FeedStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, log: LogPolicy = DEFAULT_LOG) -> None:
+        """`log`: how the events committed are kept in the delivery log."""
         self.redis = redis
-        self._commit = CommitFeed(redis)
+        self._commit = CommitFeed(redis, log)
         self._commit_listing = CommitListing(redis)
 
     async def load_users(self, account_id: str, user_ids: Iterable[str]) -> dict[str, StoredUser]:

@@ -16,10 +16,12 @@ from typing import Any, ClassVar, NamedTuple
 
 from redis.asyncio import Redis
 
+from service import jsonfmt
 from service.detect import Snapshot
-from service.outbox import OverdueWatch, RoutedEvents
+from service.outbox import EventHead, OverdueWatch, RoutedEvents
 from service.store import keys
 from service.store.claims import ClaimedEvent, DeliveryMeta
+from service.store.log_policy import LogPolicy
 from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
 
@@ -40,14 +42,53 @@ class _Script:
         self._run = redis.register_script(lua_source(self.source))
 
 
-def _pack_events(events: RoutedEvents, script_keys: list[Any], args: list[Any]) -> None:
-    """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments)."""
-    for endpoint_id in sorted(events):
+class _Enqueues(_Script):
+    """A commit that queues events, and so logs them as `log` says."""
+
+    def __init__(self, redis: Redis, log: LogPolicy) -> None:
+        super().__init__(redis)
+        self.log = log
+
+
+def _head(body: bytes | str) -> EventHead:
+    """Of a body queued without its head (tools, tests): read from the JSON."""
+    try:
+        event = jsonfmt.loads(body)
+    except ValueError:
+        event = None
+    return EventHead.of(event if isinstance(event, dict) else {})
+
+
+def _pack_events(
+    events: RoutedEvents, log: LogPolicy, script_keys: list[Any], args: list[Any]
+) -> None:
+    """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments): each
+    event, its head and its body once, and the endpoints it is queued for."""
+    endpoint_ids = sorted(events)
+    # event id → (its arguments, the (endpoint number, due) pairs after them)
+    by_event: dict[str, tuple[list[Any], list[Any]]] = {}
+    for number, endpoint_id in enumerate(endpoint_ids, 1):
+        for event_id, body, due, head in events[endpoint_id]:
+            if (entry := by_event.get(event_id)) is None:
+                head = head or _head(body)
+                entry = by_event[event_id] = (
+                    [event_id, head.type, head.timestamp, head.account_id or "",
+                     head.user_id or "", head.assignment_id or "", body, due],
+                    [],
+                )  # fmt: skip
+            entry[1].extend((number, due))
+    script_keys.append(keys.LOG_EVENTS)
+    script_keys += [keys.log_event(event_id) for event_id in by_event]
+    for endpoint_id in endpoint_ids:
         ep = keys.EndpointKeys(endpoint_id)
-        script_keys += [ep.due, ep.body]
-        args.append(len(events[endpoint_id]))
-        for event_id, body, due in events[endpoint_id]:
-            args += [event_id, body, due]
+        script_keys += [ep.due, ep.body, ep.log]
+    args += [log.retention_ms, log.max_per_endpoint, log.ttl_ms]
+    args += [keys.LOG_EVENT_PREFIX, keys.LOG_ENDPOINT_PREFIX, len(endpoint_ids), *endpoint_ids]
+    args.append(len(by_event))
+    for head_args, routes in by_event.values():
+        args += head_args
+        args.append(len(routes) // 2)
+        args += routes
 
 
 def _state_pairs(state: ReadState | None) -> list[str]:
@@ -97,7 +138,7 @@ def _watch_args(watch: list[OverdueWatch], unwatch: list[OverdueWatch]) -> list[
     return [*args, len(unwatch), *(keys.overdue_member(*due) for due in unwatch)]
 
 
-class CommitPoll(_Script):
+class CommitPoll(_Enqueues):
     source = "commit_poll"
 
     async def __call__(
@@ -131,7 +172,7 @@ class CommitPoll(_Script):
             *_state_args(state),
             *_watch_args(watch, unwatch),
         ]
-        _pack_events(events, script_keys, args)
+        _pack_events(events, self.log, script_keys, args)
         return bool(await self._run(keys=script_keys, args=args))
 
 
@@ -143,7 +184,7 @@ class UserWrite(NamedTuple):
     state: ReadState | None
 
 
-class CommitFeed(_Script):
+class CommitFeed(_Enqueues):
     source = "commit_feed"
 
     async def __call__(
@@ -182,18 +223,18 @@ class CommitFeed(_Script):
             args += ["" if user.snapshots is None else encode_snapshots(user.snapshots)]
             args += _state_args(user.state)
         args += _watch_args(watch, unwatch)
-        _pack_events(events, script_keys, args)
+        _pack_events(events, self.log, script_keys, args)
         return bool(await self._run(keys=script_keys, args=args))
 
 
-class CommitOverdue(_Script):
+class CommitOverdue(_Enqueues):
     source = "commit_overdue"
 
     async def __call__(self, member: str, token: int, events: RoutedEvents) -> bool:
         """`member`: as claimed (the fence compares the claim's own member)."""
         script_keys: list[Any] = [keys.OVERDUE]
         args: list[Any] = [member, token]
-        _pack_events(events, script_keys, args)
+        _pack_events(events, self.log, script_keys, args)
         return bool(await self._run(keys=script_keys, args=args))
 
 
@@ -261,9 +302,14 @@ class AckEvents(_Script):
     source = "ack_events"
 
     async def __call__(self, endpoint_id: str, events: list[ClaimedEvent]) -> list[bool]:
+        """Each event's `record` is its attempt's, for the delivery log."""
         ep = keys.EndpointKeys(endpoint_id)
-        args = [x for event in events for x in (event.event_id, event.token)]
-        done = await self._run(keys=[ep.due, ep.body, ep.meta], args=args)
+        script_keys = [ep.due, ep.body, ep.meta, ep.attempts]
+        script_keys += [keys.log_event(event.event_id) for event in events]
+        args: list[Any] = [endpoint_id]
+        for event in events:
+            args += [event.event_id, event.token, event.record]
+        done = await self._run(keys=script_keys, args=args)
         return [bool(flag) for flag in done]
 
 
@@ -271,12 +317,25 @@ class MoveEvent(_Script):
     source = "move_event"
 
     async def __call__(
-        self, endpoint_id: str, event: ClaimedEvent, score: int, meta: DeliveryMeta | None
+        self,
+        endpoint_id: str,
+        event: ClaimedEvent,
+        score: int,
+        meta: DeliveryMeta | None,
+        record: str = "",
     ) -> bool:
+        """`record`: the attempt that led to the move, for the delivery log ("": none)."""
         ep = keys.EndpointKeys(endpoint_id)
         moved = await self._run(
-            keys=[ep.due, ep.meta],
-            args=[event.event_id, event.token, score, "" if meta is None else meta.encode()],
+            keys=[ep.due, ep.meta, ep.attempts, keys.log_event(event.event_id)],
+            args=[
+                event.event_id,
+                event.token,
+                score,
+                "" if meta is None else meta.encode(),
+                endpoint_id,
+                record,
+            ],
         )
         return bool(moved)
 
@@ -284,11 +343,13 @@ class MoveEvent(_Script):
 class DeadLetterEvent(_Script):
     source = "dead_letter_event"
 
-    async def __call__(self, endpoint_id: str, event: ClaimedEvent, now_ms: int) -> bool:
+    async def __call__(
+        self, endpoint_id: str, event: ClaimedEvent, now_ms: int, record: str = ""
+    ) -> bool:
         ep = keys.EndpointKeys(endpoint_id)
         done = await self._run(
-            keys=[ep.due, ep.dead, ep.meta],
-            args=[event.event_id, event.token, now_ms, event.meta.encode()],
+            keys=[ep.due, ep.dead, ep.meta, ep.attempts, keys.log_event(event.event_id)],
+            args=[event.event_id, event.token, now_ms, event.meta.encode(), endpoint_id, record],
         )
         return bool(done)
 
@@ -298,8 +359,69 @@ class ReplayDead(_Script):
 
     async def __call__(self, endpoint_id: str, now_ms: int, event_ids: list[str] | None) -> int:
         ep = keys.EndpointKeys(endpoint_id)
-        queued = await self._run(keys=[ep.due, ep.dead, ep.meta], args=[now_ms, *(event_ids or [])])
+        queued = await self._run(
+            keys=[ep.due, ep.dead, ep.meta],
+            args=[now_ms, keys.LOG_EVENT_PREFIX, endpoint_id, *(event_ids or [])],
+        )
         return int(queued)
+
+
+class Redeliver(_Script):
+    source = "redeliver"
+
+    async def __call__(
+        self,
+        endpoint_id: str,
+        *,
+        since_ms: int,
+        until_ms: int,
+        outcome: str,
+        now_ms: int,
+        never: str,
+    ) -> int:
+        """`outcome`: delivered, dead or any; `never`: a type not sent again."""
+        ep = keys.EndpointKeys(endpoint_id)
+        queued = await self._run(
+            keys=[ep.log, ep.due, ep.body, ep.meta, ep.dead],
+            args=[keys.LOG_EVENT_PREFIX, endpoint_id, since_ms, until_ms, outcome, now_ms, never],
+        )
+        return int(queued)
+
+
+class LogSent(_Script):
+    source = "log_sent"
+
+    async def __call__(
+        self,
+        log: LogPolicy,
+        endpoint_id: str,
+        event_id: str,
+        head: EventHead,
+        body: str,
+        *,
+        at_ms: int,
+        outcome: str,
+        record: str,
+    ) -> None:
+        ep = keys.EndpointKeys(endpoint_id)
+        await self._run(
+            keys=[keys.LOG_EVENTS, keys.log_event(event_id), ep.log, ep.attempts],
+            args=[
+                log.retention_ms,
+                log.max_per_endpoint,
+                log.ttl_ms,
+                keys.LOG_EVENT_PREFIX,
+                keys.LOG_ENDPOINT_PREFIX,
+                endpoint_id,
+                event_id,
+                head.type,
+                head.timestamp,
+                body,
+                at_ms,
+                outcome,
+                record,
+            ],
+        )
 
 
 class CommitListing(_Script):

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from service.api.common import BadRequest, Handler
 from service.api.console.session import Session, Sessions
+from service.errors import InvalidInput, NotFound
 
 log = structlog.get_logger("console")
 
@@ -117,8 +118,10 @@ async def console_guard(request: web.Request, handler: Handler) -> web.StreamRes
     except Forbidden as e:
         log.warning("console_change_refused", path=request.path, reason=str(e))
         response = _error_page(request, 403, str(e))
-    except BadRequest as e:
+    except (BadRequest, InvalidInput) as e:
         response = _error_page(request, 400, str(e))
+    except NotFound as e:
+        response = _error_page(request, 404, str(e))
     except RedisError:
         response = _error_page(request, 503, "Redis is not answering; try again shortly.")
     except Exception:

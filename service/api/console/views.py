@@ -27,10 +27,11 @@ from service.api.console.guard import (
 from service.api.console.session import SESSION_SECONDS
 from service.api.console.stats import last_hour
 from service.operations import Operations
+from service.store.log import RECENT_ATTEMPTS
 
 log = structlog.get_logger("console")
 
-STATS_READ = 500  # attempts read per endpoint for the overview's last hour
+STATS_READ = RECENT_ATTEMPTS  # all the log keeps of an endpoint's attempts in order
 ATTEMPTS_SHOWN = 50
 DEAD_SHOWN = 100
 EVENTS_PAGE = 50

@@ -220,7 +220,7 @@ async def test_users_page_searches_and_polls_now(console: Console) -> None:
         async with http.get("/ui/users", params={"q": "U_2"}) as r:
             page = await r.text()
         assert 'data-user="u_2"' in page and 'data-user="u_1"' not in page
-        assert "1 of 2 tracked users" in page
+        assert "1 tracked user matches." in page
         data = {"account_id": ACCOUNT, "user_id": "u_9", "q": "", "csrf": csrf}
         async with http.post("/ui/users/poll", data=data) as r:
             assert f"{ACCOUNT}/u_9 is not tracked." in await r.text()

@@ -354,26 +354,40 @@ async def event_page(request: web.Request) -> web.StreamResponse:
 
 
 async def users_page(request: web.Request) -> web.StreamResponse:
+    """Without a search, a page of users (a cursor to the next); with one, the first
+    USERS_SHOWN users whose user or account id contains it, found by reading every page."""
     operations = ops(request)
     search = request.query.get("q", "").strip()
-    everyone = await operations.stores.users.describe()
-    needle = search.casefold()
-    matching = [
-        u
-        for u in everyone
-        if not needle or needle in u["user_id"].casefold() or needle in u["account_id"].casefold()
-    ]
+    cursor = request.query.get("cursor") or None
+    if not search:
+        found = await operations.users(limit=USERS_SHOWN, cursor=cursor)
+        next_cursor = found["next_cursor"]
+        users, matching = found["users"], None
+    else:
+        needle, users, matching, cursor, next_cursor = search.casefold(), [], 0, None, None
+        while True:
+            found = await operations.users(limit=500, cursor=cursor)
+            for user in found["users"]:
+                if needle in user["user_id"].casefold() or needle in user["account_id"].casefold():
+                    matching += 1
+                    if len(users) < USERS_SHOWN:
+                        users.append(user)
+            cursor = found["next_cursor"]
+            if cursor is None:
+                break
     return page(
         request,
         "users.html",
         {
             "q": search,
-            "total": len(everyone),
-            "matching": len(matching),
+            "matching": matching,
             "users": [
                 {**u, "events_url": events_url(account_id=u["account_id"], user_id=u["user_id"])}
-                for u in matching[:USERS_SHOWN]
+                for u in users
             ],
+            "next_url": (
+                f"{PREFIX}/users?{urlencode({'cursor': next_cursor})}" if next_cursor else None
+            ),
         },
     )
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "browser-admin-token-3a9b"
-SCRIPT = '<script>alert("title")</script>'
+SCRIPT = "<script>alert('title')</script>"
 IMG = '"><img src=x onerror=alert(1)>'
 RX_SCRIPT = '<script>alert("rx")</script><img src=y onerror=alert(2)>'
 
@@ -171,7 +171,7 @@ async def test_an_operator_follows_a_failing_endpoint_replays_tests_and_searches
     # u_2's events, found by user id
     change(stage.sim, "u_2", 1, 1)
     await driver.step(0.5)
-    await page.get_by_role("link", name="Events").click()
+    await page.locator("nav").get_by_role("link", name="Events").click()
     await page.get_by_label("user").fill("u_2")
     await page.get_by_role("button", name="Search").click()
     rows = page.locator("tbody tr")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 import pytest
@@ -26,6 +27,8 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 class Console:
     driver: Driven
     url: str
+    sim: SimLMS
+    rx: Receiver
 
     def client(self) -> aiohttp.ClientSession:
         # unsafe: the jar keeps cookies of an IP address (the test server's 127.0.0.1)
@@ -37,7 +40,7 @@ async def console(
     redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: tuple[Receiver, str]
 ) -> AsyncIterator[Console]:
     sim, lms_url = lms
-    _, rx_url = receiver
+    rx, rx_url = receiver
     for user in ("u_1", "u_2"):
         sim.put_assignment(ACCOUNT, user, {"id": f"{user}_a1"})
     settings = make_settings(
@@ -51,7 +54,7 @@ async def console(
     async with driven(settings, sim, http=True) as driver:
         assert await driver.poll() == 0  # the users are scheduled (an hour out), none is due
         assert driver.service.http_url is not None
-        yield Console(driver, driver.service.http_url)
+        yield Console(driver, driver.service.http_url, sim, rx)
 
 
 async def signed_in(http: aiohttp.ClientSession) -> str:
@@ -300,3 +303,43 @@ def test_last_hour_from_the_delivery_log() -> None:
     assert last_hour(attempts[:3], now, read_limit=3).partial
     empty = last_hour([], now, read_limit=10)
     assert (empty.attempts, empty.success_rate, empty.p50_ms) == (0, None, None)
+
+
+async def test_redeliver_enable_and_event_pages(console: Console) -> None:
+    driver = console.driver
+    rx_events = console.rx.events
+
+    async def poll_both_now() -> None:
+        # not by moving the clock an interval (1 h) on: the receiver would refuse
+        # signatures made an hour from its own now
+        for user in ("u_1", "u_2"):
+            assert await driver.service.operations.poll_now(ACCOUNT, user)
+        await driver.step()
+
+    await poll_both_now()  # the baselines
+    console.sim.update_assignment(ACCOUNT, "u_1", "u_1_a1", x_round=1)
+    console.sim.update_assignment(ACCOUNT, "u_2", "u_2_a1", x_round=1)
+    await poll_both_now()  # two changes, delivered
+    delivered = [e.webhook_id for e in rx_events]
+    assert len(delivered) == 2
+    async with console.client() as http:
+        csrf = await signed_in(http)
+        async with http.get("/ui/events") as r:
+            page = await r.text()
+        assert all(f"/ui/events/{event_id}" in page for event_id in delivered)
+        async with http.get("/ui/events", params={"cursor": "c1.bogus"}) as r:
+            assert r.status == 400 and "cursor" in await r.text()
+        async with http.get(f"/ui/events/{delivered[0]}") as r:
+            page = await r.text()
+        assert "delivered" in page and "HTTP 200" in page
+        async with http.get("/ui/events/evt_nope") as r:
+            assert r.status == 404
+        # redeliver what was delivered in the last hour: the same ids, sent again
+        since = datetime.fromtimestamp(driver.clock() - 3600, UTC).strftime("%Y-%m-%dT%H:%M")
+        data = {"csrf": csrf, "since": since, "until": "", "outcome": "delivered"}
+        async with http.post("/ui/endpoints/hr/redeliver", data=data) as r:
+            assert "2 events queued again." in await r.text()
+        await driver.deliver()
+        assert sorted(e.webhook_id or "" for e in rx_events[2:]) == sorted(delivered)
+        async with http.post("/ui/endpoints/hr/enable", data={"csrf": csrf}) as r:
+            assert "hr is active." in await r.text()

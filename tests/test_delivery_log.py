@@ -420,3 +420,39 @@ async def test_redeliver_queues_a_range_again_with_the_same_ids(
     # attempts: the first and its retry, then one per redelivery
     assert redelivered["endpoints"]["hr"] == {"outcome": "delivered", "attempts": 5}
     assert await redis.zcard(keys.EndpointKeys("hr").dead) == 0
+
+
+async def test_the_last_attempts_are_kept_and_a_replay_shows_queued(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    sim.add_user(ACCOUNT, "u_2")
+    rx.default_answer = Answer(status=404)  # this event's own failure: no pause
+    keep = delivery_log.KEEP_ATTEMPTS
+    settings = settings_for(
+        redis_server, lms_url, [endpoint(rx_url)], delivery={"retry_schedule": ["1s"] * keep}
+    )
+    async with driven(settings, sim) as service:
+        ops = service.service.operations
+        await service.baseline()
+        for _ in range(keep):
+            await service.step(1.25)
+        [letter] = await service.service.queue.dead_letters("hr")
+        dead = await ops.event(letter["event_id"])
+        assert await ops.replay("hr", None) == 1
+        replayed = await ops.event(letter["event_id"])
+        rx.default_answer = Answer(status=204)
+        await service.deliver()
+        delivered = await ops.event(letter["event_id"])
+    assert dead is not None and replayed is not None and delivered is not None
+    assert letter["attempts"] == keep + 1 == len(rx.received) - 1
+    assert dead["endpoints"]["hr"] == {"outcome": "dead", "attempts": keep + 1}
+    # the last KEEP_ATTEMPTS records, oldest first: the first one dropped
+    assert [a["attempt"] for a in dead["attempts"]["hr"]] == list(range(2, keep + 2))
+    assert replayed["endpoints"]["hr"] == {"outcome": "queued", "attempts": keep + 1}
+    assert delivered["endpoints"]["hr"] == {"outcome": "delivered", "attempts": keep + 2}
+    # the replay started the schedule afresh: its first attempt is number 1 again
+    assert delivered["attempts"]["hr"][-1]["attempt"] == 1
+    assert delivered["attempts"]["hr"][-1]["status"] == 204

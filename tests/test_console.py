@@ -16,6 +16,7 @@ from service.api.console.session import SESSION_SECONDS, Sessions
 from service.api.console.stats import HOUR_MS, last_hour
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
+from service.store.limits import api_key_budget
 from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings
 from tests.redis_server import RedisServer
 
@@ -343,3 +344,22 @@ async def test_redeliver_enable_and_event_pages(console: Console) -> None:
         assert sorted(e.webhook_id or "" for e in rx_events[2:]) == sorted(delivered)
         async with http.post("/ui/endpoints/hr/enable", data={"csrf": csrf}) as r:
             assert "hr is active." in await r.text()
+
+
+async def test_the_overview_shows_upstream_429s_and_the_key_paused(console: Console) -> None:
+    service = console.driver.service
+    console.sim.faults.forced.append({"status": 429, "retry_after": "1"})
+    assert await service.operations.poll_now(ACCOUNT, "u_1")
+    await console.driver.poll()  # answered 429, paused a second (Redis' clock), read again
+    async with console.client() as http:
+        await signed_in(http)
+        async with http.get("/ui") as r:
+            page = " ".join((await r.text()).split())
+        assert "<dt>429 answers</dt><dd>1 <small" in page
+        assert "<dt>API key paused</dt><dd>no</dd>" in page
+        # a pause as a 429 in another process would set it: every replica shows it
+        budget = api_key_budget(service.settings.stackone.max_requests_per_minute)
+        await service.stores.limiter.rate(budget).pause(120)
+        async with http.get("/ui") as r:
+            page = " ".join((await r.text()).split())
+        assert re.search(r"for (120|119) s more \(Retry-After\)", page)

@@ -26,6 +26,7 @@ from service.api.console.guard import (
 )
 from service.api.console.session import SESSION_SECONDS
 from service.api.console.stats import last_hour
+from service.config import EndpointSettings
 from service.operations import Operations
 from service.store.log import RECENT_ATTEMPTS
 
@@ -96,11 +97,12 @@ def done(request: web.Request, location: str, message: str) -> web.HTTPSeeOther:
     return redirect
 
 
-def _known_endpoint(request: web.Request) -> str:
+def _known_endpoint(request: web.Request) -> EndpointSettings:
     endpoint_id = request.match_info["endpoint_id"]
-    if ops(request).settings.endpoint(endpoint_id) is None:
+    endpoint = ops(request).settings.endpoint(endpoint_id)
+    if endpoint is None:
         raise web.HTTPNotFound(reason=f"There is no endpoint {endpoint_id!r}.")
-    return endpoint_id
+    return endpoint
 
 
 def _instant_ms(text: str, name: str) -> int | None:
@@ -164,8 +166,10 @@ async def trailing_slash(request: web.Request) -> web.StreamResponse:
 # -- the overview ------------------------------------------------------------------------
 
 
-async def _endpoint_row(operations: Operations, endpoint_id: str, now_ms: int) -> dict[str, Any]:
-    stores = operations.stores
+async def _endpoint_row(
+    operations: Operations, endpoint: EndpointSettings, now_ms: int
+) -> dict[str, Any]:
+    stores, endpoint_id = operations.stores, endpoint.id
     health, depth, dead, attempts = await asyncio.gather(
         stores.endpoints.health(endpoint_id),
         stores.queue.depth(endpoint_id),
@@ -175,7 +179,7 @@ async def _endpoint_row(operations: Operations, endpoint_id: str, now_ms: int) -
     return {
         "id": endpoint_id,
         "url": endpoint_url(endpoint_id),
-        "target": operations.settings.endpoint(endpoint_id).url,  # type: ignore[union-attr]
+        "target": endpoint.url,
         "health": health,
         "queue_depth": depth,
         "dead_letters": dead,
@@ -187,21 +191,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
     operations = ops(request)
     now_ms = _now_ms(operations)
     endpoints = [
-        await _endpoint_row(operations, endpoint.id, now_ms)
+        await _endpoint_row(operations, endpoint, now_ms)
         for endpoint in operations.settings.endpoints
     ]
-    recent = await operations.events(
-        endpoint=None,
-        type=None,
-        account_id=None,
-        user_id=None,
-        assignment_id=None,
-        outcome=None,
-        since_ms=None,
-        until_ms=None,
-        limit=10,
-        cursor=None,
-    )
+    recent = await operations.events(limit=10)
     return page(
         request,
         "overview.html",
@@ -223,10 +216,11 @@ def _event_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def endpoint_page(request: web.Request) -> web.StreamResponse:
-    endpoint_id = _known_endpoint(request)
+    endpoint = _known_endpoint(request)
+    endpoint_id = endpoint.id
     operations = ops(request)
     now_ms = _now_ms(operations)
-    row = await _endpoint_row(operations, endpoint_id, now_ms)
+    row = await _endpoint_row(operations, endpoint, now_ms)
     attempts = await operations.endpoint_attempts(endpoint_id, ATTEMPTS_SHOWN)
     dead = await operations.stores.queue.dead_letters(endpoint_id, DEAD_SHOWN)
     hour_ago = datetime.fromtimestamp(now_ms / 1000 - 3600, UTC).strftime("%Y-%m-%dT%H:%M")
@@ -246,13 +240,13 @@ async def endpoint_page(request: web.Request) -> web.StreamResponse:
 
 
 async def enable(request: web.Request) -> web.StreamResponse:
-    endpoint_id = _known_endpoint(request)
+    endpoint_id = _known_endpoint(request).id
     health = await ops(request).enable_endpoint(endpoint_id)
     raise done(request, endpoint_url(endpoint_id), f"{endpoint_id} is {health.status.value}.")
 
 
 async def replay(request: web.Request) -> web.StreamResponse:
-    endpoint_id = _known_endpoint(request)
+    endpoint_id = _known_endpoint(request).id
     event_id = text_field(await request.post(), "event_id")
     queued = await ops(request).replay(endpoint_id, [event_id] if event_id else None)
     what = f"{event_id}" if event_id else "all dead letters"
@@ -260,7 +254,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
 
 
 async def test_send(request: web.Request) -> web.StreamResponse:
-    endpoint_id = _known_endpoint(request)
+    endpoint_id = _known_endpoint(request).id
     outcome = await ops(request).test_send(endpoint_id)
     answer = f"HTTP {outcome['status']}" if outcome.get("status") is not None else "no answer"
     if outcome.get("error"):
@@ -275,7 +269,7 @@ async def test_send(request: web.Request) -> web.StreamResponse:
 
 
 async def redeliver(request: web.Request) -> web.StreamResponse:
-    endpoint_id = _known_endpoint(request)
+    endpoint_id = _known_endpoint(request).id
     form = await request.post()
     since_ms = _instant_ms(text_field(form, "since"), "since")
     until_ms = _instant_ms(text_field(form, "until"), "until")

@@ -401,6 +401,15 @@ class Operations:
             self.stores.budget, self.stores.users, self.settings, self.metrics
         ).describe()
 
+    async def upstream(self) -> dict[str, Any]:
+        """What the upstream API has told us to slow down: 429 answers this process has
+        had (its own counter, as in /metrics), and the key's shared Retry-After pause."""
+        responses_429 = self.metrics.registry.get_sample_value(
+            "lms_webhooks_upstream_requests_total", {"status": "429"}
+        )
+        paused = await self.stores.limiter.pause_left(keys.UPSTREAM_PAUSE)
+        return {"responses_429": int(responses_429 or 0), "paused_for_seconds": paused}
+
     async def readiness(self) -> dict[str, bool | str]:
         """Each check: true, or why not. Redis must take a write (asked at most once a
         second); each worker must run."""

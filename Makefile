@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## the simulated LMS, the in-memory store and a verifying receiver, live
 	$(BIN)/lms-webhooks demo $(if $(DURATION),--duration $(DURATION))
 
-test: $(STAMP)  ## the whole suite against a throwaway redis-server
+test: $(STAMP)  ## the whole suite against a throwaway redis-server and Debian's Chromium
 	scripts/ensure-redis-server
+	scripts/ensure-chromium
 	$(BIN)/pytest -q
 
 bench: $(STAMP)  ## performance figures (README, Performance); SCALE=0.1 for a quick look

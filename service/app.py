@@ -101,8 +101,14 @@ class Service:
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # the deliveries' own connection pool (never waiting behind upstream requests), its
+        # resolver the SSRF guard's; test sends from the admin API use it too, in any role
+        delivery_session = self._session(
+            limit=200, resolver=GuardedResolver(self.settings.delivery.allow_private_addresses)
+        )
+        self.operations.session = delivery_session
         if self.role in ("all", "dispatcher"):
-            self.dispatcher = self._dispatcher()
+            self.dispatcher = self._dispatcher(delivery_session)
             self.operations.wake = self.dispatcher.wake
             if self.background:
                 self.dispatcher.start()
@@ -159,11 +165,7 @@ class Service:
         """A worker runs; in burst mode, it is there to be driven."""
         return worker is not None and (worker.running or not self.background)
 
-    def _dispatcher(self) -> Dispatcher:
-        # its own connection pool: deliveries never wait behind upstream requests
-        session = self._session(
-            limit=200, resolver=GuardedResolver(self.settings.delivery.allow_private_addresses)
-        )
+    def _dispatcher(self, session: aiohttp.ClientSession) -> Dispatcher:
         stores = self.stores
         return Dispatcher(
             stores.queue,

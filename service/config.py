@@ -269,6 +269,17 @@ class EndpointSettings(_Strict):
         )
 
 
+# The delivery log keeps each event for at least a minute (less is no log at all) and at most
+# a year; an endpoint's share of it is capped by a count (what bounds its memory).
+LogRetention = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(60.0, MAX_DISABLE_AFTER),
+    _duration_schema(60.0, MAX_DISABLE_AFTER),
+]
+MAX_LOG_PER_ENDPOINT = 10_000_000
+
+
 class DeliverySettings(_Strict):
     retry_schedule: list[Duration] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
@@ -277,6 +288,10 @@ class DeliverySettings(_Strict):
     disable_after: LongDuration = 5 * 86400.0
     allow_http: bool = False
     allow_private_addresses: bool = False
+    # The delivery log (README, The delivery log): every event and attempt kept this long,
+    log_retention: LogRetention = 7 * DAY
+    # and at most this many of each endpoint's most recent events.
+    log_max_per_endpoint: int = Field(50_000, ge=1, le=MAX_LOG_PER_ENDPOINT)
 
 
 class HttpSettings(_Strict):

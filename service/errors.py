@@ -61,3 +61,13 @@ class AddressRefused(LmsWebhooksError, OSError):
         )
         self.host = host
         self.address = address
+
+
+class InvalidInput(LmsWebhooksError, ValueError):
+    """An operator's request that cannot be served as asked (a malformed cursor, a range
+    that ends before it starts): the admin API answers it 400 with the reason."""
+
+
+class NotFound(LmsWebhooksError, LookupError):
+    """An operator asked for something the service does not know (an endpoint id): the admin
+    API answers it 404."""

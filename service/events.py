@@ -13,6 +13,11 @@ DUE_DATE_CHANGED: Final = "assignment.due_date_changed"
 OVERDUE: Final = "assignment.overdue"
 REMOVED: Final = "assignment.removed"
 
+# Sent only by `POST /admin/endpoints/{id}/test`, to that endpoint alone, never retried: not
+# an assignment event, so no endpoint subscribes to it (`endpoints[].events` refuses it).
+TEST: Final = "webhook.test"
+
+# The assignment events, which endpoints subscribe to.
 EVENT_TYPES: Final = (
     CREATED,
     UPDATED,
@@ -42,3 +47,18 @@ class Event(TypedDict):
     type: str
     timestamp: str
     data: EventData
+
+
+class TestEventData(TypedDict):
+    """`data` of a `webhook.test` event: what it is, and for which endpoint."""
+
+    test: bool  # always true
+    endpoint_id: str
+    message: str
+
+
+class TestEvent(TypedDict):
+    id: str
+    type: str  # TEST
+    timestamp: str
+    data: TestEventData

@@ -1,9 +1,14 @@
-"""What an operator can do and see, in one place: the admin API and the CLI call these.
+"""What an operator can do and see, in one place: the admin API, the console and the CLI
+call these.
 
 Built by the lifecycle (`app.Service`) or by a command from the stores; it knows nothing of
 the running workers beyond the hooks the lifecycle sets: `wake` (events to deliver now),
-`users_changed` (the schedules and the budget plan follow at once) and `checks` (whether
-each worker runs, for /readyz).
+`users_changed` (the schedules and the budget plan follow at once), `checks` (whether
+each worker runs, for /readyz) and `session` (the deliveries' HTTP client, for test sends).
+
+Listings take a `limit` (1..MAX_LIMIT) and an opaque `cursor` from the page before, and
+answer `next_cursor` (None: the end). Bad input raises InvalidInput (the API's 400), an
+unknown endpoint NotFound (404).
 """
 
 from __future__ import annotations
@@ -11,23 +16,35 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Generic, TypeVar, cast
 
+import aiohttp
 import structlog
 
+from service import jsonfmt
 from service.budget_planner import BudgetPlanner
-from service.config import Settings
+from service.config import EndpointSettings, Settings
+from service.cursor import decode_cursor, encode_cursor
 from service.delivery.breaker import enabled
+from service.delivery.policy import Verdict
+from service.delivery.sender import Poster
 from service.endpoint_health import EndpointHealth, EndpointState
+from service.errors import InvalidInput, NotFound
+from service.events import TEST, TestEvent
 from service.metrics import Metrics
+from service.outbox import EventHead
 from service.store import keys
 from service.store.health import OUT_OF_MEMORY, write_problem
+from service.store.limits import endpoint_budget
+from service.store.log import OUTCOMES, RECENT_ATTEMPTS, LogFilter, attempt_record
 from service.store.read_state import ReadState
 from service.store.stores import Stores
+from service.timefmt import from_epoch, iso_ms
 
 log = structlog.get_logger("service")
 
@@ -55,6 +72,21 @@ class Shared(Generic[T]):
             self._task = asyncio.ensure_future(self.compute())
         # shielded: a request that goes away does not cancel what the others wait for
         return await asyncio.shield(self._task)
+
+
+MAX_LIMIT = 500  # the most items one page of any listing holds
+REDELIVER_OUTCOMES = ("delivered", "dead", "any")
+TEST_MESSAGE = (
+    "A test event sent from lms-webhooks' admin API to this endpoint alone. It is not an "
+    "assignment change and is never retried."
+)
+
+
+def _limit(limit: int, most: int = MAX_LIMIT) -> int:
+    # bool is an int to Python, not a count to anyone
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        raise InvalidInput(f"`limit` must be an integer from 1 to {most}")
+    return limit
 
 
 def _read_state(state: ReadState, due_ms: int | None) -> dict[str, Any]:
@@ -88,6 +120,15 @@ class Operations:
         self.redis_check = Shared(self._check_redis)
         self._episode: tuple[str, float] | None = None  # Redis' problem, and since when
         self._gauges = Shared(self._refresh_gauges)
+
+        # the deliveries' HTTP client (its resolver the SSRF guard's); None: no test sends
+        self.session: aiohttp.ClientSession | None = None
+
+    def _endpoint(self, endpoint_id: str) -> EndpointSettings:
+        endpoint = self.settings.endpoint(endpoint_id)
+        if endpoint is None:
+            raise NotFound(f"unknown endpoint {endpoint_id!r}")
+        return endpoint
 
     async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
         """Queue dead letters again with their ids (all of the endpoint's when none given)."""
@@ -124,6 +165,193 @@ class Operations:
         if await users.polled_by_feed(account_id, user_id):
             return await self.stores.feed_leases.due_now(keys.account_member(account_id))
         return await self.stores.leases.due_now(keys.user_member(account_id, user_id))
+
+    async def endpoints(self, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """Each configured endpoint (in the config's order) with its state, queue depth and
+        dead letters: `{"endpoints": [...], "next_cursor"}`."""
+        _limit(limit)
+        configured = self.settings.endpoints
+        start = 0
+        if cursor is not None:
+            (after,) = decode_cursor(cursor, "endpoints", (str,))
+            ids = [e.id for e in configured]
+            if after not in ids:
+                raise InvalidInput("`cursor` names an endpoint no longer configured")
+            start = ids.index(after) + 1
+        page = configured[start : start + limit]
+        stores = self.stores
+        out = []
+        for endpoint in page:
+            health = await stores.endpoints.health(endpoint.id)
+            out.append(
+                {
+                    "id": endpoint.id,
+                    "url": endpoint.url,
+                    **asdict(health),
+                    "queue_depth": await stores.queue.depth(endpoint.id),
+                    "dead_letters": await stores.queue.dead_count(endpoint.id),
+                }
+            )
+        more = start + limit < len(configured)
+        next_cursor = encode_cursor("endpoints", page[-1].id) if more and page else None
+        return {"endpoints": out, "next_cursor": next_cursor}
+
+    async def users(self, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """Tracked users (by account, then user id) with their poll state, and the accounts
+        backed off: `{"users": [...], "backed_off_accounts": {...}, "next_cursor"}`."""
+        _limit(limit)
+        after = None if cursor is None else decode_cursor(cursor, "users", (str,))[0]
+        users, last = await self.stores.users.describe(after, limit)
+        backed_off = await self.stores.polls.backed_off_accounts()
+        return {
+            "users": users,
+            # accounts whose key/account was refused (401/403/412), with when they are retried
+            "backed_off_accounts": {a: asdict(b) for a, b in backed_off.items()},
+            "next_cursor": None if last is None else encode_cursor("users", last),
+        }
+
+    async def events(
+        self,
+        *,
+        endpoint: str | None = None,
+        type: str | None = None,
+        account_id: str | None = None,
+        user_id: str | None = None,
+        assignment_id: str | None = None,
+        outcome: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """Logged events, newest first, each with its outcome and attempts per endpoint:
+        `{"items": [summary...], "next_cursor"}`. A page may hold fewer than `limit` items
+        (even none) with a cursor to go on: one call looks at a bounded part of the log."""
+        _limit(limit)
+        if endpoint is not None:
+            self._endpoint(endpoint)
+        if outcome is not None and outcome not in OUTCOMES:
+            raise InvalidInput(f"`outcome` must be one of {', '.join(OUTCOMES)}")
+        if since_ms is not None and until_ms is not None and since_ms > until_ms:
+            raise InvalidInput("`since` is after `until`")
+        filters = LogFilter(
+            endpoint, type, account_id, user_id, assignment_id, outcome, since_ms, until_ms
+        )
+        items, next_cursor = await self.stores.log.events(filters, limit, cursor)
+        return {"items": items, "next_cursor": next_cursor}
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        """One logged event: its summary, `body` (as sent, parsed) and `attempts` per
+        endpoint (oldest first); None when it is not logged (or no longer)."""
+        return await self.stores.log.event(event_id)
+
+    async def endpoint_attempts(self, endpoint_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The endpoint's most recent attempts, newest first, each with its event's id and
+        type (the last RECENT_ATTEMPTS are kept)."""
+        self._endpoint(endpoint_id)
+        return await self.stores.log.endpoint_attempts(endpoint_id, _limit(limit, RECENT_ATTEMPTS))
+
+    async def test_send(self, endpoint_id: str) -> dict[str, Any]:
+        """Send a signed `webhook.test` event to this endpoint alone, now, through the same
+        signing, POST and SSRF guard as every delivery; never queued, never retried (whatever
+        the endpoint's state), and recorded in the delivery log as delivered or dead."""
+        endpoint = self._endpoint(endpoint_id)
+        if self.session is None:
+            raise InvalidInput("test sends need the running service (its HTTP client)")
+        budget = endpoint_budget(endpoint.id, endpoint.max_per_second)
+        if budget is not None:  # the endpoint's max_per_second holds for test sends too
+            rate = self.stores.limiter.rate(budget)
+            while True:  # a permit (Redis' clock: no event to wait for here)
+                wait = await rate.try_acquire()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+        now = self.clock()
+        event_id = "evt_" + secrets.token_hex(16)
+        event: TestEvent = {
+            "id": event_id,
+            "type": TEST,
+            "timestamp": iso_ms(from_epoch(now)),
+            "data": {"test": True, "endpoint_id": endpoint_id, "message": TEST_MESSAGE},
+        }
+        body = jsonfmt.dumps_bytes(event)
+        poster = Poster(
+            endpoint,
+            self.session,
+            self.clock,
+            allow_private=self.settings.delivery.allow_private_addresses,
+            deadlines=None,
+        )
+        attempt = await poster.post(event_id, body)
+        result = attempt.result
+        delivered = result.verdict is Verdict.SUCCESS
+        duration_ms = round(attempt.duration * 1000, 1)
+        record = attempt_record(
+            attempt=1,
+            started_at_ms=int(attempt.started_at * 1000),
+            duration_ms=duration_ms,
+            status=result.status,
+            error=result.error,
+            response=attempt.response,
+            next_attempt_at_ms=None,
+        )
+        head = EventHead(TEST, event["timestamp"], None, None, None)
+        await self.stores.log.record_sent(
+            endpoint_id,
+            event_id,
+            head,
+            body.decode(),
+            at_ms=int(now * 1000),
+            delivered=delivered,
+            record=record,
+        )
+        log.info(
+            "test_sent",
+            endpoint=endpoint_id,
+            event_id=event_id,
+            delivered=delivered,
+            status=result.status,
+            error=result.error,
+        )
+        return {
+            "event_id": event_id,
+            "delivered": delivered,
+            "status": result.status,
+            "error": result.error,
+            "duration_ms": duration_ms,
+        }
+
+    async def redeliver(
+        self, endpoint_id: str, *, since_ms: int, until_ms: int | None, outcome: str
+    ) -> int:
+        """Queue the endpoint's logged events of [since, until] (until None: now) again,
+        with their ids and bodies as sent, atomically: those delivered, dead-lettered, or
+        either (`any`); not those still queued, not test sends. Returns how many."""
+        self._endpoint(endpoint_id)
+        if outcome not in REDELIVER_OUTCOMES:
+            raise InvalidInput(f"`outcome` must be one of {', '.join(REDELIVER_OUTCOMES)}")
+        now_ms = int(self.clock() * 1000)
+        until = now_ms if until_ms is None else until_ms
+        if since_ms > until:
+            raise InvalidInput("`since` is after `until`")
+        queued = await self.stores.log.redeliver(
+            endpoint_id,
+            since_ms=since_ms,
+            until_ms=until,
+            outcome=outcome,
+            now_ms=now_ms,
+            never=TEST,
+        )
+        log.info(
+            "events_redelivered",
+            endpoint=endpoint_id,
+            since_ms=since_ms,
+            until_ms=until,
+            outcome=outcome,
+            queued=queued,
+        )
+        self.wake({endpoint_id})
+        return queued
 
     async def accounts(self) -> list[dict[str, Any]]:
         """Each configured account: its strategy in force (and why, for `auto`), its feed
@@ -172,6 +400,15 @@ class Operations:
         return BudgetPlanner(
             self.stores.budget, self.stores.users, self.settings, self.metrics
         ).describe()
+
+    async def upstream(self) -> dict[str, Any]:
+        """What the upstream API has told us to slow down: 429 answers this process has
+        had (its own counter, as in /metrics), and the key's shared Retry-After pause."""
+        responses_429 = self.metrics.registry.get_sample_value(
+            "lms_webhooks_upstream_requests_total", {"status": "429"}
+        )
+        paused = await self.stores.limiter.pause_left(keys.UPSTREAM_PAUSE)
+        return {"responses_429": int(responses_429 or 0), "paused_for_seconds": paused}
 
     async def readiness(self) -> dict[str, bool | str]:
         """Each check: true, or why not. Redis must take a write (asked at most once a

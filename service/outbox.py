@@ -5,18 +5,55 @@ atomic step; nothing here touches Redis.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from service import jsonfmt
 from service.config import EndpointSettings
 from service.detect import Change, Snapshot, overdue_watch
 from service.events import Event
 
-# endpoint id → [(event id, body as JSON, due ms)]
-RoutedEvents = dict[str, list[tuple[str, bytes | str, int]]]
+
+class EventHead(NamedTuple):
+    """What the delivery log keeps of an event beside its body, to list and filter it by."""
+
+    type: str
+    timestamp: str  # the event's own `timestamp` (ISO 8601)
+    account_id: str | None
+    user_id: str | None
+    assignment_id: str | None
+
+    @classmethod
+    def of(cls, event: Mapping[str, Any]) -> EventHead:
+        """Of an event's body as parsed; what it lacks (a `webhook.test`) is None."""
+        data = event.get("data")
+        data = data if isinstance(data, Mapping) else {}
+
+        def text(value: object) -> str | None:
+            return value if isinstance(value, str) else None
+
+        return cls(
+            text(event.get("type")) or "",
+            text(event.get("timestamp")) or "",
+            text(data.get("account_id")),
+            text(data.get("user_id")),
+            text(data.get("assignment_id")),
+        )
+
+
+class Queued(NamedTuple):
+    """One event queued for one endpoint."""
+
+    event_id: str
+    body: bytes | str  # the JSON sent, serialized once for every endpoint
+    due_ms: int  # when it is due, which is also when the log records it
+    head: EventHead | None = None  # None: read from the body when committed (tools, tests)
+
+
+# endpoint id → the events queued for it
+RoutedEvents = dict[str, list[Queued]]
 
 
 class OverdueWatch(NamedTuple):
@@ -37,10 +74,20 @@ def route_events(
     """Queue each event for every endpoint that wants it (the body serialized once)."""
     for event in events:
         body: bytes | None = None  # bytes all the way to Redis: no decode and encode again
+        head: EventHead | None = None
         for endpoint in endpoints:
             if endpoint.wants(event["type"], event["data"]["account_id"]):
-                body = body or jsonfmt.dumps_bytes(event)
-                into.setdefault(endpoint.id, []).append((event["id"], body, due_ms))
+                if body is None or head is None:
+                    body = jsonfmt.dumps_bytes(event)
+                    data = event["data"]
+                    head = EventHead(
+                        event["type"],
+                        event["timestamp"],
+                        data["account_id"],
+                        data["user_id"],
+                        data["assignment_id"],
+                    )
+                into.setdefault(endpoint.id, []).append(Queued(event["id"], body, due_ms, head))
 
 
 @dataclass(slots=True)

@@ -1,4 +1,5 @@
-"""Fixtures: a real redis-server per session, the simulator and receivers over real HTTP."""
+"""Fixtures: a real redis-server per session, the simulator and receivers over real HTTP,
+Debian's Chromium for the console's browser tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from redis.asyncio import Redis
 
 from service.sim.lms import SimLMS, start_sim_server
 from service.sim.receiver import Receiver, start_receiver_server
+from tests.browser import CHROMIUM, require_chromium
 from tests.helpers import API_KEY, SECRET, RunProcess
 from tests.redis_server import IN_CI, RedisServer, require_redis_server
 
@@ -25,6 +27,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser's path, or the test fails (CI) or skips (elsewhere) saying what is missing."""
+    missing = require_chromium()
+    if missing:
+        if IN_CI:
+            pytest.fail(f"CI=true and {missing}")
+        pytest.skip(missing)
+    return CHROMIUM
 
 
 @pytest.fixture

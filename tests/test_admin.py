@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -65,6 +66,10 @@ ROUTES = [
     ("POST", "/admin/users"),
     ("DELETE", "/admin/users/acc_1/u_9"),
     ("POST", "/admin/poll"),
+    ("GET", "/admin/events"),
+    ("GET", "/admin/events/evt_x"),
+    ("POST", "/admin/endpoints/hr/test"),
+    ("POST", "/admin/endpoints/hr/redeliver"),
 ]
 
 
@@ -234,7 +239,123 @@ async def test_openapi_describes_every_admin_route(admin: Any) -> None:
     for method, path in ROUTES:
         template = path.split("?")[0].replace("/hr/", "/{endpoint_id}/")
         template = template.replace("/acc_1/u_9", "/{account_id}/{user_id}")
+        template = template.replace("/evt_x", "/{event_id}")
         assert method.lower() in document["paths"][template], (method, template)
+
+
+async def test_the_delivery_log_over_http(admin: Any) -> None:
+    driver, http, _, rx = admin
+    service = driver.service
+    assert await service.operations.poll_now(ACCOUNT, "u_1")
+    await driver.step()  # a1 created and delivered
+    status, page = await call(http, "GET", "/admin/events?user_id=u_1&endpoint=hr")
+    assert status == 200 and page["next_cursor"] is None
+    [summary] = page["items"]
+    assert summary["endpoints"] == {"hr": {"outcome": "delivered", "attempts": 1}}
+    at = summary["logged_at_ms"]
+    iso = datetime.fromtimestamp(at / 1000, UTC).isoformat().replace("+00:00", "Z")
+    for query in (f"since={iso}", f"until={at}", f"since={at}&until={at}&outcome=delivered"):
+        status, page = await call(http, "GET", f"/admin/events?{query}")
+        assert status == 200 and [e["id"] for e in page["items"]] == [summary["id"]], query
+    status, page = await call(http, "GET", f"/admin/events?since={at + 1}")
+    assert status == 200 and page["items"] == []
+    # a form's empty fields are no filter
+    status, page = await call(http, "GET", "/admin/events?endpoint=&type=&user_id=&limit=")
+    assert status == 200 and len(page["items"]) == 1
+
+    status, event = await call(http, "GET", f"/admin/events/{summary['id']}")
+    assert status == 200 and event["body"] == rx.events[0].body
+    assert [a["status"] for a in event["attempts"]["hr"]] == [200]
+
+    status, sent = await call(http, "POST", "/admin/endpoints/hr/test")
+    assert status == 200 and sent["delivered"] is True and sent["status"] == 200
+    assert rx.events[-1].webhook_id == sent["event_id"] and rx.events[-1].type == "webhook.test"
+
+    status, body = await call(
+        http, "POST", "/admin/endpoints/hr/redeliver", json={"since": iso, "outcome": "any"}
+    )
+    assert status == 200 and body == {"endpoint": "hr", "queued": 1}  # not the test send
+    await driver.deliver()
+    assert [e.webhook_id for e in rx.events].count(summary["id"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        ("GET", "/admin/events/evt_nope", None, 404),
+        ("GET", "/admin/events?endpoint=nope", None, 404),
+        ("POST", "/admin/endpoints/nope/test", None, 404),
+        ("POST", "/admin/endpoints/nope/redeliver", {"since": 0, "outcome": "any"}, 404),
+        ("GET", "/admin/events?since=2000&until=1000", None, 400),
+        ("GET", "/admin/events?since=2026-11-29T00:00:00Z&until=2026-11-28T00:00:00Z", None, 400),
+        ("GET", "/admin/events?since=yesterday", None, 400),
+        ("GET", "/admin/events?until=99999999999999999999", None, 400),
+        ("GET", "/admin/events?limit=0", None, 400),
+        ("GET", "/admin/events?limit=1000000000", None, 400),
+        ("GET", "/admin/events?limit=501", None, 400),
+        ("GET", "/admin/events?limit=-1", None, 400),
+        ("GET", "/admin/events?limit=1.5", None, 400),
+        ("GET", "/admin/events?limit=1_0", None, 400),
+        ("GET", "/admin/events?outcome=lost", None, 400),
+        ("GET", "/admin/events?cursor=x", None, 400),
+        ("GET", "/admin/events?cursor=c1.!!!", None, 400),
+        ("GET", "/admin/events?cursor=c1.WyJsb2ciLCJhIiwiYiJd", None, 400),  # ["log","a","b"]
+        ("GET", "/admin/events?cursor=c1.WyJ1c2VycyIsImFjYzoxIl0", None, 400),  # a users'
+        ("GET", "/admin/events?cursor=c1." + "A" * 5000, None, 400),
+        ("GET", "/admin/users?cursor=c1.WyJsb2ciLDEsImIiXQ", None, 400),  # ["log",1,"b"]
+        ("GET", "/admin/users?limit=0", None, 400),
+        ("GET", "/admin/endpoints?limit=1000000000", None, 400),
+        ("GET", "/admin/endpoints?cursor=c1.WyJlbmRwb2ludHMiLCJnb25lIl0", None, 400),
+        ("POST", "/admin/endpoints/hr/redeliver", {"outcome": "any"}, 400),
+        ("POST", "/admin/endpoints/hr/redeliver", {"since": 0}, 400),
+        ("POST", "/admin/endpoints/hr/redeliver", {"since": 0, "outcome": "queued"}, 400),
+        ("POST", "/admin/endpoints/hr/redeliver", {"since": True, "outcome": "any"}, 400),
+        ("POST", "/admin/endpoints/hr/redeliver", {"since": 1.5, "outcome": "any"}, 400),
+        ("POST", "/admin/endpoints/hr/redeliver", {"since": 10**30, "outcome": "any"}, 400),
+        ("POST", "/admin/endpoints/hr/redeliver", {"since": 2, "until": 1, "outcome": "any"}, 400),
+        (
+            "POST",
+            "/admin/endpoints/hr/redeliver",
+            {"since": "2026-11-29T00:00:00+01:00", "until": "2026-11-28", "outcome": "dead"},
+            400,
+        ),
+        ("POST", "/admin/endpoints/hr/redeliver", [1], 400),
+    ],
+)
+async def test_bad_input_to_the_log_routes_is_4xx_json(
+    admin: Any, method: str, path: str, body: Any, expected: int
+) -> None:
+    _, http, _, _ = admin
+    kwargs = {} if body is None else {"json": body}
+    status, answer = await call(http, method, path, **kwargs)
+    assert status == expected and "error" in answer, answer
+
+
+async def test_users_and_endpoints_come_in_pages(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str]
+) -> None:
+    hooks = [endpoint("http://127.0.0.1:9", f"ep{n}") for n in range(5)]
+    settings = make_settings(redis_server.url, lms[1], hooks, ["u_1", "u_2"])
+    async with driven(settings) as driver:
+        ops = driver.service.operations
+        for n in range(7):
+            await ops.add_user(ACCOUNT, f"u_run{n}")
+        users: list[str] = []
+        endpoints: list[str] = []
+        cursor = None
+        while True:
+            page = await ops.users(limit=2, cursor=cursor)
+            assert len(page["users"]) <= 2 and "backed_off_accounts" in page
+            users += [u["user_id"] for u in page["users"]]
+            if (cursor := page["next_cursor"]) is None:
+                break
+        while True:
+            page = await ops.endpoints(limit=2, cursor=cursor)
+            endpoints += [e["id"] for e in page["endpoints"]]
+            if (cursor := page["next_cursor"]) is None:
+                break
+    assert users == sorted(["u_1", "u_2", *(f"u_run{n}" for n in range(7))])
+    assert endpoints == [f"ep{n}" for n in range(5)]
 
 
 async def test_admin_api_is_off_without_a_token(

@@ -90,6 +90,7 @@ def test_minimal_config_defaults_and_secrets_hidden(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MINIMAL), ENV)
     assert settings.polling.interval == 300.0
     assert settings.delivery.retry_schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert settings.delivery.log_retention == 7 * 86400.0
     assert settings.endpoints[0].secret[0].get_secret_value() == ENV["SECRET"]
     shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert ENV["KEY"] not in shown and ENV["SECRET"] not in shown
@@ -106,6 +107,11 @@ def test_minimal_config_defaults_and_secrets_hidden(tmp_path: Path) -> None:
         (("secret: ${SECRET}", "secret: whsec_abc"), "endpoints.0.secret"),
         (("secret: ${SECRET}", "secret: whsec_"), "endpoints.0.secret"),
         (("secret: ${SECRET}", "secret: ${SECRET}\n    events: [nope]"), "endpoints.0.events"),
+        # never an assignment event: no endpoint subscribes to test sends
+        (
+            ("secret: ${SECRET}", "secret: ${SECRET}\n    events: [webhook.test]"),
+            "endpoints.0.events",
+        ),
         (("secret: ${SECRET}", "secret: ${SECRET}\n    timeout: soon"), "endpoints.0.timeout"),
         (("redis_url: redis", "redis_url: mysql"), "redis_url"),
     ],
@@ -349,6 +355,11 @@ HOOK = "    secret: ${SECRET}"
         (("", "delivery:\n  retry_schedule: [" + "1s, " * 101 + "]"), "delivery.retry_schedule"),
         (("", "delivery:\n  disable_after: .nan"), "delivery.disable_after"),
         (("", "delivery:\n  disable_after: 400d"), "delivery.disable_after"),
+        (("", "delivery:\n  log_retention: 30s"), "delivery.log_retention"),
+        (("", "delivery:\n  log_retention: 400d"), "delivery.log_retention"),
+        (("", "delivery:\n  log_retention: .nan"), "delivery.log_retention"),
+        (("", "delivery:\n  log_max_per_endpoint: 0"), "delivery.log_max_per_endpoint"),
+        (("", "delivery:\n  log_max_per_endpoint: 1e12"), "delivery.log_max_per_endpoint"),
     ],
 )
 def test_absurd_values_are_errors_naming_the_key(
@@ -373,6 +384,8 @@ def test_absurd_values_are_errors_naming_the_key(
         ("polling.full_resync_interval", 0, 0.0),  # every poll a full read
         ("stackone.request_timeout", "1h", 3600.0),
         ("delivery.disable_after", "365d", 365 * 86400.0),
+        ("delivery.log_retention", "1m", 60.0),
+        ("delivery.log_retention", "365d", 365 * 86400.0),
     ],
 )
 def test_range_ends_are_valid(key: str, value: object, seconds: float) -> None:

@@ -56,7 +56,7 @@ LOWER_LAYERS = {
 }  # fmt: skip
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",
-        "service.jsonfmt", "service.budget", "service.redis_url"]  # fmt: skip
+        "service.jsonfmt", "service.budget", "service.redis_url", "service.cursor"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

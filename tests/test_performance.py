@@ -22,7 +22,7 @@ from service.bench.roundtrips import poll_cost
 from service.bench.scenarios import delivery_figures, first_news
 from service.budget import next_due
 from service.delivery.acks import AckBatcher
-from service.outbox import Outbox, RoutedEvents
+from service.outbox import Outbox, Queued, RoutedEvents
 from service.sim.lms import SimLMS, iso_ms
 from service.sim.receiver import Answer, Receiver
 from service.sim.records import remote_user_id
@@ -91,7 +91,7 @@ async def test_delivery_never_exceeds_the_endpoint_concurrency(
 async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
     store, queue = PollStore(redis), EventQueue(redis)
     events: RoutedEvents = {
-        "hr": [(f"evt_{n}", json.dumps({"id": f"evt_{n}"}), 0) for n in range(3)]
+        "hr": [Queued(f"evt_{n}", json.dumps({"id": f"evt_{n}"}), 0) for n in range(3)]
     }
     await store.commit(ACCOUNT, "u", Outbox(events=dict(events)), token=None, next_score=None)
     claimed = await queue.claim("hr", now=0.01, seconds=1.0, limit=3)

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from service.detect import Snapshot, detect
 from service.metrics import Metrics
-from service.outbox import Outbox
+from service.outbox import Outbox, Queued
 from service.poller import Poller
 from service.sim.lms import SimLMS
 from service.store import keys
@@ -42,7 +42,7 @@ def an_outbox() -> Outbox:
     assert change is not None
     outbox = Outbox(changes=[change])
     for event in change.events:
-        outbox.events.setdefault("hr", []).append((event["id"], json.dumps(event), 1000))
+        outbox.events.setdefault("hr", []).append(Queued(event["id"], json.dumps(event), 1000))
     return outbox
 
 
@@ -298,7 +298,7 @@ async def test_every_lua_script_says_what_it_takes_and_compiles(redis: Redis) ->
 
     folder = files("service.store").joinpath("lua")
     names = [p.name[:-4] for p in folder.iterdir()]
-    libraries = {"fence", "lease", "enqueue", "gcra", "commit_parts"}
+    libraries = {"fence", "lease", "enqueue", "gcra", "commit_parts", "log"}
     assert libraries < set(names)
     for name in sorted(set(names) - libraries):
         lines = folder.joinpath(f"{name}.lua").read_text().splitlines()

@@ -1,13 +1,19 @@
-"""The admin API (`/admin/...`): endpoints, dead letters and replay, tracked users, poll-now.
+"""The admin API (`/admin/...`): endpoints, dead letters and replay, tracked users, poll-now,
+the delivery log (events and their attempts), test sends and redelivery.
 
 Every route needs `Authorization: Bearer <http.admin_token>`; without a configured token the
-routes are not served at all.
+routes are not served at all. Times: answers give epoch milliseconds (`..._ms`) and each
+event's own ISO 8601 `timestamp`; `since` and `until` take either epoch milliseconds or an
+ISO 8601 instant (without an offset: UTC).
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -21,6 +27,11 @@ from service.api.common import (
     non_empty_string,
     ops,
 )
+from service.operations import MAX_LIMIT
+
+_DIGITS = re.compile(r"^[0-9]{1,16}$")
+# epoch ms of 0001-01-01 and 9999-12-31: what an ISO 8601 instant can name
+_EARLIEST_MS, _LATEST_MS = -62135596800000, 253402300799999
 
 
 def bearer_auth(token: str) -> Middleware:
@@ -44,22 +55,55 @@ def _known_endpoint(request: web.Request, endpoint_id: str) -> None:
         raise web.HTTPNotFound(reason=f"unknown endpoint {endpoint_id!r}")
 
 
+def _text(value: object, name: str) -> str | None:
+    """An optional text parameter; empty is absent (a form's empty field)."""
+    if value is None or value == "":
+        return None
+    if not is_text(value):
+        raise BadRequest(f"`{name}` must be a string of valid Unicode")
+    return value
+
+
+def _query(request: web.Request, name: str) -> str | None:
+    return _text(request.query.get(name), name)
+
+
+def _query_limit(request: web.Request, default: int) -> int:
+    raw = _query(request, "limit")
+    if raw is None:
+        return default
+    if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"`limit` must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _instant_ms(value: object, name: str) -> int | None:
+    """Epoch milliseconds (an integer, or a string of digits) or an ISO 8601 instant."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+    elif isinstance(value, str) and _DIGITS.match(value):
+        ms = int(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise BadRequest(
+                f"`{name}` must be epoch milliseconds or an ISO 8601 instant (2026-11-28T06:00:00Z)"
+            ) from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        ms = int(moment.timestamp() * 1000)
+    else:
+        raise BadRequest(f"`{name}` must be epoch milliseconds or an ISO 8601 instant")
+    if not _EARLIEST_MS <= ms <= _LATEST_MS:
+        raise BadRequest(f"`{name}` is out of range")
+    return ms
+
+
 async def list_endpoints(request: web.Request) -> web.Response:
-    operations = ops(request)
-    stores = operations.stores
-    out = []
-    for endpoint in operations.settings.endpoints:
-        health = await stores.endpoints.health(endpoint.id)
-        out.append(
-            {
-                "id": endpoint.id,
-                "url": endpoint.url,
-                **asdict(health),
-                "queue_depth": await stores.queue.depth(endpoint.id),
-                "dead_letters": await stores.queue.dead_count(endpoint.id),
-            }
-        )
-    return web.json_response({"endpoints": out})
+    page = await ops(request).endpoints(_query_limit(request, 100), _query(request, "cursor"))
+    return web.json_response(page)
 
 
 async def enable_endpoint(request: web.Request) -> web.Response:
@@ -96,15 +140,8 @@ async def replay(request: web.Request) -> web.Response:
 
 
 async def list_users(request: web.Request) -> web.Response:
-    stores = ops(request).stores
-    backed_off = await stores.polls.backed_off_accounts()
-    return web.json_response(
-        {
-            "users": await stores.users.describe(),
-            # accounts whose key/account was refused (401/403/412), with when they are retried
-            "backed_off_accounts": {a: asdict(b) for a, b in backed_off.items()},
-        }
-    )
+    page = await ops(request).users(_query_limit(request, 100), _query(request, "cursor"))
+    return web.json_response(page)
 
 
 async def add_user(request: web.Request) -> web.Response:
@@ -144,11 +181,63 @@ async def budget(request: web.Request) -> web.Response:
     return web.json_response(await ops(request).budget())
 
 
+async def list_events(request: web.Request) -> web.Response:
+    filters: dict[str, Any] = {
+        name: _query(request, name)
+        for name in ("endpoint", "type", "account_id", "user_id", "assignment_id", "outcome")
+    }
+    page = await ops(request).events(
+        **filters,
+        since_ms=_instant_ms(request.query.get("since"), "since"),
+        until_ms=_instant_ms(request.query.get("until"), "until"),
+        limit=_query_limit(request, 50),
+        cursor=_query(request, "cursor"),
+    )
+    return web.json_response(page)
+
+
+async def get_event(request: web.Request) -> web.Response:
+    event_id = _text(request.match_info["event_id"], "event id")
+    event = None if event_id is None else await ops(request).event(event_id)
+    if event is None:
+        return json_error(404, "unknown event", "not in the delivery log (or no longer)")
+    return web.json_response(event)
+
+
+async def test_send(request: web.Request) -> web.Response:
+    endpoint_id = request.match_info["endpoint_id"]
+    _known_endpoint(request, endpoint_id)
+    return web.json_response(await ops(request).test_send(endpoint_id))
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    endpoint_id = request.match_info["endpoint_id"]
+    _known_endpoint(request, endpoint_id)
+    body = await json_object(request)
+    since_ms = _instant_ms(body.get("since"), "since")
+    if since_ms is None:
+        raise BadRequest("`since` is required")
+    outcome = body.get("outcome")
+    if not isinstance(outcome, str):
+        raise BadRequest("`outcome` must be delivered, dead or any")
+    queued = await ops(request).redeliver(
+        endpoint_id,
+        since_ms=since_ms,
+        until_ms=_instant_ms(body.get("until"), "until"),
+        outcome=outcome,
+    )
+    return web.json_response({"endpoint": endpoint_id, "queued": queued})
+
+
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/accounts", list_accounts)
     app.router.add_get("/admin/budget", budget)
     app.router.add_get("/admin/endpoints", list_endpoints)
     app.router.add_post("/admin/endpoints/{endpoint_id}/enable", enable_endpoint)
+    app.router.add_post("/admin/endpoints/{endpoint_id}/test", test_send)
+    app.router.add_post("/admin/endpoints/{endpoint_id}/redeliver", redeliver)
+    app.router.add_get("/admin/events", list_events)
+    app.router.add_get("/admin/events/{event_id}", get_event)
     app.router.add_get("/admin/dead-letters", dead_letters)
     app.router.add_post("/admin/dead-letters/replay", replay)
     app.router.add_get("/admin/users", list_users)

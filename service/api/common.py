@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from service.errors import InvalidInput, NotFound
 from service.operations import Operations
 from service.store.health import out_of_memory
 
@@ -39,8 +40,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     and 500 (logged) for a bug, instead of aiohttp's plain text."""
     try:
         return await handler(request)
-    except BadRequest as e:
+    except (BadRequest, InvalidInput) as e:
         return json_error(400, "bad request", str(e))
+    except NotFound as e:
+        return json_error(404, str(e))
     except web.HTTPException as e:
         if e.status < 400:
             raise

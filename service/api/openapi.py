@@ -6,6 +6,8 @@ from typing import Any
 
 from service import __version__
 from service.endpoint_health import EndpointState
+from service.operations import MAX_LIMIT, REDELIVER_OUTCOMES
+from service.store.log import OUTCOMES
 
 _ERROR = {
     "type": "object",
@@ -127,6 +129,170 @@ _BUDGET = {
 }
 
 
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_CURSOR = {
+    "type": ["string", "null"],
+    "description": "pass it as `cursor` for the next page; null: the end",
+}
+_OUTCOME = {
+    "type": "object",
+    "required": ["outcome", "attempts"],
+    "properties": {
+        "outcome": {"type": "string", "enum": list(OUTCOMES)},
+        "attempts": {"type": "integer", "minimum": 0},
+    },
+}
+_SUMMARY_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string"},
+    "type": {"type": "string"},
+    "timestamp": {
+        "type": ["string", "null"],
+        "description": "the event's own (ISO 8601): when its change was detected",
+    },
+    "logged_at_ms": {"type": "integer", "description": "when the log recorded it"},
+    "account_id": _NULLABLE_STRING,
+    "user_id": _NULLABLE_STRING,
+    "assignment_id": _NULLABLE_STRING,
+    "endpoints": {
+        "type": "object",
+        "description": "endpoint id → its outcome there and the attempts made",
+        "additionalProperties": {"$ref": "#/components/schemas/Outcome"},
+    },
+}
+_SUMMARY = {
+    "type": "object",
+    "required": list(_SUMMARY_PROPERTIES),
+    "properties": _SUMMARY_PROPERTIES,
+}
+_ATTEMPT = {
+    "type": "object",
+    "required": [
+        "attempt",
+        "started_at_ms",
+        "duration_ms",
+        "status",
+        "error",
+        "response_body",
+        "response_truncated",
+        "next_attempt_at_ms",
+    ],
+    "properties": {
+        "attempt": {"type": "integer", "description": "its number in the retry schedule"},
+        "started_at_ms": {"type": "integer"},
+        "duration_ms": {"type": "number"},
+        "status": {"type": ["integer", "null"], "description": "null: no answer"},
+        "error": _NULLABLE_STRING,
+        "response_body": {
+            "type": ["string", "null"],
+            "description": "the first 1 KiB of the answer's body, as text (untrusted)",
+        },
+        "response_truncated": {"type": "boolean"},
+        "next_attempt_at_ms": {"type": ["integer", "null"], "description": "null: none"},
+    },
+}
+_EVENT = {
+    "type": "object",
+    "required": [*_SUMMARY_PROPERTIES, "body", "attempts"],
+    "properties": {
+        **_SUMMARY_PROPERTIES,
+        "body": {"description": "the webhook body exactly as sent, parsed"},
+        "attempts": {
+            "type": "object",
+            "description": "endpoint id → its attempts, oldest first",
+            "additionalProperties": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/Attempt"},
+            },
+        },
+    },
+}
+_EVENT_PAGE = {
+    "type": "object",
+    "required": ["items", "next_cursor"],
+    "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/components/schemas/EventSummary"}},
+        "next_cursor": _CURSOR,
+    },
+}
+_TEST_SEND = {
+    "type": "object",
+    "required": ["event_id", "delivered", "status", "error", "duration_ms"],
+    "properties": {
+        "event_id": {"type": "string"},
+        "delivered": {"type": "boolean"},
+        "status": {"type": ["integer", "null"]},
+        "error": _NULLABLE_STRING,
+        "duration_ms": {"type": "number"},
+    },
+}
+_INSTANT = {
+    "anyOf": [
+        {"type": "integer", "description": "epoch milliseconds"},
+        {"type": "string", "description": "epoch milliseconds, or an ISO 8601 instant"},
+    ]
+}
+_REDELIVER = {
+    "type": "object",
+    "required": ["since", "outcome"],
+    "properties": {
+        "since": _INSTANT,
+        "until": {"anyOf": [*_INSTANT["anyOf"], {"type": "null"}], "description": "default: now"},
+        "outcome": {"type": "string", "enum": list(REDELIVER_OUTCOMES)},
+    },
+}
+_ENDPOINT_PAGE = {
+    "type": "object",
+    "required": ["endpoints", "next_cursor"],
+    "properties": {
+        "endpoints": {
+            "type": "array",
+            "items": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/EndpointHealth"},
+                    {
+                        "type": "object",
+                        "required": ["id", "url", "queue_depth", "dead_letters"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "url": {"type": "string"},
+                            "queue_depth": {"type": "integer"},
+                            "dead_letters": {"type": "integer"},
+                        },
+                    },
+                ]
+            },
+        },
+        "next_cursor": _CURSOR,
+    },
+}
+_USER_PAGE = {
+    "type": "object",
+    "required": ["users", "backed_off_accounts", "next_cursor"],
+    "properties": {
+        "users": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["account_id", "user_id", "source"],
+                "properties": {
+                    "account_id": {"type": "string"},
+                    "user_id": {"type": "string"},
+                    "source": {"type": "string", "enum": ["config", "listing", "runtime"]},
+                    "next_poll_at_ms": _NULLABLE_INT,
+                    "watermark_ms": _NULLABLE_INT,
+                    "last_poll_ms": _NULLABLE_INT,
+                    "last_full_sync_ms": _NULLABLE_INT,
+                    "failures": {"type": "integer"},
+                    "last_error": _NULLABLE_STRING,
+                },
+            },
+        },
+        "backed_off_accounts": {"type": "object"},
+        "next_cursor": _CURSOR,
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -135,7 +301,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "Malformed request",
         401: "Missing or wrong bearer token",
-        404: "Unknown endpoint or user",
+        404: "Unknown endpoint, user or event",
         409: "Conflict",
         503: "Redis unavailable",
     }
@@ -188,6 +354,10 @@ def build_openapi(admin: bool) -> dict[str, Any]:
                 "ReadState": _READ_STATE,
                 "Account": _ACCOUNT,
                 "Budget": _BUDGET,
+                "Outcome": _OUTCOME,
+                "EventSummary": _SUMMARY,
+                "Attempt": _ATTEMPT,
+                "Event": _EVENT,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -201,12 +371,106 @@ def _admin_paths() -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string"},
     }
+
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": schema,
+            "description": description,
+        }
+
+    def page(default: int) -> list[dict[str, Any]]:
+        return [
+            query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": default},
+                "the most items in one page",
+            ),
+            query("cursor", {"type": "string"}, "`next_cursor` of the page before"),
+        ]
+
+    instant = "epoch milliseconds or an ISO 8601 instant (UTC without an offset)"
     return {
         "/admin/endpoints": {
             "get": {
                 "summary": "Each endpoint's state, failures, queue depth and dead letters",
                 **_SECURED,
-                "responses": {"200": _json(_OBJECT), **_errors(401, 503)},
+                "parameters": page(100),
+                "responses": {"200": _json(_ENDPOINT_PAGE), **_errors(400, 401, 503)},
+            }
+        },
+        "/admin/endpoints/{endpoint_id}/test": {
+            "post": {
+                "summary": "Send a signed `webhook.test` event to this endpoint now (never "
+                "retried; recorded in the delivery log) and answer with the outcome",
+                **_SECURED,
+                "parameters": [endpoint_id],
+                "responses": {"200": _json(_TEST_SEND), **_errors(400, 401, 404, 503)},
+            }
+        },
+        "/admin/endpoints/{endpoint_id}/redeliver": {
+            "post": {
+                "summary": "Queue the endpoint's logged events of a time range again, same "
+                "ids and bodies, atomically: those delivered, dead-lettered, or either",
+                **_SECURED,
+                "parameters": [endpoint_id],
+                "requestBody": _body(_REDELIVER),
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["endpoint", "queued"],
+                            "properties": {
+                                "endpoint": {"type": "string"},
+                                "queued": {"type": "integer", "minimum": 0},
+                            },
+                        }
+                    ),
+                    **_errors(400, 401, 404, 503),
+                },
+            }
+        },
+        "/admin/events": {
+            "get": {
+                "summary": "Logged events, newest first, each with its outcome and attempts "
+                "per endpoint; a page may be short (even empty) with a cursor to go on",
+                **_SECURED,
+                "parameters": [
+                    query("endpoint", {"type": "string"}, "only the events queued for it"),
+                    query("type", {"type": "string"}, "event type"),
+                    query("account_id", {"type": "string"}, ""),
+                    query("user_id", {"type": "string"}, ""),
+                    query("assignment_id", {"type": "string"}, ""),
+                    query(
+                        "outcome",
+                        {"type": "string", "enum": list(OUTCOMES)},
+                        "at `endpoint`, or at any endpoint",
+                    ),
+                    query("since", {"type": "string"}, f"logged at or after: {instant}"),
+                    query("until", {"type": "string"}, f"logged at or before: {instant}"),
+                    *page(50),
+                ],
+                "responses": {"200": _json(_EVENT_PAGE), **_errors(400, 401, 404, 503)},
+            }
+        },
+        "/admin/events/{event_id}": {
+            "get": {
+                "summary": "One logged event: its body as sent and every attempt per endpoint",
+                **_SECURED,
+                "parameters": [
+                    {
+                        "name": "event_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Event"}),
+                    **_errors(400, 401, 404, 503),
+                },
             }
         },
         "/admin/endpoints/{endpoint_id}/enable": {
@@ -257,9 +521,11 @@ def _admin_paths() -> dict[str, Any]:
         },
         "/admin/users": {
             "get": {
-                "summary": "Tracked users: the config's and those added at run time",
+                "summary": "Tracked users: the config's, the listings' and those added at run "
+                "time, by account and user id",
                 **_SECURED,
-                "responses": {"200": _json(_OBJECT), **_errors(401, 503)},
+                "parameters": page(100),
+                "responses": {"200": _json(_USER_PAGE), **_errors(400, 401, 503)},
             },
             "post": {
                 "summary": "Track a user from now on (kept in Redis)",

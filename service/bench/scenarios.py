@@ -330,6 +330,30 @@ async def footprint(bench: Bench, scale: float) -> dict[str, Any]:
     }
 
 
+async def log_memory(bench: Bench, scale: float) -> dict[str, Any]:
+    """What the delivery log costs in Redis: `used_memory` before and after queueing and
+    delivering real change events (as detection builds them, one endpoint, each delivered at
+    the first attempt to a receiver answering an empty 2xx). After delivery the queue holds
+    nothing: what is left is the log (each event's head, body, outcome and attempt record,
+    its two index entries, the endpoint's recent attempts)."""
+    count = _n(20_000, scale, 1000)
+    await bench.redis.flushall()
+    empty = int((await bench.redis.info("memory"))["used_memory"])
+    endpoint = await _fill_queue(bench, count)
+    queued = int((await bench.redis.info("memory"))["used_memory"])
+    sample = [str(event_id) for event_id in await bench.redis.zrange(keys.LOG_EVENTS, 0, 99)]
+    sizes = [await bench.redis.hstrlen(keys.log_event(event_id), "b") for event_id in sample]
+    await _drain(bench, count, 1)
+    assert await bench.redis.zcard(keys.EndpointKeys(endpoint.id).due) == 0
+    logged = int((await bench.redis.info("memory"))["used_memory"])
+    return {
+        "events": count,
+        "body_bytes_mean": round(statistics.mean(sizes)),
+        "redis_bytes_per_1000_events_queued": round((queued - empty) / count * 1000),
+        "redis_bytes_per_1000_events_logged": round((logged - empty) / count * 1000),
+    }
+
+
 async def scale_out(bench: Bench, scale: float) -> dict[str, Any]:
     """Two dispatching processes against one on the same queued load.
 
@@ -769,4 +793,5 @@ SCENARIOS: dict[str, Scenario] = {
     "scale_out": scale_out,
     "reach": reach,
     "adaptive": adaptive,
+    "log_memory": log_memory,
 }

@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from service.httpspec import RECEIVER_RETRY_AFTER, StatusClass, retry_after_seconds, status_class
 
@@ -33,6 +34,16 @@ class AttemptResult:
 
 # What says the endpoint is unwell rather than this event unwanted (CONTRACT §4).
 _UNWELL = frozenset({StatusClass.SERVER_ERROR, StatusClass.RATE_LIMITED})
+
+
+class Attempt(NamedTuple):
+    """One POST and what came of it (a tuple: one is made per delivery, and a frozen
+    dataclass costs several times as much to make)."""
+
+    result: AttemptResult
+    started_at: float  # epoch seconds, on the service's clock
+    duration: float  # seconds
+    response: bytes | None = None  # the first bytes of the answer's body, as read
 
 
 class Action(Enum):

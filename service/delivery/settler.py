@@ -14,9 +14,10 @@ from prometheus_client import Counter, Histogram
 from service.delivery.acks import AckBatcher
 from service.delivery.breaker import after_failure, after_success
 from service.delivery.breaker_cache import BreakerCache
-from service.delivery.policy import Action, AttemptResult, Verdict, decide
+from service.delivery.policy import Action, Attempt, AttemptResult, Verdict, decide
 from service.store.claims import ClaimedEvent
 from service.store.endpoints import EndpointStore
+from service.store.log import attempt_record
 from service.store.queue import EventQueue
 from service.timefmt import parse_iso
 
@@ -65,12 +66,23 @@ class Settler:
         self._stamp: str | None = None
         self._stamp_at: float | None = None
 
-    async def settle(self, event: ClaimedEvent, result: AttemptResult, duration: float) -> bool:
+    async def settle(self, event: ClaimedEvent, attempt: Attempt) -> bool:
         """True when the event is settled; False when its ack is on its way (the ack batcher
-        settles it once Redis has it)."""
+        settles it once Redis has it). The delivery log records the attempt in the same
+        round trip as the ack, the retry or the dead letter."""
         now = self.clock()
+        result, duration = attempt.result, attempt.duration
         event.meta.attempts += 1
         decision = decide(result, event.meta.attempts, self.retry_schedule, now, self.rng)
+        record = attempt_record(
+            attempt=event.meta.attempts,
+            started_at_ms=int(attempt.started_at * 1000),
+            duration_ms=round(duration * 1000, 1),
+            status=result.status,
+            error=result.error,
+            response=attempt.response,
+            next_attempt_at_ms=None if decision.due is None else int(decision.due * 1000),
+        )
         self.deliveries[result.verdict].inc()
         self.log.info(
             "delivery_attempt",
@@ -83,6 +95,7 @@ class Settler:
             next_attempt_in=None if decision.due is None else round(decision.due - now, 3),
         )
         if decision.action is Action.ACK:
+            event.record = record
             self.acks.add(event)
             await self._note_success(now)
             detected = self._detected_at(event.body)
@@ -99,7 +112,7 @@ class Settler:
             if event.event_id == self.breaker.probe_event_id:
                 await self._end_probe()
         if decision.action is Action.DEAD:
-            await self.queue.dead_letter(self.endpoint_id, event, int(now * 1000))
+            await self.queue.dead_letter(self.endpoint_id, event, int(now * 1000), record)
             log.warning(
                 "event_dead_lettered",
                 endpoint=self.endpoint_id,
@@ -109,7 +122,7 @@ class Settler:
             )
         else:
             assert decision.due is not None
-            await self.queue.reschedule(self.endpoint_id, event, int(decision.due * 1000))
+            await self.queue.reschedule(self.endpoint_id, event, int(decision.due * 1000), record)
         return True
 
     def _detected_at(self, body: str) -> float | None:

@@ -45,7 +45,7 @@ _COLOURS = {
 }
 
 
-def demo_settings(lms_url: str, receiver_url: str, secret: str) -> Settings:
+def demo_settings(lms_url: str, receiver_url: str, secret: str, admin_token: str) -> Settings:
     return parse_settings(
         {
             "redis_url": "memory://",
@@ -59,7 +59,8 @@ def demo_settings(lms_url: str, receiver_url: str, secret: str) -> Settings:
                 {"id": "hr-demo", "url": f"{receiver_url}/hooks/lms", "secret": secret},
             ],
             "delivery": {"allow_http": True, "allow_private_addresses": True},
-            "http": {"listen": "127.0.0.1:0"},
+            # the admin token turns the operator console on; loopback only
+            "http": {"listen": "127.0.0.1:0", "admin_token": admin_token},
             "log": {"level": "error", "format": "console"},
         }
     )
@@ -144,16 +145,23 @@ async def run_demo(duration: float | None = None) -> None:
     configure_logging("error", "console")
     console = Console()
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    admin_token = secrets.token_urlsafe(18)  # this run's only: printed for the newcomer
     lms = SimLMS(api_key="demo_key")
     seed(lms)
     receiver = Receiver([secret])
     sim_runner, lms_url = await start_sim_server(lms)
     rx_runner, rx_url = await start_receiver_server(receiver)
-    service = Service(demo_settings(lms_url, rx_url, secret))
+    service = Service(demo_settings(lms_url, rx_url, secret, admin_token))
     await service.start()
     started = time.time()
     steps = scenario(lms)
     interactive = console.is_terminal and not os.environ.get("CI")
+    # first, so that it stays above the live table: where to click through the events
+    console.print(
+        f"[bold]Operator console:[/] {service.http_url}/ui  (admin token: {admin_token})",
+        soft_wrap=True,
+        highlight=False,
+    )
     console.print(
         f"[bold]lms-webhooks demo[/]: simulated LMS at {lms_url}, receiver at {rx_url}, "
         f"service API at {service.http_url} (metrics: {service.http_url}/metrics). Ctrl-C ends it."

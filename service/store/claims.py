@@ -53,3 +53,5 @@ class ClaimedEvent:
     # when this process takes the claim to run out, on its own clock (it cannot read Redis'):
     # the claim's length from just before it was claimed
     held_until: float = 0.0
+    # the record of its last attempt, for the delivery log, written with its ack
+    record: str = ""

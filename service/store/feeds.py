@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from service.outbox import Outbox
 from service.store import keys
+from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.polls import StoredUser
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import CommitFeed, CommitListing, UserWrite
@@ -39,9 +40,10 @@ class FeedFallback:
 
 
 class FeedStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, log: LogPolicy = DEFAULT_LOG) -> None:
+        """`log`: how the events committed are kept in the delivery log."""
         self.redis = redis
-        self._commit = CommitFeed(redis)
+        self._commit = CommitFeed(redis, log)
         # users added to and dropped from a listing (the dropped ones forgotten), with the
         # listing's state and next due time, in one atomic step (False: the lease is lost)
         self.commit_listing = CommitListing(redis)

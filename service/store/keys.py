@@ -39,6 +39,24 @@ USER_WEIGHTS = f"{PREFIX}:budget:weights"
 # Redis takes the service's commits (out of memory, a replica, away); its value is unused.
 READY_PROBE = f"{PREFIX}:ready:probe"
 
+# The delivery log (store/log.py). zset: event id → when the log recorded it (ms), every
+# event logged, for listing them newest first.
+LOG_EVENTS = f"{PREFIX}:log:events"
+# `log_event(id)`, the hash of one logged event: its head (type, timestamp, account, user,
+# assignment), its body as sent, and per endpoint its outcome and attempts (lua/log.lua).
+# The Lua scripts name an event's hash by this prefix and its id, not by a key each: a
+# commit of thousands of events would pass thousands of keys.
+LOG_EVENT_PREFIX = f"{PREFIX}:log:ev:"
+# `EndpointKeys.log`: zset, event id → when logged (ms), the events queued for the endpoint.
+# The scripts that trim the log name an endpoint's by this prefix and the endpoint id.
+LOG_ENDPOINT_PREFIX = f"{PREFIX}:log:ep:"
+
+
+def log_event(event_id: str) -> str:
+    """The id as it is: it ends the key, so no two ids can share one (and Lua appends it to
+    LOG_EVENT_PREFIX the same way)."""
+    return LOG_EVENT_PREFIX + event_id
+
 
 def _q(value: str) -> str:
     return quote(value, safe="")
@@ -133,6 +151,11 @@ class EndpointKeys:
         self.state = f"{base}:state"
         # string with a TTL: held by the one process probing a paused endpoint.
         self.probe = f"{base}:probe"
+        # the delivery log: zset, event id → when logged (ms), this endpoint's events (the
+        # id as it is, as for log_event: Lua appends it to LOG_ENDPOINT_PREFIX)
+        self.log = LOG_ENDPOINT_PREFIX + endpoint_id
+        # list: the endpoint's most recent attempts, newest first ("id\ttype\trecord JSON")
+        self.attempts = f"{base}:attempts"
 
 
 # every endpoint's `EndpointKeys.due`, for SCAN

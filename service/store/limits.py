@@ -70,8 +70,14 @@ class SharedLimiter:
     """Where shared rates come from: one per budget, on one Redis client."""
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._acquire = GcraAcquire(redis)
         self._pause = Pause(redis)
+
+    async def pause_left(self, pause_key: str) -> float | None:
+        """Seconds a Retry-After pause has still to run; None when there is none."""
+        ms: int = await self._redis.pttl(pause_key)
+        return ms / 1000 if ms > 0 else None
 
     def rate(self, budget: Budget) -> SharedRate:
         return SharedRate(budget, self._acquire, self._pause)

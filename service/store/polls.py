@@ -14,6 +14,7 @@ from service.detect import Snapshot
 from service.outbox import Outbox, OverdueWatch, RoutedEvents
 from service.store import keys
 from service.store.limits import Budget
+from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, lease_ms
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
@@ -60,12 +61,13 @@ class AccountBackoff:
 
 
 class PollStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, log: LogPolicy = DEFAULT_LOG) -> None:
+        """`log`: how the events committed are kept in the delivery log."""
         self.redis = redis
         self._load = LoadUser(redis)
-        self._commit = CommitPoll(redis)
+        self._commit = CommitPoll(redis, log)
         self._claim = ClaimDue(redis)
-        self._commit_overdue = CommitOverdue(redis)
+        self._commit_overdue = CommitOverdue(redis, log)
 
     # -- one user's poll --
 

@@ -57,9 +57,12 @@ class EventQueue:
         event.token, event.held_until = token, now + seconds
         return True
 
-    async def reschedule(self, endpoint_id: str, event: ClaimedEvent, due_ms: int) -> bool:
-        """End the claim: due again at `due_ms`, with what the attempts so far left behind."""
-        return await self._move(endpoint_id, event, due_ms, event.meta) is not None
+    async def reschedule(
+        self, endpoint_id: str, event: ClaimedEvent, due_ms: int, record: str = ""
+    ) -> bool:
+        """End the claim: due again at `due_ms`, with what the attempts so far left behind;
+        `record`: the attempt that failed, for the delivery log ("": none was made)."""
+        return await self._move(endpoint_id, event, due_ms, event.meta, record) is not None
 
     async def replay(
         self, endpoint_id: str, now_ms: int, event_ids: list[str] | None = None

@@ -16,10 +16,12 @@ from typing import Any, ClassVar, NamedTuple
 
 from redis.asyncio import Redis
 
+from service import jsonfmt
 from service.detect import Snapshot
-from service.outbox import OverdueWatch, RoutedEvents
+from service.outbox import EventHead, OverdueWatch, RoutedEvents
 from service.store import keys
 from service.store.claims import ClaimedEvent, DeliveryMeta
+from service.store.log_policy import LogPolicy
 from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
 
@@ -40,14 +42,70 @@ class _Script:
         self._run = redis.register_script(lua_source(self.source))
 
 
-def _pack_events(events: RoutedEvents, script_keys: list[Any], args: list[Any]) -> None:
-    """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments)."""
-    for endpoint_id in sorted(events):
+class _Enqueues(_Script):
+    """A commit that queues events, and so logs them as `log` says."""
+
+    def __init__(self, redis: Redis, log: LogPolicy) -> None:
+        super().__init__(redis)
+        self.log = log
+
+
+def _head(body: bytes | str) -> EventHead:
+    """Of a body queued without its head (tools, tests): read from the JSON."""
+    try:
+        event = jsonfmt.loads(body)
+    except ValueError:
+        event = None
+    return EventHead.of(event if isinstance(event, dict) else {})
+
+
+_SEP = "\x1f"  # between the parts of an event's head in the log (lua/log.lua, field h)
+
+
+def log_head(head: EventHead, at_ms: int) -> str:
+    """An event's head as the delivery log keeps it: type, when logged, timestamp, account,
+    user and assignment, joined by _SEP (None: empty). An upstream id holding _SEP itself
+    (none does) has it replaced, so the parts stay where the readers look for them."""
+    parts = (
+        head.type,
+        str(at_ms),
+        head.timestamp,
+        head.account_id or "",
+        head.user_id or "",
+        head.assignment_id or "",
+    )
+    text = _SEP.join(parts)
+    if text.count(_SEP) != len(parts) - 1:
+        text = _SEP.join(part.replace(_SEP, "\ufffd") for part in parts)
+    return text
+
+
+def _pack_events(
+    events: RoutedEvents, log: LogPolicy, script_keys: list[Any], args: list[Any]
+) -> None:
+    """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments): each
+    event once, in three arguments (a commit's thousands of arguments cost the client more
+    to encode than anything else in it): its id and head, its body, and the endpoints it
+    is queued for with their due times."""
+    endpoint_ids = sorted(events)
+    # event id → [its id and head, its body, its routes ("number:due", ...)]
+    by_event: dict[str, list[Any]] = {}
+    for number, endpoint_id in enumerate(endpoint_ids, 1):
+        for event_id, body, due, head in events[endpoint_id]:
+            if (entry := by_event.get(event_id)) is None:
+                head_text = log_head(head or _head(body), due)
+                by_event[event_id] = [f"{event_id}{_SEP}{head_text}", body, f"{number}:{due}"]
+            else:
+                entry[2] += f" {number}:{due}"
+    script_keys.append(keys.LOG_EVENTS)
+    for endpoint_id in endpoint_ids:
         ep = keys.EndpointKeys(endpoint_id)
-        script_keys += [ep.due, ep.body]
-        args.append(len(events[endpoint_id]))
-        for event_id, body, due in events[endpoint_id]:
-            args += [event_id, body, due]
+        script_keys += [ep.due, ep.body, ep.log]
+    args += [log.retention_ms, log.max_per_endpoint, log.ttl_ms]
+    args += [keys.LOG_EVENT_PREFIX, keys.LOG_ENDPOINT_PREFIX, len(endpoint_ids), *endpoint_ids]
+    args.append(len(by_event))
+    for event_args in by_event.values():
+        args += event_args
 
 
 # lease.lua's LEASED: a member scored at or above it is being worked on, and its score less
@@ -136,7 +194,7 @@ def _watch_args(watch: list[OverdueWatch], unwatch: list[OverdueWatch]) -> list[
     return [*args, len(unwatch), *(keys.overdue_member(*due) for due in unwatch)]
 
 
-class CommitPoll(_Script):
+class CommitPoll(_Enqueues):
     source = "commit_poll"
 
     async def __call__(
@@ -172,7 +230,7 @@ class CommitPoll(_Script):
             *_state_args(state),
             *_watch_args(watch, unwatch),
         ]
-        _pack_events(events, script_keys, args)
+        _pack_events(events, self.log, script_keys, args)
         return _moved(await self._run(keys=script_keys, args=args))
 
 
@@ -184,7 +242,7 @@ class UserWrite(NamedTuple):
     state: ReadState | None
 
 
-class CommitFeed(_Script):
+class CommitFeed(_Enqueues):
     source = "commit_feed"
 
     async def __call__(
@@ -222,29 +280,27 @@ class CommitFeed(_Script):
             args += ["" if user.snapshots is None else encode_snapshots(user.snapshots)]
             args += _state_args(user.state)
         args += _watch_args(watch, unwatch)
-        _pack_events(events, script_keys, args)
+        _pack_events(events, self.log, script_keys, args)
         return _moved(await self._run(keys=script_keys, args=args))
 
 
-class CommitOverdue(_Script):
+class CommitOverdue(_Enqueues):
     source = "commit_overdue"
 
     async def __call__(self, claims: list[tuple[str, int, RoutedEvents]]) -> list[bool]:
         """`claims`: (overdue member as claimed, its claim's token, its events), each
         committed only while its claim holds. Returns, per claim, whether it was."""
-        endpoint_ids = sorted({endpoint_id for _, _, events in claims for endpoint_id in events})
         script_keys: list[Any] = [keys.OVERDUE]
-        for endpoint_id in endpoint_ids:
-            ep = keys.EndpointKeys(endpoint_id)
-            script_keys += [ep.due, ep.body]
+        # each claim's events are queued only while its claim holds: the script skips the
+        # events of a claim it finds lost (their ids listed with the claim)
+        merged: RoutedEvents = {}
         args: list[Any] = [len(claims)]
         for member, token, events in claims:
-            args += [member, token]
-            for endpoint_id in endpoint_ids:  # every endpoint in KEYS, none for most
-                routed = events.get(endpoint_id, [])
-                args.append(len(routed))
-                for event_id, body, due in routed:
-                    args += [event_id, body, due]
+            ids = sorted({queued[0] for routed in events.values() for queued in routed})
+            args += [member, token, len(ids), *ids]
+            for endpoint_id, routed in events.items():
+                merged.setdefault(endpoint_id, []).extend(routed)
+        _pack_events(merged, self.log, script_keys, args)
         return [bool(flag) for flag in await self._run(keys=script_keys, args=args)]
 
 
@@ -317,9 +373,12 @@ class AckEvents(_Script):
     source = "ack_events"
 
     async def __call__(self, endpoint_id: str, events: list[ClaimedEvent]) -> list[bool]:
+        """Each event's `record` is its attempt's, for the delivery log."""
         ep = keys.EndpointKeys(endpoint_id)
-        args = [x for event in events for x in (event.event_id, event.token)]
-        done = await self._run(keys=[ep.due, ep.body, ep.meta], args=args)
+        args: list[Any] = [endpoint_id, keys.LOG_EVENT_PREFIX]
+        for event in events:
+            args += [event.event_id, event.token, event.record]
+        done = await self._run(keys=[ep.due, ep.body, ep.meta, ep.attempts], args=args)
         return [bool(flag) for flag in done]
 
 
@@ -327,14 +386,28 @@ class MoveEvent(_Script):
     source = "move_event"
 
     async def __call__(
-        self, endpoint_id: str, event: ClaimedEvent, score: int, meta: DeliveryMeta | None
+        self,
+        endpoint_id: str,
+        event: ClaimedEvent,
+        score: int,
+        meta: DeliveryMeta | None,
+        record: str = "",
     ) -> int | None:
-        """`score`: the next attempt's due time or hold(…). Returns the score written (a held
+        """`score`: the next attempt's due time or hold(…); `record`: the attempt that led
+        to the move, for the delivery log ("": none). Returns the score written (a held
         claim's new token), None when the claim was lost."""
         ep = keys.EndpointKeys(endpoint_id)
         moved = await self._run(
-            keys=[ep.due, ep.meta],
-            args=[event.event_id, event.token, score, "" if meta is None else meta.encode()],
+            keys=[ep.due, ep.meta, ep.attempts],
+            args=[
+                event.event_id,
+                event.token,
+                score,
+                "" if meta is None else meta.encode(),
+                endpoint_id,
+                keys.LOG_EVENT_PREFIX,
+                record,
+            ],
         )
         return _moved(moved)
 
@@ -342,11 +415,21 @@ class MoveEvent(_Script):
 class DeadLetterEvent(_Script):
     source = "dead_letter_event"
 
-    async def __call__(self, endpoint_id: str, event: ClaimedEvent, now_ms: int) -> bool:
+    async def __call__(
+        self, endpoint_id: str, event: ClaimedEvent, now_ms: int, record: str = ""
+    ) -> bool:
         ep = keys.EndpointKeys(endpoint_id)
         done = await self._run(
-            keys=[ep.due, ep.dead, ep.meta],
-            args=[event.event_id, event.token, now_ms, event.meta.encode()],
+            keys=[ep.due, ep.dead, ep.meta, ep.attempts],
+            args=[
+                event.event_id,
+                event.token,
+                now_ms,
+                event.meta.encode(),
+                endpoint_id,
+                keys.LOG_EVENT_PREFIX,
+                record,
+            ],
         )
         return bool(done)
 
@@ -356,8 +439,68 @@ class ReplayDead(_Script):
 
     async def __call__(self, endpoint_id: str, now_ms: int, event_ids: list[str] | None) -> int:
         ep = keys.EndpointKeys(endpoint_id)
-        queued = await self._run(keys=[ep.due, ep.dead, ep.meta], args=[now_ms, *(event_ids or [])])
+        queued = await self._run(
+            keys=[ep.due, ep.dead, ep.meta],
+            args=[now_ms, keys.LOG_EVENT_PREFIX, endpoint_id, *(event_ids or [])],
+        )
         return int(queued)
+
+
+class Redeliver(_Script):
+    source = "redeliver"
+
+    async def __call__(
+        self,
+        endpoint_id: str,
+        *,
+        since_ms: int,
+        until_ms: int,
+        outcome: str,
+        now_ms: int,
+        never: str,
+    ) -> int:
+        """`outcome`: delivered, dead or any; `never`: a type not sent again."""
+        ep = keys.EndpointKeys(endpoint_id)
+        queued = await self._run(
+            keys=[ep.log, ep.due, ep.body, ep.meta, ep.dead],
+            args=[keys.LOG_EVENT_PREFIX, endpoint_id, since_ms, until_ms, outcome, now_ms, never],
+        )
+        return int(queued)
+
+
+class LogSent(_Script):
+    source = "log_sent"
+
+    async def __call__(
+        self,
+        log: LogPolicy,
+        endpoint_id: str,
+        event_id: str,
+        head: EventHead,
+        body: str,
+        *,
+        at_ms: int,
+        outcome: str,
+        record: str,
+    ) -> None:
+        ep = keys.EndpointKeys(endpoint_id)
+        await self._run(
+            keys=[keys.LOG_EVENTS, ep.log, ep.attempts],
+            args=[
+                log.retention_ms,
+                log.max_per_endpoint,
+                log.ttl_ms,
+                keys.LOG_EVENT_PREFIX,
+                keys.LOG_ENDPOINT_PREFIX,
+                endpoint_id,
+                event_id,
+                log_head(head, at_ms),
+                body,
+                at_ms,
+                outcome,
+                record,
+            ],
+        )
 
 
 class CommitListing(_Script):

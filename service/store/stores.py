@@ -14,6 +14,8 @@ from service.store.endpoints import EndpointStore
 from service.store.feeds import FeedStore
 from service.store.leases import Leases, discovery_leases, feed_leases, user_leases
 from service.store.limits import SharedLimiter
+from service.store.log import DeliveryLog
+from service.store.log_policy import LogPolicy
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
 from service.store.users import TrackedUsers
@@ -32,15 +34,17 @@ class Stores:
     discovery_leases: Leases
     users: TrackedUsers
     limiter: SharedLimiter
+    log: DeliveryLog  # the delivery log: events and attempts, for the admin API
 
     @classmethod
     def on(cls, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time) -> Stores:
-        feeds = FeedStore(redis)
+        log = LogPolicy.of(settings.delivery)
+        feeds = FeedStore(redis, log)
         return cls(
             redis=redis,
             queue=EventQueue(redis),
             endpoints=EndpointStore(redis),
-            polls=PollStore(redis),
+            polls=PollStore(redis, log),
             feeds=feeds,
             budget=BudgetStore(redis),
             leases=user_leases(redis, clock=clock),
@@ -48,4 +52,5 @@ class Stores:
             discovery_leases=discovery_leases(redis, clock=clock),
             users=TrackedUsers(redis, settings, feeds),
             limiter=SharedLimiter(redis),
+            log=DeliveryLog(redis, log, [e.id for e in settings.endpoints]),
         )

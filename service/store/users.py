@@ -3,6 +3,7 @@ added at run time (kept in Redis); and which of them are polled one by one."""
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -107,10 +108,20 @@ class TrackedUsers:
             removed, *_ = await pipe.execute()
         return bool(removed)
 
-    async def describe(self) -> list[dict[str, Any]]:
-        """Every tracked user with where it comes from and how its polls go."""
+    async def describe(
+        self, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Tracked users with where each comes from and how its polls go, in the order of
+        their members: up to `limit` (None: all) after the member `after`; and the member
+        of the last one when more follow (None: the end)."""
         runtime, listed = await self.runtime(), await self.listed()
         members = sorted(self.configured | listed | runtime)
+        if after is not None:
+            members = members[bisect.bisect_right(members, after) :]
+        last = None
+        if limit is not None and len(members) > limit:
+            members = members[:limit]
+            last = members[-1]
         async with self.redis.pipeline(transaction=False) as pipe:
             for member in members:
                 pipe.zscore(keys.POLL_DUE, member)
@@ -141,4 +152,4 @@ class TrackedUsers:
                     "last_error": decoded.last_error,
                 }
             )
-        return out
+        return out, last

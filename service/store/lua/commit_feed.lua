@@ -3,7 +3,7 @@
 -- feed's state and its next score (its extended lease, or its next due time).
 -- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset,
 --       then per user written: (snapshots, user state hash, 0.1's snapshot hash),
---       then (due zset, body hash) per endpoint, as enqueue.lua reads them
+--       then the log's and the queues' keys, as enqueue.lua reads them
 -- ARGV: [1] account member, [2] token held, [3] new score as lease.lua's move reads it (the
 --       next due time, or -n: the lease n ms longer; '' = leave it),
 --       then the feed state as hset_pairs reads it,
@@ -13,6 +13,7 @@
 --          the lease was lost (nothing written)
 --!include fence.lua
 --!include lease.lua
+--!include log.lua
 --!include enqueue.lua
 --!include commit_parts.lua
 if not held(KEYS[1], ARGV[1], ARGV[2]) then return -1 end

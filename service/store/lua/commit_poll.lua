@@ -3,7 +3,7 @@
 -- its next due time).
 -- KEYS: [1] poll due zset, [2] snapshots, [3] user state hash, [4] overdue zset,
 --       [5] 0.1's snapshot hash (deleted once snapshots are written), [6] user weights zset,
---       [7..] (due zset, body hash) per endpoint, as enqueue.lua reads them
+--       [7..] the log's and the queues' keys, as enqueue.lua reads them
 -- ARGV: [1] member, [2] token held ('' = unfenced), [3] new score as lease.lua's move reads
 --       it (the next due time, or -n: the lease n ms longer; '' = leave it),
 --       [4] snapshots ('' = unchanged), [5] the user's weight ('' = unchanged),
@@ -13,6 +13,7 @@
 --          the lease was lost (nothing written)
 --!include fence.lua
 --!include lease.lua
+--!include log.lua
 --!include enqueue.lua
 --!include commit_parts.lua
 if ARGV[2] ~= '' and not held(KEYS[1], ARGV[1], ARGV[2]) then return -1 end

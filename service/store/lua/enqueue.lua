@@ -1,19 +1,69 @@
--- Library part (included, not run alone): queue outgoing events, each once.
--- enqueue(k, i, skip) → the index of the argument after the events read.
--- KEYS[k], KEYS[k+1], ... are (due zset, body hash) pairs, one per endpoint, up to the last
--- key; ARGV[i] on is, per endpoint: n, then n × (event id, body, due ms). `skip`: read past
--- them, queue nothing.
--- The same event id committed twice (a poll replayed after a crash) is queued once.
+-- Library part (included, not run alone, after log.lua): queue outgoing events, each once,
+-- and record each in the delivery log, once per event (not once per endpoint).
+-- enqueue(k, i): KEYS[k] is the log's index of every event, then (due zset, body hash, log
+-- index) per endpoint, up to the last key. ARGV[i] on: the log's retention (ms), its cap
+-- per endpoint, its hashes' TTL (ms), LOG_EVENT_PREFIX, LOG_ENDPOINT_PREFIX, p, the p
+-- endpoints' ids (in the order of their keys), m, then per event three: its id and log
+-- head ('<id>\31<the hash's field h>'), its body, and where it goes ('<endpoint number
+-- 1..p>:<due ms>', space-separated; the first due is when it is logged).
+-- `skip` (optional): a set of event ids to read past, queueing and logging nothing of them.
+-- Returns the index of the argument after the events read.
+-- The same event id committed twice (a poll replayed after a crash) is queued once and
+-- logged once; queued again for an endpoint that has it delivered, it keeps its attempts.
 local function enqueue(k, i, skip)
-  while k <= #KEYS do
-    local count = tonumber(ARGV[i]); i = i + 1
-    for _ = 1, count do
-      if not skip and redis.call('HSETNX', KEYS[k + 1], ARGV[i], ARGV[i + 1]) == 1 then
-        redis.call('ZADD', KEYS[k], ARGV[i + 2], ARGV[i])
+  local retention, most, ttl = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local ev_prefix, ep_prefix = ARGV[i + 3], ARGV[i + 4]
+  local p = tonumber(ARGV[i + 5]); i = i + 6
+  local eps = {}
+  for j = 1, p do eps[j] = ARGV[i]; i = i + 1 end
+  local m = tonumber(ARGV[i]); i = i + 1
+  local index = KEYS[k]
+  local latest, logged, touched = nil, 0, {}
+  for _ = 1, m do
+    local id, h = string.match(ARGV[i], '^([^\31]*)\31(.*)$')
+    local body, routes = ARGV[i + 1], ARGV[i + 2]
+    i = i + 3
+    if skip and skip[id] then routes = '' end
+    local at = nil
+    local fresh = {} -- endpoint numbers it is newly queued for
+    for number, due_ms in string.gmatch(routes, '(%d+):(%d+)') do
+      local j = tonumber(number)
+      local due = k + 1 + 3 * (j - 1)
+      at = at or due_ms
+      if redis.call('HSETNX', KEYS[due + 1], id, body) == 1 then
+        redis.call('ZADD', KEYS[due], due_ms, id)
+        fresh[#fresh + 1] = j
       end
-      i = i + 3
     end
-    k = k + 2
+    if #fresh > 0 then
+      logged = logged + 1
+      if latest == nil or tonumber(at) > latest then latest = tonumber(at) end
+      local hash = ev_prefix .. id
+      if redis.call('EXISTS', hash) == 0 then
+        local ids, indexes = {}, {}
+        for n, j in ipairs(fresh) do
+          ids[n], indexes[n] = eps[j], KEYS[k + 3 * j]
+          touched[j] = true
+        end
+        new_event(hash, index, id, at, ttl, h, body, ids, indexes)
+      else
+        for _, j in ipairs(fresh) do
+          if redis.call('HEXISTS', hash, 'o:' .. eps[j]) == 1 then
+            requeued(hash, eps[j])
+          else -- logged for other endpoints before: this one's log holds it from now on
+            redis.call('HSET', hash, 'o:' .. eps[j], 'queued 0')
+            redis.call('ZADD', KEYS[k + 3 * j], at, id)
+            touched[j] = true
+          end
+        end
+      end
+    end
   end
+  if latest == nil then return i end
+  -- bounded: as many old events leave as twice the new ones (and a few), so a backlog of
+  -- them shrinks call by call without any one call taking long
+  local budget = 2 * logged + 10
+  trim_old(index, ev_prefix, ep_prefix, latest - retention, budget)
+  for j in pairs(touched) do cap(index, ev_prefix, ep_prefix, eps[j], most, budget) end
   return i
 end

@@ -1,0 +1,330 @@
+"""The delivery log in Redis: every event queued (its head and its body as sent) and every
+attempt at delivering it, per endpoint, for `delivery.log_retention` and at most
+`delivery.log_max_per_endpoint` events per endpoint (README, The delivery log).
+
+It is written by the scripts that queue and settle events, in the round trips they make
+anyway: enqueue.lua (the event, once, whatever the number of endpoints), ack_events.lua,
+move_event.lua and dead_letter_event.lua (each attempt and the outcome it leaves), and
+trimmed by the commits that add to it (lua/log.lua). This module reads it, queues logged
+events again (redeliver) and records events sent outside the queue (test sends).
+
+Response bodies are the receivers' words: kept as text, shown as text, never interpreted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from service import jsonfmt
+from service.cursor import decode_cursor, encode_cursor
+from service.outbox import EventHead
+from service.store import keys
+from service.store.log_policy import LogPolicy
+from service.store.scripts import LogSent, Redeliver
+
+OUTCOMES = ("queued", "delivered", "dead")
+RESPONSE_BODY_BYTES = 1024  # of each answer, the log keeps this much (and says if it was more)
+KEEP_ATTEMPTS = 20  # attempt records kept per event and endpoint (lua/log.lua keeps them)
+RECENT_ATTEMPTS = 500  # an endpoint's recent attempts kept in order (lua/log.lua)
+# One listing request scans at most this many index entries, whatever its filters: a filter
+# that matches little answers a short page (maybe empty) with a cursor to continue.
+MAX_SCAN = 2000
+SCAN_BATCH = 200
+_CURSOR = "log"
+
+
+# An attempt's record as the log keeps it: a JSON array of these, in this order (a quarter of
+# the bytes of an object, per attempt of every event, and quicker to write on each delivery)
+ATTEMPT_FIELDS = (
+    "attempt",
+    "started_at_ms",
+    "duration_ms",
+    "status",
+    "error",
+    "response_body",
+    "response_truncated",
+    "next_attempt_at_ms",
+)
+
+
+def attempt_record(
+    *,
+    attempt: int,
+    started_at_ms: int,
+    duration_ms: float,
+    status: int | None,
+    error: str | None,
+    response: bytes | None,
+    next_attempt_at_ms: int | None,
+) -> str:
+    """One attempt as the log keeps it. `response`: the first bytes of the answer's body as
+    read; RESPONSE_BODY_BYTES of them are kept (more read: truncated), as text whatever the
+    bytes (an undecodable one becomes U+FFFD)."""
+    body = None if response is None else response[:RESPONSE_BODY_BYTES]
+    return orjson.dumps(
+        (
+            attempt,
+            started_at_ms,
+            duration_ms,
+            status,
+            error,
+            None if body is None else body.decode("utf-8", "replace"),
+            response is not None and len(response) > RESPONSE_BODY_BYTES,
+            next_attempt_at_ms,
+        )
+    ).decode()
+
+
+def attempt_fields(record: str) -> dict[str, Any]:
+    """An attempt's record by name."""
+    return dict(zip(ATTEMPT_FIELDS, orjson.loads(record), strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """What a listing asks for; None: anything."""
+
+    endpoint: str | None = None
+    type: str | None = None
+    account_id: str | None = None
+    user_id: str | None = None
+    assignment_id: str | None = None
+    outcome: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    @property
+    def narrows(self) -> bool:
+        """Whether entries of the index may not match (beyond the time range)."""
+        return any(
+            v is not None
+            for v in (self.type, self.account_id, self.user_id, self.assignment_id, self.outcome)
+        )
+
+
+def _head(event_id: str, raw: str) -> dict[str, Any]:
+    """An event's summary from its head (the hash's field h: see scripts.log_head)."""
+    kind, at, timestamp, account, user, assignment = raw.split("\x1f", 5)
+    return {
+        "id": event_id,
+        "type": kind,
+        "timestamp": timestamp or None,
+        "logged_at_ms": int(at),
+        "account_id": account or None,
+        "user_id": user or None,
+        "assignment_id": assignment or None,
+    }
+
+
+def _outcome(raw: str | None) -> dict[str, Any] | None:
+    """'<outcome> <attempts>' as the scripts write it."""
+    if not raw:
+        return None
+    outcome, _, attempts = raw.partition(" ")
+    return {"outcome": outcome, "attempts": int(attempts or 0)}
+
+
+def _older(entry: tuple[float, str], than: tuple[float, str]) -> bool:
+    """Whether `entry` comes after `than` newest first (score, then id, both descending, as
+    ZREVRANGE orders them; Python orders str as Redis orders their UTF-8 bytes)."""
+    return entry[0] < than[0] or (entry[0] == than[0] and entry[1] < than[1])
+
+
+class DeliveryLog:
+    def __init__(self, redis: Redis, policy: LogPolicy, endpoint_ids: list[str]) -> None:
+        """`endpoint_ids`: the configured endpoints, whose outcomes a listing shows."""
+        self.redis = redis
+        self.policy = policy
+        self.endpoint_ids = endpoint_ids
+        self._redeliver = Redeliver(redis)
+        self._log_sent = LogSent(redis)
+
+    # -- reading --
+
+    async def events(
+        self, filters: LogFilter, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Logged events matching `filters`, newest first: (up to `limit` summaries, a
+        cursor to continue or None at the end). At most MAX_SCAN index entries are looked
+        at, so a page may hold fewer than `limit` (even none) while the cursor is not None.
+
+        The cursor holds the last entry looked at (its time and id); the next page starts
+        below it wherever it stands then, so events logged meanwhile neither repeat nor
+        shift what follows."""
+        index = (
+            keys.LOG_EVENTS if filters.endpoint is None else keys.EndpointKeys(filters.endpoint).log
+        )
+        position: tuple[float, str] | None = None
+        if cursor is not None:
+            score, member = decode_cursor(cursor, _CURSOR, (int, str))
+            position = (float(score), member)
+            start = await self._start_after(index, position)
+        elif filters.until_ms is not None:
+            start = await self.redis.zcount(index, f"({filters.until_ms}", "+inf")
+        else:
+            start = 0
+        fields = ["h", *(f"o:{e}" for e in self.endpoint_ids)]
+        batch_size = SCAN_BATCH if filters.narrows else min(SCAN_BATCH, limit + 1)
+        items: list[dict[str, Any]] = []
+        scanned = 0
+        while True:
+            raw = await self.redis.zrevrange(index, start, start + batch_size - 1, withscores=True)
+            batch = cast(list[tuple[str, float]], raw)
+            if not batch:
+                return items, None
+            start += len(batch)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member, _ in batch:
+                    pipe.hmget(keys.log_event(member), fields)
+                found = await pipe.execute()
+            for (member, score), values in zip(batch, found, strict=True):
+                entry = (score, member)
+                if position is not None and not _older(entry, position):
+                    continue  # logged since the page began, above it: ranks moved down
+                if filters.until_ms is not None and score > filters.until_ms:
+                    continue
+                if filters.since_ms is not None and score < filters.since_ms:
+                    return items, None
+                position = entry
+                scanned += 1
+                summary = self._summary(member, values)
+                if summary is not None and self._matches(summary, filters):
+                    items.append(summary)
+                    if len(items) == limit:
+                        return items, self._cursor(position)
+                if scanned >= MAX_SCAN:
+                    return items, self._cursor(position)
+
+    async def _start_after(self, index: str, position: tuple[float, str]) -> int:
+        """The rank (newest first) of the first entry after `position`."""
+        score, member = position
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(index, member)
+            pipe.zrevrank(index, member)
+            pipe.zcount(index, score, "+inf")
+            now_score, rank, at_or_above = await pipe.execute()
+        if now_score is not None and float(now_score) == score and rank is not None:
+            return int(rank) + 1
+        # that entry left the log (trimmed): everything at its time or newer is behind us
+        return int(at_or_above)
+
+    @staticmethod
+    def _cursor(position: tuple[float, str]) -> str:
+        return encode_cursor(_CURSOR, int(position[0]), position[1])
+
+    def _summary(self, event_id: str, values: list[str | None]) -> dict[str, Any] | None:
+        head, outcomes = values[0], values[1:]
+        if head is None:
+            return None  # its hash ran out before a trim removed it from the index
+        endpoints = {}
+        for endpoint_id, raw in zip(self.endpoint_ids, outcomes, strict=True):
+            if (outcome := _outcome(raw)) is not None:
+                endpoints[endpoint_id] = outcome
+        return {**_head(event_id, head), "endpoints": endpoints}
+
+    @staticmethod
+    def _matches(summary: dict[str, Any], f: LogFilter) -> bool:
+        for name, wanted in (
+            ("type", f.type),
+            ("account_id", f.account_id),
+            ("user_id", f.user_id),
+            ("assignment_id", f.assignment_id),
+        ):
+            if wanted is not None and summary[name] != wanted:
+                return False
+        if f.outcome is None:
+            return True
+        endpoints: dict[str, dict[str, Any]] = summary["endpoints"]
+        if f.endpoint is not None:
+            return endpoints.get(f.endpoint, {}).get("outcome") == f.outcome
+        return any(e["outcome"] == f.outcome for e in endpoints.values())
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        """One logged event: its summary, its body as sent (parsed), and every attempt kept,
+        per endpoint, oldest first; None when it is not (or no longer) logged."""
+        raw = cast(dict[str, str], await self.redis.hgetall(keys.log_event(event_id)))
+        if "h" not in raw:
+            return None
+        endpoints: dict[str, dict[str, Any]] = {}
+        attempts: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for field, value in raw.items():
+            if field.startswith("o:") and (outcome := _outcome(value)) is not None:
+                endpoints[field[2:]] = outcome
+            elif field.startswith("a:"):
+                endpoint_id, _, number = field[2:].rpartition(":")
+                attempts.setdefault(endpoint_id, []).append((int(number), attempt_fields(value)))
+        try:
+            body: Any = jsonfmt.loads(raw.get("b", ""))
+        except ValueError:  # not one of ours; shown as the text it is
+            body = raw.get("b")
+        return {
+            **_head(event_id, raw["h"]),
+            "endpoints": endpoints,
+            "body": body,
+            "attempts": {
+                endpoint_id: [record for _, record in sorted(records, key=lambda r: r[0])]
+                for endpoint_id, records in sorted(attempts.items())
+            },
+        }
+
+    async def endpoint_attempts(self, endpoint_id: str, limit: int) -> list[dict[str, Any]]:
+        """The endpoint's most recent attempts, newest first, each with its event's id and
+        type (at most RECENT_ATTEMPTS are kept)."""
+        raw = await self.redis.lrange(keys.EndpointKeys(endpoint_id).attempts, 0, limit - 1)
+        out = []
+        for entry in cast(list[str], raw):
+            event_id, kind, record = entry.split("\t", 2)
+            out.append({"event_id": event_id, "type": kind or None, **attempt_fields(record)})
+        return out
+
+    # -- writing outside the settle path --
+
+    async def redeliver(
+        self,
+        endpoint_id: str,
+        *,
+        since_ms: int,
+        until_ms: int,
+        outcome: str,
+        now_ms: int,
+        never: str,
+    ) -> int:
+        """The endpoint's logged events of [since, until] whose outcome there is `outcome`
+        (delivered, dead, any: either), except those of type `never`, queued again with
+        their ids and bodies, due at `now_ms`, in one atomic step; returns how many."""
+        return await self._redeliver(
+            endpoint_id,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            outcome=outcome,
+            now_ms=now_ms,
+            never=never,
+        )
+
+    async def record_sent(
+        self,
+        endpoint_id: str,
+        event_id: str,
+        head: EventHead,
+        body: str,
+        *,
+        at_ms: int,
+        delivered: bool,
+        record: str,
+    ) -> None:
+        """An event sent outside the queue (a test send): logged with its one attempt, as
+        delivered or, since it is never retried, dead."""
+        await self._log_sent(
+            self.policy,
+            endpoint_id,
+            event_id,
+            head,
+            body,
+            at_ms=at_ms,
+            outcome="delivered" if delivered else "dead",
+            record=record,
+        )

@@ -14,10 +14,12 @@ from redis.asyncio import Redis
 from service import events as ev
 from service.errors import InvalidInput, NotFound
 from service.operations import Operations
+from service.outbox import EventHead
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys
 from service.store import log as delivery_log
+from service.store.scripts import log_head
 from tests.helpers import ACCOUNT, driven, endpoint, make_settings, seed_user
 from tests.redis_server import RedisServer, free_port
 
@@ -456,3 +458,16 @@ async def test_the_last_attempts_are_kept_and_a_replay_shows_queued(
     # the replay started the schedule afresh: its first attempt is number 1 again
     assert delivered["attempts"]["hr"][-1]["attempt"] == 1
     assert delivered["attempts"]["hr"][-1]["status"] == 204
+
+
+def test_a_separator_in_an_upstream_id_cannot_shift_the_head() -> None:
+    """The log keeps an event's head as parts joined by \\x1f: an id holding one (upstream
+    ids are anyone's text) has it replaced, and the other parts stay where they were."""
+    head = EventHead(ev.UPDATED, "2026-11-28T06:00:00.123Z", ACCOUNT, "u\x1fx", "a1")
+    summary = delivery_log._head("evt_1", log_head(head, 5))
+    assert (summary["user_id"], summary["assignment_id"]) == ("u\ufffdx", "a1")
+    assert (summary["account_id"], summary["logged_at_ms"], summary["type"]) == (
+        ACCOUNT,
+        5,
+        ev.UPDATED,
+    )

@@ -18,7 +18,7 @@ demo: $(STAMP)  ## the simulated LMS, the in-memory store and a verifying receiv
 test: $(STAMP)  ## the whole suite against a throwaway redis-server and Debian's Chromium
 	scripts/ensure-redis-server
 	scripts/ensure-chromium
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 bench: $(STAMP)  ## performance figures (README, Performance); SCALE=0.1 for a quick look
 	scripts/ensure-redis-server

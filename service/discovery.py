@@ -69,8 +69,7 @@ class UserListing:
         account_id, polling = lease.account_id, self.settings.polling
         started = self.clock()
         state = await self.store.listing_state(account_id)
-        last_full = state.last_full_sync_ms
-        full = last_full is None or started - last_full / 1000 >= self.cadence.full_resync_interval
+        full = state.complete_read_due(started, self.cadence.full_resync_interval)
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         since = None if full or watermark is None else updated_after(watermark, polling.overlap)
         result = ListingResult(full=full)
@@ -95,14 +94,7 @@ class UserListing:
         }
         drop = sorted(gone - runtime)
         new_watermark = next_watermark(watermark, updated, poll_started=from_epoch(started))
-        now_ms = int(started * 1000)
-        done = ReadState(
-            watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
-            last_full_sync_ms=now_ms if full else None,
-            last_poll_ms=now_ms,
-            failures=0,
-            last_error="",
-        )
+        done = ReadState.after_read(new_watermark, int(started * 1000), full=full)
         interval = self.cadence.listing_interval
         next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
         async with lease.lock:

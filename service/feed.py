@@ -102,11 +102,7 @@ class FeedReader:
         # a read that ends a fallback asks for the filter, if it can: it must show again
         # whether the upstream applies it (a full read cannot tell)
         full = state.watermark_ms is None or (
-            fallback is None
-            and (
-                state.last_full_sync_ms is None
-                or started - state.last_full_sync_ms / 1000 >= self.cadence.full_resync_interval
-            )
+            fallback is None and state.complete_read_due(started, self.cadence.full_resync_interval)
         )
         run = FeedRun(
             lease,
@@ -130,14 +126,7 @@ class FeedReader:
             self.metrics.feed_reads.labels("error").inc()
             raise
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
-        done = ReadState(
-            watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
-            last_full_sync_ms=run.now_ms if full else None,
-            last_poll_ms=run.now_ms,
-            failures=0,
-            last_error="",
-        )
-        await self._commit(run, done)
+        await self._commit(run, ReadState.after_read(new_watermark, run.now_ms, full=full))
         self.metrics.feed_reads.labels("full" if full else "ok").inc()
         duplicates = run.result.duplicates + run.latest.duplicates
         if duplicates:  # not result.skipped: the id was read, removals still hold

@@ -125,11 +125,8 @@ class Poller:
             self.client.keep_permit()
         state = stored.state
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
-        last_full = state.last_full_sync_ms
-        full = (
-            watermark is None
-            or last_full is None
-            or started - last_full / 1000 >= self.cadence.full_resync_interval
+        full = watermark is None or state.complete_read_due(
+            started, self.cadence.full_resync_interval
         )
         run = _Run(
             lease=lease,
@@ -163,14 +160,13 @@ class Poller:
         new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
         now_ms = run.now_ms
         activity, weight = self._activity(run, state) if polling.adaptive else (ReadState(), None)
+        read = ReadState.after_read(new_watermark, now_ms, full=full)
         done = replace(
-            activity,
-            watermark_ms=None if new_watermark is None else int(new_watermark.timestamp() * 1000),
+            read,
             baselined=True,
-            last_full_sync_ms=now_ms if full else None,
-            last_poll_ms=now_ms,
-            failures=0,
-            last_error="",
+            change_rate=activity.change_rate,
+            in_progress=activity.in_progress,
+            next_due_date_ms=activity.next_due_date_ms,
         )
         await self._commit(run, done, weight)
         return run.result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,23 @@ class ReadState:
     change_rate: float | None = None  # recent changes (per RATE_MEMORY intervals), fading
     in_progress: bool | None = None  # an assignment in progress
     next_due_date_ms: int | None = None  # the nearest due date of an open assignment; 0: none
+
+    @classmethod
+    def after_read(cls, watermark: datetime | None, now_ms: int, *, full: bool) -> ReadState:
+        """What a read that succeeded leaves: its new watermark, when it ran (and when it
+        read everything, if it did), no failures."""
+        return cls(
+            watermark_ms=None if watermark is None else int(watermark.timestamp() * 1000),
+            last_full_sync_ms=now_ms if full else None,
+            last_poll_ms=now_ms,
+            failures=0,
+            last_error="",
+        )
+
+    def complete_read_due(self, now: float, every: float) -> bool:
+        """No complete read yet, or the last one is `every` seconds old (`now`: epoch s)."""
+        last = self.last_full_sync_ms
+        return last is None or now - last / 1000 >= every
 
     def encode(self) -> dict[str, str]:
         """The hash fields to write: every field that is not None."""

@@ -18,6 +18,7 @@ from service.store import keys
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
+    Driven,
     driven,
     endpoint,
     make_settings,
@@ -175,6 +176,17 @@ async def test_a_user_added_at_run_time_is_baselined_then_followed(
     assert done.data["assignment_id"] == "u_2_a2" and done.data["sequence"] == 2
 
 
+async def complete_through_an_ignored_filter(service: Driven, sim: SimLMS) -> None:
+    """u_1's first assignment completes while the account's feed ignores the filter: the
+    first read is full (no filter asked for), the next reads through the filter (the
+    watermark moves on), the one after gets records older than its bound: falls back."""
+    await service.baseline()
+    service.clock.advance(60)
+    sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+    await service.step(0.5)
+    await service.step(0.5)
+
+
 async def test_auto_falls_back_to_per_user_when_the_filter_is_ignored(
     redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
 ) -> None:
@@ -186,11 +198,7 @@ async def test_auto_falls_back_to_per_user_when_the_filter_is_ignored(
         redis_server.url, lms_url, rx_url, ["u_1"], "auto", http={"admin_token": "t0k"}
     )
     async with driven(settings, sim) as service:
-        await service.baseline()  # a full read: the filter is not asked for yet
-        service.clock.advance(60)
-        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
-        await service.step(0.5)  # read through the filter: the watermark moves on
-        await service.step(0.5)  # records older than the bound come back: falls back
+        await complete_through_an_ignored_filter(service, sim)
         [account] = await service.service.operations.accounts()
         assert account["strategy_in_force"] == "per_user"
         assert account["fallback"]["reason"] == "filter_ignored"
@@ -396,11 +404,7 @@ async def test_auto_trying_the_feed_again_asks_for_the_filter(
         redis_server.url, lms_url, rx_url, ["u_1"], "auto", polling={"full_resync_interval": "1m"}
     )
     async with driven(settings, sim) as service:
-        await service.baseline()
-        service.clock.advance(60)
-        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
-        await service.step(0.5)
-        await service.step(0.5)  # falls back
+        await complete_through_an_ignored_filter(service, sim)
         await service.step(60.0)  # tried again: still ignored, so back to per-user at once
         [account] = await service.service.operations.accounts()
         sim.clear_requests()

@@ -26,6 +26,12 @@ from tests.redis_server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a suite run in the background (`make test &`,
+    nohup) hands its children SIGINT ignored, which would leave the SIGINT tests hanging."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "service", *args],
@@ -34,6 +40,7 @@ def start(*args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "CI": "1"},
+        preexec_fn=_as_in_a_terminal,
     )
 
 

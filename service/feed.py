@@ -28,6 +28,7 @@ from service.outbox import Outbox
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.leases import KEEP_LEASE, Lease
 from service.store.read_state import ReadState
+from service.store.scripts import TrackedUsersChanged
 from service.store.users import TrackedUsers
 from service.timefmt import from_epoch, parse_iso
 from service.upstream.client import NOT_IMPLEMENTED, StackOneClient
@@ -40,6 +41,7 @@ FLUSH_EVERY = 500  # changes held before an intermediate commit (the watermark w
 # further apart than this in one read is caught by FeedRun.detect's version check instead
 SETTLE_EVERY = 5000
 FILTER_TOLERANCE = timedelta(seconds=1)  # a provider may round the bound it was given
+RETRACK_TRIES = 3  # commits of one flush while users keep being added or removed
 LISTING_WAIT = 1.0  # a `users: all` account's feed waits at most this for its first listing
 
 
@@ -94,6 +96,9 @@ class FeedReader:
             if listing.last_full_sync_ms is None:  # baselining before it would miss users
                 wait = min(LISTING_WAIT, self.settings.polling.account_interval)
                 return await self._wait(lease, started + wait)
+        # the version first: a user removed while its members are read moves it, so the
+        # commit finds out
+        users_version = await self.store.users_version()
         tracked = await self.users.of_account(lease.account_id)
         if fallback is not None:
             await self._end_fallback(lease.account_id, tracked)
@@ -110,6 +115,7 @@ class FeedReader:
             self.settings.endpoints,
             full=full,
             tracked=tracked,
+            users_version=users_version,
             now=from_epoch(started),
             emit_on_first_sync=polling.emit_on_first_sync,
         )
@@ -187,14 +193,7 @@ class FeedReader:
                 next_score = int(due * 1000)
             else:  # a flush keeps the lease (on Redis' clock)
                 next_score = KEEP_LEASE
-            token = await self.store.commit(
-                run.account_id,
-                run.outbox,
-                token=lease.token,
-                next_score=next_score,
-                state=done,
-                users=run.writes(final),
-            )
+            token = await self._commit_tracked(run, next_score, done, final)
             if token is None:
                 raise StaleLease(f"feed lease on {lease.account_id} was taken over")
             lease.token = token
@@ -208,6 +207,27 @@ class FeedReader:
         if outbox.events and self.on_committed:
             self.on_committed(set(outbox.events))
 
+    async def _commit_tracked(
+        self, run: FeedRun, next_score: int, done: ReadState | None, final: bool
+    ) -> int | None:
+        """The commit, written only for users still tracked: a user removed during the read
+        (by a listing, or at run time) must not get its snapshots and state back."""
+        for _ in range(RETRACK_TRIES):
+            try:
+                return await self.store.commit(
+                    run.account_id,
+                    run.outbox,
+                    token=run.lease.token,
+                    next_score=next_score,
+                    state=done,
+                    users_version=run.users_version,
+                    users=run.writes(final),
+                )
+            except TrackedUsersChanged:
+                version = await self.store.users_version()
+                run.retrack(await self.users.of_account(run.account_id), version)
+        raise TrackedUsersChanged(run.account_id)
+
     async def _wait(self, lease: Lease, until: float) -> FeedResult:
         """Not read now: due again at `until`."""
         async with lease.lock:
@@ -218,6 +238,7 @@ class FeedReader:
                     token=lease.token,
                     next_score=int(until * 1000),
                     state=None,
+                    users_version=None,
                     users=[],
                 )
                 is None

@@ -69,6 +69,7 @@ class FeedRun:
         *,
         full: bool,
         tracked: set[str],
+        users_version: str | None,
         now: datetime,
         emit_on_first_sync: bool,
     ) -> None:
@@ -77,6 +78,7 @@ class FeedRun:
         self.endpoints = list(endpoints)
         self.full = full
         self.tracked = tracked
+        self.users_version = users_version  # the tracked users' version `tracked` is of
         self.now = now
         self.now_ms = int(now.timestamp() * 1000)
         self.emit_on_first_sync = emit_on_first_sync
@@ -164,6 +166,13 @@ class FeedRun:
             emit=user.emit,
             endpoints=self.endpoints,
         )
+
+    def retrack(self, tracked: set[str], users_version: str | None) -> None:
+        """Users were added or removed during the read: those no longer tracked are not
+        written (their events, read while they were, still go out)."""
+        self.tracked, self.users_version = tracked, users_version
+        for user_id in [u for u in self.users if u not in tracked]:
+            del self.users[user_id]
 
     def writes(self, final: bool) -> list[UserWrite]:
         """Each user's part of the next commit. Users are baselined by the final commit

@@ -5,6 +5,8 @@ nothing and misses nothing; `auto` falls back where the upstream cannot serve th
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -328,6 +330,53 @@ async def test_a_user_removed_and_added_again_is_baselined_again(
     [done] = of_type(rx.events, ev.COMPLETED)
     assert done.data["assignment_id"] == "u_2_a2"
     assert [e.data["assignment_id"] for e in of_type(rx.events, ev.CREATED)] == []
+
+
+class ActsDuringTheFeedLMS(SimLMS):
+    """Runs `during_feed` (once) while an account feed read is in flight."""
+
+    during_feed: Callable[[], Awaitable[object]] | None = None
+
+    async def while_answering(self, path: str) -> None:
+        if path == FEED_PATH and self.during_feed is not None:
+            act, self.during_feed = self.during_feed, None
+            await act()
+
+
+async def test_a_user_removed_during_a_feed_read_stays_forgotten(
+    redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    """The read took u_2 as tracked and finds its change; u_2 is removed before it commits:
+    its snapshots and state do not come back, and when it is added again it is baselined
+    again, silently (stale snapshots would have told of what changed while it was away)."""
+    sim = ActsDuringTheFeedLMS(api_key=API_KEY)
+    rx, rx_url = receiver
+    async with served(sim) as lms_url:
+        seed_user(sim, "u_1", 1)
+        seed_user(sim, "u_2", 2)
+        settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
+        async with driven(settings, sim) as service:
+            operations = service.service.operations
+            await service.baseline()
+            assert await operations.add_user(ACCOUNT, "u_2")
+            await service.step(0.5)  # baselined by its own read
+            sim.progress(ACCOUNT, "u_2", "u_2_a1", 50)
+            sim.during_feed = partial(operations.remove_user, ACCOUNT, "u_2")
+            await service.step(0.5)
+            assert sim.during_feed is None  # it ran, during that read
+            assert not await redis.exists(
+                keys.snapshots(ACCOUNT, "u_2"), keys.user_state(ACCOUNT, "u_2")
+            )
+            sent = len(rx.events)
+            sim.put_assignment(ACCOUNT, "u_2", {"id": "u_2_a3"})  # while u_2 is not tracked
+            sim.progress(ACCOUNT, "u_2", "u_2_a2", 100)
+            assert await operations.add_user(ACCOUNT, "u_2")
+            await service.step(0.5)  # baselined again, silently
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+            await service.step(0.5)
+    later = rx.events[sent:]
+    assert [e.data["user_id"] for e in later] == ["u_1"] * len(later)
+    assert [e.data["assignment_id"] for e in of_type(later, ev.COMPLETED)] == ["u_1_a1"]
 
 
 class OneUserFailsLMS(SimLMS):

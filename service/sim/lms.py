@@ -81,13 +81,20 @@ class _Routes:
 
     async def list_assignments(self, request: web.Request) -> web.Response:
         user_id = request.match_info["id"]
-        return await _serve(self.lms.handle_list(user_id, request.headers, request.query))
+        return await self._serve(
+            request, self.lms.handle_list(user_id, request.headers, request.query)
+        )
 
     async def list_account_assignments(self, request: web.Request) -> web.Response:
-        return await _serve(self.lms.handle_account_assignments(request.headers, request.query))
+        answer = self.lms.handle_account_assignments(request.headers, request.query)
+        return await self._serve(request, answer)
 
     async def list_users(self, request: web.Request) -> web.Response:
-        return await _serve(self.lms.handle_users(request.headers, request.query))
+        return await self._serve(request, self.lms.handle_users(request.headers, request.query))
+
+    async def _serve(self, request: web.Request, answer: SimResponse) -> web.Response:
+        await self.lms.while_answering(request.path)
+        return await _serve(answer)
 
     async def add_account(self, request: web.Request) -> web.Response:
         self.lms.add_account(request.match_info["account_id"])

@@ -105,6 +105,10 @@ class SimLMS(Gate):
 
     # -- the upstream endpoints ----------------------------------------------------------
 
+    async def while_answering(self, path: str) -> None:
+        """Awaited once an upstream request's answer is made, before it is sent: a test's
+        subclass acts here on what happens while a read is in flight (nothing by default)."""
+
     def handle_list(
         self, user_id: str, headers: Mapping[str, str], query: Mapping[str, str]
     ) -> SimResponse:

@@ -78,17 +78,20 @@ class FeedStore:
         token: int,
         next_score: int | None,
         state: ReadState | None,
+        users_version: str | None,
         users: list[UserWrite],
     ) -> int | None:
         """Every user's snapshots and state, the events and overdue watches, the feed's
         state and its next score (as PollStore.commit takes it) in one atomic step; returns
         the score written, None when `token` no longer holds the account's feed lease
-        (nothing written)."""
+        (nothing written). Raises TrackedUsersChanged (nothing written) when users were
+        added or removed since `users_version` and `users` is not empty."""
         return await self._commit(
             account_id,
             token=token,
             next_score=next_score,
             state=state,
+            users_version=users_version,
             users=users,
             watch=outbox.watch,
             unwatch=outbox.unwatch,

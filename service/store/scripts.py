@@ -128,6 +128,9 @@ def due_or_expiry_ms(score: float) -> int:
     return int(score) - LEASED if score >= LEASED else int(score)
 
 
+USERS_CHANGED = -2  # commit_feed.lua: users added or removed since the read took its users
+
+
 def _moved(reply: Any) -> int | None:
     """A moving script's reply: the score it wrote, None when the lease was lost (-1)."""
     score = int(reply)
@@ -238,6 +241,11 @@ class UserWrite(NamedTuple):
     state: ReadState | None
 
 
+class TrackedUsersChanged(Exception):
+    """A feed commit found users added or removed since its read took its users: nothing was
+    written."""
+
+
 class CommitFeed(_Enqueues):
     source = "commit_feed"
 
@@ -248,22 +256,27 @@ class CommitFeed(_Enqueues):
         token: int,
         next_score: int | None,
         state: ReadState | None,
+        users_version: str | None,
         users: list[UserWrite],
         watch: list[OverdueWatch],
         unwatch: list[OverdueWatch],
         events: RoutedEvents,
     ) -> int | None:
-        """`next_score`: a due time or hold(…). Returns the score written (a held lease's new
-        token; 0 when `next_score` is None), None when the lease was lost."""
+        """`next_score`: a due time or hold(…); `users_version`: the tracked users' version
+        (FeedStore.users_version) `users` were taken at. Returns the score written (a held
+        lease's new token; 0 when `next_score` is None), None when the lease was lost; raises
+        TrackedUsersChanged when the version moved and `users` is not empty."""
         script_keys: list[Any] = [
             keys.FEED_DUE,
             keys.feed_state(account_id),
             keys.OVERDUE,
+            keys.USERS_VERSION,
         ]
         args: list[Any] = [
             keys.account_member(account_id),
             token,
             "" if next_score is None else next_score,
+            users_version or "",
             *_state_args(state),
             len(users),
         ]
@@ -277,7 +290,10 @@ class CommitFeed(_Enqueues):
             args += _state_args(user.state)
         args += _watch_args(watch, unwatch)
         _pack_events(events, self.log, script_keys, args)
-        return _moved(await self._run(keys=script_keys, args=args))
+        reply = await self._run(keys=script_keys, args=args)
+        if int(reply) == USERS_CHANGED:
+            raise TrackedUsersChanged(account_id)
+        return _moved(reply)
 
 
 class CommitOverdue(_Enqueues):

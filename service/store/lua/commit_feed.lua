@@ -1,26 +1,32 @@
 -- One account feed read's commit (or one flush of a long read), all or nothing: the
 -- snapshots and state of every user it changed, overdue watches, the outgoing events, the
 -- feed's state and its next score (its extended lease, or its next due time).
--- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset,
+-- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset, [4] tracked users' version
+--       counter,
 --       then per user written: (snapshots, user state hash, 0.1's snapshot hash),
 --       then the log's and the queues' keys, as enqueue.lua reads them
 -- ARGV: [1] account member, [2] token held, [3] new score as lease.lua's move reads it (the
---       next due time, or -n: the lease n ms longer; '' = leave it),
+--       next due time, or -n: the lease n ms longer; '' = leave it), [4] the tracked users'
+--       version the read's users were taken at,
 --       then the feed state as hset_pairs reads it,
 --       then n users, each: snapshots ('' = unchanged), its state as hset_pairs reads it,
 --       then the overdue watches as watch reads them, then the events as enqueue reads them
 -- Returns: the score written (an extended lease's new token; 0 when ARGV[3] is ''), or -1:
---          the lease was lost (nothing written)
+--          the lease was lost, or -2: users were added or removed since the read took its
+--          users and it writes some (nothing written: a removed user's snapshots and state
+--          must not come back; the caller drops those no longer tracked and commits again)
 --!include fence.lua
 --!include lease.lua
 --!include log.lua
 --!include enqueue.lua
 --!include commit_parts.lua
 if not held(KEYS[1], ARGV[1], ARGV[2]) then return -1 end
-local i = hset_pairs(KEYS[2], 4)
-local users = tonumber(ARGV[i]); i = i + 1
+local users_at = 6 + 2 * tonumber(ARGV[5])  -- after the feed state's pairs
+local users = tonumber(ARGV[users_at])
+if users > 0 and (redis.call('GET', KEYS[4]) or '') ~= ARGV[4] then return -2 end
+local i = hset_pairs(KEYS[2], 5) + 1
 for u = 0, users - 1 do
-  local k = 4 + 3 * u
+  local k = 5 + 3 * u
   if ARGV[i] ~= '' then
     redis.call('SET', KEYS[k], ARGV[i])
     redis.call('DEL', KEYS[k + 2])
@@ -28,6 +34,6 @@ for u = 0, users - 1 do
   i = hset_pairs(KEYS[k + 1], i + 1)
 end
 i = watch(KEYS[3], i)
-enqueue(4 + 3 * users, i)
+enqueue(5 + 3 * users, i)
 if ARGV[3] == '' then return 0 end
 return move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])

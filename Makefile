@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck check schema clean
+.PHONY: demo test bench lint typecheck check schema screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ test: $(STAMP)  ## the whole suite against a throwaway redis-server and Debian's
 	scripts/ensure-redis-server
 	scripts/ensure-chromium
 	$(BIN)/pytest -q -n 2
+
+screenshot: $(STAMP)  ## docs/console.png again, from the console's browser test
+	scripts/ensure-redis-server
+	scripts/ensure-chromium
+	UPDATE_SCREENSHOT=1 $(BIN)/pytest -q tests/test_console_browser.py -k operator_follows
 
 bench: $(STAMP)  ## performance figures (README, Performance); SCALE=0.1 for a quick look
 	scripts/ensure-redis-server

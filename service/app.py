@@ -28,7 +28,7 @@ from service.poll_runner import PollRunner, Reader
 from service.poller import Poller
 from service.schedule import PollScheduler
 from service.store import keys
-from service.store.connect import connect, connect_http
+from service.store.connect import connect_http, connect_workers
 from service.store.health import log_redis_error
 from service.store.leases import Leases
 from service.store.limits import api_key_budget
@@ -72,7 +72,7 @@ class Service:
         self.serve_http = serve_http
         self.background = background
         self.rng = rng or random.Random()
-        self.stores = Stores.on(redis or connect(settings.redis_url), settings, clock)
+        self.stores = Stores.on(redis or connect_workers(settings), settings, clock)
         self.metrics = Metrics()
         # the HTTP API (and readiness, and the gauges) on a client of its own: however many
         # requests come, they never take a connection from the workers' pool

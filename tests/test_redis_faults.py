@@ -21,6 +21,7 @@ from service.api.capacity import capped
 from service.sim.lms import SimLMS
 from service.sim.receiver import ReceivedEvent, Receiver
 from service.store import keys
+from service.store.connect import connect_workers, worker_connections
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
@@ -155,6 +156,25 @@ async def test_beyond_the_cap_a_request_is_answered_busy_at_once() -> None:
                 response.release()
     finally:
         await runner.cleanup()
+
+
+async def test_the_workers_wait_for_a_free_connection_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    """More Redis commands at once than the workers' pool has connections (a burst of
+    polls and deliveries): each waits for a connection and runs; none fails at once with
+    "Too many connections" (redis-py's default pool), which would cost its poll or delivery."""
+    settings = make_settings(redis_server.url, "http://127.0.0.1:1", [], ["u_1"])
+    size = worker_connections(settings)
+    workers = connect_workers(settings)
+    try:
+        # each holds its connection 0.2 s: the last of them waits for one to come free
+        replies = await asyncio.gather(
+            *(workers.blpop(["test:never-pushed"], 0.2) for _ in range(size + 10))
+        )
+    finally:
+        await workers.aclose()
+    assert replies == [None] * (size + 10)
 
 
 async def wait_for_baseline(redis: Redis, user: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
+from service.config import Settings
 from service.redis_url import SentinelTarget, is_sentinel, parse_sentinel_url
 
 MEMORY_URL = "memory://"
@@ -18,6 +19,8 @@ MEMORY_URL = "memory://"
 # never take a connection a poll or a delivery needs.
 HTTP_CONNECTIONS = 8
 HTTP_CONNECTION_WAIT = 5.0
+WORKER_CONNECTIONS = 100  # at least (redis-py's default pool size)
+WORKER_CONNECTION_WAIT = 10.0  # as long as a command may take (socket_timeout)
 
 _SOCKETS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
 _OPTIONS: dict[str, Any] = {
@@ -48,6 +51,25 @@ def connect(url: str, *, max_connections: int | None = None, wait: float | None 
             url, max_connections=max_connections or HTTP_CONNECTIONS, timeout=wait, **_OPTIONS
         )
     return Redis.from_pool(pool)
+
+
+def worker_connections(settings: Settings) -> int:
+    """The workers' pool: a connection for each poll and each endpoint's senders, claimer,
+    settler and acks at once, and some for the planner, the overdue check and the rest;
+    never fewer than redis-py's default."""
+    delivery = sum(2 * endpoint.concurrency + 3 for endpoint in settings.endpoints)
+    return max(WORKER_CONNECTIONS, settings.polling.concurrency + delivery + 16)
+
+
+def connect_workers(settings: Settings) -> Redis:
+    """The workers' client. A burst that finds every connection busy waits for one (up to
+    WORKER_CONNECTION_WAIT) instead of failing at once, as redis-py's default pool would:
+    a failed commit or settle costs a poll's or a delivery's work."""
+    return connect(
+        settings.redis_url,
+        max_connections=worker_connections(settings),
+        wait=WORKER_CONNECTION_WAIT,
+    )
 
 
 def connect_http(url: str, workers: Redis) -> Redis:

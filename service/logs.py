@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 REDACTED = "[REDACTED]"
@@ -41,6 +43,15 @@ class SecretRedactor:
         return event_dict
 
 
+def _json_bytes(value: Any, *, default: Callable[[Any], Any]) -> bytes:
+    """A log line's JSON as bytes: orjson, or `json` where orjson refuses (an integer beyond
+    64 bits, a lone surrogate); `default` renders what JSON has no type for."""
+    try:
+        return orjson.dumps(value, default=default)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, default=default).encode("utf-8", "backslashreplace")
+
+
 def configure_logging(
     level: str = "info", fmt: str = "json", secrets: Iterable[str] = (), *, final: bool = False
 ) -> None:
@@ -50,9 +61,10 @@ def configure_logging(
     is built once on first use. Otherwise (tests, which configure again) every call rebuilds
     it, which costs more than many a delivery's own work.
     """
+    json_lines = fmt == "json"
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if fmt == "json"
+        if json_lines
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared: list[Any] = [
@@ -63,10 +75,19 @@ def configure_logging(
         SecretRedactor(secrets),  # after format_exc_info: tracebacks are redacted too
     ]
     numeric = logging.getLevelName(level.upper())
+    # our own JSON lines (a delivery logs one per attempt) go out as bytes from orjson: half
+    # the cost of the standard renderer's str
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[
+            *shared,
+            structlog.processors.JSONRenderer(_json_bytes) if json_lines else renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=(
+            structlog.BytesLoggerFactory(sys.stderr.buffer)
+            if json_lines
+            else structlog.PrintLoggerFactory(sys.stderr)
+        ),
         cache_logger_on_first_use=final,
     )
     # APScheduler, aiohttp and asyncio log through stdlib: same format, same redaction

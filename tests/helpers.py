@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -291,3 +291,39 @@ class RunProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+class Processes(list[RunProcess]):
+    """Service processes started together by `run_processes`; `codes` once they stopped."""
+
+    codes: list[int]
+
+    def logs(self) -> str:
+        return "".join(process.log.read_text() for process in self)
+
+
+@contextmanager
+def run_processes(
+    redis_url: str,
+    lms_url: str,
+    receiver_url: str,
+    logs: Path,
+    count: int = 1,
+    *,
+    config: str = "config/test.yaml",
+    **env: str,
+) -> Iterator[Processes]:
+    """`count` service processes on one config (with `env` added), each logging to
+    `logs`/run<n>.log; stopped with SIGTERM when the block ends, their exit codes in
+    `codes`."""
+    group = Processes(
+        RunProcess(redis_url, lms_url, receiver_url, logs / f"run{n}.log", config)
+        for n in range(1, count + 1)
+    )
+    for process in group:
+        process.env |= env
+        process.start()
+    try:
+        yield group
+    finally:
+        group.codes = [process.stop() for process in group]

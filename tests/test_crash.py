@@ -19,6 +19,7 @@ from tests.helpers import (
     baselined,
     leases_run_out,
     queue_drained,
+    run_processes,
     seed,
     wait_until,
 )
@@ -108,24 +109,17 @@ async def test_two_processes_share_the_endpoint_rate_and_send_each_event_once(
     sim, lms_url = lms
     rx, rx_url = receiver
     seed(sim, 15)
-    processes = [
-        RunProcess(redis_server.url, lms_url, rx_url, tmp_path / f"run{n}.log") for n in (1, 2)
-    ]
-    for process in processes:
-        process.env["ENDPOINT_RATE"] = "5"
-        process.start()
-    try:
+    with run_processes(
+        redis_server.url, lms_url, rx_url, tmp_path, 2, ENDPOINT_RATE="5"
+    ) as processes:
         await wait_until(lambda: baselined(redis, "u_1"), 20, "baseline")
         for n in range(1, 16):
             sim.update_assignment(ACCOUNT, "u_1", f"a{n}", x_round=1)  # 15 `updated` events
         await rx.wait_for(15, 30)
         await queue_drained(redis)  # nothing else is on its way
-    finally:
-        codes = [process.stop() for process in processes]
-    assert codes == [0, 0]
+    assert processes.codes == [0, 0]
     assert len(rx.received) == 15 == len({r.webhook_id for r in rx.received})
     times = sorted(r.received_at for r in rx.received)
     for n, start in enumerate(times):  # any 2 s window: at most 5/s x 2 s, +1 for the edge
         assert sum(1 for t in times[n:] if t < start + 2.0) <= 11
-    logs = "".join(p.log.read_text() for p in processes)
-    assert logs.count('"delivery_attempt"') == 15
+    assert processes.logs().count('"delivery_attempt"') == 15

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver, hang
 from service.store import keys
-from tests.helpers import RunProcess, leases_run_out, queue_drained, wait_until
+from tests.helpers import leases_run_out, queue_drained, run_processes, wait_until
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -50,9 +50,8 @@ async def test_kill_in_the_middle_of_a_feed_read(
     sim, lms_url = lms
     rx, rx_url = receiver
     seed_accounts(sim, 2)  # page_size 2: acc_1's feed of 4 records is 2 pages, or more
-    process = RunProcess(redis_server.url, lms_url, rx_url, tmp_path / "run.log", CONFIG)
-    process.start()
-    try:
+    with run_processes(redis_server.url, lms_url, rx_url, tmp_path, config=CONFIG) as processes:
+        [process] = processes
         await wait_until(lambda: all_baselined(redis), 20, "every account's baseline")
         sim.faults.page_delays = {1: 60.0}  # the second page of every listing hangs
         for user in ("u_1", "u_2"):
@@ -77,9 +76,7 @@ async def test_kill_in_the_middle_of_a_feed_read(
         process.start()  # the feed is read again from its watermark
         await rx.wait_for(4 * 4, 40)  # 4 completions × (updated, status, completed, progress)
         await queue_drained(redis)
-    finally:
-        code = process.stop()
-    assert code == 0
+    assert processes.codes == [0]
     ids = [e.webhook_id for e in rx.events]
     assert len(ids) == 16 == len(set(ids))
     assert {e.data["account_id"] for e in rx.events} == {"acc_1"}
@@ -95,27 +92,19 @@ async def test_two_processes_share_three_accounts_feeds(
     sim, lms_url = lms
     rx, rx_url = receiver
     seed_accounts(sim, 2)
-    processes = [
-        RunProcess(redis_server.url, lms_url, rx_url, tmp_path / f"run{n}.log", CONFIG)
-        for n in (1, 2)
-    ]
-    for process in processes:
-        process.start()
-    try:
+    with run_processes(redis_server.url, lms_url, rx_url, tmp_path, 2, config=CONFIG) as processes:
         await wait_until(lambda: all_baselined(redis), 20, "every account's baseline")
         for account in ACCOUNTS:
             for user in ("u_1", "u_2"):
                 sim.update_assignment(account, user, f"{account}_{user}_a1", x_round=1)
         await rx.wait_for(6, 30)  # one `updated` per change
         await queue_drained(redis)
-    finally:
-        codes = [process.stop() for process in processes]
-    assert codes == [0, 0]
+    assert processes.codes == [0, 0]
     assert len(rx.received) == 6 == len({r.webhook_id for r in rx.received})
     assert {(e.data["account_id"], e.data["user_id"]) for e in rx.events} == {
         (a, u) for a in ACCOUNTS for u in ("u_1", "u_2")
     }
-    logs = "".join(p.log.read_text() for p in processes)
+    logs = processes.logs()
     assert '"poll_crashed"' not in logs and "Traceback" not in logs
 
 
@@ -129,9 +118,8 @@ async def test_kill_between_a_feed_commit_and_its_delivery_resends_the_same_ids(
     sim, lms_url = lms
     rx, rx_url = receiver
     seed_accounts(sim, 1)
-    process = RunProcess(redis_server.url, lms_url, rx_url, tmp_path / "run.log", CONFIG)
-    process.start()
-    try:
+    with run_processes(redis_server.url, lms_url, rx_url, tmp_path, config=CONFIG) as processes:
+        [process] = processes
         await wait_until(lambda: all_baselined(redis), 20, "every account's baseline")
         rx.default_answer = hang(60)  # the feed commits; its webhooks go and hang
         sim.progress("acc_2", "u_1", "acc_2_u_1_a1", 100)
@@ -145,9 +133,7 @@ async def test_kill_between_a_feed_commit_and_its_delivery_resends_the_same_ids(
         process.start()
         await rx.wait_for(4, 30)
         await queue_drained(redis)
-    finally:
-        code = process.stop()
-    assert code == 0
+    assert processes.codes == [0]
     delivered = {e.webhook_id for e in rx.events}
     assert len(delivered) == 4 == len(rx.events)
     assert in_flight <= delivered  # sent again with the webhook-id they first had

@@ -18,11 +18,11 @@ from service.store import keys
 from tests.helpers import (
     ACCOUNT,
     Clock,
-    RunProcess,
     baselined,
     driven,
     endpoint,
     make_settings,
+    run_processes,
     seed,
     seed_user,
     wait_until,
@@ -91,12 +91,7 @@ async def test_two_processes_share_users_and_survive_a_kill(
     sim, lms_url = lms
     _, rx_url = receiver
     seed(sim, 1)  # u_1 and u_2 of config/test.yaml
-    processes = [
-        RunProcess(redis_server.url, lms_url, rx_url, tmp_path / f"run{n}.log") for n in (1, 2)
-    ]
-    for process in processes:
-        process.start()
-    try:
+    with run_processes(redis_server.url, lms_url, rx_url, tmp_path, 2) as processes:
         await wait_until(lambda: baselined(redis, "u_2"), 20, "baseline")
         await asyncio.sleep(1.0)
         sim.clear_requests()
@@ -112,9 +107,7 @@ async def test_two_processes_share_users_and_survive_a_kill(
         )
         await asyncio.sleep(1.0)
         after = list(sim.requests)
-    finally:
-        codes = [process.stop() for process in processes]
-    assert codes[1] == 0
+    assert processes.codes[1] == 0
     # 0.5 s interval: each user polled about 6 times in 3 s by the two together, not 12
     for user in ("u_1", "u_2"):
         times = sorted(r.time for r in both if r.user_id == user)
@@ -123,17 +116,6 @@ async def test_two_processes_share_users_and_survive_a_kill(
     for user in ("u_1", "u_2"):
         times = [r.time for r in after if r.user_id == user]
         assert times and max(times) > after[-1].time - 2.0, user
-
-
-async def start_pair(
-    redis: Redis, lms_url: str, rx_url: str, redis_url: str, tmp_path: Path, **env: str
-) -> list[RunProcess]:
-    processes = [RunProcess(redis_url, lms_url, rx_url, tmp_path / f"p{n}.log") for n in (1, 2)]
-    for process in processes:
-        process.env |= env
-        process.start()
-    await wait_until(lambda: baselined(redis, "u_2"), 20, "baseline")
-    return processes
 
 
 @pytest.mark.slow
@@ -147,17 +129,15 @@ async def test_one_budget_for_two_processes_without_a_429(
     sim, lms_url = lms
     seed(sim, 1)
     sim.set_rate_limit(120)  # the provider's limit: 2/s, and the key's budget below
-    processes = await start_pair(
-        redis, lms_url, receiver[1], redis_server.url, tmp_path, UPSTREAM_BUDGET="120"
-    )
-    try:
+    with run_processes(
+        redis_server.url, lms_url, receiver[1], tmp_path, 2, UPSTREAM_BUDGET="120"
+    ) as processes:
+        await wait_until(lambda: baselined(redis, "u_2"), 20, "baseline")
         sim.clear_requests()
         await asyncio.sleep(4.0)  # demand (2 users every 0.5 s) is twice the budget
         seen = list(sim.requests)
         published = await redis.get(keys.BUDGET_PLAN)
-    finally:
-        codes = [process.stop() for process in processes]
-    assert codes == [0, 0]
+    assert processes.codes == [0, 0]
     assert [r.status for r in seen if r.status == 429] == []
     # just under 2/s for 4 s, plus the burst of 2 the limiter allows at most; a floor on use
     assert 7 <= len(seen) <= 10
@@ -165,7 +145,7 @@ async def test_one_budget_for_two_processes_without_a_429(
     plan = json.loads(published)
     assert plan["fits"] is False and plan["needed_per_minute"] == 240
     assert plan["effective_interval_seconds"]["per_user"] == pytest.approx(0.5 * 240 / 108, 1e-3)
-    logs = "".join(process.log.read_text() for process in processes)
+    logs = processes.logs()
     assert logs.count('"budget_plan"') == 1
 
 
@@ -179,16 +159,14 @@ async def test_retry_after_pauses_every_process(
 ) -> None:
     sim, lms_url = lms
     seed(sim, 1)
-    processes = await start_pair(redis, lms_url, receiver[1], redis_server.url, tmp_path)
-    try:
+    with run_processes(redis_server.url, lms_url, receiver[1], tmp_path, 2) as processes:
+        await wait_until(lambda: baselined(redis, "u_2"), 20, "baseline")
         await asyncio.sleep(0.5)
         sim.faults.forced.append({"status": 429, "retry_after": "2"})
         sim.clear_requests()
         await asyncio.sleep(3.5)
         seen = list(sim.requests)
-    finally:
-        codes = [process.stop() for process in processes]
-    assert codes == [0, 0]
+    assert processes.codes == [0, 0]
     limited = next(r for r in seen if r.status == 429)
     after = [r.time - limited.time for r in seen if r.time > limited.time]
     # the other process may have held its permit already while the 429 was on its way: that
@@ -219,14 +197,9 @@ async def test_forty_users_two_processes_within_budget_every_change_once(
         .replace("users: [u_1, u_2]", f"users: [{', '.join(users)}]")
         .replace("interval: 500ms", "interval: 2s")
     )  # fmt: skip
-    processes = [
-        RunProcess(redis_server.url, lms_url, rx_url, tmp_path / f"f{n}.log", config=str(config))
-        for n in (1, 2)
-    ]
-    for process in processes:
-        process.env["UPSTREAM_BUDGET"] = "1200"
-        process.start()
-    try:
+    with run_processes(
+        redis_server.url, lms_url, rx_url, tmp_path, 2, config=str(config), UPSTREAM_BUDGET="1200"
+    ) as processes:
 
         async def all_baselined() -> bool:
             return all([await baselined(redis, u) for u in users])
@@ -238,9 +211,7 @@ async def test_forty_users_two_processes_within_budget_every_change_once(
         await asyncio.sleep(4.5)  # two intervals and more
         await rx.wait_for(80, 10)
         seen = list(sim.requests)
-    finally:
-        codes = [process.stop() for process in processes]
-    assert codes == [0, 0]
+    assert processes.codes == [0, 0]
     assert [r for r in seen if r.status == 429] == []
     polls = collections.Counter(r.user_id for r in seen)
     assert set(polls) == set(users) and min(polls.values()) >= 2  # every user, every interval

@@ -201,6 +201,12 @@ class Cadence(Protocol):
     @property
     def full_resync_interval(self) -> float: ...
 
+    @property
+    def per_user_interval(self) -> float:
+        """Every per-user poll's interval without `adaptive`: what a user's recent changes
+        are counted in (RATE_MEMORY of them)."""
+        ...
+
     def user_interval(self, weight: float | None) -> float:
         """A user's interval: the plan's, or with `adaptive` its own by its weight."""
         ...
@@ -223,6 +229,10 @@ class ConfiguredCadence:
             polling.full_resync_interval,
             polling.interval,
         )
+
+    @property
+    def per_user_interval(self) -> float:
+        return self.interval
 
     def user_interval(self, weight: float | None) -> float:
         return self.interval

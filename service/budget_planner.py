@@ -89,6 +89,10 @@ class BudgetPlanner:
     def full_resync_interval(self) -> float:
         return self.plan.full_resync_interval
 
+    @property
+    def per_user_interval(self) -> float:
+        return self.plan.user_interval
+
     def user_interval(self, weight: float | None) -> float:
         polling = self.settings.polling
         if not polling.adaptive:

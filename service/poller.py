@@ -180,7 +180,7 @@ class Poller:
             state.last_poll_ms,
             changes,
             run.now_ms,
-            self.settings.polling.interval,
+            self.cadence.per_user_interval,  # the plan's: stretched when the budget is short
         )
         if run.stored.decoded:
             records = (s.record for s in run.snapshots.values())

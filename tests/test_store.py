@@ -6,11 +6,14 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import math
 import time
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
+from service.budget import RATE_MEMORY, ConfiguredCadence
 from service.detect import Snapshot, detect
 from service.metrics import Metrics
 from service.outbox import Outbox, Queued
@@ -335,3 +338,39 @@ async def test_a_heartbeat_after_the_last_commit_leaves_the_next_due_time(
     assert not await leases.extend(lease)
     assert not await leases.release(lease, 0)
     assert await redis.zscore(keys.POLL_DUE, member) == next_due
+
+
+async def test_a_change_fades_over_the_plans_intervals_not_the_configured_ones(
+    redis: Redis, redis_server: RedisServer, lms: tuple[SimLMS, str]
+) -> None:
+    """`adaptive` with a budget that stretches every per-user interval (1 s configured, 10 s
+    planned): a change weighs on the user's cadence for RATE_MEMORY of the intervals it is
+    really polled at; counted in configured ones, it would fade ten times too fast."""
+    sim, lms_url = lms
+    sim.put_assignment(ACCOUNT, "u_1", {"id": "a1"})
+    polling = {"interval": "1s", "adaptive": True, "min_interval": "1s"}
+    settings = make_settings(redis_server.url, lms_url, [], ["u_1"], polling=polling)
+    planned = dataclasses.replace(ConfiguredCadence.of(settings.polling), interval=10.0)
+    clock = Clock()
+    store, leases = PollStore(redis), user_leases(redis, clock=clock)
+    budget = api_key_budget(settings.stackone.max_requests_per_minute)
+    member = keys.user_member(ACCOUNT, "u_1")
+    await leases.add({member: 0})
+    async with aiohttp.ClientSession() as session:
+        client = StackOneClient(
+            session, settings.stackone, SharedLimiter(redis).rate(budget), Metrics()
+        )
+        poller = Poller(store, client, budget, settings, Metrics(), cadence=planned, clock=clock)
+
+        async def poll_after(seconds: float) -> float | None:
+            clock.advance(seconds)
+            await redis.zadd(keys.POLL_DUE, {member: 0}, xx=True)  # due now
+            [lease] = await leases.claim(1)
+            await poller.poll(lease)
+            return (await leases.state(member)).change_rate
+
+        await poll_after(0)  # the baseline
+        sim.progress(ACCOUNT, "u_1", "a1", 50)
+        assert await poll_after(1) == 1.0  # one change
+        faded = await poll_after(10)  # one planned interval later, nothing new
+    assert faded == pytest.approx(math.exp(-1 / RATE_MEMORY))

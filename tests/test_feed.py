@@ -5,7 +5,8 @@ nothing and misses nothing; `auto` falls back where the upstream cannot serve th
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -332,6 +333,22 @@ async def test_a_user_removed_and_added_again_is_baselined_again(
     assert [e.data["assignment_id"] for e in of_type(rx.events, ev.CREATED)] == []
 
 
+@asynccontextmanager
+async def u_2_added_to_a_feed(
+    sim: SimLMS, redis_url: str, rx_url: str, u_2_assignments: int
+) -> AsyncIterator[Driven]:
+    """`sim` (a test's own) served; u_1 (one assignment) followed through the account feed
+    and baselined; u_2 (`u_2_assignments`) added at run time, not read yet."""
+    async with served(sim) as lms_url:
+        seed_user(sim, "u_1", 1)
+        seed_user(sim, "u_2", u_2_assignments)
+        settings = feed_settings(redis_url, lms_url, rx_url, ["u_1"], "account")
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            assert await service.service.operations.add_user(ACCOUNT, "u_2")
+            yield service
+
+
 class ActsDuringTheFeedLMS(SimLMS):
     """Runs `during_feed` (once) while an account feed read is in flight."""
 
@@ -351,29 +368,23 @@ async def test_a_user_removed_during_a_feed_read_stays_forgotten(
     again, silently (stale snapshots would have told of what changed while it was away)."""
     sim = ActsDuringTheFeedLMS(api_key=API_KEY)
     rx, rx_url = receiver
-    async with served(sim) as lms_url:
-        seed_user(sim, "u_1", 1)
-        seed_user(sim, "u_2", 2)
-        settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
-        async with driven(settings, sim) as service:
-            operations = service.service.operations
-            await service.baseline()
-            assert await operations.add_user(ACCOUNT, "u_2")
-            await service.step(0.5)  # baselined by its own read
-            sim.progress(ACCOUNT, "u_2", "u_2_a1", 50)
-            sim.during_feed = partial(operations.remove_user, ACCOUNT, "u_2")
-            await service.step(0.5)
-            assert sim.during_feed is None  # it ran, during that read
-            assert not await redis.exists(
-                keys.snapshots(ACCOUNT, "u_2"), keys.user_state(ACCOUNT, "u_2")
-            )
-            sent = len(rx.events)
-            sim.put_assignment(ACCOUNT, "u_2", {"id": "u_2_a3"})  # while u_2 is not tracked
-            sim.progress(ACCOUNT, "u_2", "u_2_a2", 100)
-            assert await operations.add_user(ACCOUNT, "u_2")
-            await service.step(0.5)  # baselined again, silently
-            sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
-            await service.step(0.5)
+    async with u_2_added_to_a_feed(sim, redis_server.url, rx_url, 2) as service:
+        operations = service.service.operations
+        await service.step(0.5)  # baselined by its own read
+        sim.progress(ACCOUNT, "u_2", "u_2_a1", 50)
+        sim.during_feed = partial(operations.remove_user, ACCOUNT, "u_2")
+        await service.step(0.5)
+        assert sim.during_feed is None  # it ran, during that read
+        assert not await redis.exists(
+            keys.snapshots(ACCOUNT, "u_2"), keys.user_state(ACCOUNT, "u_2")
+        )
+        sent = len(rx.events)
+        sim.put_assignment(ACCOUNT, "u_2", {"id": "u_2_a3"})  # while u_2 is not tracked
+        sim.progress(ACCOUNT, "u_2", "u_2_a2", 100)
+        assert await operations.add_user(ACCOUNT, "u_2")
+        await service.step(0.5)  # baselined again, silently
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+        await service.step(0.5)
     later = rx.events[sent:]
     assert [e.data["user_id"] for e in later] == ["u_1"] * len(later)
     assert [e.data["assignment_id"] for e in of_type(later, ev.COMPLETED)] == ["u_1_a1"]
@@ -400,22 +411,16 @@ async def test_a_user_whose_own_read_fails_does_not_hold_up_the_account(
     rx, rx_url = receiver
     sim.failing = "u_2"
     sim.answer = SimResponse(200, b"{not json") if answer == "not json" else sim.error(int(answer))
-    async with served(sim) as lms_url:
-        seed_user(sim, "u_1", 1)
-        seed_user(sim, "u_2", 1)
-        settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], "account")
-        async with driven(settings, sim) as service:
-            operations = service.service.operations
-            await service.baseline()
-            assert await operations.add_user(ACCOUNT, "u_2")
-            sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+    async with u_2_added_to_a_feed(sim, redis_server.url, rx_url, 1) as service:
+        operations = service.service.operations
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+        await service.step(0.5)
+        assert len(of_type(rx.events, ev.COMPLETED)) == 1  # u_1's change went on
+        sim.clear_requests()
+        for _ in range(3):  # u_2 is backed off: not read again at every feed read
             await service.step(0.5)
-            assert len(of_type(rx.events, ev.COMPLETED)) == 1  # u_1's change went on
-            sim.clear_requests()
-            for _ in range(3):  # u_2 is backed off: not read again at every feed read
-                await service.step(0.5)
-            assert "/unified/lms/users/u_2/assignments" not in paths(sim)
-            [account] = await operations.accounts()
+        assert "/unified/lms/users/u_2/assignments" not in paths(sim)
+        [account] = await operations.accounts()
     assert account["feed"]["failures"] == 0
     assert not await redis.hget(keys.user_state(ACCOUNT, "u_2"), "baselined")
 

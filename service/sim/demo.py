@@ -85,14 +85,15 @@ def seed(lms: SimLMS) -> None:
 
 
 def scenario(lms: SimLMS) -> list[Callable[[], object]]:
-    """What happens in the LMS, one step every STEP_SECONDS."""
+    """What happens in the LMS, one step every STEP_SECONDS. A completion comes second, so
+    even a short run (or a slow machine) shows one."""
     a, b = USERS
     c, d = FEED_USERS
     return [
         lambda: lms.progress(ACCOUNT, a, f"{a}_c1", 40),
+        lambda: lms.progress(FEED_ACCOUNT, d, f"{d}_c3", 100),
         lambda: lms.progress(FEED_ACCOUNT, c, f"{c}_c1", 60),
         lambda: lms.progress(ACCOUNT, b, f"{b}_c2", 25),
-        lambda: lms.progress(FEED_ACCOUNT, d, f"{d}_c3", 100),
         lambda: lms.progress(ACCOUNT, a, f"{a}_c1", 100),
         lambda: lms.put_assignment(
             ACCOUNT,

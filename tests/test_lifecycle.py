@@ -15,6 +15,7 @@ from service import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys
+from service.store.scripts import LEASED
 from tests.helpers import (
     ACCOUNT,
     RunProcess,
@@ -139,8 +140,8 @@ async def test_a_poll_cut_off_by_redis_releases_its_lease_once_redis_is_back(
             sim.progress(ACCOUNT, "u_1", "a1", 50)
             sim.faults.delay_seconds = 0.5  # Redis goes while the poll reads upstream
 
-            async def leased() -> bool:
-                return (await client.zscore(keys.POLL_DUE, member) or 0) > driver.clock.now * 1e3
+            async def leased() -> bool:  # claimed: scored as a lease, not as a due time
+                return (await client.zscore(keys.POLL_DUE, member) or 0) >= LEASED
 
             driver.clock.advance(0.5)
             polling = asyncio.create_task(driver.poll())

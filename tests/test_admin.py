@@ -17,6 +17,7 @@ from service.app import Service
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys
+from service.store.scripts import LEASED
 from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings, wait_until
 from tests.redis_server import RedisServer
 
@@ -203,7 +204,7 @@ async def test_poll_now_during_a_running_poll_follows_it_without_breaking_it(
     sim.faults.delay_seconds = 0.3  # the first poll is under way when poll now comes
 
     async def leased() -> bool:  # scored as a lease, no longer as a due time
-        return (await redis.zscore(keys.POLL_DUE, member) or 0) > driver.clock.now * 1000
+        return (await redis.zscore(keys.POLL_DUE, member) or 0) >= LEASED
 
     assert await driver.service.operations.poll_now(ACCOUNT, "u_1")
     polling = asyncio.create_task(driver.poll())

@@ -15,6 +15,7 @@ from service import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
+from service.store.scripts import LEASED
 from tests.helpers import (
     ACCOUNT,
     Clock,
@@ -318,7 +319,7 @@ async def test_a_replica_whose_clock_runs_ahead_neither_takes_a_live_poll_nor_re
             here.clock.advance(0.5)  # u_1 due here (and long due over there)
 
             async def leased() -> bool:  # scored as a lease, no longer as a due time
-                return (await redis.zscore(keys.POLL_DUE, member) or 0) > here.clock.now * 1000
+                return (await redis.zscore(keys.POLL_DUE, member) or 0) >= LEASED
 
             polling = asyncio.create_task(here.poll())
             await wait_until(leased, 5, "u_1 leased here")

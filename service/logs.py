@@ -76,7 +76,7 @@ def configure_logging(
     ]
     numeric = logging.getLevelName(level.upper())
     # our own JSON lines (a delivery logs one per attempt) go out as bytes from orjson: half
-    # the cost of the standard renderer's str
+    # about a third less than the standard renderer's str
     structlog.configure(
         processors=[
             *shared,

@@ -75,7 +75,7 @@ def configure_logging(
         SecretRedactor(secrets),  # after format_exc_info: tracebacks are redacted too
     ]
     numeric = logging.getLevelName(level.upper())
-    # our own JSON lines (a delivery logs one per attempt) go out as bytes from orjson: half
+    # our own JSON lines (a delivery logs one per attempt) go out as bytes from orjson:
     # about a third less than the standard renderer's str
     structlog.configure(
         processors=[

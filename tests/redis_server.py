@@ -6,12 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-import redis
-
-from service.sim.redis_server import RedisServer, free_port
+from service.sim.redis_server import RedisServer, free_port, wait_until_answering
 
 __all__ = ["IN_CI", "RedisServer", "SentinelServer", "free_port", "require_redis_server"]
 
@@ -66,19 +63,7 @@ class SentinelServer:
             stderr=subprocess.DEVNULL,
             cwd=self.workdir,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or self.process.poll() is not None:
-                        raise RuntimeError(f"sentinel did not start on {self.port}") from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
+        wait_until_answering(self.port, self.process, "redis-sentinel")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -57,18 +57,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-            finally:
-                client.close()
+        wait_until_answering(self.port, self.process, "redis-server")
 
     def stop(self, kill: bool = False) -> None:
         if self.process and self.process.poll() is None:
@@ -85,3 +74,21 @@ class RedisServer:
             client.flushall()
         finally:
             client.close()
+
+
+def wait_until_answering(port: int, process: subprocess.Popen[bytes], name: str) -> None:
+    """Until the server `process` started on `port` answers PING; a RuntimeError when it
+    exits first or 10 s pass."""
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{name} did not start on port {port}") from None
+                time.sleep(0.05)
+    finally:
+        client.close()

@@ -244,23 +244,45 @@ class LatestVersions(Generic[K]):
         return taken
 
 
-def next_watermark(
-    previous: datetime | None, updated_at_values: Iterable[object], *, poll_started: datetime
-) -> datetime | None:
-    """The newest `updated_at` read, never behind the previous watermark.
+# A stamp further ahead of the upstream's clock than this is not believed. The upstream's
+# clock is its answer's `Date` (StackOne's, right), not ours and not the provider's, which
+# may run minutes behind: a stamp such as 9999-12-31 taken as the watermark (or capped at
+# our clock) put the next read's bound past every later change of a lagging provider,
+# hiding them until the next full read.
+PLAUSIBLE_AHEAD = timedelta(seconds=60)
 
-    Capped at the poll's start on our clock: a provider stamping records in the future must
-    not push the watermark past changes still to come. The next query reads from this
-    watermark minus `polling.overlap`, so records committed late upstream are read again.
+
+class Watermark:
+    """The newest plausible `updated_at` of one read, never behind the previous watermark;
+    stamps later than the answer's `Date` plus PLAUSIBLE_AHEAD are counted, not taken.
+
+    The next query reads from this watermark minus `polling.overlap`, so records committed
+    late upstream are read again.
     """
-    newest = previous
-    for value in updated_at_values:
-        moment = parse_iso(value)
-        if moment is None or moment < _EPOCH:  # zero values such as 0001-01-01 mean "unknown"
-            continue
-        if newest is None or moment > newest:
-            newest = moment
-    return poll_started if newest is not None and newest > poll_started else newest
+
+    __slots__ = ("implausible", "newest", "newest_implausible")
+
+    def __init__(self, previous: datetime | None) -> None:
+        self.newest = previous
+        self.implausible = 0  # stamps ignored as too far ahead
+        self.newest_implausible: datetime | None = None
+
+    def see(self, values: Iterable[object], served_at: datetime) -> None:
+        """The stamps of one answer; `served_at`: its `Date` (the read's start on our clock
+        when it had none)."""
+        bound = served_at + PLAUSIBLE_AHEAD
+        newest = self.newest
+        for value in values:
+            moment = parse_iso(value)
+            if moment is None or moment < _EPOCH:  # zero values such as 0001-01-01: unknown
+                continue
+            if moment > bound:
+                self.implausible += 1
+                if self.newest_implausible is None or moment > self.newest_implausible:
+                    self.newest_implausible = moment
+            elif newest is None or moment > newest:
+                newest = moment
+        self.newest = newest
 
 
 def updated_after(watermark: datetime | None, overlap_seconds: float) -> datetime | None:

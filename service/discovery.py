@@ -18,9 +18,9 @@ import structlog
 
 from service.budget import Cadence, ConfiguredCadence, next_due
 from service.config import Settings
-from service.detect import next_watermark, updated_after
+from service.detect import Watermark, updated_after
 from service.errors import StaleLease
-from service.metrics import Metrics
+from service.metrics import Metrics, report_future_stamps
 from service.store import keys
 from service.store.feeds import FeedStore
 from service.store.leases import Lease
@@ -75,12 +75,12 @@ class UserListing:
         result = ListingResult(full=full)
         active: set[str] = set()
         inactive: set[str] = set()
-        updated: list[object] = []
+        stamps = Watermark(watermark)
         async for page in self.client.user_pages(account_id, since):
             result.pages += 1
             active.update(page.active)
             inactive.update(page.inactive)
-            updated += page.updated_at
+            stamps.see(page.updated_at, page.served_at or from_epoch(started))
             if page.skipped:
                 self.metrics.records_skipped.labels("user_without_id").inc(page.skipped)
                 log.warning("users_skipped", account_id=account_id, count=page.skipped)
@@ -93,8 +93,14 @@ class UserListing:
             u for a, u in map(keys.parse_user_member, await self.users.runtime()) if a == account_id
         }
         drop = sorted(gone - runtime)
-        new_watermark = next_watermark(watermark, updated, poll_started=from_epoch(started))
-        done = ReadState.after_read(new_watermark, int(started * 1000), full=full)
+        report_future_stamps(
+            self.metrics,
+            "users",
+            stamps.implausible,
+            stamps.newest_implausible,
+            account_id=account_id,
+        )
+        done = ReadState.after_read(stamps.newest, int(started * 1000), full=full)
         interval = self.cadence.listing_interval
         next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
         async with lease.lock:

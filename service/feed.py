@@ -19,11 +19,11 @@ import structlog
 
 from service.budget import Cadence, ConfiguredCadence, next_due
 from service.config import AccountSettings, Settings
-from service.detect import next_watermark, updated_after
+from service.detect import updated_after
 from service.errors import StaleLease, UpstreamError
 from service.feed_run import KEEP_LOADED, FeedResult, FeedRun, count_skipped
 from service.feed_users import CompleteUserReads
-from service.metrics import Metrics
+from service.metrics import Metrics, report_future_stamps
 from service.outbox import Outbox
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.leases import KEEP_LEASE, Lease
@@ -109,6 +109,7 @@ class FeedReader:
         full = state.watermark_ms is None or (
             fallback is None and state.complete_read_due(started, self.cadence.full_resync_interval)
         )
+        watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         run = FeedRun(
             lease,
             self.store,
@@ -117,9 +118,9 @@ class FeedReader:
             tracked=tracked,
             users_version=users_version,
             now=from_epoch(started),
+            watermark=watermark,
             emit_on_first_sync=polling.emit_on_first_sync,
         )
-        watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         try:
             await self._read(
                 run, account, None if full else updated_after(watermark, polling.overlap)
@@ -131,8 +132,14 @@ class FeedReader:
         except UpstreamError:
             self.metrics.feed_reads.labels("error").inc()
             raise
-        new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
-        await self._commit(run, ReadState.after_read(new_watermark, run.now_ms, full=full))
+        report_future_stamps(
+            self.metrics,
+            "assignments",
+            run.stamps.implausible,
+            run.stamps.newest_implausible,
+            account_id=lease.account_id,
+        )
+        await self._commit(run, ReadState.after_read(run.stamps.newest, run.now_ms, full=full))
         self.metrics.feed_reads.labels("full" if full else "ok").inc()
         duplicates = run.result.duplicates + run.latest.duplicates
         if duplicates:  # not result.skipped: the id was read, removals still hold
@@ -161,8 +168,8 @@ class FeedReader:
         if asked_after is not None and _ignores_filter(page, asked_after):
             raise FeedUnsupported("the account endpoint ignores filter[updated_after]")
         skipped = dict(page.skipped)
+        run.stamps.see((r.get("updated_at") for r in page.records), page.served_at or run.now)
         for record in page.records:
-            run.updated_values.append(record.get("updated_at"))
             user_id = record.get("user_id")
             if not isinstance(user_id, str) or not user_id:
                 skipped["missing_user_id"] = skipped.get("missing_user_id", 0) + 1

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from service.config import EndpointSettings
-from service.detect import Change, LatestVersions, Snapshot, detect, version_time
+from service.detect import Change, LatestVersions, Snapshot, Watermark, detect, version_time
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.store.feeds import FeedStore
@@ -71,6 +71,7 @@ class FeedRun:
         tracked: set[str],
         users_version: str | None,
         now: datetime,
+        watermark: datetime | None,
         emit_on_first_sync: bool,
     ) -> None:
         self.lease = lease
@@ -87,7 +88,7 @@ class FeedRun:
         self.users: dict[str, FeedUser] = {}
         self.ignored: set[str] = set()  # tracked, but not baselined yet
         self.latest: LatestVersions[tuple[str, str]] = LatestVersions()  # read, not detected
-        self.updated_values: list[object] = []
+        self.stamps = Watermark(watermark)
         self.loaded = 0  # users whose snapshots are in memory
 
     @property

@@ -7,7 +7,7 @@ Pure: `now` is passed in.
 from __future__ import annotations
 
 import re
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
 
@@ -67,11 +67,22 @@ def retry_after_seconds(value: str | None, *, now: float, cap: float) -> float |
     if _DELTA_SECONDS.match(text):
         seconds = float(text)
     else:
-        try:
-            moment = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
+        moment = http_date(text)
+        if moment is None:
             return None
-        if moment.tzinfo is None:  # "-0000": UTC by RFC 5322
-            moment = moment.replace(tzinfo=UTC)
         seconds = moment.timestamp() - now
     return min(max(seconds, 0.0), cap)  # a delta of 400 digits is inf: the cap
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP date (RFC 9110 §5.6.7: `Date`, `Retry-After`), or None when absent or
+    unreadable."""
+    if value is None:
+        return None
+    try:
+        moment = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # "-0000": UTC by RFC 5322
+        moment = moment.replace(tzinfo=UTC)
+    return moment

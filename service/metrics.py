@@ -6,6 +6,9 @@ never a user or assignment id.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 7200)
@@ -48,6 +51,13 @@ class Metrics:
             "lms_webhooks_records_skipped",
             "Upstream records that could not be tracked (e.g. without an id).",
             ["reason"],
+            registry=r,
+        )
+        self.future_stamps = Counter(
+            "lms_webhooks_future_stamps",
+            "Upstream `updated_at` stamps too far ahead of the answer's Date to be believed "
+            "(the record is still compared; the watermark does not move to the stamp).",
+            ["listing"],
             registry=r,
         )
         self.events = Counter(
@@ -148,3 +158,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def report_future_stamps(
+    metrics: Metrics, listing: str, count: int, newest: datetime | None, **where: str
+) -> None:
+    """Stamps a read did not believe (too far ahead of the upstream's clock): counted, and
+    one log line for the read, never one a record."""
+    if not count:
+        return
+    metrics.future_stamps.labels(listing).inc(count)
+    structlog.get_logger("upstream").warning(
+        "future_stamps_ignored",
+        listing=listing,
+        count=count,
+        newest=None if newest is None else newest.isoformat(),
+        **where,
+    )

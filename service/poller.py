@@ -23,13 +23,13 @@ from service.detect import (
     Change,
     LatestVersions,
     Snapshot,
+    Watermark,
     detect,
     detect_removed,
-    next_watermark,
     updated_after,
 )
 from service.errors import StaleLease
-from service.metrics import Metrics
+from service.metrics import Metrics, report_future_stamps
 from service.outbox import Outbox
 from service.store.leases import KEEP_LEASE, Lease
 from service.store.limits import Budget
@@ -65,7 +65,7 @@ class _Run:
     result: PollResult
     outbox: Outbox = field(default_factory=Outbox)
     seen: set[str] = field(default_factory=set)
-    updated_values: list[object] = field(default_factory=list)
+    stamps: Watermark = field(default_factory=lambda: Watermark(None))
     now_ms: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +134,7 @@ class Poller:
             emit=bool(state.baselined) or polling.emit_on_first_sync,
             stored=stored,
             result=PollResult(full=full),
+            stamps=Watermark(watermark),
         )
         await self._read(run, None if full else updated_after(watermark, polling.overlap))
         # Only reached when every page was read without error; a skipped record may be one
@@ -157,10 +158,17 @@ class Poller:
                     emit=run.emit,
                 )
                 run.add(gone, previous, self.settings)
-        new_watermark = next_watermark(watermark, run.updated_values, poll_started=run.now)
+        report_future_stamps(
+            self.metrics,
+            "assignments",
+            run.stamps.implausible,
+            run.stamps.newest_implausible,
+            account_id=lease.account_id,
+            user_id=lease.user_id,
+        )
         now_ms = run.now_ms
         activity, weight = self._activity(run, state) if polling.adaptive else (ReadState(), None)
-        read = ReadState.after_read(new_watermark, now_ms, full=full)
+        read = ReadState.after_read(run.stamps.newest, now_ms, full=full)
         done = replace(
             read,
             baselined=True,
@@ -206,6 +214,7 @@ class Poller:
         async for page in self.client.pages(lease.account_id, lease.user_id, since):
             run.result.pages += 1
             run.result.records += len(page.records)
+            run.stamps.see((r.get("updated_at") for r in page.records), page.served_at or run.now)
             if page.skipped:
                 self._skipped(lease, page.skipped)
                 run.result.skipped += sum(page.skipped.values())
@@ -216,7 +225,6 @@ class Poller:
             self._skipped(lease, {"duplicate_id": latest.duplicates})
         for assignment_id, record in latest.take().items():
             run.seen.add(assignment_id)
-            run.updated_values.append(record.get("updated_at"))
             previous = run.snapshots.get(assignment_id)
             change = detect(
                 lease.account_id,

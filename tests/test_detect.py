@@ -10,12 +10,12 @@ import pytest
 from service import events as ev
 from service.detect import (
     Snapshot,
+    Watermark,
     changed_fields,
     detect,
     detect_overdue,
     detect_removed,
     event_id,
-    next_watermark,
     overdue_watch,
     updated_after,
 )
@@ -218,14 +218,28 @@ T0 = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
         (T0 - timedelta(minutes=10), ["2026-11-28T05:00:00.000Z"], T0 - timedelta(minutes=10)),
         (None, [None, "not a date", "2026-11-28T05:59:00.000Z"], T0 - timedelta(minutes=1)),
         (None, ["0001-01-01T00:00:00Z"], None),  # a zero value is no time at all
-        # a provider clock in the future never moves the watermark past our poll start
-        (None, ["2027-01-01T00:00:00.000Z"], T0),
+        # a little ahead of the upstream's clock: a clock a few seconds fast, believed
+        (None, ["2026-11-28T06:00:59.000Z"], T0 + timedelta(seconds=59)),
     ],
 )
 def test_watermark(
     previous: datetime | None, values: list[object], expected: datetime | None
 ) -> None:
-    assert next_watermark(previous, values, poll_started=T0) == expected
+    stamps = Watermark(previous)
+    stamps.see(values, T0)
+    assert (stamps.newest, stamps.implausible) == (expected, 0)
+
+
+def test_a_stamp_far_ahead_of_the_answer_moves_no_watermark_onto_another_clock() -> None:
+    """A provider 5 minutes behind StackOne, and one record stamped 9999-12-31: the watermark
+    stays on the provider's clock (its newest believable stamp), so the next read's bound
+    is not past the provider's later changes; the stamp is counted."""
+    lagging = T0 - timedelta(minutes=5)
+    stamps = Watermark(lagging - timedelta(minutes=1))
+    stamps.see(["9999-12-31T00:00:00.000Z", lagging.isoformat(), "2026-11-28T06:01:01Z"], T0)
+    assert stamps.newest == lagging
+    assert stamps.implausible == 2
+    assert stamps.newest_implausible == datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def test_updated_after_reads_the_overlap_again() -> None:

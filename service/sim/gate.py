@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
@@ -234,7 +235,9 @@ class Gate(LMSRecords):
         except ValueError as exc:
             return _delayed(self.error(400, str(exc)), delay)
         delay += faults.page_delays.get(index, 0.0)
-        return SimResponse(200, _page_body(data, cursor, spec), {}, delay)
+        # dated by StackOne's clock, as its answers are (aiohttp would date it by the host's)
+        date = {"Date": formatdate(rec.time, usegmt=True)}
+        return SimResponse(200, _page_body(data, cursor, spec), date, delay)
 
     def _page(
         self, endpoint: Endpoint, account_id: str, user_id: str | None, query: Mapping[str, str]

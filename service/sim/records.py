@@ -45,18 +45,21 @@ class LMSUsers:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        # how far the provider's clock, which stamps records, is from StackOne's (`clock`,
+        # which dates the answers): providers' clocks are often minutes off
+        self.provider_skew = 0.0
         self.accounts: dict[str, dict[str, dict[str, Record]]] = {}
         self.profiles: dict[str, dict[str, Record]] = {}  # account → user → user metadata
         self._orders: dict[str, _AccountOrder] = {}
 
     def now_iso(self) -> str:
-        """The simulator clock as an ISO timestamp."""
-        return iso_ms(self.clock())
+        """The provider's clock as an ISO timestamp."""
+        return iso_ms(self.clock() + self.provider_skew)
 
     def _bumped(self, previous: Record | None) -> str:
         """Now, but always after the record's previous updated_at, so every edit is visible
         to a strictly-after filter even when two edits fall in the same millisecond."""
-        now_ms = round(self.clock() * 1000)
+        now_ms = round((self.clock() + self.provider_skew) * 1000)
         prev = previous.get("updated_at") if previous else None
         if isinstance(prev, str):
             try:

@@ -30,7 +30,13 @@ from service.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from service.httpspec import USER_AGENT, StatusClass, retry_after_seconds, status_class
+from service.httpspec import (
+    USER_AGENT,
+    StatusClass,
+    http_date,
+    retry_after_seconds,
+    status_class,
+)
 from service.metrics import Metrics
 from service.timefmt import iso_ms
 from service.upstream.model import Page, UserPage, parse_page, parse_user_page
@@ -51,6 +57,8 @@ ACCOUNT_USERS = "/unified/lms/users"
 class _Paged(Protocol):
     @property
     def next(self) -> str | None: ...
+
+    served_at: datetime | None
 
 
 _PageT = TypeVar("_PageT", bound=_Paged)
@@ -212,7 +220,10 @@ class StackOneClient:
         )
         async for attempt in retrying:
             with attempt:
-                return parse(await self._get(url, params, headers))
+                raw, date = await self._get(url, params, headers)
+                page = parse(raw)
+                page.served_at = http_date(date)
+                return page
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _acquire(self) -> None:
@@ -233,7 +244,10 @@ class StackOneClient:
                 raise UpstreamMalformed(f"a page larger than {MAX_PAGE_BYTES} bytes")
         return bytes(body)
 
-    async def _get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> bytes:
+    async def _get(
+        self, url: str, params: dict[str, str], headers: dict[str, str]
+    ) -> tuple[bytes, str | None]:
+        """The body of a 2xx answer and its `Date` header; else the error it means."""
         await self._acquire()
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         try:
@@ -243,6 +257,7 @@ class StackOneClient:
                 raw = await self._body(response)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+                date = response.headers.get("Date")
         except TimeoutError as e:
             self.metrics.upstream_requests.labels("timeout").inc()
             raise UpstreamUnavailable("upstream request timed out") from e
@@ -256,4 +271,4 @@ class StackOneClient:
             await self.rate.pause(error.retry_after)
         if error is not None:
             raise error
-        return raw
+        return raw, date

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
@@ -106,6 +107,7 @@ class Page:
     next: str | None
     # records that cannot be tracked, by reason (`missing_id`, `invalid_record`)
     skipped: dict[str, int] = field(default_factory=dict)
+    served_at: datetime | None = None  # the answer's `Date`: the upstream's clock
 
 
 def _envelope(raw: bytes) -> tuple[list[Any], str | None, bool]:
@@ -155,6 +157,7 @@ class UserPage:
     next: str | None
     updated_at: list[object] = field(default_factory=list)  # each user's, as received
     skipped: int = 0  # users without a usable id
+    served_at: datetime | None = None  # the answer's `Date`: the upstream's clock
 
 
 def parse_user_page(raw: bytes) -> UserPage:

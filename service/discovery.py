@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -40,6 +40,7 @@ class ListingResult:
     events: int = 0  # never any: joining and leaving are not assignment events
     joined: int = 0
     left: int = 0
+    held: int = 0  # users a complete listing left out, kept until a second one agrees
 
 
 class UserListing:
@@ -76,23 +77,30 @@ class UserListing:
         active: set[str] = set()
         inactive: set[str] = set()
         stamps = Watermark(watermark)
+        skipped = 0
         async for page in self.client.user_pages(account_id, since):
             result.pages += 1
             active.update(page.active)
             inactive.update(page.inactive)
             stamps.see(page.updated_at, page.served_at or from_epoch(started))
             if page.skipped:
+                skipped += page.skipped
                 self.metrics.records_skipped.labels("user_without_id").inc(page.skipped)
                 log.warning("users_skipped", account_id=account_id, count=page.skipped)
         inactive -= active  # listed twice (a page shift): active wins, it is seen again later
         listed = await self.store.listed(account_id)
         add = sorted(active - listed)
-        gone = (listed - active) if full else (listed & inactive)
+        # a user skipped may be one we know: such a listing cannot tell who left
+        gone = (listed - active) if full and not skipped else (listed & inactive)
         # a user added through the admin API stays tracked, its state and snapshots kept
         runtime = {
             u for a, u in map(keys.parse_user_member, await self.users.runtime()) if a == account_id
         }
         drop = sorted(gone - runtime)
+        mass_drop = self._mass_drop(account_id, state, len(drop), len(listed), started, full)
+        if mass_drop:  # held: nobody leaves, and the next listing is complete again
+            result.held = len(drop)
+            drop, full = [], False
         report_future_stamps(
             self.metrics,
             "users",
@@ -100,7 +108,10 @@ class UserListing:
             stamps.newest_implausible,
             account_id=account_id,
         )
-        done = ReadState.after_read(stamps.newest, int(started * 1000), full=full)
+        done = replace(
+            ReadState.after_read(stamps.newest, int(started * 1000), full=full),
+            mass_drop_ms=mass_drop,
+        )
         interval = self.cadence.listing_interval
         next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
         async with lease.lock:
@@ -119,3 +130,31 @@ class UserListing:
             if self.on_changed is not None:
                 self.on_changed()
         return result
+
+    def _mass_drop(
+        self, account_id: str, state: ReadState, dropping: int, listed: int, now: float, full: bool
+    ) -> int | None:
+        """When a complete listing leaves out more than half of the users listed before (an
+        upstream answering `data: []` on a bad day, a provider cut short), it forgets
+        nobody until a second complete listing, at least half an interval later, agrees:
+        forgotten users' changes would be lost, and they would come back baselined
+        silently. Returns when the first such listing ran (held now), 0 (not held: the
+        hold, if any, ends) or None (not a complete listing: as it was)."""
+        if not full:
+            return None
+        if dropping * 2 <= listed:
+            return 0
+        now_ms = int(now * 1000)
+        first = state.mass_drop_ms or 0
+        if first and now_ms - first >= self.cadence.listing_interval * 500:
+            log.warning("listing_drop_confirmed", account_id=account_id, left=dropping)
+            return 0
+        self.metrics.listed_users.labels("held").inc(dropping)
+        log.warning(
+            "listing_drop_held",
+            account_id=account_id,
+            listed=listed,
+            missing=dropping,
+            until="a second complete listing agrees",
+        )
+        return first or now_ms

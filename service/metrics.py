@@ -133,7 +133,8 @@ class Metrics:
         )
         self.listed_users = Counter(
             "lms_webhooks_listing_changes",
-            "Users that joined or left a `users: all` account's listing.",
+            "Users that joined or left a `users: all` account's listing (held: left out by a "
+            "complete listing that dropped more than half, kept until a second one agrees).",
             ["change"],
             registry=r,
         )

@@ -5,16 +5,36 @@ changes absorbed into a late baseline."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from service import events as ev
-from service.sim.lms import SimLMS
+from service.sim.lms import SimLMS, SimResponse
 from service.sim.receiver import Receiver
-from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user
+from service.store import keys
+from tests.helpers import (
+    ACCOUNT,
+    API_KEY,
+    driven,
+    endpoint,
+    make_settings,
+    of_type,
+    seed_user,
+    served,
+)
 from tests.redis_server import RedisServer
+from tests.test_feed import feed_settings
+
+DISCOVERY = {"discovery_interval": "2s", "full_resync_interval": "10s"}
+
+
+async def tracked(redis: Redis) -> set[str]:
+    return await redis.smembers(keys.discovered_users(ACCOUNT))
+
 
 Rx = tuple[Receiver, str]
 LAGGING = -300.0  # the provider's clock, 5 minutes behind StackOne's
@@ -57,3 +77,56 @@ async def test_a_record_stamped_in_the_future_hides_no_later_change(
         await service.step(0.5)
     [done] = of_type(rx.events, ev.COMPLETED)
     assert done.data["assignment_id"] == "u_1_a2"
+
+
+class EmptyListings(SimLMS):
+    """An upstream whose user listing answers `data: []` (a complete, empty listing) while
+    `empty` is set: a bad day on the provider's side, not users leaving."""
+
+    empty = False
+
+    def handle_users(self, headers: Mapping[str, str], query: Mapping[str, str]) -> SimResponse:
+        answer = super().handle_users(headers, query)
+        if self.empty and answer.status == 200:
+            answer.body = json.dumps({"data": [], "next": None}).encode()
+        return answer
+
+
+async def test_a_complete_listing_that_drops_most_users_forgets_nobody_until_a_second_agrees(
+    redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    rx, rx_url = receiver
+    sim = EmptyListings(api_key=API_KEY)
+    users = ["u_1", "u_2", "u_3", "u_4"]
+    for user in users:
+        seed_user(sim, user, 2)
+    async with served(sim) as lms_url:
+        settings = feed_settings(
+            redis_server.url, lms_url, rx_url, "all", "per_user", polling=DISCOVERY
+        )
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            await service.step(0.5)  # every user's baseline taken
+            assert await tracked(redis) == set(users)
+            sim.empty = True
+            service.clock.advance(10.0)  # a complete listing is due, and answers nobody
+            await service.step(0.0)
+            assert await tracked(redis) == set(users)  # held: nobody is forgotten
+            sim.empty = False
+            sim.progress(ACCOUNT, "u_2", "u_2_a1", 100)  # made while the listing is in doubt
+            await service.step(0.5)
+            await service.step(2.0)  # the next listing is complete again, and lists everyone
+            assert await tracked(redis) == set(users)
+            sim.progress(ACCOUNT, "u_3", "u_3_a1", 100)
+            await service.step(0.5)
+            # users who really left: the first complete listing is held, the second agrees
+            for user in ("u_2", "u_3", "u_4"):
+                sim.remove_user(ACCOUNT, user)
+            service.clock.advance(10.0)
+            await service.step(0.0)
+            assert await tracked(redis) == set(users)
+            await service.step(2.0)
+            assert await tracked(redis) == {"u_1"}
+    completed = [e.data["user_id"] for e in of_type(rx.events, ev.COMPLETED)]
+    assert completed == ["u_2", "u_3"]  # sent, and nobody came back re-baselined in between
+    assert of_type(rx.events, ev.CREATED) == []

@@ -24,6 +24,9 @@ class ReadState:
     change_rate: float | None = None  # recent changes (per RATE_MEMORY intervals), fading
     in_progress: bool | None = None  # an assignment in progress
     next_due_date_ms: int | None = None  # the nearest due date of an open assignment; 0: none
+    # a listing's: when a complete listing first dropped more than half of what it had
+    # listed (held until a second complete listing agrees); 0: none
+    mass_drop_ms: int | None = None
 
     @classmethod
     def after_read(cls, watermark: datetime | None, now_ms: int, *, full: bool) -> ReadState:
@@ -84,6 +87,7 @@ _HASH_FIELD = {
     "change_rate": "change_rate",
     "in_progress": "in_progress",
     "next_due_date_ms": "next_due_date",
+    "mass_drop_ms": "mass_drop",
 }
 _FLAGS = {"baselined", "in_progress"}
 _DECODE = {
@@ -94,5 +98,6 @@ _DECODE = {
     "last_error": str,
     "change_rate": float,
     "next_due_date_ms": int,
+    "mass_drop_ms": int,
 }
 FIELDS = list(_HASH_FIELD.values())

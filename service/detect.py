@@ -211,6 +211,15 @@ def detect_overdue(
     return event
 
 
+def changed_since_found(record: dict[str, Any], found_ms: int | None) -> bool:
+    """A record its user's baseline must not absorb: stamped after the user was found (a
+    user found in a bulk is baselined minutes later; what it did meanwhile is a change)."""
+    if not found_ms:
+        return False
+    moment = parse_iso(record.get("updated_at"))
+    return moment is not None and moment.timestamp() * 1000 > found_ms
+
+
 def version_time(record: dict[str, Any]) -> datetime:
     """A record's `updated_at`, to choose between two versions of one assignment listed in
     one read; unreadable: the oldest."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import structlog
 
@@ -78,7 +79,9 @@ class UserListing:
         inactive: set[str] = set()
         stamps = Watermark(watermark)
         skipped = 0
+        found: datetime | None = None  # the upstream's clock when the listing began
         async for page in self.client.user_pages(account_id, since):
+            found = found or page.served_at
             result.pages += 1
             active.update(page.active)
             inactive.update(page.inactive)
@@ -116,7 +119,13 @@ class UserListing:
         next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
         async with lease.lock:
             committed = await self.store.commit_listing(
-                account_id, token=lease.token, next_score=next_score, state=done, add=add, drop=drop
+                account_id,
+                token=lease.token,
+                next_score=next_score,
+                state=done,
+                add=add,
+                found_ms=_found_ms(found, started),
+                drop=drop,
             )
             if not committed:
                 raise StaleLease(f"listing lease on {account_id} was taken over")
@@ -158,3 +167,12 @@ class UserListing:
             until="a second complete listing agrees",
         )
         return first or now_ms
+
+
+def _found_ms(served_at: datetime | None, started: float) -> int:
+    """When this listing found its new users, on the upstream's clock (which stamps their
+    records), or ours when it gave none. An HTTP date drops the fraction of its second: the
+    listing may have been answered up to a second later."""
+    if served_at is None:
+        return int(started * 1000)
+    return int(served_at.timestamp() * 1000) + 999

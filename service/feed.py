@@ -106,8 +106,13 @@ class FeedReader:
         polling = self.settings.polling
         # a read that ends a fallback asks for the filter, if it can: it must show again
         # whether the upstream applies it (a full read cannot tell)
-        full = state.watermark_ms is None or (
-            fallback is None and state.complete_read_due(started, self.cadence.full_resync_interval)
+        full = (
+            state.watermark_ms is None
+            or (
+                fallback is None
+                and state.complete_read_due(started, self.cadence.full_resync_interval)
+            )
+            or (fallback is None and await self.complete_reads.many_new(lease.account_id, tracked))
         )
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         run = FeedRun(

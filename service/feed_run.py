@@ -12,7 +12,15 @@ from typing import Any
 import structlog
 
 from service.config import EndpointSettings
-from service.detect import Change, LatestVersions, Snapshot, Watermark, detect, version_time
+from service.detect import (
+    Change,
+    LatestVersions,
+    Snapshot,
+    Watermark,
+    changed_since_found,
+    detect,
+    version_time,
+)
 from service.metrics import Metrics
 from service.outbox import Outbox
 from service.store.feeds import FeedStore
@@ -48,6 +56,7 @@ class FeedUser:
     stored: StoredUser | None
     emit: bool
     was_baselined: bool
+    found_ms: int | None  # when a listing found it: changes stamped later are sent
     live_before: frozenset[str]  # assignments present before this read (removal candidates)
     # assignments read in this run, with the `updated_at` of the version detected
     seen: dict[str, datetime] = field(default_factory=dict)
@@ -101,6 +110,7 @@ class FeedRun:
             stored,
             emit=baselined or self.emit_on_first_sync,
             was_baselined=baselined,
+            found_ms=stored.state.found_ms,
             live_before=frozenset(a for a, s in stored.snapshots.items() if s.record is not None),
         )
         self.users[user_id] = user
@@ -147,13 +157,16 @@ class FeedRun:
             return
         user.seen[assignment_id] = version
         previous = user.snapshots.get(assignment_id)
+        emit = user.emit or changed_since_found(record, user.found_ms)
         change = detect(
-            self.account_id, user_id, assignment_id, previous, record, now=self.now, emit=user.emit
+            self.account_id, user_id, assignment_id, previous, record, now=self.now, emit=emit
         )
         if change is not None:
-            self.add(user_id, change, previous)
+            self.add(user_id, change, previous, emit=emit)
 
-    def add(self, user_id: str, change: Change, previous: Snapshot | None) -> None:
+    def add(
+        self, user_id: str, change: Change, previous: Snapshot | None, *, emit: bool | None = None
+    ) -> None:
         user = self.users[user_id]
         user.snapshots[change.assignment_id] = change.snapshot
         user.dirty = True
@@ -164,7 +177,7 @@ class FeedRun:
             previous,
             now=self.now,
             due_ms=self.now_ms,
-            emit=user.emit,
+            emit=user.emit if emit is None else emit,
             endpoints=self.endpoints,
         )
 

@@ -49,6 +49,15 @@ class CompleteUserReads:
         self._version: dict[str, str | None] = {}  # per account: the tracked users' version
         self._failed: dict[tuple[str, str], tuple[int, float]] = {}  # → (failures, retry at)
 
+    async def many_new(self, account_id: str, tracked: set[str]) -> bool:
+        """More users wait for their baseline than one read takes on its own: the account's
+        own full read baselines them all in one pass instead (1,000 users joining at once
+        took 40 reads, their changes meanwhile waiting)."""
+        unknown = tracked - await self._known(account_id)
+        if len(unknown) <= BASELINE_BATCH:
+            return False
+        return len(unknown - await self.store.baselined(account_id, unknown)) > BASELINE_BATCH
+
     async def baseline_new(self, run: FeedRun) -> None:
         """Read users the feed has not baselined yet completely, each on its own; more than
         BASELINE_BATCH wait for the next read (the feed ignores them meanwhile)."""

@@ -24,6 +24,7 @@ from service.detect import (
     LatestVersions,
     Snapshot,
     Watermark,
+    changed_since_found,
     detect,
     detect_removed,
     updated_after,
@@ -80,7 +81,14 @@ class _Run:
         """Assignments we know as present (tombstones excluded)."""
         return {a for a, s in self.snapshots.items() if s.record is not None}
 
-    def add(self, change: Change, previous: Snapshot | None, settings: Settings) -> None:
+    def add(
+        self,
+        change: Change,
+        previous: Snapshot | None,
+        settings: Settings,
+        *,
+        emit: bool | None = None,
+    ) -> None:
         self.snapshots[change.assignment_id] = change.snapshot
         self.outbox.add(
             self.lease.account_id,
@@ -89,7 +97,7 @@ class _Run:
             previous,
             now=self.now,
             due_ms=self.now_ms,
-            emit=self.emit,
+            emit=self.emit if emit is None else emit,
             endpoints=settings.endpoints,
         )
 
@@ -226,6 +234,7 @@ class Poller:
         for assignment_id, record in latest.take().items():
             run.seen.add(assignment_id)
             previous = run.snapshots.get(assignment_id)
+            emit = run.emit or changed_since_found(record, run.stored.state.found_ms)
             change = detect(
                 lease.account_id,
                 lease.user_id,
@@ -233,10 +242,10 @@ class Poller:
                 previous,
                 record,
                 now=run.now,
-                emit=run.emit,
+                emit=emit,
             )
             if change is not None:
-                run.add(change, previous, self.settings)
+                run.add(change, previous, self.settings, emit=emit)
             if len(run.outbox) >= FLUSH_EVERY:
                 await self._commit(run, None)
                 run.outbox = Outbox()

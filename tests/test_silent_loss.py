@@ -19,6 +19,7 @@ from service.store import keys
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
+    baselined,
     driven,
     endpoint,
     make_settings,
@@ -130,3 +131,50 @@ async def test_a_complete_listing_that_drops_most_users_forgets_nobody_until_a_s
     completed = [e.data["user_id"] for e in of_type(rx.events, ev.COMPLETED)]
     assert completed == ["u_2", "u_3"]  # sent, and nobody came back re-baselined in between
     assert of_type(rx.events, ev.CREATED) == []
+
+
+class ChangeAfterListing(SimLMS):
+    """An upstream where a user's assignment changes two seconds after a user listing
+    answered (once): right after the user was found, before the service read it."""
+
+    change: tuple[str, str] | None = None
+
+    async def while_answering(self, path: str) -> None:
+        if path == "/unified/lms/users" and self.change is not None:
+            user, assignment = self.change
+            self.change = None
+            self.clock.advance(2.0)  # type: ignore[attr-defined]  # the test's Clock
+            self.progress(ACCOUNT, user, assignment, 100)
+
+
+@pytest.mark.parametrize("strategy", ["account", "per_user"])
+async def test_users_found_in_bulk_keep_the_changes_they_make_before_their_baseline(
+    strategy: str, redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    rx, rx_url = receiver
+    sim = ChangeAfterListing(api_key=API_KEY)
+    seed_user(sim, "u_1", 1)
+    joiners = [f"j_{n:02}" for n in range(40)]  # more than one feed read baselined on its own
+    async with served(sim) as lms_url:
+        settings = feed_settings(
+            redis_server.url, lms_url, rx_url, "all", strategy, polling=DISCOVERY
+        )
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            await service.step(0.5)
+            for user in joiners:  # a department joins at once
+                sim.set_user(ACCOUNT, user, name=user)
+                seed_user(sim, user, 1)
+            sim.change = ("j_39", "j_39_a1")
+            await service.step(2.0)  # the listing finds them; j_39 completes just after
+            assert set(joiners) <= await tracked(redis)
+            if strategy == "account":  # one full read of the account baselines them all
+                await service.step(0.0)
+                assert all([await baselined(redis, u) for u in joiners])
+            for _ in range(4):
+                await service.step(0.5)
+            assert all([await baselined(redis, u) for u in joiners])
+    [done] = of_type(rx.events, ev.COMPLETED)
+    assert done.data["user_id"] == "j_39"
+    # nothing else: every other assignment of the joiners is their baseline, silent
+    assert {e.data["user_id"] for e in rx.events} == {"j_39"}

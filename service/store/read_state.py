@@ -27,6 +27,9 @@ class ReadState:
     # a listing's: when a complete listing first dropped more than half of what it had
     # listed (held until a second complete listing agrees); 0: none
     mass_drop_ms: int | None = None
+    # a user's: when a listing found it (the listing's answer `Date`, the upstream's clock):
+    # its baseline must not absorb a change stamped after that
+    found_ms: int | None = None
 
     @classmethod
     def after_read(cls, watermark: datetime | None, now_ms: int, *, full: bool) -> ReadState:
@@ -88,6 +91,7 @@ _HASH_FIELD = {
     "in_progress": "in_progress",
     "next_due_date_ms": "next_due_date",
     "mass_drop_ms": "mass_drop",
+    "found_ms": "found",
 }
 _FLAGS = {"baselined", "in_progress"}
 _DECODE = {
@@ -99,5 +103,6 @@ _DECODE = {
     "change_rate": float,
     "next_due_date_ms": int,
     "mass_drop_ms": int,
+    "found_ms": int,
 }
 FIELDS = list(_HASH_FIELD.values())

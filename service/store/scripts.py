@@ -526,9 +526,11 @@ class CommitListing(_Script):
         next_score: int,
         state: ReadState,
         add: list[str],
+        found_ms: int,
         drop: list[str],
     ) -> bool:
-        """`drop`: users to forget (their schedule entry, state and snapshots)."""
+        """`add`: users found (at `found_ms`, the upstream's clock); `drop`: users to forget
+        (their schedule entry, state and snapshots)."""
         script_keys: list[Any] = [
             keys.DISCOVERY_DUE,
             keys.discovery_state(account_id),
@@ -537,8 +539,9 @@ class CommitListing(_Script):
             keys.USER_WEIGHTS,
             keys.USERS_VERSION,
         ]
-        args: list[Any] = [keys.account_member(account_id), token, next_score]
+        args: list[Any] = [keys.account_member(account_id), token, next_score, found_ms]
         args += [*_state_args(state), len(add), *add, len(drop)]
+        script_keys += [keys.user_state(account_id, user_id) for user_id in add]
         for user_id in drop:
             script_keys += [
                 keys.snapshots(account_id, user_id),

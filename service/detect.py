@@ -7,10 +7,13 @@ poll that crashed before its commit and runs again produces exactly the events i
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
+
+import orjson
 
 from service import events as ev
 from service.events import Event, EventData
@@ -42,10 +45,28 @@ class Change:
     events: list[Event] = field(default_factory=list)
 
 
-def event_id(account_id: str, user_id: str, assignment_id: str, sequence: int, kind: str) -> str:
-    """Deterministic: the same change of the same assignment always gets the same id."""
-    key = "\x1f".join((account_id, user_id, assignment_id, str(sequence), kind))
-    return "evt_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+def event_id(
+    account_id: str, user_id: str, assignment_id: str, sequence: int, kind: str, content: str
+) -> str:
+    """Deterministic: the same change of the same assignment always gets the same id, and a
+    different change never one of its ids. `content`: the changed record's digest
+    (`record_digest`). The sequence alone named a change until a Redis failover lost a
+    commit: the next, different change then counted the same sequence, took the lost one's
+    ids, and a receiver deduplicating on `webhook-id` dropped it."""
+    key = "\x1f".join((account_id, user_id, assignment_id, str(sequence), kind, content))
+    return "evt_" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """What a record says, as a short digest: every field but those whose difference is no
+    change (`updated_at`), so a change read again with only its stamp moved keeps its ids."""
+    content = {k: v for k, v in record.items() if k not in IGNORED_FIELDS}
+    try:
+        raw = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: a huge integer, a lone surrogate
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        raw = text.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def changed_fields(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -81,16 +102,20 @@ def _data(
     }
 
 
-def _event(kind: str, data: EventData, now: datetime) -> Event:
-    """One event. The events of one change share their `data` (never changed afterwards)."""
-    return {
-        "id": event_id(
-            data["account_id"], data["user_id"], data["assignment_id"], data["sequence"], kind
-        ),
-        "type": kind,
-        "timestamp": iso_ms(now),
-        "data": data,
-    }
+def _events(kinds: list[str], data: EventData, content: str, now: datetime) -> list[Event]:
+    """The events of one change; they share their `data` (never changed afterwards).
+    `content`: the digest of the record that changed (`record_digest`)."""
+    account_id, user_id, assignment_id = data["account_id"], data["user_id"], data["assignment_id"]
+    timestamp = iso_ms(now)
+    return [
+        {
+            "id": event_id(account_id, user_id, assignment_id, data["sequence"], kind, content),
+            "type": kind,
+            "timestamp": timestamp,
+            "data": data,
+        }
+        for kind in kinds
+    ]
 
 
 def event_types_for(
@@ -142,7 +167,7 @@ def detect(
         return Change(assignment_id, snapshot)
     data = _data(account_id, user_id, assignment_id, sequence, fields, before, current)
     kinds = event_types_for(before, current, fields)
-    return Change(assignment_id, snapshot, [_event(kind, data, now) for kind in kinds])
+    return Change(assignment_id, snapshot, _events(kinds, data, record_digest(current), now))
 
 
 def detect_removed(
@@ -160,8 +185,9 @@ def detect_removed(
     if not emit:
         return Change(assignment_id, tombstone)
     data = _data(account_id, user_id, assignment_id, sequence, [], previous.record, None)
-    removed = _event(ev.REMOVED, data, now)
-    return Change(assignment_id, tombstone, [removed])
+    # a removal's record is the one that went (a tombstone's has none)
+    content = record_digest(previous.record) if previous.record is not None else "-"
+    return Change(assignment_id, tombstone, _events([ev.REMOVED], data, content, now))
 
 
 def overdue_due_ms(record: dict[str, Any] | None) -> int | None:
@@ -205,9 +231,10 @@ def detect_overdue(
     if due_ms > now.timestamp() * 1000:
         return None
     data = _data(account_id, user_id, assignment_id, snapshot.sequence, [], None, snapshot.record)
-    event = _event(ev.OVERDUE, data, now)
-    # keyed by the due date, not the sequence: a later change must not send it again
-    event["id"] = event_id(account_id, user_id, assignment_id, due_ms, ev.OVERDUE)
+    # keyed by the due date, not the sequence or the record: once per due date, whatever
+    # else changes meanwhile
+    [event] = _events([ev.OVERDUE], data, "due", now)
+    event["id"] = event_id(account_id, user_id, assignment_id, due_ms, ev.OVERDUE, "due")
     return event
 
 

@@ -17,6 +17,7 @@ from service.detect import (
     detect_removed,
     event_id,
     overdue_watch,
+    record_digest,
     updated_after,
 )
 
@@ -149,7 +150,9 @@ def test_event_table(
             "123456",
         )
         assert event["timestamp"] == "2026-11-28T06:00:00.123Z"
-        assert event["id"] == event_id("acc_1", "u_1", "123456", sequence, event["type"])
+        assert event["id"] == event_id(
+            "acc_1", "u_1", "123456", sequence, event["type"], record_digest(after)
+        )
     assert len({e["id"] for e in change.events}) == len(change.events)
 
 
@@ -181,6 +184,31 @@ def test_same_change_same_ids_whenever_detected() -> None:
     assert not {e["id"] for e in first.events} & {e["id"] for e in other_user.events}
 
 
+def test_same_change_read_again_with_only_its_stamp_moved_keeps_its_ids() -> None:
+    before = Snapshot(1, record())
+    first = detect("a", "u", "1", before, record(progress=5), now=NOW, emit=True)
+    restamped = record(progress=5, updated_at="2026-11-29T00:00:00.000Z")
+    again = detect("a", "u", "1", before, restamped, now=NOW, emit=True)
+    assert first is not None and again is not None
+    assert [e["id"] for e in first.events] == [e["id"] for e in again.events]
+
+
+def test_a_different_change_with_a_lost_commits_sequence_never_takes_its_ids() -> None:
+    """A failover lost the commit of change 2 (progress 40): the snapshot is back at 1,
+    and the next change (completed) counts sequence 2 again. Its ids must differ, or a
+    receiver that saw the lost change deduplicates the real one away."""
+    before = Snapshot(1, record())
+    lost = detect("a", "u", "1", before, record(progress=40), now=NOW, emit=True)
+    done = record(status=status("completed"), progress=100)
+    later = detect("a", "u", "1", before, done, now=NOW, emit=True)
+    assert lost is not None and later is not None
+    assert lost.snapshot.sequence == later.snapshot.sequence == 2
+    assert not {e["id"] for e in lost.events} & {e["id"] for e in later.events}
+    gone = detect_removed("a", "u", "1", Snapshot(2, record(progress=40)), now=NOW, emit=True)
+    gone_other = detect_removed("a", "u", "1", Snapshot(2, done), now=NOW, emit=True)
+    assert gone.events[0]["id"] != gone_other.events[0]["id"]
+
+
 def test_removed_leaves_a_tombstone_and_a_comeback_continues_the_sequence() -> None:
     change = detect_removed("a", "u", "1", Snapshot(2, record()), now=NOW, emit=True)
     assert change.snapshot == Snapshot(3, None)
@@ -192,7 +220,7 @@ def test_removed_leaves_a_tombstone_and_a_comeback_continues_the_sequence() -> N
     assert back is not None and back.snapshot == Snapshot(4, record())
     assert [e["type"] for e in back.events] == [ev.CREATED]
     assert back.events[0]["data"]["previous"] is None
-    first_created = event_id("a", "u", "1", 1, ev.CREATED)
+    first_created = event_id("a", "u", "1", 1, ev.CREATED, record_digest(record()))
     assert back.events[0]["id"] != first_created  # never an id receivers have deduplicated
     silent = detect_removed("a", "u", "1", Snapshot(2, record()), now=NOW, emit=False)
     assert silent.snapshot == Snapshot(3, None) and silent.events == []

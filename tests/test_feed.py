@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from service import events as ev
-from service.detect import event_id
+from service.detect import event_id, record_digest
 from service.sim.lms import SimLMS, SimResponse
 from service.sim.receiver import Receiver
 from service.store import keys
@@ -76,7 +76,8 @@ async def test_feed_sends_what_per_user_polling_would(
     [done] = of_type(rx.events, ev.COMPLETED)
     assert (done.data["user_id"], done.data["assignment_id"]) == ("u_1", "u_1_a2")
     # the id per-user polling gives the same change: the snapshot's second sequence
-    assert done.webhook_id == event_id(ACCOUNT, "u_1", "u_1_a2", 2, ev.COMPLETED)
+    content = record_digest(done.data["assignment"])
+    assert done.webhook_id == event_id(ACCOUNT, "u_1", "u_1_a2", 2, ev.COMPLETED, content)
     assert done.data["previous"]["status"]["value"] == "pending"
     [progress] = [e for e in of_type(rx.events, ev.PROGRESS_CHANGED) if e.data["user_id"] == "u_2"]
     assert progress.data["changed_fields"] == ["progress", "status"]

@@ -153,8 +153,9 @@ class StackOneSettings(_Strict):
     # A runaway `next` chain (a provider looping its cursor) fails the poll after this many pages.
     max_pages: int = Field(1000, ge=1, le=100_000)
     # The same for a whole account's listing (a feed's full read: 20,000 users × 5
-    # assignments are 1,000 pages of 100 already).
-    max_account_pages: int = Field(100_000, ge=1, le=10_000_000)
+    # assignments are 1,000 pages of 100 already). 10,000 pages are a million assignments and
+    # about ten minutes of a 1000/min key; an endless chain ran 100 minutes at 100,000.
+    max_account_pages: int = Field(10_000, ge=1, le=10_000_000)
 
     @field_validator("base_url")
     @classmethod

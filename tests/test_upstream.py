@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import structlog
+from aiohttp import web
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -17,12 +23,16 @@ from service import jsonfmt
 from service.config import StackOneSettings
 from service.errors import UpstreamMalformed, UpstreamRejected, UpstreamUnavailable
 from service.metrics import Metrics
+from service.sim.gate import SimResponse
 from service.sim.lms import SimLMS
+from service.sim.receiver import Receiver
 from service.store.limits import SharedLimiter, api_key_budget
 from service.upstream import client as client_module
+from service.upstream import model as model_module
 from service.upstream.client import StackOneClient
-from service.upstream.model import Assignment, Page, parse_page, plainly_valid
-from tests.helpers import API_KEY
+from service.upstream.model import Assignment, Page, parse_page, parse_user_page, plainly_valid
+from tests.helpers import API_KEY, endpoint, make_settings, running, served, wait_until
+from tests.redis_server import RedisServer
 
 USER = "user/with spaces"  # ids are URL-encoded on the way out
 ACCOUNT = "acc 1"
@@ -272,3 +282,204 @@ def test_non_finite_numbers_and_unencodable_ids_make_a_record_invalid(record: st
     an id with a lone surrogate raised UnicodeEncodeError in event_id on every poll."""
     page = parse_page(f'{{"data": [{record}, {{"id": "ok"}}], "next": null}}'.encode())
     assert page.records == [{"id": "ok"}] and page.skipped == {"invalid_record": 1}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def upstream(
+    redis: Redis, handler: Handler, **settings: Any
+) -> AsyncIterator[StackOneClient]:
+    """A client of an upstream that answers every listing with `handler`."""
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    config = StackOneSettings(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, **settings)  # type: ignore[arg-type]
+    rate = SharedLimiter(redis).rate(api_key_budget(config.max_requests_per_minute))
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield StackOneClient(session, config, rate, Metrics(), attempts=2, sleep=no_sleep)
+    finally:
+        await runner.cleanup()
+
+
+def listing(records: list[dict[str, Any]], cursor: str | None) -> web.Response:
+    return web.Response(body=orjson.dumps({"data": records, "next": cursor}))
+
+
+@pytest.mark.parametrize("length", [4097, 1_000_000])
+async def test_a_cursor_longer_than_4_kib_fails_the_read(redis: Redis, length: int) -> None:
+    """1 MB cursors were followed (and each kept: 400 pages grew the process by 400 MB); one
+    longer than 4 KiB (MAX_CURSOR_CHARS) is malformed, and is not followed; one of 4 KiB is."""
+    asked: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        asked.append(request.query.get("next"))
+        if request.query.get("next") == "fits":
+            return listing([{"id": "b"}], "y" * 4096)
+        return listing([{"id": "a"}], "x" * length if asked[1:] else "fits")
+
+    async with upstream(redis, answer) as stackone:
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(UpstreamMalformed, match=f"cursor of {length} characters"):
+                await read_all(stackone)
+    assert len(asked) == 3  # "fits", then the 4 KiB one were followed; the longer one not
+    assert "x" * 100 not in repr(logs)  # never the cursor
+
+
+async def test_a_looping_cursor_chain_fails_the_read(redis: Redis) -> None:
+    """Cursors are remembered by digest: a chain that comes back to one ends the read."""
+    cursors = ["c0", "c1", "c2", "c1"]
+
+    async def answer(request: web.Request) -> web.Response:
+        at = request.query.get("next")
+        return listing([{"id": "a"}], cursors[0 if at is None else cursors.index(at) + 1])
+
+    async with upstream(redis, answer) as stackone:
+        with pytest.raises(UpstreamMalformed, match="repeats"):
+            await read_all(stackone)
+
+
+async def test_a_long_read_says_how_far_it_got(
+    client: tuple[StackOneClient, SimLMS], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endless `next` chain ran 876 requests in 46 s without a log line: a long read says
+    so every LONG_READ_PAGES pages (not each page, never a cursor), and the page bound it
+    ran into names its config key."""
+    stackone, sim = client
+    sim.faults.runaway_next = True
+    stackone.settings = stackone.settings.model_copy(update={"max_pages": 10})
+    monkeypatch.setattr(client_module, "LONG_READ_PAGES", 3)
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(UpstreamMalformed, match=r"more than 10 pages \(stackone.max_pages\)"):
+            await read_all(stackone)
+    said = [e for e in logs if e["event"] == "upstream_long_read"]
+    # the 5 records are on the first 3 pages; the runaway chain goes on with empty ones
+    assert [(e["pages"], e["records"]) for e in said] == [(3, 5), (6, 5), (9, 5)]
+    assert all(e["account_id"] == ACCOUNT and e["log_level"] == "info" for e in said)
+    cursors = [r.query["next"] for r in sim.requests[1:]]
+    assert not any(c in repr(logs) for c in cursors) and API_KEY not in repr(logs)
+
+
+def test_the_default_account_page_bound_is_ten_minutes_of_a_key() -> None:
+    """An endless account listing ran for 100,000 pages (100 minutes of a 1000/min key)."""
+    settings = StackOneSettings(api_key=API_KEY)  # type: ignore[arg-type]
+    assert settings.max_account_pages * 60 / settings.max_requests_per_minute <= 600
+
+
+@pytest.mark.parametrize(
+    ("records", "error"),
+    [
+        ([{"id": f"a{n}"} for n in range(100_000)], "a page of 100000 records where page_size 2"),
+        ([{"id": f"a{n}", "x": "y" * 2**20} for n in range(3)], "a page larger than"),
+    ],
+)
+async def test_a_page_far_beyond_page_size_fails_before_its_records_are_checked(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch, records: list[dict[str, Any]], error: str
+) -> None:
+    """A page of 100,000 records where 100 were asked held the event loop for almost a second
+    (each record validated): it is malformed, refused before any record is looked at, and so
+    is a body far larger than page_size records take. Up to twice page_size (+10) is read."""
+    checked: list[object] = []
+    real = model_module._unusable
+    monkeypatch.setattr(
+        model_module, "_unusable", lambda *args: checked.append(args) or real(*args)
+    )
+    body = orjson.dumps({"data": records, "next": None})
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    async with upstream(redis, answer, page_size=2) as stackone:
+        with pytest.raises(UpstreamMalformed, match=error):
+            await read_all(stackone)
+        assert checked == []
+        most = model_module.max_page_records(2)
+        body = orjson.dumps({"data": [{"id": f"a{n}"} for n in range(most)], "next": None})
+        assert len((await read_all(stackone))[0].records) == most
+
+
+def test_a_user_listing_far_beyond_page_size_is_malformed() -> None:
+    users = [{"id": f"u{n}"} for n in range(model_module.max_page_records(5) + 1)]
+    with pytest.raises(UpstreamMalformed, match="page_size 5"):
+        parse_user_page(orjson.dumps({"data": users, "next": None}), 5)
+
+
+async def test_a_dripping_upstream_times_out_each_attempt_and_says_so(redis: Redis) -> None:
+    """An upstream that answers a byte every so often was silent until every attempt had run
+    out (4 minutes at the defaults): each attempt ends at request_timeout, body included, and
+    each one retried logs `upstream_retry`."""
+    stop = asyncio.Event()
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"data": [')
+        while not stop.is_set():  # far longer than the timeout
+            await asyncio.sleep(0.1)
+            try:
+                await response.write(b" ")
+            except ConnectionError:
+                break
+        return response
+
+    async with upstream(redis, drip, request_timeout=1.0) as stackone:
+        started = time.monotonic()
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(UpstreamUnavailable, match="timed out"):
+                await read_all(stackone)
+        took = time.monotonic() - started
+        stop.set()
+    assert took < 30  # two attempts of about a second each; unbounded, it never ends
+    retried = [e for e in logs if e["event"] == "upstream_retry"]
+    assert [(e["attempt"], e["attempts"], e["error"]) for e in retried] == [
+        (1, 2, "upstream request timed out")
+    ]
+    assert retried[0]["account_id"] == ACCOUNT and retried[0]["wait"] >= 0
+    assert retried[0]["log_level"] == "warning" and API_KEY not in repr(logs)
+
+
+async def test_each_retried_server_error_is_logged(client: tuple[StackOneClient, SimLMS]) -> None:
+    stackone, sim = client
+    sim.faults.forced.extend([{"status": 503}] * 4)
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(UpstreamUnavailable):
+            await read_all(stackone)
+    retried = [e for e in logs if e["event"] == "upstream_retry"]
+    assert [(e["attempt"], e["status"]) for e in retried] == [(1, 503), (2, 503), (3, 503)]
+
+
+class HugePageLMS(SimLMS):
+    """Answers every user's listing with one page of 100,000 records."""
+
+    page = orjson.dumps({"data": [{"id": f"a{n}"} for n in range(100_000)], "next": None})
+
+    def handle_list(self, user_id: str, headers: Any, query: Any) -> SimResponse:
+        super().handle_list(user_id, headers, query)  # logs the request
+        return SimResponse(200, self.page)
+
+
+async def test_a_huge_page_fails_the_poll_with_a_clear_log_and_health_answers(
+    redis_server: RedisServer, receiver: tuple[Receiver, str]
+) -> None:
+    """A page of 100,000 records where 2 were asked held the event loop for about a second
+    and was read; now the poll fails at once, and says why."""
+    sim = HugePageLMS(api_key=API_KEY)
+
+    def failed() -> list[dict[str, Any]]:
+        return [e for e in logs if e["event"] == "poll_failed"]
+
+    async with served(sim) as lms_url:
+        settings = make_settings(redis_server.url, lms_url, [endpoint(receiver[1])], ["u_1"])
+        with structlog.testing.capture_logs() as logs:
+            async with running(settings) as service, aiohttp.ClientSession() as http:
+                await wait_until(failed, 15, "the poll to fail")
+                async with http.get(f"{service.http_url}/healthz") as response:
+                    assert response.status == 200
+    assert failed()[0]["user_id"] == "u_1" and failed()[0]["error_type"] == "UpstreamMalformed"
+    assert failed()[0]["error"] == "a page of 100000 records where page_size 2 was asked"

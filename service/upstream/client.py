@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,7 +40,13 @@ from service.httpspec import (
 )
 from service.metrics import Metrics
 from service.timefmt import iso_ms
-from service.upstream.model import Page, UserPage, parse_page, parse_user_page
+from service.upstream.model import (
+    Page,
+    UserPage,
+    max_page_records,
+    parse_page,
+    parse_user_page,
+)
 
 log = structlog.get_logger("upstream")
 
@@ -49,6 +56,20 @@ DEFAULT_RETRY_AFTER = 5.0  # a 429/408 without a readable Retry-After pauses thi
 KEPT_PERMIT_SECONDS = 1.0
 MAX_RETRY_AFTER = 600.0
 MAX_PAGE_BYTES = 32 * 1024 * 1024  # 100 records are far below this; a runaway body is not
+# A page may take this much per record it may hold (max_page_records): an assignment is about
+# 1 KiB, so a small page_size bounds the body (and the time parsing it holds the loop) too.
+MAX_RECORD_BYTES = 128 * 1024
+# A `next` cursor longer than this is malformed (the read fails, and is retried later): a
+# provider's cursors are opaque tokens of tens of characters, and a query string longer than
+# about 8 KiB is refused by most servers anyway (a cursor may take 3 characters per byte
+# URL-encoded). 1 MB cursors, kept for 400 pages, grew the process by 400 MB.
+MAX_CURSOR_CHARS = 4096
+# A `next` chain that loops is seen by the digests of this many latest cursors; a longer loop
+# ends at the read's page bound.
+RECENT_CURSORS = 1000
+# A read says how far it got every this many pages or seconds, whichever comes first.
+LONG_READ_PAGES = 100
+LONG_READ_SECONDS = 30.0
 NOT_IMPLEMENTED = 501
 ACCOUNT_ASSIGNMENTS = "/unified/lms/assignments"
 ACCOUNT_USERS = "/unified/lms/users"
@@ -57,6 +78,9 @@ ACCOUNT_USERS = "/unified/lms/users"
 class _Paged(Protocol):
     @property
     def next(self) -> str | None: ...
+
+    @property
+    def listed(self) -> int: ...
 
     served_at: datetime | None
 
@@ -92,6 +116,55 @@ def error_for_status(status: int, retry_after: str | None, now: float) -> Upstre
     if kind is StatusClass.SERVER_ERROR:
         return UpstreamUnavailable(message, status=status)
     return UpstreamError(message, status=status)
+
+
+class _RecentCursors:
+    """The digests of a read's latest cursors, to see its `next` chain loop. A cursor itself
+    is not kept: a provider's can be large."""
+
+    def __init__(self) -> None:
+        self._digests: dict[bytes, None] = {}  # in insertion order: the oldest first
+
+    def repeats(self, cursor: str) -> bool:
+        """Whether `cursor` was seen lately; it is remembered either way."""
+        raw = cursor.encode("utf-8", "surrogatepass")  # `json` may read a lone surrogate
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        if digest in self._digests:
+            return True
+        self._digests[digest] = None
+        if len(self._digests) > RECENT_CURSORS:
+            del self._digests[next(iter(self._digests))]
+        return False
+
+
+class _LongRead:
+    """A read's progress, logged while it runs long (never one line a page, never a
+    cursor): an endless `next` chain ran 876 requests in 46 s without a word."""
+
+    def __init__(self, account_id: str, path: str) -> None:
+        self.account_id = account_id
+        self.path = path
+        self.pages = 0
+        self.records = 0
+        self._started = self._said_at = time.monotonic()
+        self._said_pages = 0
+
+    def add(self, page: _Paged) -> None:
+        self.pages += 1
+        self.records += page.listed
+        now = time.monotonic()
+        due = self.pages - self._said_pages >= LONG_READ_PAGES
+        if not due and now - self._said_at < LONG_READ_SECONDS:
+            return
+        self._said_at, self._said_pages = now, self.pages
+        log.info(
+            "upstream_long_read",
+            account_id=self.account_id,
+            path=self.path,
+            pages=self.pages,
+            records=self.records,
+            seconds=round(now - self._started, 1),
+        )
 
 
 _exponential = wait_random_exponential(multiplier=0.5, max=30)
@@ -167,13 +240,16 @@ class StackOneClient:
         path: str,
         account_id: str,
         updated_after: datetime | None,
-        parse: Callable[[bytes], _PageT],
+        parse: Callable[[bytes, int], _PageT],
         *,
         per_user: bool,
     ) -> AsyncIterator[_PageT]:
         """Every page of one listing, following `next` until it is empty; a chain longer
         than a user's (or an account's) `max_pages` is a runaway cursor."""
-        limit = self.settings.max_pages if per_user else self.settings.max_account_pages
+        if per_user:
+            limit, limit_key = self.settings.max_pages, "stackone.max_pages"
+        else:
+            limit, limit_key = self.settings.max_account_pages, "stackone.max_account_pages"
         url = f"{self.settings.base_url}{path}"
         params: dict[str, str] = {"page_size": str(self.settings.page_size)}
         if updated_after is not None:
@@ -189,25 +265,31 @@ class StackOneClient:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        seen_cursors: set[str] = set()
+        seen = _RecentCursors()
+        progress = _LongRead(account_id, path)
         for _ in range(limit):
-            page = await self._get_with_retries(url, params, headers, parse)
+            page = await self._get_with_retries(url, params, headers, parse, account_id)
+            progress.add(page)
             yield page
             cursor = page.next
             if not cursor:
                 return
-            if cursor in seen_cursors:
+            if len(cursor) > MAX_CURSOR_CHARS:
+                raise UpstreamMalformed(
+                    f"a `next` cursor of {len(cursor)} characters (at most {MAX_CURSOR_CHARS})"
+                )
+            if seen.repeats(cursor):
                 raise UpstreamMalformed("the `next` cursor repeats itself")
-            seen_cursors.add(cursor)
             params = {**params, "next": cursor}
-        raise UpstreamMalformed(f"more than {limit} pages: runaway `next` chain")
+        raise UpstreamMalformed(f"more than {limit} pages ({limit_key}): runaway `next` chain")
 
     async def _get_with_retries(
         self,
         url: str,
         params: dict[str, str],
         headers: dict[str, str],
-        parse: Callable[[bytes], _PageT],
+        parse: Callable[[bytes, int], _PageT],
+        account_id: str,
     ) -> _PageT:
         # Rate-limit answers wait out the shared pause inside _acquire; 5xx and broken
         # connections back off exponentially with jitter. Both count as attempts.
@@ -217,14 +299,40 @@ class StackOneClient:
             stop=stop_after_attempt(self.attempts),
             sleep=self.sleep,
             reraise=True,
+            before_sleep=self._say_retry(url, account_id),
         )
+        page_size = self.settings.page_size
         async for attempt in retrying:
             with attempt:
                 raw, date = await self._get(url, params, headers)
-                page = parse(raw)
+                page = parse(raw, page_size)
                 page.served_at = http_date(date)
                 return page
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def _say_retry(self, url: str, account_id: str) -> Callable[[RetryCallState], None]:
+        """A line for each attempt that failed and is retried: a slow upstream (a byte every
+        few seconds) was silent until every attempt had timed out, minutes later."""
+        path = url.removeprefix(self.settings.base_url)
+
+        def say(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            pause = state.next_action.sleep if state.next_action else 0.0
+            if isinstance(error, UpstreamRateLimited):  # the shared pause holds it
+                pause = error.retry_after
+            log.warning(
+                "upstream_retry",
+                account_id=account_id,
+                path=path,
+                attempt=state.attempt_number,
+                attempts=self.attempts,
+                error=str(error),
+                error_type=type(error).__name__,
+                status=getattr(error, "status", None),
+                wait=round(pause, 3),
+            )
+
+        return say
 
     async def _acquire(self) -> None:
         fresh = time.monotonic() - KEPT_PERMIT_SECONDS
@@ -236,12 +344,12 @@ class StackOneClient:
             await self.sleep(wait)
 
     @staticmethod
-    async def _body(response: aiohttp.ClientResponse) -> bytes:
+    async def _body(response: aiohttp.ClientResponse, limit: int) -> bytes:
         body = bytearray()
         async for chunk in response.content.iter_chunked(256 * 1024):
             body += chunk
-            if len(body) > MAX_PAGE_BYTES:
-                raise UpstreamMalformed(f"a page larger than {MAX_PAGE_BYTES} bytes")
+            if len(body) > limit:
+                raise UpstreamMalformed(f"a page larger than {limit} bytes")
         return bytes(body)
 
     async def _get(
@@ -249,12 +357,15 @@ class StackOneClient:
     ) -> tuple[bytes, str | None]:
         """The body of a 2xx answer and its `Date` header; else the error it means."""
         await self._acquire()
+        # `total` bounds the whole request, the body's reading too: an upstream that answers
+        # a byte every few seconds times out after request_timeout, not when it is done
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
+        limit = min(MAX_PAGE_BYTES, max_page_records(self.settings.page_size) * MAX_RECORD_BYTES)
         try:
             async with self.session.get(
                 url, params=params, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                raw = await self._body(response)
+                raw = await self._body(response, limit)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
                 date = response.headers.get("Date")

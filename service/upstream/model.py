@@ -109,29 +109,49 @@ class Page:
     skipped: dict[str, int] = field(default_factory=dict)
     served_at: datetime | None = None  # the answer's `Date`: the upstream's clock
 
+    @property
+    def listed(self) -> int:
+        """Records the page listed, skipped ones too."""
+        return len(self.records) + sum(self.skipped.values())
 
-def _envelope(raw: bytes) -> tuple[list[Any], str | None, bool]:
+
+# A provider may round a page up a little; one far beyond what was asked (100,000 records for
+# 100) is a broken page: validating it record by record held the event loop for a second.
+PAGE_SLACK_RECORDS = 10
+
+
+def max_page_records(page_size: int) -> int:
+    """The most records a page asked for `page_size` may hold."""
+    return 2 * page_size + PAGE_SLACK_RECORDS
+
+
+def _envelope(raw: bytes, page_size: int | None) -> tuple[list[Any], str | None, bool]:
     """A list body's `data` and `next`, and whether orjson read it (plain JSON types only),
-    or UpstreamMalformed saying what is wrong."""
+    or UpstreamMalformed saying what is wrong. `page_size`: what was asked; a page of more
+    than max_page_records(page_size) is refused before any record is looked at."""
     try:
         body, plain = jsonfmt.loads_exact(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise UpstreamMalformed(f"response is not JSON: {e}") from e
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise UpstreamMalformed("response has no `data` list")
+    if page_size is not None and len(body["data"]) > max_page_records(page_size):
+        raise UpstreamMalformed(
+            f"a page of {len(body['data'])} records where page_size {page_size} was asked"
+        )
     cursor = body.get("next")
     if cursor is not None and not isinstance(cursor, str):
         raise UpstreamMalformed("`next` is neither a string nor null")
     return body["data"], cursor or None, plain
 
 
-def parse_page(raw: bytes) -> Page:
+def parse_page(raw: bytes, page_size: int | None = None) -> Page:
     """A body of `AssignmentsPaginated`, or UpstreamMalformed saying what is wrong.
 
     The envelope must have the documented shape. A single record that does not is skipped and
     counted, so one odd record cannot block every later poll of its user.
     """
-    data, cursor, plain = _envelope(raw)
+    data, cursor, plain = _envelope(raw, page_size)
     page = Page([], cursor)
     # One call shows that every record of the page can be written again (the usual case).
     writable = plain and _orjson_writes(data)
@@ -159,11 +179,16 @@ class UserPage:
     skipped: int = 0  # users without a usable id
     served_at: datetime | None = None  # the answer's `Date`: the upstream's clock
 
+    @property
+    def listed(self) -> int:
+        """Users the page listed, skipped ones too."""
+        return len(self.active) + len(self.inactive) + self.skipped
 
-def parse_user_page(raw: bytes) -> UserPage:
+
+def parse_user_page(raw: bytes, page_size: int | None = None) -> UserPage:
     """A page of `LmsUsersPaginated`, or UpstreamMalformed; a user without a string id is
-    skipped and counted."""
-    data, cursor, _ = _envelope(raw)
+    skipped and counted. `page_size`: as for parse_page."""
+    data, cursor, _ = _envelope(raw, page_size)
     page = UserPage([], [], cursor)
     for index, item in enumerate(data):
         if not isinstance(item, dict):

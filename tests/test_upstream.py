@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -272,3 +273,54 @@ def test_non_finite_numbers_and_unencodable_ids_make_a_record_invalid(record: st
     an id with a lone surrogate raised UnicodeEncodeError in event_id on every poll."""
     page = parse_page(f'{{"data": [{record}, {{"id": "ok"}}], "next": null}}'.encode())
     assert page.records == [{"id": "ok"}] and page.skipped == {"invalid_record": 1}
+
+
+@pytest.fixture
+async def raw_paths(redis: Redis) -> AsyncIterator[tuple[StackOneClient, list[str]]]:
+    """A client of a server that answers every GET with an empty page and records the raw
+    path it was asked for (as sent, before any routing)."""
+    seen: list[str] = []
+
+    async def any_path(request: web.Request) -> web.Response:
+        seen.append(request.raw_path.partition("?")[0])
+        return web.json_response({"data": [], "next": None})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", any_path)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    settings = StackOneSettings(base_url=url, api_key=API_KEY)  # type: ignore[arg-type]
+    rate = SharedLimiter(redis).rate(api_key_budget(settings.max_requests_per_minute))
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield StackOneClient(session, settings, rate, Metrics(), sleep=no_sleep), seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("user_id", "raw_path"),
+    [
+        ("..", None),  # was GET /unified/lms/assignments: the account's, sent as the user's
+        (".", None),  # was GET /unified/lms/users/assignments
+        ("...", "/unified/lms/users/.../assignments"),  # not a dot segment: its own path
+        ("a..b", "/unified/lms/users/a..b/assignments"),
+        ("../x", "/unified/lms/users/..%2Fx/assignments"),
+        ("%2E%2E", "/unified/lms/users/%252E%252E/assignments"),
+    ],
+)
+async def test_a_user_id_is_never_resolved_as_a_dot_segment(
+    raw_paths: tuple[StackOneClient, list[str]], user_id: str, raw_path: str | None
+) -> None:
+    stackone, seen = raw_paths
+    if raw_path is None:
+        with pytest.raises(UpstreamRejected) as caught:
+            _ = [page async for page in stackone.pages(ACCOUNT, user_id, None)]
+        assert caught.value.status is None  # no answer: nothing was sent
+        assert seen == []
+    else:
+        _ = [page async for page in stackone.pages(ACCOUNT, user_id, None)]
+        assert seen == [raw_path]

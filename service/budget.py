@@ -77,15 +77,26 @@ def _per_minute(count: float, pages: float, interval: float) -> float:
     return count * max(pages, 1.0) * 60.0 / interval
 
 
+def _full_reads_every(d: Demand) -> float:
+    """How often the full reads come, in seconds: every `full_resync_interval`; at 0 (every
+    read a full one) with each read of the feeds and listings that make them, so as often as
+    the more frequent of those cadences (both are at least MIN_POLL_INTERVAL: never 0)."""
+    if d.full_resync_interval > 0:
+        return d.full_resync_interval
+    present = [(d.feeds, d.account_interval), (d.listings, d.discovery_interval)]
+    return min((interval for count, interval in present if count), default=d.account_interval)
+
+
 def plan(demand: Demand) -> Plan:
     """The effective cadences that fit the budget (the configured ones when they do)."""
     d = demand
     allowed = d.budget_per_minute * HEADROOM
+    full_every = _full_reads_every(d)
     needs = [
         _per_minute(d.feeds, d.feed_pages, d.account_interval),
         _per_minute(d.users, d.user_pages, d.interval),
         _per_minute(d.listings, 1.0, d.discovery_interval),
-        d.full_read_pages * 60.0 / d.full_resync_interval,
+        d.full_read_pages * 60.0 / full_every,
     ]
     granted = [min(need, MIN_SHARE * allowed) for need in needs]
     left = allowed - sum(granted)
@@ -103,7 +114,10 @@ def plan(demand: Demand) -> Plan:
         feed_interval=stretched(d.account_interval, 0),
         user_interval=stretched(d.interval, 1),
         listing_interval=stretched(d.discovery_interval, 2),
-        full_resync_interval=stretched(d.full_resync_interval, 3),
+        # at 0 and within budget: still every read; stretched, from the reads' cadence
+        full_resync_interval=(
+            d.full_resync_interval if granted[3] >= needs[3] else stretched(full_every, 3)
+        ),
         feeds=d.feeds,
         users=d.users,
         listings=d.listings,

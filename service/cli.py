@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+import structlog
 from redis.exceptions import RedisError
 
 from service import __version__
@@ -26,6 +27,8 @@ from service.store.connect import connect
 from service.store.stores import Stores
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+log = structlog.get_logger("service")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,13 +99,30 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+# Signals a supervisor sends to ask for a reload or a log reopen. Their default action ends
+# the process with no log line and no leases handed back, which looks like a crash; the
+# config is read once at start, so they are said to be ignored and the service runs on.
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _signal_ignored(sig: signal.Signals) -> None:
+    log.warning(
+        "signal_ignored",
+        signal=sig.name,
+        detail="the config is not reloaded: restart the process to apply a change",
+    )
+
+
 async def serve(settings: Settings, role: Role) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    """Run until SIGTERM or SIGINT, then stop gracefully; SIGHUP, SIGUSR1 and SIGUSR2 are
+    logged and otherwise ignored."""
     service = Service(settings, role=role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for sig in IGNORED_SIGNALS:
+        loop.add_signal_handler(sig, _signal_ignored, sig)
     await service.start()
     tune_gc()
     try:

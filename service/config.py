@@ -35,6 +35,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from service.errors import ConfigError
 from service.events import EVENT_TYPES
 from service.redis_url import is_sentinel, parse_sentinel_url, url_secrets
+from service.user_ids import USER_ID_SCHEMA, user_id_problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -167,8 +168,19 @@ class StackOneSettings(_Strict):
 
 class AccountSettings(_Strict):
     account_id: str = Field(min_length=1)
-    # a list of user ids, or "all": every user the account's user listing names
-    users: list[str] | Literal["all"] = Field(default_factory=list)
+    # a list of user ids, or "all": every user the account's user listing names; the ids
+    # follow service/user_ids.py (checked in Settings, which names the item at fault)
+    users: Annotated[
+        list[str] | Literal["all"],
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "array", "items": USER_ID_SCHEMA, "uniqueItems": True},
+                    {"const": "all", "type": "string"},
+                ]
+            }
+        ),
+    ] = Field(default_factory=list)
     # per_user: each user's assignments read on its own; account: the account's change feed;
     # auto: the feed, falling back to per_user where the upstream cannot serve it
     strategy: Literal["per_user", "account", "auto"] = "per_user"
@@ -360,6 +372,8 @@ class Settings(_Strict):
         accounts = [a.account_id for a in self.accounts]
         if len(accounts) != len(set(accounts)):
             raise ValueError("accounts: an account_id appears twice")
+        for index, account in enumerate(self.accounts):
+            _check_user_ids(f"accounts.{index}.users", account.listed_users)
         return self
 
     def secret_values(self) -> list[str]:
@@ -376,6 +390,18 @@ class Settings(_Strict):
 
     def endpoint(self, endpoint_id: str) -> EndpointSettings | None:
         return next((e for e in self.endpoints if e.id == endpoint_id), None)
+
+
+def _check_user_ids(path: str, user_ids: list[str]) -> None:
+    """Each id valid and listed once: `users: [u1, u1, ""]` was three users."""
+    seen: set[str] = set()
+    for index, user_id in enumerate(user_ids):
+        problem = user_id_problem(user_id)
+        if problem is None and user_id in seen:
+            problem = "a duplicate: this user id is listed before"
+        if problem is not None:
+            raise ValueError(f"{path}.{index}: {problem}")
+        seen.add(user_id)
 
 
 def settings_json_schema() -> dict[str, Any]:

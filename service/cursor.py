@@ -12,6 +12,9 @@ from service.errors import InvalidInput
 
 _PREFIX = "c1."
 MAX_CURSOR = 4096  # longer is not one of ours
+# No number of ours is larger (times in ms, positions): within it a float holds an int
+# exactly, so a reader may use it as a score; a 400-digit one raised OverflowError there.
+MAX_NUMBER = 2**53
 
 
 def encode_cursor(kind: str, *parts: str | int) -> str:
@@ -37,6 +40,8 @@ def decode_cursor(cursor: str, kind: str, shape: tuple[type, ...]) -> tuple[Any,
     for value, wanted in zip(values, shape, strict=True):
         # bool is an int to isinstance; no cursor of ours holds one
         if not isinstance(value, wanted) or isinstance(value, bool):
+            raise bad
+        if isinstance(value, int) and not -MAX_NUMBER <= value <= MAX_NUMBER:
             raise bad
         if isinstance(value, str):
             try:

@@ -45,6 +45,7 @@ from service.store.log import OUTCOMES, RECENT_ATTEMPTS, LogFilter, attempt_reco
 from service.store.read_state import ReadState
 from service.store.stores import Stores
 from service.timefmt import from_epoch, iso_ms
+from service.user_ids import user_id_problem
 
 log = structlog.get_logger("service")
 
@@ -145,6 +146,14 @@ class Operations:
         return health
 
     async def add_user(self, account_id: str, user_id: str) -> bool:
+        """Track a user of a configured account from now on; False when it already is.
+        InvalidInput for an id that cannot be one (service/user_ids.py), NotFound for an
+        account the config does not name (it was polled with that account id header)."""
+        problem = user_id_problem(user_id)
+        if problem is not None:
+            raise InvalidInput(f"`user_id`: {problem}")
+        if self.settings.account(account_id) is None:
+            raise NotFound("unknown account: `account_id` is not one of the config's accounts")
         added = await self.stores.users.add(account_id, user_id, due_ms=int(self.clock() * 1000))
         log.info("user_added", account_id=account_id, user_id=user_id, added=added)
         if added:

@@ -243,6 +243,14 @@ def seed(sim: SimLMS, count: int) -> None:
     sim.add_user(ACCOUNT, "u_2")
 
 
+def _default_signals() -> None:
+    """The signals a supervisor sends with their default action, as a supervisor starts the
+    process: a suite run under nohup (or in the background) hands its children SIGHUP
+    ignored, which would hide what the service does with it."""
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class RunProcess:
     """`python -m service run --config config/test.yaml`, as a deployment would start it."""
 
@@ -274,6 +282,7 @@ class RunProcess:
                 env=self.env,
                 stdout=out,
                 stderr=out,
+                preexec_fn=_default_signals,
             )
 
     def kill(self) -> None:

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from service import events as ev
 from service.app import Service
+from service.cursor import encode_cursor
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys
@@ -174,6 +175,36 @@ async def test_users_added_and_removed_at_run_time(admin: Any) -> None:
         assert status == 400 and "error" in body
 
 
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        # polled as /unified/lms/users/../assignments: the whole account's, sent as its own
+        ({"account_id": ACCOUNT, "user_id": ".."}, 400),
+        ({"account_id": ACCOUNT, "user_id": "."}, 400),
+        ({"account_id": ACCOUNT, "user_id": "x" * 100_000}, 400),  # was tracked, 100 KB
+        ({"account_id": "nope", "user_id": "u_2"}, 404),  # was polled as x-account-id: nope
+    ],
+)
+async def test_users_no_poll_could_serve_are_refused(
+    admin: Any, payload: dict[str, str], expected: int
+) -> None:
+    driver, http, sim, _ = admin
+    status, body = await call(http, "POST", "/admin/users", json=payload)
+    assert status == expected and set(body) == {"error", "detail"}, body
+    assert len(json.dumps(body)) < 1000  # the id is not echoed back
+    _, page = await call(http, "GET", "/admin/users")
+    assert [(u["account_id"], u["user_id"]) for u in page["users"]] == [(ACCOUNT, "u_1")]
+    assert await driver.poll() == 0 and sim.requests == []
+
+
+async def test_the_longest_user_id_is_tracked(admin: Any) -> None:
+    _, http, _, _ = admin
+    status, body = await call(
+        http, "POST", "/admin/users", json={"account_id": ACCOUNT, "user_id": "x" * 256}
+    )
+    assert status == 201 and body["added"] is True
+
+
 async def test_poll_now(admin: Any) -> None:
     driver, http, sim, _ = admin
     assert await driver.poll() == 0 and sim.requests == []  # u_1's first poll: into the hour
@@ -304,6 +335,10 @@ async def test_the_delivery_log_over_http(admin: Any) -> None:
         ("GET", "/admin/events?cursor=c1.WyJ1c2VycyIsImFjYzoxIl0", None, 400),  # a users'
         ("GET", "/admin/events?cursor=c1." + "A" * 5000, None, 400),
         ("GET", "/admin/users?cursor=c1.WyJsb2ciLDEsImIiXQ", None, 400),  # ["log",1,"b"]
+        # a forged time far out of range: OverflowError, a 500
+        ("GET", "/admin/events?cursor=" + encode_cursor("log", 10**400, "x"), None, 400),
+        ("GET", "/admin/events?cursor=" + encode_cursor("log", -(10**400), "x"), None, 400),
+        ("GET", "/admin/events?cursor=" + encode_cursor("log", 2**53 + 1, "x"), None, 400),
         ("GET", "/admin/users?limit=0", None, 400),
         ("GET", "/admin/endpoints?limit=1000000000", None, 400),
         ("GET", "/admin/endpoints?cursor=c1.WyJlbmRwb2ludHMiLCJnb25lIl0", None, 400),

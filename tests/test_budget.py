@@ -151,3 +151,21 @@ def test_adaptive_cadence_when_everyone_is_busy_or_idle() -> None:
     assert adaptive_interval(1000.0, 1.0, 30.0, 600.0) == 30.0
     assert adaptive_interval(0.001, 1000.0, 30.0, 600.0) == 600.0
     assert adaptive_scale([], 300.0, 30.0, 600.0) == 300.0
+
+
+def test_full_resync_interval_zero_plans_a_full_read_with_every_read() -> None:
+    """`0` (every read a full one) divided by zero in every plan, check-config's and run's."""
+    nothing_learned = plan(demand(feeds=1, users=10, full_resync_interval=0.0))
+    assert nothing_learned.fits and nothing_learned.full_resync_interval == 0.0
+    # a feed read every 10 s, each a full read of 5 pages: 30 a minute, within budget
+    light = plan(demand(feeds=1, full_resync_interval=0.0, full_read_pages=5))
+    assert light.needed_per_minute == pytest.approx(6 + 30)
+    assert light.full_resync_interval == 0.0
+    # 1,000 pages every 10 s is 6,000 a minute: spaced out from the feed's cadence
+    heavy = plan(demand(feeds=1, full_resync_interval=0.0, full_read_pages=1000))
+    left = 900 - 6
+    assert not heavy.fits
+    assert heavy.full_resync_interval == pytest.approx(10.0 * 6000 / left)
+    # a listing alone: its full reads come every discovery_interval
+    listing = plan(demand(listings=1, full_resync_interval=0.0, full_read_pages=200))
+    assert listing.needed_per_minute == pytest.approx(60 / 900 + 200 * 60 / 900)

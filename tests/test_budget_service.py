@@ -190,3 +190,31 @@ async def test_a_running_service_replans_as_soon_as_users_are_added(
         # well before the next periodic plan (every 30 s)
         await wait_until(ten, 5, "the plan to count the users added")
         assert (await operations.budget())["fits"] is False
+
+
+async def test_full_resync_interval_zero_reads_the_feed_completely_every_time(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """`0` passed check-config's schema and the README calls it every poll a full read; the
+    plan divided by it once a full read's pages were learned, and `run` ended there."""
+    sim, lms_url = lms
+    seed_user(sim, "u_1", 3)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(receiver[1])],
+        [],
+        accounts=[{"account_id": ACCOUNT, "users": ["u_1"], "strategy": "account"}],
+        polling={"account_interval": "500ms", "full_resync_interval": 0},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()  # the first full read: its pages are learned
+        sim.clear_requests()
+        for _ in range(2):
+            await service.step(0.5)  # the plan is derived again before each read
+        budget = await service.service.operations.budget()
+    feed_reads = [r for r in sim.requests if r.path == "/unified/lms/assignments"]
+    assert len(feed_reads) >= 2
+    assert not any("filter[updated_after]" in r.query for r in feed_reads)  # each one full
+    assert budget["effective_interval_seconds"]["full_resync"] == 0
+    assert budget["fits"] is True

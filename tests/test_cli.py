@@ -1,4 +1,4 @@
-"""The commands as a user runs them: demo, simulate-lms, receive."""
+"""The commands as a user runs them: demo, simulate-lms, receive, run's signals."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.helpers import SECRET
-from tests.redis_server import free_port
+from service.sim.lms import SimLMS
+from service.sim.receiver import Receiver
+from tests.helpers import SECRET, RunProcess, wait_until
+from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,3 +147,44 @@ def test_receive_rejects_a_malformed_secret() -> None:
         check=False,
     )
     assert proc.returncode == 2 and "whsec_" in proc.stderr
+
+
+async def test_run_logs_and_ignores_reload_signals(
+    redis_server: RedisServer,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    """A supervisor's reload signal (SIGHUP) or SIGUSR1/2 ended `run` with no log line and no
+    leases handed back, as a crash does. They are logged and the service runs on; SIGTERM
+    still stops it gracefully."""
+    port = free_port()
+    log = tmp_path / "run.log"
+    process = RunProcess(redis_server.url, lms[1], receiver[1], log)
+    process.env["HTTP_PORT"] = str(port)
+    process.start()
+    assert process.process is not None
+
+    async def healthy() -> bool:
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    def signals_logged() -> int:
+        return log.read_text().count('"signal_ignored"')
+
+    try:
+        await wait_until(healthy, 20, "the service to answer /healthz")
+        for n, sig in enumerate((signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2), start=1):
+            process.process.send_signal(sig)
+            await wait_until(lambda n=n: signals_logged() == n, 10, f"{sig.name} logged")
+            assert process.process.poll() is None and await healthy()
+        lines = [line for line in log.read_text().splitlines() if '"signal_ignored"' in line]
+        for line, name in zip(lines, ("SIGHUP", "SIGUSR1", "SIGUSR2"), strict=True):
+            assert f'"{name}"' in line and "restart" in line
+    finally:
+        assert process.stop() == 0
+    assert "Traceback" not in log.read_text()

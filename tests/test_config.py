@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from service.cli import main
 from service.config import (
@@ -404,3 +406,48 @@ def test_schema_states_the_ranges() -> None:
     timeout = props["EndpointSettings"]["properties"]["timeout"]
     assert {"type": "number", "exclusiveMinimum": 0, "maximum": 3600} in timeout["anyOf"]
     assert props["EndpointSettings"]["properties"]["concurrency"]["maximum"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("users", "path"),
+    [
+        ('[u1, u1, ""]', "accounts.0.users.1"),  # passed as three users
+        ('[u1, ""]', "accounts.0.users.1"),
+        ("[u1, ..]", "accounts.0.users.1"),  # requested as the whole account's route
+        ('["."]', "accounts.0.users.0"),
+        (f"[u1, {'x' * 257}]", "accounts.0.users.1"),
+        ("[7]", "accounts.0.users"),  # a number is not an id (pydantic's own message)
+    ],
+)
+def test_user_lists_refuse_repeated_and_unusable_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], users: str, path: str
+) -> None:
+    text = MINIMAL + f"accounts:\n  - account_id: a1\n    users: {users}\n"
+    assert f"{path}" in check_config_exit(tmp_path, text, capsys)
+    document = yaml.safe_load(text.replace("${KEY}", "k").replace("${SECRET}", ENV["SECRET"]))
+    with pytest.raises(jsonschema.ValidationError):  # the schema says so too
+        jsonschema.validate(document, settings_json_schema())
+
+
+def test_user_ids_up_to_the_bound_are_valid() -> None:
+    users = ["x" * 256, "...", "a..b", ".hidden"]  # only `.` and `..` are dot segments
+    settings = parse_settings(
+        {"stackone": {"api_key": "k"}, "accounts": [{"account_id": "a1", "users": users}]}
+    )
+    assert settings.accounts[0].listed_users == users
+
+
+def test_full_resync_interval_zero_is_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`0` (every read a full one, as the README says) ended check-config and `run` with a
+    ZeroDivisionError traceback."""
+    monkeypatch.setenv("KEY", "k")
+    monkeypatch.setenv("SECRET", ENV["SECRET"])
+    text = MINIMAL + (
+        "polling:\n  full_resync_interval: 0\n"
+        "accounts:\n  - account_id: a1\n    users: [u1, u2]\n"
+        "  - account_id: a2\n    users: all\n    strategy: account\n"
+    )
+    assert main(["check-config", "--config", str(write(tmp_path, text))]) == 0
+    assert "budget: " in capsys.readouterr().out

@@ -5,6 +5,7 @@ that fails changes nothing."""
 from __future__ import annotations
 
 import pytest
+import structlog
 from redis.asyncio import Redis
 
 from service import events as ev
@@ -115,3 +116,34 @@ def test_config_mistakes_name_the_key(
     with pytest.raises(ConfigError) as caught:
         parse_settings(data)
     assert caught.value.path.startswith(path), caught.value
+
+
+async def test_listed_users_whose_ids_no_request_can_name_are_skipped(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """A listed user `..` was tracked and polled as `/unified/lms/users/../assignments`,
+    which the HTTP client resolves to the whole account's route: every assignment of the
+    account was sent as created under user `..`."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    unusable = ["..", ".", "x" * 257]
+    for user in ["u_1", *unusable]:
+        seed_user(sim, user, 1)
+    settings = feed_settings(
+        redis_server.url,
+        lms_url,
+        rx_url,
+        "all",
+        "per_user",
+        polling={**DISCOVERY, "emit_on_first_sync": True},
+    )
+    async with driven(settings, sim) as service:
+        with structlog.testing.capture_logs() as logs:
+            await service.baseline()
+            await service.step(0.5)
+        assert await tracked(redis) == {"u_1"}
+        metrics = service.service.metrics.render().decode()
+    assert 'lms_webhooks_records_skipped_total{reason="user_without_id"} 3.0' in metrics
+    assert sum(e["count"] for e in logs if e["event"] == "users_skipped") == 3  # per page
+    assert "/unified/lms/assignments" not in paths(sim)
+    assert {e.data["user_id"] for e in rx.events} == {"u_1"}

@@ -56,7 +56,8 @@ LOWER_LAYERS = {
 }  # fmt: skip
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",
-        "service.jsonfmt", "service.budget", "service.redis_url", "service.cursor"]  # fmt: skip
+        "service.jsonfmt", "service.budget", "service.redis_url", "service.cursor",
+        "service.user_ids"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

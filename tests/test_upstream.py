@@ -483,3 +483,34 @@ async def test_a_huge_page_fails_the_poll_with_a_clear_log_and_health_answers(
                     assert response.status == 200
     assert failed()[0]["user_id"] == "u_1" and failed()[0]["error_type"] == "UpstreamMalformed"
     assert failed()[0]["error"] == "a page of 100000 records where page_size 2 was asked"
+
+
+@pytest.mark.parametrize(
+    ("user_id", "raw_path"),
+    [
+        ("..", None),  # was GET /unified/lms/assignments: the account's, sent as the user's
+        (".", None),  # was GET /unified/lms/users/assignments
+        ("...", "/unified/lms/users/.../assignments"),  # not a dot segment: its own path
+        ("a..b", "/unified/lms/users/a..b/assignments"),
+        ("../x", "/unified/lms/users/..%2Fx/assignments"),
+        ("%2E%2E", "/unified/lms/users/%252E%252E/assignments"),
+    ],
+)
+async def test_a_user_id_is_never_resolved_as_a_dot_segment(
+    redis: Redis, user_id: str, raw_path: str | None
+) -> None:
+    seen: list[str] = []
+
+    async def any_path(request: web.Request) -> web.Response:
+        seen.append(request.raw_path.partition("?")[0])  # as sent, before any routing
+        return web.json_response({"data": [], "next": None})
+
+    async with upstream(redis, any_path) as stackone:
+        if raw_path is None:
+            with pytest.raises(UpstreamRejected) as caught:
+                _ = [page async for page in stackone.pages(ACCOUNT, user_id, None)]
+            assert caught.value.status is None  # no answer: nothing was sent
+            assert seen == []
+        else:
+            _ = [page async for page in stackone.pages(ACCOUNT, user_id, None)]
+            assert seen == [raw_path]

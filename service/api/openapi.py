@@ -8,6 +8,7 @@ from service import __version__
 from service.endpoint_health import EndpointState
 from service.operations import MAX_LIMIT, REDELIVER_OUTCOMES
 from service.store.log import OUTCOMES
+from service.user_ids import MAX_USER_ID, USER_ID_SCHEMA
 
 _ERROR = {
     "type": "object",
@@ -35,6 +36,15 @@ _USER_REF = {
     "properties": {
         "account_id": {"type": "string", "minLength": 1},
         "user_id": {"type": "string", "minLength": 1},
+    },
+}
+# a user to track: an account of the config, an id a request can name (service/user_ids.py)
+_NEW_USER = {
+    "type": "object",
+    "required": ["account_id", "user_id"],
+    "properties": {
+        "account_id": {"type": "string", "minLength": 1, "description": "a configured account"},
+        "user_id": USER_ID_SCHEMA,
     },
 }
 
@@ -301,7 +311,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "Malformed request",
         401: "Missing or wrong bearer token",
-        404: "Unknown endpoint, user or event",
+        404: "Unknown endpoint, account, user or event",
         409: "Conflict",
         503: "Redis unavailable",
     }
@@ -351,6 +361,7 @@ def build_openapi(admin: bool) -> dict[str, Any]:
                 "Error": _ERROR,
                 "EndpointHealth": _HEALTH,
                 "UserRef": _USER_REF,
+                "NewUser": _NEW_USER,
                 "ReadState": _READ_STATE,
                 "Account": _ACCOUNT,
                 "Budget": _BUDGET,
@@ -528,13 +539,15 @@ def _admin_paths() -> dict[str, Any]:
                 "responses": {"200": _json(_USER_PAGE), **_errors(400, 401, 503)},
             },
             "post": {
-                "summary": "Track a user from now on (kept in Redis)",
+                "summary": "Track a user of a configured account from now on (kept in Redis)",
+                "description": f"`user_id`: 1 to {MAX_USER_ID} characters, not `.` or `..` "
+                "(400); an account the config does not name: 404.",
                 **_SECURED,
-                "requestBody": _body({"$ref": "#/components/schemas/UserRef"}),
+                "requestBody": _body({"$ref": "#/components/schemas/NewUser"}),
                 "responses": {
                     "201": _json(_OBJECT, "Added"),
                     "200": _json(_OBJECT, "Already tracked"),
-                    **_errors(400, 401, 503),
+                    **_errors(400, 401, 404, 503),
                 },
             },
         },

@@ -47,6 +47,7 @@ from service.upstream.model import (
     parse_page,
     parse_user_page,
 )
+from service.user_ids import DOT_SEGMENTS
 
 log = structlog.get_logger("upstream")
 
@@ -212,7 +213,14 @@ class StackOneClient:
     async def pages(
         self, account_id: str, user_id: str, updated_after: datetime | None
     ) -> AsyncIterator[Page]:
-        """Every page of one user's assignments, following `next` until it is empty."""
+        """Every page of one user's assignments, following `next` until it is empty.
+
+        A user id `.` or `..` is never requested: the HTTP client resolves it as a dot
+        segment (even percent-encoded), and `..` asked for the whole account's assignments
+        as that user's. Ids are refused where they enter (service/user_ids.py); one
+        tracked before that rule fails its poll here, as an unknown user does."""
+        if user_id in DOT_SEGMENTS:
+            raise UpstreamRejected(f"user id {user_id!r} cannot be a URL path segment")
         path = f"/unified/lms/users/{quote(user_id, safe='')}/assignments"
         async for page in self._walk(path, account_id, updated_after, parse_page, per_user=True):
             yield page

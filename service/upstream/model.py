@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service import jsonfmt
 from service.errors import UpstreamMalformed
+from service.user_ids import user_id_problem
 
 
 class _Open(BaseModel):
@@ -186,15 +187,17 @@ class UserPage:
 
 
 def parse_user_page(raw: bytes, page_size: int | None = None) -> UserPage:
-    """A page of `LmsUsersPaginated`, or UpstreamMalformed; a user without a string id is
-    skipped and counted. `page_size`: as for parse_page."""
+    """A page of `LmsUsersPaginated`, or UpstreamMalformed; a user without a usable id (not
+    a string, empty, `.`, `..`, too long: service/user_ids.py) is skipped and counted.
+    `page_size`: as for parse_page."""
     data, cursor, _ = _envelope(raw, page_size)
     page = UserPage([], [], cursor)
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             raise UpstreamMalformed(f"data[{index}] is not an object")
         user_id = item.get("id")
-        if not isinstance(user_id, str) or not user_id:
+        # none, or one no request can name
+        if not isinstance(user_id, str) or user_id_problem(user_id) is not None:
             page.skipped += 1
             continue
         (page.inactive if item.get("active") is False else page.active).append(user_id)

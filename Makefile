@@ -19,7 +19,7 @@ DEBIAN_VENV   ?= .venv-debian
 DEBIAN_STAMP   = $(DEBIAN_VENV)/.installed
 PURE_TESTS     = tests/test_ssrf.py tests/test_detect.py tests/test_config.py tests/test_breaker.py \
 	tests/test_signing.py tests/test_policy.py tests/test_httpspec.py tests/test_budget.py \
-	tests/test_logs.py tests/test_layout.py
+	tests/test_logs.py tests/test_layout.py tests/test_sign_in_limit.py
 
 $(DEBIAN_STAMP): pyproject.toml
 	scripts/ensure-python3-venv $(DEBIAN_PYTHON)

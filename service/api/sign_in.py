@@ -50,7 +50,7 @@ def _log_summary(limiter: SignInLimiter, now: float) -> None:
             failures=summary.failures,
             refused=summary.refused,
             clients=summary.clients,
-            top_clients=[f"{client} ×{n}" for client, n in summary.top_clients],
+            top_clients=dict(summary.top_clients),
             window_seconds=limiter.window,
         )
 

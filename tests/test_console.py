@@ -14,8 +14,10 @@ from redis.asyncio import Redis
 
 from service.api.console.session import SESSION_SECONDS, Sessions
 from service.api.console.stats import HOUR_MS, last_hour
+from service.api.sign_in_limit import FAILURES_PER_CLIENT, WINDOW_SECONDS
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
+from service.store import keys
 from service.store.limits import api_key_budget
 from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings
 from tests.redis_server import RedisServer
@@ -216,6 +218,66 @@ async def test_sign_out_clears_the_session(console: Console) -> None:
             assert (r.status, r.headers["Location"]) == (303, "/ui/login")
         async with http.get("/ui/users", allow_redirects=False) as r:
             assert (r.status, r.headers["Location"]) == (303, "/ui/login")
+
+
+async def test_sign_out_ends_the_session_on_the_server_a_copied_cookie_too(
+    console: Console, redis: Redis
+) -> None:
+    async with console.client() as http:
+        csrf = await signed_in(http)
+        copied = next(c for c in http.cookie_jar if c.key == "lw_console").value
+        async with http.post("/ui/logout", data={"csrf": csrf}, allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/ui/login")
+    async with console.client() as thief:
+        thief.cookie_jar.update_cookies({"lw_console": copied})
+        async with thief.get("/ui/users", allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/ui/login")
+        form = {"account_id": ACCOUNT, "user_id": "u_1", "q": "", "csrf": csrf}
+        async with thief.post("/ui/users/poll", data=form, allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/ui/login")
+        async with thief.get("/ui/login", allow_redirects=False) as r:
+            assert r.status == 200  # the sign-in page, not back to /ui (a loop)
+    assert await console.driver.poll() == 0  # the copied cookie asked for nothing
+    # remembered only as long as the cookie would have been valid
+    nonce = copied.split(".")[1]
+    assert 0 < await redis.ttl(keys.console_signed_out(nonce)) <= SESSION_SECONDS
+    async with console.client() as http:  # signing in again works
+        await signed_in(http)
+
+
+async def test_guessing_the_token_is_limited_per_client_and_logged_once_a_window(
+    console: Console, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    async with console.client() as http:
+        for _ in range(FAILURES_PER_CLIENT):
+            async with http.post("/ui/login", data={"token": "guess"}) as r:
+                assert r.status == 401
+        async with http.post("/ui/login", data={"token": TOKEN}, allow_redirects=False) as r:
+            assert r.status == 429 and r.content_type == "text/html"
+            assert 0 < int(r.headers["Retry-After"]) <= WINDOW_SECONDS
+            assert "Too many failed sign-ins" in await r.text()
+            assert "Set-Cookie" not in r.headers  # even the right token, unchecked
+            assert_hardened(r)
+        # the admin API guesses the same token: the same limit, answered in JSON
+        wrong = {"Authorization": "Bearer guess"}
+        async with http.get("/admin/endpoints", headers=wrong) as r:
+            assert r.status == 429 and "Retry-After" in r.headers
+            assert (await r.json())["error"] == "too many failed sign-ins"
+    # another client (another loopback address) signs in with the right token
+    elsewhere = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(base_url=console.url, connector=elsewhere) as other:
+        async with other.post("/ui/login", data={"token": TOKEN}, allow_redirects=False) as r:
+            assert (r.status, r.headers["Location"]) == (303, "/ui")
+    out = capsys.readouterr().out
+    assert "sign_in" not in out  # nothing a guess, one summary when the window is over
+    console.driver.clock.advance(WINDOW_SECONDS)
+    async with console.client() as http:
+        async with http.post("/ui/login", data={"token": "guess"}) as r:
+            assert r.status == 401  # the window is over: this client may try again
+    (summary,) = [line for line in capsys.readouterr().out.splitlines() if "sign_in" in line]
+    assert "sign_in_failures" in summary and f"failures={FAILURES_PER_CLIENT}" in summary
+    assert "refused=2" in summary and "127.0.0.1" in summary and "guess" not in summary
 
 
 async def test_users_page_searches_and_polls_now(console: Console) -> None:

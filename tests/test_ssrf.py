@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from service.delivery.special_addresses import SPECIAL_RANGES, special_range
 from service.delivery.ssrf import GuardedResolver, check_url, is_public
 from service.errors import AddressRefused
 
@@ -67,6 +69,7 @@ def test_is_public(address: str, public: bool) -> None:
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # client 192.0.2.45, documentation
         ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # client 127.0.0.1
         ("2001:0:a9fe:a9fe:8000:63bf:a247:27dd", False),  # server 169.254.169.254
+        ("2001:0:4136:e378:8000:63bf:a247:27dd", True),  # 65.54.227.120, client 93.184.216.34
     ],
 )
 def test_addresses_embedding_ipv4_are_judged_by_it(address: str, public: bool) -> None:
@@ -77,6 +80,98 @@ def test_addresses_embedding_ipv4_are_judged_by_it(address: str, public: bool) -
     else:
         with pytest.raises(AddressRefused):
             check_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        # the edges of the IANA registries' ranges, written out here (not read from the
+        # guard's table, so a typo in the table fails); each differs on some Python 3.11.x
+        # or 3.12.x when judged by `ipaddress.is_global`
+        ("9.255.255.255", True),
+        ("10.0.0.0", False),
+        ("10.255.255.255", False),
+        ("11.0.0.0", True),
+        ("100.63.255.255", True),
+        ("100.64.0.0", False),
+        ("100.127.255.255", False),
+        ("100.128.0.0", True),
+        ("172.15.255.255", True),
+        ("172.31.255.255", False),
+        ("172.32.0.0", True),
+        ("192.0.0.8", False),
+        ("192.0.0.9", True),  # PCP anycast, inside the unreachable 192.0.0.0/24
+        ("192.0.0.10", True),
+        ("192.0.0.11", False),
+        ("192.0.0.255", False),
+        ("192.0.1.0", True),
+        ("192.31.196.1", True),
+        ("192.88.99.1", False),
+        ("198.17.255.255", True),
+        ("198.18.0.0", False),
+        ("198.19.255.255", False),
+        ("198.20.0.0", True),
+        ("223.255.255.255", True),
+        ("224.0.0.0", False),
+        ("239.255.255.255", False),
+        ("240.0.0.0", False),
+        ("255.255.255.255", False),
+        ("1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", False),  # below global unicast
+        ("2000::", True),
+        ("2001::", False),  # Teredo, its server 0.0.0.0
+        ("2001:1::", False),
+        ("2001:1::1", True),  # PCP anycast, inside the unreachable 2001::/23
+        ("2001:1::3", True),
+        ("2001:1::4", False),
+        ("2001:2::", False),
+        ("2001:3::", True),
+        ("2001:3:ffff:ffff:ffff:ffff:ffff:ffff", True),
+        ("2001:4::", False),
+        ("2001:4:112::", True),
+        ("2001:10::", False),
+        ("2001:20::", True),
+        ("2001:3f:ffff:ffff:ffff:ffff:ffff:ffff", True),
+        ("2001:40::", False),
+        ("2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff", False),
+        ("2001:200::", True),
+        ("2001:db8::1", False),
+        ("2620:4f:8000::1", True),
+        ("3ffe:ffff::1", True),
+        ("3fff::", False),
+        ("3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff", False),
+        ("3fff:1000::", True),
+        ("4000::", False),  # reserved by the IETF
+        ("5f00::1", False),
+        ("fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", False),
+        ("fc00::", False),
+        ("fe80::", False),
+        ("fec0::1", False),  # site-local, deprecated
+        ("ff02::1", False),
+    ],
+)
+def test_special_purpose_range_edges(address: str, public: bool) -> None:
+    assert is_public(address) is public
+
+
+def test_walking_the_table_each_range_decides_its_own_edges() -> None:
+    """Each range's first and last address are judged by it (or by a range nested in it),
+    and the addresses just outside it are not: no range is off by one, and the most
+    specific range wins."""
+    for entry in SPECIAL_RANGES:
+        net = entry.network
+        for edge in (net[0], net[-1]):
+            found = special_range(edge)
+            assert found is not None and found.network.subnet_of(net), (entry, edge)  # type: ignore[arg-type]
+            if found is entry and entry.reachable is not None and net not in _READ_AS_IPV4:
+                assert is_public(str(edge)) is entry.reachable, (entry, edge)
+        address = type(net[0])
+        for outside in (int(net[0]) - 1, int(net[-1]) + 1):
+            if 0 <= outside < 2**net.max_prefixlen:
+                assert special_range(address(outside)) is not entry, (entry, outside)
+
+
+# judged by the IPv4 address in their last 32 bits, not by their own row
+_READ_AS_IPV4 = {ipaddress.ip_network("::ffff:0:0/96"), ipaddress.ip_network("64:ff9b::/96")}
 
 
 async def test_resolver_refuses_a_name_resolving_to_nat64_metadata() -> None:

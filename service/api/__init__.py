@@ -12,6 +12,8 @@ from service.api.common import OPS_KEY, errors_as_json
 from service.api.console import add_console, console_guard
 from service.api.health import add_health_routes
 from service.api.openapi import build_openapi
+from service.api.sign_in import SIGN_IN_KEY, summaries
+from service.api.sign_in_limit import SignInLimiter
 from service.operations import Operations
 
 
@@ -35,6 +37,8 @@ def create_api(operations: Operations) -> web.Application:
     add_health_routes(app)
     app.router.add_get("/openapi.json", openapi)
     if token is not None:
+        app[SIGN_IN_KEY] = SignInLimiter()
+        app.cleanup_ctx.append(summaries)
         add_admin_routes(app)
         add_console(app, token.get_secret_value(), operations.clock)
     return app

@@ -27,6 +27,7 @@ from service.api.common import (
     non_empty_string,
     ops,
 )
+from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
 from service.operations import MAX_LIMIT
 
 _DIGITS = re.compile(r"^[0-9]{1,16}$")
@@ -43,11 +44,28 @@ def bearer_auth(token: str) -> Middleware:
             # aiohttp reads header bytes that are not UTF-8 as surrogates: encoded back
             # with them, any header compares (unequal) instead of raising
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
+            if not given:  # guesses nothing: not counted, and never held back
+                return unauthorized()
+            wait = wait_before_sign_in(request)
+            if wait is not None:
+                return too_many_failures(wait)
             if not hmac.compare_digest(given, expected):
-                return json_error(401, "unauthorized", "Authorization: Bearer <admin_token>")
+                sign_in_failed(request)
+                return unauthorized()
+            sign_in_succeeded(request)
         return await handler(request)
 
     return check
+
+
+def unauthorized() -> web.Response:
+    return json_error(401, "unauthorized", "Authorization: Bearer <admin_token>")
+
+
+def too_many_failures(wait: int) -> web.Response:
+    response = json_error(429, "too many failed sign-ins", f"this client may try again in {wait} s")
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 def _known_endpoint(request: web.Request, endpoint_id: str) -> None:

@@ -313,8 +313,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or wrong bearer token",
         404: "Unknown endpoint, account, user or event",
         409: "Conflict",
+        429: "Too many wrong bearer tokens from this client: wait `Retry-After` seconds",
         503: "Redis unavailable",
     }
+    if 401 in statuses:  # wherever a token is checked, guessing it is limited
+        statuses = tuple(sorted({*statuses, 429}))
     return {str(s): _json({"$ref": "#/components/schemas/Error"}, reasons[s]) for s in statuses}
 
 

@@ -14,6 +14,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from service.delivery.special_addresses import IPAddress, special_range
 from service.errors import AddressRefused
 
 # IPv6 forms that are only another way to write an IPv4 address (its last 32 bits): a
@@ -23,22 +24,18 @@ _IPV4_IN_LAST_32 = (
     ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (RFC 2765)
     ipaddress.IPv6Network("::/96"),  # IPv4-compatible (RFC 4291, deprecated)
 )
-# NAT64 for local use (RFC 8215). Where the IPv4 address sits in it depends on the prefix
-# length the network chose (RFC 6052 §2.2: /48 to /96), which we cannot know, so any one
-# reading could be dodged by writing the address for another: never public.
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 def is_public(address: str) -> bool:
     """False for loopback, private, link-local (cloud metadata), CGNAT, multicast, reserved,
-    and for an IPv6 address that carries an IPv4 address which is not public."""
+    documentation and the other ranges the special-purpose registries call not globally
+    reachable (special_addresses), and for an IPv6 address that carries an IPv4 address
+    which is not public."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _NAT64_LOCAL:
-            return False
         if ip.ipv4_mapped is not None:
             return _public(ip.ipv4_mapped)
         if any(ip in net for net in _IPV4_IN_LAST_32):
@@ -51,8 +48,10 @@ def is_public(address: str) -> bool:
     return _public(ip)
 
 
-def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return ip.is_global and not ip.is_multicast
+def _public(ip: IPAddress) -> bool:
+    special = special_range(ip)
+    # a tunnel's own range (N/A in the registry) is judged by what it carries, above
+    return special is None or special.reachable is not False
 
 
 @lru_cache(maxsize=1024)  # called before every delivery, with one of a few endpoint URLs

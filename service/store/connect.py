@@ -101,7 +101,7 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 def _sentinel_primary(
     target: SentinelTarget, max_connections: int | None, wait: float | None
 ) -> Redis:
-    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis-py 8
         target.sentinels,
         sentinel_kwargs={
             **_SOCKETS,

@@ -120,6 +120,12 @@ def discovered_users(account_id: str) -> str:
     return f"{PREFIX}:users:listed:{account_member(account_id)}"
 
 
+def console_signed_out(session_id: str) -> str:
+    """string with a TTL (the rest of the session's lifetime): the console session with
+    this id (its cookie's nonce) was signed out, and its cookie no longer signs anyone in."""
+    return f"{PREFIX}:console:out:{_q(session_id)}"
+
+
 def rate_limit(name: str) -> str:
     """string: a GCRA limiter's theoretical arrival time (ms), of the budget `name`."""
     return f"{PREFIX}:rate:{_q(name)}"

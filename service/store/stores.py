@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.store.budget import BudgetStore
+from service.store.console_sessions import SignedOutSessions
 from service.store.endpoints import EndpointStore
 from service.store.feeds import FeedStore
 from service.store.leases import Leases, discovery_leases, feed_leases, user_leases
@@ -35,6 +36,7 @@ class Stores:
     users: TrackedUsers
     limiter: SharedLimiter
     log: DeliveryLog  # the delivery log: events and attempts, for the admin API
+    signed_out: SignedOutSessions  # the console's
 
     @classmethod
     def on(cls, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time) -> Stores:
@@ -53,4 +55,5 @@ class Stores:
             users=TrackedUsers(redis, settings, feeds),
             limiter=SharedLimiter(redis),
             log=DeliveryLog(redis, log, [e.id for e in settings.endpoints]),
+            signed_out=SignedOutSessions(redis),
         )

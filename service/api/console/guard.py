@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from service.api.common import BadRequest, Handler
+from service.api.common import BadRequest, Handler, ops
 from service.api.console.session import Session, Sessions
 from service.errors import InvalidInput, NotFound
 
@@ -23,6 +23,11 @@ STATIC = "/ui/static/"
 SESSION_COOKIE = "lw_console"
 FLASH_COOKIE = "lw_console_flash"
 SESSIONS_KEY: web.AppKey[Sessions] = web.AppKey("console_sessions", Sessions)
+# the request's session as the guard found it; aiohttp 3.14 brought typed request keys
+# (and warns about plain ones), older releases take the name
+_SESSION: web.RequestKey[Session | None] = getattr(web, "RequestKey", lambda name, _: name)(
+    "console_session", object
+)
 
 # No inline script or style anywhere: what an injected tag carries never runs or styles.
 HEADERS = {
@@ -47,8 +52,19 @@ def is_console(path: str) -> bool:
 
 
 def session_of(request: web.Request) -> Session | None:
-    """The request's session, if it has one (verified anew where asked: one HMAC)."""
-    return request.app[SESSIONS_KEY].verify(request.cookies.get(SESSION_COOKIE))
+    """The request's session as the guard found it: signed, unexpired and not signed out."""
+    return request.get(_SESSION)
+
+
+async def _find_session(request: web.Request) -> Session | None:
+    """The cookie's session, unless it was signed out (on any replica): one HMAC, and one
+    Redis read when there is a signed cookie."""
+    request[_SESSION] = None  # an error page for a Redis error below shows no session
+    session = request.app[SESSIONS_KEY].verify(request.cookies.get(SESSION_COOKIE))
+    if session is not None and await ops(request).stores.signed_out.is_signed_out(session.nonce):
+        session = None
+    request[_SESSION] = session
+    return session
 
 
 def over_https(request: web.Request) -> bool:
@@ -80,8 +96,10 @@ def _same_origin(request: web.Request) -> None:
 
 async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse:
     sessions = request.app[SESSIONS_KEY]
-    session = session_of(request)
     path = request.path
+    if path.startswith(STATIC) and request.method in ("GET", "HEAD"):
+        return await handler(request)  # the same for everyone: no session to look up
+    session = await _find_session(request)
     if request.method not in ("GET", "HEAD"):
         _same_origin(request)
         if path != LOGIN:
@@ -90,7 +108,7 @@ async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse
             form = await request.post()  # kept by aiohttp: the handler reads it again
             if not sessions.csrf_matches(session, text_field(form, "csrf")):
                 raise Forbidden("the form's CSRF token is missing or stale: reload the page")
-    elif session is None and path != LOGIN and not path.startswith(STATIC):
+    elif session is None and path != LOGIN:
         raise web.HTTPSeeOther(LOGIN)
     return await handler(request)
 

@@ -1,10 +1,11 @@
-"""Console sessions without server state: a cookie holding an expiry and a nonce, signed
-with a key derived from the admin token.
+"""Console sessions: a cookie holding an expiry and a nonce, signed with a key derived from
+the admin token.
 
 Any replica that has the admin token verifies any replica's cookie, so the console works
 behind a load balancer without sticky sessions or a session store. Changing the admin token
-ends every session at once. What it cannot do is end one session early on the server: sign
-out clears the cookie in that browser, and a copied cookie stays valid until it expires.
+ends every session at once. Signing out ends one: its nonce is the session's id, written to
+Redis until the cookie would expire (store.console_sessions), and the console's guard
+refuses a cookie whose id is there, so a copy of it stops working too.
 
 The CSRF token is derived from the same cookie (its expiry and nonce), so it is bound to
 the session: a token read from another session, or from before a sign-in, does not verify.

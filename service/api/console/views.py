@@ -26,6 +26,7 @@ from service.api.console.guard import (
 )
 from service.api.console.session import SESSION_SECONDS
 from service.api.console.stats import last_hour
+from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
 from service.config import EndpointSettings
 from service.operations import Operations
 from service.store.log import RECENT_ATTEMPTS
@@ -132,11 +133,20 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     sessions = request.app[SESSIONS_KEY]
+    wait = wait_before_sign_in(request)
+    if wait is not None:
+        error = f"Too many failed sign-ins from here: try again in {wait} s."
+        response = aiohttp_jinja2.render_template(
+            "login.html", request, {"error": error}, status=429
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     if not sessions.token_matches(text_field(form, "token")):
-        log.warning("console_sign_in_refused", remote=request.remote)
+        sign_in_failed(request)  # logged once a window, with the others
         return aiohttp_jinja2.render_template(
             "login.html", request, {"error": "That is not the admin token."}, status=401
         )
+    sign_in_succeeded(request)
     session = sessions.issue()
     log.info("console_signed_in", remote=request.remote)
     redirect = web.HTTPSeeOther(PREFIX)
@@ -153,6 +163,12 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    assert session is not None  # the guard lets no one else post
+    # on the server, not only in this browser: a copy of the cookie stops working too
+    seconds_left = session.expires - int(ops(request).clock())
+    await ops(request).stores.signed_out.sign_out(session.nonce, seconds_left)
+    log.info("console_signed_out", remote=request.remote)
     redirect = web.HTTPSeeOther(LOGIN)
     redirect.del_cookie(SESSION_COOKIE, path=PREFIX)
     redirect.del_cookie(FLASH_COOKIE, path=PREFIX)

@@ -107,8 +107,7 @@ class UserListing:
         report_future_stamps(
             self.metrics,
             "users",
-            stamps.implausible,
-            stamps.newest_implausible,
+            stamps,
             account_id=account_id,
         )
         done = replace(

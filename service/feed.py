@@ -140,8 +140,7 @@ class FeedReader:
         report_future_stamps(
             self.metrics,
             "assignments",
-            run.stamps.implausible,
-            run.stamps.newest_implausible,
+            run.stamps,
             account_id=lease.account_id,
         )
         await self._commit(run, ReadState.after_read(run.stamps.newest, run.now_ms, full=full))

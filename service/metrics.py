@@ -6,10 +6,10 @@ never a user or assignment id.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.detect import Watermark
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 7200)
 
@@ -161,18 +161,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def report_future_stamps(
-    metrics: Metrics, listing: str, count: int, newest: datetime | None, **where: str
-) -> None:
+def report_future_stamps(metrics: Metrics, listing: str, stamps: Watermark, **where: str) -> None:
     """Stamps a read did not believe (too far ahead of the upstream's clock): counted, and
     one log line for the read, never one a record."""
-    if not count:
+    if not stamps.implausible:
         return
-    metrics.future_stamps.labels(listing).inc(count)
+    metrics.future_stamps.labels(listing).inc(stamps.implausible)
+    newest = stamps.newest_implausible
     structlog.get_logger("upstream").warning(
         "future_stamps_ignored",
         listing=listing,
-        count=count,
+        count=stamps.implausible,
         newest=None if newest is None else newest.isoformat(),
         **where,
     )

@@ -169,8 +169,7 @@ class Poller:
         report_future_stamps(
             self.metrics,
             "assignments",
-            run.stamps.implausible,
-            run.stamps.newest_implausible,
+            run.stamps,
             account_id=lease.account_id,
             user_id=lease.user_id,
         )

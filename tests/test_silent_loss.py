@@ -15,27 +15,18 @@ from redis.asyncio import Redis
 from service import events as ev
 from service.sim.lms import SimLMS, SimResponse
 from service.sim.receiver import Receiver
-from service.store import keys
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
     baselined,
     driven,
-    endpoint,
-    make_settings,
     of_type,
     seed_user,
     served,
 )
 from tests.redis_server import RedisServer
+from tests.test_discovery import DISCOVERY, tracked
 from tests.test_feed import feed_settings
-
-DISCOVERY = {"discovery_interval": "2s", "full_resync_interval": "10s"}
-
-
-async def tracked(redis: Redis) -> set[str]:
-    return await redis.smembers(keys.discovered_users(ACCOUNT))
-
 
 Rx = tuple[Receiver, str]
 LAGGING = -300.0  # the provider's clock, 5 minutes behind StackOne's
@@ -56,14 +47,7 @@ async def test_a_record_stamped_in_the_future_hides_no_later_change(
     rx, rx_url = receiver
     sim.provider_skew = LAGGING
     seed_user(sim, "u_1", 2)
-    settings = make_settings(
-        redis_server.url,
-        lms_url,
-        [endpoint(rx_url)],
-        [],
-        accounts=[{"account_id": ACCOUNT, "users": ["u_1"], "strategy": strategy}],
-        polling={"account_interval": "500ms"},
-    )
+    settings = feed_settings(redis_server.url, lms_url, rx_url, ["u_1"], strategy)
     async with driven(settings, sim) as service:
         await service.baseline()
         # one odd record: stamped at the end of time (a provider's "never" placeholder)

@@ -29,7 +29,7 @@ from service.errors import (
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
 from service.store.health import log_redis_error, out_of_memory
-from service.store.leases import LEASE_SECONDS, Lease, Leases
+from service.store.leases import Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 from service.store.read_state import ReadState
 
@@ -37,6 +37,8 @@ log = structlog.get_logger("schedule")
 
 # how often a failed read's release is tried again while Redis does not answer
 RELEASE_RETRY_SECONDS = 0.5
+# and for how long, at most: a read that runs out of it is polled again a lease later
+RELEASE_GIVE_UP_SECONDS = 15.0
 
 
 def account_rejected(error: Exception) -> bool:
@@ -177,12 +179,12 @@ class PollRunner:
 
     async def _release(self, lease: Lease, due_ms: int, failed: ReadState) -> None:
         """Release a failed read's lease. While Redis is away (the likely reason the read
-        failed), try again until it answers: left to run out, the lease would hold the next
-        read back by up to LEASE_SECONDS. The heartbeat keeps the lease meanwhile (this
-        read still counts as running), and the release is fenced, so a late one changes
-        nothing once another process has taken the member over. Given up after
-        LEASE_SECONDS: by then the lease has run out anyway."""
-        deadline = time.monotonic() + LEASE_SECONDS
+        failed), try again until it answers, so the failure is counted and the next read is
+        due on the failure schedule. The heartbeat keeps the lease meanwhile (this read
+        still counts as running), and the release is fenced, so a late one changes nothing
+        once another process has taken the member over. Given up after
+        RELEASE_GIVE_UP_SECONDS: the lease runs out and another read follows."""
+        deadline = time.monotonic() + RELEASE_GIVE_UP_SECONDS
         while True:
             try:
                 await self.leases.release(lease, due_ms, failed)

@@ -27,7 +27,7 @@ from service.overdue import CHECK_SECONDS, OverdueWatcher
 from service.poll_runner import PollRunner, quietly
 from service.store import keys
 from service.store.health import log_redis_error
-from service.store.leases import LEASE_SECONDS, Lease, Leases
+from service.store.leases import HEARTBEAT_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 
 log = structlog.get_logger("schedule")
@@ -131,7 +131,7 @@ class PollScheduler:
         job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         self.jobs.add_job(self.sync_users, "interval", seconds=SYNC_SECONDS, **job)
         self.jobs.add_job(self.tick, "interval", seconds=TICK_SECONDS, **job)
-        self.jobs.add_job(self.heartbeat, "interval", seconds=LEASE_SECONDS / 3, **job)
+        self.jobs.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_SECONDS, **job)
         if self.overdue is not None:
             self.jobs.add_job(self.overdue.check, "interval", seconds=CHECK_SECONDS, **job)
         self.jobs.start()
@@ -259,14 +259,15 @@ class PollScheduler:
         return started
 
     async def heartbeat(self) -> None:
-        """Extend the leases of polls still running, so no other process takes them over."""
-        for lease in list(self.polling.values()):
-            if self.polling.get(lease.member) is not lease:
-                continue
-            try:
-                await self.leases.extend(lease)
-            except RedisError as e:
-                log_redis_error(log, "lease_extend_failed", e)
+        """Extend the leases of polls still running (claimed, waiting for the budget, or
+        reading), all in one script call, so no other process takes them over."""
+        try:
+            lost = await self.leases.extend_all(list(self.polling.values()))
+        except RedisError as e:
+            log_redis_error(log, "lease_extend_failed", e)
+            return
+        for lease in lost:  # its commit will find out as well; the process stalled
+            log.debug("lease_extend_lost", member=lease.member)
 
     async def _poll(self, lease: Lease) -> None:
         try:

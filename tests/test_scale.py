@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +19,7 @@ from service.store import keys
 from service.store.scripts import LEASED
 from tests.helpers import (
     ACCOUNT,
+    ROOT,
     Clock,
     baselined,
     driven,
@@ -117,6 +119,71 @@ async def test_two_processes_share_users_and_survive_a_kill(
     for user in ("u_1", "u_2"):
         times = [r.time for r in after if r.user_id == user]
         assert times and max(times) > after[-1].time - 2.0, user
+
+
+def takeover_config(path: Path, users: list[str]) -> str:
+    """config/test.yaml with `users` polled every 2 s (and logging at info: 50 polls a
+    second at debug would load the machine for nothing)."""
+    text = (ROOT / "config/test.yaml").read_text()
+    text = text.replace("users: [u_1, u_2]", f"users: [{', '.join(users)}]")
+    text = text.replace("interval: 500ms", "interval: 2s").replace("level: debug", "level: info")
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.slow
+async def test_a_killed_processs_users_are_polled_again_within_two_intervals(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    """Two processes share 100 users polled every 2 s; one is killed (-9) holding a full
+    batch of claims. Each user it held is polled again within max(2 intervals, 5 s) of the
+    kill, not a 15 s lease later."""
+    sim, lms_url = lms
+    users = [f"u_{n}" for n in range(1, 101)]
+    for user in users:
+        sim.add_user(ACCOUNT, user)
+    config = takeover_config(tmp_path / "takeover.yaml", users)
+    with run_processes(redis_server.url, lms_url, receiver[1], tmp_path, 2, config=config) as (
+        victim,
+        _,
+    ):
+        await wait_until(
+            lambda: {r.user_id for r in sim.requests if r.status == 200} >= set(users),
+            30,
+            "every user polled",
+        )
+
+        async def leased() -> list[str]:
+            return list(await redis.zrangebyscore(keys.POLL_DUE, LEASED, "+inf"))
+
+        # requests now hang for a second: both processes fill their 16 poll slots with
+        # claims, so more than 16 held means the victim holds some of them
+        sim.faults.delay_seconds = 1.0
+        await wait_until(lambda: _more_than(leased(), 16), 20, "both processes' slots full")
+        held = {keys.parse_user_member(member)[1] for member in await leased()}
+        killed_at = sim.clock()
+        victim.kill()
+        sim.faults.delay_seconds = 0.0
+
+        def again() -> dict[str, float]:
+            first: dict[str, float] = {}
+            for r in sim.requests:
+                if r.time > killed_at and r.user_id in held:
+                    first.setdefault(r.user_id, r.time - killed_at)
+            return first
+
+        await wait_until(lambda: len(again()) == len(held), 30, "every held user polled again")
+    # max(2 × interval, 5 s)
+    slowest = max(again().items(), key=lambda item: item[1])
+    assert slowest[1] <= 5.0, slowest
+
+
+async def _more_than(members: Awaitable[list[str]], count: int) -> bool:
+    return len(await members) > count
 
 
 @pytest.mark.slow

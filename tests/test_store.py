@@ -102,6 +102,28 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     assert again == 0 and await redis.zcard(HR.due) == 2
 
 
+async def test_a_heartbeat_extends_every_lease_held_in_one_call_and_reports_those_lost(
+    redis: Redis,
+) -> None:
+    """The heartbeat keeps a process's running leases; one taken over elsewhere (this
+    process stalled past it) is reported lost and left to its new holder, and one whose
+    commit is under way (its lock held) is left to that commit."""
+    leases = user_leases(redis)
+    members = [keys.user_member("acc_1", f"u_{n}") for n in (1, 2, 3)]
+    await leases.add({member: 0 for member in members})
+    kept, lost, committing = await leases.claim(3)
+    await redis.zadd(keys.POLL_DUE, {lost.member: lost.token + 1})  # claimed elsewhere
+    await asyncio.sleep(0.002)  # Redis' clock moves on: the extension has another token
+    before = kept.token
+    async with committing.lock:
+        assert await leases.extend_all([kept, lost, committing]) == [lost]
+    assert kept.token > before and committing.token == before
+    scores = dict(await redis.zrange(keys.POLL_DUE, 0, -1, withscores=True))
+    assert scores[kept.member] == kept.token
+    assert scores[lost.member] == lost.token + 1  # its new holder's, untouched
+    assert scores[committing.member] == before
+
+
 async def test_a_poll_lease_is_extended_released_and_handed_back_only_by_its_holder(
     redis: Redis,
 ) -> None:

@@ -106,6 +106,12 @@ class ServiceProcess:
         async with session.get(f"http://127.0.0.1:{self.port}/metrics") as response:
             return await response.text()
 
+    def kill(self) -> None:
+        """kill -9: the process hands nothing back."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

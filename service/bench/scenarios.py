@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from service.bench.harness import SECRET, Bench, cpu_seconds, memory_kb, twin
 from service.bench.load import (
@@ -45,6 +45,7 @@ from service.events import COMPLETED
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
 from service.store.polls import PollStore
+from service.store.scripts import LEASED
 from service.timefmt import parse_iso
 
 Scenario = Callable[..., Awaitable[dict[str, Any]]]
@@ -383,6 +384,74 @@ async def scale_out(bench: Bench, scale: float) -> dict[str, Any]:
         }
     bench.received.delay = 0.0
     return figures
+
+
+TAKEOVER_INTERVAL = 2.0
+
+
+async def takeover(bench: Bench, scale: float) -> dict[str, Any]:
+    """Two processes share 100 users polled every 2 s; one is killed (-9) holding a full
+    batch of claims (requests hang for a second then, so both fill their 16 poll slots; more
+    than 16 leases held means the killed one held some). The figure: the longest time from
+    the kill until a user leased at that moment is polled again (a request that reached the
+    simulator after the kill), over a few rounds. Target: max(2 intervals, 5 s)."""
+    users = user_ids(100)
+    seed_users(bench.lms, len(users), 1)
+    config = bench.service_config(users, interval=f"{TAKEOVER_INTERVAL:g}s", endpoint=False)
+    slowest: list[float] = []
+    held_counts: list[int] = []
+    for _ in range(_n(5, scale)):
+        await bench.redis.flushall()
+        bench.lms.faults.delay_seconds = 0.0
+        victim, _survivor = await bench.start_services(config, 2)
+        bench.lms.clear_requests()
+        await _wait(_asked_for(bench, set(users), after=bench.lms.clock()), 60, "every user polled")
+        bench.lms.faults.delay_seconds = 1.0
+        await _wait(_more_leased_than(bench, 16), 30, "both processes' poll slots full")
+        held = {keys.parse_user_member(m)[1] for m in await _leased(bench)}
+        killed_at = bench.lms.clock()
+        victim.kill()
+        bench.lms.faults.delay_seconds = 0.0
+        await _wait(_asked_for(bench, held, after=killed_at), 60, "every held user polled again")
+        first = _first_requests(bench, held, killed_at)
+        slowest.append(max(first.values()) - killed_at)
+        held_counts.append(len(held))
+        bench.stop_services()
+    return {
+        "users": len(users),
+        "interval_seconds": TAKEOVER_INTERVAL,
+        "rounds": len(slowest),
+        "held_at_kill": held_counts,
+        "max_seconds": round(max(slowest), 3),
+        "per_round_seconds": [round(x, 3) for x in slowest],
+    }
+
+
+async def _leased(bench: Bench) -> list[str]:
+    return cast(list[str], await bench.redis.zrangebyscore(keys.POLL_DUE, LEASED, "+inf"))
+
+
+def _more_leased_than(bench: Bench, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(await _leased(bench)) > count
+
+    return check
+
+
+def _first_requests(bench: Bench, users: set[str], after: float) -> dict[str, float]:
+    """When each of `users` was first asked for after `after` (the simulator's clock)."""
+    first: dict[str, float] = {}
+    for record in bench.lms.requests:
+        if record.time > after and record.user_id in users:
+            first.setdefault(record.user_id, record.time)
+    return first
+
+
+def _asked_for(bench: Bench, users: set[str], after: float) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(_first_requests(bench, users, after)) == len(users)
+
+    return check
 
 
 def nearest_rank(values: list[float], fraction: float) -> float | None:
@@ -794,4 +863,5 @@ SCENARIOS: dict[str, Scenario] = {
     "reach": reach,
     "adaptive": adaptive,
     "log_memory": log_memory,
+    "takeover": takeover,
 }

@@ -30,15 +30,20 @@ from service.store.scripts import (
     LEASED,
     ClaimDue,
     DueNow,
+    ExtendLeases,
     MoveLease,
     due_or_expiry_ms,
     hold,
     lease_ms,
 )
 
-# A dead process's work is taken over this soon; live work extends its lease every third of
-# it (the scheduler's heartbeat).
-LEASE_SECONDS = 15.0
+# A dead process's work is taken over this soon (whether it had started or was only claimed),
+# so its users are polled again within about an interval; live work extends its lease every
+# third of it (the scheduler's heartbeat, all of a process's leases in one script call), so a
+# process has two seconds of stall to spare before it loses one (a lost lease wastes a read,
+# never repeats a commit: the commit is fenced).
+LEASE_SECONDS = 3.0
+HEARTBEAT_SECONDS = LEASE_SECONDS / 3
 # the next score of a commit that keeps its lease (a flush of a long read): LEASE_SECONDS
 # more, on Redis' clock
 KEEP_LEASE = hold(LEASE_SECONDS)
@@ -81,6 +86,7 @@ class Leases:
         self._claim = ClaimDue(redis)
         self._move = MoveLease(redis)
         self._due_now = DueNow(redis)
+        self._extend = ExtendLeases(redis)
 
     async def claim(self, limit: int) -> list[Lease]:
         """Lease up to `limit` members that are due now, or whose lease ran out (their
@@ -98,13 +104,32 @@ class Leases:
         """Keep running work's lease for another LEASE_SECONDS; False when it was lost or
         has ended."""
         async with lease.lock:
-            if lease.ended:
-                return False
-            token = await self._move(self._keys(lease), lease.member, lease.token, KEEP_LEASE)
+            return not lease.ended and not await self._extend_held([lease])
+
+    async def extend_all(self, leases: list[Lease]) -> list[Lease]:
+        """The heartbeat: keep every running lease for another LEASE_SECONDS, in one script
+        call. Returns those lost. A lease whose token is in use is left out: its commit
+        ends it or keeps it itself, and a new token meanwhile would fence that commit out."""
+        free = [lease for lease in leases if not lease.ended and not lease.lock.locked()]
+        for lease in free:  # free: taken at once, without a switch to another task
+            await lease.lock.acquire()
+        try:
+            return await self._extend_held(free)
+        finally:
+            for lease in free:
+                lease.lock.release()
+
+    async def _extend_held(self, leases: list[Lease]) -> list[Lease]:
+        """Extend leases whose locks are held here; returns those lost."""
+        held = [(lease.member, lease.token) for lease in leases]
+        tokens = await self._extend(self.zset, lease_ms(LEASE_SECONDS), held)
+        lost = []
+        for lease, token in zip(leases, tokens, strict=True):
             if token is None:
-                return False
-            lease.token = token
-            return True
+                lost.append(lease)
+            else:
+                lease.token = token
+        return lost
 
     async def release(self, lease: Lease, due_ms: int, state: ReadState | None = None) -> bool:
         """End the lease without a commit: the member is next due at `due_ms`, with `state`

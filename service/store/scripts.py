@@ -171,6 +171,22 @@ class MoveLease(_Script):
         )
 
 
+class ExtendLeases(_Script):
+    source = "extend_leases"
+
+    async def __call__(
+        self, zset: str, hold_ms: int, held: list[tuple[str, int]]
+    ) -> list[int | None]:
+        """Each (member, token held) lease runs until `hold_ms` from now on Redis' clock
+        (never shortened). Returns each lease's token now, None where it was lost."""
+        if not held:
+            return []
+        args: list[Any] = [hold_ms]
+        for member, token in held:
+            args += [member, token]
+        return [_moved(token) for token in await self._run(keys=[zset], args=args)]
+
+
 class DueNow(_Script):
     source = "due_now"
 

@@ -145,14 +145,20 @@ class PollScheduler:
         self.accepting = True
         await self.sync_users()
         polls = 0
-        while True:
-            async with self._claiming:
-                started = await self._claim()
-            # all claimed may have been deferred while more are due (the claim was full)
-            if not started and not self.tasks and not self._backlog:
-                break
-            polls += started
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        # leases are short (LEASE_SECONDS): a long read in a burst is renewed as in a run
+        beating = asyncio.create_task(self._beat(), name="heartbeat")
+        try:
+            while True:
+                async with self._claiming:
+                    started = await self._claim()
+                # all claimed may have been deferred while more are due (the claim was full)
+                if not started and not self.tasks and not self._backlog:
+                    break
+                polls += started
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        finally:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
         if self.overdue is not None:
             await self.overdue.check()
         return polls
@@ -257,6 +263,11 @@ class PollScheduler:
             task.add_done_callback(self._poll_finished)
             started += 1
         return started
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self.heartbeat()
 
     async def heartbeat(self) -> None:
         """Extend the leases of polls still running (claimed, waiting for the budget, or

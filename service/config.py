@@ -520,6 +520,11 @@ def parse_settings(data: Any) -> Settings:
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 # A config is nested 5 levels deep; the composer recurses per level (500 overflowed it).
 MAX_YAML_DEPTH = 32
+# An alias shares its node, but filling in `${VAR}`s and validating copy it once per alias:
+# nine lines of aliases are 10^9 nodes. What aliases add is bounded by about what the largest
+# accepted file holds written out (4 MiB of `[a,a,…]` is 2 million nodes), so sharing even a
+# 100,000-user list among accounts is fine and no alias costs more than a big file does.
+MAX_ALIAS_NODES = 1_000_000
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -528,28 +533,24 @@ class _ConfigLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        # id(node) -> its anchor's name, for errors about what its aliases expand to
+        self.anchor_names: dict[int, str] = {}
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        alias = self.check_event(yaml.AliasEvent)
-        event = self.current_event  # check_event has read it
-        if alias:
-            # An alias shares its node; filling in `${VAR}`s and validating copy it, so nine
-            # lines of aliases grow to 10^9 nodes. A config has no need for them.
-            raise ComposerError(
-                None,
-                None,
-                "aliases (*name) are not supported: write the value out",
-                event.start_mark,
-            )
+        self.check_event()  # reads the next event into current_event
+        event = self.current_event
         if self._depth >= MAX_YAML_DEPTH:
             raise ComposerError(
                 None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark
             )
         self._depth += 1
         try:
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if node is not None and event.anchor is not None:
+            self.anchor_names.setdefault(id(node), event.anchor)
+        return node
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
@@ -567,21 +568,73 @@ class _ConfigLoader(yaml.SafeLoader):
             ) from None
 
 
-def _no_duplicate_keys(node: Node, at: tuple[str, ...], values: Substitutions) -> None:
-    """PyYAML keeps the last of two equal keys without a word: one of them is a mistake."""
-    if isinstance(node, MappingNode):
+class _DocumentCheck:
+    """One walk of the composed document before anything copies it: duplicate keys, and
+    what aliases expand to, each shared node measured once (where it is written, which the
+    walk, in document order, always meets before any alias of it)."""
+
+    def __init__(self, values: Substitutions, anchor_names: dict[int, str]) -> None:
+        self._values = values
+        self._anchor_names = anchor_names
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node): expanded (nodes, height)
+        self._open: set[int] = set()  # the nodes the walk is inside of
+        self._added = 0  # nodes the aliases met so far add
+
+    def walk(self, node: Node, at: tuple[str, ...] = ()) -> tuple[int, int]:
+        """The node's expanded (node count, height); raises ConfigError on what is refused."""
+        measured = self._measured.get(id(node))
+        if measured is not None:
+            self._alias(node, at, measured)
+            return measured
+        if id(node) in self._open:
+            raise ConfigError(
+                _location(at), f"an alias inside the value it names ({self._of(node)})"
+            )
+        self._open.add(id(node))
+        nodes, height = 1, 0
+        for child, path in self._children(node, at):
+            size, child_height = self.walk(child, path)
+            nodes, height = nodes + size, max(height, child_height)
+        self._open.discard(id(node))
+        self._measured[id(node)] = (nodes, height + 1)
+        return nodes, height + 1
+
+    def _alias(self, node: Node, at: tuple[str, ...], measured: tuple[int, int]) -> None:
+        self._added += measured[0]
+        if self._added > MAX_ALIAS_NODES:
+            raise ConfigError(
+                _location(at),
+                f"aliases expand the document by more than {MAX_ALIAS_NODES:,} values"
+                f" ({self._of(node)})",
+            )
+        if len(at) + measured[1] > MAX_YAML_DEPTH:
+            raise ConfigError(
+                _location(at),
+                f"nested deeper than {MAX_YAML_DEPTH} levels through {self._of(node)}",
+            )
+
+    def _of(self, node: Node) -> str:
+        name = self._anchor_names.get(id(node), "?")
+        return f"*{name}, anchored on line {node.start_mark.line + 1}"
+
+    def _children(self, node: Node, at: tuple[str, ...]) -> list[tuple[Node, tuple[str, ...]]]:
+        """The node's keys and values with their key paths; two equal keys are an error
+        (PyYAML keeps the last without a word: one of them is a mistake)."""
+        if isinstance(node, SequenceNode):
+            return [(item, (*at, str(index))) for index, item in enumerate(node.value)]
+        if not isinstance(node, MappingNode):
+            return []
+        children: list[tuple[Node, tuple[str, ...]]] = []
         seen: set[tuple[str, Any]] = set()
         for key, value in node.value:
-            name = values.put_back(str(key.value)) if isinstance(key, ScalarNode) else "?"
+            name = self._values.put_back(str(key.value)) if isinstance(key, ScalarNode) else "?"
             if isinstance(key, ScalarNode):
                 if (key.tag, key.value) in seen:
                     line = key.start_mark.line + 1
                     raise ConfigError(_location((*at, name)), f"duplicate key (line {line})")
                 seen.add((key.tag, key.value))
-            _no_duplicate_keys(value, (*at, name), values)
-    elif isinstance(node, SequenceNode):
-        for index, item in enumerate(node.value):
-            _no_duplicate_keys(item, (*at, str(index)), values)
+            children += [(key, (*at, name)), (value, (*at, name))]
+        return children
 
 
 def _parse_yaml(text: str, values: Substitutions, source: str) -> Any:
@@ -590,7 +643,7 @@ def _parse_yaml(text: str, values: Substitutions, source: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _no_duplicate_keys(node, (), values)
+        _DocumentCheck(values, loader.anchor_names).walk(node)
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -185,21 +185,65 @@ def check_config_exit(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[s
     return err
 
 
-def test_yaml_aliases_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`safe_load` shares an aliased node; filling `${VAR}`s and validating copy it: nine
-    levels of ten aliases are 10^9 leaves. Aliases are refused outright."""
+def alias_bomb(indent: str = "") -> str:
+    """Nine lines of aliases, ten each: 10^9 values once anything copies the shared nodes."""
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
-    text = MINIMAL + "bomb:\n" + "".join(f"  {level}\n" for level in levels)
-    err = check_config_exit(tmp_path, text, capsys)
-    assert "alias" in err and "line 11" in err
+    return "".join(f"{indent}{level}\n" for level in levels)
+
+
+# MINIMAL's endpoint anchored and shared whole (a merge key) and in part; accounts share users
+SHARED = MINIMAL.replace(
+    "  - id: hr\n", "  - &hr\n    id: hr\n    events: &events [assignment.completed]\n"
+) + (
+    "  - <<: *hr\n    id: crm\n    url: https://crm.example.com/hooks\n"
+    "  - id: audit\n    url: https://audit.example.com/hooks\n    secret: ${SECRET}\n"
+    "    events: *events\n"
+    "accounts:\n"
+    "  - account_id: acme\n    users: &users [u1, u2]\n"
+    "  - account_id: globex\n    users: *users\n"
+)
+
+
+def test_anchors_aliases_and_merge_keys_share_values(tmp_path: Path) -> None:
+    """What `yaml.safe_dump` writes for a shared list, and what compose files do."""
+    settings = load_settings(write(tmp_path, SHARED), ENV)
+    assert [a.users for a in settings.accounts] == [["u1", "u2"], ["u1", "u2"]]
+    hr, crm, audit = settings.endpoints
+    assert (crm.id, crm.url) == ("crm", "https://crm.example.com/hooks")
+    assert crm.secret[0].get_secret_value() == ENV["SECRET"]  # `${SECRET}` filled in the copy
+    assert hr.events == crm.events == audit.events == ["assignment.completed"]
+
+
+def test_alias_bomb_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Aliases are measured before anything copies them: the expansion is refused, naming
+    the alias that passes the bound and its anchor."""
+    err = check_config_exit(tmp_path, MINIMAL + "bomb:\n" + alias_bomb("  "), capsys)
+    assert "bomb.a5.7: aliases expand the document by more than 1,000,000 values" in err
+    assert "*a4, anchored on line 14" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # an alias inside its own anchor: a loop, not a value
+        ("loop: &l [a, *l]\n", "loop.1: an alias inside the value it names (*l"),
+        # each written part is shallow, but the alias puts one inside the other
+        (
+            "a: &d " + "[" * 20 + "]" * 20 + "\nb: " + "[" * 20 + "*d" + "]" * 20 + "\n",
+            "nested deeper than 32 levels through *d",
+        ),
+    ],
+)
+def test_aliases_that_loop_or_nest_too_deep_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    assert expected in check_config_exit(tmp_path, MINIMAL + text, capsys)
 
 
 def test_alias_bomb_check_config_returns_at_once(tmp_path: Path) -> None:
     """The whole command, as a user runs it: exit 2 in seconds, not minutes and gigabytes."""
-    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    levels += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 10)]
-    bad = write(tmp_path, MINIMAL + "".join(f"{level}\n" for level in levels))
+    bad = write(tmp_path, MINIMAL + alias_bomb())
     proc = subprocess.run(
         [sys.executable, "-m", "service", "check-config", "--config", str(bad)],
         capture_output=True,
@@ -209,7 +253,7 @@ def test_alias_bomb_check_config_returns_at_once(tmp_path: Path) -> None:
         timeout=30,
         check=False,
     )
-    assert proc.returncode == 2 and "alias" in proc.stderr
+    assert proc.returncode == 2 and "aliases expand the document" in proc.stderr
 
 
 def test_deep_nesting_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

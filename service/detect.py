@@ -307,7 +307,7 @@ class Watermark:
         """The stamps of one answer; `served_at`: its `Date` (the read's start on our clock
         when it had none)."""
         bound = served_at + PLAUSIBLE_AHEAD
-        newest = self.newest
+        previous = newest = self.newest
         for value in values:
             moment = parse_iso(value)
             if moment is None or moment < _EPOCH:  # zero values such as 0001-01-01: unknown
@@ -318,6 +318,10 @@ class Watermark:
                     self.newest_implausible = moment
             elif newest is None or moment > newest:
                 newest = moment
+        # a stamp a little ahead is believed, not followed: past the answer's `Date` the
+        # next read's overlap would no longer reach back to records committed late
+        if newest is not None and newest > served_at:
+            newest = served_at if previous is None else max(previous, served_at)
         self.newest = newest
 
 

@@ -144,6 +144,8 @@ class FeedReader:
             account_id=lease.account_id,
         )
         await self._commit(run, ReadState.after_read(run.stamps.newest, run.now_ms, full=full))
+        if full:
+            self.complete_reads.all_baselined(run)
         self.metrics.feed_reads.labels("full" if full else "ok").inc()
         duplicates = run.result.duplicates + run.latest.duplicates
         if duplicates:  # not result.skipped: the id was read, removals still hold

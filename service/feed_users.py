@@ -100,7 +100,6 @@ class CompleteUserReads:
                 del run.users[user_id]  # nothing to write, nothing to remove
         for user in run.users.values():
             user.complete = True
-        self._baselined[run.account_id] = set(run.tracked)
         if run.result.skipped:  # a skipped record may be one we know: removals wait
             return
         missing = {
@@ -120,6 +119,11 @@ class CompleteUserReads:
         for user_id in confirm:
             if results[user_id] is not None:
                 self._remove(run, user_id, missing[user_id])
+
+    def all_baselined(self, run: FeedRun) -> None:
+        """A full read of the account committed: every user it tracked is baselined (known
+        only now: a commit that failed baselined nobody, and the next read must see so)."""
+        self._baselined[run.account_id] = set(run.tracked)
 
     def _remove(self, run: FeedRun, user_id: str, missing: frozenset[str]) -> None:
         """Offset paging shifts when records are deleted during a read, so one read can skip

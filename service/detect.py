@@ -231,11 +231,14 @@ def detect_overdue(
     if due_ms > now.timestamp() * 1000:
         return None
     data = _data(account_id, user_id, assignment_id, snapshot.sequence, [], None, snapshot.record)
-    # keyed by the due date, not the sequence or the record: once per due date, whatever
-    # else changes meanwhile
-    [event] = _events([ev.OVERDUE], data, "due", now)
-    event["id"] = event_id(account_id, user_id, assignment_id, due_ms, ev.OVERDUE, "due")
-    return event
+    return {
+        # keyed by the due date, not the sequence or the record: once per due date, whatever
+        # else changes meanwhile
+        "id": event_id(account_id, user_id, assignment_id, due_ms, ev.OVERDUE, "due"),
+        "type": ev.OVERDUE,
+        "timestamp": iso_ms(now),
+        "data": data,
+    }
 
 
 def changed_since_found(record: dict[str, Any], found_ms: int | None) -> bool:

@@ -104,12 +104,7 @@ class UserListing:
         if mass_drop:  # held: nobody leaves, and the next listing is complete again
             result.held = len(drop)
             drop, full = [], False
-        report_future_stamps(
-            self.metrics,
-            "users",
-            stamps,
-            account_id=account_id,
-        )
+        report_future_stamps(self.metrics, "users", stamps, account_id=account_id)
         done = replace(
             ReadState.after_read(stamps.newest, int(started * 1000), full=full),
             mass_drop_ms=mass_drop,

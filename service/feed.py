@@ -106,13 +106,12 @@ class FeedReader:
         polling = self.settings.polling
         # a read that ends a fallback asks for the filter, if it can: it must show again
         # whether the upstream applies it (a full read cannot tell)
-        full = (
-            state.watermark_ms is None
-            or (
-                fallback is None
-                and state.complete_read_due(started, self.cadence.full_resync_interval)
+        full = state.watermark_ms is None or (
+            fallback is None
+            and (
+                state.complete_read_due(started, self.cadence.full_resync_interval)
+                or await self.complete_reads.many_new(lease.account_id, tracked)
             )
-            or (fallback is None and await self.complete_reads.many_new(lease.account_id, tracked))
         )
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         run = FeedRun(
@@ -137,12 +136,7 @@ class FeedReader:
         except UpstreamError:
             self.metrics.feed_reads.labels("error").inc()
             raise
-        report_future_stamps(
-            self.metrics,
-            "assignments",
-            run.stamps,
-            account_id=lease.account_id,
-        )
+        report_future_stamps(self.metrics, "assignments", run.stamps, account_id=lease.account_id)
         await self._commit(run, ReadState.after_read(run.stamps.newest, run.now_ms, full=full))
         if full:
             self.complete_reads.all_baselined(run)

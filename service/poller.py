@@ -64,9 +64,9 @@ class _Run:
     emit: bool
     stored: StoredUser
     result: PollResult
+    stamps: Watermark  # the newest believable `updated_at` read so far
     outbox: Outbox = field(default_factory=Outbox)
     seen: set[str] = field(default_factory=set)
-    stamps: Watermark = field(default_factory=lambda: Watermark(None))
     now_ms: int = 0
 
     def __post_init__(self) -> None:

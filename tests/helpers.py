@@ -21,7 +21,6 @@ from redis.asyncio import Redis
 
 from service.app import Service
 from service.config import Settings, parse_settings
-from service.delivery.claimer import LEASE_MARGIN
 from service.sim.lms import SimLMS, start_sim_server
 from service.sim.receiver import ReceivedEvent
 from service.store import keys
@@ -223,12 +222,12 @@ async def redis_ms(redis: Redis) -> int:
 async def leases_run_out(redis: Redis) -> None:
     """What time would do to a killed process's claims, at once: every user and event being
     worked on (scored as a lease) is due now. Each lease must run out within its length on
-    Redis' clock (a poll's LEASE_SECONDS; an event's claim at most the test endpoints' 2 s
-    timeout and LEASE_MARGIN), so a claim that would never run out by itself fails here.
+    Redis' clock (LEASE_SECONDS, a poll's and an event claim's alike), so a claim that would
+    never run out by itself fails here.
     Only for a dead process: a live one would just lose its leases."""
     now_ms = await redis_ms(redis)
     queues = [key async for key in redis.scan_iter(match=keys.ENDPOINT_QUEUES)]
-    bounds = {keys.POLL_DUE: LEASE_SECONDS} | {queue: 2.0 + LEASE_MARGIN for queue in queues}
+    bounds = dict.fromkeys([keys.POLL_DUE, *queues], LEASE_SECONDS)
     for zset, seconds in bounds.items():
         leased = await redis.zrangebyscore(zset, LEASED, "+inf", withscores=True)
         too_far = [(m, s) for m, s in leased if s > LEASED + now_ms + (seconds + 1) * 1000]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from service import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver, hang
 from service.store import keys
+from service.store.scripts import LEASED
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
@@ -123,3 +125,40 @@ async def test_two_processes_share_the_endpoint_rate_and_send_each_event_once(
     for n, start in enumerate(times):  # any 2 s window: at most 5/s x 2 s, +1 for the edge
         assert sum(1 for t in times[n:] if t < start + 2.0) <= 11
     assert processes.logs().count('"delivery_attempt"') == 15
+
+
+async def test_a_killed_processs_event_claims_are_taken_over_within_5_seconds(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    tmp_path: Path,
+) -> None:
+    """Two processes deliver to a receiver that hangs, each holding a full round of claims
+    (8 being sent, 8 waiting: 16 at most); one is killed (-9). Every event claimed at that
+    moment is delivered by the other within 5 s, not once a claim as long as the endpoint's
+    timeout plus a margin has run out."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed(sim, 10)
+
+    async def more_claims_than() -> bool:
+        return int(await redis.zcount(HR_DUE, LEASED, "+inf")) > 16
+
+    with run_processes(redis_server.url, lms_url, rx_url, tmp_path, 2) as (victim, _):
+        await wait_until(lambda: baselined(redis, "u_1"), 20, "baseline")
+        rx.default_answer = hang(60)
+        for n in range(1, 11):
+            sim.progress(ACCOUNT, "u_1", f"a{n}", 100)  # 40 events
+        # more claims than one process holds: the victim holds some of them
+        await wait_until(more_claims_than, 20, "both processes holding claims")
+        victim.kill()
+        killed_at = time.time()
+        leased = set(await redis.zrangebyscore(HR_DUE, LEASED, "+inf"))
+        rx.default_answer = Answer(status=200)
+        await wait_until(lambda: leased <= {e.webhook_id for e in rx.events}, 30, "delivered")
+    first: dict[str, float] = {}
+    for event in rx.events:
+        first.setdefault(event.webhook_id, event.received_at)
+    late = {i: round(first[i] - killed_at, 2) for i in leased if first[i] - killed_at > 5.0}
+    assert not late, f"claims of the killed process outlived it: {late}"

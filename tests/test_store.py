@@ -396,3 +396,28 @@ async def test_a_change_fades_over_the_plans_intervals_not_the_configured_ones(
         assert await poll_after(1) == 1.0  # one change
         faded = await poll_after(10)  # one planned interval later, nothing new
     assert faded == pytest.approx(math.exp(-1 / RATE_MEMORY))
+
+
+async def test_a_heartbeat_renews_event_claims_without_fencing_out_an_ack_under_way(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """A worker's heartbeat gives every claim it holds a new token. An ack sent at the same
+    moment (on another connection) with the old token found its claim lost, and the event,
+    delivered, went out again once the claim ran out. Acks and renewals take turns."""
+    now = time.time()
+    await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+    acking = Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        queue = EventQueue(redis)
+        held = await queue.claim("hr", now=now, seconds=LEASE_SECONDS, limit=10)
+        assert len(held) == 2
+        first_tokens = [event.token for event in held]
+        queue._ack = type(queue._ack)(acking)  # the ack's own connection, as a pool would
+        renewal = asyncio.create_task(queue.extend_held("hr", held, now, LEASE_SECONDS * 2))
+        await asyncio.sleep(0)  # the renewal is under way
+        assert await queue.ack_many("hr", held) == [True, True]
+        assert await renewal == []
+        assert [event.token for event in held] != first_tokens  # renewed, then acked
+        assert await redis.zcard(keys.EndpointKeys("hr").due) == 0
+    finally:
+        await acking.aclose()

@@ -17,21 +17,19 @@ from service.delivery.breaker_cache import BreakerCache
 from service.delivery.handoff import Handoff
 from service.store.endpoints import EndpointStore
 from service.store.health import log_redis_error
+from service.store.leases import LEASE_SECONDS
 from service.store.queue import EventQueue
 
 log = structlog.get_logger("delivery")
 
 IDLE_WAIT = 0.5  # longest sleep of an idle claimer before it looks at Redis again
-# A claimed event's lease: the endpoint timeout, its throttle wait and this margin. A crashed
-# process's events are sent again once it runs out.
-LEASE_MARGIN = 5.0
+# The probe lock's length: the endpoint timeout and this margin (a probe is one request).
+PROBE_MARGIN = 5.0
 
 
-def lease_seconds(endpoint: EndpointSettings, batch: int) -> float:
-    """How long a claim of `batch` events lasts: long enough for each to wait for the
-    endpoint's rate, then time out."""
-    throttle = batch / endpoint.max_per_second if endpoint.max_per_second else 0.0
-    return endpoint.timeout + throttle + LEASE_MARGIN
+def probe_seconds(endpoint: EndpointSettings) -> float:
+    """How long one process holds the right to probe a half-open endpoint."""
+    return endpoint.timeout + PROBE_MARGIN
 
 
 class Claimed(Enum):
@@ -103,9 +101,8 @@ class Claimer:
         if state is Circuit.HALF_OPEN:  # a single delivery decides, sent by one process
             if busy:
                 return Claimed.FULL
-            seconds = lease_seconds(self.endpoint, 1)
             probing = await self.endpoints.try_probe(
-                self.endpoint.id, seconds, self.breaker.probe_holder
+                self.endpoint.id, probe_seconds(self.endpoint), self.breaker.probe_holder
             )
             log.debug("endpoint_probe", endpoint=self.endpoint.id, probing=probing)
             if not probing:
@@ -118,9 +115,9 @@ class Claimer:
                 return Claimed.FULL
         if self.handoff.closed:  # stopping: claim nothing more to hand back
             return Claimed.WITHHELD
-        batch = await self.queue.claim(
-            self.endpoint.id, now, lease_seconds(self.endpoint, want), want
-        )
+        # a short claim, which the worker's heartbeat renews while the event is held here:
+        # a process that dies leaves its events, sent or waiting, to the others in seconds
+        batch = await self.queue.claim(self.endpoint.id, now, LEASE_SECONDS, want)
         if state is Circuit.HALF_OPEN:
             self.breaker.probe_event_id = batch[0].event_id if batch else None
         for event in batch:

@@ -18,7 +18,6 @@ from redis.exceptions import RedisError
 
 from service.config import EndpointSettings
 from service.delivery.breaker_cache import BreakerCache
-from service.delivery.claimer import LEASE_MARGIN, lease_seconds
 from service.delivery.deadlines import Deadlines
 from service.delivery.handoff import Handoff
 from service.delivery.policy import Attempt, classify, crashed
@@ -28,6 +27,7 @@ from service.errors import AddressRefused
 from service.httpspec import USER_AGENT
 from service.store.claims import ClaimedEvent
 from service.store.health import log_redis_error
+from service.store.leases import LEASE_SECONDS
 from service.store.limits import SharedRate
 from service.store.log import RESPONSE_BODY_BYTES
 from service.store.queue import EventQueue
@@ -234,11 +234,11 @@ class Sender:
         """Send once, after the endpoint's rate allows; None when the claim was lost."""
         waited = 0.0 if self.rate is None else await self._throttle(self.rate)
         now = self.clock()
-        if waited or event.held_until - now < self.endpoint.timeout + LEASE_MARGIN / 2:
-            # the wait for the rate, or in the hand-off, may have outlasted the claim: renew
-            # it, or leave the event to the worker that took it over, so it is never sent twice
-            seconds = lease_seconds(self.endpoint, 1)
-            if not await self.queue.extend(self.endpoint.id, event, now, seconds):
+        if waited or event.held_until - now < LEASE_SECONDS / 2:
+            # the wait for the rate may have outlasted the claim, or the heartbeat that renews
+            # it fell behind (or found it lost): renew it here, or leave the event to the
+            # worker that took it over, so it is never sent twice
+            if not await self.queue.extend(self.endpoint.id, event, now, LEASE_SECONDS):
                 return None
         return await self.poster.post(event.event_id, event.body.encode())  # signed as sent
 

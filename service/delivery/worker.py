@@ -1,7 +1,8 @@
 """One endpoint's deliveries: a claimer, senders and a settler, joined by the hand-off.
 
 claimer ──claimed events──► hand-off ──► senders (one per slot) ──► settler ──► acks
-   │                                          │                       │
+   │                            │             │                       │
+   │                        heartbeat: renews every claim held, once a second
    └─────────────── breaker cache: read by all three, changed by settles
 """
 
@@ -13,6 +14,7 @@ import random
 from collections.abc import Callable
 
 import aiohttp
+import structlog
 from redis.exceptions import RedisError
 
 from service.config import DeliverySettings, EndpointSettings
@@ -24,8 +26,12 @@ from service.delivery.sender import Sender
 from service.delivery.settler import Settler
 from service.metrics import Metrics
 from service.store.endpoints import EndpointStore
+from service.store.health import log_redis_error
+from service.store.leases import HEARTBEAT_SECONDS, LEASE_SECONDS
 from service.store.limits import SharedRate
 from service.store.queue import EventQueue
+
+log = structlog.get_logger("delivery")
 
 
 class EndpointWorker:
@@ -83,6 +89,7 @@ class EndpointWorker:
         self.senders: set[asyncio.Task[None]] = set()
         self.deadlines: asyncio.Task[None] | None = None
         self.claiming: asyncio.Task[None] | None = None
+        self.renewing: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -97,7 +104,28 @@ class EndpointWorker:
         self._start_senders()
         self.claiming = asyncio.create_task(self.claimer.run(), name=f"claim:{self.endpoint.id}")
 
+    async def heartbeat(self) -> None:
+        """Claims are short (LEASE_SECONDS): renew every one held here, waiting for a sender
+        or being sent, in one round trip a second, so only a process that died (or stalled)
+        leaves its events to the others, and then within seconds."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            held = list(self.handoff.held.values())
+            if not held:
+                continue
+            try:
+                await self.queue.extend_held(self.endpoint.id, held, self.clock(), LEASE_SECONDS)
+            except RedisError as e:  # the senders renew before sending what ran out
+                log_redis_error(log, "claims_extend_failed", e, endpoint=self.endpoint.id)
+
+    async def _stop_heartbeat(self) -> None:
+        if self.renewing is not None:
+            self.renewing.cancel()
+            await asyncio.gather(self.renewing, return_exceptions=True)
+            self.renewing = None
+
     def _start_senders(self) -> None:
+        self.renewing = asyncio.create_task(self.heartbeat(), name=f"renew:{self.endpoint.id}")
         self.senders = {
             asyncio.create_task(self.sender.run(), name=f"send:{self.endpoint.id}")
             for _ in range(self.endpoint.concurrency)
@@ -128,6 +156,7 @@ class EndpointWorker:
         finally:
             self.handoff.end_senders(len(self.senders))
             await self._stop_senders(timeout=None)
+            await self._stop_heartbeat()
 
     async def stop(self, timeout: float) -> None:
         """Claim nothing new; let deliveries in flight finish in `timeout`, then hand back
@@ -141,6 +170,7 @@ class EndpointWorker:
         left = deadline - asyncio.get_running_loop().time()
         with contextlib.suppress(TimeoutError):  # what was delivered is not handed back
             await asyncio.wait_for(self.acks.flush(), max(left, 0.1))
+        await self._stop_heartbeat()  # what is still held is handed back now
         await self.hand_back()
 
     async def _stop_senders(self, timeout: float | None) -> None:

@@ -6,7 +6,10 @@ dies holding one lets its claim run out and another worker sends it again, same 
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -18,6 +21,7 @@ from service.store.scripts import (
     AckEvents,
     ClaimEvents,
     DeadLetterEvent,
+    ExtendLeases,
     MoveEvent,
     ReplayDead,
     hold,
@@ -25,14 +29,55 @@ from service.store.scripts import (
 )
 
 
+class _TokenUse:
+    """One endpoint's fenced writes and the renewal of its claims never overlap. A renewal
+    gives each claim a new token: a write that read the old one and reached Redis after it
+    would find its claim lost, and the event would be sent again. Writes share the way;
+    a renewal waits for those under way and holds new ones back for its round trip."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.no_writes = asyncio.Event()
+        self.no_writes.set()
+        self.no_renewal = asyncio.Event()
+        self.no_renewal.set()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        while not self.no_renewal.is_set():  # no switch to another task when there is none
+            await self.no_renewal.wait()
+        self.writes += 1
+        self.no_writes.clear()
+        try:
+            yield
+        finally:
+            self.writes -= 1
+            if not self.writes:
+                self.no_writes.set()
+
+    @asynccontextmanager
+    async def renewal(self) -> AsyncIterator[None]:
+        self.no_renewal.clear()
+        try:
+            await self.no_writes.wait()
+            yield
+        finally:
+            self.no_renewal.set()
+
+
 class EventQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._claim = ClaimEvents(redis)
-        self.ack_many = AckEvents(redis)  # delivered, each fenced by its own token
-        self.dead_letter = DeadLetterEvent(redis)
+        self._ack = AckEvents(redis)
+        self._dead_letter = DeadLetterEvent(redis)
         self._move = MoveEvent(redis)
+        self._extend = ExtendLeases(redis)
         self._replay = ReplayDead(redis)
+        self._token_use: dict[str, _TokenUse] = {}  # per endpoint
+
+    def _writing(self, endpoint_id: str) -> _TokenUse:
+        return self._token_use.setdefault(endpoint_id, _TokenUse())
 
     async def claim(
         self, endpoint_id: str, now: float, seconds: float, limit: int
@@ -43,26 +88,57 @@ class EventQueue:
             endpoint_id, int(now * 1000), lease_ms(seconds), limit, held_until=now + seconds
         )
 
+    async def ack_many(self, endpoint_id: str, events: list[ClaimedEvent]) -> list[bool]:
+        """Delivered, each fenced by its own claim; False where the claim was lost."""
+        async with self._writing(endpoint_id).write():
+            return await self._ack(endpoint_id, events)
+
     async def ack(self, endpoint_id: str, event: ClaimedEvent) -> bool:
         return (await self.ack_many(endpoint_id, [event]))[0]
+
+    async def dead_letter(
+        self, endpoint_id: str, event: ClaimedEvent, now_ms: int, record: str = ""
+    ) -> bool:
+        async with self._writing(endpoint_id).write():
+            return await self._dead_letter(endpoint_id, event, now_ms, record)
 
     async def extend(
         self, endpoint_id: str, event: ClaimedEvent, now: float, seconds: float
     ) -> bool:
         """Keep a claim `seconds` longer from `now` (fenced); False when another worker has
         taken the event over."""
-        token = await self._move(endpoint_id, event, hold(seconds), None)
+        async with self._writing(endpoint_id).write():
+            token = await self._move(endpoint_id, event, hold(seconds), None)
         if token is None:
             return False
         event.token, event.held_until = token, now + seconds
         return True
+
+    async def extend_held(
+        self, endpoint_id: str, events: list[ClaimedEvent], now: float, seconds: float
+    ) -> list[ClaimedEvent]:
+        """A worker's heartbeat: every claim it holds runs `seconds` longer from `now`, in
+        one script call (never shortened). Returns the events whose claims were lost."""
+        async with self._writing(endpoint_id).renewal():
+            held = [(event.event_id, event.token) for event in events]
+            tokens = await self._extend(EndpointKeys(endpoint_id).due, lease_ms(seconds), held)
+            lost = []
+            for event, token in zip(events, tokens, strict=True):
+                if token is None:  # its sender, if it has not sent yet, checks again
+                    event.held_until = 0.0
+                    lost.append(event)
+                else:
+                    event.token, event.held_until = token, max(event.held_until, now + seconds)
+        return lost
 
     async def reschedule(
         self, endpoint_id: str, event: ClaimedEvent, due_ms: int, record: str = ""
     ) -> bool:
         """End the claim: due again at `due_ms`, with what the attempts so far left behind;
         `record`: the attempt that failed, for the delivery log ("": none was made)."""
-        return await self._move(endpoint_id, event, due_ms, event.meta, record) is not None
+        async with self._writing(endpoint_id).write():
+            moved = await self._move(endpoint_id, event, due_ms, event.meta, record)
+        return moved is not None
 
     async def replay(
         self, endpoint_id: str, now_ms: int, event_ids: list[str] | None = None

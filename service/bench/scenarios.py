@@ -417,6 +417,7 @@ async def takeover(bench: Bench, scale: float) -> dict[str, Any]:
         slowest.append(max(first.values()) - killed_at)
         held_counts.append(len(held))
         bench.stop_services()
+    events = [await _event_takeover(bench) for _ in range(_n(3, scale))]
     return {
         "users": len(users),
         "interval_seconds": TAKEOVER_INTERVAL,
@@ -424,7 +425,46 @@ async def takeover(bench: Bench, scale: float) -> dict[str, Any]:
         "held_at_kill": held_counts,
         "max_seconds": round(max(slowest), 3),
         "per_round_seconds": [round(x, 3) for x in slowest],
+        "events_held_at_kill": [held for held, _ in events],
+        "events_max_seconds": round(max(seconds for _, seconds in events), 3),
     }
+
+
+TAKEOVER_EVENTS = 2000
+TAKEOVER_CONCURRENCY = 32  # a process holds at most twice this many claims
+
+
+async def _event_takeover(bench: Bench) -> tuple[int, float]:
+    """Two dispatchers on a full queue, the receiver taking a second per webhook, so both
+    hold all the claims they can (more than one process can hold means the killed one held
+    some); one is killed (-9). Returns the claims held at the kill and how long until every
+    event claimed then was delivered (acknowledged: out of the queue)."""
+    await bench.redis.flushall()
+    await _fill_queue(bench, TAKEOVER_EVENTS)
+    bench.received.delay = 1.0
+    config = bench.service_config([], endpoint=True, delivery_concurrency=TAKEOVER_CONCURRENCY)
+    victim, _survivor = await bench.start_services(config, 2, role="dispatcher")
+    due = keys.EndpointKeys("hr").due
+
+    async def claimed() -> list[str]:
+        return cast(list[str], await bench.redis.zrangebyscore(due, LEASED, "+inf"))
+
+    async def both_full() -> bool:
+        return len(await claimed()) > 2 * TAKEOVER_CONCURRENCY
+
+    await _wait(both_full, 60, "both dispatchers holding all the claims they can")
+    held = await claimed()
+    killed_at = time.time()
+    victim.kill()
+    bench.received.delay = 0.0
+
+    async def all_delivered() -> bool:
+        return all(score is None for score in await bench.redis.zmscore(due, held))
+
+    await _wait(all_delivered, 120, "every event claimed at the kill delivered")
+    slowest = time.time() - killed_at  # within _wait's 50 ms poll of it
+    bench.stop_services()
+    return len(held), slowest
 
 
 async def _leased(bench: Bench) -> list[str]:

@@ -232,21 +232,19 @@ class Sender:
 
     async def _attempt(self, event: ClaimedEvent) -> Attempt | None:
         """Send once, after the endpoint's rate allows; None when the claim was lost."""
-        waited = 0.0 if self.rate is None else await self._throttle(self.rate)
+        if self.rate is not None:
+            await self._throttle(self.rate)
         now = self.clock()
-        if waited or event.held_until - now < LEASE_SECONDS / 2:
-            # the wait for the rate may have outlasted the claim, or the heartbeat that renews
-            # it fell behind (or found it lost): renew it here, or leave the event to the
-            # worker that took it over, so it is never sent twice
+        if event.held_until - now < LEASE_SECONDS / 2:
+            # the worker's heartbeat keeps the claim, through a wait for the rate too; it
+            # fell behind (Redis failing) or found the claim lost: renew it here, or leave
+            # the event to the worker that took it over, so it is never sent twice
             if not await self.queue.extend(self.endpoint.id, event, now, LEASE_SECONDS):
                 return None
         return await self.poster.post(event.event_id, event.body.encode())  # signed as sent
 
-    async def _throttle(self, rate: SharedRate) -> float:
-        """Wait for the endpoint's shared rate; returns how long that took."""
-        waited = 0.0
+    async def _throttle(self, rate: SharedRate) -> None:
+        """Wait for the endpoint's shared rate."""
         while (wait := await rate.try_acquire()) > 0:
             self.throttle_wait.inc(wait)
-            waited += wait
             await asyncio.sleep(wait)
-        return waited

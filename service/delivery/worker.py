@@ -90,6 +90,7 @@ class EndpointWorker:
         self.deadlines: asyncio.Task[None] | None = None
         self.claiming: asyncio.Task[None] | None = None
         self.renewing: asyncio.Task[None] | None = None
+        self.stop_renewing = asyncio.Event()
 
     @property
     def running(self) -> bool:
@@ -108,23 +109,37 @@ class EndpointWorker:
         """Claims are short (LEASE_SECONDS): renew every one held here, waiting for a sender
         or being sent, in one round trip a second, so only a process that died (or stalled)
         leaves its events to the others, and then within seconds."""
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+        stopping = self.stop_renewing
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), HEARTBEAT_SECONDS)
             held = list(self.handoff.held.values())
-            if not held:
+            if not held or stopping.is_set():
                 continue
             try:
-                await self.queue.extend_held(self.endpoint.id, held, self.clock(), LEASE_SECONDS)
+                lost = await self.queue.extend_held(
+                    self.endpoint.id, held, self.clock(), LEASE_SECONDS
+                )
             except RedisError as e:  # the senders renew before sending what ran out
                 log_redis_error(log, "claims_extend_failed", e, endpoint=self.endpoint.id)
+                continue
+            except Exception:  # a bug must not leave every claim here to run out
+                log.exception("claims_extend_crashed", endpoint=self.endpoint.id)
+                continue
+            if lost:  # this process stalled: those not sent yet are skipped, not sent twice
+                log.warning("claims_lost", endpoint=self.endpoint.id, events=len(lost))
 
     async def _stop_heartbeat(self) -> None:
+        """Ends the heartbeat between two renewals, never during one: a renewal cut off
+        after Redis ran it would leave this process with tokens Redis no longer has, and
+        the hand-back that follows would write nothing."""
         if self.renewing is not None:
-            self.renewing.cancel()
+            self.stop_renewing.set()
             await asyncio.gather(self.renewing, return_exceptions=True)
             self.renewing = None
 
     def _start_senders(self) -> None:
+        self.stop_renewing = asyncio.Event()
         self.renewing = asyncio.create_task(self.heartbeat(), name=f"renew:{self.endpoint.id}")
         self.senders = {
             asyncio.create_task(self.sender.run(), name=f"send:{self.endpoint.id}")

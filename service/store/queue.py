@@ -123,7 +123,9 @@ class EventQueue:
             held = [(event.event_id, event.token) for event in events]
             tokens = await self._extend(EndpointKeys(endpoint_id).due, lease_ms(seconds), held)
             lost = []
-            for event, token in zip(events, tokens, strict=True):
+            for event, (_, sent), token in zip(events, held, tokens, strict=True):
+                if event.token != sent:  # claimed again meanwhile (Handoff.offer): that one holds
+                    continue
                 if token is None:  # its sender, if it has not sent yet, checks again
                     event.held_until = 0.0
                     lost.append(event)

@@ -55,9 +55,9 @@ def connect(url: str, *, max_connections: int | None = None, wait: float | None 
 
 def worker_connections(settings: Settings) -> int:
     """The workers' pool: a connection for each poll and each endpoint's senders, claimer,
-    settler and acks at once, and some for the planner, the overdue check and the rest;
-    never fewer than redis-py's default."""
-    delivery = sum(2 * endpoint.concurrency + 3 for endpoint in settings.endpoints)
+    settler, acks and claims' heartbeat at once, and some for the planner, the overdue
+    check and the rest; never fewer than redis-py's default."""
+    delivery = sum(2 * endpoint.concurrency + 4 for endpoint in settings.endpoints)
     return max(WORKER_CONNECTIONS, settings.polling.concurrency + delivery + 16)
 
 

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -421,3 +422,30 @@ async def test_a_heartbeat_renews_event_claims_without_fencing_out_an_ack_under_
         assert await redis.zcard(keys.EndpointKeys("hr").due) == 0
     finally:
         await acking.aclose()
+
+
+async def test_a_write_that_met_this_process_claiming_the_event_again_is_made_with_that_claim(
+    redis: Redis,
+) -> None:
+    """A claim ran out and this very process claimed the event again (Handoff.offer gives the
+    held event the new token) while its ack was on the way with the old one: the ack failed,
+    and the delivered event went out once more when the new claim ran out. The claim is this
+    process's in both cases: the write is made again with the new token."""
+    now = time.time()
+    await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+    queue = EventQueue(redis)
+    held = await queue.claim("hr", now=now, seconds=0.3, limit=10)
+    await asyncio.sleep(0.5)  # the claims run out
+    real_ack = queue._ack
+
+    async def ack_meeting_a_new_claim(endpoint_id: str, events: list[Any]) -> list[bool]:
+        queue._ack = real_ack
+        again = {e.event_id: e for e in await queue.claim("hr", now, LEASE_SECONDS, 10)}
+        done = await real_ack(endpoint_id, events)  # made with the tokens it was given
+        for event in events:  # as Handoff.offer does, while the ack was on its way
+            event.token = again[event.event_id].token
+        return done
+
+    queue._ack = ack_meeting_a_new_claim  # type: ignore[assignment]
+    assert await queue.ack_many("hr", held) == [True, True]
+    assert await redis.zcard(keys.EndpointKeys("hr").due) == 0

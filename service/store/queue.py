@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 
@@ -65,6 +65,20 @@ class _TokenUse:
             self.no_renewal.set()
 
 
+_T = TypeVar("_T")
+
+
+async def _reclaimed_too(event: ClaimedEvent, write: Callable[[], Awaitable[_T]]) -> _T:
+    """A fenced write of one event, once more with the new token when this process claimed
+    the event again while the write was on its way (its claim had run out: Handoff.offer
+    gives the held event the new claim), which is this process's claim as well."""
+    sent = event.token
+    result = await write()
+    if not result and event.token != sent:
+        result = await write()
+    return result
+
+
 class EventQueue:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -91,7 +105,14 @@ class EventQueue:
     async def ack_many(self, endpoint_id: str, events: list[ClaimedEvent]) -> list[bool]:
         """Delivered, each fenced by its own claim; False where the claim was lost."""
         async with self._writing(endpoint_id).write():
-            return await self._ack(endpoint_id, events)
+            sent = [event.token for event in events]
+            done = await self._ack(endpoint_id, events)
+            again = [i for i, ok in enumerate(done) if not ok and events[i].token != sent[i]]
+            if again:  # claimed again by this process meanwhile: that claim is ours too
+                redone = await self._ack(endpoint_id, [events[i] for i in again])
+                for i, ok in zip(again, redone, strict=True):
+                    done[i] = ok
+            return done
 
     async def ack(self, endpoint_id: str, event: ClaimedEvent) -> bool:
         return (await self.ack_many(endpoint_id, [event]))[0]
@@ -100,7 +121,9 @@ class EventQueue:
         self, endpoint_id: str, event: ClaimedEvent, now_ms: int, record: str = ""
     ) -> bool:
         async with self._writing(endpoint_id).write():
-            return await self._dead_letter(endpoint_id, event, now_ms, record)
+            return await _reclaimed_too(
+                event, lambda: self._dead_letter(endpoint_id, event, now_ms, record)
+            )
 
     async def extend(
         self, endpoint_id: str, event: ClaimedEvent, now: float, seconds: float
@@ -139,7 +162,9 @@ class EventQueue:
         """End the claim: due again at `due_ms`, with what the attempts so far left behind;
         `record`: the attempt that failed, for the delivery log ("": none was made)."""
         async with self._writing(endpoint_id).write():
-            moved = await self._move(endpoint_id, event, due_ms, event.meta, record)
+            moved = await _reclaimed_too(
+                event, lambda: self._move(endpoint_id, event, due_ms, event.meta, record)
+            )
         return moved is not None
 
     async def replay(

@@ -301,6 +301,7 @@ class Service:
             self.metrics,
             interval=interval,
             on_read=self.planner.observer(kind),
+            span_name=f"{kind} read",
             clock=self.clock,
         )
         return PollScheduler(

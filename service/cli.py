@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import structlog
 from redis.exceptions import RedisError
 
-from service import __version__
+from service import __version__, tracing
 from service.app import Role, Service
 from service.budget import plan
 from service.budget_planner import demand_of_config
@@ -27,6 +27,8 @@ from service.store.connect import connect
 from service.store.stores import Stores
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# a stop (up to STOP_TIMEOUT) and the last spans' export stay within a supervisor's 15 s
+TRACING_FLUSH_SECONDS = 3.0
 
 log = structlog.get_logger("service")
 
@@ -116,6 +118,7 @@ def _signal_ignored(sig: signal.Signals) -> None:
 async def serve(settings: Settings, role: Role) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully; SIGHUP, SIGUSR1 and SIGUSR2 are
     logged and otherwise ignored."""
+    tracing.start(settings.tracing, role)
     service = Service(settings, role=role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -129,6 +132,8 @@ async def serve(settings: Settings, role: Role) -> None:
         await stop.wait()
     finally:
         await service.stop()
+        # the spans of the last reads and deliveries go out before the process ends
+        await asyncio.to_thread(tracing.stop, TRACING_FLUSH_SECONDS)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -338,6 +339,69 @@ class LogSettings(_Strict):
     format: Literal["json", "console"] = "json"
 
 
+# How often finished spans are sent (the batch processor's delay): short enough for a trace to
+# show up while it is looked for, long enough to send spans in batches.
+ExportInterval = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _within(0.01, 300.0),
+    _duration_schema(0.01, 300.0),
+]
+# An HTTP header's name (RFC 9110 token); a value holds no control characters (CR/LF would
+# split the request).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+
+
+class TracingSettings(_Strict):
+    # the collector's OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; none (or
+    # empty, as `${VAR:-}` gives) leaves tracing off
+    endpoint: str | None = None
+    service_name: str = Field("lms-webhooks", min_length=1, max_length=256)
+    # the share of traces kept, decided where a trace starts (a read, or a delivery of an
+    # event queued without one); a delivery follows its commit's decision
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    # sent with every export (a collector's or a vendor's API key): secrets, never logged
+    headers: dict[str, SecretStr] = Field(default_factory=dict, max_length=64)
+    timeout: Timeout = 10.0  # one export, its retries included
+    export_interval: ExportInterval = 5.0
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        problem = "must be an http:// or https:// URL, e.g. http://collector:4318/v1/traces"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not one
+        except ValueError:
+            raise ValueError(problem) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if not _HEADER_VALUE.fullmatch(secret.get_secret_value()):
+                # the value itself is never quoted: it may be a key
+                raise ValueError(f"{name}: a header value cannot hold control characters")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+
 class Settings(_Strict):
     # repr=False: the URL may hold Redis' password
     redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
@@ -348,6 +412,7 @@ class Settings(_Strict):
     delivery: DeliverySettings = DeliverySettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @field_validator("redis_url")
     @classmethod
@@ -383,6 +448,7 @@ class Settings(_Strict):
         values += [s.get_secret_value() for e in self.endpoints for s in e.secret]
         if self.http.admin_token:
             values.append(self.http.admin_token.get_secret_value())
+        values += [v.get_secret_value() for v in self.tracing.headers.values()]
         return values
 
     def account(self, account_id: str) -> AccountSettings | None:

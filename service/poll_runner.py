@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
+from opentelemetry.trace import Span
 from redis.exceptions import RedisError
 
+from service import tracing
 from service.errors import (
     StaleLease,
     UpstreamError,
@@ -102,9 +104,11 @@ class PollRunner:
         *,
         interval: float,
         on_read: Callable[[Lease, ReadResult], None] | None = None,
+        span_name: str = "poll",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.poller = poller
+        self.span_name = span_name  # each read's span: poll, feed read, listing read
         self.on_read = on_read  # what each read cost, for the budget plan
         self.leases = leases
         self.store = store
@@ -115,11 +119,27 @@ class PollRunner:
         self.backed_off: set[str] = set()
 
     async def run(self, lease: Lease) -> None:
-        """Poll, and end the lease; only a cancellation leaves it held."""
+        """Poll, and end the lease; only a cancellation leaves it held. Traced as one span
+        (`span_name`), the parent of its upstream requests' and its commits' spans."""
+        attributes = {"lms_webhooks.account_id": lease.account_id}
+        if lease.user_id:
+            attributes["lms_webhooks.user_id"] = lease.user_id
+        with tracing.span(self.span_name, attributes) as current:
+            outcome = await self._run(lease, current)
+            current.set_attribute("lms_webhooks.outcome", outcome)
+
+    async def _run(self, lease: Lease, current: Span) -> str:
         started = time.perf_counter()
         outcome = "ok"
         try:
             result = await self.poller.poll(lease)
+            current.set_attributes(
+                {
+                    "lms_webhooks.pages": result.pages,
+                    "lms_webhooks.changes": result.changes,
+                    "lms_webhooks.events": result.events,
+                }
+            )
             if self.on_read is not None:
                 self.on_read(lease, result)
             if lease.account_id in self.backed_off:
@@ -139,16 +159,19 @@ class PollRunner:
             log.warning("poll_lease_lost", account_id=lease.account_id, user_id=lease.user_id)
         except (UpstreamError, RedisError) as e:
             outcome = "error"
+            tracing.failed(current, type(e).__name__)
             await self._failed(lease, e)
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
         except Exception as e:  # a bug must not kill the scheduler: log it, retry the user later
             outcome = "error"
+            tracing.failed(current, type(e).__name__)
             log.exception("poll_crashed", account_id=lease.account_id, user_id=lease.user_id)
             await self._failed(lease, e)
         finally:
             self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
+        return outcome
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
         self.metrics.poll_failures.labels(failure_reason(error)).inc()

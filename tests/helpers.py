@@ -253,7 +253,8 @@ def _default_signals() -> None:
 
 
 class RunProcess:
-    """`python -m service run --config config/test.yaml`, as a deployment would start it."""
+    """`python -m service run --config config/test.yaml --role all`, as a deployment would
+    start it."""
 
     def __init__(
         self,
@@ -262,8 +263,10 @@ class RunProcess:
         receiver_url: str,
         log: Path,
         config: str = "config/test.yaml",
+        role: str = "all",
     ) -> None:
         self.config = config
+        self.role = role
         self.env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -277,8 +280,9 @@ class RunProcess:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
+            command = [sys.executable, "-m", "service", "run", "--config", self.config]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "run", "--config", self.config],
+                [*command, "--role", self.role],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

@@ -495,3 +495,49 @@ def test_full_resync_interval_zero_is_checked(
     )
     assert main(["check-config", "--config", str(write(tmp_path, text))]) == 0
     assert "budget: " in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------- tracing
+
+TRACING = "tracing:\n  endpoint: http://collector:4318/v1/traces\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ("  bogus: 1\n", "tracing.bogus"),
+        ("  sample_ratio: 1.5\n", "tracing.sample_ratio"),
+        ("  sample_ratio: .nan\n", "tracing.sample_ratio"),
+        ("  export_interval: 1ms\n", "tracing.export_interval"),
+        ("  timeout: 0\n", "tracing.timeout"),
+        ("  headers:\n    'bad name': x\n", "tracing.headers"),
+        ('  headers:\n    x-key: "${KEY}\\n"\n', "tracing.headers"),  # CR/LF split a request
+    ],
+)
+def test_tracing_errors_name_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, path: str
+) -> None:
+    text = MINIMAL + TRACING + extra
+    assert f"{path}: " in check_config_exit(tmp_path, text, capsys)
+
+
+@pytest.mark.parametrize("url", ["collector:4318", "ftp://collector/v1/traces", "http://:1/x"])
+def test_a_tracing_endpoint_is_an_http_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    text = MINIMAL + f"tracing:\n  endpoint: {url}\n"
+    assert "tracing.endpoint: " in check_config_exit(tmp_path, text, capsys)
+
+
+def test_tracing_is_off_unless_an_endpoint_is_set_and_its_headers_are_secrets(
+    tmp_path: Path,
+) -> None:
+    assert not load_settings(write(tmp_path, MINIMAL), ENV).tracing.enabled
+    # `${VAR:-}` unset: empty, which is off (the same config serves with and without)
+    text = MINIMAL + "tracing:\n  endpoint: ${OTLP_URL:-}\n  headers:\n    x-key: ${KEY}\n"
+    settings = load_settings(write(tmp_path, text), ENV)
+    assert not settings.tracing.enabled
+    assert ENV["KEY"] in settings.secret_values()  # redacted from every log line
+    assert ENV["KEY"] not in repr(settings)
+    on = load_settings(write(tmp_path, text), {**ENV, "OTLP_URL": "https://otel.example/v1/t"})
+    assert on.tracing.enabled and on.tracing.endpoint == "https://otel.example/v1/t"

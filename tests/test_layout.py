@@ -53,6 +53,10 @@ LOWER_LAYERS = {
                          "service.app"],
     "service.operations": ["service.api", "service.app"],
     "service.api": ["service.app"],
+    # every layer opens its spans through it, so it stands below them all
+    "service.tracing": ["service.store", "service.upstream", "service.delivery", *_READERS,
+                        "service.schedule", "service.poll_runner", "service.operations",
+                        "service.api", "service.app", "service.cli"],
 }  # fmt: skip
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",

@@ -13,14 +13,16 @@ from typing import Protocol
 
 import aiohttp
 import structlog
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from service import tracing
 from service.config import EndpointSettings
 from service.delivery.breaker_cache import BreakerCache
 from service.delivery.deadlines import Deadlines
 from service.delivery.handoff import Handoff
-from service.delivery.policy import Attempt, classify, crashed
+from service.delivery.policy import Attempt, Verdict, classify, crashed
 from service.delivery.signing import secret_key, webhook_headers
 from service.delivery.ssrf import check_url
 from service.errors import AddressRefused
@@ -241,7 +243,31 @@ class Sender:
             # the event to the worker that took it over, so it is never sent twice
             if not await self.queue.extend(self.endpoint.id, event, now, LEASE_SECONDS):
                 return None
-        return await self.poster.post(event.event_id, event.body.encode())  # signed as sent
+        if not tracing.enabled():  # nothing of the span's to build, event by event
+            return await self.poster.post(event.event_id, event.body.encode())  # signed as sent
+        return await self._traced_post(event)
+
+    async def _traced_post(self, event: ClaimedEvent) -> Attempt:
+        """The POST in a span, child of the commit that queued the event (its traceparent,
+        from another process maybe), or a trace of its own for an event queued without one."""
+        attributes: dict[str, str | int] = {
+            "http.request.method": "POST",
+            "lms_webhooks.endpoint_id": self.endpoint.id,
+            "lms_webhooks.event_id": event.event_id,
+            "lms_webhooks.attempt": event.meta.attempts + 1,
+        }
+        with tracing.span(
+            "delivery attempt", attributes, kind=SpanKind.CLIENT, parent=event.meta.traceparent
+        ) as current:
+            attempt = await self.poster.post(event.event_id, event.body.encode())
+            result = attempt.result
+            if result.status is not None:
+                current.set_attribute("http.response.status_code", result.status)
+            if result.verdict is not Verdict.SUCCESS:
+                error = result.error or ""
+                current.set_attribute("lms_webhooks.error", tracing.without_query(error)[:500])
+                tracing.failed(current, str(result.status or error.partition(":")[0][:60]))
+        return attempt
 
     async def _throttle(self, rate: SharedRate) -> None:
         """Wait for the endpoint's shared rate."""

@@ -16,8 +16,12 @@ class DeliveryMeta:
     last_status: int | None = None
     last_attempt_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # the W3C traceparent of the commit that queued it (written with it while tracing is on,
+    # see service/tracing.py): its attempts' spans are children of that commit's
+    traceparent: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """What the admin API shows of it (the trace context is not the operator's)."""
         return {
             "attempts": self.attempts,
             "last_error": self.last_error,
@@ -27,7 +31,10 @@ class DeliveryMeta:
         }
 
     def encode(self) -> str:
-        return json.dumps(self.as_dict(), separators=(",", ":"))
+        data = self.as_dict()
+        if self.traceparent:  # kept through retries: every attempt joins the same trace
+            data["traceparent"] = self.traceparent
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: str | None) -> DeliveryMeta:
@@ -39,6 +46,7 @@ class DeliveryMeta:
             last_error=data.pop("last_error", None),
             last_status=data.pop("last_status", None),
             last_attempt_at=data.pop("last_attempt_at", None),
+            traceparent=str(data.pop("traceparent", "") or ""),
             extra=data,
         )
 

@@ -149,7 +149,8 @@ class EndpointKeys:
         self.due = f"{base}:due"
         # hash: event id → webhook body, exactly the bytes signed and sent.
         self.body = f"{base}:body"
-        # hash: event id → JSON {attempts, last_error, ...}, written on the first failure.
+        # hash: event id → JSON {attempts, last_error, ...}, written on the first failure
+        # (or, while tracing is on, when queued: {traceparent}, which the attempts keep).
         self.meta = f"{base}:meta"
         # zset: event id → when it was dead-lettered (ms); body and meta are kept.
         self.dead = f"{base}:dead"

@@ -10,10 +10,12 @@ client, and runs by EVALSHA.
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
 from functools import cache
 from importlib.resources import files
 from typing import Any, ClassVar, NamedTuple
 
+from opentelemetry.trace import Span, SpanKind
 from redis.asyncio import Redis
 
 from service import jsonfmt
@@ -24,6 +26,7 @@ from service.store.claims import ClaimedEvent, DeliveryMeta
 from service.store.log_policy import LogPolicy
 from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
+from service.tracing import span, traceparent
 
 _INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
@@ -78,7 +81,7 @@ def log_head(head: EventHead, at_ms: int) -> str:
 
 def _pack_events(
     events: RoutedEvents, log: LogPolicy, script_keys: list[Any], args: list[Any]
-) -> None:
+) -> int:
     """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments): each
     event once, in three arguments (a commit's thousands of arguments cost the client more
     to encode than anything else in it): its id and head, its body, and the endpoints it
@@ -96,12 +99,29 @@ def _pack_events(
     script_keys.append(keys.LOG_EVENTS)
     for endpoint_id in endpoint_ids:
         ep = keys.EndpointKeys(endpoint_id)
-        script_keys += [ep.due, ep.body, ep.log]
+        script_keys += [ep.due, ep.body, ep.log, ep.meta]
     args += [log.retention_ms, log.max_per_endpoint, log.ttl_ms]
-    args += [keys.LOG_EVENT_PREFIX, keys.LOG_ENDPOINT_PREFIX, len(endpoint_ids), *endpoint_ids]
+    args += [keys.LOG_EVENT_PREFIX, keys.LOG_ENDPOINT_PREFIX]
+    # the commit's span (current here: see _committing), the parent of the events' deliveries
+    args += [traceparent() if by_event else "", len(endpoint_ids), *endpoint_ids]
     args.append(len(by_event))
     for event_args in by_event.values():
         args += event_args
+    return len(by_event)
+
+
+def _committing(kind: str, **ids: str) -> AbstractContextManager[Span]:
+    """A commit's span (a child of its read's), current while its events are packed: their
+    deliveries' spans are its children."""
+    attributes: dict[str, str] = {"db.system.name": "redis", "lms_webhooks.commit": kind}
+    attributes.update((f"lms_webhooks.{name}", value) for name, value in ids.items() if value)
+    return span(f"commit {kind}", attributes, kind=SpanKind.CLIENT)
+
+
+def _committed(current: Span, committed: bool, events: int | None = None) -> None:
+    if events is not None:
+        current.set_attribute("lms_webhooks.events", events)
+    current.set_attribute("lms_webhooks.outcome", "committed" if committed else "lease_lost")
 
 
 # lease.lua's LEASED: a member scored at or above it is being worked on, and its score less
@@ -245,8 +265,11 @@ class CommitPoll(_Enqueues):
             *_state_args(state),
             *_watch_args(watch, unwatch),
         ]
-        _pack_events(events, self.log, script_keys, args)
-        return _moved(await self._run(keys=script_keys, args=args))
+        with _committing("poll", account_id=account_id, user_id=user_id) as current:
+            queued = _pack_events(events, self.log, script_keys, args)
+            moved = _moved(await self._run(keys=script_keys, args=args))
+            _committed(current, moved is not None, queued)
+        return moved
 
 
 class UserWrite(NamedTuple):
@@ -305,10 +328,12 @@ class CommitFeed(_Enqueues):
             args += ["" if user.snapshots is None else encode_snapshots(user.snapshots)]
             args += _state_args(user.state)
         args += _watch_args(watch, unwatch)
-        _pack_events(events, self.log, script_keys, args)
-        reply = await self._run(keys=script_keys, args=args)
-        if int(reply) == USERS_CHANGED:
-            raise TrackedUsersChanged(account_id)
+        with _committing("feed", account_id=account_id) as current:
+            queued = _pack_events(events, self.log, script_keys, args)
+            reply = await self._run(keys=script_keys, args=args)
+            if int(reply) == USERS_CHANGED:
+                raise TrackedUsersChanged(account_id)
+            _committed(current, _moved(reply) is not None, queued)
         return _moved(reply)
 
 
@@ -328,8 +353,11 @@ class CommitOverdue(_Enqueues):
             args += [member, token, len(ids), *ids]
             for endpoint_id, routed in events.items():
                 merged.setdefault(endpoint_id, []).extend(routed)
-        _pack_events(merged, self.log, script_keys, args)
-        return [bool(flag) for flag in await self._run(keys=script_keys, args=args)]
+        with _committing("overdue") as current:
+            queued = _pack_events(merged, self.log, script_keys, args)
+            done = [bool(flag) for flag in await self._run(keys=script_keys, args=args)]
+            current.set_attribute("lms_webhooks.events", queued)
+        return done
 
 
 class LoadedUser(NamedTuple):
@@ -565,4 +593,7 @@ class CommitListing(_Script):
                 keys.legacy_snapshots(account_id, user_id),
             ]
             args += [user_id, keys.user_member(account_id, user_id)]
-        return bool(await self._run(keys=script_keys, args=args))
+        with _committing("listing", account_id=account_id) as current:
+            done = bool(await self._run(keys=script_keys, args=args))
+            _committed(current, done)
+        return done

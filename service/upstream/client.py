@@ -11,10 +11,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Protocol, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import structlog
+from opentelemetry.trace import SpanKind
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -23,6 +24,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from service import tracing
 from service.config import StackOneSettings
 from service.errors import (
     UpstreamError,
@@ -175,6 +177,20 @@ def _backoff(state: RetryCallState) -> float:
     """No extra wait after a 429/408: the shared pause it set already holds every process."""
     error = state.outcome.exception() if state.outcome else None
     return 0.0 if isinstance(error, UpstreamRateLimited) else _exponential(state)
+
+
+def _request_attributes(url: str) -> dict[str, str | int] | None:
+    """An upstream request's span attributes: its path, never its query (the cursor and
+    filters are there); None while tracing is off (nothing to compute)."""
+    if not tracing.enabled():
+        return None
+    parts = urlsplit(url)
+    return {
+        "http.request.method": "GET",
+        "url.path": parts.path,
+        "server.address": parts.hostname or "",
+        "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+    }
 
 
 class StackOneClient:
@@ -369,20 +385,24 @@ class StackOneClient:
         # a byte every few seconds times out after request_timeout, not when it is done
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
         limit = min(MAX_PAGE_BYTES, max_page_records(self.settings.page_size) * MAX_RECORD_BYTES)
-        try:
-            async with self.session.get(
-                url, params=params, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
-                raw = await self._body(response, limit)
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                date = response.headers.get("Date")
-        except TimeoutError as e:
-            self.metrics.upstream_requests.labels("timeout").inc()
-            raise UpstreamUnavailable("upstream request timed out") from e
-        except aiohttp.ClientError as e:
-            self.metrics.upstream_requests.labels("error").inc()
-            raise UpstreamUnavailable(f"upstream connection failed: {type(e).__name__}") from e
+        with tracing.span("GET", _request_attributes(url), kind=SpanKind.CLIENT) as current:
+            try:
+                async with self.session.get(
+                    url, params=params, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
+                    current.set_attribute("http.response.status_code", response.status)
+                    raw = await self._body(response, limit)
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    date = response.headers.get("Date")
+            except TimeoutError as e:
+                self.metrics.upstream_requests.labels("timeout").inc()
+                raise UpstreamUnavailable("upstream request timed out") from e
+            except aiohttp.ClientError as e:
+                self.metrics.upstream_requests.labels("error").inc()
+                raise UpstreamUnavailable(f"upstream connection failed: {type(e).__name__}") from e
+            if status >= 400:
+                tracing.failed(current, str(status))
         self.metrics.upstream_requests.labels(str(status)).inc()
         error = error_for_status(status, retry_after, self.clock())
         if isinstance(error, UpstreamRateLimited):

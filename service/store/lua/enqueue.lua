@@ -1,11 +1,14 @@
 -- Library part (included, not run alone, after log.lua): queue outgoing events, each once,
 -- and record each in the delivery log, once per event (not once per endpoint).
 -- enqueue(k, i): KEYS[k] is the log's index of every event, then (due zset, body hash, log
--- index) per endpoint, up to the last key. ARGV[i] on: the log's retention (ms), its cap
--- per endpoint, its hashes' TTL (ms), LOG_EVENT_PREFIX, LOG_ENDPOINT_PREFIX, p, the p
+-- index, meta hash) per endpoint, up to the last key. ARGV[i] on: the log's retention (ms),
+-- its cap per endpoint, its hashes' TTL (ms), LOG_EVENT_PREFIX, LOG_ENDPOINT_PREFIX, the
+-- commit's W3C traceparent ('' = tracing off: nothing more is written), p, the p
 -- endpoints' ids (in the order of their keys), m, then per event three: its id and log
 -- head ('<id>\31<the hash's field h>'), its body, and where it goes ('<endpoint number
 -- 1..p>:<due ms>', space-separated; the first due is when it is logged).
+-- With a traceparent, each event newly queued for an endpoint gets its meta there
+-- ('{"traceparent":"…"}'), which its attempts keep: the trace follows it to the dispatcher.
 -- `skip` (optional): a set of event ids to read past, queueing and logging nothing of them.
 -- Returns the index of the argument after the events read.
 -- The same event id committed twice (a poll replayed after a crash) is queued once and
@@ -13,7 +16,9 @@
 local function enqueue(k, i, skip)
   local retention, most, ttl = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2]
   local ev_prefix, ep_prefix = ARGV[i + 3], ARGV[i + 4]
-  local p = tonumber(ARGV[i + 5]); i = i + 6
+  local meta = nil
+  if ARGV[i + 5] ~= '' then meta = '{"traceparent":"' .. ARGV[i + 5] .. '"}' end
+  local p = tonumber(ARGV[i + 6]); i = i + 7
   local eps = {}
   for j = 1, p do eps[j] = ARGV[i]; i = i + 1 end
   local m = tonumber(ARGV[i]); i = i + 1
@@ -28,10 +33,11 @@ local function enqueue(k, i, skip)
     local fresh = {} -- endpoint numbers it is newly queued for
     for number, due_ms in string.gmatch(routes, '(%d+):(%d+)') do
       local j = tonumber(number)
-      local due = k + 1 + 3 * (j - 1)
+      local due = k + 1 + 4 * (j - 1)
       at = at or due_ms
       if redis.call('HSETNX', KEYS[due + 1], id, body) == 1 then
         redis.call('ZADD', KEYS[due], due_ms, id)
+        if meta then redis.call('HSETNX', KEYS[due + 3], id, meta) end
         fresh[#fresh + 1] = j
       end
     end
@@ -42,7 +48,7 @@ local function enqueue(k, i, skip)
       if redis.call('EXISTS', hash) == 0 then
         local ids, indexes = {}, {}
         for n, j in ipairs(fresh) do
-          ids[n], indexes[n] = eps[j], KEYS[k + 3 * j]
+          ids[n], indexes[n] = eps[j], KEYS[k + 4 * j - 1]
           touched[j] = true
         end
         new_event(hash, index, id, at, ttl, h, body, ids, indexes)
@@ -52,7 +58,7 @@ local function enqueue(k, i, skip)
             requeued(hash, eps[j])
           else -- logged for other endpoints before: this one's log holds it from now on
             redis.call('HSET', hash, 'o:' .. eps[j], 'queued 0')
-            redis.call('ZADD', KEYS[k + 3 * j], at, id)
+            redis.call('ZADD', KEYS[k + 4 * j - 1], at, id)
             touched[j] = true
           end
         end

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-debian-python bench lint typecheck check schema screenshot clean
+.PHONY: demo test test-debian-python bench lint typecheck check schema screenshot clean image image-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,27 @@ bench: $(STAMP)  ## performance figures (README, Performance); SCALE=0.1 for a q
 	scripts/ensure-redis-server
 	$(BIN)/lms-webhooks bench --output bench.json $(if $(SCALE),--scale $(SCALE)) \
 		$(foreach s,$(SCENARIO),--scenario $(s))
+
+# The container image, built here without a daemon: buildah (chroot isolation) on a Debian
+# base that debootstrap makes from this machine's apt mirror (README, Deploying). Behind a
+# TLS-intercepting proxy pip needs the host's CA: its directory is mounted at /mnt for the
+# build's RUN steps only (an existing directory: no mount point, no certificate in a layer).
+IMAGE      ?= lms-webhooks
+BASE_IMAGE ?= localhost/debian:bookworm-slim
+HOST_CA    ?= /etc/ssl/certs/ca-certificates.crt
+
+image:  ## build the image (root: buildah, debootstrap; installed when missing)
+	scripts/ensure-buildah
+	scripts/debian-base $(BASE_IMAGE)
+	buildah bud --format docker --isolation chroot --layers --pull=never \
+		$(if $(wildcard $(HOST_CA)),--volume $(dir $(HOST_CA)):/mnt:ro --build-arg PIP_CERT=/mnt/$(notdir $(HOST_CA))) \
+		--build-arg BASE=$(BASE_IMAGE) -t $(IMAGE) .
+	buildah images $(IMAGE)
+
+image-test: $(STAMP)  ## run the built image against redis-server, the simulator and a receiver
+	scripts/ensure-buildah
+	scripts/ensure-redis-server
+	$(BIN)/python scripts/image-smoke-test --image $(IMAGE) --venv $(VENV)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests

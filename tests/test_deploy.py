@@ -484,6 +484,71 @@ def test_dashboard_covers_the_service_metrics() -> None:
         assert name in used, f"the dashboard does not show {name}"
 
 
+def _stages() -> list[list[str]]:
+    """The Dockerfile's instructions by stage; [0]: those before the first FROM."""
+    stages: list[list[str]] = [[]]
+    for ins in _dockerfile():
+        if ins.split()[0].upper() == "FROM":
+            stages.append([])
+        stages[-1].append(ins)
+    return stages
+
+
+def _make_recipe(target: str) -> str:
+    """A Makefile target's recipe, continuation lines joined."""
+    text = (ROOT / "Makefile").read_text(encoding="utf-8").replace("\\\n", " ")
+    match = re.search(rf"^{re.escape(target)}:[^\n]*\n((?:\t[^\n]*\n)+)", text, re.M)
+    assert match, f"the Makefile has no {target} target"
+    return match.group(1)
+
+
+def test_the_image_is_debian_with_its_python_and_a_lean_final_stage() -> None:
+    """A base this machine can make (Docker Hub is out of reach): every stage FROM ${BASE},
+    Debian's python3; the final stage has no venv module, no build tools, no apt lists."""
+    preamble, build, final = _stages()
+    assert any(re.fullmatch(r"ARG BASE=debian:bookworm-slim", ins) for ins in preamble)
+    assert build[0] == "FROM ${BASE} AS build" and final[0] == "FROM ${BASE}"
+    build_text, final_text = " ".join(build), " ".join(final)
+    assert "apt-get install -y --no-install-recommends python3 python3-venv" in build_text
+    assert "apt-get install -y --no-install-recommends python3 " in final_text
+    for tool in ("python3-venv", "python3-pip", "build-essential", "gcc", "pip install"):
+        assert tool not in final_text, f"the final stage installs {tool}"
+    for stage in (build_text, final_text):
+        assert "rm -rf /var/lib/apt/lists/*" in stage
+    assert "COPY --from=build /opt/venv /opt/venv" in final_text
+
+
+def test_the_build_ca_is_lent_to_pip_not_baked_into_the_image() -> None:
+    _, build, final = _stages()
+    assert "ARG PIP_CERT" in build, "pip's CA (PIP_CERT) is a build-stage argument"
+    assert not any("PIP_CERT" in ins or "/mnt" in ins for ins in final)
+    assert not any(
+        re.search(r"\.(crt|pem)\b", ins) for ins in build + final if ins.startswith(("COPY", "ADD"))
+    )
+    recipe = _make_recipe("image")
+    assert (
+        "--volume $(dir $(HOST_CA)):/mnt:ro --build-arg PIP_CERT=/mnt/$(notdir $(HOST_CA))"
+        in recipe
+    )
+    # --format docker keeps the HEALTHCHECK; chroot isolation needs no daemon
+    assert "buildah bud --format docker --isolation chroot" in recipe
+
+
+def test_the_readme_builds_the_image_with_the_makefile_command() -> None:
+    """The README's `buildah bud` is the one `make image` runs, with the Makefile's values."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"buildah bud .*?-t lms-webhooks \.", readme.replace("\\\n", " "), re.S)
+    assert block, "the README does not show the buildah bud command"
+    make = re.sub(r"\$\(if \$\(wildcard \$\(HOST_CA\)\),(.*?)\)\s", r"\1 ", _make_recipe("image"))
+    values = {"HOST_CA": "/etc/ssl/certs/ca-certificates.crt", "IMAGE": "lms-webhooks"}
+    values["BASE_IMAGE"] = "localhost/debian:bookworm-slim"
+    make = re.sub(r"\$\(dir \$\(HOST_CA\)\)", "/etc/ssl/certs/", make)
+    make = re.sub(r"\$\(notdir \$\(HOST_CA\)\)", "ca-certificates.crt", make)
+    make = re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], make)
+    assert " ".join(block.group().split()) in " ".join(make.split())
+    assert "make image" in readme and "make image-test" in readme
+
+
 def test_the_image_installs_the_way_the_readme_says() -> None:
     readme = (ROOT / "README.md").read_text()
     dockerfile = (ROOT / "Dockerfile").read_text()

@@ -44,6 +44,8 @@ from service.config import EndpointSettings, PollingSettings
 from service.events import COMPLETED
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
+from service.store.log import DeliveryLog
+from service.store.log_policy import DEFAULT_LOG
 from service.store.polls import PollStore
 from service.store.scripts import LEASED
 from service.timefmt import parse_iso
@@ -343,7 +345,8 @@ async def log_memory(bench: Bench, scale: float) -> dict[str, Any]:
     endpoint = await _fill_queue(bench, count)
     queued = int((await bench.redis.info("memory"))["used_memory"])
     sample = [str(event_id) for event_id in await bench.redis.zrange(keys.LOG_EVENTS, 0, 99)]
-    sizes = [await bench.redis.hstrlen(keys.log_event(event_id), "b") for event_id in sample]
+    log = DeliveryLog(bench.redis, DEFAULT_LOG, [endpoint.id])
+    sizes = [len((await log.body_as_sent(event_id) or "").encode()) for event_id in sample]
     await _drain(bench, count, 1)
     assert await bench.redis.zcard(keys.EndpointKeys(endpoint.id).due) == 0
     logged = int((await bench.redis.info("memory"))["used_memory"])

@@ -8,6 +8,9 @@ move_event.lua and dead_letter_event.lua (each attempt and the outcome it leaves
 trimmed by the commits that add to it (lua/log.lua). This module reads it, queues logged
 events again (redeliver) and records events sent outside the queue (test sends).
 
+Each event's body is kept once per change, compressed, where the events of a change share
+it (log_body, README): put back together byte for byte when read.
+
 Response bodies are the receivers' words: kept as text, shown as text, never interpreted.
 """
 
@@ -22,7 +25,7 @@ from redis.asyncio import Redis
 from service import jsonfmt
 from service.cursor import decode_cursor, encode_cursor
 from service.outbox import EventHead
-from service.store import keys
+from service.store import keys, log_body
 from service.store.log_policy import LogPolicy
 from service.store.scripts import LogSent, Redeliver
 
@@ -257,10 +260,11 @@ class DeliveryLog:
             elif field.startswith("a:"):
                 endpoint_id, _, number = field[2:].rpartition(":")
                 attempts.setdefault(endpoint_id, []).append((int(number), attempt_fields(value)))
+        text = await self._body(event_id, raw)
         try:
-            body: Any = jsonfmt.loads(raw.get("b", ""))
+            body: Any = jsonfmt.loads(text or "")
         except ValueError:  # not one of ours; shown as the text it is
-            body = raw.get("b")
+            body = text
         return {
             **_head(event_id, raw["h"]),
             "endpoints": endpoints,
@@ -270,6 +274,28 @@ class DeliveryLog:
                 for endpoint_id, records in sorted(attempts.items())
             },
         }
+
+    async def body_as_sent(self, event_id: str) -> str | None:
+        """The event's body, the very text signed and sent; None when it is not logged."""
+        names = ("h", "b", "d")
+        found = cast(list[str | None], await self.redis.hmget(keys.log_event(event_id), names))
+        raw = {name: value for name, value in zip(names, found, strict=True) if value is not None}
+        return None if "h" not in raw else await self._body(event_id, raw)
+
+    async def _body(self, event_id: str, raw: dict[str, str]) -> str | None:
+        """The event's body as sent: kept whole (b), or put back together from its head and
+        the `data` its change's events share (d; log_body); None if that is gone."""
+        if "d" not in raw:
+            return raw.get("b")
+        value = cast(str | None, await self.redis.get(raw["d"]))
+        if value is None:
+            return None
+        head = _head(event_id, raw["h"])
+        try:
+            stored = log_body.from_shared(value)
+            return log_body.rejoin(event_id, head["type"], head["timestamp"] or "", stored)
+        except ValueError:  # damaged: the event is still shown, without its body
+            return None
 
     async def endpoint_attempts(self, endpoint_id: str, limit: int) -> list[dict[str, Any]]:
         """The endpoint's most recent attempts, newest first, each with its event's id and

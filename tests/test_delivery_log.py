@@ -471,7 +471,7 @@ def test_a_separator_in_an_upstream_id_cannot_shift_the_head() -> None:
     """The log keeps an event's head as parts joined by \\x1f: an id holding one (upstream
     ids are anyone's text) has it replaced, and the other parts stay where they were."""
     head = EventHead(ev.UPDATED, "2026-11-28T06:00:00.123Z", ACCOUNT, "u\x1fx", "a1")
-    summary = delivery_log._head("evt_1", log_head(head, 5))
+    summary = delivery_log._head("evt_1", [log_head(head, 5)])
     assert (summary["user_id"], summary["assignment_id"]) == ("u\ufffdx", "a1")
     assert (summary["account_id"], summary["logged_at_ms"], summary["type"]) == (
         ACCOUNT,
@@ -525,6 +525,9 @@ async def test_a_changes_events_share_their_data_once_and_read_back_as_signed(
         detail = details[got.webhook_id]
         assert detail is not None and detail["body"] == json.loads(got.raw)
         assert not await redis.hexists(keys.log_event(got.webhook_id), "b")
+        # every value of 64 bytes at most: Redis keeps the hash compact (a listpack), not
+        # as a hash table of several times the bytes
+        assert await redis.object("encoding", keys.log_event(got.webhook_id)) == "listpack"
     # the baseline's created event holds one, the change's four events the other
     assert sorted(shared.values()) == [1, 4]
     # redelivered from the log (the queue had let them go): the very bytes, signed again

@@ -16,6 +16,7 @@ Response bodies are the receivers' words: kept as text, shown as text, never int
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -109,9 +110,16 @@ class LogFilter:
         )
 
 
-def _head(event_id: str, raw: str) -> dict[str, Any]:
-    """An event's summary from its head (the hash's field h: see scripts.log_head)."""
-    kind, at, timestamp, account, user, assignment = raw.split("\x1f", 5)
+# The hash's fields holding an event's head (lua/log.lua): h its type and when logged, t its
+# timestamp, c u g its account, user and assignment (absent: none)
+HEAD_FIELDS = ("h", "t", "c", "u", "g")
+
+
+def _head(event_id: str, values: Sequence[str | None]) -> dict[str, Any]:
+    """An event's summary from its head: the values of HEAD_FIELDS, h present (an entry
+    logged before the head was split keeps it all in h: see scripts.log_head)."""
+    kind, at, *rest = cast(str, values[0]).split("\x1f", 5)
+    timestamp, account, user, assignment = rest or values[1:5]
     return {
         "id": event_id,
         "type": kind,
@@ -170,7 +178,7 @@ class DeliveryLog:
             start = await self.redis.zcount(index, f"({filters.until_ms}", "+inf")
         else:
             start = 0
-        fields = ["h", *(f"o:{e}" for e in self.endpoint_ids)]
+        fields = [*HEAD_FIELDS, *(f"o:{e}" for e in self.endpoint_ids)]
         batch_size = SCAN_BATCH if filters.narrows else min(SCAN_BATCH, limit + 1)
         items: list[dict[str, Any]] = []
         scanned = 0
@@ -220,8 +228,8 @@ class DeliveryLog:
         return encode_cursor(_CURSOR, int(position[0]), position[1])
 
     def _summary(self, event_id: str, values: list[str | None]) -> dict[str, Any] | None:
-        head, outcomes = values[0], values[1:]
-        if head is None:
+        head, outcomes = values[: len(HEAD_FIELDS)], values[len(HEAD_FIELDS) :]
+        if head[0] is None:
             return None  # its hash ran out before a trim removed it from the index
         endpoints = {}
         for endpoint_id, raw in zip(self.endpoint_ids, outcomes, strict=True):
@@ -266,7 +274,7 @@ class DeliveryLog:
         except ValueError:  # not one of ours; shown as the text it is
             body = text
         return {
-            **_head(event_id, raw["h"]),
+            **_head(event_id, [raw.get(name) for name in HEAD_FIELDS]),
             "endpoints": endpoints,
             "body": body,
             "attempts": {
@@ -277,7 +285,7 @@ class DeliveryLog:
 
     async def body_as_sent(self, event_id: str) -> str | None:
         """The event's body, the very text signed and sent; None when it is not logged."""
-        names = ("h", "b", "d")
+        names = (*HEAD_FIELDS, "b", "d")
         found = cast(list[str | None], await self.redis.hmget(keys.log_event(event_id), names))
         raw = {name: value for name, value in zip(names, found, strict=True) if value is not None}
         return None if "h" not in raw else await self._body(event_id, raw)
@@ -290,7 +298,7 @@ class DeliveryLog:
         value = cast(str | None, await self.redis.get(raw["d"]))
         if value is None:
             return None
-        head = _head(event_id, raw["h"])
+        head = _head(event_id, [raw.get(name) for name in HEAD_FIELDS])
         try:
             stored = log_body.from_shared(value)
             return log_body.rejoin(event_id, head["type"], head["timestamp"] or "", stored)

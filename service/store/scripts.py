@@ -79,14 +79,15 @@ def log_head(head: EventHead, at_ms: int) -> str:
 def _log_part(event_id: str, head: EventHead, body: bytes | str, shared: dict[bytes, str]) -> str:
     """How the log keeps an event's body (enqueue.lua): '' whole; else the key of its shared
     `data`, and the first time this call names that key, _SEP and the data as stored (the
-    events of a change share their `data`: it is compressed once per commit)."""
+    events of a change share their `data`: it is packed once per commit, under the key of
+    the first event that carries it)."""
     raw = body if isinstance(body, bytes) else body.encode()
     data = log_body.split(event_id, head.type, head.timestamp, raw)
     if data is None:
         return ""
     if (key := shared.get(data)) is not None:
         return key
-    key = shared[data] = keys.log_data(log_body.digest(data))
+    key = shared[data] = keys.log_data(event_id)
     return f"{key}{_SEP}{log_body.pack(data)}"
 
 

@@ -1,8 +1,10 @@
 -- Library part (included, not run alone): the delivery log (store/log.py).
 -- One hash per event, named LOG_EVENT_PREFIX .. id (the scripts are given the prefix, not
 -- each event's key: a commit of thousands of events would pass thousands of keys):
---   h   type, when logged (ms), timestamp, account, user, assignment, joined by \31
---       (scripts.log_head)
+--   h   type and when logged (ms), joined by \31; t its timestamp; c, u, g its account,
+--       user and assignment (each absent when empty). The head comes joined in one argument
+--       (scripts.log_head) and is kept in fields of at most 64 bytes each, so that the hash
+--       stays a listpack (hash-max-listpack-value); entries logged before kept it all in h
 --   d   the key of the body's `data`, shared by the events of one change (LOG_DATA_PREFIX ..
 --       digest: the count of events holding it, 6 digits, then `data` compressed; see
 --       store/log_body.py): the body is its envelope, built from the id and h, then `data`
@@ -41,22 +43,40 @@ local function release(key)
   end
 end
 
--- body_stored(id, h, d) → the body in the form the queue keeps for a logged event whose
--- `data` is shared (store/log_body.py: queued_body puts it back together), or nil when the
--- shared data is gone
-local function body_stored(id, h, d)
+-- body_stored(id, h, timestamp, d) → the body in the form the queue keeps for a logged
+-- event whose `data` is shared (store/log_body.py: queued_body puts it back together), or
+-- nil when the shared data is gone
+local function body_stored(id, h, timestamp, d)
   local value = redis.call('GET', d)
   if not value then return nil end
-  local kind, timestamp = string.match(h, '^([^\31]*)\31[^\31]*\31([^\31]*)')
-  return '\31{"id":"' .. id .. '","type":"' .. kind .. '","timestamp":"' .. timestamp
-    .. '","data":\31' .. string.sub(value, COUNT_WIDTH + 1)
+  return '\31{"id":"' .. id .. '","type":"' .. string.match(h, '^[^\31]*') .. '","timestamp":"'
+    .. (timestamp or '') .. '","data":\31' .. string.sub(value, COUNT_WIDTH + 1)
+end
+
+local HEAD_FIELDS = {'t', 'c', 'u', 'g'} -- the head's parts after type and time (see above)
+
+-- head_fields(fields, h): the hash's fields for the head as passed (type, when logged,
+-- timestamp, account, user, assignment, joined by \31), appended to `fields`
+local function head_fields(fields, h)
+  local kind_at, rest = string.match(h, '^([^\31]*\31[^\31]*)\31(.*)$')
+  fields[#fields + 1] = 'h'
+  fields[#fields + 1] = kind_at
+  local n = 0
+  for part in string.gmatch(rest .. '\31', '([^\31]*)\31') do
+    n = n + 1
+    if part ~= '' then
+      fields[#fields + 1] = HEAD_FIELDS[n]
+      fields[#fields + 1] = part
+    end
+  end
 end
 
 -- new_event(hash, index, id, at, ttl, h, body, eps, ep_indexes): an event enters the log,
 -- queued for the endpoints `eps` (ids), whose log indexes are `ep_indexes`. `body`: {field,
 -- value}, {'b', the body} or {'d', its shared data's key} (whose holder it becomes)
 local function new_event(hash, index, id, at, ttl, h, body, eps, ep_indexes)
-  local fields = {'h', h, body[1], body[2]}
+  local fields = {body[1], body[2]}
+  head_fields(fields, h)
   for j, ep in ipairs(eps) do
     fields[#fields + 1] = 'o:' .. ep
     fields[#fields + 1] = 'queued 0'

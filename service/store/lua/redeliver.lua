@@ -11,11 +11,13 @@ local field = 'o:' .. ARGV[2]
 local n = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[4])) do
   local hash = ARGV[1] .. id
-  local found = redis.call('HMGET', hash, field, 'h', 'b', 'd')
+  local found = redis.call('HMGET', hash, field, 'h', 'b', 'd', 't')
   local outcome, attempts
   if found[1] then outcome, attempts = string.match(found[1], '^(%a+) (%d+)$') end
   local body = found[3]
-  if not body and found[4] and found[2] then body = body_stored(id, found[2], found[4]) end
+  if not body and found[4] and found[2] then
+    body = body_stored(id, found[2], found[5], found[4])
+  end
   if outcome and outcome ~= 'queued' and string.match(found[2] or '', '^[^\31]*') ~= ARGV[7]
       and body
       and (ARGV[5] == 'any' or ARGV[5] == outcome)

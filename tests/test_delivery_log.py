@@ -12,15 +12,17 @@ import pytest
 from redis.asyncio import Redis
 
 from service import events as ev
+from service.delivery import signing
 from service.errors import InvalidInput, NotFound
 from service.operations import Operations
 from service.outbox import EventHead
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
-from service.store import keys
+from service.store import keys, log_body
 from service.store import log as delivery_log
+from service.store.log_policy import DEFAULT_LOG
 from service.store.scripts import log_head
-from tests.helpers import ACCOUNT, driven, endpoint, make_settings, seed_user
+from tests.helpers import ACCOUNT, SECRET, driven, endpoint, make_settings, seed_user
 from tests.redis_server import RedisServer, free_port
 
 Sim = tuple[SimLMS, str]
@@ -31,6 +33,11 @@ def settings_for(redis_server: RedisServer, lms_url: str, hooks: list[dict[str, 
     over.setdefault("polling", {})
     over["polling"] = {"emit_on_first_sync": True, **over["polling"]}
     return make_settings(redis_server.url, lms_url, hooks, ["u_1", "u_2"], **over)
+
+
+async def as_sent(redis: Redis, event_id: str) -> str | None:
+    """The logged event's body as the log gives it back: the text signed and sent."""
+    return await delivery_log.DeliveryLog(redis, DEFAULT_LOG, []).body_as_sent(event_id)
 
 
 async def every_page(ops: Operations, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
@@ -129,7 +136,7 @@ async def test_an_event_is_found_by_user_after_delivery_with_its_body(
     [received] = [e for e in rx.events if e.webhook_id == detail["id"]][:1]
     assert detail["body"] == json.loads(received.raw)
     # the bytes as sent, once per event however many endpoints it went to
-    stored = await redis.hget(keys.log_event(detail["id"]), "b")
+    stored = await as_sent(redis, detail["id"])
     assert stored is not None and stored.encode() == received.raw
     assert await redis.zcard(keys.LOG_EVENTS) == 5
     assert detail["endpoints"] == {
@@ -464,10 +471,167 @@ def test_a_separator_in_an_upstream_id_cannot_shift_the_head() -> None:
     """The log keeps an event's head as parts joined by \\x1f: an id holding one (upstream
     ids are anyone's text) has it replaced, and the other parts stay where they were."""
     head = EventHead(ev.UPDATED, "2026-11-28T06:00:00.123Z", ACCOUNT, "u\x1fx", "a1")
-    summary = delivery_log._head("evt_1", log_head(head, 5))
+    summary = delivery_log._head("evt_1", [log_head(head, 5)])
     assert (summary["user_id"], summary["assignment_id"]) == ("u\ufffdx", "a1")
     assert (summary["account_id"], summary["logged_at_ms"], summary["type"]) == (
         ACCOUNT,
         5,
         ev.UPDATED,
+    )
+
+
+async def log_data_keys(redis: Redis) -> dict[str, int]:
+    """Every shared `data` in the log → how many logged events it says hold it."""
+    found = {}
+    async for key in redis.scan_iter(match=keys.LOG_DATA_PREFIX + "*"):
+        found[key] = int(await redis.getrange(key, 0, log_body.COUNT_WIDTH - 1))
+    return found
+
+
+async def test_a_changes_events_share_their_data_once_and_read_back_as_signed(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """One change, four events (updated, progress, status, completed), two endpoints: the
+    log keeps the record once, and gives back each body byte for byte as sent: the
+    signature each endpoint got verifies against it. Redelivered, the same bytes go out."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_user(sim, "u_1", 1)
+    sim.add_user(ACCOUNT, "u_2")
+    settings = settings_for(redis_server, lms_url, [endpoint(rx_url), endpoint(rx_url, "crm")])
+    async with driven(settings, sim) as service:
+        ops = service.service.operations
+        await service.baseline()
+        rx.events.clear()
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+        await service.step(1)
+        first = list(rx.events)
+        shared = await log_data_keys(redis)
+        details = {e.webhook_id: await ops.event(str(e.webhook_id)) for e in first}
+        rx.events.clear()
+        again = await ops.redeliver("hr", since_ms=0, until_ms=None, outcome="delivered")
+        await service.deliver()
+        resent = [e for e in rx.events if e.path == first[0].path]
+    assert sorted({e.type or "" for e in first}) == sorted(
+        [ev.UPDATED, ev.PROGRESS_CHANGED, ev.STATUS_CHANGED, ev.COMPLETED]
+    )
+    assert len(first) == 8 and all(e.verified for e in first)
+    key = signing.secret_key(SECRET)
+    for got in first:
+        assert got.webhook_id is not None and got.timestamp is not None
+        logged = await as_sent(redis, got.webhook_id)
+        assert logged is not None and logged.encode() == got.raw
+        assert got.signature == signing.sign([key], got.webhook_id, int(got.timestamp), logged)
+        detail = details[got.webhook_id]
+        assert detail is not None and detail["body"] == json.loads(got.raw)
+        assert not await redis.hexists(keys.log_event(got.webhook_id), "b")
+        # every value of 64 bytes at most: Redis keeps the hash compact (a listpack), not
+        # as a hash table of several times the bytes
+        assert await redis.object("encoding", keys.log_event(got.webhook_id)) == "listpack"
+    # the baseline's created event holds one, the change's four events the other
+    assert sorted(shared.values()) == [1, 4]
+    # redelivered from the log (the queue had let them go): the very bytes, signed again
+    assert again == 5
+    by_id = {e.webhook_id: e.raw for e in first}
+    assert {e.webhook_id for e in rx.events} >= set(by_id)
+    assert all(e.verified and e.raw == by_id.get(e.webhook_id, e.raw) for e in resent)
+
+
+async def test_shared_data_leaves_with_the_last_event_that_holds_it(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """The cap drops an endpoint's oldest events: a change's `data` stays while any of its
+    events is still logged (here the completion crm keeps) and goes with the last one."""
+    sim, lms_url = lms
+    _, rx_url = receiver
+    seed_user(sim, "u_1", 2)
+    sim.add_user(ACCOUNT, "u_2")
+    crm = endpoint(rx_url, "crm", events=[ev.COMPLETED])
+    settings = settings_for(
+        redis_server, lms_url, [endpoint(rx_url), crm], delivery={"log_max_per_endpoint": 2}
+    )
+
+    async def holders() -> dict[str, int]:
+        """Each shared data → how many logged events hold it (field d)."""
+        counts: dict[str, int] = {}
+        for e in await every_page(ops):
+            d = await redis.hget(keys.log_event(e["id"]), "d")
+            counts[d] = counts.get(d, 0) + 1
+        return counts
+
+    async with driven(settings, sim) as service:
+        ops = service.service.operations
+        await service.baseline()  # two created
+        created = await every_page(ops)
+        sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)  # four events: hr keeps two of them
+        await service.step(1)
+        kept = await every_page(ops)
+        shared, held = await log_data_keys(redis), await holders()
+        completed = next(e for e in kept if e["type"] == ev.COMPLETED)  # crm's
+        sim.update_assignment(ACCOUNT, "u_1", "u_1_a2", x=1)  # one more: hr drops one
+        await service.step(1)
+        later = await every_page(ops)
+        shared_later, held_later = await log_data_keys(redis), await holders()
+        body = await as_sent(redis, completed["id"])
+    assert len(created) == 2 and not {e["id"] for e in created} & {e["id"] for e in kept}
+    # the created events' data left with them; the change's stays, counting its holders
+    assert shared == held and len(shared) == 1 and sum(shared.values()) == len(kept) >= 2
+    assert shared_later == held_later and len(shared_later) == 2
+    assert sum(shared_later.values()) == len(later)
+    assert completed["id"] in {e["id"] for e in later}  # crm's, whatever hr dropped
+    assert body is not None and json.loads(body)["type"] == ev.COMPLETED
+
+
+async def test_an_event_logged_whole_before_reads_and_redelivers_as_it_was(
+    redis_server: RedisServer, redis: Redis, lms: Sim, receiver: Rx
+) -> None:
+    """An entry of the former format (the body whole, field b) reads as ever, and is
+    redelivered with those bytes."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    sim.add_user(ACCOUNT, "u_1")
+    sim.add_user(ACCOUNT, "u_2")
+    settings = settings_for(redis_server, lms_url, [endpoint(rx_url)])
+    head = EventHead(ev.UPDATED, "2026-11-28T06:00:00.123Z", ACCOUNT, "u_1", "a_1")
+    body = (
+        '{"id":"evt_old","type":"assignment.updated","timestamp":"2026-11-28T06:00:00.123Z",'
+        f'"data":{{"account_id":"{ACCOUNT}","user_id":"u_1","assignment_id":"a_1"}}}}'
+    )
+    async with driven(settings, sim) as service:
+        ops = service.service.operations
+        await service.baseline()
+        at = int(service.clock.now * 1000)
+        await redis.hset(
+            keys.log_event("evt_old"),
+            mapping={"h": log_head(head, at), "b": body, "o:hr": "delivered 1"},
+        )
+        await redis.zadd(keys.LOG_EVENTS, {"evt_old": at})
+        await redis.zadd(keys.EndpointKeys("hr").log, {"evt_old": at})
+        detail = await ops.event("evt_old")
+        again = await ops.redeliver("hr", since_ms=at, until_ms=at, outcome="delivered")
+        await service.deliver()
+    assert detail is not None and detail["body"] == json.loads(body)
+    assert again == 1
+    [got] = [e for e in rx.events if e.webhook_id == "evt_old"]
+    assert got.verified and got.raw == body.encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"id":"evt_1","type":"t","timestamp":"x","data":{"a":"é\\u0000","b":[1,2.5e300]}}',
+        '{"id":"evt_1","type":"t","timestamp":"x","data":null}',
+        '{"id":"evt_1","type":"t","timestamp":"x","data":{}}  ',  # not ours: kept whole
+        '{"type":"t","id":"evt_1","timestamp":"x","data":{}}',  # another order: kept whole
+    ],
+)
+def test_a_body_is_split_only_where_it_rejoins_exactly(body: str) -> None:
+    data = log_body.split("evt_1", "t", "x", body.encode())
+    if data is None:
+        assert not body.endswith("}") or not body.startswith('{"id":"evt_1","type"')
+        return
+    assert log_body.rejoin("evt_1", "t", "x", log_body.pack(data)) == body
+    assert (
+        log_body.queued_body(f"\x1f{log_body.envelope('evt_1', 't', 'x')}\x1f{log_body.pack(data)}")
+        == body
     )

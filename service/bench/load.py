@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from service.budget import assignment_activity, user_weight
 from service.config import EndpointSettings
-from service.detect import Change, Snapshot, detect
+from service.detect import Snapshot, detect
 from service.outbox import Outbox, route_events
 from service.sim.lms import SimLMS
 from service.sim.records import remote_user_id
@@ -116,33 +116,54 @@ async def poll_everyone_now(redis: Redis, users: list[str], timeout: float = 30.
     await redis.zadd(keys.POLL_DUE, {keys.user_member(ACCOUNT, u): 0 for u in users}, xx=True)
 
 
-def _changed_pair(shape: dict[str, Any], serial: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _changed_pair(
+    shape: dict[str, Any], serial: int, *, complete: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A record before and after a change: its progress moves (`assignment.updated` and
+    `assignment.progress_changed`), or with `complete` it is completed (those two, then
+    `assignment.status_changed` and `assignment.completed`)."""
     before = copy.deepcopy(shape)
     before["id"] = f"a_{serial}"
     after = {**before, "progress": (before.get("progress") or 0) % 99 + 1}
     after["updated_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+    if complete:
+        before["status"] = {"value": "in_progress", "source_value": "InProgress"}
+        before["progress"], before["completed_at"] = 50, None
+        after["status"] = {"value": "completed", "source_value": "Completed"}
+        after["progress"], after["completed_at"] = 100, after["updated_at"]
     return before, after
 
 
 async def queue_events(
-    store: PollStore, endpoint: EndpointSettings, count: int, batch: int = 500
+    store: PollStore,
+    endpoint: EndpointSettings,
+    count: int,
+    batch: int = 500,
+    *,
+    every_event: bool = False,
 ) -> int:
-    """Queue `count` real change events (as detection builds them) for `endpoint`."""
+    """Queue `count` real change events (as detection builds them) for `endpoint`: the
+    first event of each change, or with `every_event` all of them, as detection emits them
+    (a change in four a completion: 4 events, the others a progress change: 2). Returns how
+    many were queued (with `every_event` the last change may pass `count` by up to 3)."""
     shapes = record_shapes(20)
     now = datetime.now(UTC)
-    queued = 0
+    queued = serial = 0
     while queued < count:
         outbox = Outbox()
-        for serial in range(queued, min(queued + batch, count)):
-            before, after = _changed_pair(shapes[serial % len(shapes)], serial)
+        for _ in range(batch):
+            if queued >= count:
+                break
+            complete = every_event and serial % 4 == 3
+            before, after = _changed_pair(shapes[serial % len(shapes)], serial, complete=complete)
+            serial += 1
             change = detect(
                 ACCOUNT, "u_bench", before["id"], Snapshot(1, before), after, now=now, emit=True
             )
             assert change is not None
-            # one event per change, so `count` events are `count` deliveries
-            one = Change(change.assignment_id, change.snapshot, change.events[:1])
-            route_events(one.events, [endpoint], int(now.timestamp() * 1000), outbox.events)
-            queued += 1
+            events = change.events if every_event else change.events[:1]
+            route_events(events, [endpoint], int(now.timestamp() * 1000), outbox.events)
+            queued += len(events)
         await store.commit(ACCOUNT, "u_bench", outbox, token=None, next_score=None)
     return queued
 

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -44,6 +45,8 @@ from service.config import EndpointSettings, PollingSettings
 from service.events import COMPLETED
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
+from service.store.log import DeliveryLog
+from service.store.log_policy import DEFAULT_LOG
 from service.store.polls import PollStore
 from service.store.scripts import LEASED
 from service.timefmt import parse_iso
@@ -157,11 +160,14 @@ async def detection(bench: Bench, scale: float) -> dict[str, Any]:
     }
 
 
-async def _fill_queue(bench: Bench, count: int) -> EndpointSettings:
+async def _fill_queue(
+    bench: Bench, count: int, *, every_event: bool = False
+) -> tuple[EndpointSettings, int]:
+    """The bench's endpoint and how many events were queued for it (queue_events)."""
     config = bench.service_config([], endpoint=True)
     endpoint = EndpointSettings.model_validate(config["endpoints"][0])
-    await queue_events(PollStore(bench.redis), endpoint, count)
-    return endpoint
+    queued = await queue_events(PollStore(bench.redis), endpoint, count, every_event=every_event)
+    return endpoint, queued
 
 
 async def _drain(
@@ -207,7 +213,7 @@ async def delivery(bench: Bench, scale: float) -> dict[str, Any]:
     plain: list[tuple[float, float]] = []
     for _ in range(3):
         await bench.redis.flushall()
-        endpoint = await _fill_queue(bench, count)
+        endpoint, _ = await _fill_queue(bench, count)
         bodies = keys.EndpointKeys(endpoint.id).body
         body = str(await bench.redis.hget(bodies, str(await bench.redis.hrandfield(bodies))))
         service.append(await _drain(bench, count, 1, concurrency))
@@ -336,23 +342,38 @@ async def log_memory(bench: Bench, scale: float) -> dict[str, Any]:
     delivering real change events (as detection builds them, one endpoint, each delivered at
     the first attempt to a receiver answering an empty 2xx). After delivery the queue holds
     nothing: what is left is the log (each event's head, body, outcome and attempt record,
-    its two index entries, the endpoint's recent attempts)."""
+    its two index entries, the endpoint's recent attempts).
+
+    Twice: one event per change (the figure as first measured: nothing to share), then
+    every event of each change as detection emits them (`every_event`: 2.5 a change, a
+    quarter of them completions), whose events share their `data`."""
     count = _n(20_000, scale, 1000)
-    await bench.redis.flushall()
-    empty = int((await bench.redis.info("memory"))["used_memory"])
-    endpoint = await _fill_queue(bench, count)
-    queued = int((await bench.redis.info("memory"))["used_memory"])
-    sample = [str(event_id) for event_id in await bench.redis.zrange(keys.LOG_EVENTS, 0, 99)]
-    sizes = [await bench.redis.hstrlen(keys.log_event(event_id), "b") for event_id in sample]
-    await _drain(bench, count, 1)
-    assert await bench.redis.zcard(keys.EndpointKeys(endpoint.id).due) == 0
-    logged = int((await bench.redis.info("memory"))["used_memory"])
-    return {
-        "events": count,
-        "body_bytes_mean": round(statistics.mean(sizes)),
-        "redis_bytes_per_1000_events_queued": round((queued - empty) / count * 1000),
-        "redis_bytes_per_1000_events_logged": round((logged - empty) / count * 1000),
-    }
+    figures: dict[str, Any] = {}
+    for every_event in (False, True):
+        await bench.redis.flushall()
+        empty = int((await bench.redis.info("memory"))["used_memory"])
+        endpoint, queued = await _fill_queue(bench, count, every_event=every_event)
+        after_queue = int((await bench.redis.info("memory"))["used_memory"])
+        sample = [str(event_id) for event_id in await bench.redis.zrange(keys.LOG_EVENTS, 0, 99)]
+        log = DeliveryLog(bench.redis, DEFAULT_LOG, [endpoint.id])
+        sizes = [len((await log.body_as_sent(event_id) or "").encode()) for event_id in sample]
+        await _drain(bench, queued, 1)
+        assert await bench.redis.zcard(keys.EndpointKeys(endpoint.id).due) == 0
+        logged = int((await bench.redis.info("memory"))["used_memory"])
+        encodings = Counter(
+            [await bench.redis.object("encoding", keys.log_event(e)) for e in sample]
+        )
+        suffix = "_every_event" if every_event else ""
+        figures |= {
+            f"events{suffix}": queued,
+            f"body_bytes_mean{suffix}": round(statistics.mean(sizes)),
+            f"redis_bytes_per_1000_events_queued{suffix}": round(
+                (after_queue - empty) / queued * 1000
+            ),
+            f"redis_bytes_per_1000_events_logged{suffix}": round((logged - empty) / queued * 1000),
+            f"event_hash_encodings{suffix}": dict(encodings),
+        }
+    return figures
 
 
 async def scale_out(bench: Bench, scale: float) -> dict[str, Any]:

@@ -52,6 +52,18 @@ LOG_EVENT_PREFIX = f"{PREFIX}:log:ev:"
 LOG_ENDPOINT_PREFIX = f"{PREFIX}:log:ep:"
 
 
+# `log_data(event_id)`, string: the `data` shared by a change's logged events (see
+# store/log_body.py), behind the count of the events that hold it, named after the first of
+# them (an event id names its change's content, so the same id always means the same
+# `data`); each event's hash names it (field d). The last holder to leave the log deletes
+# it; its TTL is theirs.
+LOG_DATA_PREFIX = f"{PREFIX}:log:data:"
+
+
+def log_data(event_id: str) -> str:
+    return LOG_DATA_PREFIX + event_id
+
+
 def log_event(event_id: str) -> str:
     """The id as it is: it ends the key, so no two ids can share one (and Lua appends it to
     LOG_EVENT_PREFIX the same way)."""

@@ -8,11 +8,15 @@ move_event.lua and dead_letter_event.lua (each attempt and the outcome it leaves
 trimmed by the commits that add to it (lua/log.lua). This module reads it, queues logged
 events again (redeliver) and records events sent outside the queue (test sends).
 
+Each event's body is kept once per change, compressed, where the events of a change share
+it (log_body, README): put back together byte for byte when read.
+
 Response bodies are the receivers' words: kept as text, shown as text, never interpreted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,7 +26,7 @@ from redis.asyncio import Redis
 from service import jsonfmt
 from service.cursor import decode_cursor, encode_cursor
 from service.outbox import EventHead
-from service.store import keys
+from service.store import keys, log_body
 from service.store.log_policy import LogPolicy
 from service.store.scripts import LogSent, Redeliver
 
@@ -106,9 +110,16 @@ class LogFilter:
         )
 
 
-def _head(event_id: str, raw: str) -> dict[str, Any]:
-    """An event's summary from its head (the hash's field h: see scripts.log_head)."""
-    kind, at, timestamp, account, user, assignment = raw.split("\x1f", 5)
+# The hash's fields holding an event's head (lua/log.lua): h its type and when logged, t its
+# timestamp, c u g its account, user and assignment (absent: none)
+HEAD_FIELDS = ("h", "t", "c", "u", "g")
+
+
+def _head(event_id: str, values: Sequence[str | None]) -> dict[str, Any]:
+    """An event's summary from its head: the values of HEAD_FIELDS, h present (an entry
+    logged before the head was split keeps it all in h: see scripts.log_head)."""
+    kind, at, *rest = cast(str, values[0]).split("\x1f", 5)
+    timestamp, account, user, assignment = rest or values[1:5]
     return {
         "id": event_id,
         "type": kind,
@@ -167,7 +178,7 @@ class DeliveryLog:
             start = await self.redis.zcount(index, f"({filters.until_ms}", "+inf")
         else:
             start = 0
-        fields = ["h", *(f"o:{e}" for e in self.endpoint_ids)]
+        fields = [*HEAD_FIELDS, *(f"o:{e}" for e in self.endpoint_ids)]
         batch_size = SCAN_BATCH if filters.narrows else min(SCAN_BATCH, limit + 1)
         items: list[dict[str, Any]] = []
         scanned = 0
@@ -217,8 +228,8 @@ class DeliveryLog:
         return encode_cursor(_CURSOR, int(position[0]), position[1])
 
     def _summary(self, event_id: str, values: list[str | None]) -> dict[str, Any] | None:
-        head, outcomes = values[0], values[1:]
-        if head is None:
+        head, outcomes = values[: len(HEAD_FIELDS)], values[len(HEAD_FIELDS) :]
+        if head[0] is None:
             return None  # its hash ran out before a trim removed it from the index
         endpoints = {}
         for endpoint_id, raw in zip(self.endpoint_ids, outcomes, strict=True):
@@ -257,12 +268,13 @@ class DeliveryLog:
             elif field.startswith("a:"):
                 endpoint_id, _, number = field[2:].rpartition(":")
                 attempts.setdefault(endpoint_id, []).append((int(number), attempt_fields(value)))
+        text = await self._body(event_id, raw)
         try:
-            body: Any = jsonfmt.loads(raw.get("b", ""))
+            body: Any = jsonfmt.loads(text or "")
         except ValueError:  # not one of ours; shown as the text it is
-            body = raw.get("b")
+            body = text
         return {
-            **_head(event_id, raw["h"]),
+            **_head(event_id, [raw.get(name) for name in HEAD_FIELDS]),
             "endpoints": endpoints,
             "body": body,
             "attempts": {
@@ -270,6 +282,28 @@ class DeliveryLog:
                 for endpoint_id, records in sorted(attempts.items())
             },
         }
+
+    async def body_as_sent(self, event_id: str) -> str | None:
+        """The event's body, the very text signed and sent; None when it is not logged."""
+        names = (*HEAD_FIELDS, "b", "d")
+        found = cast(list[str | None], await self.redis.hmget(keys.log_event(event_id), names))
+        raw = {name: value for name, value in zip(names, found, strict=True) if value is not None}
+        return None if "h" not in raw else await self._body(event_id, raw)
+
+    async def _body(self, event_id: str, raw: dict[str, str]) -> str | None:
+        """The event's body as sent: kept whole (b), or put back together from its head and
+        the `data` its change's events share (d; log_body); None if that is gone."""
+        if "d" not in raw:
+            return raw.get("b")
+        value = cast(str | None, await self.redis.get(raw["d"]))
+        if value is None:
+            return None
+        head = _head(event_id, [raw.get(name) for name in HEAD_FIELDS])
+        try:
+            stored = log_body.from_shared(value)
+            return log_body.rejoin(event_id, head["type"], head["timestamp"] or "", stored)
+        except ValueError:  # damaged: the event is still shown, without its body
+            return None
 
     async def endpoint_attempts(self, endpoint_id: str, limit: int) -> list[dict[str, Any]]:
         """The endpoint's most recent attempts, newest first, each with its event's id and

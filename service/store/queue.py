@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 
+from service.store import log_body
 from service.store.claims import ClaimedEvent, DeliveryMeta
 from service.store.keys import EndpointKeys
 from service.store.scripts import (
@@ -201,7 +202,7 @@ class EventQueue:
             {
                 "event_id": event_id,
                 "dead_at_ms": int(score),
-                "event": json.loads(body) if body else None,
+                "event": json.loads(log_body.queued_body(body)) if body else None,
                 **DeliveryMeta.decode(meta).as_dict(),
             }
             for (event_id, score), body, meta in zip(pairs, bodies, metas, strict=True)

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from service import jsonfmt
 from service.detect import Snapshot
 from service.outbox import EventHead, OverdueWatch, RoutedEvents
-from service.store import keys
+from service.store import keys, log_body
 from service.store.claims import ClaimedEvent, DeliveryMeta
 from service.store.log_policy import LogPolicy
 from service.store.read_state import ReadState
@@ -79,21 +79,39 @@ def log_head(head: EventHead, at_ms: int) -> str:
     return text
 
 
+def _log_part(event_id: str, head: EventHead, body: bytes | str, shared: dict[bytes, str]) -> str:
+    """How the log keeps an event's body (enqueue.lua): '' whole; else the key of its shared
+    `data`, and the first time this call names that key, _SEP and the data as stored (the
+    events of a change share their `data`: it is packed once per commit, under the key of
+    the first event that carries it)."""
+    raw = body if isinstance(body, bytes) else body.encode()
+    data = log_body.split(event_id, head.type, head.timestamp, raw)
+    if data is None:
+        return ""
+    if (key := shared.get(data)) is not None:
+        return key
+    key = shared[data] = keys.log_data(event_id)
+    return f"{key}{_SEP}{log_body.pack(data)}"
+
+
 def _pack_events(
     events: RoutedEvents, log: LogPolicy, script_keys: list[Any], args: list[Any]
 ) -> int:
     """KEYS and ARGV of enqueue.lua (the last part of a commit's keys and arguments): each
-    event once, in three arguments (a commit's thousands of arguments cost the client more
-    to encode than anything else in it): its id and head, its body, and the endpoints it
-    is queued for with their due times."""
+    event once, in four arguments (a commit's thousands of arguments cost the client more
+    to encode than anything else in it): its id and head, its body, the endpoints it is
+    queued for with their due times, and how the log keeps its body (_log_part)."""
     endpoint_ids = sorted(events)
-    # event id → [its id and head, its body, its routes ("number:due", ...)]
+    # event id → [its id and head, its body, its routes ("number:due", ...), its log part]
     by_event: dict[str, list[Any]] = {}
+    shared: dict[bytes, str] = {}  # a `data` → its key, once named in this call
     for number, endpoint_id in enumerate(endpoint_ids, 1):
         for event_id, body, due, head in events[endpoint_id]:
             if (entry := by_event.get(event_id)) is None:
-                head_text = log_head(head or _head(body), due)
-                by_event[event_id] = [f"{event_id}{_SEP}{head_text}", body, f"{number}:{due}"]
+                head = head or _head(body)
+                head_text = log_head(head, due)
+                kept = _log_part(event_id, head, body, shared)
+                by_event[event_id] = [f"{event_id}{_SEP}{head_text}", body, f"{number}:{due}", kept]
             else:
                 entry[2] += f" {number}:{due}"
     script_keys.append(keys.LOG_EVENTS)
@@ -419,7 +437,11 @@ class ClaimEvents(_Script):
         )
         return [
             ClaimedEvent(
-                flat[i], flat[i + 1], DeliveryMeta.decode(flat[i + 2]), int(token), held_until
+                flat[i],
+                log_body.queued_body(flat[i + 1]),
+                DeliveryMeta.decode(flat[i + 2]),
+                int(token),
+                held_until,
             )
             for i in range(0, len(flat), 3)
         ]

@@ -4,9 +4,11 @@
 -- index, meta hash) per endpoint, up to the last key. ARGV[i] on: the log's retention (ms),
 -- its cap per endpoint, its hashes' TTL (ms), LOG_EVENT_PREFIX, LOG_ENDPOINT_PREFIX, the
 -- commit's W3C traceparent ('' = tracing off: nothing more is written), p, the p
--- endpoints' ids (in the order of their keys), m, then per event three: its id and log
--- head ('<id>\31<the hash's field h>'), its body, and where it goes ('<endpoint number
--- 1..p>:<due ms>', space-separated; the first due is when it is logged).
+-- endpoints' ids (in the order of their keys), m, then per event four: its id and log
+-- head ('<id>\31<the hash's field h>'), its body, where it goes ('<endpoint number
+-- 1..p>:<due ms>', space-separated; the first due is when it is logged), and how the log
+-- keeps its body: '' whole, or the key of its shared data (lua/log.lua, field d), followed
+-- by '\31' and the data as stored where the call names that key first.
 -- With a traceparent, each event newly queued for an endpoint gets its meta there
 -- ('{"traceparent":"…"}'), which its attempts keep: the trace follows it to the dispatcher.
 -- `skip` (optional): a set of event ids to read past, queueing and logging nothing of them.
@@ -24,10 +26,17 @@ local function enqueue(k, i, skip)
   local m = tonumber(ARGV[i]); i = i + 1
   local index = KEYS[k]
   local latest, logged, touched = nil, 0, {}
+  local stored = {} -- shared data key → its value as passed (once per call)
   for _ = 1, m do
     local id, h = string.match(ARGV[i], '^([^\31]*)\31(.*)$')
-    local body, routes = ARGV[i + 1], ARGV[i + 2]
-    i = i + 3
+    local body, routes, kept = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
+    local shared = nil
+    if kept ~= '' then
+      local value
+      shared, value = string.match(kept, '^([^\31]*)\31?(.*)$')
+      if value ~= '' then stored[shared] = value end
+    end
     if skip and skip[id] then routes = '' end
     local at = nil
     local fresh = {} -- endpoint numbers it is newly queued for
@@ -51,7 +60,12 @@ local function enqueue(k, i, skip)
           ids[n], indexes[n] = eps[j], KEYS[k + 4 * j - 1]
           touched[j] = true
         end
-        new_event(hash, index, id, at, ttl, h, body, ids, indexes)
+        if shared then
+          share(shared, stored[shared], ttl)
+          new_event(hash, index, id, at, ttl, h, {'d', shared}, ids, indexes)
+        else
+          new_event(hash, index, id, at, ttl, h, {'b', body}, ids, indexes)
+        end
       else
         for _, j in ipairs(fresh) do
           if redis.call('HEXISTS', hash, 'o:' .. eps[j]) == 1 then

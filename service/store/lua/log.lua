@@ -1,9 +1,14 @@
 -- Library part (included, not run alone): the delivery log (store/log.py).
 -- One hash per event, named LOG_EVENT_PREFIX .. id (the scripts are given the prefix, not
 -- each event's key: a commit of thousands of events would pass thousands of keys):
---   h   type, when logged (ms), timestamp, account, user, assignment, joined by \31
---       (scripts.log_head)
---   b   the body as sent
+--   h   type and when logged (ms), joined by \31; t its timestamp; c, u, g its account,
+--       user and assignment (each absent when empty). The head comes joined in one argument
+--       (scripts.log_head) and is kept in fields of at most 64 bytes each, so that the hash
+--       stays a listpack (hash-max-listpack-value); entries logged before kept it all in h
+--   d   the key of the body's `data`, shared by the events of one change (LOG_DATA_PREFIX ..
+--       digest: the count of events holding it, 6 digits, then `data` compressed; see
+--       store/log_body.py): the body is its envelope, built from the id and h, then `data`
+--   b   or the body as sent, whole (one that is not envelope and `data`, or logged before d)
 --   o:E the outcome at endpoint E and its attempts: '<queued|delivered|dead> <n>'
 --   a:E:k the record of the k-th attempt at E (a JSON array; the last KEEP_ATTEMPTS kept)
 -- Indexes (zsets, id → when logged): every event's, and each endpoint's
@@ -12,10 +17,66 @@ local KEEP_ATTEMPTS = 20 -- attempt records kept per event and endpoint (store/l
 local RECENT_ATTEMPTS = 500 -- entries kept in an endpoint's list of recent attempts
 local unpack = unpack or table.unpack
 
+local COUNT_WIDTH = 6 -- digits of a shared data's count of holders (store/log_body.py)
+
+-- share(key, stored, ttl): one more logged event holds the shared data `key`; `stored`
+-- (its value, false when an earlier event of the same call passed it) makes it if missing
+local function share(key, stored, ttl)
+  local n = tonumber(redis.call('GETRANGE', key, 0, COUNT_WIDTH - 1))
+  if n then
+    redis.call('SETRANGE', key, 0, string.format('%0' .. COUNT_WIDTH .. 'd', n + 1))
+  else
+    redis.call('SET', key, string.format('%0' .. COUNT_WIDTH .. 'd', 1) .. stored)
+  end
+  -- it outlives every holder: each one's TTL is set now, as long as this
+  redis.call('PEXPIRE', key, ttl)
+end
+
+-- release(key): a logged event holding the shared data `key` leaves the log; the last
+-- one deletes it
+local function release(key)
+  local n = tonumber(redis.call('GETRANGE', key, 0, COUNT_WIDTH - 1))
+  if n and n > 1 then
+    redis.call('SETRANGE', key, 0, string.format('%0' .. COUNT_WIDTH .. 'd', n - 1))
+  else
+    redis.call('DEL', key)
+  end
+end
+
+-- body_stored(id, h, timestamp, d) → the body in the form the queue keeps for a logged
+-- event whose `data` is shared (store/log_body.py: queued_body puts it back together), or
+-- nil when the shared data is gone
+local function body_stored(id, h, timestamp, d)
+  local value = redis.call('GET', d)
+  if not value then return nil end
+  return '\31{"id":"' .. id .. '","type":"' .. string.match(h, '^[^\31]*') .. '","timestamp":"'
+    .. (timestamp or '') .. '","data":\31' .. string.sub(value, COUNT_WIDTH + 1)
+end
+
+local HEAD_FIELDS = {'t', 'c', 'u', 'g'} -- the head's parts after type and time (see above)
+
+-- head_fields(fields, h): the hash's fields for the head as passed (type, when logged,
+-- timestamp, account, user, assignment, joined by \31), appended to `fields`
+local function head_fields(fields, h)
+  local kind_at, rest = string.match(h, '^([^\31]*\31[^\31]*)\31(.*)$')
+  fields[#fields + 1] = 'h'
+  fields[#fields + 1] = kind_at
+  local n = 0
+  for part in string.gmatch(rest .. '\31', '([^\31]*)\31') do
+    n = n + 1
+    if part ~= '' then
+      fields[#fields + 1] = HEAD_FIELDS[n]
+      fields[#fields + 1] = part
+    end
+  end
+end
+
 -- new_event(hash, index, id, at, ttl, h, body, eps, ep_indexes): an event enters the log,
--- queued for the endpoints `eps` (ids), whose log indexes are `ep_indexes`
+-- queued for the endpoints `eps` (ids), whose log indexes are `ep_indexes`. `body`: {field,
+-- value}, {'b', the body} or {'d', its shared data's key} (whose holder it becomes)
 local function new_event(hash, index, id, at, ttl, h, body, eps, ep_indexes)
-  local fields = {'h', h, 'b', body}
+  local fields = {body[1], body[2]}
+  head_fields(fields, h)
   for j, ep in ipairs(eps) do
     fields[#fields + 1] = 'o:' .. ep
     fields[#fields + 1] = 'queued 0'
@@ -33,6 +94,7 @@ local function forget(index, ev_prefix, ep_prefix, id)
   local hash = ev_prefix .. id
   for _, f in ipairs(redis.call('HKEYS', hash)) do
     if string.sub(f, 1, 2) == 'o:' then redis.call('ZREM', ep_prefix .. string.sub(f, 3), id) end
+    if f == 'd' then release(redis.call('HGET', hash, 'd')) end
   end
   redis.call('DEL', hash)
   redis.call('ZREM', index, id)

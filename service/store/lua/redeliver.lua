@@ -11,18 +11,23 @@ local field = 'o:' .. ARGV[2]
 local n = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], ARGV[4])) do
   local hash = ARGV[1] .. id
-  local found = redis.call('HMGET', hash, field, 'h', 'b')
+  local found = redis.call('HMGET', hash, field, 'h', 'b', 'd', 't')
   local outcome, attempts
   if found[1] then outcome, attempts = string.match(found[1], '^(%a+) (%d+)$') end
+  local body = found[3]
+  if not body and found[4] and found[2] then
+    body = body_stored(id, found[2], found[5], found[4])
+  end
   if outcome and outcome ~= 'queued' and string.match(found[2] or '', '^[^\31]*') ~= ARGV[7]
-      and found[3]
+      and body
       and (ARGV[5] == 'any' or ARGV[5] == outcome)
       and not redis.call('ZSCORE', KEYS[2], id) then
     if outcome == 'dead' then -- its body is still queued; its retries start afresh
       redis.call('ZREM', KEYS[5], id)
       redis.call('HDEL', KEYS[4], id)
-    else -- delivered: the queue let it go, its body is the log's (the same bytes)
-      redis.call('HSET', KEYS[3], id, found[3])
+    else -- delivered: the queue let it go, its body is the log's (the same bytes once
+      -- put back together: store/log_body.py, queued_body)
+      redis.call('HSET', KEYS[3], id, body)
     end
     redis.call('ZADD', KEYS[2], ARGV[6], id)
     redis.call('HSET', hash, field, 'queued ' .. attempts)

@@ -134,10 +134,10 @@ async def test_a_killed_processs_event_claims_are_taken_over_within_5_seconds(
     receiver: tuple[Receiver, str],
     tmp_path: Path,
 ) -> None:
-    """Two processes deliver to a receiver that hangs, each holding a full round of claims
-    (8 being sent, 8 waiting: 16 at most); one is killed (-9). Every event claimed at that
-    moment is delivered by the other within 5 s, not once a claim as long as the endpoint's
-    timeout plus a margin has run out."""
+    """Two processes deliver to a slow receiver (a second a webhook: slow, not failing, so
+    no breaker opens), each holding a full round of claims (8 being sent, 8 waiting: 16 at
+    most); one is killed (-9). Every event claimed at that moment is delivered within 5 s,
+    not once a claim as long as the endpoint's timeout plus a margin has run out."""
     sim, lms_url = lms
     rx, rx_url = receiver
     seed(sim, 10)
@@ -147,18 +147,19 @@ async def test_a_killed_processs_event_claims_are_taken_over_within_5_seconds(
 
     with run_processes(redis_server.url, lms_url, rx_url, tmp_path, 2) as (victim, _):
         await wait_until(lambda: baselined(redis, "u_1"), 20, "baseline")
-        rx.default_answer = hang(60)
+        rx.default_answer = Answer(delay=1.0)
         for n in range(1, 11):
             sim.progress(ACCOUNT, "u_1", f"a{n}", 100)  # 40 events
         # more claims than one process holds: the victim holds some of them
         await wait_until(more_claims_than, 20, "both processes holding claims")
         victim.kill()
-        killed_at = time.time()
-        leased = set(await redis.zrangebyscore(HR_DUE, LEASED, "+inf"))
-        rx.default_answer = Answer(status=200)
-        await wait_until(lambda: leased <= {e.webhook_id for e in rx.events}, 30, "delivered")
-    first: dict[str, float] = {}
-    for event in rx.events:
-        first.setdefault(event.webhook_id, event.received_at)
-    late = {i: round(first[i] - killed_at, 2) for i in leased if first[i] - killed_at > 5.0}
-    assert not late, f"claims of the killed process outlived it: {late}"
+        killed_at = time.monotonic()
+        leased = await redis.zrangebyscore(HR_DUE, LEASED, "+inf")
+        rx.default_answer = Answer()
+
+        async def delivered() -> bool:  # acknowledged: out of the queue
+            return all(score is None for score in await redis.zmscore(HR_DUE, leased))
+
+        await wait_until(delivered, 30, "every event claimed at the kill delivered")
+        took = time.monotonic() - killed_at
+    assert took <= 5.0, f"the killed process's claims outlived it: {took:.2f} s"

@@ -32,6 +32,10 @@ from service.upstream.client import StackOneClient
 
 log = structlog.get_logger("discovery")
 
+# two complete listings that each leave out more than half of the users agree when the
+# users both leave out are this share of the larger of their two sets
+AGREEMENT = 0.9
+
 
 @dataclass(slots=True)
 class ListingResult:
@@ -100,10 +104,10 @@ class UserListing:
             u for a, u in map(keys.parse_user_member, await self.users.runtime()) if a == account_id
         }
         drop = sorted(gone - runtime)
-        mass_drop = self._mass_drop(account_id, state, len(drop), len(listed), started, full)
+        mass_drop, drop = await self._mass_drop(account_id, state, drop, len(listed), started, full)
         if mass_drop:  # held: nobody leaves, and the next listing is complete again
-            result.held = len(drop)
-            drop, full = [], False
+            result.held, full = len(drop), False
+            drop = []
         report_future_stamps(self.metrics, "users", stamps, account_id=account_id)
         done = replace(
             ReadState.after_read(stamps.newest, int(started * 1000), full=full),
@@ -134,24 +138,41 @@ class UserListing:
                 self.on_changed()
         return result
 
-    def _mass_drop(
-        self, account_id: str, state: ReadState, dropping: int, listed: int, now: float, full: bool
-    ) -> int | None:
+    async def _mass_drop(
+        self,
+        account_id: str,
+        state: ReadState,
+        drop: list[str],
+        listed: int,
+        now: float,
+        full: bool,
+    ) -> tuple[int | None, list[str]]:
         """When a complete listing leaves out more than half of the users listed before (an
         upstream answering `data: []` on a bad day, a provider cut short), it forgets
-        nobody until a second complete listing, at least half an interval later, agrees:
-        forgotten users' changes would be lost, and they would come back baselined
-        silently. Returns when the first such listing ran (held now), 0 (not held: the
-        hold, if any, ends) or None (not a complete listing: as it was)."""
+        nobody until a second complete listing, at least half an interval later, agrees
+        (both leave out nearly the same users: AGREEMENT of the larger set), and then only
+        the users both left out: forgotten users' changes would be lost, and they would
+        come back baselined silently. Listings that disagree (an empty answer, then one cut
+        short) hold again, from the later one. Returns when the first such listing
+        ran (held now; 0: not held, the hold if any ends; None: not a complete listing, as
+        it was) and the users to forget."""
         if not full:
-            return None
-        if dropping * 2 <= listed:
-            return 0
+            return None, drop
+        if len(drop) * 2 <= listed:
+            return 0, drop
         now_ms = int(now * 1000)
         first = state.mass_drop_ms or 0
-        if first and now_ms - first >= self.cadence.listing_interval * 500:
-            log.warning("listing_drop_confirmed", account_id=account_id, left=dropping)
-            return 0
+        interval = self.cadence.listing_interval
+        if first and now_ms - first >= interval * 500:
+            held = await self.store.held_drop(account_id)
+            agreed = [user for user in drop if user in held]
+            if agreed and len(agreed) >= AGREEMENT * max(len(held), len(drop)):
+                log.warning("listing_drop_confirmed", account_id=account_id, left=len(agreed))
+                return 0, agreed
+            first = 0  # they disagree (or the first one's set ran out): this one is a first
+        if not first:  # the users a second listing must agree on
+            await self.store.hold_drop(account_id, drop, interval * 10 + 60)
+        dropping = len(drop)
         self.metrics.listed_users.labels("held").inc(dropping)
         log.warning(
             "listing_drop_held",
@@ -160,7 +181,7 @@ class UserListing:
             missing=dropping,
             until="a second complete listing agrees",
         )
-        return first or now_ms
+        return first or now_ms, drop
 
 
 def _found_ms(served_at: datetime | None, started: float) -> int:

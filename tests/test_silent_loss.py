@@ -66,14 +66,21 @@ async def test_a_record_stamped_in_the_future_hides_no_later_change(
 
 class EmptyListings(SimLMS):
     """An upstream whose user listing answers `data: []` (a complete, empty listing) while
-    `empty` is set: a bad day on the provider's side, not users leaving."""
+    `empty` is set, or lists only the users in `only` while that is set: a bad day on the
+    provider's side, not users leaving."""
 
     empty = False
+    only: set[str] | None = None
 
     def handle_users(self, headers: Mapping[str, str], query: Mapping[str, str]) -> SimResponse:
         answer = super().handle_users(headers, query)
-        if self.empty and answer.status == 200:
-            answer.body = json.dumps({"data": [], "next": None}).encode()
+        if answer.status == 200 and (self.empty or self.only is not None):
+            body = json.loads(answer.body)
+            if self.empty:
+                body = {"data": [], "next": None}
+            else:  # page by page, as listed
+                body["data"] = [u for u in body["data"] if u["id"] in (self.only or ())]
+            answer.body = json.dumps(body).encode()
         return answer
 
 
@@ -162,3 +169,37 @@ async def test_users_found_in_bulk_keep_the_changes_they_make_before_their_basel
     assert done.data["user_id"] == "j_39"
     # nothing else: every other assignment of the joiners is their baseline, silent
     assert {e.data["user_id"] for e in rx.events} == {"j_39"}
+
+
+async def test_two_bad_listings_that_disagree_forget_nobody(
+    redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    """An empty listing, then one cut short to 40% of the users: each leaves out more than
+    half, but not the same users, so they do not agree and nobody is forgotten; a listing
+    that lists everyone again ends the hold."""
+    _, rx_url = receiver
+    sim = EmptyListings(api_key=API_KEY)
+    users = [f"u_{n}" for n in range(1, 11)]
+    for user in users:
+        seed_user(sim, user, 1)
+    async with served(sim) as lms_url:
+        settings = feed_settings(
+            redis_server.url, lms_url, rx_url, "all", "per_user", polling=DISCOVERY
+        )
+        async with driven(settings, sim) as service:
+            await service.baseline()
+            assert await tracked(redis) == set(users)
+            sim.empty = True
+            service.clock.advance(10.0)
+            await service.step(0.0)  # held
+            sim.empty, sim.only = False, set(users[:4])
+            await service.step(2.0)  # leaves out 60%, not the 100% the first left out
+            assert await tracked(redis) == set(users)
+            sim.only = None
+            await service.step(2.0)  # everyone again: the hold ends
+            assert await tracked(redis) == set(users)
+            sim.only = set(users[:4])  # and the same short answer twice now agrees
+            service.clock.advance(10.0)
+            await service.step(0.0)
+            await service.step(2.0)
+            assert await tracked(redis) == set(users[:4])

@@ -145,3 +145,16 @@ class FeedStore:
 
     async def listed(self, account_id: str) -> set[str]:
         return cast(set[str], await self.redis.smembers(keys.discovered_users(account_id)))
+
+    async def hold_drop(self, account_id: str, users: list[str], seconds: float) -> None:
+        """The users a complete listing left out while its drop is held (replacing any)."""
+        key = keys.held_drop(account_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            for start in range(0, len(users), LOAD_BATCH * 4):
+                pipe.sadd(key, *users[start : start + LOAD_BATCH * 4])
+            pipe.expire(key, max(1, int(seconds)))
+            await pipe.execute()
+
+    async def held_drop(self, account_id: str) -> set[str]:
+        return cast(set[str], await self.redis.smembers(keys.held_drop(account_id)))

@@ -132,6 +132,13 @@ def discovered_users(account_id: str) -> str:
     return f"{PREFIX}:users:listed:{account_member(account_id)}"
 
 
+def held_drop(account_id: str) -> str:
+    """set: the users a complete listing left out when it left out more than half (held
+    until a second complete listing agrees: only users both leave out are forgotten);
+    expires."""
+    return f"{PREFIX}:users:held:{account_member(account_id)}"
+
+
 def console_signed_out(session_id: str) -> str:
     """string with a TTL (the rest of the session's lifetime): the console session with
     this id (its cookie's nonce) was signed out, and its cookie no longer signs anyone in."""

@@ -219,7 +219,9 @@ class Service:
         wake = self.dispatcher.wake if self.dispatcher else None
         budget = api_key_budget(settings.stackone.max_requests_per_minute)
         rate = stores.limiter.rate(budget)
-        client = StackOneClient(self._session(limit=100), settings.stackone, rate, metrics)
+        session = self._session(limit=100)
+        # on the service's clock: an account's provider pause ends when its due time does
+        client = StackOneClient(session, settings.stackone, rate, metrics, clock=clock)
         cadence = self.planner
         poller = Poller(
             stores.polls,

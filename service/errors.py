@@ -32,6 +32,15 @@ class UpstreamRateLimited(UpstreamError):
         self.retry_after = retry_after
 
 
+class UpstreamProviderLimited(UpstreamError):
+    """A 429 carrying `provider_errors`: the account's own provider limits it. Only that
+    account waits `retry_after` seconds; the key and the other accounts go on."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
 class UpstreamUnavailable(UpstreamError):
     """5xx, timeout or broken connection: worth retrying with backoff."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from service.detect import LatestVersions, detect_removed
-from service.errors import UpstreamError, UpstreamRateLimited
+from service.errors import UpstreamError, UpstreamProviderLimited, UpstreamRateLimited
 from service.feed_run import FeedRun, count_skipped
 from service.metrics import Metrics
 from service.store.feeds import FeedStore
@@ -169,8 +169,9 @@ class CompleteUserReads:
                     return None
                 for record in page.records:
                     latest.add(str(record["id"]), record)
-        except UpstreamRateLimited:
-            raise  # the key is paused for everyone: the feed read waits, then runs again
+        except (UpstreamRateLimited, UpstreamProviderLimited):
+            # the key, or the whole account, is paused: the feed read ends and runs again later
+            raise
         except UpstreamError as e:
             self._fail(run.account_id, user_id, e)
             return None

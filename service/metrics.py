@@ -24,6 +24,14 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.upstream_pauses = Counter(
+            "lms_webhooks_upstream_pauses",
+            "Retry-After pauses the upstream asked for, by reason: `key` (StackOne's own "
+            "429/408, the whole key waits) or `provider` (an account's provider, only that "
+            "account waits). No account label: one series per reason.",
+            ["reason"],
+            registry=r,
+        )
         self.throttle_wait = Counter(
             "lms_webhooks_throttle_wait_seconds",
             "Time spent waiting for a shared rate limit or a Retry-After pause.",

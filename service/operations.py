@@ -364,10 +364,12 @@ class Operations:
 
     async def accounts(self) -> list[dict[str, Any]]:
         """Each configured account: its strategy in force (and why, for `auto`), its feed
-        and listing state, the users tracked, and its back-off."""
+        and listing state, the users tracked, its back-off, and until when its provider
+        asked it to wait (`paused_until`, epoch seconds, or null)."""
         stores = self.stores
         fallbacks = await stores.users.fallbacks()
         backoffs = await stores.polls.backed_off_accounts()
+        paused = await stores.polls.paused_accounts(self.clock())
         tracked = Counter(keys.parse_user_member(m)[0] for m in await stores.users.members())
         out = []
         for account in self.settings.accounts:
@@ -397,6 +399,7 @@ class Operations:
                     "feed": feed,
                     "listing": listing,
                     "backoff": None if backoff is None else asdict(backoff),
+                    "paused_until": paused.get(account_id),
                 }
             )
         return out

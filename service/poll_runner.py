@@ -4,7 +4,8 @@ it, then end its lease by its outcome.
 A success ends with the poll's own commit (which moves the user on to its next due time) and
 ends its account's back-off. A failure releases the lease with the failure counted: due
 again soon for passing trouble, slowly for an unusable key, account or user, whose whole
-account is then backed off, not hammered. A read cut off by a Redis outage releases its
+account is then backed off, not hammered; after its Retry-After when the account's provider
+limited it, and the whole account is paused as long. A read cut off by a Redis outage releases its
 lease once Redis answers again, so its next read is not a lease late.
 """
 
@@ -24,6 +25,7 @@ from service.errors import (
     StaleLease,
     UpstreamError,
     UpstreamMalformed,
+    UpstreamProviderLimited,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -53,7 +55,10 @@ def account_rejected(error: Exception) -> bool:
 
 
 def retry_delay(error: Exception, failures: int, interval: float) -> float:
-    """When a failed poll is tried again: soon for passing trouble, slowly for rejections."""
+    """When a failed poll is tried again: soon for passing trouble, slowly for rejections,
+    after its Retry-After when the account's provider asked it to wait."""
+    if isinstance(error, UpstreamProviderLimited):
+        return error.retry_after
     if isinstance(error, UpstreamRejected):  # key, account or user unusable: do not hammer
         return max(interval, min(300.0 * 2.0 ** min(failures, 4), 6 * 3600.0))
     return min(interval, 5.0 * 2.0 ** min(failures, 10))
@@ -65,6 +70,8 @@ def failure_reason(error: Exception) -> str:
         return "account_rejected" if account_rejected(error) else "user_not_found"
     if isinstance(error, UpstreamRateLimited):
         return "rate_limited"
+    if isinstance(error, UpstreamProviderLimited):
+        return "provider_rate_limited"
     if isinstance(error, UpstreamMalformed):
         return "malformed"
     if isinstance(error, UpstreamUnavailable):
@@ -184,6 +191,8 @@ class PollRunner:
         if account_rejected(error):
             assert isinstance(error, UpstreamRejected)
             await self._back_off_account(lease.account_id, error)
+        elif isinstance(error, UpstreamProviderLimited):
+            await self._pause_account(lease.account_id, delay)
         # Redis out of memory fails every poll alike: readiness reports that episode once
         emit = log.debug if out_of_memory(error) else log.warning
         emit(
@@ -217,6 +226,15 @@ class PollRunner:
                     log.warning("lease_release_failed", member=lease.member, error=str(e))
                     return
             await asyncio.sleep(RELEASE_RETRY_SECONDS)
+
+    async def _pause_account(self, account_id: str, seconds: float) -> None:
+        """Its provider asked the account to wait: every process defers its reads (users,
+        feed, listing) until then; the key and the other accounts go on."""
+        now = self.clock()
+        try:
+            await self.store.pause_account(account_id, now + seconds, now)
+        except RedisError as e:  # this read still comes back after the pause, by its lease
+            log_redis_error(log, "account_pause_failed", e, account_id=account_id)
 
     async def _back_off_account(self, account_id: str, error: UpstreamRejected) -> None:
         """Back the whole account off: its other users are not polled until then either."""

@@ -29,12 +29,28 @@ from service.store import keys
 from service.store.health import log_redis_error
 from service.store.leases import HEARTBEAT_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
+from service.upstream.accounts import ACCOUNT_IN_FLIGHT
 
 log = structlog.get_logger("schedule")
 
 TICK_SECONDS = 0.25
 POLL_STOP_GRACE = 3.0
 SYNC_SECONDS = 30.0
+# An account's reads come back after its provider's pause spread over this long (or the
+# interval, if shorter): not all at one instant, which its provider may limit again.
+PAUSE_SPREAD_SECONDS = 5.0
+# One account's polls running in one process at most, when there are others: its requests
+# are ACCOUNT_IN_FLIGHT at a time (the client), and one more poll each may commit or wait
+# meanwhile. Polls beyond that would only wait for its requests, holding slots the other
+# accounts could use (a slow provider held half of them).
+ACCOUNT_POLLS = 2 * ACCOUNT_IN_FLIGHT
+
+
+def account_share(concurrency: int, accounts: int) -> int | None:
+    """How many of the slots one account's polls may hold; None: all (the only account)."""
+    if accounts <= 1:
+        return None
+    return max(1, min(-(-concurrency // 2), ACCOUNT_POLLS))
 
 
 def initial_due_ms(member: str, now: float, interval: float) -> int:
@@ -64,21 +80,29 @@ def deferred_claims(
     cap: int | None,
     now: float,
     interval: float,
+    paused: dict[str, float] | None = None,
 ) -> dict[str, int]:
     """Claimed users not to poll now, each with when it is due again (ms).
 
     A user of a backed-off account waits for the back-off's end (spread over a minute, so
     they do not all come back at one instant); once it has ended, the next poll is the
-    account's probe. A user beyond its account's share of the slots (`cap`, None: no cap)
-    comes back in a moment.
+    account's probe. A user (or feed, or listing) of an account its provider `paused` (until
+    when) waits for the pause's end, spread over PAUSE_SPREAD_SECONDS. A user beyond its
+    account's share of the slots (`cap`, None: no cap) comes back in a moment.
     """
     over = over_account_share(members, running, cap) if cap is not None else set()
+    paused = paused or {}
     deferred: dict[str, int] = {}
     for member in members:
-        backoff = backed_off.get(keys.parse_user_member(member)[0])
-        if backoff is not None and backoff.until > now:
+        account = keys.parse_user_member(member)[0]
+        backoff = backed_off.get(account)
+        pause = paused.get(account, 0.0)
+        if backoff is not None and backoff.until > max(now, pause):
             spread = initial_due_ms(member, 0.0, min(interval, 60.0))
             deferred[member] = int(backoff.until * 1000) + spread
+        elif pause > now:
+            spread = initial_due_ms(member, 0.0, min(interval, PAUSE_SPREAD_SECONDS))
+            deferred[member] = int(pause * 1000) + spread
         elif member in over:
             deferred[member] = int((now + TICK_SECONDS * 2) * 1000)
     return deferred
@@ -238,19 +262,21 @@ class PollScheduler:
                 return 0
             backed_off = await self.store.backed_off_accounts()
             self.runner.backed_off = set(backed_off)
+            now = self.clock()
+            paused = await self.store.paused_accounts(now)
         except RedisError as e:
             log_redis_error(log, "claim_users_failed", e)
             return 0
         running = Counter(lease.account_id for lease in self.polling.values())
         accounts = {a.account_id for a in self.settings.accounts} | running.keys()
-        concurrency = self.settings.polling.concurrency
         deferred = deferred_claims(
             [lease.member for lease in claimed],
             backed_off,
             running,
-            cap=max(1, -(-concurrency // 2)) if len(accounts) > 1 else None,
-            now=self.clock(),
+            cap=account_share(self.settings.polling.concurrency, len(accounts)),
+            now=now,
             interval=self.interval,
+            paused=paused,
         )
         started = 0
         for lease in claimed:

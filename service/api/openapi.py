@@ -90,6 +90,11 @@ _ACCOUNT = {
                 "error": {"type": "string"},
             },
         },
+        "paused_until": {
+            "type": ["number", "null"],
+            "description": "until when (epoch seconds) the account's provider asked it to "
+            "wait (a 429 with provider_errors); its reads wait, the other accounts' go on",
+        },
     },
 }
 

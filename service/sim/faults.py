@@ -20,11 +20,15 @@ __all__ = [
 
 
 class FaultSpec(TypedDict, total=False):
-    """One forced fault: exactly one of status (+ retry_after), malformed_json, wrong_shape,
-    missing_id, delay."""
+    """One forced fault: exactly one of status (+ retry_after, + provider_errors: the error
+    body carries a provider's answer, as StackOne passes on a provider's 429), malformed_json,
+    wrong_shape, missing_id, delay. With `account_id`, only a request of that account takes
+    it (the others pass it by), as one account's provider misbehaves."""
 
     status: int
     retry_after: str | int
+    provider_errors: bool
+    account_id: str
     malformed_json: bool
     wrong_shape: bool
     missing_id: bool
@@ -32,13 +36,15 @@ class FaultSpec(TypedDict, total=False):
 
 
 _FAULT_KINDS = ("status", "malformed_json", "wrong_shape", "missing_id", "delay")
+# what a spec may say besides its kind
+_FAULT_MODIFIERS = ("retry_after", "provider_errors", "account_id")
 
 
 def parse_fault_spec(obj: object) -> FaultSpec:
     """Validate a forced-fault spec from JSON; ValueError says what is wrong."""
     if not isinstance(obj, dict):
         raise ValueError(f"fault spec must be an object, got {obj!r}")
-    unknown = set(obj) - {*_FAULT_KINDS, "retry_after"}
+    unknown = set(obj) - {*_FAULT_KINDS, *_FAULT_MODIFIERS}
     if unknown:
         raise ValueError(f"unknown fault spec keys: {sorted(unknown)}")
     kinds = [k for k in _FAULT_KINDS if k in obj]
@@ -53,8 +59,13 @@ def parse_fault_spec(obj: object) -> FaultSpec:
         raise ValueError("delay must be a non-negative number of seconds")
     if kind in ("malformed_json", "wrong_shape", "missing_id") and value is not True:
         raise ValueError(f"{kind} must be true")
-    if "retry_after" in obj and kind != "status":
-        raise ValueError("retry_after only goes with status")
+    for modifier in ("retry_after", "provider_errors"):
+        if modifier in obj and kind != "status":
+            raise ValueError(f"{modifier} only goes with status")
+    if "provider_errors" in obj and obj["provider_errors"] is not True:
+        raise ValueError("provider_errors must be true")
+    if "account_id" in obj and (not isinstance(obj["account_id"], str) or not obj["account_id"]):
+        raise ValueError("account_id must be a non-empty string")
     return cast(FaultSpec, dict(obj))
 
 
@@ -63,8 +74,10 @@ class Faults:
     """Run-time switchable misbehaviour, applied per request (see service.sim.gate.Gate._answer)."""
 
     pause_all_until: float | None = None  # clock time until which every request is held
-    forced: list[FaultSpec] = field(default_factory=list)  # consumed one per request
+    # consumed one per request (the first that applies to the request's account)
+    forced: list[FaultSpec] = field(default_factory=list)
     delay_seconds: float = 0.0  # added to every request
+    account_delays: dict[str, float] = field(default_factory=dict)  # account id → seconds
     error_rate: float = 0.0  # fraction answered 500, drawn from SimLMS.rng
     page_delays: dict[int, float] = field(default_factory=dict)  # 0-based page index → seconds
     max_page_records: int | None = None  # short pages that still carry a next
@@ -73,6 +86,13 @@ class Faults:
     # the account-wide assignments endpoint only (the per-user one is unaffected):
     account_filter_ignored: bool = False  # filter[updated_after] ignored: older records too
     account_endpoint_status: int | None = None  # answered instead, e.g. 404 or 501
+
+    def take_forced(self, account_id: str | None) -> FaultSpec | None:
+        """The first forced fault for a request of `account_id`, consumed; None if none."""
+        for index, spec in enumerate(self.forced):
+            if spec.get("account_id", account_id) == account_id:
+                return self.forced.pop(index)
+        return None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -93,6 +113,10 @@ class Faults:
                 if not isinstance(value, list):
                     raise ValueError("forced must be a list of fault specs")
                 changes[name] = [*self.forced, *(parse_fault_spec(v) for v in value)]
+            elif name == "account_delays":
+                if not isinstance(value, dict):
+                    raise ValueError("account_delays must map account id to seconds")
+                changes[name] = {str(k): _seconds(name, v) for k, v in value.items()}
             elif name == "page_delays":
                 if not isinstance(value, dict):
                     raise ValueError("page_delays must map page index to seconds")

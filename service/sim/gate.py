@@ -14,13 +14,15 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
-from service.sim.faults import Faults, FaultSpec, RequestRecord, TokenBucket
+from service.sim.faults import _FAULT_KINDS, Faults, FaultSpec, RequestRecord, TokenBucket
 from service.sim.listing import Matcher, Record
 from service.sim.records import LMSRecords, NotFoundError
 
@@ -117,6 +119,9 @@ class Gate(LMSRecords):
         self.api_key = api_key
         self.faults = Faults()
         self.requests: list[RequestRecord] = []
+        # per account: its requests being answered now, and the most there ever were at once
+        self.in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
         # seeded so error_rate and churn are reproducible from run to run
         self.rng = random.Random(seed)
         self._bucket: TokenBucket | None = None
@@ -141,6 +146,17 @@ class Gate(LMSRecords):
         if account_id is not None:
             headers["x-account-id"] = account_id
         return headers
+
+    @contextmanager
+    def answering(self, account_id: str | None) -> Iterator[None]:
+        """One request of `account_id` is being answered (held by its delay, sent)."""
+        account = account_id or ""
+        self.in_flight[account] += 1
+        self.max_in_flight[account] = max(self.max_in_flight[account], self.in_flight[account])
+        try:
+            yield
+        finally:
+            self.in_flight[account] -= 1
 
     def clear_requests(self) -> None:
         """Forget the request log."""
@@ -190,14 +206,22 @@ class Gate(LMSRecords):
         return response
 
     def error(
-        self, status: int, message: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        provider_errors: list[dict[str, Any]] | None = None,
     ) -> SimResponse:
-        """An error in the documented `{statusCode, message, timestamp}` shape."""
-        body = {
+        """An error in the documented `{statusCode, message, timestamp}` shape, with the
+        provider's own answers (`provider_errors`) when StackOne passes them on."""
+        body: dict[str, Any] = {
             "statusCode": status,
             "message": message or MESSAGES.get(status, "Error"),
             "timestamp": self.now_iso(),
         }
+        if provider_errors is not None:
+            body["provider_errors"] = provider_errors
         return SimResponse(status, json.dumps(body).encode(), dict(headers or {}))
 
     def _answer(self, endpoint: Endpoint, rec: RequestRecord) -> SimResponse:
@@ -212,13 +236,13 @@ class Gate(LMSRecords):
         if not rec.account_id:
             return self.error(400, "x-account-id header is required")
         faults = self.faults
-        spec = faults.forced.pop(0) if faults.forced else None
-        delay = faults.delay_seconds + float(spec.get("delay", 0.0) if spec else 0.0)
+        spec = faults.take_forced(rec.account_id)
+        delay = faults.delay_seconds + faults.account_delays.get(rec.account_id, 0.0)
+        delay += float(spec.get("delay", 0.0) if spec else 0.0)
         if spec is not None:
-            rec.fault = next((k for k in spec if k != "retry_after"), "forced")
+            rec.fault = next((k for k in spec if k in _FAULT_KINDS), "forced")
             if "status" in spec:
-                extra = {"Retry-After": str(spec["retry_after"])} if "retry_after" in spec else {}
-                return _delayed(self.error(spec["status"], headers=extra), delay)
+                return _delayed(self._forced_error(spec, rec), delay)
         if faults.error_rate > 0 and self.rng.random() < faults.error_rate:
             rec.fault = "error_rate"
             return _delayed(self.error(500), delay)
@@ -238,6 +262,22 @@ class Gate(LMSRecords):
         # dated by StackOne's clock, as its answers are (aiohttp would date it by the host's)
         date = {"Date": formatdate(rec.time, usegmt=True)}
         return SimResponse(200, _page_body(data, cursor, spec), date, delay)
+
+    def _forced_error(self, spec: FaultSpec, rec: RequestRecord) -> SimResponse:
+        """A forced status; with `provider_errors`, as StackOne passes on the account's
+        provider's answer (its status, URL, body and headers)."""
+        status = spec["status"]
+        extra = {"Retry-After": str(spec["retry_after"])} if "retry_after" in spec else {}
+        if not spec.get("provider_errors"):
+            return self.error(status, headers=extra)
+        rec.fault = "provider_errors"
+        provider = {
+            "status": status,
+            "url": f"https://provider.example/{rec.account_id}{rec.path}",
+            "raw": {"error": "rate limit exceeded"},
+            "headers": {k.lower(): v for k, v in extra.items()},
+        }
+        return self.error(status, headers=extra, provider_errors=[provider])
 
     def _page(
         self, endpoint: Endpoint, account_id: str, user_id: str | None, query: Mapping[str, str]

@@ -15,6 +15,7 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -93,8 +94,10 @@ class _Routes:
         return await self._serve(request, self.lms.handle_users(request.headers, request.query))
 
     async def _serve(self, request: web.Request, answer: SimResponse) -> web.Response:
-        await self.lms.while_answering(request.path)
-        return await _serve(answer)
+        account = request.headers.get("x-account-id")
+        with self.lms.answering(None if account is None else unquote(account)):
+            await self.lms.while_answering(request.path)
+            return await _serve(answer)
 
     async def add_account(self, request: web.Request) -> web.Response:
         self.lms.add_account(request.match_info["account_id"])

@@ -21,6 +21,10 @@ USERS_VERSION = f"{PREFIX}:users:version"
 UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
 # hash: account id → JSON {until, failures, error} while 401/403/412 back the account off.
 BLOCKED_ACCOUNTS = f"{PREFIX}:accounts:blocked"
+# zset with a TTL: account id → until when (epoch ms, the service's clock, like a back-off)
+# its provider asked it to wait (a 429 with `provider_errors`). Entries that are over are
+# dropped at the next pause; the TTL outlasts any Retry-After, so the key goes when idle.
+PAUSED_ACCOUNTS = f"{PREFIX}:accounts:paused"
 # zset: overdue member (user, assignment, due date) → the due date (ms); claimed like POLL_DUE.
 OVERDUE = f"{PREFIX}:overdue"
 # zset: account member → when its change feed is next read (ms); leased like POLL_DUE.

@@ -1,5 +1,5 @@
 """Poll state in Redis: the schedule of due users, each user's snapshots and state, the
-atomic commit of a poll, overdue watches, and accounts backed off."""
+atomic commit of a poll, overdue watches, and accounts backed off or paused."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, lease_ms
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
+
+# PAUSED_ACCOUNTS lives this long after its latest pause: longer than any Retry-After (the
+# client caps them at 600 s), so only a key nobody paused for an hour goes
+PAUSED_ACCOUNTS_TTL = 3600
 
 
 @dataclass
@@ -157,3 +161,21 @@ class PollStore:
 
     async def end_backoff(self, account_id: str) -> None:
         await self.redis.hdel(keys.BLOCKED_ACCOUNTS, account_id)
+
+    # -- accounts their provider asked to wait (a 429 with provider_errors) --
+
+    async def pause_account(self, account_id: str, until: float, now: float) -> None:
+        """The account waits until `until` (seconds), in every process; never shortens a
+        pause. Pauses over by `now` are dropped."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(keys.PAUSED_ACCOUNTS, {account_id: int(until * 1000)}, gt=True)
+            pipe.zremrangebyscore(keys.PAUSED_ACCOUNTS, "-inf", int(now * 1000))
+            pipe.expire(keys.PAUSED_ACCOUNTS, PAUSED_ACCOUNTS_TTL)
+            await pipe.execute()
+
+    async def paused_accounts(self, now: float) -> dict[str, float]:
+        """Each account still paused at `now`: until when (seconds)."""
+        raw = await self.redis.zrangebyscore(
+            keys.PAUSED_ACCOUNTS, f"({int(now * 1000)}", "+inf", withscores=True
+        )
+        return {account: score / 1000 for account, score in cast(list[tuple[str, float]], raw)}

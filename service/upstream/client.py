@@ -29,6 +29,7 @@ from service.config import StackOneSettings
 from service.errors import (
     UpstreamError,
     UpstreamMalformed,
+    UpstreamProviderLimited,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -42,9 +43,11 @@ from service.httpspec import (
 )
 from service.metrics import Metrics
 from service.timefmt import iso_ms
+from service.upstream.accounts import AccountPauses, AccountSlots
 from service.upstream.model import (
     Page,
     UserPage,
+    has_provider_errors,
     max_page_records,
     parse_page,
     parse_user_page,
@@ -74,6 +77,7 @@ RECENT_CURSORS = 1000
 LONG_READ_PAGES = 100
 LONG_READ_SECONDS = 30.0
 NOT_IMPLEMENTED = 501
+TOO_MANY_REQUESTS = 429
 ACCOUNT_ASSIGNMENTS = "/unified/lms/assignments"
 ACCOUNT_USERS = "/unified/lms/users"
 
@@ -101,17 +105,22 @@ class RequestRate(Protocol):
         """Every process holds its requests for `seconds` (a 429's Retry-After)."""
 
 
-def error_for_status(status: int, retry_after: str | None, now: float) -> UpstreamError | None:
-    """Map a non-2xx upstream status to the error that says what to do about it."""
+def error_for_status(
+    status: int, retry_after: str | None, now: float, body: bytes = b""
+) -> UpstreamError | None:
+    """Map a non-2xx upstream status (and its body) to the error that says what to do
+    about it."""
     kind = status_class(status)
     if kind is StatusClass.SUCCESS:
         return None
     message = f"upstream answered {status}"
     if kind is StatusClass.RATE_LIMITED:
         pause = retry_after_seconds(retry_after, now=now, cap=MAX_RETRY_AFTER)
-        return UpstreamRateLimited(
-            message, status=status, retry_after=DEFAULT_RETRY_AFTER if pause is None else pause
-        )
+        seconds = DEFAULT_RETRY_AFTER if pause is None else pause
+        if status == TOO_MANY_REQUESTS and has_provider_errors(body):
+            # the account's provider, passed on by StackOne: that account waits, not the key
+            return UpstreamProviderLimited(f"{message} for its provider", retry_after=seconds)
+        return UpstreamRateLimited(message, status=status, retry_after=seconds)
     if kind in (StatusClass.ACCOUNT_REJECTED, StatusClass.NOT_FOUND):
         return UpstreamRejected(message, status=status)
     if status == NOT_IMPLEMENTED:  # an endpoint the provider lacks: retrying cannot help
@@ -215,6 +224,9 @@ class StackOneClient:
         token = base64.b64encode(f"{settings.api_key.get_secret_value()}:".encode()).decode()
         self._auth = f"Basic {token}"
         self._kept: deque[float] = deque()  # when each permit handed in was granted
+        # per account: at most ACCOUNT_IN_FLIGHT requests at a time, none while paused
+        self._slots = AccountSlots()
+        self._paused = AccountPauses()
 
     def keep_permit(self) -> None:
         """A permit of the budget was granted along with other work (a poll gets the first
@@ -328,7 +340,7 @@ class StackOneClient:
         page_size = self.settings.page_size
         async for attempt in retrying:
             with attempt:
-                raw, date = await self._get(url, params, headers)
+                raw, date = await self._get(url, params, headers, account_id)
                 page = parse(raw, page_size)
                 page.served_at = http_date(date)
                 return page
@@ -377,10 +389,39 @@ class StackOneClient:
         return bytes(body)
 
     async def _get(
-        self, url: str, params: dict[str, str], headers: dict[str, str]
+        self, url: str, params: dict[str, str], headers: dict[str, str], account_id: str
     ) -> tuple[bytes, str | None]:
-        """The body of a 2xx answer and its `Date` header; else the error it means."""
-        await self._acquire()
+        """The body of a 2xx answer and its `Date` header; else the error it means. At most
+        ACCOUNT_IN_FLIGHT of one account's requests wait for the budget or run at a time,
+        so a slow provider holds its own account's requests, not the process's."""
+        async with self._slots.slot(account_id):
+            # a read that waited here behind the one its provider limited does not ask again
+            if (left := self._paused.left(account_id, self.clock())) > 0:
+                raise UpstreamProviderLimited(
+                    "the account's provider asked it to wait", retry_after=left
+                )
+            await self._acquire()
+            raw, status, retry_after, date = await self._request(url, params, headers)
+        error = error_for_status(status, retry_after, self.clock(), raw)
+        if isinstance(error, UpstreamProviderLimited):
+            now = self.clock()
+            self._paused.pause(account_id, now + error.retry_after, now)
+            self.metrics.upstream_pauses.labels("provider").inc()
+            log.warning(
+                "provider_rate_limited", account_id=account_id, retry_after=error.retry_after
+            )
+        elif isinstance(error, UpstreamRateLimited):
+            self.metrics.upstream_pauses.labels("key").inc()
+            log.warning("upstream_rate_limited", status=status, retry_after=error.retry_after)
+            await self.rate.pause(error.retry_after)
+        if error is not None:
+            raise error
+        return raw, date
+
+    async def _request(
+        self, url: str, params: dict[str, str], headers: dict[str, str]
+    ) -> tuple[bytes, int, str | None, str | None]:
+        """One request: its body, status, `Retry-After` and `Date`."""
         # `total` bounds the whole request, the body's reading too: an upstream that answers
         # a byte every few seconds times out after request_timeout, not when it is done
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout)
@@ -404,10 +445,4 @@ class StackOneClient:
             if status >= 400:
                 tracing.failed(current, str(status))
         self.metrics.upstream_requests.labels(str(status)).inc()
-        error = error_for_status(status, retry_after, self.clock())
-        if isinstance(error, UpstreamRateLimited):
-            log.warning("upstream_rate_limited", status=status, retry_after=error.retry_after)
-            await self.rate.pause(error.retry_after)
-        if error is not None:
-            raise error
-        return raw, date
+        return raw, status, retry_after, date

@@ -126,6 +126,18 @@ def max_page_records(page_size: int) -> int:
     return 2 * page_size + PAGE_SLACK_RECORDS
 
 
+def has_provider_errors(raw: bytes) -> bool:
+    """Whether an error body carries a non-empty `provider_errors` list: StackOne passing on
+    the account's provider's own answers (a 429 then limits that account, not the key).
+    Anything else (not JSON, not an object, no list, an empty one) is StackOne's own."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    errors = body.get("provider_errors") if isinstance(body, dict) else None
+    return isinstance(errors, list) and len(errors) > 0
+
+
 def _envelope(raw: bytes, page_size: int | None) -> tuple[list[Any], str | None, bool]:
     """A list body's `data` and `next`, and whether orjson read it (plain JSON types only),
     or UpstreamMalformed saying what is wrong. `page_size`: what was asked; a page of more

@@ -1,0 +1,322 @@
+"""One account's trouble never holds the others (CONTRACT §8 "Isolation"): a 429 its provider
+answered (`provider_errors` in the body) pauses only that account, for its Retry-After, in
+every process; StackOne's own 429 still pauses the key; at most ACCOUNT_IN_FLIGHT requests
+of one account are in flight in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from service import events as ev
+from service.config import StackOneSettings
+from service.errors import UpstreamProviderLimited, UpstreamRateLimited
+from service.metrics import Metrics
+from service.schedule import account_share, deferred_claims, initial_due_ms
+from service.sim.faults import parse_fault_spec
+from service.sim.lms import SimLMS
+from service.sim.receiver import Receiver
+from service.store import keys
+from service.store.limits import SharedLimiter, api_key_budget
+from service.upstream.accounts import ACCOUNT_IN_FLIGHT, AccountSlots
+from service.upstream.client import (
+    DEFAULT_RETRY_AFTER,
+    MAX_RETRY_AFTER,
+    StackOneClient,
+    error_for_status,
+)
+from tests.helpers import API_KEY, Driven, driven, endpoint, make_settings, of_type
+from tests.redis_server import RedisServer
+
+Rx = tuple[Receiver, str]
+PROVIDER_429 = {"status": 429, "retry_after": "30", "provider_errors": True, "account_id": "acc_2"}
+NOW = 1_700_000_000.0
+
+
+def body(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else json.dumps(value).encode()
+
+
+# -- which 429 is whose --
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"statusCode": 429, "provider_errors": [{"status": 429, "url": "u", "raw": {}}]},
+        {"provider_errors": ["anything"]},
+    ],
+)
+def test_a_429_with_provider_errors_limits_only_the_account(raw: Any) -> None:
+    error = error_for_status(429, "30", NOW, body(raw))
+    assert isinstance(error, UpstreamProviderLimited) and error.retry_after == 30.0
+    assert not isinstance(error, UpstreamRateLimited)  # not the key's: no shared pause
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b'{"provider_errors": [',
+        [{"provider_errors": [1]}],
+        "provider_errors",
+        {"statusCode": 429, "message": "Too many requests"},
+        {"provider_errors": []},
+        {"provider_errors": None},
+        {"provider_errors": {"status": 429}},
+        {"provider_errors": "429"},
+        {"provider_errors": 1},
+    ],
+)
+def test_any_other_429_body_is_the_keys_own(raw: Any) -> None:
+    error = error_for_status(429, "30", NOW, body(raw))
+    assert type(error) is UpstreamRateLimited and error.retry_after == 30.0
+
+
+def test_a_providers_retry_after_reads_as_the_keys_does() -> None:
+    raw = body({"provider_errors": [{"status": 429}]})
+    date = formatdate(NOW + 42, usegmt=True)
+    cases = {date: 42.0, None: DEFAULT_RETRY_AFTER, "soon": DEFAULT_RETRY_AFTER, "99999": 600.0}
+    for header, seconds in cases.items():
+        error = error_for_status(429, header, NOW, raw)
+        assert isinstance(error, UpstreamProviderLimited) and error.retry_after == seconds
+    assert MAX_RETRY_AFTER == 600.0
+    # a 408 is StackOne's own timeout, whatever its body says
+    assert type(error_for_status(408, "3", NOW, raw)) is UpstreamRateLimited
+
+
+def test_the_simulator_answers_a_providers_429_for_one_account_only() -> None:
+    sim = SimLMS(api_key=API_KEY)
+    for account in ("acc_1", "acc_2"):
+        sim.put_assignment(account, "u_1", {"id": "a1"})
+    sim.faults.forced.append(parse_fault_spec(PROVIDER_429))
+    first = sim.handle_list("u_1", sim.auth_headers("acc_1"), {})
+    assert first.status == 200  # acc_1 passes acc_2's fault by
+    limited = sim.handle_list("u_1", sim.auth_headers("acc_2"), {})
+    assert limited.status == 429 and limited.headers["Retry-After"] == "30"
+    assert limited.json()["provider_errors"][0]["status"] == 429
+    assert sim.handle_list("u_1", sim.auth_headers("acc_2"), {}).status == 200  # consumed
+    for bad in (
+        {"status": 429, "provider_errors": False},
+        {"delay": 1, "provider_errors": True},
+        {"status": 429, "account_id": ""},
+    ):
+        with pytest.raises(ValueError):
+            parse_fault_spec(bad)
+    assert parse_fault_spec({"status": 429, "retry_after": 5}) == {"status": 429, "retry_after": 5}
+
+
+# -- the schedule --
+
+
+def test_a_paused_account_is_deferred_past_its_pause_and_the_others_are_not() -> None:
+    members = ["acc_1:u_1", "acc_2:u_1", "acc_2"]
+    paused = {"acc_2": NOW + 30}
+    deferred = deferred_claims(members, {}, {}, cap=None, now=NOW, interval=0.5, paused=paused)
+    assert set(deferred) == {"acc_2:u_1", "acc_2"}
+    for member in deferred:
+        spread = initial_due_ms(member, 0.0, 0.5)
+        assert deferred[member] == int((NOW + 30) * 1000) + spread
+    over = deferred_claims(members, {}, {}, cap=None, now=NOW + 30, interval=0.5, paused=paused)
+    assert over == {}  # the pause is over
+
+
+def test_one_account_holds_at_most_twice_its_requests_in_poll_slots() -> None:
+    assert account_share(8, 1) is None  # the only account: nobody to hold slots from
+    assert account_share(8, 2) == 4
+    assert account_share(64, 2) == 2 * ACCOUNT_IN_FLIGHT  # half of them before
+    assert account_share(3, 5) == 2
+    assert account_share(1, 5) == 1
+
+
+async def test_account_slots_are_dropped_when_idle() -> None:
+    slots = AccountSlots()
+    inside = 0
+    most = 0
+
+    async def request(account: str) -> None:
+        nonlocal inside, most
+        async with slots.slot(account):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    await asyncio.gather(*(request("slow") for _ in range(7)))
+    assert most == ACCOUNT_IN_FLIGHT
+    assert len(slots) == 0  # only accounts with requests in flight or waiting are held
+
+
+# -- the client: the key's pause against the account's --
+
+
+@pytest.fixture
+async def stackone(
+    redis: Redis, lms: tuple[SimLMS, str]
+) -> AsyncIterator[tuple[StackOneClient, SimLMS, Metrics]]:
+    sim, url = lms
+    for account in ("acc_1", "acc_2"):
+        sim.put_assignment(account, "u_1", {"id": f"{account}_a1"})
+    settings = StackOneSettings(base_url=url, api_key=API_KEY, page_size=2)  # type: ignore[arg-type]
+    rate = SharedLimiter(redis).rate(api_key_budget(settings.max_requests_per_minute))
+    metrics = Metrics()
+    async with aiohttp.ClientSession() as session:
+        yield StackOneClient(session, settings, rate, metrics), sim, metrics
+
+
+async def read(client: StackOneClient, account: str) -> int:
+    return sum([len(page.records) async for page in client.account_pages(account, None)])
+
+
+def requests_of(sim: SimLMS, account: str) -> int:
+    return sum(1 for r in sim.requests if r.account_id == account)
+
+
+def pauses(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "lms_webhooks_upstream_pauses_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_a_providers_429_ends_the_read_and_pauses_only_its_account(
+    stackone: tuple[StackOneClient, SimLMS, Metrics], redis: Redis
+) -> None:
+    client, sim, metrics = stackone
+    sim.faults.forced.append(parse_fault_spec(PROVIDER_429))
+    with pytest.raises(UpstreamProviderLimited) as raised:
+        await read(client, "acc_2")
+    assert raised.value.retry_after == 30.0
+    assert requests_of(sim, "acc_2") == 1  # not retried at once
+    assert await redis.exists(keys.UPSTREAM_PAUSE) == 0  # the key is not paused
+    assert await read(client, "acc_1") == 1  # the other account goes on
+    with pytest.raises(UpstreamProviderLimited):  # nor asked again by a read under way here
+        await read(client, "acc_2")
+    assert requests_of(sim, "acc_2") == 1
+    assert (pauses(metrics, "provider"), pauses(metrics, "key")) == (1.0, 0.0)
+
+
+async def test_a_429_without_provider_errors_still_pauses_the_key_for_every_account(
+    stackone: tuple[StackOneClient, SimLMS, Metrics], redis: Redis
+) -> None:
+    client, sim, metrics = stackone
+    sim.faults.forced.append({"status": 429, "retry_after": "2", "account_id": "acc_2"})
+    limited = asyncio.create_task(read(client, "acc_2"))
+
+    async def key_paused() -> int:
+        return int(await redis.pttl(keys.UPSTREAM_PAUSE))
+
+    while (left_ms := await key_paused()) <= 0:
+        assert not limited.done()
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    assert await read(client, "acc_1") == 1
+    assert time.monotonic() - started >= left_ms / 1000 - 0.05  # acc_1 waited out the pause
+    assert await limited == 1  # acc_2's request was retried after the pause, as before
+    assert (pauses(metrics, "provider"), pauses(metrics, "key")) == (0.0, 1.0)
+
+
+# -- the service, driven --
+
+
+def two_accounts(redis_url: str, lms_url: str, rx_url: str, strategy: str, **extra: Any) -> Any:
+    """One user each: acc_2's one read takes its provider's 429, whichever strategy."""
+    accounts = [
+        {"account_id": account, "users": ["u_1"], "strategy": strategy}
+        for account in ("acc_1", "acc_2")
+    ]
+    polling = {"interval": "500ms", "account_interval": "500ms", **extra.pop("polling", {})}
+    return make_settings(
+        redis_url, lms_url, [endpoint(rx_url)], [], accounts=accounts, polling=polling, **extra
+    )
+
+
+def seed_two(sim: SimLMS) -> None:
+    for account in ("acc_1", "acc_2"):
+        sim.put_assignment(account, "u_1", {"id": f"{account}_u_1"})
+        sim.progress(account, "u_1", f"{account}_u_1", 0)
+
+
+def delivered(rx: Receiver) -> list[str]:
+    return [e.data["assignment_id"] for e in of_type(rx.events, ev.PROGRESS_CHANGED)]
+
+
+async def change_and_step(service: Driven, sim: SimLMS, pct: int, seconds: float) -> None:
+    for account in ("acc_1", "acc_2"):
+        sim.progress(account, "u_1", f"{account}_u_1", pct)
+    await service.step(seconds)
+
+
+@pytest.mark.parametrize("strategy", ["per_user", "account"])
+async def test_a_providers_429_holds_only_its_account_until_its_retry_after(
+    strategy: str, redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed_two(sim)
+    async with driven(two_accounts(redis_server.url, lms_url, rx_url, strategy), sim) as service:
+        await service.baseline()
+        sim.clear_requests()
+        sim.faults.forced.append(parse_fault_spec(PROVIDER_429))
+        await change_and_step(service, sim, 10, 0.5)
+        assert delivered(rx) == ["acc_1_u_1"]
+        assert any(r.account_id == "acc_2" and r.status == 429 for r in sim.requests)
+        [_, acc_2] = await service.service.operations.accounts()
+        assert acc_2["paused_until"] == pytest.approx(service.clock() + 30, abs=1)
+        assert await redis.exists(keys.UPSTREAM_PAUSE) == 0
+        asked_acc_2 = requests_of(sim, "acc_2")
+        for pct in (20, 30, 40):  # 25 s on: acc_1 at full speed, acc_2 not asked
+            await change_and_step(service, sim, pct, 8.0 if pct == 20 else 8.5)
+            assert delivered(rx)[-1] == "acc_1_u_1"
+        assert delivered(rx) == ["acc_1_u_1"] * 4
+        assert requests_of(sim, "acc_2") == asked_acc_2
+        await service.step(5.0)  # past its Retry-After (and the spread of its reads)
+        await service.step(0.5)
+        assert delivered(rx).count("acc_2_u_1") == 1  # its change, once, at its latest
+        [_, acc_2] = await service.service.operations.accounts()
+        assert acc_2["paused_until"] is None
+    acc_2 = [e for e in of_type(rx.events, ev.PROGRESS_CHANGED) if e.data["account_id"] == "acc_2"]
+    assert [e.data["assignment"]["progress"] for e in acc_2] == [40]
+
+
+async def test_one_account_never_has_more_than_two_requests_in_flight(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """A slow provider (every answer held 0.3 s) beside a fast one, polled per user: the slow
+    account's requests are 2 at a time in this process (4 before: half the slots), and the
+    fast account's change is delivered in the same step."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    for user in range(1, 9):
+        sim.put_assignment("slow", f"u_{user}", {"id": f"s{user}"})
+    sim.put_assignment("fast", "u_1", {"id": "f1"})
+    sim.progress("fast", "u_1", "f1", 0)
+    accounts = [
+        {"account_id": "slow", "users": [f"u_{n}" for n in range(1, 9)]},
+        {"account_id": "fast", "users": ["u_1"]},
+    ]
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        [],
+        accounts=accounts,
+        polling={"interval": "500ms", "concurrency": 8},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        sim.faults.account_delays = {"slow": 0.3}
+        sim.max_in_flight.clear()
+        sim.progress("fast", "u_1", "f1", 50)
+        await service.step(0.5)
+        assert sim.max_in_flight["slow"] == ACCOUNT_IN_FLIGHT
+        assert delivered(rx) == ["f1"]

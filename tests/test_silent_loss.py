@@ -6,7 +6,8 @@ changes absorbed into a late baseline."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from service.sim.receiver import Receiver
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
+    Driven,
     baselined,
     driven,
     of_type,
@@ -64,6 +66,23 @@ async def test_a_record_stamped_in_the_future_hides_no_later_change(
     assert done.data["assignment_id"] == "u_1_a2"
 
 
+@asynccontextmanager
+async def listing_service(
+    redis_server: RedisServer, rx_url: str, users: list[str], assignments: int
+) -> AsyncIterator[tuple[EmptyListings, Driven]]:
+    """A `users: all` account of `users` (each with `assignments`), on an upstream whose
+    listing can be made to answer badly, and the service reading it, driven."""
+    sim = EmptyListings(api_key=API_KEY)
+    for user in users:
+        seed_user(sim, user, assignments)
+    async with served(sim) as lms_url:
+        settings = feed_settings(
+            redis_server.url, lms_url, rx_url, "all", "per_user", polling=DISCOVERY
+        )
+        async with driven(settings, sim) as service:
+            yield sim, service
+
+
 class EmptyListings(SimLMS):
     """An upstream whose user listing answers `data: []` (a complete, empty listing) while
     `empty` is set, or lists only the users in `only` while that is set: a bad day on the
@@ -88,37 +107,30 @@ async def test_a_complete_listing_that_drops_most_users_forgets_nobody_until_a_s
     redis_server: RedisServer, redis: Redis, receiver: Rx
 ) -> None:
     rx, rx_url = receiver
-    sim = EmptyListings(api_key=API_KEY)
     users = ["u_1", "u_2", "u_3", "u_4"]
-    for user in users:
-        seed_user(sim, user, 2)
-    async with served(sim) as lms_url:
-        settings = feed_settings(
-            redis_server.url, lms_url, rx_url, "all", "per_user", polling=DISCOVERY
-        )
-        async with driven(settings, sim) as service:
-            await service.baseline()
-            await service.step(0.5)  # every user's baseline taken
-            assert await tracked(redis) == set(users)
-            sim.empty = True
-            service.clock.advance(10.0)  # a complete listing is due, and answers nobody
-            await service.step(0.0)
-            assert await tracked(redis) == set(users)  # held: nobody is forgotten
-            sim.empty = False
-            sim.progress(ACCOUNT, "u_2", "u_2_a1", 100)  # made while the listing is in doubt
-            await service.step(0.5)
-            await service.step(2.0)  # the next listing is complete again, and lists everyone
-            assert await tracked(redis) == set(users)
-            sim.progress(ACCOUNT, "u_3", "u_3_a1", 100)
-            await service.step(0.5)
-            # users who really left: the first complete listing is held, the second agrees
-            for user in ("u_2", "u_3", "u_4"):
-                sim.remove_user(ACCOUNT, user)
-            service.clock.advance(10.0)
-            await service.step(0.0)
-            assert await tracked(redis) == set(users)
-            await service.step(2.0)
-            assert await tracked(redis) == {"u_1"}
+    async with listing_service(redis_server, rx_url, users, 2) as (sim, service):
+        await service.baseline()
+        await service.step(0.5)  # every user's baseline taken
+        assert await tracked(redis) == set(users)
+        sim.empty = True
+        service.clock.advance(10.0)  # a complete listing is due, and answers nobody
+        await service.step(0.0)
+        assert await tracked(redis) == set(users)  # held: nobody is forgotten
+        sim.empty = False
+        sim.progress(ACCOUNT, "u_2", "u_2_a1", 100)  # made while the listing is in doubt
+        await service.step(0.5)
+        await service.step(2.0)  # the next listing is complete again, and lists everyone
+        assert await tracked(redis) == set(users)
+        sim.progress(ACCOUNT, "u_3", "u_3_a1", 100)
+        await service.step(0.5)
+        # users who really left: the first complete listing is held, the second agrees
+        for user in ("u_2", "u_3", "u_4"):
+            sim.remove_user(ACCOUNT, user)
+        service.clock.advance(10.0)
+        await service.step(0.0)
+        assert await tracked(redis) == set(users)
+        await service.step(2.0)
+        assert await tracked(redis) == {"u_1"}
     completed = [e.data["user_id"] for e in of_type(rx.events, ev.COMPLETED)]
     assert completed == ["u_2", "u_3"]  # sent, and nobody came back re-baselined in between
     assert of_type(rx.events, ev.CREATED) == []
@@ -178,28 +190,21 @@ async def test_two_bad_listings_that_disagree_forget_nobody(
     half, but not the same users, so they do not agree and nobody is forgotten; a listing
     that lists everyone again ends the hold."""
     _, rx_url = receiver
-    sim = EmptyListings(api_key=API_KEY)
     users = [f"u_{n}" for n in range(1, 11)]
-    for user in users:
-        seed_user(sim, user, 1)
-    async with served(sim) as lms_url:
-        settings = feed_settings(
-            redis_server.url, lms_url, rx_url, "all", "per_user", polling=DISCOVERY
-        )
-        async with driven(settings, sim) as service:
-            await service.baseline()
-            assert await tracked(redis) == set(users)
-            sim.empty = True
-            service.clock.advance(10.0)
-            await service.step(0.0)  # held
-            sim.empty, sim.only = False, set(users[:4])
-            await service.step(2.0)  # leaves out 60%, not the 100% the first left out
-            assert await tracked(redis) == set(users)
-            sim.only = None
-            await service.step(2.0)  # everyone again: the hold ends
-            assert await tracked(redis) == set(users)
-            sim.only = set(users[:4])  # and the same short answer twice now agrees
-            service.clock.advance(10.0)
-            await service.step(0.0)
-            await service.step(2.0)
-            assert await tracked(redis) == set(users[:4])
+    async with listing_service(redis_server, rx_url, users, 1) as (sim, service):
+        await service.baseline()
+        assert await tracked(redis) == set(users)
+        sim.empty = True
+        service.clock.advance(10.0)
+        await service.step(0.0)  # held
+        sim.empty, sim.only = False, set(users[:4])
+        await service.step(2.0)  # leaves out 60%, not the 100% the first left out
+        assert await tracked(redis) == set(users)
+        sim.only = None
+        await service.step(2.0)  # everyone again: the hold ends
+        assert await tracked(redis) == set(users)
+        sim.only = set(users[:4])  # and the same short answer twice now agrees
+        service.clock.advance(10.0)
+        await service.step(0.0)
+        await service.step(2.0)
+        assert await tracked(redis) == set(users[:4])

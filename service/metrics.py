@@ -154,7 +154,7 @@ class Metrics:
         )
         self.budget_allowed = Gauge(
             "lms_webhooks_budget_allowed_per_minute",
-            "Upstream requests a minute the plan may spend (90% of max_requests_per_minute).",
+            "Upstream requests a minute the plan may spend (97% of max_requests_per_minute).",
             registry=r,
         )
         self.effective_interval = Gauge(

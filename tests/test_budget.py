@@ -15,6 +15,7 @@ from service.budget import (
 )
 
 HOUR_MS = 3_600_000
+PLANNED = 1000 * HEADROOM  # of the tables' 1,000 a minute (970)
 
 
 def demand(**changes: float) -> Demand:
@@ -35,15 +36,15 @@ def demand(**changes: float) -> Demand:
     ("changes", "needed", "user_interval", "feed_interval", "fits"),
     [
         ({"users": 1000}, 200.0, 300.0, 10.0, True),  # 1,000 users at 5 m: 200 a minute
-        ({"users": 4500}, 900.0, 300.0, 10.0, True),  # just at the 900 planned
-        ({"users": 20_000}, 4000.0, 300.0 * 4000 / 900, 10.0, False),  # stretched to 22 m
+        ({"users": 4850}, 970.0, 300.0, 10.0, True),  # just at the 970 planned
+        ({"users": 20_000}, 4000.0, 300.0 * 4000 / PLANNED, 10.0, False),  # stretched to 21 m
         ({"users": 1000, "user_pages": 2}, 400.0, 300.0, 10.0, True),  # pages count
         ({"feeds": 3, "users": 1000}, 218.0, 300.0, 10.0, True),  # 3 feeds: 18 a minute
-        # feeds first: 100 feeds at 5 s take 1,200 of 900; users keep their 5 % share (45)
+        # feeds first: 100 feeds at 5 s take 1,200 of 970; users keep their 5 % share (48.5)
         (
             {"feeds": 100, "account_interval": 5.0, "users": 1000},
             1400.0,
-            300 * 200 / 45,
+            300 * 200 / (PLANNED * 0.05),
             None,
             False,
         ),
@@ -71,11 +72,11 @@ def test_plan_fits_the_budget_feeds_first(
 
 
 def test_full_reads_are_spread_and_stretched_last() -> None:
-    # 200 feeds' full reads of 1,000 pages each a day: 139 a minute; they get what is left
-    result = plan(demand(feeds=1, users=4000, full_read_pages=200_000))
-    assert result.user_interval == pytest.approx(300.0)  # 800 + 6 fit in 900
-    left = 900 - 806
-    assert result.full_resync_interval == pytest.approx(86400.0 * (200_000 / 1440) / left)
+    # 300 feeds' full reads of 1,000 pages each a day: 208 a minute; they get what is left
+    result = plan(demand(feeds=1, users=4000, full_read_pages=300_000))
+    assert result.user_interval == pytest.approx(300.0)  # 800 + 6 fit in 970
+    left = PLANNED - 806
+    assert result.full_resync_interval == pytest.approx(86400.0 * (300_000 / 1440) / left)
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_full_resync_interval_zero_plans_a_full_read_with_every_read() -> None:
     assert light.full_resync_interval == 0.0
     # 1,000 pages every 10 s is 6,000 a minute: spaced out from the feed's cadence
     heavy = plan(demand(feeds=1, full_resync_interval=0.0, full_read_pages=1000))
-    left = 900 - 6
+    left = PLANNED - 6
     assert not heavy.fits
     assert heavy.full_resync_interval == pytest.approx(10.0 * 6000 / left)
     # a listing alone: its full reads come every discovery_interval

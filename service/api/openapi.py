@@ -119,7 +119,7 @@ _BUDGET = {
         "accounts",
     ],
     "properties": {
-        "allowed_per_minute": {"type": "number", "description": "90% of the key's budget"},
+        "allowed_per_minute": {"type": "number", "description": "97% of the key's budget"},
         "needed_per_minute": {"type": "number"},
         "budget_per_minute": {"type": "integer"},
         "fits": {"type": "boolean"},

@@ -29,6 +29,7 @@ from service.poller import Poller
 from service.schedule import PollScheduler
 from service.store import keys
 from service.store.connect import connect_http, connect_workers
+from service.store.directory import AccountDirectory
 from service.store.health import log_redis_error
 from service.store.leases import Leases
 from service.store.limits import api_key_budget
@@ -42,13 +43,22 @@ STOP_TIMEOUT = 10.0  # in-flight work gets this long; the whole stop stays under
 MAX_HEADER_BYTES = 16 * 1024  # one header field, or the request line
 
 
-def _constant(members: set[str]) -> Callable[[], Awaitable[set[str]]]:
-    """A schedule that holds the same members whatever happens (the config's accounts)."""
+def _feed_members(accounts: AccountDirectory) -> Callable[[], Awaitable[set[str]]]:
+    """The accounts read through their change feed now (config and discovered)."""
 
-    async def members_() -> set[str]:
-        return members
+    async def members() -> set[str]:
+        return {keys.account_member(a) for a in (await accounts.current()).feed_accounts}
 
-    return members_
+    return members
+
+
+def _listing_members(accounts: AccountDirectory) -> Callable[[], Awaitable[set[str]]]:
+    """The `users: all` accounts now, whose user listings are read."""
+
+    async def members() -> set[str]:
+        return {keys.account_member(a) for a in (await accounts.current()).listing_accounts}
+
+    return members
 
 
 class Service:
@@ -249,13 +259,14 @@ class Service:
             stores.users.per_user_members,
             runner,
             settings,
+            stores.accounts,
             interval=polling.interval,
             overdue=overdue,
             clock=clock,
         )
         self.scheduler = users
-        feed_accounts = {a.account_id for a in settings.accounts if a.uses_feed}
-        if feed_accounts:
+        discovery = settings.account_discovery.enabled  # accounts may come at any time
+        if discovery or any(a.uses_feed for a in settings.accounts):
             feed = FeedReader(
                 stores.feeds,
                 stores.users,
@@ -268,10 +279,13 @@ class Service:
                 clock=clock,
             )
             self.feeds = self._account_schedule(
-                feed, stores.feed_leases, feed_accounts, polling.account_interval, "feed"
+                feed,
+                stores.feed_leases,
+                _feed_members(stores.accounts),
+                polling.account_interval,
+                "feed",
             )
-        listed_accounts = {a.account_id for a in settings.accounts if a.all_users}
-        if listed_accounts:
+        if discovery or any(a.all_users for a in settings.accounts):
             listing = UserListing(
                 stores.feeds,
                 stores.users,
@@ -285,16 +299,21 @@ class Service:
             self.listings = self._account_schedule(
                 listing,
                 stores.discovery_leases,
-                listed_accounts,
+                _listing_members(stores.accounts),
                 polling.discovery_interval,
                 "listing",
             )
 
     def _account_schedule(
-        self, reader: Reader, leases: Leases, accounts: set[str], interval: float, kind: str
+        self,
+        reader: Reader,
+        leases: Leases,
+        members: Callable[[], Awaitable[set[str]]],
+        interval: float,
+        kind: str,
     ) -> PollScheduler:
-        """A schedule of the config's accounts (their feeds, or their user listings), each
-        due at once when first scheduled, read by `reader` every `interval`."""
+        """A schedule of accounts (their feeds, or their user listings), each due at once
+        when first scheduled, read by `reader` every `interval`."""
         stores = self.stores
         runner = PollRunner(
             reader,
@@ -309,9 +328,10 @@ class Service:
         return PollScheduler(
             leases,
             stores.polls,
-            _constant({keys.account_member(a) for a in accounts}),
+            members,
             runner,
             self.settings,
+            stores.accounts,
             interval=interval,
             spread=False,
             clock=self.clock,

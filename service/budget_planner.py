@@ -141,7 +141,7 @@ class BudgetPlanner:
             budget_per_minute=config.budget_per_minute,
             feeds=len(await self.users.feed_accounts_in_force()),
             users=len(per_user),
-            listings=config.listings,
+            listings=len((await self.users.accounts.current()).listing_accounts),
             interval=polling.interval,
             account_interval=polling.account_interval,
             discovery_interval=polling.discovery_interval,

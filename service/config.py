@@ -167,8 +167,10 @@ class StackOneSettings(_Strict):
         return value.rstrip("/")
 
 
-class AccountSettings(_Strict):
-    account_id: str = Field(min_length=1)
+class AccountDefaults(_Strict):
+    """How one account is read: the config's accounts each name theirs, and
+    `account_discovery.defaults` is every discovered account's."""
+
     # a list of user ids, or "all": every user the account's user listing names; the ids
     # follow service/user_ids.py (checked in Settings, which names the item at fault)
     users: Annotated[
@@ -200,6 +202,40 @@ class AccountSettings(_Strict):
         return self.strategy != "per_user"
 
 
+class AccountSettings(AccountDefaults):
+    account_id: str = Field(min_length=1)
+
+    @classmethod
+    def discovered(cls, account_id: str, defaults: AccountDefaults) -> AccountSettings:
+        """A discovered account, read as `account_discovery.defaults` says."""
+        return cls(account_id=account_id, **defaults.model_dump())
+
+
+def _discovered_defaults() -> AccountDefaults:
+    # a discovered account's users are not known before it is read: list them all
+    return AccountDefaults(users="all", strategy="auto")
+
+
+class AccountDiscoverySettings(_Strict):
+    """Every linked account the key reaches (`GET /accounts`), tracked without a restart."""
+
+    enabled: bool = False
+    # how often the linked accounts are listed again
+    interval: PollInterval = 300.0
+    # only the accounts of these providers (e.g. docebo); none: every provider
+    providers: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    # only the accounts of these customers (`origin_owner_id`); none: every customer
+    origin_owner_ids: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    defaults: AccountDefaults = Field(default_factory=_discovered_defaults)
+
+    @field_validator("defaults")
+    @classmethod
+    def _no_listed_users(cls, value: AccountDefaults) -> AccountDefaults:
+        if value.listed_users:
+            raise ValueError("users: a discovered account's users are `all` or none, not ids")
+        return value
+
+
 class PollingSettings(_Strict):
     interval: PollInterval = 300.0
     # strategy account/auto: how often each account's change feed is read
@@ -213,8 +249,23 @@ class PollingSettings(_Strict):
     adaptive: bool = False
     # adaptive: no user polled more often than this
     min_interval: PollInterval = 30.0
+    # adaptive: no account's feed read less often than this (none: 10 × account_interval)
+    max_account_interval: PollInterval | None = None
     # How many users one process polls at the same time.
     concurrency: int = Field(16, ge=1, le=MAX_CONCURRENCY)
+
+    @model_validator(mode="after")
+    def _account_bounds(self) -> PollingSettings:
+        if self.max_account_interval is not None and (
+            self.max_account_interval < self.account_interval
+        ):
+            raise ValueError("max_account_interval: must be at least account_interval")
+        return self
+
+    @property
+    def slowest_account_interval(self) -> float:
+        """adaptive: the longest an account's feed waits between reads."""
+        return self.max_account_interval or 10 * self.account_interval
 
 
 def _secret_list(value: Any) -> Any:
@@ -407,6 +458,7 @@ class Settings(_Strict):
     redis_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
     stackone: StackOneSettings
     accounts: list[AccountSettings] = Field(default_factory=list)
+    account_discovery: AccountDiscoverySettings = AccountDiscoverySettings()
     polling: PollingSettings = PollingSettings()
     endpoints: list[EndpointSettings] = Field(default_factory=list)
     delivery: DeliverySettings = DeliverySettings()

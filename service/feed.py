@@ -86,7 +86,7 @@ class FeedReader:
     async def poll(self, lease: Lease) -> FeedResult:
         """Read the account's feed once; raises UpstreamError (nothing committed past the
         last flush; the watermark has not moved)."""
-        account = self.settings.account(lease.account_id)
+        account = await self.users.accounts.account(lease.account_id)
         started = self.clock()
         fallback = (await self.users.fallbacks()).get(lease.account_id)
         if fallback is not None and fallback.retry_at > started:

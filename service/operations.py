@@ -152,8 +152,8 @@ class Operations:
         problem = user_id_problem(user_id)
         if problem is not None:
             raise InvalidInput(f"`user_id`: {problem}")
-        if self.settings.account(account_id) is None:
-            raise NotFound("unknown account: `account_id` is not one of the config's accounts")
+        if await self.stores.accounts.account(account_id) is None:
+            raise NotFound("unknown account: `account_id` is not an account being read")
         added = await self.stores.users.add(account_id, user_id, due_ms=int(self.clock() * 1000))
         log.info("user_added", account_id=account_id, user_id=user_id, added=added)
         if added:
@@ -372,7 +372,7 @@ class Operations:
         paused = await stores.polls.paused_accounts(self.clock())
         tracked = Counter(keys.parse_user_member(m)[0] for m in await stores.users.members())
         out = []
-        for account in self.settings.accounts:
+        for account in (await stores.accounts.current()).settings.values():
             account_id = account.account_id
             fallback = fallbacks.get(account_id)
             in_force = "account" if account.uses_feed and fallback is None else "per_user"

@@ -26,6 +26,7 @@ from service.config import Settings
 from service.overdue import CHECK_SECONDS, OverdueWatcher
 from service.poll_runner import PollRunner, quietly
 from service.store import keys
+from service.store.directory import AccountDirectory
 from service.store.health import log_redis_error
 from service.store.leases import HEARTBEAT_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
@@ -119,6 +120,7 @@ class PollScheduler:
         members: Callable[[], Awaitable[set[str]]],
         runner: PollRunner,
         settings: Settings,
+        accounts: AccountDirectory,
         *,
         interval: float,
         spread: bool = True,
@@ -133,6 +135,7 @@ class PollScheduler:
         self.runner = runner
         self.overdue = overdue
         self.settings = settings
+        self.accounts = accounts  # the accounts read: each gets its share of the slots
         self.clock = clock
         self.polling: dict[str, Lease] = {}  # member → the lease of its poll running here
         self.tasks: set[asyncio.Task[None]] = set()
@@ -264,11 +267,12 @@ class PollScheduler:
             self.runner.backed_off = set(backed_off)
             now = self.clock()
             paused = await self.store.paused_accounts(now)
+            accounts_read = (await self.accounts.current()).settings.keys()
         except RedisError as e:
             log_redis_error(log, "claim_users_failed", e)
             return 0
         running = Counter(lease.account_id for lease in self.polling.values())
-        accounts = {a.account_id for a in self.settings.accounts} | running.keys()
+        accounts = set(accounts_read) | running.keys()
         deferred = deferred_claims(
             [lease.member for lease in claimed],
             backed_off,

@@ -33,6 +33,25 @@ FEED_DUE = f"{PREFIX}:feed:due"
 FEED_FALLBACK = f"{PREFIX}:feed:fallback"
 # zset: account member → when its user listing is next read (ms); leased like POLL_DUE.
 DISCOVERY_DUE = f"{PREFIX}:discovery:due"
+# Account discovery (`account_discovery`, store/linked_accounts.py). hash: account id → JSON
+# LinkedAccount, the public fields of every linked account the listing returned (never its
+# credentials), active or not.
+LINKED_ACCOUNTS = f"{PREFIX}:accounts:linked"
+# string: a counter moved whenever LINKED_ACCOUNTS or NOT_LMS_ACCOUNTS change, so each
+# process's AccountDirectory knows to read them again.
+LINKED_VERSION = f"{PREFIX}:accounts:linked:version"
+# zset: account id → when (ms) a linked account whose LMS routes answered that it is no LMS
+# account is tried again (daily); not read until then.
+NOT_LMS_ACCOUNTS = f"{PREFIX}:accounts:not_lms"
+# set: the linked accounts a complete listing left out when it left out more than half (held
+# until a second complete listing agrees, as `held_drop` for users); expires.
+HELD_ACCOUNT_DROP = f"{PREFIX}:accounts:held"
+# zset: ACCOUNT_LISTING → when the linked accounts are next listed (ms); leased like POLL_DUE.
+ACCOUNT_LISTING_DUE = f"{PREFIX}:accounts:listing:due"
+# hash: the linked-account listing's ReadState (last complete listing, mass_drop, failures).
+ACCOUNT_LISTING_STATE = f"{PREFIX}:accounts:listing:state"
+# The one member of ACCOUNT_LISTING_DUE: no quoted account id is `*` (quote escapes it).
+ACCOUNT_LISTING = "*"
 # string: the budget plan last published (JSON), for the admin API and to log each change once.
 BUDGET_PLAN = f"{PREFIX}:budget:plan"
 # hash: what reads cost, learned: pages and reads by kind, pages of each full read.

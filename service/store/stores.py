@@ -11,10 +11,12 @@ from redis.asyncio import Redis
 from service.config import Settings
 from service.store.budget import BudgetStore
 from service.store.console_sessions import SignedOutSessions
+from service.store.directory import AccountDirectory
 from service.store.endpoints import EndpointStore
 from service.store.feeds import FeedStore
 from service.store.leases import Leases, discovery_leases, feed_leases, user_leases
 from service.store.limits import SharedLimiter
+from service.store.linked_accounts import LinkedAccountStore
 from service.store.log import DeliveryLog
 from service.store.log_policy import LogPolicy
 from service.store.polls import PollStore
@@ -34,6 +36,8 @@ class Stores:
     feed_leases: Leases
     discovery_leases: Leases
     users: TrackedUsers
+    linked: LinkedAccountStore  # what account discovery found
+    accounts: AccountDirectory  # which accounts are read, and how
     limiter: SharedLimiter
     log: DeliveryLog  # the delivery log: events and attempts, for the admin API
     signed_out: SignedOutSessions  # the console's
@@ -42,6 +46,8 @@ class Stores:
     def on(cls, redis: Redis, settings: Settings, clock: Callable[[], float] = time.time) -> Stores:
         log = LogPolicy.of(settings.delivery)
         feeds = FeedStore(redis, log)
+        linked = LinkedAccountStore(redis)
+        accounts = AccountDirectory(linked, settings, clock)
         return cls(
             redis=redis,
             queue=EventQueue(redis),
@@ -52,7 +58,9 @@ class Stores:
             leases=user_leases(redis, clock=clock),
             feed_leases=feed_leases(redis, clock=clock),
             discovery_leases=discovery_leases(redis, clock=clock),
-            users=TrackedUsers(redis, settings, feeds),
+            users=TrackedUsers(redis, settings, feeds, accounts),
+            linked=linked,
+            accounts=accounts,
             limiter=SharedLimiter(redis),
             log=DeliveryLog(redis, log, [e.id for e in settings.endpoints]),
             signed_out=SignedOutSessions(redis),

@@ -10,24 +10,25 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.store import keys
+from service.store.directory import AccountDirectory
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import due_or_expiry_ms
 
 
 class TrackedUsers:
-    def __init__(self, redis: Redis, settings: Settings, feeds: FeedStore) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, feeds: FeedStore, accounts: AccountDirectory
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.feeds = feeds
+        self.accounts = accounts  # which accounts are read, and how (config and discovered)
         self.configured = {
             keys.user_member(account.account_id, user)
             for account in settings.accounts
             for user in account.listed_users
         }
-        self.listing_accounts = [a.account_id for a in settings.accounts if a.all_users]
-        self.feed_accounts = {a.account_id for a in settings.accounts if a.uses_feed}
-        self.auto_accounts = {a.account_id for a in settings.accounts if a.strategy == "auto"}
 
     def in_config(self, account_id: str, user_id: str) -> bool:
         return keys.user_member(account_id, user_id) in self.configured
@@ -38,7 +39,7 @@ class TrackedUsers:
     async def listed(self) -> set[str]:
         """Every user the `users: all` accounts' listings name, as members."""
         members: set[str] = set()
-        for account_id in self.listing_accounts:
+        for account_id in (await self.accounts.current()).listing_accounts:
             listed = await self.feeds.listed(account_id)
             members |= {keys.user_member(account_id, user_id) for user_id in listed}
         return members
@@ -56,9 +57,10 @@ class TrackedUsers:
 
     async def feed_accounts_in_force(self) -> set[str]:
         """Accounts read through their change feed now (not fallen back to per-user)."""
-        if not self.feed_accounts:
+        feed_accounts = (await self.accounts.current()).feed_accounts
+        if not feed_accounts:
             return set()
-        return self.feed_accounts - (await self.fallbacks()).keys()
+        return feed_accounts - (await self.fallbacks()).keys()
 
     async def per_user_members(self) -> set[str]:
         """The tracked users polled one by one: all but those their account's feed covers."""
@@ -72,10 +74,11 @@ class TrackedUsers:
     async def fallbacks(self) -> dict[str, FeedFallback]:
         """`strategy: auto` accounts polled per user now. A fallback left from when an
         account was `auto` does not apply once the config says otherwise."""
-        if not self.auto_accounts:
+        auto_accounts = (await self.accounts.current()).auto_accounts
+        if not auto_accounts:
             return {}
         fallbacks = await self.feeds.fallbacks()
-        return {a: f for a, f in fallbacks.items() if a in self.auto_accounts}
+        return {a: f for a, f in fallbacks.items() if a in auto_accounts}
 
     async def add(self, account_id: str, user_id: str, due_ms: int) -> bool:
         """Track a user from now on; False when it was tracked already. A user of an account

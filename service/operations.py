@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import aiohttp
 import structlog
+from redis.exceptions import RedisError
 
 from service import jsonfmt
 from service.budget_planner import BudgetPlanner
@@ -121,6 +122,8 @@ class Operations:
         self.redis_check = Shared(self._check_redis)
         self._episode: tuple[str, float] | None = None  # Redis' problem, and since when
         self._gauges = Shared(self._refresh_gauges)
+        # scrapes at the same time share one render; a scrape after it gets a fresh one
+        self._scrape = Shared(self._render, seconds=0.0)
 
         # the deliveries' HTTP client (its resolver the SSRF guard's); None: no test sends
         self.session: aiohttp.ClientSession | None = None
@@ -447,6 +450,20 @@ class Operations:
             log.warning("redis_not_ready", reason=problem)
             self._episode = (problem, now)
         return problem
+
+    async def scrape(self) -> bytes:
+        """/metrics' body: the gauges refreshed and every metric rendered, once for all the
+        scrapes that ask while it is done. Rendering them all takes milliseconds of the
+        event loop, which the workers share: a flood of scrapes, each rendered, stalled
+        their heartbeats for seconds, and their leases ran out."""
+        return await self._scrape.get()
+
+    async def _render(self) -> bytes:
+        try:
+            await self.refresh_gauges()
+        except RedisError:
+            pass  # the gauges keep their last values; /readyz says Redis is away
+        return self.metrics.render()
 
     async def refresh_gauges(self) -> None:
         """The gauges read from Redis (the same on every replica), before a scrape; read at

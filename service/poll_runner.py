@@ -43,6 +43,10 @@ log = structlog.get_logger("schedule")
 RELEASE_RETRY_SECONDS = 0.5
 # and for how long, at most: a read that runs out of it is polled again a lease later
 RELEASE_GIVE_UP_SECONDS = 15.0
+# Reads of one account failing in a row (5xx, timeouts: each after the client's own retries)
+# before the account is backed off, and the longest it then waits between probes.
+ACCOUNT_FAILURES = 5
+FAILING_ACCOUNT_MAX_DELAY = 120.0
 
 
 def account_rejected(error: Exception) -> bool:
@@ -62,6 +66,13 @@ def retry_delay(error: Exception, failures: int, interval: float) -> float:
     if isinstance(error, UpstreamRejected):  # key, account or user unusable: do not hammer
         return max(interval, min(300.0 * 2.0 ** min(failures, 4), 6 * 3600.0))
     return min(interval, 5.0 * 2.0 ** min(failures, 10))
+
+
+def failing_account_delay(probes_failed: int) -> float:
+    """How long an account whose reads keep failing waits: 30 s after ACCOUNT_FAILURES in a
+    row, doubling with each failed probe, at most FAILING_ACCOUNT_MAX_DELAY (an outage of
+    StackOne itself fails every account: they are all back within that of its end)."""
+    return min(30.0 * 2.0 ** min(probes_failed, 10), FAILING_ACCOUNT_MAX_DELAY)
 
 
 def failure_reason(error: Exception) -> str:
@@ -124,6 +135,8 @@ class PollRunner:
         self.clock = clock
         # accounts backed off when the scheduler last claimed: a success here ends theirs
         self.backed_off: set[str] = set()
+        # accounts with reads failing in a row then: a success here ends the run
+        self.failing: set[str] = set()
 
     async def run(self, lease: Lease) -> None:
         """Poll, and end the lease; only a cancellation leaves it held. Traced as one span
@@ -152,6 +165,9 @@ class PollRunner:
             if lease.account_id in self.backed_off:
                 await self.store.end_backoff(lease.account_id)
                 self.backed_off.discard(lease.account_id)
+            if lease.account_id in self.failing:
+                await self.store.end_failures(lease.account_id)
+                self.failing.discard(lease.account_id)
             log.debug(
                 "poll_done",
                 account_id=lease.account_id,
@@ -191,6 +207,8 @@ class PollRunner:
         if account_rejected(error):
             assert isinstance(error, UpstreamRejected)
             await self._back_off_account(lease.account_id, error)
+        elif isinstance(error, UpstreamUnavailable):
+            await self._count_account_failure(lease.account_id, error)
         elif isinstance(error, UpstreamProviderLimited):
             await self._pause_account(lease.account_id, delay)
         # Redis out of memory fails every poll alike: readiness reports that episode once
@@ -236,12 +254,44 @@ class PollRunner:
         except RedisError as e:  # this read still comes back after the pause, by its lease
             log_redis_error(log, "account_pause_failed", e, account_id=account_id)
 
-    async def _back_off_account(self, account_id: str, error: UpstreamRejected) -> None:
-        """Back the whole account off: its other users are not polled until then either."""
+    async def _count_account_failure(self, account_id: str, error: UpstreamError) -> None:
+        """ACCOUNT_FAILURES reads of one account failing in a row (its provider down, or
+        answering too slowly) back the account off: every member would fail alike, each
+        after the client's retries, spending the key the other accounts share."""
+        try:
+            failures = await self.store.count_failure(account_id)
+        except RedisError as e:
+            log_redis_error(log, "account_failure_count_failed", e, account_id=account_id)
+            return
+        self.failing.add(account_id)
+        if failures < ACCOUNT_FAILURES:
+            return
         try:
             previous = (await self.store.backed_off_accounts()).get(account_id)
-            failures = (previous.failures if previous else 0) + 1
-            delay = retry_delay(error, failures - 1, self.interval)
+        except RedisError as e:
+            log_redis_error(log, "account_backoff_failed", e, account_id=account_id)
+            return
+        if previous is not None and previous.until > self.clock():
+            return  # in force: these are reads that were under way when it began
+        backoffs = (previous.failures if previous else 0) + 1  # its probes failed since
+        delay = failing_account_delay(backoffs - 1)
+        await self._back_off_account(account_id, error, delay, backoffs)
+
+    async def _back_off_account(
+        self,
+        account_id: str,
+        error: UpstreamError,
+        delay: float | None = None,
+        failures: int | None = None,
+    ) -> None:
+        """Back the whole account off: its other users are not polled until then either.
+        `delay` and `failures` default to a refusal's (401/403/412) back-off schedule."""
+        try:
+            if failures is None:
+                previous = (await self.store.backed_off_accounts()).get(account_id)
+                failures = (previous.failures if previous else 0) + 1
+            if delay is None:
+                delay = retry_delay(error, failures - 1, self.interval)
             backoff = AccountBackoff(self.clock() + delay, failures, str(error))
             await self.store.back_off_account(account_id, backoff)
         except RedisError as e:

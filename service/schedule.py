@@ -265,6 +265,7 @@ class PollScheduler:
                 return 0
             backed_off = await self.store.backed_off_accounts()
             self.runner.backed_off = set(backed_off)
+            self.runner.failing = await self.store.failing_accounts()
             now = self.clock()
             paused = await self.store.paused_accounts(now)
             accounts_read = (await self.accounts.current()).settings.keys()

@@ -20,6 +20,7 @@ from service import events as ev
 from service.config import StackOneSettings
 from service.errors import UpstreamProviderLimited, UpstreamRateLimited
 from service.metrics import Metrics
+from service.poll_runner import ACCOUNT_FAILURES
 from service.schedule import account_share, deferred_claims, initial_due_ms
 from service.sim.faults import parse_fault_spec
 from service.sim.lms import SimLMS
@@ -320,3 +321,59 @@ async def test_one_account_never_has_more_than_two_requests_in_flight(
         await service.step(0.5)
         assert sim.max_in_flight["slow"] == ACCOUNT_IN_FLIGHT
         assert delivered(rx) == ["f1"]
+
+
+async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """acc_2's provider answers 503 to everything: after ACCOUNT_FAILURES reads failed in a
+    row its users are no longer asked (each read cost the client's retries of the key's
+    budget), acc_1 goes on; once the provider is back, one probe ends the back-off."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    users = [f"u_{n}" for n in range(1, ACCOUNT_FAILURES + 2)]
+    for user in users:
+        sim.put_assignment("acc_2", user, {"id": f"acc_2_{user}"})
+    sim.put_assignment("acc_1", "u_1", {"id": "acc_1_u_1"})
+    sim.progress("acc_1", "u_1", "acc_1_u_1", 0)
+    accounts = [
+        {"account_id": "acc_1", "users": ["u_1"]},
+        {"account_id": "acc_2", "users": users},
+    ]
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(rx_url)],
+        [],
+        accounts=accounts,
+        polling={"interval": "500ms", "concurrency": 16},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        sim.faults.forced = [{"status": 503, "account_id": "acc_2"}] * 1000
+        for _ in range(3):  # at most ACCOUNT_POLLS of acc_2's polls a step
+            await service.step(0.5)
+        [_, acc_2] = await service.service.operations.accounts()
+        # once: reads already under way when it began did not back it off again
+        assert acc_2["backoff"]["failures"] == 1
+        assert acc_2["backoff"]["until"] == pytest.approx(service.clock() + 30, abs=1.5)
+        sim.clear_requests()
+        for pct in (10, 20):  # acc_1 goes on at its pace; acc_2 is not asked meanwhile
+            sim.progress("acc_1", "u_1", "acc_1_u_1", pct)
+            await service.step(10.0)
+        assert requests_of(sim, "acc_2") == 0
+        assert [
+            e.data["assignment"]["progress"] for e in of_type(rx.events, ev.PROGRESS_CHANGED)
+        ] == [
+            10,
+            20,
+        ]
+        sim.faults.forced = []  # the provider is back: the next read probes it
+        sim.progress("acc_2", "u_1", "acc_2_u_1", 50)
+        await service.step(11.0)
+        await service.step(1.0)
+        [_, acc_2] = await service.service.operations.accounts()
+        assert acc_2["backoff"] is None
+        assert await redis.hexists(keys.FAILING_ACCOUNTS, "acc_2") == 0
+    changed = [e.data["assignment_id"] for e in of_type(rx.events, ev.PROGRESS_CHANGED)]
+    assert changed.count("acc_2_u_1") == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
 
 from service.api.common import ops
 
@@ -20,14 +19,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    operations = ops(request)
-    try:
-        await operations.refresh_gauges()
-    except RedisError:
-        pass  # the gauges keep their last values; /readyz says Redis is away
-    return web.Response(
-        body=operations.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    body = await ops(request).scrape()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def add_health_routes(app: web.Application) -> None:

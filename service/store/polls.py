@@ -22,6 +22,9 @@ from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 # PAUSED_ACCOUNTS lives this long after its latest pause: longer than any Retry-After (the
 # client caps them at 600 s), so only a key nobody paused for an hour goes
 PAUSED_ACCOUNTS_TTL = 3600
+# FAILING_ACCOUNTS goes after an hour without a failure: failures that far apart are not a
+# run (a success deletes an account's count at once anyway)
+FAILING_ACCOUNTS_TTL = 3600
 
 
 @dataclass
@@ -49,10 +52,11 @@ class StoredUser:
 
 @dataclass(frozen=True, slots=True)
 class AccountBackoff:
-    """An account whose key or integration was refused (401/403/412): its users wait."""
+    """An account whose key or integration was refused (401/403/412), or whose reads keep
+    failing (5xx, timeouts): its users, feed and listing wait."""
 
     until: float  # epoch seconds
-    failures: int
+    failures: int  # back-offs in a row: each refusal, or each failed probe of a failing one
     error: str
 
     def encode(self) -> str:
@@ -161,6 +165,22 @@ class PollStore:
 
     async def end_backoff(self, account_id: str) -> None:
         await self.redis.hdel(keys.BLOCKED_ACCOUNTS, account_id)
+
+    # -- accounts whose reads keep failing (5xx, timeouts), backed off as above --
+
+    async def count_failure(self, account_id: str) -> int:
+        """One more read of the account failed; how many did in a row."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(keys.FAILING_ACCOUNTS, account_id, 1)
+            pipe.expire(keys.FAILING_ACCOUNTS, FAILING_ACCOUNTS_TTL)
+            count, _ = await pipe.execute()
+        return int(count)
+
+    async def failing_accounts(self) -> set[str]:
+        return set(cast(list[str], await self.redis.hkeys(keys.FAILING_ACCOUNTS)))
+
+    async def end_failures(self, account_id: str) -> None:
+        await self.redis.hdel(keys.FAILING_ACCOUNTS, account_id)
 
     # -- accounts their provider asked to wait (a 429 with provider_errors) --
 

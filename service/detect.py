@@ -328,6 +328,48 @@ class Watermark:
         self.newest = newest
 
 
+# an HTTP `Date` is truncated to the second: the answer was served up to this much later
+DATE_RESOLUTION = timedelta(seconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedWindow:
+    """An account feed's watermark (provider clock) with its anchor (StackOne's clock): at
+    every instant `t` from the anchor on, the provider's clock had reached at least
+    `watermark + (t - anchor)`. A provider's stamps come from its own clock, which may lag
+    StackOne's by minutes; only the time elapsed on StackOne's clock is added to them, so a
+    quiet feed's window moves on with time without outrunning a lagging provider. None:
+    unknown (no anchor: the watermark moves with stamps only, until a dated read)."""
+
+    watermark: datetime | None
+    anchor: datetime | None = None
+
+    def after_read(
+        self, newest: datetime | None, first_date: datetime | None, last_date: datetime | None
+    ) -> FeedWindow:
+        """The window a committed read leaves. `newest`: its Watermark's (never behind this
+        watermark); `first_date`, `last_date`: the `Date` of its first and last answer
+        (None: that answer had none).
+
+        A stamp newer than the window moved on: its records were written before the last
+        answer was served, at most DATE_RESOLUTION after its `Date`, which anchors it.
+        Otherwise the watermark moves on by the time elapsed between the anchor and the
+        first answer (the read's start, when a change it may miss could be made), along the
+        same line: a bulk of records sharing one stamp is read again for `overlap`, then
+        no more, while nothing newer comes."""
+        stamped = FeedWindow(
+            newest, None if newest is None or last_date is None else last_date + DATE_RESOLUTION
+        )
+        if self.watermark is None or self.anchor is None or first_date is None:
+            return stamped
+        elapsed = max(timedelta(0), first_date - self.anchor)
+        # never past the answer's `Date`, as the stamps (Watermark)
+        moved = min(self.watermark + elapsed, max(self.watermark, first_date))
+        if newest is not None and newest > moved:
+            return stamped
+        return FeedWindow(moved, max(self.anchor, first_date))
+
+
 def updated_after(watermark: datetime | None, overlap_seconds: float) -> datetime | None:
     """The `filter[updated_after]` of the next incremental poll."""
     return None if watermark is None else watermark - timedelta(seconds=overlap_seconds)

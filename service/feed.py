@@ -19,7 +19,7 @@ import structlog
 
 from service.budget import Cadence, ConfiguredCadence, next_due
 from service.config import AccountSettings, Settings
-from service.detect import updated_after
+from service.detect import FeedWindow, updated_after
 from service.errors import StaleLease, UpstreamError
 from service.feed_run import KEEP_LOADED, FeedResult, FeedRun, count_skipped
 from service.feed_users import CompleteUserReads
@@ -114,6 +114,7 @@ class FeedReader:
             )
         )
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
+        anchor = from_epoch(state.anchor_ms / 1000) if state.anchor_ms else None
         run = FeedRun(
             lease,
             self.store,
@@ -122,7 +123,7 @@ class FeedReader:
             tracked=tracked,
             users_version=users_version,
             now=from_epoch(started),
-            watermark=watermark,
+            window=FeedWindow(watermark, anchor),
             emit_on_first_sync=polling.emit_on_first_sync,
         )
         try:
@@ -137,7 +138,7 @@ class FeedReader:
             self.metrics.feed_reads.labels("error").inc()
             raise
         report_future_stamps(self.metrics, "assignments", run.stamps, account_id=lease.account_id)
-        await self._commit(run, ReadState.after_read(run.stamps.newest, run.now_ms, full=full))
+        await self._commit(run, run.final_state())
         if full:
             self.complete_reads.all_baselined(run)
         self.metrics.feed_reads.labels("full" if full else "ok").inc()
@@ -163,12 +164,10 @@ class FeedReader:
 
     async def _page(self, run: FeedRun, page: Page, asked_after: datetime | None) -> None:
         """One page of the feed; `asked_after`: the bound to hold the records to."""
-        run.result.pages += 1
-        run.result.records += len(page.records)
+        run.answered(page)
         if asked_after is not None and _ignores_filter(page, asked_after):
             raise FeedUnsupported("the account endpoint ignores filter[updated_after]")
         skipped = dict(page.skipped)
-        run.stamps.see((r.get("updated_at") for r in page.records), page.served_at or run.now)
         for record in page.records:
             user_id = record.get("user_id")
             if not isinstance(user_id, str) or not user_id:

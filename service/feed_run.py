@@ -5,7 +5,7 @@ what its next commit writes. No upstream requests here; the snapshots come from 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +14,7 @@ import structlog
 from service.config import EndpointSettings
 from service.detect import (
     Change,
+    FeedWindow,
     LatestVersions,
     Snapshot,
     Watermark,
@@ -28,6 +29,7 @@ from service.store.leases import Lease
 from service.store.polls import StoredUser
 from service.store.read_state import ReadState
 from service.store.scripts import UserWrite
+from service.upstream.model import Page
 
 log = structlog.get_logger("feed")
 
@@ -80,7 +82,7 @@ class FeedRun:
         tracked: set[str],
         users_version: str | None,
         now: datetime,
-        watermark: datetime | None,
+        window: FeedWindow,
         emit_on_first_sync: bool,
     ) -> None:
         self.lease = lease
@@ -97,12 +99,33 @@ class FeedRun:
         self.users: dict[str, FeedUser] = {}
         self.ignored: set[str] = set()  # tracked, but not baselined yet
         self.latest: LatestVersions[tuple[str, str]] = LatestVersions()  # read, not detected
-        self.stamps = Watermark(watermark)
+        self.window = window  # as the read started
+        self.stamps = Watermark(window.watermark)
+        # the `Date` of the first and of the last answer (None: it had none)
+        self.first_date: datetime | None = None
+        self.last_date: datetime | None = None
         self.loaded = 0  # users whose snapshots are in memory
 
     @property
     def account_id(self) -> str:
         return self.lease.account_id
+
+    def answered(self, page: Page) -> None:
+        """One more page of the feed: counted, its stamps and its `Date` seen."""
+        self.result.pages += 1
+        self.result.records += len(page.records)
+        self.stamps.see((r.get("updated_at") for r in page.records), page.served_at or self.now)
+        if self.result.pages == 1:
+            self.first_date = page.served_at
+        self.last_date = page.served_at
+
+    def final_state(self) -> ReadState:
+        """The feed's state once the read has committed everything: its window moved on
+        (detect.FeedWindow), when it ran."""
+        window = self.window.after_read(self.stamps.newest, self.first_date, self.last_date)
+        state = ReadState.after_read(window.watermark, self.now_ms, full=self.full)
+        anchor = window.anchor
+        return replace(state, anchor_ms=0 if anchor is None else int(anchor.timestamp() * 1000))
 
     def meet(self, user_id: str, stored: StoredUser) -> FeedUser:
         baselined = bool(stored.state.baselined)

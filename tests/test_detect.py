@@ -9,6 +9,7 @@ import pytest
 
 from service import events as ev
 from service.detect import (
+    FeedWindow,
     Snapshot,
     Watermark,
     changed_fields,
@@ -269,6 +270,68 @@ def test_a_stamp_far_ahead_of_the_answer_moves_no_watermark_onto_another_clock()
     assert stamps.newest == lagging
     assert stamps.implausible == 2
     assert stamps.newest_implausible == datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def test_a_quiet_feeds_window_moves_on_with_time_on_the_providers_clock() -> None:
+    """A bulk stamped S, on a provider 5 minutes behind StackOne: the read that sees it
+    anchors S a second (a `Date`'s resolution) after its last answer; later reads that see
+    nothing newer move the watermark on by the time elapsed on StackOne's clock, so it
+    passes S + overlap after about `overlap`, and stays on the provider's clock."""
+    second = timedelta(seconds=1)
+    bulk = T0 - timedelta(minutes=5)  # stamped on the provider's clock
+    window = FeedWindow(bulk - timedelta(hours=2), T0 - timedelta(hours=1))
+    # the read that sees the bulk: its pages dated T0 .. T0 + 3 s
+    seen = window.after_read(bulk, T0, T0 + 3 * second)
+    assert seen == FeedWindow(bulk, T0 + 4 * second)
+    # a quiet read 10 s later: 6 s past the anchor, its first answer a lower bound
+    quiet = seen.after_read(bulk, T0 + 10 * second, T0 + 11 * second)
+    assert quiet == FeedWindow(bulk + 6 * second, T0 + 10 * second)
+    assert updated_after(quiet.watermark, 5) == bulk + second  # past the bulk: one page
+    # reads in a row lose nothing to the second's resolution: the same line, moved along
+    later = quiet.after_read(quiet.watermark, T0 + 20 * second, T0 + 20 * second)
+    assert later == FeedWindow(bulk + 16 * second, T0 + 20 * second)
+    # a change stamped within the moved window: its stamp, anchored at its read
+    change = bulk + 18 * second
+    assert later.after_read(change, T0 + 21 * second, T0 + 21 * second) == FeedWindow(
+        change, T0 + 22 * second
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "newest", "first", "last", "expected"),
+    [
+        # no anchor yet (state from before anchors): stamps only, anchored now
+        (FeedWindow(T0, None), T0, T0, T0, FeedWindow(T0, T0 + timedelta(seconds=1))),
+        # answers without a `Date`: the watermark moves with stamps only, the anchor goes
+        (FeedWindow(T0, T0), T0, None, None, FeedWindow(T0, None)),
+        # a `Date` behind the anchor (another StackOne server): nothing moves back
+        (
+            FeedWindow(T0, T0 + timedelta(seconds=9)),
+            T0,
+            T0 + timedelta(seconds=5),
+            T0 + timedelta(seconds=5),
+            FeedWindow(T0, T0 + timedelta(seconds=9)),
+        ),
+        # never past the first answer's `Date`
+        (
+            FeedWindow(T0, T0 - timedelta(minutes=1)),
+            T0,
+            T0 + timedelta(seconds=30),
+            T0 + timedelta(seconds=30),
+            FeedWindow(T0 + timedelta(seconds=30), T0 + timedelta(seconds=30)),
+        ),
+        # the first read of an account: nothing to move
+        (FeedWindow(None), None, T0, T0, FeedWindow(None)),
+    ],
+)
+def test_feed_window_edges(
+    window: FeedWindow,
+    newest: datetime | None,
+    first: datetime | None,
+    last: datetime | None,
+    expected: FeedWindow,
+) -> None:
+    assert window.after_read(newest, first, last) == expected
 
 
 def test_updated_after_reads_the_overlap_again() -> None:

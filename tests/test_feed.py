@@ -33,6 +33,7 @@ from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
 FEED_PATH = "/unified/lms/assignments"
+BULK_EACH = 20  # assignments of each user changed in one bulk
 
 
 def feed_settings(
@@ -114,6 +115,43 @@ async def test_switching_strategies_resends_nothing_and_misses_nothing(
     ]
     assert updates == [("u_1_a1", 2), ("u_2_a1", 2), ("u_1_a2", 2), ("u_2_a2", 2), ("u_1_a1", 3)]
     assert len({e.webhook_id for e in rx.events}) == len(rx.events)  # nothing sent twice
+
+
+async def test_a_bulk_with_one_stamp_is_read_again_for_the_overlap_then_no_more(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """HR assigns a course to everyone in one second, then the account goes quiet: the feed
+    reads the bulk again for `overlap`, then one page a read, not the whole bulk forever."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    users = [f"u_{n}" for n in range(1, 11)]
+    for user in users:
+        seed_user(sim, user, BULK_EACH)
+    settings = feed_settings(
+        redis_server.url,
+        lms_url,
+        rx_url,
+        users,
+        "account",
+        polling={"overlap": "2s"},
+        stackone={"page_size": 20},
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        stamp = sim.now_iso()
+        for user in users:
+            for n in range(1, BULK_EACH + 1):
+                sim.update_assignment(ACCOUNT, user, f"{user}_a{n}", progress=5, updated_at=stamp)
+        pages = []
+        for _ in range(12):  # a read every 0.5 s for 6 s
+            sim.clear_requests()
+            await service.step(0.5)
+            pages.append(paths(sim).count(FEED_PATH))
+    assert pages[0] == 10  # the bulk: 200 records, 20 a page
+    # at most 2 s of overlap, 2 s of `Date`s truncated to the second (the anchor's and the
+    # read's), and the read that moves the window past the bulk: 8 reads of it at most
+    assert pages[8:] == [1, 1, 1, 1]
+    assert len(of_type(rx.events, ev.UPDATED)) == len(users) * BULK_EACH  # each once
 
 
 async def test_untracked_users_and_records_without_user_id_are_skipped(

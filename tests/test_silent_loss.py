@@ -66,6 +66,37 @@ async def test_a_record_stamped_in_the_future_hides_no_later_change(
     assert done.data["assignment_id"] == "u_1_a2"
 
 
+async def test_a_quiet_feeds_window_moves_on_without_outrunning_a_lagging_provider(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """A quiet account's feed window moves on with time (issue 22), by the time elapsed on
+    StackOne's clock added to the provider's own stamps: a provider 5 minutes behind still
+    has the change it makes after a quiet spell sent (a window at the answer's `Date` minus
+    `overlap` would be minutes past it)."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    sim.provider_skew = LAGGING
+    seed_user(sim, "u_1", 2)
+    settings = feed_settings(
+        redis_server.url, lms_url, rx_url, ["u_1"], "account", polling={"overlap": "2s"}
+    )
+    async with driven(settings, sim) as service:
+        await service.baseline()
+        first = sim.progress(ACCOUNT, "u_1", "u_1_a1", 10)
+        for _ in range(12):  # quiet for 6 s: the window moves past the change
+            await service.step(0.5)
+        sim.clear_requests()
+        await service.step(0.5)
+        [read] = sim.requests
+        assert read.query["filter[updated_after]"] > first["updated_at"]
+        sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
+        await service.step(0.5)
+    assert [e.data["assignment_id"] for e in of_type(rx.events, ev.UPDATED)] == [
+        "u_1_a1",
+        "u_1_a2",
+    ]
+
+
 @asynccontextmanager
 async def listing_service(
     redis_server: RedisServer, rx_url: str, users: list[str], assignments: int

@@ -57,6 +57,15 @@ TARGETS: dict[str, list[tuple[str, float | None, bool]]] = {
         ("per_user.behind_factor", None, False),
     ],
     # on the same changes: adaptive's mean change → webhook latency at most a third of
+    # a quiet account's feed is back to one page a read within overlap + one interval of a
+    # bulk of 10,000 records with one stamp (70 s at the default 60 s overlap; a quick look
+    # scales the overlap down), every change of the bulk sent
+    "bulk": [
+        ("one_page_a_read_after_seconds", 70.0, False),
+        ("pages_per_read_at_end", 1, False),
+        ("bulk_undelivered", 0, False),
+        ("reads_of_the_bulk", None, False),
+    ],
     # uniform's (uniform ÷ adaptive ≥ 3), its p95 no worse, within the key, no 429s; and the
     # same at 5 minutes as estimated (the wait for a read scaled up, the rest as measured)
     "adaptive": [

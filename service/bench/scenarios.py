@@ -700,6 +700,80 @@ async def _reach_run(
     return figures
 
 
+BULK_USERS = 2000
+BULK_ASSIGNMENTS = 5  # 10,000 records, all written in the same millisecond
+
+
+async def bulk(bench: Bench, scale: float) -> dict[str, Any]:
+    """HR assigns a course to everyone: an account of 2,000 users × 5 assignments read
+    through its feed (`strategy: account`, every 10 s, the default 60 s overlap) on a
+    1,000/min key, whose 10,000 records are all changed with one `updated_at`, then nothing
+    more. Each feed read and its pages, over the overlap and three reads more: the bulk is
+    read again while the window still reaches back to its stamp, then one page a read
+    (target: within `overlap` plus one interval of the bulk). `--scale` shrinks the users
+    and the overlap (at least 5 s). The baseline is seeded, as in `reach`."""
+    users = user_ids(_n(BULK_USERS, scale, 20))
+    overlap = max(5.0, REACH_OVERLAP * scale)
+    interval = REACH_ACCOUNT_INTERVAL
+    budget = 1000
+    lms, received = bench.lms, bench.received
+    seed_users(lms, len(users), BULK_ASSIGNMENTS)
+    await store_baselines(PollStore(bench.redis), lms, users, spread_ms=None)
+    await store_feed_state(bench.redis, ACCOUNT, int(time.time() * 1000))
+    config = bench.service_config(users, budget=budget, events=["assignment.updated"])
+    config["accounts"][0]["strategy"] = "account"
+    config["polling"] |= {"account_interval": f"{interval:g}s", "overlap": f"{overlap:g}s"}
+    await bench.start_services(config)
+
+    async def read_once() -> bool:
+        return await bench.total(FEED_READS) >= 1
+
+    await _wait(read_once, 120, "the first feed read")
+    received.track_changes = True
+    stamp = lms.now_iso()
+    at = time.time()
+    for user_id, records in lms.accounts[ACCOUNT].items():
+        for assignment_id, record in records.items():
+            progress = (record.get("progress") or 0) % 99 + 1
+            lms.update_assignment(
+                ACCOUNT, user_id, assignment_id, progress=progress, updated_at=stamp
+            )
+    await asyncio.sleep(max(0.0, at + overlap + 3.5 * interval - time.time()))
+    reads = _reads_after(bench, at)
+    # the reads that read the bulk again, then the first of one page
+    again = max((n for n, (_, pages) in enumerate(reads) if pages > 1), default=-1) + 1
+    back = reads[again][0] if again < len(reads) else None
+    delivered = sum(1 for (_, updated_at) in received.changes if updated_at == stamp)
+    bench.stop_services()
+    return {
+        "users": len(users),
+        "records_in_bulk": len(users) * BULK_ASSIGNMENTS,
+        "budget_per_minute": budget,
+        "account_interval_seconds": interval,
+        "overlap_seconds": overlap,
+        # (seconds after the bulk, pages) of each feed read
+        "reads": [[round(t, 1), pages] for t, pages in reads],
+        "reads_of_the_bulk": again,
+        "one_page_a_read_after_seconds": None if back is None else round(back, 1),
+        "target_seconds": overlap + interval,
+        "pages_per_read_at_end": reads[-1][1] if reads else None,
+        "bulk_undelivered": len(users) * BULK_ASSIGNMENTS - delivered,
+    }
+
+
+def _reads_after(bench: Bench, at: float) -> list[tuple[float, int]]:
+    """Each feed read that started after `at`: when (seconds after it) and its pages."""
+    reads: list[tuple[float, int]] = []
+    for request in bench.lms.requests:
+        if request.path != ACCOUNT_ASSIGNMENTS_PATH or request.time < at:
+            continue
+        if "next" not in request.query:
+            reads.append((request.time - at, 1))
+        elif reads:
+            reads[-1] = (reads[-1][0], reads[-1][1] + 1)
+    return reads
+
+
 ADAPTIVE_USERS = 3000
 ADAPTIVE_ASSIGNMENTS = 5
 # The 5-minute cadence ten times faster, so a run covers many intervals: the cadence rule is
@@ -922,6 +996,7 @@ SCENARIOS: dict[str, Scenario] = {
     "footprint": footprint,
     "scale_out": scale_out,
     "reach": reach,
+    "bulk": bulk,
     "adaptive": adaptive,
     "log_memory": log_memory,
     "takeover": takeover,

@@ -143,7 +143,8 @@ def user_state(account_id: str, user_id: str) -> str:
 
 
 def feed_state(account_id: str) -> str:
-    """hash: the account change feed's ReadState (watermark, last full read, failures), and
+    """hash: the account change feed's ReadState (watermark and its anchor, last full read,
+    failures), and
     `due_now` as in `user_state`."""
     return f"{PREFIX}:feed:{account_member(account_id)}"
 

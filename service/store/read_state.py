@@ -30,6 +30,9 @@ class ReadState:
     # a user's: when a listing found it (the listing's answer `Date`, the upstream's clock):
     # its baseline must not absorb a change stamped after that
     found_ms: int | None = None
+    # a feed's: the instant on StackOne's clock (its answers' `Date`) from which the
+    # provider's clock had reached the watermark (detect.FeedWindow); 0: none
+    anchor_ms: int | None = None
 
     @classmethod
     def after_read(cls, watermark: datetime | None, now_ms: int, *, full: bool) -> ReadState:
@@ -92,6 +95,7 @@ _HASH_FIELD = {
     "next_due_date_ms": "next_due_date",
     "mass_drop_ms": "mass_drop",
     "found_ms": "found",
+    "anchor_ms": "anchor",
 }
 _FLAGS = {"baselined", "in_progress"}
 _DECODE = {
@@ -104,5 +108,6 @@ _DECODE = {
     "next_due_date_ms": int,
     "mass_drop_ms": int,
     "found_ms": int,
+    "anchor_ms": int,
 }
 FIELDS = list(_HASH_FIELD.values())

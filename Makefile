@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-debian-python bench lint typecheck check schema screenshot clean image image-test
+.PHONY: demo test test-debian-python bench lint typecheck check schema docs screenshot clean image image-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,9 @@ check: lint typecheck test
 schema: $(STAMP)  ## regenerate config/schema.json from the Settings model
 	$(BIN)/python -c "import json; from service.config import settings_json_schema as s; \
 	open('config/schema.json', 'w').write(json.dumps(s(), indent=2, sort_keys=True) + '\n')"
+
+docs: $(STAMP)  ## regenerate docs/events.md (the receiver's guide) from the webhook models
+	$(BIN)/python -m service.contract.guide > docs/events.md
 
 clean:
 	rm -rf $(VENV) $(DEBIAN_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast, get_args
 
 import aiohttp
 import structlog
@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from service import jsonfmt
 from service.budget_planner import BudgetPlanner
 from service.config import EndpointSettings, Settings
+from service.contract.admin import RedeliverOutcome
 from service.cursor import decode_cursor, encode_cursor
 from service.delivery.breaker import enabled
 from service.delivery.policy import Verdict
@@ -77,7 +78,7 @@ class Shared(Generic[T]):
 
 
 MAX_LIMIT = 500  # the most items one page of any listing holds
-REDELIVER_OUTCOMES = ("delivered", "dead", "any")
+REDELIVER_OUTCOMES: tuple[str, ...] = get_args(RedeliverOutcome)
 TEST_MESSAGE = (
     "A test event sent from lms-webhooks' admin API to this endpoint alone. It is not an "
     "assignment change and is never retried."

@@ -3,7 +3,7 @@ Debian's Chromium for the console's browser tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from service.sim.receiver import Receiver, start_receiver_server
 from tests.browser import CHROMIUM, require_chromium
 from tests.helpers import API_KEY, SECRET, RunProcess
 from tests.redis_server import IN_CI, RedisServer, require_redis_server
+from tests.webhook_schemas import raw_body_problem
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,30 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def delivered_bodies_follow_the_catalog(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Every body a test's receiver takes as signed by the service validates against its
+    event type's JSON Schema in /openapi.json (the `webhooks` receivers import). Tests of
+    the receiver itself, which sign bodies of their own, are marked `any_webhook_body`."""
+    if request.node.get_closest_marker("any_webhook_body"):
+        yield
+        return
+    problems: list[str] = []
+    verify = Receiver.verify
+
+    def verify_and_check(self: Receiver, raw: bytes, headers: Mapping[str, str]) -> str | None:
+        reason = verify(self, raw, headers)
+        if reason is None and (problem := raw_body_problem(raw)) is not None:
+            problems.append(problem)
+        return reason
+
+    monkeypatch.setattr(Receiver, "verify", verify_and_check)
+    yield
+    assert problems == [], "delivered bodies that are not what /openapi.json says"
 
 
 @pytest.fixture(scope="session")

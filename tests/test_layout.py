@@ -53,6 +53,12 @@ LOWER_LAYERS = {
                          "service.app"],
     "service.operations": ["service.api", "service.app"],
     "service.api": ["service.app"],
+    # the contract (the models of the webhook bodies and the admin API's answers) is what
+    # every layer may speak in: it imports none of them, only pure modules
+    "service.contract": ["service.store", "service.upstream", "service.delivery", *_READERS,
+                         "service.schedule", "service.poll_runner", "service.operations",
+                         "service.api", "service.app", "service.cli", "service.sim",
+                         "service.bench", "service.tracing"],
     # every layer opens its spans through it, so it stands below them all
     "service.tracing": ["service.store", "service.upstream", "service.delivery", *_READERS,
                         "service.schedule", "service.poll_runner", "service.operations",
@@ -61,7 +67,8 @@ LOWER_LAYERS = {
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",
         "service.jsonfmt", "service.budget", "service.redis_url", "service.cursor",
-        "service.user_ids"]  # fmt: skip
+        "service.user_ids", "service.contract", "service.contract.webhooks",
+        "service.contract.admin"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 from service.api.common import (
     BadRequest,
     Handler,
+    answer,
     is_text,
     json_error,
     json_object,
@@ -28,6 +29,7 @@ from service.api.common import (
     ops,
 )
 from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
+from service.contract import admin as m
 from service.operations import MAX_LIMIT
 
 _DIGITS = re.compile(r"^[0-9]{1,16}$")
@@ -121,14 +123,14 @@ def _instant_ms(value: object, name: str) -> int | None:
 
 async def list_endpoints(request: web.Request) -> web.Response:
     page = await ops(request).endpoints(_query_limit(request, 100), _query(request, "cursor"))
-    return web.json_response(page)
+    return answer(m.EndpointPage, page)
 
 
 async def enable_endpoint(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
     _known_endpoint(request, endpoint_id)
     health = await ops(request).enable_endpoint(endpoint_id)
-    return web.json_response({"id": endpoint_id, **asdict(health)})
+    return answer(m.EndpointHealth, {"id": endpoint_id, **asdict(health)})
 
 
 async def dead_letters(request: web.Request) -> web.Response:
@@ -143,7 +145,7 @@ async def dead_letters(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         raise BadRequest("`limit` must be between 1 and 1000")
     letters = await ops(request).stores.queue.dead_letters(endpoint_id, limit)
-    return web.json_response({"endpoint": endpoint_id, "dead_letters": letters})
+    return answer(m.DeadLetters, {"endpoint": endpoint_id, "dead_letters": letters})
 
 
 async def replay(request: web.Request) -> web.Response:
@@ -154,12 +156,12 @@ async def replay(request: web.Request) -> web.Response:
         raise BadRequest("`ids` must be a list of event ids")
     _known_endpoint(request, endpoint_id)
     queued = await ops(request).replay(endpoint_id, ids or None)
-    return web.json_response({"endpoint": endpoint_id, "queued": queued})
+    return answer(m.Queued, {"endpoint": endpoint_id, "queued": queued})
 
 
 async def list_users(request: web.Request) -> web.Response:
     page = await ops(request).users(_query_limit(request, 100), _query(request, "cursor"))
-    return web.json_response(page)
+    return answer(m.UserPage, page)
 
 
 async def add_user(request: web.Request) -> web.Response:
@@ -167,9 +169,8 @@ async def add_user(request: web.Request) -> web.Response:
     account_id = non_empty_string(body, "account_id")
     user_id = non_empty_string(body, "user_id")
     added = await ops(request).add_user(account_id, user_id)
-    return web.json_response(
-        {"account_id": account_id, "user_id": user_id, "added": added}, status=201 if added else 200
-    )
+    added_user = {"account_id": account_id, "user_id": user_id, "added": added}
+    return answer(m.UserAdded, added_user, status=201 if added else 200)
 
 
 async def remove_user(request: web.Request) -> web.Response:
@@ -179,7 +180,7 @@ async def remove_user(request: web.Request) -> web.Response:
         return json_error(409, "configured user", "remove it from the config file instead")
     if not await operations.remove_user(account_id, user_id):
         return json_error(404, "not tracked", f"{account_id}/{user_id} is not a run-time user")
-    return web.json_response({"account_id": account_id, "user_id": user_id, "removed": True})
+    return answer(m.UserRemoved, {"account_id": account_id, "user_id": user_id, "removed": True})
 
 
 async def poll_now(request: web.Request) -> web.Response:
@@ -188,15 +189,15 @@ async def poll_now(request: web.Request) -> web.Response:
     user_id = non_empty_string(body, "user_id")
     if not await ops(request).poll_now(account_id, user_id):
         return json_error(404, "not tracked", f"{account_id}/{user_id} is not a tracked user")
-    return web.json_response({"account_id": account_id, "user_id": user_id}, status=202)
+    return answer(m.PollQueued, {"account_id": account_id, "user_id": user_id}, status=202)
 
 
 async def list_accounts(request: web.Request) -> web.Response:
-    return web.json_response({"accounts": await ops(request).accounts()})
+    return answer(m.AccountList, {"accounts": await ops(request).accounts()})
 
 
 async def budget(request: web.Request) -> web.Response:
-    return web.json_response(await ops(request).budget())
+    return answer(m.Budget, await ops(request).budget())
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -211,7 +212,7 @@ async def list_events(request: web.Request) -> web.Response:
         limit=_query_limit(request, 50),
         cursor=_query(request, "cursor"),
     )
-    return web.json_response(page)
+    return answer(m.EventPage, page)
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -219,13 +220,13 @@ async def get_event(request: web.Request) -> web.Response:
     event = None if event_id is None else await ops(request).event(event_id)
     if event is None:
         return json_error(404, "unknown event", "not in the delivery log (or no longer)")
-    return web.json_response(event)
+    return answer(m.Event, event)
 
 
 async def test_send(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
     _known_endpoint(request, endpoint_id)
-    return web.json_response(await ops(request).test_send(endpoint_id))
+    return answer(m.TestSend, await ops(request).test_send(endpoint_id))
 
 
 async def redeliver(request: web.Request) -> web.Response:
@@ -244,7 +245,7 @@ async def redeliver(request: web.Request) -> web.Response:
         until_ms=_instant_ms(body.get("until"), "until"),
         outcome=outcome,
     )
-    return web.json_response({"endpoint": endpoint_id, "queued": queued})
+    return answer(m.Queued, {"endpoint": endpoint_id, "queued": queued})
 
 
 def add_admin_routes(app: web.Application) -> None:

@@ -9,8 +9,10 @@ from typing import Any, TypeGuard
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 
+from service.contract.admin import Error
 from service.errors import InvalidInput, NotFound
 from service.operations import Operations
 from service.store.health import out_of_memory
@@ -31,7 +33,15 @@ def ops(request: web.Request) -> Operations:
 
 
 def json_error(status: int, error: str, detail: object = None) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status)
+    return answer(Error, {"error": error, "detail": detail}, status)
+
+
+def answer(model: type[BaseModel], value: object, status: int = 200) -> web.Response:
+    """`value` as its model (service/contract/admin.py), the one /openapi.json documents:
+    validated strictly, so a field the code adds without the model, or a value of another
+    type, is a bug (500, logged) instead of an undocumented answer."""
+    checked = model.model_validate(value, strict=True)
+    return web.json_response(checked.model_dump(mode="json"), status=status)
 
 
 @web.middleware

@@ -5,17 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.common import ops
+from service.api.common import answer, ops
+from service.contract.admin import Liveness, Readiness
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return answer(Liveness, {"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     checks = await ops(request).readiness()
     status = 200 if all(value is True for value in checks.values()) else 503
-    return web.json_response({"ready": status == 200, "checks": checks}, status=status)
+    return answer(Readiness, {"ready": status == 200, "checks": checks}, status)
 
 
 async def metrics(request: web.Request) -> web.Response:

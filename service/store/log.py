@@ -18,19 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import orjson
 from redis.asyncio import Redis
 
 from service import jsonfmt
+from service.contract.admin import Outcome
 from service.cursor import decode_cursor, encode_cursor
 from service.outbox import EventHead
 from service.store import keys, log_body
 from service.store.log_policy import LogPolicy
 from service.store.scripts import LogSent, Redeliver
 
-OUTCOMES = ("queued", "delivered", "dead")
+OUTCOMES: tuple[str, ...] = get_args(Outcome)  # an event's at one endpoint
 RESPONSE_BODY_BYTES = 1024  # of each answer, the log keeps this much (and says if it was more)
 KEEP_ATTEMPTS = 20  # attempt records kept per event and endpoint (lua/log.lua keeps them)
 RECENT_ATTEMPTS = 500  # an endpoint's recent attempts kept in order (lua/log.lua)

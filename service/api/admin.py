@@ -192,7 +192,10 @@ async def poll_now(request: web.Request) -> web.Response:
 
 
 async def list_accounts(request: web.Request) -> web.Response:
-    return web.json_response({"accounts": await ops(request).accounts()})
+    page = await ops(request).accounts_page(
+        _query(request, "state"), _query_limit(request, 100), _query(request, "cursor")
+    )
+    return web.json_response(page)
 
 
 async def budget(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service import __version__
+from service.accounts_view import SOURCES, STATES
 from service.endpoint_health import EndpointState
 from service.operations import MAX_LIMIT, REDELIVER_OUTCOMES
 from service.store.log import OUTCOMES
@@ -50,6 +51,7 @@ _NEW_USER = {
 
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
+_NULLABLE_STRING = {"type": ["string", "null"]}
 _READ_STATE = {
     "type": ["object", "null"],
     "required": ["watermark_ms", "last_read_ms", "next_read_at_ms", "failures"],
@@ -64,11 +66,25 @@ _READ_STATE = {
 }
 _ACCOUNT = {
     "type": "object",
-    "required": ["account_id", "strategy", "strategy_in_force", "users", "users_tracked"],
+    "required": [
+        *("account_id", "source", "state", "strategy", "strategy_in_force", "users"),
+        *("users_tracked", "status_reasons", "last_read_ms", "lag_seconds", "last_error"),
+    ],
     "properties": {
         "account_id": {"type": "string"},
+        "source": {"type": "string", "enum": list(SOURCES)},
+        "state": {
+            "type": "string",
+            "enum": list(STATES),
+            "description": "the first that holds: not_lms, inactive (both not read), "
+            "backed_off, paused, active",
+        },
         "strategy": {"type": "string", "enum": ["per_user", "account", "auto"]},
-        "strategy_in_force": {"type": "string", "enum": ["per_user", "account"]},
+        "strategy_in_force": {
+            "type": ["string", "null"],
+            "enum": ["per_user", "account", None],
+            "description": "null: not read",
+        },
         "fallback": {
             "type": ["object", "null"],
             "description": "why a `strategy: auto` account is polled per user, and until when",
@@ -95,6 +111,27 @@ _ACCOUNT = {
             "description": "until when (epoch seconds) the account's provider asked it to "
             "wait (a 429 with provider_errors); its reads wait, the other accounts' go on",
         },
+        # a discovered account's linked account (untrusted upstream text); null for others
+        "provider": _NULLABLE_STRING,
+        "provider_name": _NULLABLE_STRING,
+        "label": _NULLABLE_STRING,
+        "owner": {
+            "type": ["object", "null"],
+            "description": "the linked account's origin_owner_id and origin_owner_name",
+            "properties": {"id": _NULLABLE_STRING, "name": _NULLABLE_STRING},
+        },
+        "status": {"type": ["string", "null"], "description": "active, inactive or error"},
+        "status_reasons": {"type": "array", "items": {"type": "string"}},
+        "last_read_ms": {
+            "type": ["integer", "null"],
+            "description": "the last read that succeeded of its feed, user listing or users",
+        },
+        "lag_seconds": {
+            "type": ["number", "null"],
+            "description": "how long its most overdue read has been due; 0: on time; "
+            "null: not read",
+        },
+        "last_error": _NULLABLE_STRING,
     },
 }
 
@@ -144,7 +181,6 @@ _BUDGET = {
 }
 
 
-_NULLABLE_STRING = {"type": ["string", "null"]}
 _CURSOR = {
     "type": ["string", "null"],
     "description": "pass it as `cursor` for the next page; null: the end",
@@ -572,23 +608,29 @@ def _admin_paths() -> dict[str, Any]:
         },
         "/admin/accounts": {
             "get": {
-                "summary": "Each account's strategy in force (and why), feed and listing state, "
-                "users tracked and back-off",
+                "summary": "Every account (read, or linked and not read), by id: its state, "
+                "source, provider, owner, strategy in force (and why), last read, lag, last "
+                "error, feed and listing state, users tracked and back-off",
                 **_SECURED,
+                "parameters": [
+                    query("state", {"type": "string", "enum": list(STATES)}, "only these"),
+                    *page(100),
+                ],
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["accounts"],
+                            "required": ["accounts", "next_cursor"],
                             "properties": {
                                 "accounts": {
                                     "type": "array",
                                     "items": {"$ref": "#/components/schemas/Account"},
-                                }
+                                },
+                                "next_cursor": _CURSOR,
                             },
                         }
                     ),
-                    **_errors(401, 503),
+                    **_errors(400, 401, 503),
                 },
             }
         },

@@ -55,6 +55,14 @@ class Metrics:
             "Accounts backed off after 401/403/412 (their users wait, not hammered).",
             registry=r,
         )
+        # a fixed ten series (five states × two sources), never one per account
+        self.accounts = Gauge(
+            "lms_webhooks_accounts",
+            "Accounts by state (active, paused, backed_off, not_lms, inactive) and source "
+            "(config, discovery).",
+            ["state", "source"],
+            registry=r,
+        )
         self.records_skipped = Counter(
             "lms_webhooks_records_skipped",
             "Upstream records that could not be tracked (e.g. without an id).",

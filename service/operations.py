@@ -18,7 +18,6 @@ import json
 import math
 import secrets
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Generic, TypeVar, cast, get_args
@@ -28,6 +27,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from service import jsonfmt
+from service.accounts_view import SOURCES, STATES, AccountsView
 from service.budget_planner import BudgetPlanner
 from service.config import EndpointSettings, Settings
 from service.contract.admin import RedeliverOutcome
@@ -44,7 +44,6 @@ from service.store import keys
 from service.store.health import OUT_OF_MEMORY, write_problem
 from service.store.limits import endpoint_budget
 from service.store.log import OUTCOMES, RECENT_ATTEMPTS, LogFilter, attempt_record
-from service.store.read_state import ReadState
 from service.store.stores import Stores
 from service.timefmt import from_epoch, iso_ms
 from service.user_ids import user_id_problem
@@ -92,18 +91,6 @@ def _limit(limit: int, most: int = MAX_LIMIT) -> int:
     return limit
 
 
-def _read_state(state: ReadState, due_ms: int | None) -> dict[str, Any]:
-    """A feed's or listing's state as the admin API shows it."""
-    return {
-        "watermark_ms": state.watermark_ms,
-        "last_read_ms": state.last_poll_ms,
-        "last_full_read_ms": state.last_full_sync_ms,
-        "next_read_at_ms": due_ms,
-        "failures": state.failures or 0,
-        "last_error": state.last_error,
-    }
-
-
 class Operations:
     def __init__(
         self,
@@ -125,6 +112,7 @@ class Operations:
         self._gauges = Shared(self._refresh_gauges)
         # scrapes at the same time share one render; a scrape after it gets a fresh one
         self._scrape = Shared(self._render, seconds=0.0)
+        self.account_view = AccountsView(settings, stores, clock)
 
         # the deliveries' HTTP client (its resolver the SSRF guard's); None: no test sends
         self.session: aiohttp.ClientSession | None = None
@@ -367,46 +355,19 @@ class Operations:
         return queued
 
     async def accounts(self) -> list[dict[str, Any]]:
-        """Each configured account: its strategy in force (and why, for `auto`), its feed
-        and listing state, the users tracked, its back-off, and until when its provider
-        asked it to wait (`paused_until`, epoch seconds, or null)."""
-        stores = self.stores
-        fallbacks = await stores.users.fallbacks()
-        backoffs = await stores.polls.backed_off_accounts()
-        paused = await stores.polls.paused_accounts(self.clock())
-        tracked = Counter(keys.parse_user_member(m)[0] for m in await stores.users.members())
-        out = []
-        for account in (await stores.accounts.current()).settings.values():
-            account_id = account.account_id
-            fallback = fallbacks.get(account_id)
-            in_force = "account" if account.uses_feed and fallback is None else "per_user"
-            feed = listing = None
-            if account.uses_feed:
-                feed = _read_state(
-                    await stores.feeds.feed_state(account_id),
-                    await stores.feed_leases.due_ms(keys.account_member(account_id)),
-                )
-            if account.all_users:
-                listing = _read_state(
-                    await stores.feeds.listing_state(account_id),
-                    await stores.discovery_leases.due_ms(keys.account_member(account_id)),
-                )
-            backoff = backoffs.get(account_id)
-            out.append(
-                {
-                    "account_id": account_id,
-                    "strategy": account.strategy,
-                    "strategy_in_force": in_force,
-                    "fallback": None if fallback is None else asdict(fallback),
-                    "users": "all" if account.all_users else "listed",
-                    "users_tracked": tracked.get(account_id, 0),
-                    "feed": feed,
-                    "listing": listing,
-                    "backoff": None if backoff is None else asdict(backoff),
-                    "paused_until": paused.get(account_id),
-                }
-            )
-        return out
+        """Every account (service/accounts_view.py: the accounts read, and the linked
+        accounts not read), by id, each with its state, strategy in force (and why, for
+        `auto`), feed and listing state, users tracked, back-off and provider's pause."""
+        return (await self.account_view.page())[0]
+
+    async def accounts_page(
+        self, state: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """A page of the accounts (only those in `state`, when given):
+        `{"accounts": [...], "next_cursor"}`."""
+        _limit(limit)
+        items, next_cursor = await self.account_view.page(state, limit, cursor)
+        return {"accounts": items, "next_cursor": next_cursor}
 
     async def budget(self) -> dict[str, Any]:
         """The budget plan the pollers follow (as last published; the config's before)."""
@@ -479,6 +440,10 @@ class Operations:
         metrics.poll_lag.set(max(late, 0.0))
         metrics.accounts_blocked.set(len(await polls.backed_off_accounts()))
         metrics.accounts_fallen_back.set(len(await self.stores.users.fallbacks()))
+        by_state = await self.account_view.counts()
+        for state in STATES:
+            for source in SOURCES:
+                metrics.accounts.labels(state, source).set(by_state[state, source])
         for endpoint in self.settings.endpoints:
             oldest = await queue.next_due_ms(endpoint.id)
             waiting = (now_ms - oldest) / 1000 if oldest is not None else 0.0

@@ -20,6 +20,8 @@ from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from service.delivery.breaker import BASE_COOLDOWN
 from service.sim.lms import SimLMS, start_sim_server
 from service.sim.receiver import Answer, ReceivedEvent, Receiver, start_receiver_server
+from service.store import keys
+from service.store.linked_accounts import LinkedAccount
 from tests.helpers import ACCOUNT, API_KEY, SECRET, Driven, driven, endpoint, make_settings
 from tests.redis_server import RedisServer
 
@@ -222,10 +224,77 @@ async def test_the_console_fits_a_phone(stage: Stage) -> None:
     page = stage.page
     await page.set_viewport_size({"width": 390, "height": 844})
     await stage.sign_in()
-    for path in ("/ui", "/ui/endpoints/hr", "/ui/events", "/ui/users"):
+    for path in ("/ui", "/ui/endpoints/hr", "/ui/events", "/ui/users", "/ui/accounts"):
         await page.goto(f"{stage.url}{path}")
         # wide tables scroll inside their card; the page itself never scrolls sideways
         overflow = await page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, path
+
+
+async def test_an_operator_finds_accounts_by_state(
+    redis_server: RedisServer, browser: Browser
+) -> None:
+    """Discovery found linked accounts (written as it writes them): the accounts page shows
+    each one's state, provider and owner, an inactive one's reasons, pages on, and shows
+    the upstream's hostile label as text."""
+    redis_server.flush()
+    sim = SimLMS(api_key=API_KEY)
+    sim_runner, lms_url = await start_sim_server(sim)
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [],
+        ["u_1"],
+        http={"admin_token": TOKEN},
+        polling={"interval": "1h"},
+        account_discovery={"enabled": True, "interval": "1h"},
+    )
+    try:
+        async with driven(settings, sim, http=True) as driver:
+            redis = driver.service.stores.redis
+            found = [
+                LinkedAccount(
+                    id=f"acc_{n:03}",
+                    provider="docebo",
+                    origin_owner_name=f"Customer {n}",
+                    status="active" if n % 2 else "inactive",
+                    status_reasons=() if n % 2 else ("token expired",),
+                    label=SCRIPT if n == 1 else None,
+                )
+                for n in range(1, 206)
+            ]
+            await redis.hset(keys.LINKED_ACCOUNTS, mapping={a.id: a.encode() for a in found})
+            await redis.incr(keys.LINKED_VERSION)
+            driver.service.operations.stores.accounts.forget_cache()
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            page = await context.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+            assert driver.service.http_url is not None
+            stage = Stage(driver, sim, Receiver([SECRET]), page, driver.service.http_url)
+            await stage.sign_in()
+            await page.locator("nav").get_by_role("link", name="Accounts").click()
+            rows = page.locator("tr[data-account]")
+            await expect(rows).to_have_count(100)
+            hostile = page.locator('tr[data-account="acc_001"]')
+            await expect(hostile).to_contain_text(SCRIPT)  # as text
+            await expect(hostile).to_contain_text("Customer 1")
+            await expect(hostile.locator(".state")).to_have_text("active")
+
+            await page.locator("nav.states").get_by_role("link", name="inactive").click()
+            await expect(rows).to_have_count(100)
+            first = page.locator('tr[data-account="acc_002"]')
+            await expect(first.locator(".state")).to_have_text("inactive")
+            await expect(first).to_contain_text("token expired")
+            await expect(first).to_contain_text("not read")
+            await page.get_by_role("link", name="More accounts").click()
+            await expect(rows).to_have_count(2)  # 102 inactive: 2 on the second page
+            await expect(page.locator('tr[data-account="acc_204"]')).to_be_visible()
+            await expect(page.get_by_role("link", name="More accounts")).to_have_count(0)
+            assert await page.evaluate("document.scripts.length") == 1
+            assert dialogs == []
+            await context.close()
+    finally:
+        await sim_runner.cleanup()

@@ -193,7 +193,10 @@ async def poll_now(request: web.Request) -> web.Response:
 
 
 async def list_accounts(request: web.Request) -> web.Response:
-    return answer(m.AccountList, {"accounts": await ops(request).accounts()})
+    page = await ops(request).accounts_page(
+        _query(request, "state"), _query_limit(request, 100), _query(request, "cursor")
+    )
+    return answer(m.AccountList, page)
 
 
 async def budget(request: web.Request) -> web.Response:

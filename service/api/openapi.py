@@ -219,9 +219,15 @@ def _admin_paths(op: _Operations) -> dict[str, Any]:
         },
         "/admin/accounts": {
             "get": op(
-                "Each account's strategy in force (and why), feed and listing state, users "
-                "tracked and back-off",
-                m.AccountList, 503,
+                "Every account (read, or linked and not read), by id: its state, source, "
+                "provider, owner, strategy in force (and why), last read, lag, last error, "
+                "feed and listing state, users tracked and back-off",
+                m.AccountList, 400, 503,
+                params=[
+                    _query("state", {"type": "string", "enum": list(get_args(m.AccountState))},
+                           "only the accounts in this state"),
+                    *_page(100),
+                ],
             )
         },
         "/admin/budget": {

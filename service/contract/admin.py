@@ -224,10 +224,24 @@ class FeedFallback(Answer):
     retry_at: float
 
 
+AccountState = Literal["active", "paused", "backed_off", "not_lms", "inactive"]
+AccountSource = Literal["config", "discovery"]
+
+
+class AccountOwner(Answer):
+    id: str | None
+    name: str | None
+
+
 class Account(Answer):
     account_id: str
+    source: AccountSource
+    state: AccountState = Field(
+        description="the first that holds: not_lms, inactive (both not read), backed_off, "
+        "paused, active"
+    )
     strategy: Strategy
-    strategy_in_force: Literal["per_user", "account"]
+    strategy_in_force: Literal["per_user", "account"] | None = Field(description="null: not read")
     fallback: FeedFallback | None
     users: Literal["all", "listed"]
     users_tracked: int
@@ -238,10 +252,27 @@ class Account(Answer):
         description="until when (epoch seconds) the account's provider asked it to wait "
         "(a 429 with provider_errors); its reads wait, the other accounts' go on"
     )
+    # a discovered account's linked account (untrusted upstream text); null for others
+    provider: str | None
+    provider_name: str | None
+    label: str | None
+    owner: AccountOwner | None = Field(
+        description="the linked account's origin_owner_id and origin_owner_name"
+    )
+    status: str | None = Field(description="active, inactive or error")
+    status_reasons: list[str]
+    last_read_ms: int | None = Field(
+        description="the last read that succeeded of its feed, user listing or users"
+    )
+    lag_seconds: float | None = Field(
+        description="how long its most overdue read has been due; 0: on time; null: not read"
+    )
+    last_error: str | None
 
 
 class AccountList(Answer):
     accounts: list[Account]
+    next_cursor: Cursor
 
 
 # -- the budget plan ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ import aiohttp_jinja2
 import structlog
 from aiohttp import web
 
+from service.accounts_view import STATES
 from service.api.common import BadRequest, ops
 from service.api.console.guard import (
     FLASH_COOKIE,
@@ -38,6 +39,8 @@ ATTEMPTS_SHOWN = 50
 DEAD_SHOWN = 100
 EVENTS_PAGE = 50
 USERS_SHOWN = 200
+ACCOUNTS_PAGE = 100
+OVERVIEW_ACCOUNTS = 20  # the overview's first accounts; the accounts page has every one
 OUTCOMES = ("queued", "delivered", "dead")
 
 
@@ -216,7 +219,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         "overview.html",
         {
             "endpoints": endpoints,
-            "accounts": await operations.accounts(),
+            "accounts": await operations.accounts_page(limit=OVERVIEW_ACCOUNTS),
             "budget": await operations.budget(),
             "upstream": await operations.upstream(),
             "recent": _event_rows(recent["items"]),
@@ -413,6 +416,38 @@ async def poll_now(request: web.Request) -> web.StreamResponse:
     raise done(request, back, f"{account_id}/{user_id} is not tracked.")
 
 
+# -- accounts ----------------------------------------------------------------------------
+
+
+def accounts_url(**query: str | None) -> str:
+    return f"{PREFIX}/accounts?{urlencode({k: v for k, v in query.items() if v})}"
+
+
+async def accounts_page(request: web.Request) -> web.StreamResponse:
+    """A page of the accounts, of one state when asked, with a cursor to the next."""
+    state = request.query.get("state", "").strip() or None
+    if state is not None and state not in STATES:
+        raise BadRequest(f"state: one of {', '.join(STATES)}")
+    found = await ops(request).accounts_page(
+        state, ACCOUNTS_PAGE, request.query.get("cursor") or None
+    )
+    next_cursor = found["next_cursor"]
+    return page(
+        request,
+        "accounts.html",
+        {
+            "state": state,
+            "states": [(s, accounts_url(state=s)) for s in STATES],
+            "all_url": accounts_url(),
+            "accounts": [
+                {**a, "events_url": events_url(account_id=a["account_id"])}
+                for a in found["accounts"]
+            ],
+            "next_url": accounts_url(state=state, cursor=next_cursor) if next_cursor else None,
+        },
+    )
+
+
 def add_console_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX, overview)
     app.router.add_get(PREFIX + "/", trailing_slash)
@@ -428,3 +463,4 @@ def add_console_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX + "/events/{event_id}", event_page)
     app.router.add_get(PREFIX + "/users", users_page)
     app.router.add_post(PREFIX + "/users/poll", poll_now)
+    app.router.add_get(PREFIX + "/accounts", accounts_page)

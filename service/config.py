@@ -36,6 +36,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from service.errors import ConfigError
 from service.events import EVENT_TYPES
 from service.redis_url import is_sentinel, parse_sentinel_url, url_secrets
+from service.resources import DEFAULT_TRACK, Resource, tracked
 from service.user_ids import USER_ID_SCHEMA, user_id_problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -167,6 +168,13 @@ class StackOneSettings(_Strict):
         return value.rstrip("/")
 
 
+TrackedName = Literal["assignments", "completions"]  # service/resources.py's names
+
+
+def _default_track() -> list[TrackedName]:
+    return [DEFAULT_TRACK]
+
+
 class AccountSettings(_Strict):
     account_id: str = Field(min_length=1)
     # a list of user ids, or "all": every user the account's user listing names; the ids
@@ -185,6 +193,21 @@ class AccountSettings(_Strict):
     # per_user: each user's assignments read on its own; account: the account's change feed;
     # auto: the feed, falling back to per_user where the upstream cannot serve it
     strategy: Literal["per_user", "account", "auto"] = "per_user"
+    # the records tracked for each user, each read with the account's strategy (a second
+    # feed per account, a second request per user poll): README, Completions
+    track: list[TrackedName] = Field(default_factory=_default_track, min_length=1)
+
+    @field_validator("track")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(value) != len(set(value)):
+            raise ValueError("a resource is listed twice")
+        return value
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        """What `track` names, in the order a read takes them."""
+        return tracked(self.track)
 
     @property
     def all_users(self) -> bool:
@@ -453,6 +476,12 @@ class Settings(_Strict):
 
     def account(self, account_id: str) -> AccountSettings | None:
         return next((a for a in self.accounts if a.account_id == account_id), None)
+
+    def resources(self, account_id: str) -> tuple[Resource, ...]:
+        """The resources tracked for the account's users (the default for an account the
+        config does not name)."""
+        account = self.account(account_id)
+        return account.resources if account is not None else tracked(None)
 
     def endpoint(self, endpoint_id: str) -> EndpointSettings | None:
         return next((e for e in self.endpoints if e.id == endpoint_id), None)

@@ -61,7 +61,7 @@ LOWER_LAYERS = {
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",
         "service.jsonfmt", "service.budget", "service.redis_url", "service.cursor",
-        "service.user_ids"]  # fmt: skip
+        "service.user_ids", "service.resources"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

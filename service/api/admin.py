@@ -202,7 +202,15 @@ async def budget(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     filters: dict[str, Any] = {
         name: _query(request, name)
-        for name in ("endpoint", "type", "account_id", "user_id", "assignment_id", "outcome")
+        for name in (
+            "endpoint",
+            "type",
+            "account_id",
+            "user_id",
+            "assignment_id",
+            "completion_id",
+            "outcome",
+        )
     }
     page = await ops(request).events(
         **filters,

@@ -168,6 +168,7 @@ _SUMMARY_PROPERTIES: dict[str, Any] = {
     "account_id": _NULLABLE_STRING,
     "user_id": _NULLABLE_STRING,
     "assignment_id": _NULLABLE_STRING,
+    "completion_id": _NULLABLE_STRING,
     "endpoints": {
         "type": "object",
         "description": "endpoint id → its outcome there and the attempts made",
@@ -462,6 +463,7 @@ def _admin_paths() -> dict[str, Any]:
                     query("account_id", {"type": "string"}, ""),
                     query("user_id", {"type": "string"}, ""),
                     query("assignment_id", {"type": "string"}, ""),
+                    query("completion_id", {"type": "string"}, ""),
                     query(
                         "outcome",
                         {"type": "string", "enum": list(OUTCOMES)},

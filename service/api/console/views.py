@@ -304,7 +304,15 @@ async def redeliver(request: web.Request) -> web.StreamResponse:
 
 # -- events ------------------------------------------------------------------------------
 
-_FILTERS = ("endpoint", "type", "account_id", "user_id", "assignment_id", "outcome")
+_FILTERS = (
+    "endpoint",
+    "type",
+    "account_id",
+    "user_id",
+    "assignment_id",
+    "completion_id",
+    "outcome",
+)
 
 
 async def events_page(request: web.Request) -> web.StreamResponse:

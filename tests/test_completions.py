@@ -13,7 +13,7 @@ from service import events as ev
 from service.detect import event_id, record_digest
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
-from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings, of_type, seed_user
+from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]

@@ -10,6 +10,8 @@ import pytest
 from redis.asyncio import Redis
 
 from service import events as ev
+from service.budget import plan
+from service.budget_planner import demand_of_config
 from service.detect import event_id, record_digest
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
@@ -273,3 +275,23 @@ async def test_endpoints_subscribe_to_completion_events_and_the_log_finds_them(
     assert item["type"] == ev.COMPLETION_CREATED and item["completion_id"] == "c_new"
     assert item["assignment_id"] is None and item["user_id"] == "u_2"
     assert none["items"] == []
+
+
+async def test_the_plan_counts_completion_reads(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """A feed account tracking completions reads two feeds an interval; the plan and the
+    admin API say so."""
+    sim, lms_url = lms
+    _, rx_url = receiver
+    seed(sim)
+    plans = {}
+    described: dict[str, Any] = {}
+    for track in (["assignments"], ["assignments", "completions"]):
+        settings = settings_for(redis_server.url, lms_url, rx_url, "account", track=track)
+        plans[len(track)] = plan(demand_of_config(settings))
+        async with driven(settings, sim) as service:
+            described = await service.service.operations.budget()
+    # one feed every 0.5 s: 120 reads a minute, twice with completions
+    assert (plans[1].needed_per_minute, plans[2].needed_per_minute) == (120.0, 240.0)
+    assert described["completions"] == {"accounts": 1, "users_polled": 0, "per_minute": 120.0}

@@ -133,6 +133,17 @@ _BUDGET = {
             "type": "object",
             "properties": {"account": {"type": "integer"}, "listing": {"type": "integer"}},
         },
+        "completions": {
+            "type": "object",
+            "description": "what tracking completions adds (in needed_per_minute already): "
+            "the config's accounts tracking them, their users polled one by one, and the "
+            "requests a minute they add",
+            "properties": {
+                "accounts": {"type": "integer"},
+                "users_polled": {"type": "integer"},
+                "per_minute": {"type": "number"},
+            },
+        },
         "adaptive": {
             "type": ["object", "null"],
             "properties": {

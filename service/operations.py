@@ -77,6 +77,16 @@ class Shared(Generic[T]):
 
 MAX_LIMIT = 500  # the most items one page of any listing holds
 REDELIVER_OUTCOMES = ("delivered", "dead", "any")
+# the exact filters of `events` (the API's and the console's query parameters)
+EVENT_FILTERS = (
+    "endpoint",
+    "type",
+    "account_id",
+    "user_id",
+    "assignment_id",
+    "completion_id",
+    "outcome",
+)
 TEST_MESSAGE = (
     "A test event sent from lms-webhooks' admin API to this endpoint alone. It is not an "
     "assignment change and is never retried."

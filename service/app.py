@@ -241,6 +241,7 @@ class Service:
             metrics,
             on_committed=wake,
             cadence=cadence,
+            accounts=stores.accounts,
             clock=clock,
         )
         overdue = OverdueWatcher(stores.polls, settings, metrics, on_committed=wake, clock=clock)

@@ -26,6 +26,7 @@ from service.budget import (
 from service.config import Settings
 from service.metrics import Metrics
 from service.poll_runner import ReadResult
+from service.resources import COMPLETIONS
 from service.store.budget import BudgetStore
 from service.store.leases import Lease
 from service.store.users import TrackedUsers
@@ -38,18 +39,36 @@ _IDLE_WEIGHT = RATE_FLOOR**0.5  # a user never polled yet weighs as an idle one
 
 def demand_of_config(settings: Settings) -> Demand:
     """What the config asks for, before anything is learned: its listed users (a `users:
-    all` account's are not known until listed), its feeds, one page a read."""
+    all` account's are not known until listed), its feeds, one page a read of each tracked
+    resource (a feed account tracking completions reads two feeds, a user poll of one reads
+    two routes)."""
     polling, accounts = settings.polling, settings.accounts
+    feeds = [a for a in accounts if a.uses_feed]
+    users = [(a, len(a.listed_users)) for a in accounts if not a.uses_feed]
+    user_count = sum(n for _, n in users)
     return Demand(
         budget_per_minute=settings.stackone.max_requests_per_minute,
-        feeds=sum(a.uses_feed for a in accounts),
-        users=sum(len(a.listed_users) for a in accounts if not a.uses_feed),
+        feeds=len(feeds),
+        users=user_count,
         listings=sum(a.all_users for a in accounts),
         interval=polling.interval,
         account_interval=polling.account_interval,
         discovery_interval=polling.discovery_interval,
         full_resync_interval=polling.full_resync_interval,
+        user_pages=sum(len(a.resources) * n for a, n in users) / user_count if user_count else 1.0,
+        feed_pages=sum(len(a.resources) for a in feeds) / len(feeds) if feeds else 1.0,
     )
+
+
+def completions_cost(settings: Settings, plan: Plan) -> dict[str, Any]:
+    """What tracking completions adds to the plan (one more feed read per account each
+    feed interval, one more request per user poll): the accounts of the config that track
+    them, and the requests a minute they add at the plan's cadences (one page a read)."""
+    tracking = [a for a in settings.accounts if COMPLETIONS in a.resources]
+    feeds = sum(a.uses_feed for a in tracking)
+    users = sum(len(a.listed_users) for a in tracking if not a.uses_feed)
+    per_minute = feeds * 60.0 / plan.feed_interval + users * 60.0 / plan.user_interval
+    return {"accounts": len(tracking), "users_polled": users, "per_minute": round(per_minute, 1)}
 
 
 class BudgetPlanner:
@@ -146,8 +165,8 @@ class BudgetPlanner:
             account_interval=polling.account_interval,
             discovery_interval=polling.discovery_interval,
             full_resync_interval=polling.full_resync_interval,
-            user_pages=learned.get("user", 1.0),
-            feed_pages=learned.get("feed", 1.0),
+            user_pages=learned.get("user", config.user_pages),
+            feed_pages=learned.get("feed", config.feed_pages),
             full_read_pages=learned["full"],
         )
         self.plan = plan(demand)
@@ -185,6 +204,8 @@ class BudgetPlanner:
             },
             "users": {"per_user": p.users, "account": self._feed_users},
             "accounts": {"account": p.feeds, "listing": p.listings},
+            # what tracking completions adds (counted in needed_per_minute already)
+            "completions": completions_cost(self.settings, p),
             # not the scale: it moves with every poll's weight, the plan does not
             "adaptive": (
                 {

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from service import __version__, tracing
 from service.app import Role, Service
 from service.budget import plan
-from service.budget_planner import demand_of_config
+from service.budget_planner import completions_cost, demand_of_config
 from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
@@ -177,6 +177,13 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{estimate.allowed_per_minute:.0f} planned of stackone.max_requests_per_minute "
         f"{settings.stackone.max_requests_per_minute}"
     )
+    completions = completions_cost(settings, estimate)
+    if completions["accounts"]:
+        budget += (
+            f", of which completions {completions['per_minute']:.0f} "
+            f"({completions['accounts']} account(s): one more feed read per account, "
+            "one more request per user poll)"
+        )
     unknown = " (users: all accounts' users polled one by one not counted: not listed yet)"
     if any(a.all_users and not a.uses_feed for a in settings.accounts):
         budget += unknown

@@ -36,6 +36,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from service.errors import ConfigError
 from service.events import EVENT_TYPES
 from service.redis_url import is_sentinel, parse_sentinel_url, url_secrets
+from service.resources import DEFAULT_TRACK, Resource, tracked
 from service.user_ids import USER_ID_SCHEMA, user_id_problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -167,6 +168,13 @@ class StackOneSettings(_Strict):
         return value.rstrip("/")
 
 
+TrackedName = Literal["assignments", "completions"]  # service/resources.py's names
+
+
+def _default_track() -> list[TrackedName]:
+    return [DEFAULT_TRACK]
+
+
 class AccountDefaults(_Strict):
     """How one account is read: the config's accounts each name theirs, and
     `account_discovery.defaults` is every discovered account's."""
@@ -187,6 +195,21 @@ class AccountDefaults(_Strict):
     # per_user: each user's assignments read on its own; account: the account's change feed;
     # auto: the feed, falling back to per_user where the upstream cannot serve it
     strategy: Literal["per_user", "account", "auto"] = "per_user"
+    # the records tracked for each user, each read with the account's strategy (a second
+    # feed per account, a second request per user poll): README, Completions
+    track: list[TrackedName] = Field(default_factory=_default_track, min_length=1)
+
+    @field_validator("track")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(value) != len(set(value)):
+            raise ValueError("a resource is listed twice")
+        return value
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        """What `track` names, in the order a read takes them."""
+        return tracked(self.track)
 
     @property
     def all_users(self) -> bool:

@@ -11,12 +11,13 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import orjson
 
 from service import events as ev
 from service.events import Event, EventData
+from service.resources import ASSIGNMENTS, Resource
 from service.timefmt import iso_ms, parse_iso
 
 _EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
@@ -27,12 +28,12 @@ IGNORED_FIELDS = frozenset({"updated_at"})
 _MISSING = object()
 
 
-class Snapshot(NamedTuple):  # a tuple: built for every stored assignment on every poll
-    """What we last saw of one assignment, and how many changes of it we have counted."""
+class Snapshot(NamedTuple):  # a tuple: built for every stored record on every poll
+    """What we last saw of one record, and how many changes of it we have counted."""
 
     sequence: int
-    # None: a tombstone. The assignment was removed; its sequence goes on if it comes back,
-    # so a re-created assignment never reuses an earlier event id.
+    # None: a tombstone. The record was removed; its sequence goes on if it comes back,
+    # so a re-created record never reuses an earlier event id.
     record: dict[str, Any] | None
 
 
@@ -40,19 +41,22 @@ class Snapshot(NamedTuple):  # a tuple: built for every stored assignment on eve
 class Change:
     """One detected change: the snapshot to store and the events to send, committed together."""
 
-    assignment_id: str
+    record_id: str  # the assignment's or completion's id
     snapshot: Snapshot
     events: list[Event] = field(default_factory=list)
+    resource: Resource = ASSIGNMENTS
 
 
 def event_id(
     account_id: str, user_id: str, assignment_id: str, sequence: int, kind: str, content: str
 ) -> str:
-    """Deterministic: the same change of the same assignment always gets the same id, and a
-    different change never one of its ids. `content`: the changed record's digest
-    (`record_digest`). The sequence alone named a change until a Redis failover lost a
-    commit: the next, different change then counted the same sequence, took the lost one's
-    ids, and a receiver deduplicating on `webhook-id` dropped it."""
+    """Deterministic: the same change of the same record always gets the same id, and a
+    different change never one of its ids. `kind` names the resource (`completion.created`),
+    so a completion's ids never equal an assignment's, even one with the same id.
+    `content`: the changed record's digest (`record_digest`). The sequence alone named a
+    change until a Redis failover lost a commit: the next, different change then counted
+    the same sequence, took the lost one's ids, and a receiver deduplicating on
+    `webhook-id` dropped it."""
     key = "\x1f".join((account_id, user_id, assignment_id, str(sequence), kind, content))
     return "evt_" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -83,33 +87,37 @@ def status_value(record: dict[str, Any] | None) -> Any:
 
 
 def _data(
+    resource: Resource,
     account_id: str,
     user_id: str,
-    assignment_id: str,
+    record_id: str,
     sequence: int,
     fields: list[str],
     previous: dict[str, Any] | None,
     current: dict[str, Any] | None,
 ) -> EventData:
-    return {
+    data = {
         "account_id": account_id,
         "user_id": user_id,
-        "assignment_id": assignment_id,
+        resource.id_key: record_id,
         "sequence": sequence,
         "changed_fields": fields,
         "previous": previous,
-        "assignment": current,
+        resource.singular: current,
     }
+    return cast(EventData, data)
 
 
-def _events(kinds: list[str], data: EventData, content: str, now: datetime) -> list[Event]:
+def _events(
+    kinds: list[str], data: EventData, record_id: str, content: str, now: datetime
+) -> list[Event]:
     """The events of one change; they share their `data` (never changed afterwards).
     `content`: the digest of the record that changed (`record_digest`)."""
-    account_id, user_id, assignment_id = data["account_id"], data["user_id"], data["assignment_id"]
+    account_id, user_id = data["account_id"], data["user_id"]
     timestamp = iso_ms(now)
     return [
         {
-            "id": event_id(account_id, user_id, assignment_id, data["sequence"], kind, content),
+            "id": event_id(account_id, user_id, record_id, data["sequence"], kind, content),
             "type": kind,
             "timestamp": timestamp,
             "data": data,
@@ -119,9 +127,14 @@ def _events(kinds: list[str], data: EventData, content: str, now: datetime) -> l
 
 
 def event_types_for(
-    previous: dict[str, Any] | None, current: dict[str, Any], fields: list[str]
+    previous: dict[str, Any] | None,
+    current: dict[str, Any],
+    fields: list[str],
+    resource: Resource = ASSIGNMENTS,
 ) -> list[str]:
-    """Which event types one change fires (the table in the README's Events section)."""
+    """Which event types one change fires (the tables in the README's Events section)."""
+    if not resource.detailed:
+        return [resource.created if previous is None else resource.updated]
     completed = status_value(current) == "completed"
     if previous is None:
         return [ev.CREATED, ev.COMPLETED] if completed else [ev.CREATED]
@@ -140,12 +153,13 @@ def event_types_for(
 def detect(
     account_id: str,
     user_id: str,
-    assignment_id: str,
+    record_id: str,
     previous: Snapshot | None,
     current: dict[str, Any],
     *,
     now: datetime,
     emit: bool,
+    resource: Resource = ASSIGNMENTS,
 ) -> Change | None:
     """Compare one record with its snapshot. None when nothing but `updated_at` differs.
 
@@ -164,30 +178,33 @@ def detect(
     sequence = previous.sequence + 1 if previous else 1
     snapshot = Snapshot(sequence, current)
     if not emit:
-        return Change(assignment_id, snapshot)
-    data = _data(account_id, user_id, assignment_id, sequence, fields, before, current)
-    kinds = event_types_for(before, current, fields)
-    return Change(assignment_id, snapshot, _events(kinds, data, record_digest(current), now))
+        return Change(record_id, snapshot, resource=resource)
+    data = _data(resource, account_id, user_id, record_id, sequence, fields, before, current)
+    kinds = event_types_for(before, current, fields, resource)
+    found = _events(kinds, data, record_id, record_digest(current), now)
+    return Change(record_id, snapshot, found, resource)
 
 
 def detect_removed(
     account_id: str,
     user_id: str,
-    assignment_id: str,
+    record_id: str,
     previous: Snapshot,
     *,
     now: datetime,
     emit: bool,
+    resource: Resource = ASSIGNMENTS,
 ) -> Change:
-    """An assignment a complete full resync no longer returns: a tombstone and its event."""
+    """A record a complete full read no longer returns: a tombstone and its event."""
     sequence = previous.sequence + 1
     tombstone = Snapshot(sequence, None)
     if not emit:
-        return Change(assignment_id, tombstone)
-    data = _data(account_id, user_id, assignment_id, sequence, [], previous.record, None)
+        return Change(record_id, tombstone, resource=resource)
+    data = _data(resource, account_id, user_id, record_id, sequence, [], previous.record, None)
     # a removal's record is the one that went (a tombstone's has none)
     content = record_digest(previous.record) if previous.record is not None else "-"
-    return Change(assignment_id, tombstone, _events([ev.REMOVED], data, content, now))
+    gone = _events([resource.removed], data, record_id, content, now)
+    return Change(record_id, tombstone, gone, resource)
 
 
 def overdue_due_ms(record: dict[str, Any] | None) -> int | None:
@@ -230,7 +247,16 @@ def detect_overdue(
         return None
     if due_ms > now.timestamp() * 1000:
         return None
-    data = _data(account_id, user_id, assignment_id, snapshot.sequence, [], None, snapshot.record)
+    data = _data(
+        ASSIGNMENTS,
+        account_id,
+        user_id,
+        assignment_id,
+        snapshot.sequence,
+        [],
+        None,
+        snapshot.record,
+    )
     return {
         # keyed by the due date, not the sequence or the record: once per due date, whatever
         # else changes meanwhile

@@ -7,12 +7,17 @@ A user the feed has not baselined yet (new in the config, listed, added at run t
 first read completely on its own; a full read of the account (the first, then one every
 `full_resync_interval`) baselines every user at once and finds removals (feed_users.py).
 `strategy: auto` falls back to per-user polling where the upstream cannot serve the feed.
+
+An account tracking completions has a second feed (`GET /unified/lms/completions`), read
+right after the first under the same lease, with its own watermark and full reads; each
+feed commits on its own, and the last one's commit ends the lease.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -25,6 +30,7 @@ from service.feed_run import KEEP_LOADED, FeedResult, FeedRun, count_skipped
 from service.feed_users import CompleteUserReads
 from service.metrics import Metrics, report_future_stamps
 from service.outbox import Outbox
+from service.resources import Resource
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.leases import KEEP_LEASE, Lease
 from service.store.read_state import ReadState
@@ -43,6 +49,17 @@ SETTLE_EVERY = 5000
 FILTER_TOLERANCE = timedelta(seconds=1)  # a provider may round the bound it was given
 RETRACK_TRIES = 3  # commits of one flush while users keep being added or removed
 LISTING_WAIT = 1.0  # a `users: all` account's feed waits at most this for its first listing
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What a feed read of one resource starts from (the same for each resource)."""
+
+    resource: Resource
+    started: float
+    tracked: set[str]
+    users_version: str | None  # the tracked users' version `tracked` is of
+    ends_fallback: bool  # the read ends a `strategy: auto` fallback: it asks for the filter
 
 
 class FeedUnsupported(UpstreamError):
@@ -102,29 +119,50 @@ class FeedReader:
         tracked = await self.users.of_account(lease.account_id)
         if fallback is not None:
             await self._end_fallback(lease.account_id, tracked)
-        state = await self.store.feed_state(lease.account_id)
+        result = FeedResult()
+        resources = await self.users.accounts.resources(lease.account_id)
+        for n, resource in enumerate(resources, 1):
+            read = _Read(resource, started, tracked, users_version, fallback is not None)
+            await self._poll(lease, account, read, result, last=n == len(resources))
+        return result
+
+    async def _poll(
+        self,
+        lease: Lease,
+        account: AccountSettings | None,
+        read: _Read,
+        result: FeedResult,
+        *,
+        last: bool,
+    ) -> None:
+        """One resource's feed read; the `last` one's commit ends the lease."""
+        resource, started, tracked = read.resource, read.started, read.tracked
+        state = await self.store.feed_state(lease.account_id, resource)
         polling = self.settings.polling
         # a read that ends a fallback asks for the filter, if it can: it must show again
         # whether the upstream applies it (a full read cannot tell)
         full = state.watermark_ms is None or (
-            fallback is None
+            not read.ends_fallback
             and (
                 state.complete_read_due(started, self.cadence.full_resync_interval)
-                or await self.complete_reads.many_new(lease.account_id, tracked)
+                or await self.complete_reads.many_new(lease.account_id, tracked, resource)
             )
         )
+        result.full |= full
         watermark = from_epoch(state.watermark_ms / 1000) if state.watermark_ms else None
         anchor = from_epoch(state.anchor_ms / 1000) if state.anchor_ms else None
         run = FeedRun(
             lease,
             self.store,
             self.settings.endpoints,
+            resource=resource,
             full=full,
             tracked=tracked,
-            users_version=users_version,
+            users_version=read.users_version,
             now=from_epoch(started),
             window=FeedWindow(watermark, anchor),
             emit_on_first_sync=polling.emit_on_first_sync,
+            result=result,
         )
         try:
             await self._read(
@@ -137,22 +175,24 @@ class FeedReader:
         except UpstreamError:
             self.metrics.feed_reads.labels("error").inc()
             raise
-        report_future_stamps(self.metrics, "assignments", run.stamps, account_id=lease.account_id)
-        await self._commit(run, run.final_state())
+        report_future_stamps(self.metrics, resource.name, run.stamps, account_id=lease.account_id)
+        done = run.final_state()
+        if not last:  # the read's outcome (last read, failures) is written by its last feed
+            done = replace(done, last_poll_ms=None, failures=None, last_error=None)
+        await self._commit(run, done, last=last)
         if full:
             self.complete_reads.all_baselined(run)
         self.metrics.feed_reads.labels("full" if full else "ok").inc()
-        duplicates = run.result.duplicates + run.latest.duplicates
+        duplicates = run.duplicates + run.latest.duplicates
         if duplicates:  # not result.skipped: the id was read, removals still hold
             self.metrics.records_skipped.labels("duplicate_id").inc(duplicates)
-        return run.result
 
     async def _read(
         self, run: FeedRun, account: AccountSettings | None, since: datetime | None
     ) -> None:
         auto = account is not None and account.strategy == "auto"
         try:
-            async for page in self.client.account_pages(run.account_id, since):
+            async for page in self.client.account_pages(run.account_id, since, run.resource):
                 # only `auto` has somewhere to go: `account` reads on, at a full read's cost
                 await self._page(run, page, since if auto else None)
         except UpstreamError as e:
@@ -187,13 +227,14 @@ class FeedReader:
         if len(run.outbox) >= FLUSH_EVERY or run.loaded >= KEEP_LOADED:
             await self._commit(run, None)
 
-    async def _commit(self, run: FeedRun, done: ReadState | None) -> None:
-        """Commit what the read found, fenced by the feed's lease. `done`: the feed's final
-        state (ends the lease: the account is due an interval on); None: a flush (extends
-        it)."""
+    async def _commit(self, run: FeedRun, done: ReadState | None, *, last: bool = False) -> None:
+        """Commit what the read found, fenced by the feed's lease. `done`: the read's final
+        state; the `last` feed's ends the lease (the account is due an interval on); None: a
+        flush (extends it), as a feed before the last does."""
         lease, final = run.lease, done is not None
+        ends = final and last
         async with lease.lock:
-            if final:
+            if ends:
                 interval = self.cadence.feed_interval
                 due = next_due(lease.due_at, lease.claimed_at, interval, self.clock())
                 next_score = int(due * 1000)
@@ -203,7 +244,7 @@ class FeedReader:
             if token is None:
                 raise StaleLease(f"feed lease on {lease.account_id} was taken over")
             lease.token = token
-            lease.ended = final
+            lease.ended = ends
         outbox = run.committed(final)
         run.result.changes += len(outbox.changes)
         for change in outbox.changes:
@@ -228,6 +269,7 @@ class FeedReader:
                     state=done,
                     users_version=run.users_version,
                     users=run.writes(final),
+                    resource=run.resource,
                 )
             except TrackedUsersChanged:
                 version = await self.store.users_version()

@@ -1,5 +1,6 @@
-"""One account feed read in progress: the users it met, what it found in their records, and
-what its next commit writes. No upstream requests here; the snapshots come from Redis.
+"""One account feed read in progress (of one tracked resource): the users it met, what it
+found in their records, and what its next commit writes. No upstream requests here; the
+snapshots come from Redis.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from service.detect import (
 )
 from service.metrics import Metrics
 from service.outbox import Outbox
+from service.resources import Resource
 from service.store.feeds import FeedStore
 from service.store.leases import Lease
 from service.store.polls import StoredUser
@@ -45,7 +47,7 @@ class FeedResult:
     events: int = 0
     skipped: int = 0  # records that cannot be tracked (no id, no user_id, invalid)
     untracked: int = 0  # records of users not tracked
-    duplicates: int = 0  # versions of an assignment read twice in this run (one kept)
+    duplicates: int = 0  # versions of a record read twice in this run (one kept)
     baselined: int = 0  # users baselined by a complete read of their own
     waited: bool = False  # not read: waiting for a fallback's end or the first listing
 
@@ -59,8 +61,8 @@ class FeedUser:
     emit: bool
     was_baselined: bool
     found_ms: int | None  # when a listing found it: changes stamped later are sent
-    live_before: frozenset[str]  # assignments present before this read (removal candidates)
-    # assignments read in this run, with the `updated_at` of the version detected
+    live_before: frozenset[str]  # records present before this read (removal candidates)
+    # records read in this run, with the `updated_at` of the version detected
     seen: dict[str, datetime] = field(default_factory=dict)
     dirty: bool = False
     complete: bool = False  # read completely by this run: baselined once it commits
@@ -78,14 +80,18 @@ class FeedRun:
         store: FeedStore,
         endpoints: Iterable[EndpointSettings],
         *,
+        resource: Resource,
         full: bool,
         tracked: set[str],
         users_version: str | None,
         now: datetime,
         window: FeedWindow,
         emit_on_first_sync: bool,
+        result: FeedResult | None = None,
     ) -> None:
+        """`result`: the counts of the whole feed read (its resources' together)."""
         self.lease = lease
+        self.resource = resource
         self.store = store
         self.endpoints = list(endpoints)
         self.full = full
@@ -94,7 +100,9 @@ class FeedRun:
         self.now = now
         self.now_ms = int(now.timestamp() * 1000)
         self.emit_on_first_sync = emit_on_first_sync
-        self.result = FeedResult(full=full)
+        self.result = FeedResult(full=full) if result is None else result
+        self.skipped = 0  # records of this resource's read that cannot be tracked
+        self.duplicates = 0  # versions read twice in it (one kept)
         self.outbox = Outbox()
         self.users: dict[str, FeedUser] = {}
         self.ignored: set[str] = set()  # tracked, but not baselined yet
@@ -150,7 +158,8 @@ class FeedRun:
         }
         if not wanted:
             return
-        for user_id, stored in (await self.store.load_users(self.account_id, wanted)).items():
+        loaded = await self.store.load_users(self.account_id, wanted, self.resource)
+        for user_id, stored in loaded.items():
             known = self.users.get(user_id)
             if known is not None:
                 known.stored = stored
@@ -161,7 +170,7 @@ class FeedRun:
                 self.ignored.add(user_id)
 
     async def detect_latest(self) -> None:
-        """Detect the versions held (one per user and assignment), their users loaded."""
+        """Detect the versions held (one per user and record), their users loaded."""
         held = self.latest.take()
         await self.load({user_id for user_id, _ in held})
         for (user_id, _), record in held.items():
@@ -170,19 +179,27 @@ class FeedRun:
 
     def detect(self, user_id: str, record: dict[str, Any]) -> None:
         user = self.users[user_id]
-        assignment_id = str(record["id"])
+        record_id = str(record["id"])
         version = version_time(record)
-        held = user.seen.get(assignment_id)
-        # one read sees one version of an assignment: an older one listed again (a provider
+        held = user.seen.get(record_id)
+        # one read sees one version of a record: an older one listed again (a provider
         # listing an id twice) would be detected as a change back, and then forward again
         if held is not None and version < held:
             self.result.duplicates += 1
+            self.duplicates += 1
             return
-        user.seen[assignment_id] = version
-        previous = user.snapshots.get(assignment_id)
+        user.seen[record_id] = version
+        previous = user.snapshots.get(record_id)
         emit = user.emit or changed_since_found(record, user.found_ms)
         change = detect(
-            self.account_id, user_id, assignment_id, previous, record, now=self.now, emit=emit
+            self.account_id,
+            user_id,
+            record_id,
+            previous,
+            record,
+            now=self.now,
+            emit=emit,
+            resource=self.resource,
         )
         if change is not None:
             self.add(user_id, change, previous, emit=emit)
@@ -191,7 +208,7 @@ class FeedRun:
         self, user_id: str, change: Change, previous: Snapshot | None, *, emit: bool | None = None
     ) -> None:
         user = self.users[user_id]
-        user.snapshots[change.assignment_id] = change.snapshot
+        user.snapshots[change.record_id] = change.snapshot
         user.dirty = True
         self.outbox.add(
             self.account_id,
@@ -242,5 +259,12 @@ def count_skipped(metrics: Metrics, run: FeedRun, skipped: dict[str, int]) -> No
     """Records that cannot be tracked: counted, logged, skipped (the read goes on)."""
     for reason, count in skipped.items():
         run.result.skipped += count
+        run.skipped += count
         metrics.records_skipped.labels(reason).inc(count)
-        log.warning("records_skipped", account_id=run.account_id, reason=reason, count=count)
+        log.warning(
+            "records_skipped",
+            account_id=run.account_id,
+            resource=run.resource.name,
+            reason=reason,
+            count=count,
+        )

@@ -78,6 +78,16 @@ class Shared(Generic[T]):
 
 MAX_LIMIT = 500  # the most items one page of any listing holds
 REDELIVER_OUTCOMES: tuple[str, ...] = get_args(RedeliverOutcome)
+# the exact filters of `events` (the API's and the console's query parameters)
+EVENT_FILTERS = (
+    "endpoint",
+    "type",
+    "account_id",
+    "user_id",
+    "assignment_id",
+    "completion_id",
+    "outcome",
+)
 TEST_MESSAGE = (
     "A test event sent from lms-webhooks' admin API to this endpoint alone. It is not an "
     "assignment change and is never retried."
@@ -219,6 +229,7 @@ class Operations:
         account_id: str | None = None,
         user_id: str | None = None,
         assignment_id: str | None = None,
+        completion_id: str | None = None,
         outcome: str | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
@@ -236,7 +247,15 @@ class Operations:
         if since_ms is not None and until_ms is not None and since_ms > until_ms:
             raise InvalidInput("`since` is after `until`")
         filters = LogFilter(
-            endpoint, type, account_id, user_id, assignment_id, outcome, since_ms, until_ms
+            endpoint=endpoint,
+            type=type,
+            account_id=account_id,
+            user_id=user_id,
+            assignment_id=assignment_id,
+            completion_id=completion_id,
+            outcome=outcome,
+            since_ms=since_ms,
+            until_ms=until_ms,
         )
         items, next_cursor = await self.stores.log.events(filters, limit, cursor)
         return {"items": items, "next_cursor": next_cursor}

@@ -14,6 +14,7 @@ from service import jsonfmt
 from service.config import EndpointSettings
 from service.detect import Change, Snapshot, overdue_watch
 from service.events import Event
+from service.resources import resource_of
 
 
 class EventHead(NamedTuple):
@@ -23,7 +24,7 @@ class EventHead(NamedTuple):
     timestamp: str  # the event's own `timestamp` (ISO 8601)
     account_id: str | None
     user_id: str | None
-    assignment_id: str | None
+    record_id: str | None  # the assignment's or completion's (the type says which)
 
     @classmethod
     def of(cls, event: Mapping[str, Any]) -> EventHead:
@@ -34,12 +35,14 @@ class EventHead(NamedTuple):
         def text(value: object) -> str | None:
             return value if isinstance(value, str) else None
 
+        kind = text(event.get("type")) or ""
+        resource = resource_of(kind)
         return cls(
-            text(event.get("type")) or "",
+            kind,
             text(event.get("timestamp")) or "",
             text(data.get("account_id")),
             text(data.get("user_id")),
-            text(data.get("assignment_id")),
+            text(data.get(resource.id_key)) if resource is not None else None,
         )
 
 
@@ -70,8 +73,10 @@ def route_events(
     endpoints: Iterable[EndpointSettings],
     due_ms: int,
     into: RoutedEvents,
+    record_id: str,
 ) -> None:
-    """Queue each event for every endpoint that wants it (the body serialized once)."""
+    """Queue each event of one record's change for every endpoint that wants it (the body
+    serialized once)."""
     for event in events:
         body: bytes | None = None  # bytes all the way to Redis: no decode and encode again
         head: EventHead | None = None
@@ -85,7 +90,7 @@ def route_events(
                         event["timestamp"],
                         data["account_id"],
                         data["user_id"],
-                        data["assignment_id"],
+                        record_id,
                     )
                 into.setdefault(endpoint.id, []).append(Queued(event["id"], body, due_ms, head))
 
@@ -117,9 +122,11 @@ class Outbox:
         """A change joins the outbox: its events, routed (due at `due_ms`, `now` in ms: a
         poll's changes share it, computed once), and its overdue watch."""
         self.changes.append(change)
-        route_events(change.events, endpoints, due_ms, self.events)
+        route_events(change.events, endpoints, due_ms, self.events, change.record_id)
+        if not change.resource.detailed:  # no due dates: nothing to watch
+            return
         stop, start = overdue_watch(previous, change.snapshot, now, emit)
         if stop is not None:
-            self.unwatch.append(OverdueWatch(account_id, user_id, change.assignment_id, stop))
+            self.unwatch.append(OverdueWatch(account_id, user_id, change.record_id, stop))
         if start is not None:
-            self.watch.append(OverdueWatch(account_id, user_id, change.assignment_id, start))
+            self.watch.append(OverdueWatch(account_id, user_id, change.record_id, start))

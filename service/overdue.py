@@ -103,7 +103,9 @@ class OverdueWatcher:
                 )
             routed: RoutedEvents = {}
             if event is not None:
-                route_events([event], self.settings.endpoints, int(now * 1000), routed)
+                route_events(
+                    [event], self.settings.endpoints, int(now * 1000), routed, assignment_id
+                )
             reports.append((claim, event, routed))
         committed = await self.store.commit_overdue(
             [(claim.member, claim.token, routed) for claim, _, routed in reports]

@@ -1,4 +1,6 @@
-"""One user's poll: read upstream, detect against the snapshots, commit atomically."""
+"""One user's poll: read upstream, detect against the snapshots, commit atomically; each
+tracked resource (assignments, then completions) in turn, each with its own snapshots,
+watermark and baseline, under one lease."""
 
 from __future__ import annotations
 
@@ -32,8 +34,11 @@ from service.detect import (
 from service.errors import StaleLease
 from service.metrics import Metrics, report_future_stamps
 from service.outbox import Outbox
+from service.resources import Resource
+from service.store.directory import AccountDirectory
 from service.store.leases import KEEP_LEASE, Lease
 from service.store.limits import Budget
+from service.store.linked_accounts import LinkedAccountStore
 from service.store.polls import PollStore, StoredUser
 from service.store.read_state import ReadState
 from service.timefmt import from_epoch
@@ -60,6 +65,7 @@ class _Run:
     """One poll in progress."""
 
     lease: Lease
+    resource: Resource
     now: datetime
     emit: bool
     stored: StoredUser
@@ -68,17 +74,20 @@ class _Run:
     outbox: Outbox = field(default_factory=Outbox)
     seen: set[str] = field(default_factory=set)
     now_ms: int = 0
+    changes: int = 0  # committed by this read (result counts the whole poll's)
+    skipped: int = 0  # records this read could not track
 
     def __post_init__(self) -> None:
         self.now_ms = int(self.now.timestamp() * 1000)
 
     @property
     def snapshots(self) -> dict[str, Snapshot]:
-        """Every snapshot of the user, as changes are detected (decoded when first needed)."""
+        """Every snapshot of the user's resource, as changes are detected (decoded when first
+        needed)."""
         return self.stored.snapshots
 
     def live(self) -> set[str]:
-        """Assignments we know as present (tombstones excluded)."""
+        """Records we know as present (tombstones excluded)."""
         return {a for a, s in self.snapshots.items() if s.record is not None}
 
     def add(
@@ -89,7 +98,7 @@ class _Run:
         *,
         emit: bool | None = None,
     ) -> None:
-        self.snapshots[change.assignment_id] = change.snapshot
+        self.snapshots[change.record_id] = change.snapshot
         self.outbox.add(
             self.lease.account_id,
             self.lease.user_id,
@@ -113,9 +122,13 @@ class Poller:
         *,
         on_committed: Callable[[set[str]], None] | None = None,
         cadence: Cadence | None = None,
+        accounts: AccountDirectory | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`accounts`: which accounts are read, and what of their users (the config's
+        alone when not given)."""
         self.store = store
+        self.accounts = accounts or AccountDirectory(LinkedAccountStore(store.redis), settings)
         self.client = client
         self.budget = budget  # the client's: the first request's permit comes with the load
         self.settings = settings
@@ -125,10 +138,34 @@ class Poller:
         self.clock = clock
 
     async def poll(self, lease: Lease) -> PollResult:
-        """Poll one user; raises UpstreamError (nothing committed past the last flush)."""
-        polling = self.settings.polling
+        """Poll one user; raises UpstreamError (nothing committed past the last flush).
+
+        Each resource's read commits its own snapshots and state; the last one's commit ends
+        the lease, the others' keep it. A read that fails leaves the resources read before
+        it committed, and its own as it was."""
         started = self.clock()
-        stored = await self.store.load_user(lease.account_id, lease.user_id, self.budget)
+        result = PollResult()
+        resources = await self.accounts.resources(lease.account_id)
+        weight: float | None = None  # the user's, from its assignments (`adaptive`)
+        for n, resource in enumerate(resources, 1):
+            last = n == len(resources)
+            weight = await self._poll(lease, resource, started, result, weight, last=last)
+        return result
+
+    async def _poll(
+        self,
+        lease: Lease,
+        resource: Resource,
+        started: float,
+        result: PollResult,
+        weight: float | None,
+        *,
+        last: bool,
+    ) -> float | None:
+        """One resource's read of the poll; returns the user's weight (`adaptive`), this
+        read's or `weight` as it was."""
+        polling = self.settings.polling
+        stored = await self.store.load_user(lease.account_id, lease.user_id, self.budget, resource)
         if stored.permit_granted:
             self.client.keep_permit()
         state = stored.state
@@ -136,18 +173,20 @@ class Poller:
         full = watermark is None or state.complete_read_due(
             started, self.cadence.full_resync_interval
         )
+        result.full |= full
         run = _Run(
             lease=lease,
+            resource=resource,
             now=from_epoch(started),
             emit=bool(state.baselined) or polling.emit_on_first_sync,
             stored=stored,
-            result=PollResult(full=full),
+            result=result,
             stamps=Watermark(watermark),
         )
         await self._read(run, None if full else updated_after(watermark, polling.overlap))
         # Only reached when every page was read without error; a skipped record may be one
         # we know, so a read that skipped any cannot tell what was removed.
-        if full and not run.result.skipped:
+        if full and not run.skipped:
             missing = run.live() - run.seen
             if missing:
                 # Offset paging shifts when records are deleted during a read, so one read
@@ -155,27 +194,34 @@ class Poller:
                 run.seen = set()
                 await self._read(run, None)
                 missing &= run.live() - run.seen
-            for assignment_id in sorted(missing):
-                previous = run.snapshots[assignment_id]
+            for record_id in sorted(missing):
+                previous = run.snapshots[record_id]
                 gone = detect_removed(
                     lease.account_id,
                     lease.user_id,
-                    assignment_id,
+                    record_id,
                     previous,
                     now=run.now,
                     emit=run.emit,
+                    resource=resource,
                 )
                 run.add(gone, previous, self.settings)
         report_future_stamps(
             self.metrics,
-            "assignments",
+            resource.name,
             run.stamps,
             account_id=lease.account_id,
             user_id=lease.user_id,
         )
         now_ms = run.now_ms
-        activity, weight = self._activity(run, state) if polling.adaptive else (ReadState(), None)
+        # the user's activity is that of its assignments (in progress, due dates)
+        adaptive = polling.adaptive and resource.detailed
+        activity = ReadState()
+        if adaptive:
+            activity, weight = self._activity(run, state)
         read = ReadState.after_read(run.stamps.newest, now_ms, full=full)
+        if not last:  # the poll's outcome (last poll, failures) is written by its last read
+            read = replace(read, last_poll_ms=None, failures=None, last_error=None)
         done = replace(
             read,
             baselined=True,
@@ -183,13 +229,13 @@ class Poller:
             in_progress=activity.in_progress,
             next_due_date_ms=activity.next_due_date_ms,
         )
-        await self._commit(run, done, weight)
-        return run.result
+        await self._commit(run, done, weight, last=last)
+        return weight
 
     def _activity(self, run: _Run, state: ReadState) -> tuple[ReadState, float]:
         """The user's activity after this poll, and the weight of its polls (`adaptive`).
         Its assignments are looked at again only when this poll decoded them anyway."""
-        changes = run.result.changes + len(run.outbox.changes) if run.emit else 0
+        changes = run.changes + len(run.outbox.changes) if run.emit else 0
         rate = change_rate(
             state.change_rate,
             state.last_poll_ms,
@@ -216,32 +262,34 @@ class Poller:
         updated last, on a tie the one listed last. So every read agrees, incremental or
         full: a filtered read that returns either version returns the latest one too.
         """
-        lease = run.lease
+        lease, resource = run.lease, run.resource
         latest: LatestVersions[str] = LatestVersions()
-        async for page in self.client.pages(lease.account_id, lease.user_id, since):
+        async for page in self.client.pages(lease.account_id, lease.user_id, since, resource):
             run.result.pages += 1
             run.result.records += len(page.records)
             run.stamps.see((r.get("updated_at") for r in page.records), page.served_at or run.now)
             if page.skipped:
                 self._skipped(lease, page.skipped)
+                run.skipped += sum(page.skipped.values())
                 run.result.skipped += sum(page.skipped.values())
             for record in page.records:
                 latest.add(str(record["id"]), record)
         if latest.duplicates:
             # counted, not in result.skipped: the id was read, so removals can still be told
             self._skipped(lease, {"duplicate_id": latest.duplicates})
-        for assignment_id, record in latest.take().items():
-            run.seen.add(assignment_id)
-            previous = run.snapshots.get(assignment_id)
+        for record_id, record in latest.take().items():
+            run.seen.add(record_id)
+            previous = run.snapshots.get(record_id)
             emit = run.emit or changed_since_found(record, run.stored.state.found_ms)
             change = detect(
                 lease.account_id,
                 lease.user_id,
-                assignment_id,
+                record_id,
                 previous,
                 record,
                 now=run.now,
                 emit=emit,
+                resource=resource,
             )
             if change is not None:
                 run.add(change, previous, self.settings, emit=emit)
@@ -264,14 +312,22 @@ class Poller:
         interval = self.cadence.user_interval(weight)
         return int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
 
-    async def _commit(self, run: _Run, done: ReadState | None, weight: float | None = None) -> None:
-        """Commit the outbox, fenced by the lease. `done`: the poll's final state, which ends
-        the lease (the user is next due an interval on); None: an intermediate flush, which
-        extends it."""
+    async def _commit(
+        self,
+        run: _Run,
+        done: ReadState | None,
+        weight: float | None = None,
+        *,
+        last: bool = False,
+    ) -> None:
+        """Commit the outbox, fenced by the lease. `done`: the read's final state; the poll's
+        `last` read's ends the lease (the user is next due an interval on); None: an
+        intermediate flush, which extends it, as a read before the last does."""
         lease, outbox, result = run.lease, run.outbox, run.result
         async with lease.lock:
             # a flush keeps the lease (on Redis' clock); the last commit ends it
-            next_score = KEEP_LEASE if done is None else self.next_due_ms(lease, weight)
+            ends = done is not None and last
+            next_score = self.next_due_ms(lease, weight) if ends else KEEP_LEASE
             token = await self.store.commit(
                 lease.account_id,
                 lease.user_id,
@@ -283,12 +339,14 @@ class Poller:
                 # still in 0.1's form, which the commit then removes)
                 snapshots=run.snapshots if outbox.changes or run.stored.legacy else None,
                 weight=weight,
+                resource=run.resource,
             )
             if token is None:
                 raise StaleLease(f"lease on {lease.member} was taken over")
             lease.token = token
-            lease.ended = done is not None
+            lease.ended = ends
         result.changes += len(outbox.changes)
+        run.changes += len(outbox.changes)
         detected = Counter(event["type"] for change in outbox.changes for event in change.events)
         for kind, count in detected.items():
             result.events += count

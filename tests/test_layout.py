@@ -67,8 +67,8 @@ LOWER_LAYERS = {
 PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.httpspec",
         "service.events", "service.config", "service.errors", "service.timefmt",
         "service.jsonfmt", "service.budget", "service.redis_url", "service.cursor",
-        "service.user_ids", "service.contract", "service.contract.webhooks",
-        "service.contract.admin"]  # fmt: skip
+        "service.user_ids", "service.resources", "service.contract",
+        "service.contract.webhooks", "service.contract.admin"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

@@ -64,7 +64,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
 
     # a stale token (another process took the user over) writes nothing at all
     outbox = an_outbox()
-    snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
+    snapshots = {c.record_id: c.snapshot for c in outbox.changes}
     stale = await store.commit(
         "acc:1",
         "u/1",

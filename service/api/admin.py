@@ -30,7 +30,7 @@ from service.api.common import (
 )
 from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
 from service.contract import admin as m
-from service.operations import MAX_LIMIT
+from service.operations import EVENT_FILTERS, MAX_LIMIT
 
 _DIGITS = re.compile(r"^[0-9]{1,16}$")
 # epoch ms of 0001-01-01 and 9999-12-31: what an ISO 8601 instant can name
@@ -204,10 +204,7 @@ async def budget(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    filters: dict[str, Any] = {
-        name: _query(request, name)
-        for name in ("endpoint", "type", "account_id", "user_id", "assignment_id", "outcome")
-    }
+    filters: dict[str, Any] = {name: _query(request, name) for name in EVENT_FILTERS}
     page = await ops(request).events(
         **filters,
         since_ms=_instant_ms(request.query.get("since"), "since"),

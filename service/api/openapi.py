@@ -164,6 +164,7 @@ def _admin_paths(op: _Operations) -> dict[str, Any]:
                     _query("account_id", {"type": "string"}),
                     _query("user_id", {"type": "string"}),
                     _query("assignment_id", {"type": "string"}),
+                    _query("completion_id", {"type": "string"}),
                     _query(
                         "outcome",
                         {"type": "string", "enum": list(get_args(m.Outcome))},

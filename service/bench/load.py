@@ -162,7 +162,9 @@ async def queue_events(
             )
             assert change is not None
             events = change.events if every_event else change.events[:1]
-            route_events(events, [endpoint], int(now.timestamp() * 1000), outbox.events)
+            route_events(
+                events, [endpoint], int(now.timestamp() * 1000), outbox.events, change.record_id
+            )
             queued += len(events)
         await store.commit(ACCOUNT, "u_bench", outbox, token=None, next_score=None)
     return queued
@@ -209,7 +211,7 @@ async def store_baselines(
                     next_due_date_ms=due_date or 0,
                 )
             due = None if spread_ms is None else now_ms + rng.randrange(0, spread_ms)
-            snapshots = {c.assignment_id: c.snapshot for c in outbox.changes}
+            snapshots = {c.record_id: c.snapshot for c in outbox.changes}
             await store.commit(
                 ACCOUNT,
                 user_id,

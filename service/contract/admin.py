@@ -129,6 +129,7 @@ class EventSummary(Answer):
     account_id: str | None
     user_id: str | None
     assignment_id: str | None
+    completion_id: str | None
     endpoints: dict[str, EndpointOutcome] = Field(
         description="endpoint id → its outcome there and the attempts made"
     )
@@ -300,6 +301,14 @@ class AdaptiveBounds(Answer):
     max_interval_seconds: float
 
 
+class CompletionsCost(Answer):
+    """What tracking completions adds (in needed_per_minute already)."""
+
+    accounts: int = Field(description="the config's accounts tracking them")
+    users_polled: int = Field(description="their users polled one by one")
+    per_minute: float = Field(description="the requests a minute they add")
+
+
 class Budget(Answer):
     allowed_per_minute: float = Field(description="97% of the key's budget")
     needed_per_minute: float
@@ -309,6 +318,7 @@ class Budget(Answer):
     configured_interval_seconds: Intervals
     users: UsersByStrategy
     accounts: AccountsByStrategy
+    completions: CompletionsCost
     adaptive: AdaptiveBounds | None
 
 

@@ -3,7 +3,8 @@
 Employees' training assignments progress and complete in the simulated LMS, in two
 accounts: one whose listed users are polled one by one (`strategy: per_user`), one whose
 every user is found through its user listing and followed through the account's change
-feed (`users: all`, `strategy: account`). The service detects each change and delivers
+feed (`users: all`, `strategy: account`), its completion records too (an elective course
+nobody assigned shows up only there). The service detects each change and delivers
 signed webhooks; the receiver verifies every signature and the table shows the events as
 they arrive.
 """
@@ -32,7 +33,8 @@ from service.sim.receiver import ReceivedEvent, Receiver, start_receiver_server
 
 ACCOUNT = "acc_demo"  # per_user: these users, each polled on its own
 USERS = ("emp_alice", "emp_bob")
-FEED_ACCOUNT = "acc_feed"  # users: all, strategy: account: one read for the whole account
+# users: all, strategy: account: one read for the whole account; completions tracked too
+FEED_ACCOUNT = "acc_feed"
 FEED_USERS = ("emp_carol", "emp_dan")
 STEP_SECONDS = 2.0
 _COLOURS = {
@@ -42,6 +44,8 @@ _COLOURS = {
     "assignment.progress_changed": "blue",
     "assignment.due_date_changed": "magenta",
     "assignment.removed": "red",
+    "completion.created": "bold green",
+    "completion.updated": "green",
 }
 
 
@@ -52,7 +56,12 @@ def demo_settings(lms_url: str, receiver_url: str, secret: str, admin_token: str
             "stackone": {"base_url": lms_url, "api_key": "demo_key", "page_size": 50},
             "accounts": [
                 {"account_id": ACCOUNT, "users": list(USERS)},
-                {"account_id": FEED_ACCOUNT, "users": "all", "strategy": "account"},
+                {
+                    "account_id": FEED_ACCOUNT,
+                    "users": "all",
+                    "strategy": "account",
+                    "track": ["assignments", "completions"],
+                },
             ],
             "polling": {"interval": "1s", "account_interval": "1s", "overlap": "5s"},
             "endpoints": [
@@ -94,6 +103,16 @@ def scenario(lms: SimLMS) -> list[Callable[[], object]]:
         lambda: lms.progress(FEED_ACCOUNT, d, f"{d}_c3", 100),
         lambda: lms.progress(FEED_ACCOUNT, c, f"{c}_c1", 60),
         lambda: lms.progress(ACCOUNT, b, f"{b}_c2", 25),
+        # a course nobody assigned, taken by choice: only its completion record shows it
+        lambda: lms.put_completion(
+            FEED_ACCOUNT,
+            d,
+            {
+                "id": f"{d}_elective",
+                "learning_object_external_reference": "Negotiation Skills (elective)",
+                "certificate_url": f"https://lms.example.com/certificates/{d}_elective",
+            },
+        ),
         lambda: lms.progress(ACCOUNT, a, f"{a}_c1", 100),
         lambda: lms.put_assignment(
             ACCOUNT,
@@ -118,7 +137,7 @@ def render(events: list[ReceivedEvent], started: float, status: str) -> Group:
         "verified",
         "type",
         "account/user",
-        "assignment",
+        "course",
         "seq",
         "changed",
         "status",
@@ -126,15 +145,20 @@ def render(events: list[ReceivedEvent], started: float, status: str) -> Group:
         table.add_column(name, no_wrap=name in ("type", "t+s"))
     for event in events[-18:]:
         data = event.data
-        current = data.get("assignment") or {}
-        status_value = (current.get("status") or {}).get("value")
+        current = data.get("assignment") or data.get("completion") or {}
+        # an assignment's status, or a completion's result
+        status_value = (current.get("status") or current.get("result") or {}).get("value")
         progress = current.get("progress")
         table.add_row(
             f"{event.received_at - started:5.1f}",
             "✓" if event.verified else "✗",
             Text(event.type or "?", style=_COLOURS.get(event.type or "", "")),
             f"{data.get('account_id')}/{data.get('user_id')}",
-            str(current.get("learning_object_external_reference") or data.get("assignment_id")),
+            str(
+                current.get("learning_object_external_reference")
+                or data.get("assignment_id")
+                or data.get("completion_id")
+            ),
             str(data.get("sequence")),
             ", ".join(data.get("changed_fields", [])[:4]),
             f"{status_value} {progress}%" if progress is not None else str(status_value),
@@ -170,7 +194,8 @@ async def run_demo(duration: float | None = None) -> None:
     console.print(
         f"{ACCOUNT}: {', '.join(USERS)}, each polled on its own (strategy: per_user). "
         f"{FEED_ACCOUNT}: every user its listing names, one change feed for them all "
-        "(users: all, strategy: account)."
+        "(users: all, strategy: account), and a second for their completion records "
+        "(track: \\[assignments, completions]): learning nobody assigned shows up too."
     )
     if not interactive:
         receiver.on_event = lambda e: print(_line(e, started), flush=True)
@@ -189,7 +214,7 @@ def _line(event: ReceivedEvent, started: float) -> str:
     return (
         f"t+{event.received_at - started:5.1f}s {'verified' if event.verified else 'INVALID '} "
         f"{event.type:<30} {data.get('account_id')}/{data.get('user_id')}/"
-        f"{data.get('assignment_id')} "
+        f"{data.get('assignment_id') or data.get('completion_id')} "
         f"seq={data.get('sequence')} changed={','.join(data.get('changed_fields', []))}"
     )
 

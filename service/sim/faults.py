@@ -23,12 +23,14 @@ class FaultSpec(TypedDict, total=False):
     """One forced fault: exactly one of status (+ retry_after, + provider_errors: the error
     body carries a provider's answer, as StackOne passes on a provider's 429), malformed_json,
     wrong_shape, missing_id, delay. With `account_id`, only a request of that account takes
-    it (the others pass it by), as one account's provider misbehaves."""
+    it (the others pass it by), as one account's provider misbehaves; with `path`, only a
+    request whose path ends so (`/completions`)."""
 
     status: int
     retry_after: str | int
     provider_errors: bool
     account_id: str
+    path: str
     malformed_json: bool
     wrong_shape: bool
     missing_id: bool
@@ -37,7 +39,8 @@ class FaultSpec(TypedDict, total=False):
 
 _FAULT_KINDS = ("status", "malformed_json", "wrong_shape", "missing_id", "delay")
 # what a spec may say besides its kind
-_FAULT_MODIFIERS = ("retry_after", "provider_errors", "account_id")
+# `path`: only requests whose path ends so (`/completions`: either completion route)
+_FAULT_MODIFIERS = ("retry_after", "provider_errors", "account_id", "path")
 
 
 def parse_fault_spec(obj: object) -> FaultSpec:
@@ -64,8 +67,9 @@ def parse_fault_spec(obj: object) -> FaultSpec:
             raise ValueError(f"{modifier} only goes with status")
     if "provider_errors" in obj and obj["provider_errors"] is not True:
         raise ValueError("provider_errors must be true")
-    if "account_id" in obj and (not isinstance(obj["account_id"], str) or not obj["account_id"]):
-        raise ValueError("account_id must be a non-empty string")
+    for modifier in ("account_id", "path"):
+        if modifier in obj and (not isinstance(obj[modifier], str) or not obj[modifier]):
+            raise ValueError(f"{modifier} must be a non-empty string")
     return cast(FaultSpec, dict(obj))
 
 
@@ -87,10 +91,13 @@ class Faults:
     account_filter_ignored: bool = False  # filter[updated_after] ignored: older records too
     account_endpoint_status: int | None = None  # answered instead, e.g. 404 or 501
 
-    def take_forced(self, account_id: str | None) -> FaultSpec | None:
-        """The first forced fault for a request of `account_id`, consumed; None if none."""
+    def take_forced(self, account_id: str | None, path: str = "") -> FaultSpec | None:
+        """The first forced fault for a request of `account_id` to `path`, consumed; None
+        if none."""
         for index, spec in enumerate(self.forced):
-            if spec.get("account_id", account_id) == account_id:
+            if spec.get("account_id", account_id) == account_id and path.endswith(
+                spec.get("path", "")
+            ):
                 return self.forced.pop(index)
         return None
 

@@ -22,9 +22,10 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
+from service.sim.completions import LMSCompletions
 from service.sim.faults import _FAULT_KINDS, Faults, FaultSpec, RequestRecord, TokenBucket
 from service.sim.listing import Matcher, Record
-from service.sim.records import LMSRecords, NotFoundError
+from service.sim.records import NotFoundError
 
 __all__ = ["MESSAGES", "Endpoint", "Gate", "SimResponse", "basic_auth_header"]
 
@@ -105,7 +106,7 @@ def _delayed(response: SimResponse, delay: float) -> SimResponse:
     return response
 
 
-class Gate(LMSRecords):
+class Gate(LMSCompletions):
     """The API key, its rate limit, the faults and the request log of a simulated LMS."""
 
     def __init__(
@@ -236,7 +237,7 @@ class Gate(LMSRecords):
         if not rec.account_id:
             return self.error(400, "x-account-id header is required")
         faults = self.faults
-        spec = faults.take_forced(rec.account_id)
+        spec = faults.take_forced(rec.account_id, rec.path)
         delay = faults.delay_seconds + faults.account_delays.get(rec.account_id, 0.0)
         delay += float(spec.get("delay", 0.0) if spec else 0.0)
         if spec is not None:

@@ -1,7 +1,9 @@
 """The simulated StackOne LMS over HTTP: the unified list endpoints plus a `/_sim/` control API.
 
 Served: `GET /unified/lms/users/{id}/assignments` (one user's assignments),
-`GET /unified/lms/assignments` (every assignment of the account) and `GET /unified/lms/users`.
+`GET /unified/lms/assignments` (every assignment of the account), `GET /unified/lms/users`,
+and the completions of one user and of the account (`/unified/lms/users/{id}/completions`,
+`/unified/lms/completions`).
 Requests, auth and faults are handled in `service.sim.lms_state`, records and users in
 `service.sim.records`, paging in `service.sim.listing`, fault settings in `service.sim.faults`;
 this module only moves requests in and out of them.
@@ -22,7 +24,9 @@ from aiohttp import web
 from service.sim.faults import Faults, FaultSpec, RequestRecord
 from service.sim.lms_state import (
     ACCOUNT_ASSIGNMENTS_PATH,
+    ACCOUNT_COMPLETIONS_PATH,
     LIST_PATH,
+    USER_COMPLETIONS_PATH,
     USERS_PATH,
     NotFoundError,
     SimLMS,
@@ -90,6 +94,16 @@ class _Routes:
         answer = self.lms.handle_account_assignments(request.headers, request.query)
         return await self._serve(request, answer)
 
+    async def list_user_completions(self, request: web.Request) -> web.Response:
+        answer = self.lms.handle_user_completions(
+            request.match_info["id"], request.headers, request.query
+        )
+        return await self._serve(request, answer)
+
+    async def list_account_completions(self, request: web.Request) -> web.Response:
+        answer = self.lms.handle_account_completions(request.headers, request.query)
+        return await self._serve(request, answer)
+
     async def list_users(self, request: web.Request) -> web.Response:
         return await self._serve(request, self.lms.handle_users(request.headers, request.query))
 
@@ -135,6 +149,19 @@ class _Routes:
     async def delete_assignment(self, request: web.Request) -> web.Response:
         a, u, aid = (request.match_info[k] for k in ("account_id", "user_id", "aid"))
         return web.json_response(self.lms.delete_assignment(a, u, aid))
+
+    async def put_completion(self, request: web.Request) -> web.Response:
+        a, u, cid = (request.match_info[k] for k in ("account_id", "user_id", "cid"))
+        record = await _body(request)
+        return web.json_response(self.lms.put_completion(a, u, {**record, "id": cid}))
+
+    async def patch_completion(self, request: web.Request) -> web.Response:
+        a, u, cid = (request.match_info[k] for k in ("account_id", "user_id", "cid"))
+        return web.json_response(self.lms.update_completion(a, u, cid, **await _body(request)))
+
+    async def delete_completion(self, request: web.Request) -> web.Response:
+        a, u, cid = (request.match_info[k] for k in ("account_id", "user_id", "cid"))
+        return web.json_response(self.lms.delete_completion(a, u, cid))
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return web.json_response(self.lms.faults.to_json())
@@ -182,10 +209,16 @@ def create_app(lms: SimLMS) -> web.Application:
     app = web.Application(middlewares=[_control_errors])
     user = "/_sim/accounts/{account_id}/users/{user_id}"
     one = user + "/assignments/{aid}"
+    completion = user + "/completions/{cid}"
     app.add_routes(
         [
             web.get(LIST_PATH, r.list_assignments),
             web.get(ACCOUNT_ASSIGNMENTS_PATH, r.list_account_assignments),
+            web.get(USER_COMPLETIONS_PATH, r.list_user_completions),
+            web.get(ACCOUNT_COMPLETIONS_PATH, r.list_account_completions),
+            web.put(completion, r.put_completion),
+            web.patch(completion, r.patch_completion),
+            web.delete(completion, r.delete_completion),
             web.get(USERS_PATH, r.list_users),
             web.post("/_sim/accounts/{account_id}", r.add_account),
             web.post(user, r.add_user),

@@ -41,14 +41,20 @@ from service.sim.seeding import churn_once, seed
 LIST_PATH = "/unified/lms/users/{id}/assignments"
 ACCOUNT_ASSIGNMENTS_PATH = "/unified/lms/assignments"
 USERS_PATH = "/unified/lms/users"
+USER_COMPLETIONS_PATH = "/unified/lms/users/{id}/completions"
+ACCOUNT_COMPLETIONS_PATH = "/unified/lms/completions"
 
 __all__ = [
     "ACCOUNT_ASSIGNMENTS",
     "ACCOUNT_ASSIGNMENTS_PATH",
+    "ACCOUNT_COMPLETIONS",
+    "ACCOUNT_COMPLETIONS_PATH",
     "LIST_PATH",
     "USERS",
     "USERS_PATH",
     "USER_ASSIGNMENTS",
+    "USER_COMPLETIONS",
+    "USER_COMPLETIONS_PATH",
     "Endpoint",
     "FaultSpec",
     "Faults",
@@ -84,6 +90,11 @@ ACCOUNT_ASSIGNMENTS = Endpoint(
     {"filter[status]": _status_is, "remote_user_id": _field_is("remote_user_id")},
     narrowing=("user_id",),
     account_wide=True,
+)
+# completions take no filter but filter[updated_after] (stackone/linked-accounts.md)
+USER_COMPLETIONS = Endpoint("lms_list_user_completions", USER_COMPLETIONS_PATH, {})
+ACCOUNT_COMPLETIONS = Endpoint(
+    "lms_list_completions", ACCOUNT_COMPLETIONS_PATH, {}, account_wide=True
 )
 USERS = Endpoint(
     "lms_list_users",
@@ -121,6 +132,18 @@ class SimLMS(Gate):
         """Answer `GET /unified/lms/assignments` and log the request."""
         return self._handle(ACCOUNT_ASSIGNMENTS, headers, query, query.get("user_id") or None)
 
+    def handle_user_completions(
+        self, user_id: str, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> SimResponse:
+        """Answer `GET /unified/lms/users/{user_id}/completions` and log the request."""
+        return self._handle(USER_COMPLETIONS, headers, query, user_id)
+
+    def handle_account_completions(
+        self, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> SimResponse:
+        """Answer `GET /unified/lms/completions` and log the request."""
+        return self._handle(ACCOUNT_COMPLETIONS, headers, query, None)
+
     def handle_users(self, headers: Mapping[str, str], query: Mapping[str, str]) -> SimResponse:
         """Answer `GET /unified/lms/users` and log the request."""
         return self._handle(USERS, headers, query, None)
@@ -133,11 +156,17 @@ class SimLMS(Gate):
         source: Source
         if endpoint is USER_ASSIGNMENTS:
             source = partial(self.user_records, account_id, str(user_id))
+        elif endpoint is USER_COMPLETIONS:
+            source = partial(self.user_completions, account_id, str(user_id))
         else:
             if request.position < 0:
                 self.catch_up(account_id)  # once a walk, for records written straight in
             if endpoint is USERS:
                 source = partial(self.account_users, account_id)
+            elif endpoint is ACCOUNT_COMPLETIONS:
+                source = partial(self.account_completions, account_id)
+                if self.faults.account_filter_ignored:
+                    request.after_ms = None
             else:
                 narrow = request.filters.get("user_id")
                 source = partial(self.account_records, account_id, user_id=narrow)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.config import AccountSettings, Settings
+from service.resources import Resource, tracked
 from service.store.linked_accounts import LinkedAccount, LinkedAccountStore
 
 # A process sees a change of the discovered accounts within this long (one GET of the
@@ -97,3 +98,8 @@ class AccountDirectory:
 
     async def account(self, account_id: str) -> AccountSettings | None:
         return (await self.current()).settings.get(account_id)
+
+    async def resources(self, account_id: str) -> tuple[Resource, ...]:
+        """What is tracked of the account's users (the default for an account not read)."""
+        account = await self.account(account_id)
+        return account.resources if account is not None else tracked(None)

@@ -11,10 +11,11 @@ from typing import cast
 from redis.asyncio import Redis
 
 from service.outbox import Outbox
+from service.resources import ASSIGNMENTS, Resource
 from service.store import keys
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.polls import StoredUser
-from service.store.read_state import FIELDS, ReadState
+from service.store.read_state import FIELDS, ReadState, hash_fields
 from service.store.scripts import CommitFeed, CommitListing, UserWrite
 
 # users loaded per pipelined round trip
@@ -48,25 +49,30 @@ class FeedStore:
         # listing's state and next due time, in one atomic step (False: the lease is lost)
         self.commit_listing = CommitListing(redis)
 
-    async def load_users(self, account_id: str, user_ids: Iterable[str]) -> dict[str, StoredUser]:
-        """Each user's state and snapshots, a few hundred users per round trip."""
+    async def load_users(
+        self, account_id: str, user_ids: Iterable[str], resource: Resource = ASSIGNMENTS
+    ) -> dict[str, StoredUser]:
+        """Each user's state and snapshots of `resource`, a few hundred users per round
+        trip."""
         wanted = list(user_ids)
+        prefix = resource.state_prefix
+        state_fields = hash_fields(prefix)
         out: dict[str, StoredUser] = {}
         for start in range(0, len(wanted), LOAD_BATCH):
             batch = wanted[start : start + LOAD_BATCH]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for user_id in batch:
-                    pipe.hmget(keys.user_state(account_id, user_id), FIELDS)
-                    pipe.get(keys.snapshots(account_id, user_id))
+                    pipe.hmget(keys.user_state(account_id, user_id), state_fields)
+                    pipe.get(keys.snapshots(account_id, user_id, resource))
                 answers = await pipe.execute()
             legacy_wanted = []
             for n, user_id in enumerate(batch):
-                state = ReadState.decode_list(answers[2 * n])
+                state = ReadState.decode_list(answers[2 * n], prefix)
                 out[user_id] = StoredUser(state, answers[2 * n + 1])
                 if answers[2 * n + 1] is None:
                     legacy_wanted.append(user_id)
             for user_id in legacy_wanted:  # 0.1's form: only users never committed since
-                raw = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id))
+                raw = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id, resource))
                 out[user_id].legacy = cast(dict[str, str], raw)
         return out
 
@@ -80,10 +86,11 @@ class FeedStore:
         state: ReadState | None,
         users_version: str | None,
         users: list[UserWrite],
+        resource: Resource = ASSIGNMENTS,
     ) -> int | None:
-        """Every user's snapshots and state, the events and overdue watches, the feed's
-        state and its next score (as PollStore.commit takes it) in one atomic step; returns
-        the score written, None when `token` no longer holds the account's feed lease
+        """Every user's snapshots and state (of `resource`), the events and overdue watches,
+        the feed's state and its next score (as PollStore.commit takes it) in one atomic
+        step; returns the score written, None when `token` no longer holds the account's feed lease
         (nothing written). Raises TrackedUsersChanged (nothing written) when users were
         added or removed since `users_version` and `users` is not empty."""
         return await self._commit(
@@ -96,17 +103,22 @@ class FeedStore:
             watch=outbox.watch,
             unwatch=outbox.unwatch,
             events=outbox.events,
+            resource=resource,
         )
 
-    async def baselined(self, account_id: str, user_ids: Iterable[str]) -> set[str]:
-        """Those of these users whose baseline is taken (their state's flag only)."""
+    async def baselined(
+        self, account_id: str, user_ids: Iterable[str], resource: Resource = ASSIGNMENTS
+    ) -> set[str]:
+        """Those of these users whose baseline of `resource` is taken (their state's flag
+        only)."""
+        flag = next(iter(ReadState(baselined=True).encode(resource.state_prefix)))
         wanted = list(user_ids)
         done: set[str] = set()
         for start in range(0, len(wanted), LOAD_BATCH * 4):
             batch = wanted[start : start + LOAD_BATCH * 4]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for user_id in batch:
-                    pipe.hget(keys.user_state(account_id, user_id), "baselined")
+                    pipe.hget(keys.user_state(account_id, user_id), flag)
                 flags = await pipe.execute()
             done |= {u for u, flag in zip(batch, flags, strict=True) if flag == "1"}
         return done
@@ -114,9 +126,10 @@ class FeedStore:
     async def users_version(self) -> str | None:
         return cast(str | None, await self.redis.get(keys.USERS_VERSION))
 
-    async def feed_state(self, account_id: str) -> ReadState:
-        values = await self.redis.hmget(keys.feed_state(account_id), FIELDS)
-        return ReadState.decode_list(cast(list[str | None], values))
+    async def feed_state(self, account_id: str, resource: Resource = ASSIGNMENTS) -> ReadState:
+        prefix = resource.state_prefix
+        values = await self.redis.hmget(keys.feed_state(account_id), hash_fields(prefix))
+        return ReadState.decode_list(cast(list[str | None], values), prefix)
 
     # -- `strategy: auto` accounts polled per user --
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote
 
+from service.resources import ASSIGNMENTS, RESOURCES, Resource
+
 PREFIX = "lw"
+# each resource's snapshots under a namespace of their own; assignments keep 0.1's
+_SNAPSHOTS = {"assignments": "snaps", "completions": "csnaps"}
+_LEGACY_SNAPSHOTS = {"assignments": "snap", "completions": "csnap"}
 
 # zset: user member → when it is next due for a poll (epoch ms). A claimed user's score is
 # its lease expiry, which doubles as the fencing token of the poll that holds it.
@@ -124,15 +129,27 @@ def parse_overdue_member(member: str) -> tuple[str, str, str, int]:
     return unquote(account), unquote(user), unquote(assignment), int(due)
 
 
-def snapshots(account_id: str, user_id: str) -> str:
-    """string: every snapshot of the user, encoded together (store.polls.encode_snapshots)."""
-    return f"{PREFIX}:snaps:{user_member(account_id, user_id)}"
+def snapshots(account_id: str, user_id: str, resource: Resource = ASSIGNMENTS) -> str:
+    """string: every snapshot of the user's records of one resource, encoded together
+    (store.snapshots.encode_snapshots)."""
+    return f"{PREFIX}:{_SNAPSHOTS[resource.name]}:{user_member(account_id, user_id)}"
 
 
-def legacy_snapshots(account_id: str, user_id: str) -> str:
+def legacy_snapshots(account_id: str, user_id: str, resource: Resource = ASSIGNMENTS) -> str:
     """hash: assignment id → JSON {"s": sequence, "r": record}, as 0.1 stored snapshots. Read
-    when `snapshots` is missing; removed by the first commit that writes `snapshots`."""
-    return f"{PREFIX}:snap:{user_member(account_id, user_id)}"
+    when `snapshots` is missing; removed by the first commit that writes `snapshots`. 0.1
+    kept no completions: theirs is never written (read and deleted like the others, so
+    every resource goes through the same scripts)."""
+    return f"{PREFIX}:{_LEGACY_SNAPSHOTS[resource.name]}:{user_member(account_id, user_id)}"
+
+
+def every_snapshots(account_id: str, user_id: str) -> list[str]:
+    """The user's snapshots of every resource (and 0.1's), to forget them all at once."""
+    return [
+        key(account_id, user_id, resource)
+        for resource in RESOURCES.values()
+        for key in (snapshots, legacy_snapshots)
+    ]
 
 
 def user_state(account_id: str, user_id: str) -> str:

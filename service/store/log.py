@@ -27,6 +27,7 @@ from service import jsonfmt
 from service.contract.admin import Outcome
 from service.cursor import decode_cursor, encode_cursor
 from service.outbox import EventHead
+from service.resources import COMPLETIONS
 from service.store import keys, log_body
 from service.store.log_policy import LogPolicy
 from service.store.scripts import LogSent, Redeliver
@@ -98,6 +99,7 @@ class LogFilter:
     account_id: str | None = None
     user_id: str | None = None
     assignment_id: str | None = None
+    completion_id: str | None = None
     outcome: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
@@ -107,12 +109,20 @@ class LogFilter:
         """Whether entries of the index may not match (beyond the time range)."""
         return any(
             v is not None
-            for v in (self.type, self.account_id, self.user_id, self.assignment_id, self.outcome)
+            for v in (
+                self.type,
+                self.account_id,
+                self.user_id,
+                self.assignment_id,
+                self.completion_id,
+                self.outcome,
+            )
         )
 
 
 # The hash's fields holding an event's head (lua/log.lua): h its type and when logged, t its
-# timestamp, c u g its account, user and assignment (absent: none)
+# timestamp, c u g its account, user and record: the assignment's or the completion's, as
+# its type says (absent: none)
 HEAD_FIELDS = ("h", "t", "c", "u", "g")
 
 
@@ -120,7 +130,8 @@ def _head(event_id: str, values: Sequence[str | None]) -> dict[str, Any]:
     """An event's summary from its head: the values of HEAD_FIELDS, h present (an entry
     logged before the head was split keeps it all in h: see scripts.log_head)."""
     kind, at, *rest = cast(str, values[0]).split("\x1f", 5)
-    timestamp, account, user, assignment = rest or values[1:5]
+    timestamp, account, user, record = rest or values[1:5]
+    completion = COMPLETIONS.owns(kind)
     return {
         "id": event_id,
         "type": kind,
@@ -128,7 +139,8 @@ def _head(event_id: str, values: Sequence[str | None]) -> dict[str, Any]:
         "logged_at_ms": int(at),
         "account_id": account or None,
         "user_id": user or None,
-        "assignment_id": assignment or None,
+        "assignment_id": None if completion else record or None,
+        "completion_id": record or None if completion else None,
     }
 
 
@@ -245,6 +257,7 @@ class DeliveryLog:
             ("account_id", f.account_id),
             ("user_id", f.user_id),
             ("assignment_id", f.assignment_id),
+            ("completion_id", f.completion_id),
         ):
             if wanted is not None and summary[name] != wanted:
                 return False

@@ -12,10 +12,11 @@ from redis.asyncio import Redis
 
 from service.detect import Snapshot
 from service.outbox import Outbox, OverdueWatch, RoutedEvents
+from service.resources import ASSIGNMENTS, Resource
 from service.store import keys
 from service.store.limits import Budget
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
-from service.store.read_state import FIELDS, ReadState
+from service.store.read_state import ReadState, hash_fields
 from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, lease_ms
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 
@@ -79,11 +80,16 @@ class PollStore:
 
     # -- one user's poll --
 
-    async def load_user(self, account_id: str, user_id: str, budget: Budget) -> StoredUser:
-        """One round trip: the user's state and every snapshot, and a permit of `budget`
-        for the first request (spent when granted: the caller hands it to its client)."""
-        loaded = await self._load(account_id, user_id, budget.script_keys(), budget.script_args())
-        state = ReadState.decode(loaded.state)
+    async def load_user(
+        self, account_id: str, user_id: str, budget: Budget, resource: Resource = ASSIGNMENTS
+    ) -> StoredUser:
+        """One round trip: the user's state and every snapshot of `resource`, and a permit
+        of `budget` for the first request (spent when granted: the caller hands it to its
+        client)."""
+        loaded = await self._load(
+            account_id, user_id, budget.script_keys(), budget.script_args(), resource
+        )
+        state = ReadState.decode(loaded.state, resource.state_prefix)
         return StoredUser(state, loaded.snapshots, loaded.legacy, loaded.permit_wait <= 0)
 
     async def commit(
@@ -97,11 +103,13 @@ class PollStore:
         state: ReadState | None = None,
         snapshots: dict[str, Snapshot] | None = None,
         weight: float | None = None,
+        resource: Resource = ASSIGNMENTS,
     ) -> int | None:
         """Snapshots, user state, outgoing events and the due score in one atomic step.
 
-        `snapshots`: every snapshot of the user (they are stored as one value), or None to
-        leave them as they are. `token` None: unfenced (tools and tests, not polls).
+        `snapshots`: every snapshot of the user's `resource` (they are stored as one value),
+        or None to leave them as they are; `state` as that resource's read sees it. `token`
+        None: unfenced (tools and tests, not polls).
 
         `next_score`: the next due time (ends the lease), `scripts.hold(…)` (keeps it), or None
         (leaves the score). Returns the score written (a kept lease's new token; 0 for None).
@@ -120,18 +128,24 @@ class PollStore:
             watch=outbox.watch,
             unwatch=outbox.unwatch,
             events=outbox.events,
+            resource=resource,
         )
 
-    async def user_state(self, account_id: str, user_id: str) -> ReadState:
-        values = await self.redis.hmget(keys.user_state(account_id, user_id), FIELDS)
-        return ReadState.decode_list(cast(list[str | None], values))
+    async def user_state(
+        self, account_id: str, user_id: str, resource: Resource = ASSIGNMENTS
+    ) -> ReadState:
+        prefix = resource.state_prefix
+        values = await self.redis.hmget(keys.user_state(account_id, user_id), hash_fields(prefix))
+        return ReadState.decode_list(cast(list[str | None], values), prefix)
 
-    async def user_snapshots(self, account_id: str, user_id: str) -> dict[str, Snapshot]:
-        """Every snapshot of the user (decoding them is what costs: read them once for all
-        that is needed of one user)."""
-        raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id)))
+    async def user_snapshots(
+        self, account_id: str, user_id: str, resource: Resource = ASSIGNMENTS
+    ) -> dict[str, Snapshot]:
+        """Every snapshot of the user's `resource` (decoding them is what costs: read them
+        once for all that is needed of one user)."""
+        raw = cast(str | None, await self.redis.get(keys.snapshots(account_id, user_id, resource)))
         if raw is None:  # 0.1's form, for a user never committed since
-            legacy = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id))
+            legacy = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id, resource))
             return decode_legacy_snapshots(cast(dict[str, str], legacy))
         return decode_snapshots(raw)
 

@@ -1,7 +1,12 @@
 """The state of one reader of an upstream listing: a user's poll (`keys.user_state`), an
 account's change feed (`keys.feed_state`) or its user listing (`keys.discovery_state`). One
 hash format for the three, encoded and decoded here only. The hash may also hold `due_now`,
-which only the scripts read and write (lease.lua, due_now.lua)."""
+which only the scripts read and write (lease.lua, due_now.lua).
+
+A user's poll and an account's feed read each tracked resource (service/resources.py) in
+turn: a resource's own fields (RESOURCE_FIELDS) are stored under its `state_prefix`, the
+reader's (last poll, failures, activity) once. A ReadState is the hash as one resource's
+read sees it: `prefix` picks that resource's fields."""
 
 from __future__ import annotations
 
@@ -51,29 +56,31 @@ class ReadState:
         last = self.last_full_sync_ms
         return last is None or now - last / 1000 >= every
 
-    def encode(self) -> dict[str, str]:
-        """The hash fields to write: every field that is not None."""
+    def encode(self, prefix: str = "") -> dict[str, str]:
+        """The hash fields to write: every field that is not None (a resource's own fields
+        under `prefix`)."""
         out: dict[str, str] = {}
         for field in fields(self):
             value = getattr(self, field.name)
             if value is not None:
-                out[_HASH_FIELD[field.name]] = _encode(value)
+                out[_hash_field(field.name, prefix)] = _encode(value)
         return out
 
     @classmethod
-    def decode(cls, raw: Mapping[str, str | None]) -> ReadState:
-        """From HGETALL (or HMGET zipped with FIELDS); empty values read as None."""
+    def decode(cls, raw: Mapping[str, str | None], prefix: str = "") -> ReadState:
+        """From HGETALL (or HMGET zipped with hash_fields(prefix)); empty values read as
+        None; a resource's own fields read under `prefix`."""
         values: dict[str, object] = {}
-        for name, hash_field in _HASH_FIELD.items():
-            value = raw.get(hash_field)
+        for name in _HASH_FIELD:
+            value = raw.get(_hash_field(name, prefix))
             if value:
                 values[name] = value == "1" if name in _FLAGS else _DECODE[name](value)
         return cls(**values)  # type: ignore[arg-type]
 
     @classmethod
-    def decode_list(cls, values: Iterable[str | None]) -> ReadState:
-        """From HMGET of FIELDS, in that order."""
-        return cls.decode(dict(zip(FIELDS, values, strict=True)))
+    def decode_list(cls, values: Iterable[str | None], prefix: str = "") -> ReadState:
+        """From HMGET of hash_fields(prefix), in that order."""
+        return cls.decode(dict(zip(hash_fields(prefix), values, strict=True)), prefix)
 
 
 def _encode(value: object) -> str:
@@ -111,3 +118,15 @@ _DECODE = {
     "anchor_ms": int,
 }
 FIELDS = list(_HASH_FIELD.values())
+# a tracked resource's own: where its reads stand (each resource's reads move on their own)
+RESOURCE_FIELDS = frozenset({"watermark_ms", "anchor_ms", "baselined", "last_full_sync_ms"})
+
+
+def _hash_field(name: str, prefix: str) -> str:
+    field = _HASH_FIELD[name]
+    return prefix + field if prefix and name in RESOURCE_FIELDS else field
+
+
+def hash_fields(prefix: str = "") -> list[str]:
+    """The hash's fields as one resource's read sees them (FIELDS for assignments)."""
+    return [_hash_field(name, prefix) for name in _HASH_FIELD]

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from service import jsonfmt
 from service.detect import Snapshot
 from service.outbox import EventHead, OverdueWatch, RoutedEvents
+from service.resources import ASSIGNMENTS, COMPLETIONS, Resource
 from service.store import keys, log_body
 from service.store.claims import ClaimedEvent, DeliveryMeta
 from service.store.log_policy import LogPolicy
@@ -175,8 +176,8 @@ def _moved(reply: Any) -> int | None:
     return None if score < 0 else score
 
 
-def _state_pairs(state: ReadState | None) -> list[str]:
-    return [x for pair in (state.encode() if state else {}).items() for x in pair]
+def _state_pairs(state: ReadState | None, prefix: str = "") -> list[str]:
+    return [x for pair in (state.encode(prefix) if state else {}).items() for x in pair]
 
 
 class ClaimDue(_Script):
@@ -233,9 +234,10 @@ class DueNow(_Script):
         return bool(await self._run(keys=list(schedule), args=[member]))
 
 
-def _state_args(state: ReadState | None) -> list[Any]:
-    """A ReadState as commit_parts.lua's hset_pairs reads it."""
-    pairs = _state_pairs(state)
+def _state_args(state: ReadState | None, prefix: str = "") -> list[Any]:
+    """A ReadState as commit_parts.lua's hset_pairs reads it (a resource's own fields under
+    `prefix`)."""
+    pairs = _state_pairs(state, prefix)
     return [len(pairs) // 2, *pairs]
 
 
@@ -263,15 +265,17 @@ class CommitPoll(_Enqueues):
         watch: list[OverdueWatch],
         unwatch: list[OverdueWatch],
         events: RoutedEvents,
+        resource: Resource = ASSIGNMENTS,
     ) -> int | None:
-        """`next_score`: a due time or hold(…). Returns the score written (a held lease's new
-        token; 0 when `next_score` is None), None when the lease was lost."""
+        """`next_score`: a due time or hold(…); `snapshots` and `state` those of the user's
+        `resource`. Returns the score written (a held lease's new token; 0 when `next_score`
+        is None), None when the lease was lost."""
         script_keys: list[Any] = [
             keys.POLL_DUE,
-            keys.snapshots(account_id, user_id),
+            keys.snapshots(account_id, user_id, resource),
             keys.user_state(account_id, user_id),
             keys.OVERDUE,
-            keys.legacy_snapshots(account_id, user_id),
+            keys.legacy_snapshots(account_id, user_id, resource),
             keys.USER_WEIGHTS,
         ]
         args: list[Any] = [
@@ -280,10 +284,11 @@ class CommitPoll(_Enqueues):
             "" if next_score is None else next_score,
             "" if snapshots is None else encode_snapshots(snapshots),
             "" if weight is None else weight,
-            *_state_args(state),
+            *_state_args(state, resource.state_prefix),
             *_watch_args(watch, unwatch),
         ]
-        with _committing("poll", account_id=account_id, user_id=user_id) as current:
+        ids = {"account_id": account_id, "user_id": user_id, "resource": resource.name}
+        with _committing("poll", **ids) as current:
             queued = _pack_events(events, self.log, script_keys, args)
             moved = _moved(await self._run(keys=script_keys, args=args))
             _committed(current, moved is not None, queued)
@@ -318,9 +323,11 @@ class CommitFeed(_Enqueues):
         watch: list[OverdueWatch],
         unwatch: list[OverdueWatch],
         events: RoutedEvents,
+        resource: Resource = ASSIGNMENTS,
     ) -> int | None:
         """`next_score`: a due time or hold(…); `users_version`: the tracked users' version
-        (FeedStore.users_version) `users` were taken at. Returns the score written (a held
+        (FeedStore.users_version) `users` were taken at; `state` and `users` those of the
+        account's `resource`. Returns the score written (a held
         lease's new token; 0 when `next_score` is None), None when the lease was lost; raises
         TrackedUsersChanged when the version moved and `users` is not empty."""
         script_keys: list[Any] = [
@@ -334,19 +341,19 @@ class CommitFeed(_Enqueues):
             token,
             "" if next_score is None else next_score,
             users_version or "",
-            *_state_args(state),
+            *_state_args(state, resource.state_prefix),
             len(users),
         ]
         for user in users:
             script_keys += [
-                keys.snapshots(account_id, user.user_id),
+                keys.snapshots(account_id, user.user_id, resource),
                 keys.user_state(account_id, user.user_id),
-                keys.legacy_snapshots(account_id, user.user_id),
+                keys.legacy_snapshots(account_id, user.user_id, resource),
             ]
             args += ["" if user.snapshots is None else encode_snapshots(user.snapshots)]
-            args += _state_args(user.state)
+            args += _state_args(user.state, resource.state_prefix)
         args += _watch_args(watch, unwatch)
-        with _committing("feed", account_id=account_id) as current:
+        with _committing("feed", account_id=account_id, resource=resource.name) as current:
             queued = _pack_events(events, self.log, script_keys, args)
             reply = await self._run(keys=script_keys, args=args)
             if int(reply) == USERS_CHANGED:
@@ -393,14 +400,19 @@ class LoadUser(_Script):
     source = "load_user"
 
     async def __call__(
-        self, account_id: str, user_id: str, rate_keys: list[str], rate_args: list[float]
+        self,
+        account_id: str,
+        user_id: str,
+        rate_keys: list[str],
+        rate_args: list[float],
+        resource: Resource = ASSIGNMENTS,
     ) -> LoadedUser:
         wait_ms, state, snaps, legacy = await self._run(
             keys=[
                 keys.user_state(account_id, user_id),
-                keys.snapshots(account_id, user_id),
+                keys.snapshots(account_id, user_id, resource),
                 *rate_keys,
-                keys.legacy_snapshots(account_id, user_id),
+                keys.legacy_snapshots(account_id, user_id, resource),
             ],
             args=rate_args,
         )
@@ -613,6 +625,7 @@ class CommitListing(_Script):
                 keys.snapshots(account_id, user_id),
                 keys.user_state(account_id, user_id),
                 keys.legacy_snapshots(account_id, user_id),
+                keys.snapshots(account_id, user_id, COMPLETIONS),
             ]
             args += [user_id, keys.user_member(account_id, user_id)]
         with _committing("listing", account_id=account_id) as current:

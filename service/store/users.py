@@ -104,9 +104,7 @@ class TrackedUsers:
             pipe.zrem(keys.POLL_DUE, member)
             pipe.zrem(keys.USER_WEIGHTS, member)
             pipe.delete(
-                keys.snapshots(account_id, user_id),
-                keys.legacy_snapshots(account_id, user_id),
-                keys.user_state(account_id, user_id),
+                *keys.every_snapshots(account_id, user_id), keys.user_state(account_id, user_id)
             )
             removed, *_ = await pipe.execute()
         return bool(removed)

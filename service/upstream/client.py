@@ -1,5 +1,5 @@
-"""The StackOne client: a user's or an account's assignments and an account's users, page
-by page, within the shared budget."""
+"""The StackOne client: a user's or an account's records of a tracked resource (assignments,
+completions) and an account's users, page by page, within the shared budget."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -42,6 +43,7 @@ from service.httpspec import (
     status_class,
 )
 from service.metrics import Metrics
+from service.resources import ASSIGNMENTS, Resource
 from service.timefmt import iso_ms
 from service.upstream.accounts import AccountPauses, AccountSlots
 from service.upstream.model import (
@@ -78,7 +80,6 @@ LONG_READ_PAGES = 100
 LONG_READ_SECONDS = 30.0
 NOT_IMPLEMENTED = 501
 TOO_MANY_REQUESTS = 429
-ACCOUNT_ASSIGNMENTS = "/unified/lms/assignments"
 ACCOUNT_USERS = "/unified/lms/users"
 
 
@@ -239,9 +240,14 @@ class StackOneClient:
         return f"StackOneClient(base_url={self.settings.base_url!r})"
 
     async def pages(
-        self, account_id: str, user_id: str, updated_after: datetime | None
+        self,
+        account_id: str,
+        user_id: str,
+        updated_after: datetime | None,
+        resource: Resource = ASSIGNMENTS,
     ) -> AsyncIterator[Page]:
-        """Every page of one user's assignments, following `next` until it is empty.
+        """Every page of one user's records of `resource`, following `next` until it is
+        empty.
 
         A user id `.` or `..` is never requested: the HTTP client resolves it as a dot
         segment (even percent-encoded), and `..` asked for the whole account's assignments
@@ -249,17 +255,18 @@ class StackOneClient:
         tracked before that rule fails its poll here, as an unknown user does."""
         if user_id in DOT_SEGMENTS:
             raise UpstreamRejected(f"user id {user_id!r} cannot be a URL path segment")
-        path = f"/unified/lms/users/{quote(user_id, safe='')}/assignments"
-        async for page in self._walk(path, account_id, updated_after, parse_page, per_user=True):
+        path = resource.user_path(quote(user_id, safe=""))
+        parse = partial(parse_page, resource=resource)
+        async for page in self._walk(path, account_id, updated_after, parse, per_user=True):
             yield page
 
     async def account_pages(
-        self, account_id: str, updated_after: datetime | None
+        self, account_id: str, updated_after: datetime | None, resource: Resource = ASSIGNMENTS
     ) -> AsyncIterator[Page]:
-        """Every page of the account's assignments, of all its users (the change feed)."""
-        walk = self._walk(
-            ACCOUNT_ASSIGNMENTS, account_id, updated_after, parse_page, per_user=False
-        )
+        """Every page of the account's records of `resource`, of all its users (its change
+        feed)."""
+        parse = partial(parse_page, resource=resource)
+        walk = self._walk(resource.account_path, account_id, updated_after, parse, per_user=False)
         async for page in walk:
             yield page
 

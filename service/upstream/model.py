@@ -1,4 +1,4 @@
-"""The upstream Assignment shape (OpenAPI `Assignment`) and page parsing.
+"""The upstream record shapes (OpenAPI `Assignment`, `Completion`) and page parsing.
 
 Records are validated against the model but kept as the dicts received, so unknown fields and
 unknown enum values pass through to the webhooks untouched.
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service import jsonfmt
 from service.errors import UpstreamMalformed
+from service.resources import ASSIGNMENTS, COMPLETIONS, Resource
 from service.user_ids import user_id_problem
 
 
@@ -56,6 +57,30 @@ class Assignment(_Open):
     completed_at: str | None = None
     course_id: str | None = None
     remote_course_id: str | None = None
+
+
+class Completion(_Open):
+    """`lms_list_completions`' record (stackone/linked-accounts.md), every field nullable."""
+
+    id: str | None = None
+    remote_id: str | None = None
+    external_reference: str | None = None
+    user_id: str | None = None
+    remote_user_id: str | None = None
+    course_id: str | None = None
+    content_id: str | None = None
+    learning_object_id: str | None = None
+    # providers differ in these: an enum object or a bare value, a number or an object
+    learning_object_type: EnumValue | str | None = None
+    learning_object_external_reference: str | None = None
+    completed_at: str | None = None
+    result: EnumValue | str | None = None
+    score: float | str | dict[str, Any] | None = None
+    time_spent: float | str | None = None
+    certificate_url: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    unified_custom_fields: dict[str, Any] | None = None
 
 
 def _plain_shapes(model: type[BaseModel]) -> Callable[[dict[str, Any]], bool]:
@@ -100,6 +125,21 @@ def _plain_shapes(model: type[BaseModel]) -> Callable[[dict[str, Any]], bool]:
 # Validating every record with pydantic costs more than detecting its changes; almost every
 # record has only plain shapes, which this accepts at once. The rest go to pydantic.
 plainly_valid = _plain_shapes(Assignment)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How a resource's records are checked."""
+
+    model: type[BaseModel]
+    plainly_valid: Callable[[dict[str, Any]], bool]
+    needs_user_id: bool  # a record that names no user cannot be routed or tracked
+
+
+_SHAPES = {
+    ASSIGNMENTS.name: _Shape(Assignment, plainly_valid, needs_user_id=False),
+    COMPLETIONS.name: _Shape(Completion, _plain_shapes(Completion), needs_user_id=True),
+}
 
 
 @dataclass(slots=True)
@@ -158,14 +198,16 @@ def _envelope(raw: bytes, page_size: int | None) -> tuple[list[Any], str | None,
     return body["data"], cursor or None, plain
 
 
-def parse_page(raw: bytes, page_size: int | None = None) -> Page:
-    """A body of `AssignmentsPaginated`, or UpstreamMalformed saying what is wrong.
+def parse_page(raw: bytes, page_size: int | None = None, resource: Resource = ASSIGNMENTS) -> Page:
+    """A body of `AssignmentsPaginated` (`CompletionsPaginated` for completions), or
+    UpstreamMalformed saying what is wrong.
 
     The envelope must have the documented shape. A single record that does not is skipped and
     counted, so one odd record cannot block every later poll of its user.
     """
     data, cursor, plain = _envelope(raw, page_size)
     page = Page([], cursor)
+    shape = _SHAPES[resource.name]
     # One call shows that every record of the page can be written again (the usual case).
     writable = plain and _orjson_writes(data)
     for index, item in enumerate(data):
@@ -173,7 +215,7 @@ def parse_page(raw: bytes, page_size: int | None = None) -> Page:
             raise UpstreamMalformed(f"data[{index}] is not an object")
         if isinstance(item.get("id"), int) and not isinstance(item["id"], bool):
             item["id"] = str(item["id"])  # a numeric id is still an id
-        reason = _unusable(item, plain, writable)
+        reason = _unusable(item, plain, writable, shape)
         if reason is not None:
             page.skipped[reason] = page.skipped.get(reason, 0) + 1
             continue
@@ -217,21 +259,23 @@ def parse_user_page(raw: bytes, page_size: int | None = None) -> UserPage:
     return page
 
 
-def _unusable(item: dict[str, Any], plain: bool, writable: bool) -> str | None:
+def _unusable(item: dict[str, Any], plain: bool, writable: bool, shape: _Shape) -> str | None:
     """Why a record cannot be tracked, or None. `plain`: orjson read it, so its values are of
     plain JSON types only (no huge integers, no lone surrogates, no NaN) and the fast check is
     exact; `writable`: orjson wrote the whole page again."""
     if not item.get("id") or not isinstance(item["id"], str):
         return "missing_id"
+    if shape.needs_user_id and (not item.get("user_id") or not isinstance(item["user_id"], str)):
+        return "missing_user_id"
     if plain:
         if not writable and not _orjson_writes(item):
             return "invalid_record"
-        if plainly_valid(item):
+        if shape.plainly_valid(item):
             return None
     elif not _storable(item):
         return "invalid_record"
     try:
-        Assignment.model_validate(item)
+        shape.model.model_validate(item)
     except ValidationError:
         return "invalid_record"
     return None

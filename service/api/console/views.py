@@ -29,7 +29,7 @@ from service.api.console.session import SESSION_SECONDS
 from service.api.console.stats import last_hour
 from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
 from service.config import EndpointSettings
-from service.operations import Operations
+from service.operations import EVENT_FILTERS, Operations
 from service.store.log import RECENT_ATTEMPTS
 
 log = structlog.get_logger("console")
@@ -307,7 +307,7 @@ async def redeliver(request: web.Request) -> web.StreamResponse:
 
 # -- events ------------------------------------------------------------------------------
 
-_FILTERS = ("endpoint", "type", "account_id", "user_id", "assignment_id", "outcome")
+_FILTERS = EVENT_FILTERS
 
 
 async def events_page(request: web.Request) -> web.StreamResponse:

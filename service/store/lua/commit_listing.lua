@@ -4,7 +4,7 @@
 -- KEYS: [1] discovery due zset, [2] discovery state hash, [3] the account's listed user set,
 --       [4] poll due zset, [5] user weights zset, [6] tracked users' version counter,
 --       then per user added: its user state hash,
---       then per user dropped: (snapshots, user state hash, 0.1's hash)
+--       then per user dropped: (snapshots, user state hash, 0.1's hash, completion snapshots)
 -- ARGV: [1] account member, [2] token held, [3] next due time (ms ≥ 0, as lease.lua's move
 --       reads it), [4] when the added users were found (ms, the upstream's clock),
 --       then the listing state as hset_pairs reads it,
@@ -31,7 +31,8 @@ for u = 0, n - 1 do
   redis.call('SREM', KEYS[3], ARGV[i])
   redis.call('ZREM', KEYS[4], ARGV[i + 1])
   redis.call('ZREM', KEYS[5], ARGV[i + 1])
-  redis.call('DEL', KEYS[drops + 3 * u], KEYS[drops + 1 + 3 * u], KEYS[drops + 2 + 3 * u])
+  local k = drops + 4 * u
+  redis.call('DEL', KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
   i = i + 2
 end
 move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])

@@ -589,20 +589,31 @@ async def reach(bench: Bench, scale: float) -> dict[str, Any]:
     # arrivals); per user, a change still waiting for its user's poll by then is reported as
     # not delivered within the run (a quick look shortens that wait with the minute).
     allowance = REACH_ACCOUNT_INTERVAL + 5.0
+    # each strategy twice: assignments alone, then completions tracked too (no completion
+    # changes: what tracking them costs the same assignment changes)
     for strategy, before, after in (
         ("account", lead, allowance),
         ("per_user", 0.0, allowance * scale),
     ):
-        started = time.perf_counter()
-        # distinct assignments: one changed twice between two reads is one change to a poller
-        serials = rng.sample(
-            range(1, len(users) * per_user + 1), round(per_second * (before + window))
-        )
-        run = await _reach_run(
-            bench, users, strategy, budget, serials, per_user, (before, window, after)
-        )
-        run["bench_seconds"] = round(time.perf_counter() - started, 1)
-        figures[strategy] = run
+        for completions in (False, True):
+            started = time.perf_counter()
+            # distinct assignments: one changed twice between two reads is one change to a
+            # poller
+            serials = rng.sample(
+                range(1, len(users) * per_user + 1), round(per_second * (before + window))
+            )
+            run = await _reach_run(
+                bench,
+                users,
+                strategy,
+                budget,
+                serials,
+                per_user,
+                (before, window, after),
+                completions=completions,
+            )
+            run["bench_seconds"] = round(time.perf_counter() - started, 1)
+            figures[f"{strategy}_completions" if completions else strategy] = run
     return figures
 
 
@@ -614,10 +625,13 @@ async def _reach_run(
     serials: list[int],
     per_user: int,
     seconds: tuple[float, float, float],
+    *,
+    completions: bool = False,
 ) -> dict[str, Any]:
     """One strategy: seed, start, change `serials` evenly over `before` seconds then the
     measured `window`, and see what the window's changes cost and which of them arrived
-    within `allowance` of the last one."""
+    within `allowance` of the last one. `completions`: tracked too (the simulator has none;
+    their first read baselines them during the start-up)."""
     before, window, allowance = seconds
     lms, received = bench.lms, bench.received
     await bench.redis.flushall()
@@ -632,6 +646,8 @@ async def _reach_run(
         await store_feed_state(bench.redis, ACCOUNT, int(time.time() * 1000))
     config = bench.service_config(users, budget=budget, interval=f"{REACH_INTERVAL:g}s")
     config["accounts"][0]["strategy"] = strategy
+    if completions:
+        config["accounts"][0]["track"] = ["assignments", "completions"]
     config["polling"]["account_interval"] = f"{REACH_ACCOUNT_INTERVAL:g}s"
     config["polling"]["overlap"] = f"{REACH_OVERLAP:g}s"
     (process,) = await bench.start_services(config)

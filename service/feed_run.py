@@ -41,6 +41,7 @@ class FeedResult:
     records: int = 0
     changes: int = 0
     events: int = 0
+    found: int = 0  # changes that sent events (committed): what the adaptive cadence counts
     skipped: int = 0  # records that cannot be tracked (no id, no user_id, invalid)
     untracked: int = 0  # records of users not tracked
     duplicates: int = 0  # versions of an assignment read twice in this run (one kept)
@@ -82,8 +83,10 @@ class FeedRun:
         now: datetime,
         watermark: datetime | None,
         emit_on_first_sync: bool,
+        state: ReadState | None = None,
     ) -> None:
         self.lease = lease
+        self.state = state or ReadState()  # the feed's, before this read
         self.store = store
         self.endpoints = list(endpoints)
         self.full = full

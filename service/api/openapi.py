@@ -138,6 +138,14 @@ _BUDGET = {
             "properties": {
                 "min_interval_seconds": {"type": "number"},
                 "max_interval_seconds": {"type": "number"},
+                "accounts": {
+                    "type": "object",
+                    "description": "how often an account's feed is read, busy to quiet",
+                    "properties": {
+                        "min_interval_seconds": {"type": "number"},
+                        "max_interval_seconds": {"type": "number"},
+                    },
+                },
             },
         },
     },

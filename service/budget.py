@@ -127,6 +127,12 @@ def plan(demand: Demand) -> Plan:
     )
 
 
+def feed_bounds(plan: Plan, polling: PollingSettings) -> tuple[float, float]:
+    """`adaptive`: the fastest and slowest an account's feed is read: `account_interval`, and
+    `max_account_interval` unless the budget cannot afford every feed even at that."""
+    return polling.account_interval, max(polling.slowest_account_interval, plan.feed_interval)
+
+
 def next_due(due_at: float, claimed_at: float, interval: float, now: float) -> float:
     """An interval after the poll was due, not after it was claimed or ended: claims lag by up
     to a tick and polls take time, and either would stretch every interval. A poll claimed an
@@ -152,11 +158,17 @@ def change_rate(
     return rate + changes
 
 
+def activity_weight(rate: float) -> float:
+    """How much a read is worth by the changes it finds: √(change rate), the allocation that
+    minimises the mean time to detect a change for a given number of reads (a user's poll,
+    an account's feed read)."""
+    return math.sqrt(rate + RATE_FLOOR)
+
+
 def user_weight(rate: float, in_progress: bool, next_due_ms: int | None, now_ms: int) -> float:
-    """How much a user's poll is worth: √(change rate), the allocation that minimises the
-    mean time to detect a change for a given number of polls, with boosts for an
-    assignment in progress and a due date within a day."""
-    weight = math.sqrt(rate + RATE_FLOOR)
+    """How much a user's poll is worth: its activity weight, with boosts for an assignment
+    in progress and a due date within a day."""
+    weight = activity_weight(rate)
     if in_progress:
         weight *= IN_PROGRESS_BOOST
     if next_due_ms is not None and -DAY_MS <= next_due_ms - now_ms <= DAY_MS:
@@ -172,19 +184,23 @@ def adaptive_interval(weight: float, scale: float, min_interval: float, bound: f
 def adaptive_scale(
     weights: list[float], interval: float, min_interval: float, bound: float
 ) -> float:
-    """The scale at which the users' adaptive intervals cost what polling every one of them
-    each `interval` would: the same number of polls a second, spent where changes are.
-
-    At a given scale the users split in three: the heaviest polled every `min_interval`,
-    the lightest every `bound`, the rest every scale/weight (w/scale polls a second). With
-    the weights sorted and summed once, each trial scale costs two bisections, not a pass
-    over every user (20,000 users, 60 trials)."""
+    """The scale at which the members' adaptive intervals cost what reading every one of
+    them each `interval` would: the same number of reads a second, spent where changes are."""
     if not weights:
         return interval
-    bound = max(bound, min_interval)
+    return _scale_for(weights, len(weights) / interval, min_interval, max(bound, min_interval))
+
+
+def _scale_for(weights: list[float], target: float, min_interval: float, bound: float) -> float:
+    """The scale at which `weights` cost `target` reads a second.
+
+    At a given scale the members split in three: the heaviest read every `min_interval`,
+    the lightest every `bound`, the rest every scale/weight (w/scale reads a second). With
+    the weights sorted and summed once, each trial scale costs two bisections, not a pass
+    over every member (20,000 users, 60 trials)."""
     ordered = sorted(weights)
     sums = list(itertools.accumulate(ordered, initial=0.0))
-    count, target = len(ordered), len(ordered) / interval
+    count = len(ordered)
 
     def polls(scale: float) -> float:
         slow = bisect.bisect_right(ordered, scale / bound)  # scale/w >= bound: at the bound
@@ -193,9 +209,9 @@ def adaptive_scale(
         return slow / bound + middle / scale + (count - fast) / min_interval
 
     low, high = min_interval * ordered[0], bound * ordered[-1]
-    if polls(high) >= target:  # even the slowest cadence costs as much: every user at bound
+    if polls(high) >= target:  # even the slowest cadence costs as much: every one at bound
         return high
-    if polls(low) <= target:  # every user at min_interval fits
+    if polls(low) <= target:  # every one at min_interval fits
         return low
     for _ in range(60):  # bisection on a log scale: polls(scale) falls as scale grows
         middle_scale = math.sqrt(low * high)
@@ -204,6 +220,63 @@ def adaptive_scale(
         else:
             high = middle_scale
     return high
+
+
+@dataclass(frozen=True, slots=True)
+class Adaptive:
+    """One kind's adaptive cadence (users' polls, or accounts' feed reads): a member is read
+    every `scale`/weight, never more often than `fastest` nor less often than `slowest`; a
+    member `busy` (an account whose last read found changes) every `busy_interval`."""
+
+    scale: float
+    fastest: float
+    slowest: float
+    busy_interval: float
+
+    def interval(self, weight: float, busy: bool = False) -> float:
+        if busy:
+            return self.busy_interval
+        return adaptive_interval(weight, self.scale, self.fastest, self.slowest)
+
+    def per_second(self, weights: Iterable[float], busy: int = 0) -> float:
+        """What these members cost, in reads a second."""
+        return busy / self.busy_interval + sum(1 / self.interval(w) for w in weights)
+
+
+def adaptive_share(
+    weights: list[float], interval: float, fastest: float, slowest: float, busy: int = 0
+) -> Adaptive:
+    """The adaptive cadence that spends the kind's share of the plan (every member read each
+    `interval`) where the changes are: `busy` members every `fastest` first, the others by
+    weight. `slowest` gives way to `interval` when even that is more than the share affords,
+    and busy members to `slowest` when the others at `slowest` leave them too little: the
+    share is never overspent."""
+    slowest = max(slowest, fastest, interval)
+    target = (len(weights) + busy) / interval  # reads a second
+    busy_interval = fastest
+    if busy:
+        # at least busy/interval a second: slowest >= interval
+        room = target - len(weights) / slowest
+        busy_interval = min(slowest, max(fastest, busy / room))
+    scale = interval
+    if weights:
+        scale = _scale_for(weights, target - busy / busy_interval, fastest, slowest)
+    return Adaptive(scale, fastest, slowest, busy_interval)
+
+
+def feed_weights(
+    activity: Iterable[tuple[float | None, int | None, bool]], now_ms: int, interval: float
+) -> tuple[list[float], int]:
+    """The weights of the feeds whose last read found nothing, faded to `now_ms`, and how
+    many are busy (their last read found changes). `activity`: each feed's change rate,
+    last read (ms) and whether that read found changes, as its state holds them."""
+    weights, busy = [], 0
+    for rate, last_ms, found in activity:
+        if found:
+            busy += 1
+        else:
+            weights.append(activity_weight(change_rate(rate, last_ms, 0, now_ms, interval)))
+    return weights, busy
 
 
 class Cadence(Protocol):
@@ -226,6 +299,11 @@ class Cadence(Protocol):
 
     def user_interval(self, weight: float | None) -> float:
         """A user's interval: the plan's, or with `adaptive` its own by its weight."""
+        ...
+
+    def account_feed_interval(self, weight: float | None, busy: bool) -> float:
+        """An account's feed interval: the plan's, or with `adaptive` its own by its weight
+        (`busy`: its last read found changes)."""
         ...
 
 
@@ -253,6 +331,9 @@ class ConfiguredCadence:
 
     def user_interval(self, weight: float | None) -> float:
         return self.interval
+
+    def account_feed_interval(self, weight: float | None, busy: bool) -> float:
+        return self.feed_interval
 
 
 def assignment_activity(

@@ -17,10 +17,12 @@ import structlog
 from service.budget import (
     IDLE_BOUND,
     RATE_FLOOR,
+    Adaptive,
     Demand,
     Plan,
-    adaptive_interval,
-    adaptive_scale,
+    adaptive_share,
+    feed_bounds,
+    feed_weights,
     plan,
 )
 from service.config import Settings
@@ -34,7 +36,7 @@ from service.store.users import TrackedUsers
 log = structlog.get_logger("budget")
 
 PLAN_SECONDS = 30.0  # the plan is derived again this often (and when tracked users change)
-_IDLE_WEIGHT = RATE_FLOOR**0.5  # a user never polled yet weighs as an idle one
+_IDLE_WEIGHT = RATE_FLOOR**0.5  # a user or feed never read yet weighs as an idle one
 
 
 def demand_of_config(settings: Settings) -> Demand:
@@ -89,7 +91,8 @@ class BudgetPlanner:
         self.metrics = metrics
         self.clock = clock
         self.plan = plan(demand_of_config(settings))
-        self.scale = settings.polling.interval  # adaptive: a user's interval is scale/weight
+        # adaptive: by kind (`user`, `feed`), each member's interval by its weight
+        self.adaptive = self._adaptive([], [], 0)
         self._seen: dict[str, list[int]] = {}  # kind → [pages, reads] not yet in Redis
         self._full: dict[tuple[str, str], int] = {}  # (kind, account) → its full read's pages
         self._feed_users = 0  # users the feeds cover
@@ -113,12 +116,14 @@ class BudgetPlanner:
         return self.plan.user_interval
 
     def user_interval(self, weight: float | None) -> float:
-        polling = self.settings.polling
-        if not polling.adaptive:
+        if not self.settings.polling.adaptive:
             return self.plan.user_interval
-        return adaptive_interval(
-            weight or _IDLE_WEIGHT, self.scale, polling.min_interval, self.idle_bound
-        )
+        return self.adaptive["user"].interval(weight or _IDLE_WEIGHT)
+
+    def account_feed_interval(self, weight: float | None, busy: bool) -> float:
+        if not self.settings.polling.adaptive:
+            return self.plan.feed_interval
+        return self.adaptive["feed"].interval(weight or _IDLE_WEIGHT, busy)
 
     @property
     def idle_bound(self) -> float:
@@ -154,11 +159,12 @@ class BudgetPlanner:
         learned = await self.store.learned()
         per_user = await self.users.per_user_members()
         self._feed_users = len(await self.users.members()) - len(per_user)
+        feeds = sorted(await self.users.feed_accounts_in_force())
         polling = self.settings.polling
         config = demand_of_config(self.settings)
         demand = Demand(
             budget_per_minute=config.budget_per_minute,
-            feeds=len(await self.users.feed_accounts_in_force()),
+            feeds=len(feeds),
             users=len(per_user),
             listings=len((await self.users.accounts.current()).listing_accounts),
             interval=polling.interval,
@@ -172,8 +178,11 @@ class BudgetPlanner:
         self.plan = plan(demand)
         if polling.adaptive:
             weights = [w or _IDLE_WEIGHT for w in await self.store.weights(sorted(per_user))]
-            self.scale = adaptive_scale(
-                weights, self.plan.user_interval, polling.min_interval, self.idle_bound
+            states = await self.store.feed_states(feeds)
+            activity = ((s.change_rate, s.last_poll_ms, bool(s.busy)) for s in states)
+            now_ms = int(self.clock() * 1000)
+            self.adaptive = self._adaptive(
+                weights, *feed_weights(activity, now_ms, self.plan.feed_interval)
             )
         self._export()
         if await self.store.publish(json.dumps(self.describe(), sort_keys=True)):
@@ -181,10 +190,26 @@ class BudgetPlanner:
             say("budget_plan", **self.describe())
         return self.plan
 
+    def _adaptive(
+        self, user_weights: list[float], feed_weights: list[float], busy_feeds: int
+    ) -> dict[str, Adaptive]:
+        """The adaptive cadences within the plan: each kind spends its share where the
+        changes are (an account whose last read found changes first)."""
+        p, polling = self.plan, self.settings.polling
+        return {
+            "user": adaptive_share(
+                user_weights, p.user_interval, polling.min_interval, self.idle_bound
+            ),
+            "feed": adaptive_share(
+                feed_weights, p.feed_interval, *feed_bounds(p, polling), busy_feeds
+            ),
+        }
+
     def describe(self) -> dict[str, Any]:
         """The plan as the admin API shows it."""
         p = self.plan
         polling = self.settings.polling
+        fastest_feed, slowest_feed = feed_bounds(p, polling)
         return {
             "allowed_per_minute": round(p.allowed_per_minute, 1),
             "needed_per_minute": round(p.needed_per_minute, 1),
@@ -211,6 +236,10 @@ class BudgetPlanner:
                 {
                     "min_interval_seconds": polling.min_interval,
                     "max_interval_seconds": round(self.idle_bound, 3),
+                    "accounts": {
+                        "min_interval_seconds": fastest_feed,
+                        "max_interval_seconds": round(slowest_feed, 3),
+                    },
                 }
                 if polling.adaptive
                 else None

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from service import __version__, tracing
 from service.app import Role, Service
-from service.budget import plan
+from service.budget import feed_bounds, plan
 from service.budget_planner import completions_cost, demand_of_config
 from service.config import Settings, load_settings
 from service.errors import ConfigError
@@ -167,9 +167,16 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{len(settings.endpoints)} endpoint(s)"
     )
     estimate = plan(demand_of_config(settings))
+    feeds = f"every {_seconds(estimate.feed_interval)}"
+    if settings.polling.adaptive:
+        fastest, slowest = feed_bounds(estimate, settings.polling)
+        feeds = (
+            f"every {_seconds(fastest)} (busy) to {_seconds(slowest)} (quiet) by activity, "
+            f"{_seconds(estimate.feed_interval)} on average"
+        )
     cadence = (
         f"per_user every {_seconds(estimate.user_interval)} ({estimate.users} users), "
-        f"account feeds every {_seconds(estimate.feed_interval)} ({estimate.feeds} accounts), "
+        f"account feeds {feeds} ({estimate.feeds} accounts), "
         f"listings every {_seconds(estimate.listing_interval)} ({estimate.listings} accounts)"
     )
     budget = (

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from service.budget import Cadence, ConfiguredCadence, next_due
+from service.budget import Cadence, ConfiguredCadence, activity_weight, change_rate, next_due
 from service.config import AccountSettings, Settings
 from service.detect import FeedWindow, updated_after
 from service.errors import StaleLease, UpstreamError
@@ -163,6 +163,7 @@ class FeedReader:
             window=FeedWindow(watermark, anchor),
             emit_on_first_sync=polling.emit_on_first_sync,
             result=result,
+            state=state,
         )
         try:
             await self._read(
@@ -234,8 +235,8 @@ class FeedReader:
         lease, final = run.lease, done is not None
         ends = final and last
         async with lease.lock:
-            if ends:
-                interval = self.cadence.feed_interval
+            if ends and done is not None:
+                done, interval = self._paced(run, done)
                 due = next_due(lease.due_at, lease.claimed_at, interval, self.clock())
                 next_score = int(due * 1000)
             else:  # a flush keeps the lease (on Redis' clock)
@@ -248,11 +249,27 @@ class FeedReader:
         outbox = run.committed(final)
         run.result.changes += len(outbox.changes)
         for change in outbox.changes:
+            run.result.found += bool(change.events)
             for event in change.events:
                 run.result.events += 1
                 self.metrics.events.labels(event["type"]).inc()
         if outbox.events and self.on_committed:
             self.on_committed(set(outbox.events))
+
+    def _paced(self, run: FeedRun, done: ReadState) -> tuple[ReadState, float]:
+        """The feed's next interval; with `adaptive`, by its activity, kept in its state for
+        the plan: a read that found changes has the next one come soon (HR departments
+        assign training in bursts), a quiet feed waits longer the longer it stays quiet."""
+        if not self.settings.polling.adaptive:
+            return done, self.cadence.feed_interval
+        found = run.result.found + sum(bool(change.events) for change in run.outbox.changes)
+        before = run.state
+        rate = change_rate(
+            before.change_rate, before.last_poll_ms, found, run.now_ms, self.cadence.feed_interval
+        )
+        busy = found > 0
+        interval = self.cadence.account_feed_interval(activity_weight(rate), busy)
+        return replace(done, change_rate=rate, busy=busy), interval
 
     async def _commit_tracked(
         self, run: FeedRun, next_score: int, done: ReadState | None, final: bool

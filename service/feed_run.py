@@ -45,6 +45,7 @@ class FeedResult:
     records: int = 0
     changes: int = 0
     events: int = 0
+    found: int = 0  # changes that sent events (committed): what the adaptive cadence counts
     skipped: int = 0  # records that cannot be tracked (no id, no user_id, invalid)
     untracked: int = 0  # records of users not tracked
     duplicates: int = 0  # versions of a record read twice in this run (one kept)
@@ -88,10 +89,12 @@ class FeedRun:
         window: FeedWindow,
         emit_on_first_sync: bool,
         result: FeedResult | None = None,
+        state: ReadState | None = None,
     ) -> None:
         """`result`: the counts of the whole feed read (its resources' together)."""
         self.lease = lease
         self.resource = resource
+        self.state = state or ReadState()  # the feed's, before this read
         self.store = store
         self.endpoints = list(endpoints)
         self.full = full

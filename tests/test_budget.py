@@ -6,10 +6,14 @@ import pytest
 
 from service.budget import (
     HEADROOM,
+    RATE_FLOOR,
     Demand,
+    activity_weight,
     adaptive_interval,
     adaptive_scale,
+    adaptive_share,
     change_rate,
+    feed_weights,
     plan,
     user_weight,
 )
@@ -170,3 +174,63 @@ def test_full_resync_interval_zero_plans_a_full_read_with_every_read() -> None:
     # a listing alone: its full reads come every discovery_interval
     listing = plan(demand(listings=1, full_resync_interval=0.0, full_read_pages=200))
     assert listing.needed_per_minute == pytest.approx(60 / 900 + 200 * 60 / 900)
+
+
+# -- accounts' feeds, adaptive: 10 s busy, 100 s the slowest --
+
+IDLE = activity_weight(0.0)
+
+
+@pytest.mark.parametrize(
+    ("feeds", "busy", "quiet_at_least"),
+    [
+        (300, 30, 20.0),  # 1,800 a minute needed: 30 busy every 10 s, the quiet pay for it
+        (300, 0, 18.5),  # nobody busy: the plan's uniform cadence (300 × 60 / 970 s)
+        (120, 12, 10.0),  # 720 a minute fit: every feed every 10 s, busy or quiet
+    ],
+)
+def test_busy_feeds_are_read_every_account_interval_within_the_plan(
+    feeds: int, busy: int, quiet_at_least: float
+) -> None:
+    result = plan(demand(feeds=feeds))
+    quiet = [IDLE] * (feeds - busy)
+    share = adaptive_share(quiet, result.feed_interval, 10.0, 100.0, busy)
+    assert share.interval(IDLE, busy=True) == 10.0  # a feed that just found changes
+    assert quiet_at_least <= share.interval(IDLE) <= 100.0
+    # what it spends: all the plan gives the feeds (planned, 97% of the key), never more
+    spent = share.per_second(quiet, busy) * 60
+    assert spent == pytest.approx(min(feeds * 6.0, PLANNED), rel=1e-3)
+
+
+def test_quiet_feeds_slow_down_to_the_bound_before_busy_ones_do() -> None:
+    # a share of 100 feeds every 80 s (1.25 a second): 97 quiet feeds at the 100 s bound
+    # cost 0.97, and the 3 busy get the rest, every 10.7 s: only then do they slow down
+    share = adaptive_share([IDLE] * 97, 80.0, 10.0, 100.0, 3)
+    assert share.interval(IDLE) == 100.0
+    assert share.interval(IDLE, busy=True) == pytest.approx(3 / (100 / 80 - 0.97))
+    assert share.per_second([IDLE] * 97, 3) == pytest.approx(100 / 80)
+    # with more to share, the busy are read every account_interval, the quiet faster too
+    roomy = adaptive_share([IDLE] * 97, 60.0, 10.0, 100.0, 3)
+    assert roomy.interval(IDLE, busy=True) == 10.0 and roomy.interval(IDLE) < 100.0
+    assert roomy.per_second([IDLE] * 97, 3) == pytest.approx(100 / 60)
+
+
+def test_the_bound_gives_way_when_the_budget_cannot_afford_it() -> None:
+    # 3,000 feeds on 970 a minute: each every 185.6 s at best, past the 100 s bound
+    result = plan(demand(feeds=3000))
+    share = adaptive_share([IDLE] * 3000, result.feed_interval, 10.0, 100.0)
+    assert share.slowest == pytest.approx(result.feed_interval)
+    assert share.per_second([IDLE] * 3000) * 60 == pytest.approx(PLANNED, rel=1e-3)
+
+
+def test_feed_weights_fade_and_busy_feeds_are_counted_apart() -> None:
+    now = 10 * HOUR_MS
+    memory_ms = int(12 * 10.0 * 1000)  # RATE_MEMORY intervals of 10 s
+    activity = [
+        (None, None, False),  # never read: idle
+        (4.0, now - memory_ms, False),  # four changes, faded by 1/e
+        (1.0, now, True),  # its last read found changes
+    ]
+    weights, busy = feed_weights(activity, now, 10.0)
+    assert busy == 1
+    assert weights == pytest.approx([RATE_FLOOR**0.5, (4 / 2.718281828 + RATE_FLOOR) ** 0.5])

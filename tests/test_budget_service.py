@@ -1,6 +1,7 @@
 """The budget plan in the running service, on a real redis-server: an over-budget config is
 stretched and says so; users added at run time change the plan at once; adaptive polls busy
-users more often and idle ones within the bound."""
+users more often and idle ones within the bound, and reads a busy account's feed every
+`account_interval` while quiet ones slow down, within the key's budget."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import pytest
 from redis.asyncio import Redis
 
 from service.sim.lms import SimLMS
+from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.sim.receiver import Receiver
+from service.store.limits import api_key_budget
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
     ROOT,
+    Driven,
     driven,
     endpoint,
     make_settings,
@@ -138,13 +142,8 @@ async def test_adaptive_polls_busy_users_more_often_and_idle_ones_within_the_bou
     assert sum(polls.values()) <= 24 * 10 / 4 * 1.1  # about what uniform polling costs
 
 
-def test_check_config_warns_when_the_cadences_do_not_fit(tmp_path: Path) -> None:
-    users = ", ".join(f"u_{n}" for n in range(5000))
-    config = tmp_path / "big.yaml"
-    config.write_text(
-        f"stackone: {{api_key: k}}\naccounts:\n  - {{account_id: a, users: [{users}]}}\n"
-        "  - {account_id: b, users: all, strategy: account}\n"
-    )
+def check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    """`lms-webhooks check-config` on `config`, which passes (exit 0)."""
     proc = subprocess.run(
         [sys.executable, "-m", "service", "check-config", "--config", str(config)],
         cwd=ROOT,
@@ -154,10 +153,38 @@ def test_check_config_warns_when_the_cadences_do_not_fit(tmp_path: Path) -> None
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_check_config_warns_when_the_cadences_do_not_fit(tmp_path: Path) -> None:
+    users = ", ".join(f"u_{n}" for n in range(5000))
+    config = tmp_path / "big.yaml"
+    config.write_text(
+        f"stackone: {{api_key: k}}\naccounts:\n  - {{account_id: a, users: [{users}]}}\n"
+        "  - {account_id: b, users: all, strategy: account}\n"
+    )
+    proc = check_config(config)
     # 5,000 users every 5 m: 1,000 a minute, and a feed: 6; 970 planned of 1,000
     assert "warning: the configured cadences do not fit the budget" in proc.stderr
     assert "1006 requests a minute needed, 970 planned" in proc.stderr
     assert "per_user every 311.2" in proc.stderr and "account feeds every 10s" in proc.stderr
+
+
+def test_check_config_says_how_adaptive_feeds_are_planned(tmp_path: Path) -> None:
+    accounts = "".join(
+        f"  - {{account_id: acc_{n}, users: [u_1], strategy: account}}\n" for n in range(300)
+    )
+    config = tmp_path / "tenants.yaml"
+    config.write_text(
+        f"stackone: {{api_key: k}}\naccounts:\n{accounts}polling: {{adaptive: true}}\n"
+    )
+    proc = check_config(config)
+    # 300 feeds every 10 s: 1,800 a minute; 970 planned, 18.6 s each on average
+    assert "1800 requests a minute needed, 970 planned" in proc.stderr
+    assert (
+        "account feeds every 10s (busy) to 100s (quiet) by activity, 18.6s on average "
+        "(300 accounts)" in proc.stderr
+    )
 
 
 async def test_a_running_service_replans_as_soon_as_users_are_added(
@@ -218,3 +245,88 @@ async def test_full_resync_interval_zero_reads_the_feed_completely_every_time(
     assert not any("filter[updated_after]" in r.query for r in feed_reads)  # each one full
     assert budget["effective_interval_seconds"]["full_resync"] == 0
     assert budget["fits"] is True
+
+
+FEEDS = [f"acc_{n}" for n in range(10)]
+STEP = 0.5
+
+
+def feed_reads(sim: SimLMS, after: float = 0.0) -> dict[str, list[float]]:
+    """When each account's feed was read (first pages only), on the simulator's clock."""
+    reads: dict[str, list[float]] = {}
+    for r in sim.requests:
+        if r.path == ACCOUNT_ASSIGNMENTS_PATH and "next" not in r.query and r.time > after:
+            reads.setdefault(str(r.account_id), []).append(r.time)
+    return reads
+
+
+async def test_adaptive_reads_a_busy_account_every_account_interval_and_quiet_ones_slower(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: Rx,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10 feeds every second need 600 requests a minute; the key has 118 (114.5 planned).
+    acc_0 changes every second: read every second; the nine quiet feeds pay for it, each
+    read about every 10 s (max_account_interval). acc_5 then gets one change: the read
+    that finds it makes the next come after account_interval, not 10 s."""
+    sim, lms_url = lms
+    rx, url = receiver
+    for account in FEEDS:
+        sim.put_assignment(account, "u_1", {"id": f"{account}_a1"})
+        sim.progress(account, "u_1", f"{account}_a1", 0)
+    # the key's limiter runs on real time, this test on its clock: the plan is what is
+    # tested here, so the limiter gets the room of a key that never holds the test up
+    monkeypatch.setattr("service.app.api_key_budget", lambda _: api_key_budget(60_000))
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [endpoint(url)],
+        [],
+        accounts=[{"account_id": a, "users": ["u_1"], "strategy": "account"} for a in FEEDS],
+        stackone={"base_url": lms_url, "api_key": API_KEY, "max_requests_per_minute": 118},
+        polling={"account_interval": "1s", "max_account_interval": "10s", "adaptive": True},
+    )
+    progress = 0
+
+    async def seconds(service: Driven, count: int) -> None:
+        """`count` seconds on, acc_0 changing each second."""
+        nonlocal progress
+        for _ in range(count):
+            progress += 1
+            sim.progress("acc_0", "u_1", "acc_0_a1", progress)
+            for _ in range(round(1 / STEP)):
+                await service.step(STEP)
+
+    async with driven(settings, sim) as service:
+        await service.step(0.0)  # every feed's first read: a silent baseline
+        await seconds(service, 20)  # the plan learns who is busy
+        start = service.clock()
+        await seconds(service, 40)
+        window = feed_reads(sim, start)
+        budget = await service.service.operations.budget()
+        rx.events.clear()
+        sim.progress("acc_5", "u_1", "acc_5_a1", 50)
+        changed = service.clock()
+        await seconds(service, 15)
+    assert budget["adaptive"]["accounts"] == {
+        "min_interval_seconds": 1.0,
+        "max_interval_seconds": 10.0,
+    }
+    assert budget["fits"] is False and budget["allowed_per_minute"] == 114.5
+    busy = window.pop("acc_0")
+    assert len(busy) >= 38  # every second (a step may come just after it is due)
+    for account, times in window.items():  # the quiet: slowed down to the bound
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert gaps and all(9.0 <= gap <= 10.0 + STEP for gap in gaps), (account, gaps)
+    # what the plan spends stays within the budget: 114.5 a minute, 76 in 40 s (a read per
+    # feed more at most, for where the window cuts their cadences)
+    total = len(busy) + sum(len(times) for times in window.values())
+    assert 0.9 * 114.46 * 40 / 60 <= total <= 114.46 * 40 / 60 + len(FEEDS)
+    # acc_5: the read that found its change, then the next after account_interval
+    after = feed_reads(sim, changed)["acc_5"]
+    assert len(after) >= 2 and after[1] - after[0] <= 1.0 + STEP, after
+    assert {e.data["assignment_id"] for e in rx.events if e.data["user_id"] == "u_1"} >= {
+        "acc_5_a1"
+    }

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ class Received:
     # events (updated, progress_changed...), and it counts once, when the first one arrives
     changes: dict[tuple[str, str], float] = field(default_factory=dict)
     track_changes: bool = False
+    deliveries: Counter[str] = field(default_factory=Counter)  # webhook-id → times received
 
 
 def _change_of(body: bytes) -> tuple[str, str] | None:
@@ -174,6 +176,7 @@ async def start_receiver(received: Received) -> tuple[web.AppRunner, str]:
             if latency is not None:
                 received.latencies.append(latency)
         if received.track_changes:
+            received.deliveries[request.headers.get("webhook-id", "")] += 1
             change = _change_of(body)
             if change is not None:
                 received.changes.setdefault(change, now)

@@ -23,7 +23,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, cast
 
-from service.bench.harness import SECRET, Bench, cpu_seconds, memory_kb, twin
+from service.bench.harness import SECRET, Bench, Received, cpu_seconds, memory_kb, twin
 from service.bench.load import (
     ACCOUNT,
     change_every_record,
@@ -40,9 +40,17 @@ from service.bench.load import (
     user_ids,
 )
 from service.bench.roundtrips import idle_poll_cost
+from service.bench.tenants import (
+    change_tenants,
+    provider_429s,
+    seed_tenants,
+    skewed_accounts,
+    tenant_config,
+)
 from service.budget import HEADROOM, IDLE_BOUND
 from service.config import EndpointSettings, PollingSettings
 from service.events import COMPLETED
+from service.sim.faults import RequestRecord
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
 from service.store.log import DeliveryLog
@@ -1002,6 +1010,181 @@ def _adaptive_figures(
     }
 
 
+TENANT_ACCOUNTS, TENANT_USERS, TENANT_ASSIGNMENTS = 300, 4, 5
+TENANT_BUDGET = 1000  # a minute, for 300 accounts: the uniform plan needs 1,800
+TENANT_INTERVAL = 10.0  # account_interval
+TENANT_CHANGES = 3.0  # a second, for 300 accounts
+TENANT_SLOW = 8.0  # seconds the slow account's provider takes to answer every request
+# seconds at full scale: changes flow unmeasured, then measured, with the provider's 429s
+# from TENANT_LIMITED_AT into the window, for TENANT_LIMITED
+TENANT_WARM_UP, TENANT_WINDOW, TENANT_LIMITED_AT, TENANT_LIMITED = 60.0, 240.0, 90.0, 60.0
+
+
+async def tenants(bench: Bench, scale: float) -> dict[str, Any]:
+    """300 accounts × 4 users × 5 assignments on a 1,000/min key, every account read through
+    its change feed at `account_interval: 10s` with `adaptive: true` (the uniform plan needs
+    1,800 a minute). 10% of the accounts make 90% of the changes. One busy account's
+    provider answers 429 (`provider_errors`, Retry-After 30) for a minute of the window;
+    another busy account's answers every request after 8 s, all along. Both are reported
+    apart, not among the busy or the healthy accounts.
+
+    Each account's first read (a silent baseline) is not measured; changes flow for a
+    warm-up, then a measured window. `--scale` shrinks the accounts, the key and the changes
+    alike (the same oversubscription), and the times down to a 90 s window."""
+    count = _n(TENANT_ACCOUNTS, scale, 30)
+    budget = round(TENANT_BUDGET * count / TENANT_ACCOUNTS)
+    per_second = TENANT_CHANGES * count / TENANT_ACCOUNTS
+    warm_up = max(20.0, TENANT_WARM_UP * scale)
+    window = max(90.0, TENANT_WINDOW * scale)
+    limited_at = window * TENANT_LIMITED_AT / TENANT_WINDOW
+    limited_for = window * TENANT_LIMITED / TENANT_WINDOW
+    lms, received = bench.lms, bench.received
+    accounts = seed_tenants(lms, count, TENANT_USERS, TENANT_ASSIGNMENTS)
+    order, busy = skewed_accounts(
+        random.Random(22),
+        accounts,
+        round(per_second * (warm_up + window)),
+        ADAPTIVE_BUSY,
+        ADAPTIVE_BUSY_SHARE,
+    )
+    limited, slow = sorted(busy)[:2]
+    lms.faults.account_delays = {slow: TENANT_SLOW}
+    lms.set_rate_limit(budget)  # the simulator enforces the key's budget
+    base = bench.service_config([], budget=budget)
+    config = tenant_config(base, accounts, TENANT_USERS, TENANT_INTERVAL)
+    (process,) = await bench.start_services(config)
+
+    async def baselined() -> bool:
+        states = [keys.feed_state(t.account_id) for t in accounts]
+        async with bench.redis.pipeline(transaction=False) as pipe:
+            for key in states:
+                pipe.hexists(key, "last_full_sync")
+            return all(await pipe.execute())
+
+    started = time.time()
+    await _wait(baselined, 300, "every account's first read")
+    baseline_seconds = time.time() - started
+    received.track_changes = True
+    lead = round(per_second * warm_up)
+    early = await change_tenants(lms, order[:lead], per_second)
+    cpu0, start = cpu_seconds(process.pid), time.time()
+    changing = asyncio.create_task(change_tenants(lms, order[lead:], per_second))
+    await asyncio.sleep(limited_at)
+    minute = await provider_429s(lms, limited, limited_for)
+    made = await changing
+    cpu, end = cpu_seconds(process.pid) - cpu0, time.time()
+    requests = [r for r in lms.requests if start <= r.time < end]
+
+    async def all_told() -> bool:
+        return made.keys() <= received.changes.keys()
+
+    # a quiet account is read at least every max_account_interval (100 s)
+    with contextlib.suppress(TimeoutError):
+        await _wait(all_told, 10 * TENANT_INTERVAL + 30.0, "every change")
+    published = await bench.redis.get(keys.BUDGET_PLAN)
+    received.track_changes = False
+    bench.stop_services()
+    per_minute = len(requests) / (end - start) * 60.0
+    figures: dict[str, Any] = {
+        "accounts": count,
+        "busy_accounts": len(busy),
+        "budget_per_minute": budget,
+        "uniform_needs_per_minute": round(count * 60.0 / TENANT_INTERVAL),
+        "changes_per_second": round(per_second, 3),
+        "warm_up_seconds": warm_up,
+        "window_seconds": round(end - start, 1),
+        "baseline_seconds": round(baseline_seconds, 1),
+        "limited_account": limited,
+        "slow_account": slow,
+        "limited_seconds": [round(minute[0] - start, 1), round(minute[1] - start, 1)],
+        "requests_per_minute": round(per_minute, 1),
+        "budget_used": round(per_minute / budget, 3),
+        "self_caused_429": sum(1 for r in lms.requests if r.fault == "rate_limited"),
+        "provider_429": sum(1 for r in requests if r.fault == "provider_errors"),
+        "service_cpu_share": round(cpu / (end - start), 3),
+        "plan": json.loads(published) if published else None,
+    }
+    figures |= tenant_figures(made, received, requests, busy, (limited, slow), minute)
+    figures["unexpected_changes_received"] = len(
+        received.changes.keys() - made.keys() - early.keys()
+    )
+    return figures
+
+
+def tenant_figures(
+    made: dict[tuple[str, str], tuple[float, str]],
+    received: Received,
+    requests: list[RequestRecord],
+    busy: set[str],
+    special: tuple[str, str],
+    minute: tuple[float, float],
+) -> dict[str, Any]:
+    """Change → webhook by group (busy, quiet, the healthy ones in and outside the limited
+    minute, the limited and the slow account), per account, and exactly once."""
+    limited, slow = special
+    latency = {c: received.changes.get(c, math.inf) - at for c, (at, _) in made.items()}
+    account = {c: a for c, (_, a) in made.items()}
+
+    def group(keep: Callable[[tuple[str, str]], bool]) -> dict[str, Any]:
+        values = sorted(latency[c] for c in made if keep(c))
+        return {
+            "changes": len(values),
+            "p50_seconds": nearest_rank(values, 0.5),
+            "p99_seconds": nearest_rank(values, 0.99),
+        }
+
+    def healthy(c: tuple[str, str]) -> bool:
+        return account[c] not in special
+
+    def in_minute(c: tuple[str, str]) -> bool:
+        return minute[0] <= made[c][0] < minute[1]
+
+    by_account: dict[str, list[float]] = {}
+    for c, value in latency.items():
+        by_account.setdefault(account[c], []).append(value)
+    p99s = {a: nearest_rank(sorted(v), 0.99) for a, v in by_account.items()}
+    others = [p for a, p in p99s.items() if a != limited]
+    reads: Counter[str] = Counter(  # first pages: one a read
+        str(r.account_id)
+        for r in requests
+        if r.path == ACCOUNT_ASSIGNMENTS_PATH and "next" not in r.query
+    )
+    seconds = (requests[-1].time - requests[0].time) if requests else 0.0
+    quiet_accounts = {a for a in reads if a not in busy}
+    healthy_in, healthy_out = (
+        group(lambda c: healthy(c) and in_minute(c)),
+        group(lambda c: healthy(c) and not in_minute(c)),
+    )
+    return {
+        "busy": group(lambda c: healthy(c) and account[c] in busy),
+        "quiet": group(lambda c: account[c] not in busy),
+        "healthy_during_limited_minute": healthy_in,
+        "healthy_outside_it": healthy_out,
+        "healthy_p99_difference_seconds": (
+            round(healthy_in["p99_seconds"] - healthy_out["p99_seconds"], 3)
+            if healthy_in["p99_seconds"] is not None and healthy_out["p99_seconds"] is not None
+            else None
+        ),
+        "limited": group(lambda c: account[c] == limited),
+        "slow": group(lambda c: account[c] == slow),
+        # None: some account's p99 change was not delivered within the run
+        "worst_account_p99_seconds": (
+            None if None in others else max((p for p in others if p is not None), default=None)
+        ),
+        "busy_read_every_seconds": _every(seconds, [reads[a] for a in busy - set(special)]),
+        "quiet_read_every_seconds": _every(seconds, [reads[a] for a in quiet_accounts]),
+        "changes_made": len(made),
+        "undelivered": sum(1 for x in latency.values() if math.isinf(x)),
+        "webhooks_received_twice": sum(1 for n in received.deliveries.values() if n > 1),
+    }
+
+
+def _every(seconds: float, reads: list[int]) -> float | None:
+    """How often an account of these was read, on average over them."""
+    total = sum(reads)
+    return round(seconds * len(reads) / total, 2) if total else None
+
+
 SCENARIOS: dict[str, Scenario] = {
     "budget": upstream_budget,
     "idle": idle_cost,
@@ -1016,4 +1199,5 @@ SCENARIOS: dict[str, Scenario] = {
     "adaptive": adaptive,
     "log_memory": log_memory,
     "takeover": takeover,
+    "tenants": tenants,
 }

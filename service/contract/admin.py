@@ -296,9 +296,15 @@ class AccountsByStrategy(Answer):
     listing: int
 
 
-class AdaptiveBounds(Answer):
+class IntervalBounds(Answer):
     min_interval_seconds: float
     max_interval_seconds: float
+
+
+class AdaptiveBounds(IntervalBounds):
+    """Users' bounds, and accounts' feeds' (by how busy each account is)."""
+
+    accounts: IntervalBounds
 
 
 class CompletionsCost(Answer):

@@ -1,5 +1,6 @@
 """The budget's shared state in Redis: what reads cost (learned by every process), users'
-poll weights (written with each poll's commit), and the plan last published."""
+poll weights (written with each poll's commit), the feeds' activity (in their states,
+written with each read's commit), and the plan last published."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from service.store import keys
+from service.store.read_state import FIELDS, ReadState
 
 # learned averages keep this many reads at most, so they follow a change in page counts
 LEARNED_READS = 10_000
@@ -59,6 +61,13 @@ class BudgetStore:
             chunk = wanted[start : start + 1000]
             out += await self.redis.zmscore(keys.USER_WEIGHTS, chunk)
         return out
+
+    async def feed_states(self, account_ids: Iterable[str]) -> list[ReadState]:
+        """The feeds' states (their activity weighs on the adaptive cadence), in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account_id in account_ids:
+                pipe.hmget(keys.feed_state(account_id), FIELDS)
+            return [ReadState.decode_list(values) for values in await pipe.execute()]
 
     async def publish(self, plan_json: str) -> bool:
         """Publish the plan; True when it differs from the one published before."""

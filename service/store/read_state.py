@@ -29,6 +29,8 @@ class ReadState:
     change_rate: float | None = None  # recent changes (per RATE_MEMORY intervals), fading
     in_progress: bool | None = None  # an assignment in progress
     next_due_date_ms: int | None = None  # the nearest due date of an open assignment; 0: none
+    # a feed's, for the adaptive cadence: its last read found changes (the next comes soon)
+    busy: bool | None = None
     # a listing's: when a complete listing first dropped more than half of what it had
     # listed (held until a second complete listing agrees); 0: none
     mass_drop_ms: int | None = None
@@ -100,11 +102,12 @@ _HASH_FIELD = {
     "change_rate": "change_rate",
     "in_progress": "in_progress",
     "next_due_date_ms": "next_due_date",
+    "busy": "busy",
     "mass_drop_ms": "mass_drop",
     "found_ms": "found",
     "anchor_ms": "anchor",
 }
-_FLAGS = {"baselined", "in_progress"}
+_FLAGS = {"baselined", "in_progress", "busy"}
 _DECODE = {
     "watermark_ms": int,
     "last_full_sync_ms": int,

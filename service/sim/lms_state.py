@@ -41,8 +41,10 @@ from service.sim.seeding import churn_once, seed
 LIST_PATH = "/unified/lms/users/{id}/assignments"
 ACCOUNT_ASSIGNMENTS_PATH = "/unified/lms/assignments"
 USERS_PATH = "/unified/lms/users"
+ACCOUNTS_PATH = "/accounts"
 
 __all__ = [
+    "ACCOUNTS_PATH",
     "ACCOUNT_ASSIGNMENTS",
     "ACCOUNT_ASSIGNMENTS_PATH",
     "LIST_PATH",

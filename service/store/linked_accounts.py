@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from service.linked_account import LinkedAccount
 from service.store import keys
+from service.store.budget import full_read_fields
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import CommitAccounts
 
@@ -63,9 +64,9 @@ class LinkedAccountStore:
 
     async def mark_not_lms(self, account_id: str, retry_at_ms: int) -> bool:
         """The account answered as no LMS account: not read until `retry_at_ms`. False when
-        it was marked already (by another process's read meanwhile)."""
+        it was marked until then or later already (another process's read meanwhile)."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(keys.NOT_LMS_ACCOUNTS, {account_id: retry_at_ms}, gt=True)
+            pipe.zadd(keys.NOT_LMS_ACCOUNTS, {account_id: retry_at_ms}, gt=True, ch=True)
             pipe.incr(keys.LINKED_VERSION)
             added, _ = await pipe.execute()
         return bool(added)
@@ -112,6 +113,7 @@ class LinkedAccountStore:
                 keys.held_drop(account_id),
                 keys.discovered_users(account_id),
             )
+            pipe.hdel(keys.BUDGET_LEARNED, *full_read_fields(account_id))
             pipe.incr(keys.USERS_VERSION)  # users went: caches of who is baselined look again
             pipe.srem(keys.FORGET_ACCOUNTS, account_id)
             await pipe.execute()

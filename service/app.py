@@ -333,36 +333,23 @@ class Service:
             )
 
     def _account_listing(self, client: StackOneClient) -> PollScheduler:
-        """The key's linked accounts, listed every `account_discovery.interval`."""
-        stores = self.stores
+        """The key's linked accounts, listed every `account_discovery.interval` (what it
+        costs is not planned: a few pages an interval)."""
         listing = AccountListing(
-            stores.linked,
+            self.stores.linked,
             client,
             self.settings,
             self.metrics,
             on_changed=self._accounts_changed,
             clock=self.clock,
         )
-        interval = self.settings.account_discovery.interval
-        runner = PollRunner(
+        return self._account_schedule(
             listing,
-            stores.account_listing_leases,
-            stores.polls,
-            self.metrics,
-            interval=interval,
-            span_name="accounts read",
-            clock=self.clock,
-        )
-        return PollScheduler(
-            stores.account_listing_leases,
-            stores.polls,
+            self.stores.account_listing_leases,
             _constant({keys.ACCOUNT_LISTING}),
-            runner,
-            self.settings,
-            stores.accounts,
-            interval=interval,
-            spread=False,
-            clock=self.clock,
+            self.settings.account_discovery.interval,
+            "accounts",
+            planned=False,
         )
 
     def _not_lms(self, poll: Callable[[Lease], Awaitable[ReadT]]) -> NotLmsCheck[ReadT]:
@@ -384,9 +371,12 @@ class Service:
         members: Callable[[], Awaitable[set[str]]],
         interval: float,
         kind: str,
+        *,
+        planned: bool = True,
     ) -> PollScheduler:
         """A schedule of accounts (their feeds, or their user listings), each due at once
-        when first scheduled, read by `reader` every `interval`."""
+        when first scheduled, read by `reader` every `interval`; `planned`: what each read
+        costs is reported to the budget plan."""
         stores = self.stores
         runner = PollRunner(
             reader,
@@ -394,7 +384,7 @@ class Service:
             stores.polls,
             self.metrics,
             interval=interval,
-            on_read=self.planner.observer(kind),
+            on_read=self.planner.observer(kind) if planned else None,
             span_name=f"{kind} read",
             clock=self.clock,
         )

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import structlog
+from multidict import MultiDict
 from redis.asyncio import Redis
 
 from service import events as ev
@@ -58,6 +60,23 @@ def settings_for(redis_url: str, lms_url: str, rx_url: str, **discovery: Any) ->
     )
 
 
+@dataclass
+class World:
+    """The simulator and the receiver, and the settings of a service on them."""
+
+    sim: SimLMS
+    rx: Receiver
+    urls: tuple[str, str, str]  # Redis, the simulator, the receiver
+
+    def settings(self, **discovery: Any) -> Settings:
+        return settings_for(*self.urls, **discovery)
+
+
+@pytest.fixture
+def world(redis_server: RedisServer, lms: tuple[SimLMS, str], receiver: Rx) -> World:
+    return World(lms[0], receiver[0], (redis_server.url, lms[1], receiver[1]))
+
+
 def seed(sim: SimLMS, account_id: str, users: int = 2, count: int = 2) -> None:
     for u in range(1, users + 1):
         for n in range(1, count + 1):
@@ -98,12 +117,11 @@ async def redis_mentions(redis: Redis, text: str) -> list[str]:
 
 
 async def test_a_linked_account_is_baselined_silently_and_absorbs_no_change_made_after_it_was_found(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis: Redis, world: World
 ) -> None:
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, rx = world.sim, world.rx
     seed(sim, ACCOUNT, users=30)  # more than a feed read baselines one by one
-    async with driven(settings_for(redis_server.url, lms_url, rx_url), sim) as service:
+    async with driven(world.settings(), sim) as service:
         assert service.service.linked is not None
         await service.service.linked.run_once()  # the listing alone: acc_1 is found
         assert (await linked(redis))[ACCOUNT]["status"] == "active"
@@ -123,13 +141,12 @@ def of_kind(rx: Receiver, kind: str) -> list[Any]:
 
 
 async def test_an_unlinked_account_is_not_read_after_the_next_listing_and_is_forgotten(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis: Redis, world: World
 ) -> None:
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, rx = world.sim, world.rx
     for account in ("acc_1", "acc_2", "acc_3"):
         seed(sim, account)
-    settings = settings_for(redis_server.url, lms_url, rx_url, defaults={"users": "all"})
+    settings = world.settings(defaults={"users": "all"})
     async with driven(settings, sim) as service:
         await service.step(0.0)
         await service.step(0.5)
@@ -148,12 +165,11 @@ async def test_an_unlinked_account_is_not_read_after_the_next_listing_and_is_for
 
 
 async def test_an_inactive_account_is_not_read_and_its_changes_are_sent_once_it_is_active(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis: Redis, world: World
 ) -> None:
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, rx = world.sim, world.rx
     seed(sim, ACCOUNT)
-    async with driven(settings_for(redis_server.url, lms_url, rx_url), sim) as service:
+    async with driven(world.settings(), sim) as service:
         await service.step(0.0)
         await service.step(0.5)
         sim.link_account(ACCOUNT, status="inactive", status_reasons=[{"code": "expired_token"}])
@@ -219,14 +235,13 @@ async def test_only_the_providers_and_owners_asked_for_are_tracked(
 
 
 async def test_a_listing_that_fails_or_drops_most_accounts_changes_nothing_until_a_second_agrees(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis: Redis, world: World
 ) -> None:
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, rx = world.sim, world.rx
     everyone = {"acc_1", "acc_2", "acc_3", "acc_4"}
     for account in everyone:
         seed(sim, account, users=1)
-    async with driven(settings_for(redis_server.url, lms_url, rx_url), sim) as service:
+    async with driven(world.settings(), sim) as service:
         await service.step(0.0)
         assert await read_now(service.service) == everyone
         sim.faults.forced.append({"status": 400, "accounts": True})  # a listing that fails
@@ -252,13 +267,12 @@ async def test_a_listing_that_fails_or_drops_most_accounts_changes_nothing_until
 
 
 async def test_an_account_without_id_is_counted_and_skipped_and_forgets_nobody(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis: Redis, world: World
 ) -> None:
-    sim, lms_url = lms
-    _, rx_url = receiver
+    sim = world.sim
     for account in ("acc_1", "acc_2"):
         seed(sim, account, users=1)
-    async with driven(settings_for(redis_server.url, lms_url, rx_url), sim) as service:
+    async with driven(world.settings(), sim) as service:
         await service.step(0.0)
         sim.faults.forced.append({"missing_id": True, "accounts": True})
         await service.step(INTERVAL)
@@ -268,18 +282,15 @@ async def test_an_account_without_id_is_counted_and_skipped_and_forgets_nobody(
 
 
 async def test_two_processes_agree_on_the_accounts_discovered(
-    redis_server: RedisServer,
     redis: Redis,
-    lms: tuple[SimLMS, str],
-    receiver: Rx,
+    world: World,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(directory, "SHARED_FOR", 0.0)  # each look at the counter is fresh
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, rx = world.sim, world.rx
     for account in ("acc_1", "acc_2", "acc_3"):
         seed(sim, account, users=1)
-    settings = settings_for(redis_server.url, lms_url, rx_url)
+    settings = world.settings()
     clock = Clock()
     sim.clock = clock
     one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
@@ -308,16 +319,15 @@ async def test_two_processes_agree_on_the_accounts_discovered(
 
 
 async def test_credentials_of_linked_accounts_are_never_kept_logged_or_shown(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis: Redis, world: World
 ) -> None:
-    sim, lms_url = lms
-    _, rx_url = receiver
+    sim = world.sim
     seed(sim, ACCOUNT)
     sim.link_account(ACCOUNT, status="error", status_reasons=["re-authenticate"])
     sim.link_account("acc_2")
     seed(sim, "acc_2")
     assert CREDENTIAL_MARK in json.dumps(sim.linked.record(ACCOUNT))
-    settings = settings_for(redis_server.url, lms_url, rx_url)
+    settings = world.settings()
     with structlog.testing.capture_logs() as logs:
         async with driven(settings, sim, http=True) as service:
             await service.step(0.0)
@@ -340,20 +350,17 @@ async def test_credentials_of_linked_accounts_are_never_kept_logged_or_shown(
 
 
 async def test_an_account_that_is_no_lms_account_is_skipped_and_tried_again_daily(
-    redis_server: RedisServer,
     redis: Redis,
-    lms: tuple[SimLMS, str],
-    receiver: Rx,
+    world: World,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(directory, "SHARED_FOR", 0.0)  # the day passes on the test's clock
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, rx = world.sim, world.rx
     seed(sim, ACCOUNT)
     sim.link_account("acc_hris", not_lms=True)
     seed(sim, "acc_hris")
     with structlog.testing.capture_logs() as logs:
-        async with driven(settings_for(redis_server.url, lms_url, rx_url), sim) as service:
+        async with driven(world.settings(), sim) as service:
             await service.step(0.0)
             assert asked(sim, "acc_hris") == ["/unified/lms/users"]  # its first read: 404
             retry_at = await redis.zscore(keys.NOT_LMS_ACCOUNTS, "acc_hris")
@@ -372,14 +379,13 @@ async def test_an_account_that_is_no_lms_account_is_skipped_and_tried_again_dail
 
 
 async def test_a_config_account_keeps_its_auto_fallback_beside_discovery(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis: Redis, world: World
 ) -> None:
-    sim, lms_url = lms
-    _, rx_url = receiver
+    sim = world.sim
     seed(sim, ACCOUNT)
     sim.faults.account_endpoint_status = 404  # no account-wide assignments: per user
     config = [{"account_id": ACCOUNT, "users": ["u_1"], "strategy": "auto"}]
-    settings = settings_for(redis_server.url, lms_url, rx_url, accounts=config)
+    settings = world.settings(accounts=config)
     async with driven(settings, sim) as service:
         await service.step(0.0)
         await service.step(0.5)
@@ -416,10 +422,9 @@ DISCOVERING = Path(__file__).resolve().parent.parent / "config" / "test.yaml"
 
 @pytest.mark.slow
 async def test_kill_during_discovery_loses_nothing_and_sends_nothing_again(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx, tmp_path: Path
+    redis: Redis, world: World, tmp_path: Path
 ) -> None:
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, rx = world.sim, world.rx
     seed(sim, "acc_1")
     seed(sim, "acc_2")
     config = tmp_path / "discovering.yaml"
@@ -430,7 +435,7 @@ async def test_kill_during_discovery_loses_nothing_and_sends_nothing_again(
     assert "account_discovery" in text
     config.write_text(text)
     sim.faults.forced.append({"delay": 60, "accounts": True})  # the first listing hangs
-    process = RunProcess(redis_server.url, lms_url, rx_url, tmp_path / "run.log", str(config))
+    process = RunProcess(*world.urls, tmp_path / "run.log", str(config))
     try:
         process.start()
         await wait_until(lambda: _listing_asked(sim), 20, "a listing under way")
@@ -456,3 +461,26 @@ async def _listing_asked(sim: SimLMS) -> bool:
 
 async def _baselined(redis: Redis, account_id: str) -> bool:
     return await redis.hget(keys.user_state(account_id, "u_1"), "baselined") == "1"
+
+
+def test_the_simulator_lists_linked_accounts_by_page_and_filter() -> None:
+    sim = SimLMS(api_key=API_KEY)
+    for n in range(1, 6):
+        sim.link_account(f"acc_{n}", provider="docebo" if n % 2 else "cornerstone")
+    sim.unlink_account("acc_5")
+    auth = sim.auth_headers()
+
+    def ids(query: MultiDict[str]) -> list[str]:
+        answer = sim.handle_accounts(auth, query)
+        assert answer.status == 200
+        return [a["id"] for a in answer.json()]
+
+    assert ids(MultiDict(page_size="3")) == ["acc_1", "acc_2", "acc_3"]
+    assert ids(MultiDict(page_size="3", page="2")) == ["acc_4"]  # shorter: the last
+    assert ids(MultiDict([("providers", "docebo"), ("providers", "x")])) == ["acc_1", "acc_3"]
+    assert ids(MultiDict(providers="cornerstone,x")) == ["acc_2", "acc_4"]
+    assert ids(MultiDict(origin_owner_id="owner_acc_2", account_ids="acc_2,acc_3")) == ["acc_2"]
+    listed = sim.handle_accounts(auth, MultiDict()).json()[0]
+    assert CREDENTIAL_MARK in json.dumps(listed["credentials"])
+    assert sim.handle_accounts({}, MultiDict()).status == 401
+    assert sim.handle_accounts(auth, MultiDict(page="0")).status == 400

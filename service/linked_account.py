@@ -80,7 +80,7 @@ class LinkedAccount:
             provider_name=text(item.get("provider_name")),
             label=text(item.get("label")),
             # none given is not `active`: only an account said to be active is read
-            status=text(status) or "unknown" if isinstance(status, str) else "unknown",
+            status=(isinstance(status, str) and text(status)) or "unknown",
             status_reasons=tuple(
                 _reason(r) for r in (reasons if isinstance(reasons, list) else [])[:MAX_REASONS]
             ),

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Literal, TypeVar
 
 import aiohttp
 import structlog
@@ -14,6 +14,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service.account_discovery import AccountListing, NotLmsCheck
 from service.api import create_api
 from service.budget_planner import PLAN_SECONDS, BudgetPlanner
 from service.config import Settings
@@ -24,23 +25,34 @@ from service.feed import FeedReader
 from service.metrics import Metrics
 from service.operations import SHARED_FOR, Operations
 from service.overdue import OverdueWatcher
-from service.poll_runner import PollRunner, Reader
+from service.poll_runner import PollRunner, Reader, ReadResult
 from service.poller import Poller
 from service.schedule import PollScheduler
 from service.store import keys
 from service.store.connect import connect_http, connect_workers
 from service.store.directory import AccountDirectory
 from service.store.health import log_redis_error
-from service.store.leases import Leases
+from service.store.leases import Lease, Leases
 from service.store.limits import api_key_budget
 from service.store.stores import Stores
 from service.upstream.client import StackOneClient
 
 log = structlog.get_logger("service")
 
+ReadT = TypeVar("ReadT", bound=ReadResult)
+
 Role = Literal["all", "poller", "dispatcher"]
 STOP_TIMEOUT = 10.0  # in-flight work gets this long; the whole stop stays under 15 s
 MAX_HEADER_BYTES = 16 * 1024  # one header field, or the request line
+
+
+def _constant(members: set[str]) -> Callable[[], Awaitable[set[str]]]:
+    """A schedule that holds the same members whatever happens."""
+
+    async def members_() -> set[str]:
+        return members
+
+    return members_
 
 
 def _feed_members(accounts: AccountDirectory) -> Callable[[], Awaitable[set[str]]]:
@@ -104,6 +116,7 @@ class Service:
         self.scheduler: PollScheduler | None = None  # users polled one by one
         self.feeds: PollScheduler | None = None  # accounts' change feeds
         self.listings: PollScheduler | None = None  # accounts' user listings (`users: all`)
+        self.linked: PollScheduler | None = None  # the key's linked accounts (discovery)
         self.dispatcher: Dispatcher | None = None
         self.http_url: str | None = None
         self._sessions: list[aiohttp.ClientSession] = []
@@ -216,10 +229,23 @@ class Service:
             await asyncio.sleep(PLAN_SECONDS)
             await self.refresh_plan()
 
+    def _accounts_changed(self) -> None:
+        """Discovery found accounts linked, changed or unlinked (or one no LMS account):
+        this process's schedules follow now (the others' within a second of their next
+        tick, when their directory sees the version move)."""
+        self.stores.accounts.forget_cache()
+        self.operations.stores.accounts.forget_cache()
+        for scheduler in (self.listings, self.feeds):
+            if scheduler is not None:
+                scheduler.resync()
+        self._users_changed()
+
     def schedulers(self) -> list[PollScheduler]:
-        """Those this process runs, in the order a burst runs them: listings (who is
-        tracked), feeds, then users polled one by one."""
-        return [s for s in (self.listings, self.feeds, self.scheduler) if s is not None]
+        """Those this process runs, in the order a burst runs them: linked accounts (which
+        accounts are read), listings (who is tracked), feeds, then users polled one by
+        one."""
+        ordered = (self.linked, self.listings, self.feeds, self.scheduler)
+        return [s for s in ordered if s is not None]
 
     def _schedulers(self) -> None:
         """The user poll schedule, and those of account feeds and user listings where the
@@ -267,6 +293,8 @@ class Service:
         )
         self.scheduler = users
         discovery = settings.account_discovery.enabled  # accounts may come at any time
+        if discovery:
+            self.linked = self._account_listing(client)
         if discovery or any(a.uses_feed for a in settings.accounts):
             feed = FeedReader(
                 stores.feeds,
@@ -280,7 +308,7 @@ class Service:
                 clock=clock,
             )
             self.feeds = self._account_schedule(
-                feed,
+                self._not_lms(feed.poll) if discovery else feed,
                 stores.feed_leases,
                 _feed_members(stores.accounts),
                 polling.account_interval,
@@ -298,12 +326,44 @@ class Service:
                 clock=clock,
             )
             self.listings = self._account_schedule(
-                listing,
+                self._not_lms(listing.poll) if discovery else listing,
                 stores.discovery_leases,
                 _listing_members(stores.accounts),
                 polling.discovery_interval,
                 "listing",
             )
+
+    def _account_listing(self, client: StackOneClient) -> PollScheduler:
+        """The key's linked accounts, listed every `account_discovery.interval` (what it
+        costs is not planned: a few pages an interval)."""
+        listing = AccountListing(
+            self.stores.linked,
+            client,
+            self.settings,
+            self.metrics,
+            on_changed=self._accounts_changed,
+            clock=self.clock,
+        )
+        return self._account_schedule(
+            listing,
+            self.stores.account_listing_leases,
+            _constant({keys.ACCOUNT_LISTING}),
+            self.settings.account_discovery.interval,
+            "accounts",
+            planned=False,
+        )
+
+    def _not_lms(self, poll: Callable[[Lease], Awaitable[ReadT]]) -> NotLmsCheck[ReadT]:
+        """A discovered account whose first read says it is no LMS account is skipped."""
+        stores = self.stores
+        return NotLmsCheck(
+            poll,
+            stores.linked,
+            stores.feeds,
+            self.settings,
+            on_changed=self._accounts_changed,
+            clock=self.clock,
+        )
 
     def _account_schedule(
         self,
@@ -312,9 +372,12 @@ class Service:
         members: Callable[[], Awaitable[set[str]]],
         interval: float,
         kind: str,
+        *,
+        planned: bool = True,
     ) -> PollScheduler:
         """A schedule of accounts (their feeds, or their user listings), each due at once
-        when first scheduled, read by `reader` every `interval`."""
+        when first scheduled, read by `reader` every `interval`; `planned`: what each read
+        costs is reported to the budget plan."""
         stores = self.stores
         runner = PollRunner(
             reader,
@@ -322,7 +385,7 @@ class Service:
             stores.polls,
             self.metrics,
             interval=interval,
-            on_read=self.planner.observer(kind),
+            on_read=self.planner.observer(kind) if planned else None,
             span_name=f"{kind} read",
             clock=self.clock,
         )

@@ -151,11 +151,14 @@ class BudgetPlanner:
     async def refresh(self) -> Plan:
         """Derive the plan from what Redis holds now; publish it, and say so when it
         changed."""
-        for kind, (pages, reads) in self._seen.items():
-            await self.store.learn(kind, pages, reads)
-        for (kind, account_id), pages in self._full.items():
-            await self.store.learn_full_read(kind, account_id, pages)
+        # taken first: reads reported while these are written (another refresh may run,
+        # asked for by a change of the accounts) go to the next refresh, not lost
+        seen, full = self._seen, self._full
         self._seen, self._full = {}, {}
+        for kind, (pages, reads) in seen.items():
+            await self.store.learn(kind, pages, reads)
+        for (kind, account_id), pages in full.items():
+            await self.store.learn_full_read(kind, account_id, pages)
         learned = await self.store.learned()
         per_user = await self.users.per_user_members()
         self._feed_users = len(await self.users.members()) - len(per_user)

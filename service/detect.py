@@ -267,6 +267,15 @@ def detect_overdue(
     }
 
 
+def found_at_ms(served_at: datetime | None, started: float) -> int:
+    """When a listing found what it found, on the upstream's clock (which stamps records),
+    or ours (`started`, epoch s) when it gave none. An HTTP date drops the fraction of its
+    second: the listing may have been answered up to a second later."""
+    if served_at is None:
+        return int(started * 1000)
+    return int(served_at.timestamp() * 1000) + 999
+
+
 def changed_since_found(record: dict[str, Any], found_ms: int | None) -> bool:
     """A record its user's baseline must not absorb: stamped after the user was found (a
     user found in a bulk is baselined minutes later; what it did meanwhile is a change)."""

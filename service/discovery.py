@@ -19,8 +19,9 @@ import structlog
 
 from service.budget import Cadence, ConfiguredCadence, next_due
 from service.config import Settings
-from service.detect import Watermark, updated_after
+from service.detect import Watermark, found_at_ms, updated_after
 from service.errors import StaleLease
+from service.mass_drop import decide_drop, is_mass_drop
 from service.metrics import Metrics, report_future_stamps
 from service.store import keys
 from service.store.feeds import FeedStore
@@ -31,10 +32,6 @@ from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
 
 log = structlog.get_logger("discovery")
-
-# two complete listings that each leave out more than half of the users agree when the
-# users both leave out are this share of the larger of their two sets
-AGREEMENT = 0.9
 
 
 @dataclass(slots=True)
@@ -113,6 +110,9 @@ class UserListing:
             ReadState.after_read(stamps.newest, int(started * 1000), full=full),
             mass_drop_ms=mass_drop,
         )
+        found_ms = found_at_ms(found, started)
+        if state.last_full_sync_ms is None:  # a discovered account's users were there then
+            found_ms = min(found_ms, await self.users.accounts.found_ms(account_id) or found_ms)
         interval = self.cadence.listing_interval
         next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
         async with lease.lock:
@@ -122,7 +122,7 @@ class UserListing:
                 next_score=next_score,
                 state=done,
                 add=add,
-                found_ms=_found_ms(found, started),
+                found_ms=found_ms,
                 drop=drop,
             )
             if not committed:
@@ -147,47 +147,32 @@ class UserListing:
         now: float,
         full: bool,
     ) -> tuple[int | None, list[str]]:
-        """When a complete listing leaves out more than half of the users listed before (an
-        upstream answering `data: []` on a bad day, a provider cut short), it forgets
-        nobody until a second complete listing, at least half an interval later, agrees
-        (both leave out nearly the same users: AGREEMENT of the larger set), and then only
-        the users both left out: forgotten users' changes would be lost, and they would
-        come back baselined silently. Listings that disagree (an empty answer, then one cut
-        short) hold again, from the later one. Returns when the first such listing
-        ran (held now; 0: not held, the hold if any ends; None: not a complete listing, as
-        it was) and the users to forget."""
-        if not full:
-            return None, drop
-        if len(drop) * 2 <= listed:
-            return 0, drop
-        now_ms = int(now * 1000)
-        first = state.mass_drop_ms or 0
+        """The guard against a listing that suddenly leaves out most users (service/
+        mass_drop.py), a second complete listing agreeing at least half an interval later.
+        Returns when the first such listing ran (held now; 0: not held, the hold if any
+        ends; None: not a complete listing, as it was) and the users to forget."""
         interval = self.cadence.listing_interval
-        if first and now_ms - first >= interval * 500:
-            held = await self.store.held_drop(account_id)
-            agreed = [user for user in drop if user in held]
-            if agreed and len(agreed) >= AGREEMENT * max(len(held), len(drop)):
-                log.warning("listing_drop_confirmed", account_id=account_id, left=len(agreed))
-                return 0, agreed
-            first = 0  # they disagree (or the first one's set ran out): this one is a first
-        if not first:  # the users a second listing must agree on
-            await self.store.hold_drop(account_id, drop, interval * 10 + 60)
-        dropping = len(drop)
-        self.metrics.listed_users.labels("held").inc(dropping)
-        log.warning(
-            "listing_drop_held",
-            account_id=account_id,
-            listed=listed,
-            missing=dropping,
-            until="a second complete listing agrees",
+        wanted = full and is_mass_drop(drop, listed) and bool(state.mass_drop_ms)
+        decision = decide_drop(
+            drop,
+            listed,
+            full=full,
+            first_ms=state.mass_drop_ms,
+            held=await self.store.held_drop(account_id) if wanted else set(),
+            now_ms=int(now * 1000),
+            agree_after_ms=int(interval * 500),
         )
-        return first or now_ms, drop
-
-
-def _found_ms(served_at: datetime | None, started: float) -> int:
-    """When this listing found its new users, on the upstream's clock (which stamps their
-    records), or ours when it gave none. An HTTP date drops the fraction of its second: the
-    listing may have been answered up to a second later."""
-    if served_at is None:
-        return int(started * 1000)
-    return int(served_at.timestamp() * 1000) + 999
+        if decision.confirmed:
+            log.warning("listing_drop_confirmed", account_id=account_id, left=len(decision.drop))
+        if decision.hold_new:  # the users a second listing must agree on
+            await self.store.hold_drop(account_id, drop, interval * 10 + 60)
+        if decision.held:
+            self.metrics.listed_users.labels("held").inc(len(drop))
+            log.warning(
+                "listing_drop_held",
+                account_id=account_id,
+                listed=listed,
+                missing=len(drop),
+                until="a second complete listing agrees",
+            )
+        return decision.mass_drop_ms, decision.drop

@@ -148,6 +148,7 @@ class PollScheduler:
         # whether a sync went through: until one does (Redis away at start), every tick tries
         # again, so the schedule fills as soon as Redis is there, not a SYNC_SECONDS later
         self._in_sync = False
+        self._generation = -1  # the directory's generation the last sync followed
 
     @property
     def running(self) -> bool:
@@ -221,6 +222,7 @@ class PollScheduler:
     async def sync_users(self) -> None:
         """Schedule new members (spread over the interval), unschedule those gone."""
         now, interval = self.clock(), self.interval if self.spread else 0.0
+        self._generation = self.accounts.generation
         try:
             wanted = await self.members()
             await self.leases.schedule_only(wanted, lambda m: initial_due_ms(m, now, interval))
@@ -232,11 +234,21 @@ class PollScheduler:
         if self._claiming.locked():  # a claim is running; the next finished poll kicks again
             return
         async with self._claiming:
-            if not self._in_sync:
+            if not self._in_sync or await self._accounts_moved():
                 await self.sync_users()
                 if not self._in_sync:  # Redis is still away: a claim would fail as well
                     return
             await self._claim()
+
+    async def _accounts_moved(self) -> bool:
+        """The accounts read changed since the last sync (discovery, in any process: the
+        directory looks at most once a second): the schedule follows at once, not a
+        SYNC_SECONDS later, so an account linked is read within an interval and a read."""
+        try:
+            await self.accounts.current()
+        except RedisError:
+            return False
+        return self.accounts.generation != self._generation
 
     def _poll_finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

@@ -15,6 +15,7 @@ _READERS = [
     "service.feed_run",
     "service.feed_users",
     "service.discovery",
+    "service.account_discovery",
     "service.overdue",
     "service.budget_planner",
 ]
@@ -43,6 +44,8 @@ LOWER_LAYERS = {
                      "service.delivery", *_ABOVE_READERS],
     "service.discovery": ["service.poller", "service.feed", "service.poll_runner",
                           "service.delivery", *_ABOVE_READERS],
+    "service.account_discovery": ["service.poller", "service.feed", "service.discovery",
+                                  "service.poll_runner", "service.delivery", *_ABOVE_READERS],
     "service.overdue": ["service.schedule", "service.poll_runner", "service.poller",
                         "service.feed", "service.delivery", "service.operations",
                         "service.api", "service.app"],
@@ -68,7 +71,8 @@ PURE = ["service.detect", "service.outbox", "service.endpoint_health", "service.
         "service.events", "service.config", "service.errors", "service.timefmt",
         "service.jsonfmt", "service.budget", "service.redis_url", "service.cursor",
         "service.user_ids", "service.resources", "service.contract",
-        "service.contract.webhooks", "service.contract.admin"]  # fmt: skip
+        "service.contract.webhooks", "service.contract.admin", "service.linked_account",
+        "service.mass_drop"]  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

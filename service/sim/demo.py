@@ -1,12 +1,13 @@
 """`lms-webhooks demo`: a simulated LMS, the in-memory store, a verifying receiver, live.
 
-Employees' training assignments progress and complete in the simulated LMS, in two
-accounts: one whose listed users are polled one by one (`strategy: per_user`), one whose
-every user is found through its user listing and followed through the account's change
-feed (`users: all`, `strategy: account`), its completion records too (an elective course
-nobody assigned shows up only there). The service detects each change and delivers
-signed webhooks; the receiver verifies every signature and the table shows the events as
-they arrive.
+Employees' training assignments progress and complete in the simulated LMS, in the
+accounts the key's project has linked (two customers' LMS). The config names no account:
+account discovery lists the linked accounts (`GET /accounts`) and follows each one, every
+user its user listing names, through the account's change feed (`users: all`,
+`strategy: auto`), its completion records too (an elective course nobody assigned shows up
+only there). A third customer links its LMS a little later and is followed from then on,
+without a restart. The service detects each change and delivers signed webhooks; the
+receiver verifies every signature and the table shows the events as they arrive.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from service.logs import configure_logging
 from service.sim.lms import SimLMS, start_sim_server
 from service.sim.receiver import ReceivedEvent, Receiver, start_receiver_server
 
-ACCOUNT = "acc_demo"  # per_user: these users, each polled on its own
+# the linked accounts, each a customer's LMS, found by discovery
+ACCOUNT = "acc_demo"
 USERS = ("emp_alice", "emp_bob")
-# users: all, strategy: account: one read for the whole account; completions tracked too
 FEED_ACCOUNT = "acc_feed"
 FEED_USERS = ("emp_carol", "emp_dan")
+LATE_ACCOUNT = "acc_late"  # linked while the demo runs
+LATE_USERS = ("emp_erin",)
 STEP_SECONDS = 2.0
 _COLOURS = {
     "assignment.completed": "bold green",
@@ -54,16 +57,23 @@ def demo_settings(lms_url: str, receiver_url: str, secret: str, admin_token: str
         {
             "redis_url": "memory://",
             "stackone": {"base_url": lms_url, "api_key": "demo_key", "page_size": 50},
-            "accounts": [
-                {"account_id": ACCOUNT, "users": list(USERS)},
-                {
-                    "account_id": FEED_ACCOUNT,
+            # no account listed: every linked account the key reaches is found and followed
+            "accounts": [],
+            "account_discovery": {
+                "enabled": True,
+                "interval": "3s",
+                "defaults": {
                     "users": "all",
-                    "strategy": "account",
+                    "strategy": "auto",
                     "track": ["assignments", "completions"],
                 },
-            ],
-            "polling": {"interval": "1s", "account_interval": "1s", "overlap": "5s"},
+            },
+            "polling": {
+                "interval": "1s",
+                "account_interval": "1s",
+                "discovery_interval": "2s",
+                "overlap": "5s",
+            },
             "endpoints": [
                 {"id": "hr-demo", "url": f"{receiver_url}/hooks/lms", "secret": secret},
             ],
@@ -75,12 +85,27 @@ def demo_settings(lms_url: str, receiver_url: str, secret: str, admin_token: str
     )
 
 
+COURSES = ["Security Awareness 2026", "Code of Conduct", "Data Protection Basics"]
+
+
 def seed(lms: SimLMS) -> None:
     """Each employee starts with courses assigned and not started: the service's baseline."""
-    courses = ["Security Awareness 2026", "Code of Conduct", "Data Protection Basics"]
+    lms.link_account(ACCOUNT, provider="docebo", origin_owner_name="Acme Corp")
+    lms.link_account(FEED_ACCOUNT, provider="cornerstone", origin_owner_name="Globex")
     employees = [(ACCOUNT, user) for user in USERS] + [(FEED_ACCOUNT, u) for u in FEED_USERS]
+    _assign(lms, employees)
+
+
+def link_late(lms: SimLMS) -> None:
+    """A third customer links its LMS (StackOne's Hub): discovery finds it within an
+    interval, and it is baselined silently."""
+    lms.link_account(LATE_ACCOUNT, provider="docebo", origin_owner_name="Initech")
+    _assign(lms, [(LATE_ACCOUNT, user) for user in LATE_USERS])
+
+
+def _assign(lms: SimLMS, employees: list[tuple[str, str]]) -> None:
     for account, user in employees:
-        for n, title in enumerate(courses, 1):
+        for n, title in enumerate(COURSES, 1):
             lms.put_assignment(
                 account,
                 user,
@@ -98,9 +123,11 @@ def scenario(lms: SimLMS) -> list[Callable[[], object]]:
     even a short run (or a slow machine) shows one."""
     a, b = USERS
     c, d = FEED_USERS
+    (e,) = LATE_USERS
     return [
         lambda: lms.progress(ACCOUNT, a, f"{a}_c1", 40),
         lambda: lms.progress(FEED_ACCOUNT, d, f"{d}_c3", 100),
+        lambda: link_late(lms),
         lambda: lms.progress(FEED_ACCOUNT, c, f"{c}_c1", 60),
         lambda: lms.progress(ACCOUNT, b, f"{b}_c2", 25),
         # a course nobody assigned, taken by choice: only its completion record shows it
@@ -113,6 +140,7 @@ def scenario(lms: SimLMS) -> list[Callable[[], object]]:
                 "certificate_url": f"https://lms.example.com/certificates/{d}_elective",
             },
         ),
+        lambda: lms.progress(LATE_ACCOUNT, e, f"{e}_c2", 100),
         lambda: lms.progress(ACCOUNT, a, f"{a}_c1", 100),
         lambda: lms.put_assignment(
             ACCOUNT,
@@ -192,10 +220,11 @@ async def run_demo(duration: float | None = None) -> None:
         f"service API at {service.http_url} (metrics: {service.http_url}/metrics). Ctrl-C ends it."
     )
     console.print(
-        f"{ACCOUNT}: {', '.join(USERS)}, each polled on its own (strategy: per_user). "
-        f"{FEED_ACCOUNT}: every user its listing names, one change feed for them all "
-        "(users: all, strategy: account), and a second for their completion records "
-        "(track: \\[assignments, completions]): learning nobody assigned shows up too."
+        f"No account in the config: discovery finds the linked ones ({ACCOUNT}, "
+        f"{FEED_ACCOUNT}) and reads each one's change feed for every user it lists, and a "
+        "second feed for their completion records (track: \\[assignments, completions]): "
+        f"learning nobody assigned shows up too. {LATE_ACCOUNT} is linked a few seconds in "
+        "and followed from then on."
     )
     if not interactive:
         receiver.on_event = lambda e: print(_line(e, started), flush=True)

@@ -24,13 +24,15 @@ class FaultSpec(TypedDict, total=False):
     body carries a provider's answer, as StackOne passes on a provider's 429), malformed_json,
     wrong_shape, missing_id, delay. With `account_id`, only a request of that account takes
     it (the others pass it by), as one account's provider misbehaves; with `path`, only a
-    request whose path ends so (`/completions`)."""
+    request whose path ends so (`/completions`). With `accounts: true`, only the
+    linked-account listing (`GET /accounts`) takes it, and only it."""
 
     status: int
     retry_after: str | int
     provider_errors: bool
     account_id: str
     path: str
+    accounts: bool
     malformed_json: bool
     wrong_shape: bool
     missing_id: bool
@@ -40,7 +42,7 @@ class FaultSpec(TypedDict, total=False):
 _FAULT_KINDS = ("status", "malformed_json", "wrong_shape", "missing_id", "delay")
 # what a spec may say besides its kind
 # `path`: only requests whose path ends so (`/completions`: either completion route)
-_FAULT_MODIFIERS = ("retry_after", "provider_errors", "account_id", "path")
+_FAULT_MODIFIERS = ("retry_after", "provider_errors", "account_id", "path", "accounts")
 
 
 def parse_fault_spec(obj: object) -> FaultSpec:
@@ -70,6 +72,8 @@ def parse_fault_spec(obj: object) -> FaultSpec:
     for modifier in ("account_id", "path"):
         if modifier in obj and (not isinstance(obj[modifier], str) or not obj[modifier]):
             raise ValueError(f"{modifier} must be a non-empty string")
+    if "accounts" in obj and (obj["accounts"] is not True or "account_id" in obj):
+        raise ValueError("accounts must be true, without account_id")
     return cast(FaultSpec, dict(obj))
 
 
@@ -90,13 +94,21 @@ class Faults:
     # the account-wide assignments endpoint only (the per-user one is unaffected):
     account_filter_ignored: bool = False  # filter[updated_after] ignored: older records too
     account_endpoint_status: int | None = None  # answered instead, e.g. 404 or 501
+    # the linked-account listing (`GET /accounts`) cut short: only this many accounts
+    # (0: it answers `[]`), whatever the page
+    accounts_limit: int | None = None
 
-    def take_forced(self, account_id: str | None, path: str = "") -> FaultSpec | None:
-        """The first forced fault for a request of `account_id` to `path`, consumed; None
-        if none."""
+    def take_forced(
+        self, account_id: str | None, path: str = "", *, accounts: bool = False
+    ) -> FaultSpec | None:
+        """The first forced fault for a request of `account_id` to `path` (`accounts`: the
+        linked account listing's), consumed; None if none."""
         for index, spec in enumerate(self.forced):
-            if spec.get("account_id", account_id) == account_id and path.endswith(
-                spec.get("path", "")
+            if bool(spec.get("accounts")) != accounts:
+                continue
+            if accounts or (
+                spec.get("account_id", account_id) == account_id
+                and path.endswith(spec.get("path", ""))
             ):
                 return self.forced.pop(index)
         return None
@@ -135,6 +147,10 @@ class Faults:
             elif name == "max_page_records":
                 if value is not None and (type(value) is not int or value < 1):
                     raise ValueError("max_page_records must be a positive integer or null")
+                changes[name] = value
+            elif name == "accounts_limit":
+                if value is not None and (type(value) is not int or value < 0):
+                    raise ValueError("accounts_limit must be a whole number ≥ 0 or null")
                 changes[name] = value
             elif name == "account_endpoint_status":
                 if value is not None and (type(value) is not int or not 400 <= value <= 599):

@@ -24,6 +24,7 @@ from urllib.parse import unquote
 
 from service.sim.completions import LMSCompletions
 from service.sim.faults import _FAULT_KINDS, Faults, FaultSpec, RequestRecord, TokenBucket
+from service.sim.linked import LinkedAccounts
 from service.sim.listing import Matcher, Record
 from service.sim.records import NotFoundError
 
@@ -101,6 +102,17 @@ def _page_body(data: list[Record], cursor: str | None, spec: FaultSpec | None) -
     return json.dumps({"next": cursor, "data": data}).encode()
 
 
+def _accounts_body(data: list[Record], spec: FaultSpec | None) -> bytes:
+    """A page of `GET /accounts`: a JSON array (the faults as for _page_body)."""
+    if spec and spec.get("malformed_json"):
+        return b"["
+    if spec and spec.get("wrong_shape"):
+        return json.dumps({"data": data}).encode()
+    if spec and spec.get("missing_id") and data:
+        data = [{k: v for k, v in data[0].items() if k != "id"}, *data[1:]]
+    return json.dumps(data).encode()
+
+
 def _delayed(response: SimResponse, delay: float) -> SimResponse:
     response.delay = delay
     return response
@@ -125,6 +137,7 @@ class Gate(LMSCompletions):
         self.max_in_flight: Counter[str] = Counter()
         # seeded so error_rate and churn are reproducible from run to run
         self.rng = random.Random(seed)
+        self.linked = LinkedAccounts()  # the project's linked accounts (`GET /accounts`)
         self._bucket: TokenBucket | None = None
         self.set_rate_limit(rate_limit_per_minute)
 
@@ -163,10 +176,25 @@ class Gate(LMSCompletions):
         """Forget the request log."""
         self.requests.clear()
 
+    def link_account(self, account_id: str, **fields: Any) -> Record:
+        """Create the account if needed and link it (again), with these public fields
+        (`status`, `provider`, `origin_owner_id`...; `not_lms`: its LMS routes answer 404)."""
+        self.add_account(account_id)
+        return self.linked.link(account_id, fields, self.clock())
+
+    def unlink_account(self, account_id: str) -> None:
+        """Gone from `GET /accounts` (its LMS routes still answer: a service that reads it
+        anyway shows in the request log)."""
+        if account_id not in self.accounts:
+            raise NotFoundError(f"no account {account_id!r}")
+        self.linked.unlink(account_id)
+
     def snapshot(self) -> dict[str, Any]:
         """Everything, JSON-ready (for GET /_sim/state)."""
         return {
             **super().snapshot(),
+            "unlinked": sorted(self.linked.unlinked),
+            "not_lms": sorted(self.linked.not_lms),
             "faults": self.faults.to_json(),
             "rate_limit_per_minute": self.rate_limit_per_minute,
             "request_count": len(self.requests),
@@ -205,6 +233,47 @@ class Gate(LMSCompletions):
         record.delay = response.delay
         self.requests.append(record)
         return response
+
+    def handle_accounts(self, headers: Mapping[str, str], query: Mapping[str, str]) -> SimResponse:
+        """Answer `GET /accounts` (no `x-account-id`) and log the request; `query` may repeat
+        a parameter (a MultiDict)."""
+        now = self.clock()
+        lower = {k.lower(): v for k, v in headers.items()}
+        record = RequestRecord(
+            time=now,
+            method="GET",
+            path="/accounts",
+            query={k: v for k, v in query.items()},
+            account_id=None,
+            user_id=None,
+            auth_ok=_auth_ok(lower.get("authorization"), self.api_key),
+            status=0,
+        )
+        response = self._listing(record, query)
+        record.status, record.delay = response.status, response.delay
+        self.requests.append(record)
+        return response
+
+    def _listing(self, rec: RequestRecord, query: Mapping[str, str]) -> SimResponse:
+        if not rec.auth_ok:
+            return self.error(401)
+        if self._bucket is not None and (wait := self._bucket.take()) > 0:
+            rec.fault = "rate_limited"
+            return self.error(429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        spec = self.faults.take_forced(None, accounts=True)
+        delay = self.faults.delay_seconds + float(spec.get("delay", 0.0) if spec else 0.0)
+        if spec is not None:
+            rec.fault = next((k for k in spec if k in _FAULT_KINDS), "forced")
+            if "status" in spec:
+                return _delayed(self._forced_error(spec, rec), delay)
+        try:
+            data = self.linked.page(self.accounts, query, self.faults.accounts_limit)
+        except ValueError as exc:
+            return _delayed(self.error(400, str(exc)), delay)
+        if self.faults.accounts_limit is not None:
+            rec.fault = rec.fault or "accounts_limit"
+        date = {"Date": formatdate(rec.time, usegmt=True)}
+        return SimResponse(200, _accounts_body(data, spec), date, delay)
 
     def error(
         self,
@@ -249,6 +318,8 @@ class Gate(LMSCompletions):
             return _delayed(self.error(500), delay)
         if rec.account_id not in self.accounts:
             return _delayed(self.error(403, "Account not found"), delay)
+        if rec.account_id in self.linked.not_lms:  # another category's account (an HRIS)
+            return _delayed(self.error(404), delay)
         if endpoint.account_wide and faults.account_endpoint_status is not None:
             # a provider without the account-wide operation: StackOne answers for it
             rec.fault = "account_endpoint_status"

@@ -2,8 +2,8 @@
 
 Served: `GET /unified/lms/users/{id}/assignments` (one user's assignments),
 `GET /unified/lms/assignments` (every assignment of the account), `GET /unified/lms/users`,
-and the completions of one user and of the account (`/unified/lms/users/{id}/completions`,
-`/unified/lms/completions`).
+the completions of one user and of the account (`/unified/lms/users/{id}/completions`,
+`/unified/lms/completions`), and `GET /accounts` (the project's linked accounts).
 Requests, auth and faults are handled in `service.sim.lms_state`, records and users in
 `service.sim.records`, paging in `service.sim.listing`, fault settings in `service.sim.faults`;
 this module only moves requests in and out of them.
@@ -25,6 +25,7 @@ from service.sim.faults import Faults, FaultSpec, RequestRecord
 from service.sim.lms_state import (
     ACCOUNT_ASSIGNMENTS_PATH,
     ACCOUNT_COMPLETIONS_PATH,
+    ACCOUNTS_PATH,
     LIST_PATH,
     USER_COMPLETIONS_PATH,
     USERS_PATH,
@@ -113,9 +114,20 @@ class _Routes:
             await self.lms.while_answering(request.path)
             return await _serve(answer)
 
+    async def list_linked_accounts(self, request: web.Request) -> web.Response:
+        return await self._serve(request, self.lms.handle_accounts(request.headers, request.query))
+
     async def add_account(self, request: web.Request) -> web.Response:
-        self.lms.add_account(request.match_info["account_id"])
-        return web.json_response({"ok": True}, status=201)
+        """Create the account and link it (again); a body sets what `GET /accounts` says of
+        it (status, status_reasons, provider, origin_owner_id...; `not_lms: true`: its LMS
+        routes answer 404)."""
+        linked = self.lms.link_account(request.match_info["account_id"], **await _body(request))
+        public = {k: v for k, v in linked.items() if k not in ("credentials", "setup_information")}
+        return web.json_response(public, status=201)
+
+    async def unlink_account(self, request: web.Request) -> web.Response:
+        self.lms.unlink_account(request.match_info["account_id"])
+        return web.json_response({"ok": True})
 
     async def add_user(self, request: web.Request) -> web.Response:
         """Create a user, or update it when the body has fields (an existing user without
@@ -220,7 +232,9 @@ def create_app(lms: SimLMS) -> web.Application:
             web.patch(completion, r.patch_completion),
             web.delete(completion, r.delete_completion),
             web.get(USERS_PATH, r.list_users),
+            web.get(ACCOUNTS_PATH, r.list_linked_accounts),
             web.post("/_sim/accounts/{account_id}", r.add_account),
+            web.delete("/_sim/accounts/{account_id}", r.unlink_account),
             web.post(user, r.add_user),
             web.patch(user, r.patch_user),
             web.delete(user, r.remove_user),

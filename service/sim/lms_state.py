@@ -43,8 +43,10 @@ ACCOUNT_ASSIGNMENTS_PATH = "/unified/lms/assignments"
 USERS_PATH = "/unified/lms/users"
 USER_COMPLETIONS_PATH = "/unified/lms/users/{id}/completions"
 ACCOUNT_COMPLETIONS_PATH = "/unified/lms/completions"
+ACCOUNTS_PATH = "/accounts"
 
 __all__ = [
+    "ACCOUNTS_PATH",
     "ACCOUNT_ASSIGNMENTS",
     "ACCOUNT_ASSIGNMENTS_PATH",
     "ACCOUNT_COMPLETIONS",

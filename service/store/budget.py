@@ -17,6 +17,11 @@ LEARNED_READS = 10_000
 _FULL = "full:"  # BUDGET_LEARNED fields: full:<schedule>:<account> → pages of its full read
 
 
+def full_read_fields(account_id: str) -> list[str]:
+    """The BUDGET_LEARNED fields of an account's full reads (its feed's, its listing's)."""
+    return [f"{_FULL}{schedule}:{account_id}" for schedule in ("feed", "listing")]
+
+
 class BudgetStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis

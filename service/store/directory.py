@@ -75,6 +75,9 @@ class AccountDirectory:
         self._version: int | None = None
         self._checked = float("-inf")  # time.monotonic() of the last look at the counter
         self._retry_at = float("inf")  # the next not-LMS retry (ms): the set changes then
+        # moves whenever the accounts read are worked out again: a schedule compares it with
+        # the one it last synced at, to follow at its next tick
+        self.generation = 0
 
     async def current(self) -> TrackedAccounts:
         """The accounts read now. Without discovery: the config's, without a Redis call."""
@@ -88,6 +91,7 @@ class AccountDirectory:
         if version != self._version or now_ms >= self._retry_at:
             linked, not_lms = await self.store.all(), await self.store.not_lms()
             self._current = tracked_accounts(self.settings, linked, not_lms, now_ms)
+            self.generation += 1
             self._version = version
             self._retry_at = min((t for t in not_lms.values() if t > now_ms), default=float("inf"))
         return self._current
@@ -103,3 +107,11 @@ class AccountDirectory:
         """What is tracked of the account's users (the default for an account not read)."""
         account = await self.account(account_id)
         return account.resources if account is not None else tracked(None)
+
+    async def found_ms(self, account_id: str) -> int | None:
+        """When discovery found a discovered account active (ms, the upstream's clock);
+        None for a config account (its own settings, found when the config named it)."""
+        if self.settings.account(account_id) is not None:
+            return None
+        linked = (await self.current()).linked.get(account_id)
+        return linked.found_ms if linked is not None and linked.found_ms else None

@@ -58,6 +58,10 @@ HELD_ACCOUNT_DROP = f"{PREFIX}:accounts:held"
 ACCOUNT_LISTING_DUE = f"{PREFIX}:accounts:listing:due"
 # hash: the linked-account listing's ReadState (last complete listing, mass_drop, failures).
 ACCOUNT_LISTING_STATE = f"{PREFIX}:accounts:listing:state"
+# set: linked accounts a listing found unlinked whose state (users, snapshots, feed and
+# listing state, schedule entries) is still being forgotten, in batches: a process that dies
+# midway leaves them here, and the next listing, wherever it runs, finishes.
+FORGET_ACCOUNTS = f"{PREFIX}:accounts:forget"
 # The one member of ACCOUNT_LISTING_DUE: no quoted account id is `*` (quote escapes it).
 ACCOUNT_LISTING = "*"
 # string: the budget plan last published (JSON), for the admin API and to log each change once.

@@ -224,3 +224,10 @@ def feed_leases(redis: Redis, *, clock: Callable[[], float] = time.time) -> Leas
 def discovery_leases(redis: Redis, *, clock: Callable[[], float] = time.time) -> Leases:
     """Accounts whose user listing to read (`users: all`)."""
     return Leases(redis, keys.DISCOVERY_DUE, _discovery_state_key, clock=clock)
+
+
+def account_listing_leases(redis: Redis, *, clock: Callable[[], float] = time.time) -> Leases:
+    """The key's linked-account listing (`account_discovery`): one member, ACCOUNT_LISTING."""
+    return Leases(
+        redis, keys.ACCOUNT_LISTING_DUE, lambda _: keys.ACCOUNT_LISTING_STATE, clock=clock
+    )

@@ -1,5 +1,6 @@
 """The linked accounts account discovery found (`GET /accounts`), as Redis holds them for
-every process: each one's public fields, and those that turned out to be no LMS account.
+every process: each one's public fields, and those that turned out to be no LMS account;
+the listing's atomic commit, and forgetting an unlinked account's state.
 
 A linked account's `credentials` and `setup_information` are secrets of the customer's
 provider connection: `LinkedAccount` has no field for them, so they are never stored,
@@ -8,65 +9,28 @@ logged or shown.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import cast
 
 from redis.asyncio import Redis
 
+from service.linked_account import LinkedAccount
 from service.store import keys
+from service.store.budget import full_read_fields
+from service.store.read_state import FIELDS, ReadState
+from service.store.scripts import CommitAccounts
 
-ACTIVE = "active"
+# an unlinked account's users forgotten per round trip
+FORGET_BATCH = 500
 
-
-@dataclass(frozen=True, slots=True)
-class LinkedAccount:
-    """One linked account as the listing gave it (untrusted upstream text, shown escaped)."""
-
-    id: str
-    provider: str | None = None
-    provider_name: str | None = None
-    label: str | None = None
-    status: str = ACTIVE  # active, inactive or error
-    status_reasons: tuple[str, ...] = ()
-    origin_owner_id: str | None = None
-    origin_owner_name: str | None = None
-    # when discovery first found it (ms, the upstream's clock): its records stamped later are
-    # changes, not part of its baseline
-    found_ms: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.status == ACTIVE
-
-    def encode(self) -> str:
-        data = asdict(self)
-        data["status_reasons"] = list(self.status_reasons)
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, raw: str) -> LinkedAccount:
-        data = json.loads(raw)
-        return cls(
-            id=str(data["id"]),
-            provider=_text(data.get("provider")),
-            provider_name=_text(data.get("provider_name")),
-            label=_text(data.get("label")),
-            status=str(data.get("status") or ACTIVE),
-            status_reasons=tuple(str(r) for r in data.get("status_reasons") or ()),
-            origin_owner_id=_text(data.get("origin_owner_id")),
-            origin_owner_name=_text(data.get("origin_owner_name")),
-            found_ms=int(data.get("found_ms") or 0),
-        )
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+__all__ = ["LinkedAccount", "LinkedAccountStore"]
 
 
 class LinkedAccountStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        # a listing's findings (accounts found or changed, accounts unlinked), its state and
+        # next due time in one atomic step, fenced by its lease (False: the lease is lost)
+        self.commit = CommitAccounts(redis)
 
     async def version(self) -> int:
         raw = await self.redis.get(keys.LINKED_VERSION)
@@ -81,3 +45,87 @@ class LinkedAccountStore:
         """Account id → when (ms) an account that answered as no LMS account is tried again."""
         raw = await self.redis.zrange(keys.NOT_LMS_ACCOUNTS, 0, -1, withscores=True)
         return {account_id: int(score) for account_id, score in cast(list[tuple[str, float]], raw)}
+
+    async def listing_state(self) -> ReadState:
+        values = await self.redis.hmget(keys.ACCOUNT_LISTING_STATE, FIELDS)
+        return ReadState.decode_list(cast(list[str | None], values))
+
+    async def hold_drop(self, account_ids: list[str], seconds: float) -> None:
+        """The accounts a complete listing left out while its drop is held (replacing any)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.HELD_ACCOUNT_DROP)
+            if account_ids:
+                pipe.sadd(keys.HELD_ACCOUNT_DROP, *account_ids)
+            pipe.expire(keys.HELD_ACCOUNT_DROP, max(1, int(seconds)))
+            await pipe.execute()
+
+    async def held_drop(self) -> set[str]:
+        return cast(set[str], await self.redis.smembers(keys.HELD_ACCOUNT_DROP))
+
+    async def mark_not_lms(self, account_id: str, retry_at_ms: int) -> bool:
+        """The account answered as no LMS account: not read until `retry_at_ms`. False when
+        it was marked until then or later already (another process's read meanwhile)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(keys.NOT_LMS_ACCOUNTS, {account_id: retry_at_ms}, gt=True, ch=True)
+            pipe.incr(keys.LINKED_VERSION)
+            added, _ = await pipe.execute()
+        return bool(added)
+
+    async def to_forget(self) -> list[str]:
+        return sorted(cast(set[str], await self.redis.smembers(keys.FORGET_ACCOUNTS)))
+
+    async def forget(self, account_id: str) -> int:
+        """Forget an unlinked account's state, in batches, and returns how many of its users
+        went. Its schedule entries go first, so a read of it in flight (in any process)
+        finds its lease gone and commits nothing; its users' set goes last, so a process
+        that dies midway has lost nothing it needs to finish: the account stays in
+        FORGET_ACCOUNTS and the next listing, wherever it runs, forgets the rest."""
+        member = keys.account_member(account_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.FEED_DUE, member)
+            pipe.zrem(keys.DISCOVERY_DUE, member)
+            pipe.hdel(keys.FEED_FALLBACK, account_id)
+            pipe.hdel(keys.BLOCKED_ACCOUNTS, account_id)
+            pipe.zrem(keys.PAUSED_ACCOUNTS, account_id)
+            await pipe.execute()
+        users = await self._users_of(account_id)
+        for start in range(0, len(users), FORGET_BATCH):
+            batch = users[start : start + FORGET_BATCH]
+            members = [keys.user_member(account_id, user_id) for user_id in batch]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.POLL_DUE, *members)
+                pipe.zrem(keys.USER_WEIGHTS, *members)
+                pipe.srem(keys.RUNTIME_USERS, *members)
+                for user_id in batch:
+                    pipe.delete(
+                        keys.snapshots(account_id, user_id),
+                        keys.user_state(account_id, user_id),
+                        keys.legacy_snapshots(account_id, user_id),
+                    )
+                await pipe.execute()
+        overdue = [m async for m in self.redis.zscan_iter(keys.OVERDUE, match=f"{member}:*")]
+        for start in range(0, len(overdue), FORGET_BATCH):
+            await self.redis.zrem(keys.OVERDUE, *overdue[start : start + FORGET_BATCH])
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(
+                keys.feed_state(account_id),
+                keys.discovery_state(account_id),
+                keys.held_drop(account_id),
+                keys.discovered_users(account_id),
+            )
+            pipe.hdel(keys.BUDGET_LEARNED, *full_read_fields(account_id))
+            pipe.incr(keys.USERS_VERSION)  # users went: caches of who is baselined look again
+            pipe.srem(keys.FORGET_ACCOUNTS, account_id)
+            await pipe.execute()
+        return len(users)
+
+    async def _users_of(self, account_id: str) -> list[str]:
+        """Every user of the account with state: listed, added at run time, polled one by
+        one (an id is quoted in a member, so `*` in the pattern matches ids only)."""
+        pattern = f"{keys.account_member(account_id)}:*"
+        users = cast(set[str], await self.redis.smembers(keys.discovered_users(account_id)))
+        async for member in self.redis.sscan_iter(keys.RUNTIME_USERS, match=pattern):
+            users.add(keys.parse_user_member(member)[1])
+        async for member, _ in self.redis.zscan_iter(keys.POLL_DUE, match=pattern):
+            users.add(keys.parse_user_member(member)[1])
+        return sorted(users)

@@ -632,3 +632,34 @@ class CommitListing(_Script):
             done = bool(await self._run(keys=script_keys, args=args))
             _committed(current, done)
         return done
+
+
+class CommitAccounts(_Script):
+    source = "commit_accounts"
+
+    async def __call__(
+        self,
+        *,
+        token: int,
+        next_score: int,
+        state: ReadState,
+        write: dict[str, str],
+        drop: dict[str, bool],
+    ) -> bool:
+        """`write`: account id → its JSON (found, or changed); `drop`: account id → whether
+        its state is to be forgotten (not a config account's). False: the lease was lost."""
+        script_keys = [
+            keys.ACCOUNT_LISTING_DUE,
+            keys.ACCOUNT_LISTING_STATE,
+            keys.LINKED_ACCOUNTS,
+            keys.LINKED_VERSION,
+            keys.NOT_LMS_ACCOUNTS,
+            keys.FORGET_ACCOUNTS,
+        ]
+        args: list[Any] = [keys.ACCOUNT_LISTING, token, next_score, *_state_args(state)]
+        args += [len(write), *(x for pair in sorted(write.items()) for x in pair)]
+        args += [len(drop), *(x for a, forget in sorted(drop.items()) for x in (a, int(forget)))]
+        with _committing("accounts") as current:
+            done = bool(await self._run(keys=script_keys, args=args))
+            _committed(current, done)
+        return done

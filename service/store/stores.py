@@ -14,7 +14,13 @@ from service.store.console_sessions import SignedOutSessions
 from service.store.directory import AccountDirectory
 from service.store.endpoints import EndpointStore
 from service.store.feeds import FeedStore
-from service.store.leases import Leases, discovery_leases, feed_leases, user_leases
+from service.store.leases import (
+    Leases,
+    account_listing_leases,
+    discovery_leases,
+    feed_leases,
+    user_leases,
+)
 from service.store.limits import SharedLimiter
 from service.store.linked_accounts import LinkedAccountStore
 from service.store.log import DeliveryLog
@@ -35,6 +41,7 @@ class Stores:
     leases: Leases  # users polled one by one
     feed_leases: Leases
     discovery_leases: Leases
+    account_listing_leases: Leases  # the key's linked accounts (`account_discovery`)
     users: TrackedUsers
     linked: LinkedAccountStore  # what account discovery found
     accounts: AccountDirectory  # which accounts are read, and how
@@ -58,6 +65,7 @@ class Stores:
             leases=user_leases(redis, clock=clock),
             feed_leases=feed_leases(redis, clock=clock),
             discovery_leases=discovery_leases(redis, clock=clock),
+            account_listing_leases=account_listing_leases(redis, clock=clock),
             users=TrackedUsers(redis, settings, feeds, accounts),
             linked=linked,
             accounts=accounts,

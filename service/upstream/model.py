@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service import jsonfmt
 from service.errors import UpstreamMalformed
+from service.linked_account import LinkedAccount
 from service.resources import ASSIGNMENTS, COMPLETIONS, Resource
 from service.user_ids import user_id_problem
 
@@ -256,6 +257,49 @@ def parse_user_page(raw: bytes, page_size: int | None = None) -> UserPage:
             continue
         (page.inactive if item.get("active") is False else page.active).append(user_id)
         page.updated_at.append(item.get("updated_at"))
+    return page
+
+
+@dataclass(slots=True)
+class LinkedAccountPage:
+    """One page of the project's linked accounts (`GET /accounts`): their public fields only
+    (`credentials` and `setup_information` are dropped here, never kept)."""
+
+    accounts: list[LinkedAccount]
+    skipped: int = 0  # accounts without a usable id
+    served_at: datetime | None = None  # the answer's `Date`: the upstream's clock
+    next: None = None  # paged by number, not by cursor
+
+    @property
+    def listed(self) -> int:
+        """Accounts the page listed, skipped ones too (a page shorter than asked is the
+        last)."""
+        return len(self.accounts) + self.skipped
+
+
+def parse_linked_account_page(raw: bytes, page_size: int | None = None) -> LinkedAccountPage:
+    """A page of `GET /accounts`: a JSON array of `LinkedAccount`, or UpstreamMalformed (not
+    JSON, not an array, an item that is not an object, more than max_page_records). An
+    account without a usable `id` is skipped and counted."""
+    try:
+        body, _ = jsonfmt.loads_exact(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UpstreamMalformed(f"response is not JSON: {e}") from e
+    if not isinstance(body, list):
+        raise UpstreamMalformed("the linked accounts listing is not a JSON array")
+    if page_size is not None and len(body) > max_page_records(page_size):
+        raise UpstreamMalformed(
+            f"a page of {len(body)} accounts where page_size {page_size} was asked"
+        )
+    page = LinkedAccountPage([])
+    for index, item in enumerate(body):
+        if not isinstance(item, dict):
+            raise UpstreamMalformed(f"account [{index}] is not an object")
+        account = LinkedAccount.listed(item)
+        if account is None:
+            page.skipped += 1
+        else:
+            page.accounts.append(account)
     return page
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -25,7 +25,7 @@ from service.budget import (
     feed_weights,
     plan,
 )
-from service.config import Settings
+from service.config import AccountSettings, Settings
 from service.metrics import Metrics
 from service.poll_runner import ReadResult
 from service.resources import COMPLETIONS
@@ -62,11 +62,12 @@ def demand_of_config(settings: Settings) -> Demand:
     )
 
 
-def completions_cost(settings: Settings, plan: Plan) -> dict[str, Any]:
+def completions_cost(accounts: Iterable[AccountSettings], plan: Plan) -> dict[str, Any]:
     """What tracking completions adds to the plan (one more feed read per account each
-    feed interval, one more request per user poll): the accounts of the config that track
-    them, and the requests a minute they add at the plan's cadences (one page a read)."""
-    tracking = [a for a in settings.accounts if COMPLETIONS in a.resources]
+    feed interval, one more request per user poll): the accounts read that track them
+    (the config's and discovered ones), and the requests a minute they add at the plan's
+    cadences (one page a read)."""
+    tracking = [a for a in accounts if COMPLETIONS in a.resources]
     feeds = sum(a.uses_feed for a in tracking)
     users = sum(len(a.listed_users) for a in tracking if not a.uses_feed)
     per_minute = feeds * 60.0 / plan.feed_interval + users * 60.0 / plan.user_interval
@@ -96,6 +97,7 @@ class BudgetPlanner:
         self._seen: dict[str, list[int]] = {}  # kind → [pages, reads] not yet in Redis
         self._full: dict[tuple[str, str], int] = {}  # (kind, account) → its full read's pages
         self._feed_users = 0  # users the feeds cover
+        self._accounts: list[AccountSettings] = list(settings.accounts)  # those read
 
     # -- the Cadence --
 
@@ -160,6 +162,8 @@ class BudgetPlanner:
         for (kind, account_id), pages in full.items():
             await self.store.learn_full_read(kind, account_id, pages)
         learned = await self.store.learned()
+        accounts = await self.users.accounts.current()
+        self._accounts = list(accounts.settings.values())
         per_user = await self.users.per_user_members()
         self._feed_users = len(await self.users.members()) - len(per_user)
         feeds = sorted(await self.users.feed_accounts_in_force())
@@ -169,7 +173,7 @@ class BudgetPlanner:
             budget_per_minute=config.budget_per_minute,
             feeds=len(feeds),
             users=len(per_user),
-            listings=len((await self.users.accounts.current()).listing_accounts),
+            listings=len(accounts.listing_accounts),
             interval=polling.interval,
             account_interval=polling.account_interval,
             discovery_interval=polling.discovery_interval,
@@ -233,7 +237,7 @@ class BudgetPlanner:
             "users": {"per_user": p.users, "account": self._feed_users},
             "accounts": {"account": p.feeds, "listing": p.listings},
             # what tracking completions adds (counted in needed_per_minute already)
-            "completions": completions_cost(self.settings, p),
+            "completions": completions_cost(self._accounts, p),
             # not the scale: it moves with every poll's weight, the plan does not
             "adaptive": (
                 {

@@ -184,7 +184,7 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{estimate.allowed_per_minute:.0f} planned of stackone.max_requests_per_minute "
         f"{settings.stackone.max_requests_per_minute}"
     )
-    completions = completions_cost(settings, estimate)
+    completions = completions_cost(settings.accounts, estimate)
     if completions["accounts"]:
         budget += (
             f", of which completions {completions['per_minute']:.0f} "

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Build here: make image (buildah, chroot isolation, on a Debian base made by debootstrap;
-#   README, Deploying). Elsewhere: docker build -t lms-webhooks .
+#   docs/operating.md, Deploying). Elsewhere: docker build -t lms-webhooks .
 # Run:   docker run -v $PWD/config/example.yaml:/etc/lms-webhooks/config.yaml:ro \
 #          -e STACKONE_API_KEY -e HR_WEBHOOK_SECRET -e REDIS_URL lms-webhooks
 

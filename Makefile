@@ -45,13 +45,13 @@ screenshot: $(STAMP)  ## docs/console.png again, from the console's browser test
 	scripts/ensure-chromium
 	UPDATE_SCREENSHOT=1 $(BIN)/pytest -q tests/test_console_browser.py -k operator_follows
 
-bench: $(STAMP)  ## performance figures (README, Performance); SCALE=0.1 for a quick look
+bench: $(STAMP)  ## performance figures (docs/performance.md); SCALE=0.1 for a quick look
 	scripts/ensure-redis-server
 	$(BIN)/lms-webhooks bench --output bench.json $(if $(SCALE),--scale $(SCALE)) \
 		$(foreach s,$(SCENARIO),--scenario $(s))
 
 # The container image, built here without a daemon: buildah (chroot isolation) on a Debian
-# base that debootstrap makes from this machine's apt mirror (README, Deploying). Behind a
+# base that debootstrap makes from this machine's apt mirror (docs/operating.md, Deploying). Behind a
 # TLS-intercepting proxy pip needs the host's CA: its directory is mounted at /mnt for the
 # build's RUN steps only (an existing directory: no mount point, no certificate in a layer).
 IMAGE      ?= lms-webhooks
@@ -84,8 +84,9 @@ schema: $(STAMP)  ## regenerate config/schema.json from the Settings model
 	$(BIN)/python -c "import json; from service.config import settings_json_schema as s; \
 	open('config/schema.json', 'w').write(json.dumps(s(), indent=2, sort_keys=True) + '\n')"
 
-docs: $(STAMP)  ## regenerate docs/events.md (the receiver's guide) from the webhook models
+docs: $(STAMP)  ## regenerate docs/events.md (webhook models) and docs/configuration.md (Settings)
 	$(BIN)/python -m service.contract.guide > docs/events.md
+	$(BIN)/python -m service.contract.config_guide > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) $(DEBIAN_VENV) .pytest_cache .mypy_cache .ruff_cache

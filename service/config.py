@@ -196,7 +196,7 @@ class AccountDefaults(_Strict):
     # auto: the feed, falling back to per_user where the upstream cannot serve it
     strategy: Literal["per_user", "account", "auto"] = "per_user"
     # the records tracked for each user, each read with the account's strategy (a second
-    # feed per account, a second request per user poll): README, Completions
+    # feed per account, a second request per user poll): docs/accounts.md, Completions
     track: list[TrackedName] = Field(default_factory=_default_track, min_length=1)
 
     @field_validator("track")
@@ -376,7 +376,7 @@ class DeliverySettings(_Strict):
     disable_after: LongDuration = 5 * 86400.0
     allow_http: bool = False
     allow_private_addresses: bool = False
-    # The delivery log (README, The delivery log): every event and attempt kept this long,
+    # The delivery log (docs/architecture.md): every event and attempt kept this long,
     log_retention: LogRetention = 7 * DAY
     # and at most this many of each endpoint's most recent events.
     log_max_per_endpoint: int = Field(50_000, ge=1, le=MAX_LOG_PER_ENDPOINT)

@@ -1,4 +1,4 @@
-"""OpenTelemetry traces (README, Tracing): off unless `tracing.endpoint` is set.
+"""OpenTelemetry traces (docs/operating.md, Tracing): off unless `tracing.endpoint` is set.
 
 One tracer per process, set up by `lms-webhooks run` and flushed when it stops. Every layer
 (the store and the upstream client too) opens its spans through `span()`, which, with

@@ -222,7 +222,7 @@ async def test_a_running_service_replans_as_soon_as_users_are_added(
 async def test_full_resync_interval_zero_reads_the_feed_completely_every_time(
     redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
 ) -> None:
-    """`0` passed check-config's schema and the README calls it every poll a full read; the
+    """`0` passed check-config's schema and the docs call it every poll a full read; the
     plan divided by it once a full read's pages were learned, and `run` ended there."""
     sim, lms_url = lms
     seed_user(sim, "u_1", 3)

@@ -1,5 +1,5 @@
 """`track: [assignments, completions]`: completion records followed beside assignments, by
-the same reads, snapshots, commits and guarantees, under both strategies (README,
+the same reads, snapshots, commits and guarantees, under both strategies (docs/accounts.md,
 Completions)."""
 
 from __future__ import annotations

@@ -484,7 +484,7 @@ def test_user_ids_up_to_the_bound_are_valid() -> None:
 def test_full_resync_interval_zero_is_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`0` (every read a full one, as the README says) ended check-config and `run` with a
+    """`0` (every read a full one, as the docs say) ended check-config and `run` with a
     ZeroDivisionError traceback."""
     monkeypatch.setenv("KEY", "k")
     monkeypatch.setenv("SECRET", ENV["SECRET"])

@@ -151,7 +151,7 @@ async def test_an_operator_follows_a_failing_endpoint_replays_tests_and_searches
     await page.reload()
     await expect(hr.locator(".state")).to_have_text("active")
     await expect(hr.locator("td").nth(3)).to_have_text("1")
-    # the README's picture: written there only when asked (`make screenshot`), so a test run
+    # docs/operating.md's picture: written there only when asked (`make screenshot`), so a test run
     # leaves the checkout as it was
     shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") else tmp_path / "console.png"
     await page.screenshot(path=shot, full_page=True)

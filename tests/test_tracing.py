@@ -1,4 +1,4 @@
-"""Traces (README, Tracing): one change followed from the read that found it to the
+"""Traces (docs/operating.md, Tracing): one change followed from the read that found it to the
 receiver's 2xx, across a poller and a dispatcher process, as a real collector's OTLP/HTTP
 receiver gets them; and with tracing off, nothing of it in the queue."""
 

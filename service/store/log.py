@@ -1,6 +1,6 @@
 """The delivery log in Redis: every event queued (its head and its body as sent) and every
 attempt at delivering it, per endpoint, for `delivery.log_retention` and at most
-`delivery.log_max_per_endpoint` events per endpoint (README, The delivery log).
+`delivery.log_max_per_endpoint` events per endpoint (docs/architecture.md, The delivery log).
 
 It is written by the scripts that queue and settle events, in the round trips they make
 anyway: enqueue.lua (the event, once, whatever the number of endpoints), ack_events.lua,
@@ -9,7 +9,7 @@ trimmed by the commits that add to it (lua/log.lua). This module reads it, queue
 events again (redeliver) and records events sent outside the queue (test sends).
 
 Each event's body is kept once per change, compressed, where the events of a change share
-it (log_body, README): put back together byte for byte when read.
+it (log_body; docs/architecture.md): put back together byte for byte when read.
 
 Response bodies are the receivers' words: kept as text, shown as text, never interpreted.
 """

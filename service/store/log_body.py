@@ -1,4 +1,4 @@
-"""How the delivery log keeps an event's body (README, The delivery log): the events of one
+"""How the delivery log keeps an event's body (docs/architecture.md): the events of one
 change carry the same `data` (the record and the previous record), so the log keeps that
 `data` once, compressed, under a key named after the first event that carries it, and each
 event only the name of that key; the body is put back together from the event's id, type

@@ -1,5 +1,5 @@
-"""How long the delivery log keeps events, and how many per endpoint (README, The delivery
-log): what every script that writes the log is told."""
+"""How long the delivery log keeps events, and how many per endpoint (docs/architecture.md,
+The delivery log): what every script that writes the log is told."""
 
 from __future__ import annotations
 

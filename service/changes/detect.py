@@ -15,8 +15,8 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import orjson
 
-from service import events as ev
-from service.events import Event, EventData
+from service.changes import events as ev
+from service.changes.events import Event, EventData
 from service.resources import ASSIGNMENTS, Resource
 from service.timefmt import iso_ms, parse_iso
 

@@ -17,7 +17,7 @@ LEARNED_READS = 10_000
 _FULL = "full:"  # BUDGET_LEARNED fields: full:<schedule>:<account> → pages of its full read
 
 
-class BudgetStore:
+class ReadCosts:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 

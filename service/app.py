@@ -14,26 +14,26 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.account_discovery import AccountListing, NotLmsCheck
 from service.api import create_api
-from service.budget_planner import PLAN_SECONDS, BudgetPlanner
 from service.config import Settings
 from service.delivery.dispatcher import Dispatcher
 from service.delivery.ssrf import GuardedResolver
-from service.discovery import UserListing
-from service.feed import FeedReader
 from service.metrics import Metrics
 from service.operations import SHARED_FOR, Operations
-from service.overdue import OverdueWatcher
-from service.poll_runner import PollRunner, Reader, ReadResult
-from service.poller import Poller
-from service.schedule import PollScheduler
+from service.reading.account_feed import FeedReader
+from service.reading.account_listing import AccountListing, NotLmsCheck
+from service.reading.overdue import OverdueWatcher
+from service.reading.planner import PLAN_SECONDS, BudgetPlanner
+from service.reading.runner import PollRunner, Reader, ReadResult
+from service.reading.schedule import PollScheduler
+from service.reading.user_listing import UserListing
+from service.reading.user_poll import Poller
 from service.store import keys
 from service.store.connect import connect_http, connect_workers
 from service.store.directory import AccountDirectory
-from service.store.health import log_redis_error
 from service.store.leases import Lease, Leases
-from service.store.limits import api_key_budget
+from service.store.limits import api_key_rate
+from service.store.redis_health import log_redis_error
 from service.store.stores import Stores
 from service.upstream.client import StackOneClient
 
@@ -103,7 +103,7 @@ class Service:
         self.operations = Operations(settings, http_stores, self.metrics, clock=clock)
         # every process derives the same plan from Redis; the readers follow it
         self.planner = BudgetPlanner(
-            self.stores.budget, self.stores.users, settings, self.metrics, clock=clock
+            self.stores.read_costs, self.stores.users, settings, self.metrics, clock=clock
         )
         self._planning: asyncio.Task[None] | None = None
         self._replan: asyncio.Task[None] | None = None
@@ -253,7 +253,7 @@ class Service:
         stores, settings, metrics, clock = self.stores, self.settings, self.metrics, self.clock
         polling = settings.polling
         wake = self.dispatcher.wake if self.dispatcher else None
-        budget = api_key_budget(settings.stackone.max_requests_per_minute)
+        budget = api_key_rate(settings.stackone.max_requests_per_minute)
         rate = stores.limiter.rate(budget)
         session = self._session(limit=100)
         # on the service's clock: an account's provider pause ends when its due time does

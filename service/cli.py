@@ -16,13 +16,13 @@ from redis.exceptions import RedisError
 
 from service import __version__, tracing
 from service.app import Role, Service
-from service.budget import feed_bounds, plan
-from service.budget_planner import completions_cost, demand_of_config
 from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.operations import Operations
+from service.reading.plan import feed_bounds, plan
+from service.reading.planner import completions_cost, demand_of_config
 from service.store.connect import connect
 from service.store.stores import Stores
 

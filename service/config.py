@@ -33,8 +33,8 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from service.changes.events import EVENT_TYPES
 from service.errors import ConfigError
-from service.events import EVENT_TYPES
 from service.redis_url import is_sentinel, parse_sentinel_url, url_secrets
 from service.resources import DEFAULT_TRACK, Resource, tracked
 from service.user_ids import USER_ID_SCHEMA, user_id_problem

@@ -28,7 +28,8 @@ from redis.exceptions import RedisError
 
 from service import jsonfmt
 from service.accounts_view import SOURCES, STATES, AccountsView
-from service.budget_planner import BudgetPlanner
+from service.changes.events import TEST, TestEvent
+from service.changes.outbox import EventHead
 from service.config import EndpointSettings, Settings
 from service.contract.admin import RedeliverOutcome
 from service.cursor import decode_cursor, encode_cursor
@@ -37,13 +38,12 @@ from service.delivery.policy import Verdict
 from service.delivery.sender import Poster
 from service.endpoint_health import EndpointHealth, EndpointState
 from service.errors import InvalidInput, NotFound
-from service.events import TEST, TestEvent
 from service.metrics import Metrics
-from service.outbox import EventHead
+from service.reading.planner import BudgetPlanner
 from service.store import keys
-from service.store.health import OUT_OF_MEMORY, write_problem
 from service.store.limits import endpoint_budget
 from service.store.log import OUTCOMES, RECENT_ATTEMPTS, LogFilter, attempt_record
+from service.store.redis_health import OUT_OF_MEMORY, write_problem
 from service.store.stores import Stores
 from service.timefmt import from_epoch, iso_ms
 from service.user_ids import user_id_problem
@@ -390,11 +390,11 @@ class Operations:
 
     async def budget(self) -> dict[str, Any]:
         """The budget plan the pollers follow (as last published; the config's before)."""
-        published = await self.stores.budget.published()
+        published = await self.stores.read_costs.published()
         if published is not None:
             return cast(dict[str, Any], json.loads(published))
         return BudgetPlanner(
-            self.stores.budget, self.stores.users, self.settings, self.metrics
+            self.stores.read_costs, self.stores.users, self.settings, self.metrics
         ).describe()
 
     async def upstream(self) -> dict[str, Any]:

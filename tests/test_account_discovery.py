@@ -17,8 +17,8 @@ import structlog
 from multidict import MultiDict
 from redis.asyncio import Redis
 
-from service import events as ev
 from service.app import Service
+from service.changes import events as ev
 from service.cli import main
 from service.config import Settings
 from service.sim.linked import CREDENTIAL_MARK

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
 from service.api.sign_in_limit import FAILURES_PER_CLIENT
 from service.app import Service
+from service.changes import events as ev
 from service.cursor import encode_cursor
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver

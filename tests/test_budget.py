@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.budget import (
+from service.reading.plan import (
     HEADROOM,
     RATE_FLOOR,
     Demand,

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from service.sim.lms import SimLMS
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.sim.receiver import Receiver
-from service.store.limits import api_key_budget
+from service.store.limits import api_key_rate
 from tests.helpers import (
     ACCOUNT,
     API_KEY,
@@ -278,7 +278,7 @@ async def test_adaptive_reads_a_busy_account_every_account_interval_and_quiet_on
         sim.progress(account, "u_1", f"{account}_a1", 0)
     # the key's limiter runs on real time, this test on its clock: the plan is what is
     # tested here, so the limiter gets the room of a key that never holds the test up
-    monkeypatch.setattr("service.app.api_key_budget", lambda _: api_key_budget(60_000))
+    monkeypatch.setattr("service.app.api_key_rate", lambda _: api_key_rate(60_000))
     settings = make_settings(
         redis_server.url,
         lms_url,

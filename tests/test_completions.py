@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
-from service.budget import plan
-from service.budget_planner import demand_of_config
-from service.detect import event_id, record_digest
+from service.changes import events as ev
+from service.changes.detect import event_id, record_digest
+from service.reading.plan import plan
+from service.reading.planner import demand_of_config
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys

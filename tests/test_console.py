@@ -18,7 +18,7 @@ from service.api.sign_in_limit import FAILURES_PER_CLIENT, WINDOW_SECONDS
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
-from service.store.limits import api_key_budget
+from service.store.limits import api_key_rate
 from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings
 from tests.redis_server import RedisServer
 
@@ -420,7 +420,7 @@ async def test_the_overview_shows_upstream_429s_and_the_key_paused(console: Cons
         assert "<dt>429 answers</dt><dd>1 <small" in page
         assert "<dt>API key paused</dt><dd>no</dd>" in page
         # a pause as a 429 in another process would set it: every replica shows it
-        budget = api_key_budget(service.settings.stackone.max_requests_per_minute)
+        budget = api_key_rate(service.settings.stackone.max_requests_per_minute)
         await service.stores.limiter.rate(budget).pause(120)
         async with http.get("/ui") as r:
             page = " ".join((await r.text()).split())

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from service import events as ev
 from service.api.openapi import build_openapi
+from service.changes import events as ev
 from service.contract.guide import events_guide
 from service.contract.webhooks import CATALOG
 from service.delivery.signing import secret_key, webhook_headers

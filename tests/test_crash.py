@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver, hang
 from service.store import keys

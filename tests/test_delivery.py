@@ -17,7 +17,7 @@ import structlog
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook
 
-from service import events as ev
+from service.changes import events as ev
 from service.delivery.breaker import BASE_COOLDOWN, THRESHOLD
 from service.endpoint_health import EndpointHealth
 from service.sim.lms import SimLMS

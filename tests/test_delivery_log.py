@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
+from service.changes.outbox import EventHead
 from service.delivery import signing
 from service.errors import InvalidInput, NotFound
 from service.operations import Operations
-from service.outbox import EventHead
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys, log_body

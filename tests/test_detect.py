@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service import events as ev
-from service.detect import (
+from service.changes import events as ev
+from service.changes.detect import (
     FeedWindow,
     Snapshot,
     Watermark,

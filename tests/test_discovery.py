@@ -8,7 +8,7 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.config import parse_settings
 from service.errors import ConfigError
 from service.sim.lms import SimLMS

@@ -78,3 +78,15 @@ def test_every_key_of_the_schema_is_documented() -> None:
     keys = _paths(schema, schema["$defs"])
     assert "polling.interval" in keys and "endpoints[].secret" in keys
     assert [k for k in keys if f"| `{k}` |" not in page] == []
+
+
+# a path in the repository a page names, in backquotes or a link: `service/reading/plan.py`
+_PATH = re.compile(r"(?<![\w/.-])((?:service|tests|scripts|config|deploy|docs)/[\w./-]*\w)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_path_a_page_names_exists(page: Path) -> None:
+    """Moved code leaves no page pointing at where it was (the file list drifted before)."""
+    named = set(_PATH.findall(page.read_text(encoding="utf-8")))
+    missing = sorted(p for p in named if not (ROOT / p).exists() and "*" not in p)
+    assert missing == []

@@ -16,7 +16,7 @@ import pytest
 import structlog
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver, hang, start_receiver_server
 from service.timefmt import iso_ms, parse_iso

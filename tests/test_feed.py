@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
-from service.detect import event_id, record_digest
+from service.changes import events as ev
+from service.changes.detect import event_id, record_digest
 from service.sim.lms import SimLMS, SimResponse
 from service.sim.receiver import Receiver
 from service.store import keys

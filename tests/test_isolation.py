@@ -16,17 +16,17 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.config import StackOneSettings
 from service.errors import UpstreamProviderLimited, UpstreamRateLimited
 from service.metrics import Metrics
-from service.poll_runner import ACCOUNT_FAILURES
-from service.schedule import account_share, deferred_claims, initial_due_ms
+from service.reading.runner import ACCOUNT_FAILURES
+from service.reading.schedule import account_share, deferred_claims, initial_due_ms
 from service.sim.faults import parse_fault_spec
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
-from service.store.limits import SharedLimiter, api_key_budget
+from service.store.limits import SharedLimiter, api_key_rate
 from service.upstream.accounts import ACCOUNT_IN_FLIGHT, AccountSlots
 from service.upstream.client import (
     DEFAULT_RETRY_AFTER,
@@ -168,7 +168,7 @@ async def stackone(
     for account in ("acc_1", "acc_2"):
         sim.put_assignment(account, "u_1", {"id": f"{account}_a1"})
     settings = StackOneSettings(base_url=url, api_key=API_KEY, page_size=2)  # type: ignore[arg-type]
-    rate = SharedLimiter(redis).rate(api_key_budget(settings.max_requests_per_minute))
+    rate = SharedLimiter(redis).rate(api_key_rate(settings.max_requests_per_minute))
     metrics = Metrics()
     async with aiohttp.ClientSession() as session:
         yield StackOneClient(session, settings, rate, metrics), sim, metrics

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from structlog.testing import capture_logs
 
-from service import events as ev
+from service.changes import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys

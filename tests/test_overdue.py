@@ -7,11 +7,11 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
-from service.detect import Snapshot
+from service.changes import events as ev
+from service.changes.detect import Snapshot
+from service.changes.outbox import Outbox, OverdueWatch
 from service.metrics import Metrics
-from service.outbox import Outbox, OverdueWatch
-from service.overdue import OverdueWatcher
+from service.reading.overdue import OverdueWatcher
 from service.sim.lms import SimLMS, iso_ms
 from service.sim.receiver import Receiver
 from service.store import keys

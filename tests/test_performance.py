@@ -20,9 +20,9 @@ from service.bench.load import ACCOUNT as BENCH_ACCOUNT
 from service.bench.load import change_steadily, owner_of, seed_users, skewed_changes
 from service.bench.roundtrips import poll_cost
 from service.bench.scenarios import delivery_figures, first_news
-from service.budget import next_due
+from service.changes.outbox import Outbox, Queued, RoutedEvents
 from service.delivery.acks import AckBatcher
-from service.outbox import Outbox, Queued, RoutedEvents
+from service.reading.plan import next_due
 from service.sim.lms import SimLMS, iso_ms
 from service.sim.receiver import Answer, Receiver
 from service.sim.records import remote_user_id

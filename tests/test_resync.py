@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.sim.lms import SimLMS, start_sim_server
 from service.sim.lms_state import SimResponse
 from service.sim.receiver import Receiver

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
@@ -306,7 +306,7 @@ async def test_forty_users_two_processes_within_budget_every_change_once(
 
 
 def test_one_account_gets_at_most_its_share_of_poll_slots() -> None:
-    from service.schedule import over_account_share
+    from service.reading.schedule import over_account_share
 
     members = [f"big:u{n}" for n in range(6)] + ["small:u1", "small:u2"]
     # 8 slots, half each at most: the busy account keeps 4, the rest go back to the queue
@@ -356,7 +356,7 @@ async def test_poller_and_dispatcher_roles_split_the_work(
 
 
 def test_deferred_claims_wait_out_a_back_off_and_the_account_share() -> None:
-    from service.schedule import TICK_SECONDS, deferred_claims
+    from service.reading.schedule import TICK_SECONDS, deferred_claims
     from service.store.polls import AccountBackoff
 
     now = 1000.0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from service import events as ev
+from service.changes import events as ev
 from service.sim.lms import SimLMS, SimResponse
 from service.sim.receiver import Receiver
 from tests.helpers import (

@@ -14,15 +14,15 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from service.budget import RATE_MEMORY, ConfiguredCadence
-from service.detect import Snapshot, detect
+from service.changes.detect import Snapshot, detect
+from service.changes.outbox import Outbox, Queued
 from service.metrics import Metrics
-from service.outbox import Outbox, Queued
-from service.poller import Poller
+from service.reading.plan import RATE_MEMORY, ConfiguredCadence
+from service.reading.user_poll import Poller
 from service.sim.lms import SimLMS
 from service.store import keys
 from service.store.leases import LEASE_SECONDS, user_leases
-from service.store.limits import Budget, SharedLimiter, SharedRate, api_key_budget
+from service.store.limits import RateLimit, SharedLimiter, SharedRate, api_key_rate
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
 from service.store.read_state import ReadState
@@ -36,7 +36,7 @@ MEMBER = keys.user_member("acc:1", "u/1")
 HR = keys.EndpointKeys("hr")
 
 
-ONE_A_SECOND = Budget("upstream", per_second=1, burst=1)
+ONE_A_SECOND = RateLimit("upstream", per_second=1, burst=1)
 
 
 def an_outbox() -> Outbox:
@@ -245,7 +245,7 @@ async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
 
 async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: RedisServer) -> None:
     clients = [Redis.from_url(redis_server.url, decode_responses=True) for _ in range(3)]
-    rates = [SharedLimiter(c).rate(Budget("test", per_second=20, burst=1)) for c in clients]
+    rates = [SharedLimiter(c).rate(RateLimit("test", per_second=20, burst=1)) for c in clients]
     granted = 0
 
     async def worker(rate: SharedRate) -> None:
@@ -274,8 +274,8 @@ async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: Red
 
 async def test_pause_holds_every_limiter_until_it_runs_out(redis: Redis) -> None:
     limiter = SharedLimiter(redis)
-    upstream = limiter.rate(Budget("upstream", 100, 10, pause_key=keys.UPSTREAM_PAUSE))
-    other = SharedLimiter(redis).rate(upstream.budget)  # another process, same key
+    upstream = limiter.rate(RateLimit("upstream", 100, 10, pause_key=keys.UPSTREAM_PAUSE))
+    other = SharedLimiter(redis).rate(upstream.limit)  # another process, same key
     await upstream.pause(0.4)
     await other.pause(0.1)  # a shorter pause never shortens it
     wait = await other.try_acquire()
@@ -347,7 +347,7 @@ async def test_a_heartbeat_after_the_last_commit_leaves_the_next_due_time(
     sim.put_assignment(ACCOUNT, "u_1", {"id": "a1"})
     settings = make_settings(redis_server.url, lms_url, [], ["u_1"], polling={"interval": "5m"})
     store, leases = PollStore(redis), user_leases(redis)
-    budget = api_key_budget(settings.stackone.max_requests_per_minute)
+    budget = api_key_rate(settings.stackone.max_requests_per_minute)
     member = keys.user_member(ACCOUNT, "u_1")
     await leases.add({member: 0})
     [lease] = await leases.claim(1)
@@ -376,7 +376,7 @@ async def test_a_change_fades_over_the_plans_intervals_not_the_configured_ones(
     planned = dataclasses.replace(ConfiguredCadence.of(settings.polling), interval=10.0)
     clock = Clock()
     store, leases = PollStore(redis), user_leases(redis, clock=clock)
-    budget = api_key_budget(settings.stackone.max_requests_per_minute)
+    budget = api_key_rate(settings.stackone.max_requests_per_minute)
     member = keys.user_member(ACCOUNT, "u_1")
     await leases.add({member: 0})
     async with aiohttp.ClientSession() as session:

@@ -21,8 +21,8 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from redis.asyncio import Redis
 
-from service import events as ev
 from service import tracing
+from service.changes import events as ev
 from service.config import TracingSettings
 from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, ReceivedEvent, Receiver

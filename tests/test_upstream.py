@@ -26,7 +26,7 @@ from service.metrics import Metrics
 from service.sim.gate import SimResponse
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
-from service.store.limits import SharedLimiter, api_key_budget
+from service.store.limits import SharedLimiter, api_key_rate
 from service.upstream import client as client_module
 from service.upstream import model as model_module
 from service.upstream.client import StackOneClient
@@ -50,7 +50,7 @@ async def client(
     for n in range(5):
         sim.put_assignment(ACCOUNT, USER, {"id": f"a{n}"})
     settings = StackOneSettings(base_url=url, api_key=API_KEY, page_size=2)  # type: ignore[arg-type]
-    rate = SharedLimiter(redis).rate(api_key_budget(settings.max_requests_per_minute))
+    rate = SharedLimiter(redis).rate(api_key_rate(settings.max_requests_per_minute))
     async with aiohttp.ClientSession() as session:
         yield StackOneClient(session, settings, rate, Metrics(), sleep=no_sleep), sim
 
@@ -192,7 +192,7 @@ async def test_a_permit_handed_in_is_taken_by_the_next_request_while_fresh(
     sim, url = lms
     sim.put_assignment(ACCOUNT, USER, {"id": "a0"})
     settings = StackOneSettings(base_url=url, api_key=API_KEY, max_requests_per_minute=600)  # type: ignore[arg-type]
-    budget = api_key_budget(600)  # 10 back to back, then about 10/s
+    budget = api_key_rate(600)  # 10 back to back, then about 10/s
     rate = SharedLimiter(redis).rate(budget)
     metrics = Metrics()
     waited = metrics.throttle_wait.labels("upstream")
@@ -300,7 +300,7 @@ async def upstream(
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     config = StackOneSettings(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, **settings)  # type: ignore[arg-type]
-    rate = SharedLimiter(redis).rate(api_key_budget(config.max_requests_per_minute))
+    rate = SharedLimiter(redis).rate(api_key_rate(config.max_requests_per_minute))
     try:
         async with aiohttp.ClientSession() as session:
             yield StackOneClient(session, config, rate, Metrics(), attempts=2, sleep=no_sleep)

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from service.contract.admin import Error
 from service.errors import InvalidInput, NotFound
 from service.operations import Operations
-from service.store.health import out_of_memory
+from service.store.redis_health import out_of_memory
 
 log = structlog.get_logger("api")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.budget import assignment_activity, user_weight
+from service.changes.detect import Snapshot, detect
+from service.changes.outbox import Outbox, route_events
 from service.config import EndpointSettings
-from service.detect import Snapshot, detect
-from service.outbox import Outbox, route_events
+from service.reading.plan import assignment_activity, user_weight
 from service.sim.lms import SimLMS
 from service.sim.records import remote_user_id
 from service.store import keys

@@ -14,10 +14,10 @@ from redis.asyncio import Connection, ConnectionPool, Redis
 
 from service.config import Settings
 from service.metrics import Metrics
-from service.poller import Poller
+from service.reading.user_poll import Poller
 from service.store import keys
 from service.store.leases import user_leases
-from service.store.limits import SharedLimiter, api_key_budget
+from service.store.limits import SharedLimiter, api_key_rate
 from service.store.polls import PollStore
 from service.upstream.client import StackOneClient
 
@@ -64,7 +64,7 @@ async def poll_cost(
     redis = counting_redis(redis_url)
     metrics = Metrics()
     store = PollStore(redis)
-    budget = api_key_budget(settings.stackone.max_requests_per_minute)
+    budget = api_key_rate(settings.stackone.max_requests_per_minute)
     try:
         async with aiohttp.ClientSession() as session:
             client = StackOneClient(

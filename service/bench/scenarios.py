@@ -47,9 +47,9 @@ from service.bench.tenants import (
     skewed_accounts,
     tenant_config,
 )
-from service.budget import HEADROOM, IDLE_BOUND
+from service.changes.events import COMPLETED
 from service.config import EndpointSettings, PollingSettings
-from service.events import COMPLETED
+from service.reading.plan import HEADROOM, IDLE_BOUND
 from service.sim.faults import RequestRecord
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys

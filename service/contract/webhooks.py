@@ -4,7 +4,7 @@ in CATALOG (adding a type is adding an entry). `/openapi.json` publishes them as
 and the suite checks every body it delivers against them.
 
 The models describe the wire; detection builds its bodies as the TypedDicts of
-`service/events.py` (no validation on the hot path) and the suite proves they agree."""
+`service/changes/events.py` (no validation on the hot path) and the suite proves they agree."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from service import events as ev
+from service.changes import events as ev
 
 EventId = Annotated[
     str,

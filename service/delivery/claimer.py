@@ -16,9 +16,9 @@ from service.delivery.breaker import OPEN_RECHECK, Circuit
 from service.delivery.breaker_cache import BreakerCache
 from service.delivery.handoff import Handoff
 from service.store.endpoints import EndpointStore
-from service.store.health import log_redis_error
 from service.store.leases import LEASE_SECONDS
 from service.store.queue import EventQueue
+from service.store.redis_health import log_redis_error
 
 log = structlog.get_logger("delivery")
 

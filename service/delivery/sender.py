@@ -28,11 +28,11 @@ from service.delivery.ssrf import check_url
 from service.errors import AddressRefused
 from service.httpspec import USER_AGENT
 from service.store.claims import ClaimedEvent
-from service.store.health import log_redis_error
 from service.store.leases import LEASE_SECONDS
 from service.store.limits import SharedRate
 from service.store.log import RESPONSE_BODY_BYTES
 from service.store.queue import EventQueue
+from service.store.redis_health import log_redis_error
 
 log = structlog.get_logger("delivery")
 

@@ -26,10 +26,10 @@ from service.delivery.sender import Sender
 from service.delivery.settler import Settler
 from service.metrics import Metrics
 from service.store.endpoints import EndpointStore
-from service.store.health import log_redis_error
 from service.store.leases import HEARTBEAT_SECONDS, LEASE_SECONDS
 from service.store.limits import SharedRate
 from service.store.queue import EventQueue
+from service.store.redis_health import log_redis_error
 
 log = structlog.get_logger("delivery")
 

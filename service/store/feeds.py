@@ -10,7 +10,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from service.outbox import Outbox
+from service.changes.outbox import Outbox
 from service.resources import ASSIGNMENTS, Resource
 from service.store import keys
 from service.store.log_policy import DEFAULT_LOG, LogPolicy

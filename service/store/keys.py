@@ -68,7 +68,7 @@ ACCOUNT_LISTING = "*"
 BUDGET_PLAN = f"{PREFIX}:budget:plan"
 # hash: what reads cost, learned: pages and reads by kind, pages of each full read.
 BUDGET_LEARNED = f"{PREFIX}:budget:learned"
-# zset: user member → the weight of its poll (service.budget.user_weight), for `adaptive`.
+# zset: user member → the weight of its poll (service.reading.plan.user_weight), for `adaptive`.
 USER_WEIGHTS = f"{PREFIX}:budget:weights"
 # string with a TTL: written by every readiness check, since a write is what tells whether
 # Redis takes the service's commits (out of memory, a replica, away); its value is unused.
@@ -194,11 +194,11 @@ def console_signed_out(session_id: str) -> str:
 
 
 def rate_limit(name: str) -> str:
-    """string: a GCRA limiter's theoretical arrival time (ms), of the budget `name`."""
+    """string: a GCRA limiter's theoretical arrival time (ms), of the rate limit `name`."""
     return f"{PREFIX}:rate:{_q(name)}"
 
 
-# The names of the shared budgets (store.limits.Budget), each a `rate_limit` key.
+# The names of the shared rate limits (store.limits.RateLimit), each a `rate_limit` key.
 UPSTREAM_BUDGET = "upstream"  # the API key's, shared by every account
 
 

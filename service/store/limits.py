@@ -11,7 +11,7 @@ from service.store.scripts import GcraAcquire, Pause
 
 
 @dataclass(frozen=True, slots=True)
-class Budget:
+class RateLimit:
     """A shared rate: `burst` requests may go back to back, beyond that 1/per_second apart.
     While `pause_key` exists (a Retry-After pause), nothing goes."""
 
@@ -29,45 +29,45 @@ class Budget:
         return [emission_ms, emission_ms * max(self.burst - 1.0, 0.0)]
 
 
-def api_key_budget(per_minute: int) -> Budget:
+def api_key_rate(per_minute: int) -> RateLimit:
     """The upstream API key's budget, shared by every process and every account.
 
     Up to a second's worth may go back to back (smooth, never a minute's budget at once); the
     steady rate leaves room for that burst, so no 60 s window exceeds `per_minute`."""
     burst = max(1.0, min(per_minute / 60.0, per_minute * 0.05))
     per_second = max(per_minute - burst, 1.0) / 60.0
-    return Budget(keys.UPSTREAM_BUDGET, per_second, burst, keys.UPSTREAM_PAUSE)
+    return RateLimit(keys.UPSTREAM_BUDGET, per_second, burst, keys.UPSTREAM_PAUSE)
 
 
 class SharedRate:
-    """One budget, asked for permits by whoever sends through it (the upstream client, one
+    """One rate limit, asked for permits by whoever sends through it (the upstream client, one
     endpoint's senders)."""
 
-    def __init__(self, budget: Budget, acquire: GcraAcquire, pause: Pause) -> None:
-        self.budget = budget
+    def __init__(self, limit: RateLimit, acquire: GcraAcquire, pause: Pause) -> None:
+        self.limit = limit
         self._acquire = acquire
         self._pause = pause
 
     async def try_acquire(self) -> float:
         """0 when a request may go now, else seconds to wait before asking again."""
-        return await self._acquire(self.budget.script_keys(), self.budget.script_args())
+        return await self._acquire(self.limit.script_keys(), self.limit.script_args())
 
     async def pause(self, seconds: float) -> None:
-        """Pause everyone on this budget for at least `seconds` (never shortens a pause)."""
-        if self.budget.pause_key is None:
-            raise ValueError(f"the budget {self.budget.name!r} has no pause")
-        await self._pause(self.budget.pause_key, seconds)
+        """Pause everyone on this rate for at least `seconds` (never shortens a pause)."""
+        if self.limit.pause_key is None:
+            raise ValueError(f"the rate {self.limit.name!r} has no pause")
+        await self._pause(self.limit.pause_key, seconds)
 
 
-def endpoint_budget(endpoint_id: str, max_per_second: float | None) -> Budget | None:
+def endpoint_budget(endpoint_id: str, max_per_second: float | None) -> RateLimit | None:
     """An endpoint's `max_per_second`, shared by every process; None: unlimited."""
     if max_per_second is None:
         return None
-    return Budget(keys.endpoint_budget(endpoint_id), max_per_second)
+    return RateLimit(keys.endpoint_budget(endpoint_id), max_per_second)
 
 
 class SharedLimiter:
-    """Where shared rates come from: one per budget, on one Redis client."""
+    """Where shared rates come from: one per rate limit, on one Redis client."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -79,5 +79,5 @@ class SharedLimiter:
         ms: int = await self._redis.pttl(pause_key)
         return ms / 1000 if ms > 0 else None
 
-    def rate(self, budget: Budget) -> SharedRate:
-        return SharedRate(budget, self._acquire, self._pause)
+    def rate(self, limit: RateLimit) -> SharedRate:
+        return SharedRate(limit, self._acquire, self._pause)

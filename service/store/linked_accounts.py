@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from service.linked_account import LinkedAccount
 from service.store import keys
-from service.store.budget import full_read_fields
+from service.store.read_costs import full_read_fields
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import CommitAccounts
 

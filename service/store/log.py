@@ -24,9 +24,9 @@ import orjson
 from redis.asyncio import Redis
 
 from service import jsonfmt
+from service.changes.outbox import EventHead
 from service.contract.admin import Outcome
 from service.cursor import decode_cursor, encode_cursor
-from service.outbox import EventHead
 from service.resources import COMPLETIONS
 from service.store import keys, log_body
 from service.store.log_policy import LogPolicy

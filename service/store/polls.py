@@ -10,11 +10,11 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from service.detect import Snapshot
-from service.outbox import Outbox, OverdueWatch, RoutedEvents
+from service.changes.detect import Snapshot
+from service.changes.outbox import Outbox, OverdueWatch, RoutedEvents
 from service.resources import ASSIGNMENTS, Resource
 from service.store import keys
-from service.store.limits import Budget
+from service.store.limits import RateLimit
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.read_state import ReadState, hash_fields
 from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, lease_ms
@@ -81,7 +81,7 @@ class PollStore:
     # -- one user's poll --
 
     async def load_user(
-        self, account_id: str, user_id: str, budget: Budget, resource: Resource = ASSIGNMENTS
+        self, account_id: str, user_id: str, budget: RateLimit, resource: Resource = ASSIGNMENTS
     ) -> StoredUser:
         """One round trip: the user's state and every snapshot of `resource`, and a permit
         of `budget` for the first request (spent when granted: the caller hands it to its

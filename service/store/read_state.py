@@ -25,7 +25,7 @@ class ReadState:
     last_poll_ms: int | None = None  # the last read that succeeded
     failures: int | None = None  # failed reads in a row
     last_error: str | None = None  # '' clears it
-    # a user's activity, for the adaptive cadence (service.budget)
+    # a user's activity, for the adaptive cadence (service.reading.plan)
     change_rate: float | None = None  # recent changes (per RATE_MEMORY intervals), fading
     in_progress: bool | None = None  # an assignment in progress
     next_due_date_ms: int | None = None  # the nearest due date of an open assignment; 0: none

@@ -19,8 +19,8 @@ from opentelemetry.trace import Span, SpanKind
 from redis.asyncio import Redis
 
 from service import jsonfmt
-from service.detect import Snapshot
-from service.outbox import EventHead, OverdueWatch, RoutedEvents
+from service.changes.detect import Snapshot
+from service.changes.outbox import EventHead, OverdueWatch, RoutedEvents
 from service.resources import ASSIGNMENTS, COMPLETIONS, Resource
 from service.store import keys, log_body
 from service.store.claims import ClaimedEvent, DeliveryMeta

@@ -8,7 +8,7 @@ import json
 import zlib
 
 from service import jsonfmt
-from service.detect import Snapshot
+from service.changes.detect import Snapshot
 
 
 def encode_snapshots(snapshots: dict[str, Snapshot]) -> str:

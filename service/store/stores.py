@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from service.config import Settings
-from service.store.budget import BudgetStore
 from service.store.console_sessions import SignedOutSessions
 from service.store.directory import AccountDirectory
 from service.store.endpoints import EndpointStore
@@ -27,6 +26,7 @@ from service.store.log import DeliveryLog
 from service.store.log_policy import LogPolicy
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
+from service.store.read_costs import ReadCosts
 from service.store.users import TrackedUsers
 
 
@@ -37,7 +37,7 @@ class Stores:
     endpoints: EndpointStore
     polls: PollStore
     feeds: FeedStore
-    budget: BudgetStore
+    read_costs: ReadCosts
     leases: Leases  # users polled one by one
     feed_leases: Leases
     discovery_leases: Leases
@@ -61,7 +61,7 @@ class Stores:
             endpoints=EndpointStore(redis),
             polls=PollStore(redis, log),
             feeds=feeds,
-            budget=BudgetStore(redis),
+            read_costs=ReadCosts(redis),
             leases=user_leases(redis, clock=clock),
             feed_leases=feed_leases(redis, clock=clock),
             discovery_leases=discovery_leases(redis, clock=clock),

@@ -16,10 +16,10 @@ from typing import Any
 
 import structlog
 
-from service.detect import LatestVersions, detect_removed
+from service.changes.detect import LatestVersions, detect_removed
 from service.errors import UpstreamError, UpstreamProviderLimited, UpstreamRateLimited
-from service.feed_run import FeedRun, count_skipped
 from service.metrics import Metrics
+from service.reading.feed_run import FeedRun, count_skipped
 from service.resources import Resource
 from service.store.feeds import FeedStore
 from service.upstream.client import StackOneClient

@@ -1,4 +1,4 @@
-"""Event types and the webhook payload shape (README, Events)."""
+"""Event types and the webhook payload shape (docs/events.md, generated from service/contract/webhooks.py)."""
 
 from __future__ import annotations
 

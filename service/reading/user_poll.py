@@ -12,16 +12,7 @@ from datetime import datetime
 
 import structlog
 
-from service.budget import (
-    Cadence,
-    ConfiguredCadence,
-    assignment_activity,
-    change_rate,
-    next_due,
-    user_weight,
-)
-from service.config import Settings
-from service.detect import (
+from service.changes.detect import (
     Change,
     LatestVersions,
     Snapshot,
@@ -31,13 +22,22 @@ from service.detect import (
     detect_removed,
     updated_after,
 )
+from service.changes.outbox import Outbox
+from service.config import Settings
 from service.errors import StaleLease
 from service.metrics import Metrics, report_future_stamps
-from service.outbox import Outbox
+from service.reading.plan import (
+    Cadence,
+    ConfiguredCadence,
+    assignment_activity,
+    change_rate,
+    next_due,
+    user_weight,
+)
 from service.resources import Resource
 from service.store.directory import AccountDirectory
 from service.store.leases import KEEP_LEASE, Lease
-from service.store.limits import Budget
+from service.store.limits import RateLimit
 from service.store.linked_accounts import LinkedAccountStore
 from service.store.polls import PollStore, StoredUser
 from service.store.read_state import ReadState
@@ -116,7 +116,7 @@ class Poller:
         self,
         store: PollStore,
         client: StackOneClient,
-        budget: Budget,
+        budget: RateLimit,
         settings: Settings,
         metrics: Metrics,
         *,

@@ -12,8 +12,7 @@ from typing import Any
 
 import structlog
 
-from service.config import EndpointSettings
-from service.detect import (
+from service.changes.detect import (
     Change,
     FeedWindow,
     LatestVersions,
@@ -23,8 +22,9 @@ from service.detect import (
     detect,
     version_time,
 )
+from service.changes.outbox import Outbox
+from service.config import EndpointSettings
 from service.metrics import Metrics
-from service.outbox import Outbox
 from service.resources import Resource
 from service.store.feeds import FeedStore
 from service.store.leases import Lease

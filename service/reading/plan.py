@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.changes.detect import overdue_due_ms, status_value
 from service.config import PollingSettings
-from service.detect import overdue_due_ms, status_value
 
 # of the key's budget planned: the operator sized the budget already, and the shared limiter
 # (a GCRA on Redis' clock) holds the rest, so retries and probes beyond the plan wait their

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import structlog
 from redis.exceptions import RedisError
 
+from service.changes.detect import Snapshot, detect_overdue
+from service.changes.events import Event
+from service.changes.outbox import OverdueWatch, RoutedEvents, route_events
 from service.config import Settings
-from service.detect import Snapshot, detect_overdue
-from service.events import Event
 from service.metrics import Metrics
-from service.outbox import OverdueWatch, RoutedEvents, route_events
-from service.store.health import log_redis_error
 from service.store.polls import PollStore
+from service.store.redis_health import log_redis_error
 from service.timefmt import from_epoch
 
 log = structlog.get_logger("overdue")

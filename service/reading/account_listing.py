@@ -28,13 +28,13 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from service.budget import next_due
+from service.changes.detect import found_at_ms
 from service.config import Settings
-from service.detect import found_at_ms
 from service.errors import StaleLease, UpstreamError
 from service.linked_account import LinkedAccount
 from service.mass_drop import decide_drop, is_mass_drop
 from service.metrics import Metrics
+from service.reading.plan import next_due
 from service.store.feeds import FeedStore
 from service.store.leases import Lease
 from service.store.linked_accounts import LinkedAccountStore

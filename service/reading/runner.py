@@ -32,10 +32,10 @@ from service.errors import (
 )
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
-from service.store.health import log_redis_error, out_of_memory
 from service.store.leases import Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 from service.store.read_state import ReadState
+from service.store.redis_health import log_redis_error, out_of_memory
 
 log = structlog.get_logger("schedule")
 

@@ -22,7 +22,7 @@ def full_read_fields(account_id: str) -> list[str]:
     return [f"{_FULL}{schedule}:{account_id}" for schedule in ("feed", "listing")]
 
 
-class BudgetStore:
+class ReadCosts:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 

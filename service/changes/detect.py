@@ -15,8 +15,8 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import orjson
 
-from service import events as ev
-from service.events import Event, EventData
+from service.changes import events as ev
+from service.changes.events import Event, EventData
 from service.resources import ASSIGNMENTS, Resource
 from service.timefmt import iso_ms, parse_iso
 
@@ -132,7 +132,7 @@ def event_types_for(
     fields: list[str],
     resource: Resource = ASSIGNMENTS,
 ) -> list[str]:
-    """Which event types one change fires (the tables in the README's Events section)."""
+    """Which event types one change fires (docs/events.md lists them; docs/architecture.md says when)."""
     if not resource.detailed:
         return [resource.created if previous is None else resource.updated]
     completed = status_value(current) == "completed"

@@ -17,12 +17,12 @@ from datetime import datetime
 
 import structlog
 
-from service.budget import Cadence, ConfiguredCadence, next_due
+from service.changes.detect import Watermark, found_at_ms, updated_after
 from service.config import Settings
-from service.detect import Watermark, found_at_ms, updated_after
 from service.errors import StaleLease
 from service.mass_drop import decide_drop, is_mass_drop
 from service.metrics import Metrics, report_future_stamps
+from service.reading.plan import Cadence, ConfiguredCadence, next_due
 from service.store import keys
 from service.store.feeds import FeedStore
 from service.store.leases import Lease

@@ -14,7 +14,9 @@ from typing import Any
 
 import structlog
 
-from service.budget import (
+from service.config import AccountSettings, Settings
+from service.metrics import Metrics
+from service.reading.plan import (
     IDLE_BOUND,
     RATE_FLOOR,
     Adaptive,
@@ -25,12 +27,10 @@ from service.budget import (
     feed_weights,
     plan,
 )
-from service.config import AccountSettings, Settings
-from service.metrics import Metrics
-from service.poll_runner import ReadResult
+from service.reading.runner import ReadResult
 from service.resources import COMPLETIONS
-from service.store.budget import BudgetStore
 from service.store.leases import Lease
+from service.store.read_costs import ReadCosts
 from service.store.users import TrackedUsers
 
 log = structlog.get_logger("budget")
@@ -79,7 +79,7 @@ class BudgetPlanner:
 
     def __init__(
         self,
-        store: BudgetStore,
+        store: ReadCosts,
         users: TrackedUsers,
         settings: Settings,
         metrics: Metrics,

@@ -22,14 +22,14 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from service.budget import Cadence, ConfiguredCadence, activity_weight, change_rate, next_due
+from service.changes.detect import FeedWindow, updated_after
+from service.changes.outbox import Outbox
 from service.config import AccountSettings, Settings
-from service.detect import FeedWindow, updated_after
 from service.errors import StaleLease, UpstreamError
-from service.feed_run import KEEP_LOADED, FeedResult, FeedRun, count_skipped
-from service.feed_users import CompleteUserReads
 from service.metrics import Metrics, report_future_stamps
-from service.outbox import Outbox
+from service.reading.feed_run import KEEP_LOADED, FeedResult, FeedRun, count_skipped
+from service.reading.feed_users import CompleteUserReads
+from service.reading.plan import Cadence, ConfiguredCadence, activity_weight, change_rate, next_due
 from service.resources import Resource
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.leases import KEEP_LEASE, Lease

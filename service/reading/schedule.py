@@ -23,13 +23,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.exceptions import RedisError
 
 from service.config import Settings
-from service.overdue import CHECK_SECONDS, OverdueWatcher
-from service.poll_runner import PollRunner, quietly
+from service.reading.overdue import CHECK_SECONDS, OverdueWatcher
+from service.reading.runner import PollRunner, quietly
 from service.store import keys
 from service.store.directory import AccountDirectory
-from service.store.health import log_redis_error
 from service.store.leases import HEARTBEAT_SECONDS, Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
+from service.store.redis_health import log_redis_error
 from service.upstream.accounts import ACCOUNT_IN_FLIGHT
 
 log = structlog.get_logger("schedule")

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from service import jsonfmt
+from service.changes.detect import Change, Snapshot, overdue_watch
+from service.changes.events import Event
 from service.config import EndpointSettings
-from service.detect import Change, Snapshot, overdue_watch
-from service.events import Event
 from service.resources import resource_of
 
 

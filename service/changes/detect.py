@@ -132,7 +132,8 @@ def event_types_for(
     fields: list[str],
     resource: Resource = ASSIGNMENTS,
 ) -> list[str]:
-    """Which event types one change fires (docs/events.md lists them; docs/architecture.md says when)."""
+    """Which event types one change fires (docs/events.md lists them, docs/architecture.md
+    says when)."""
     if not resource.detailed:
         return [resource.created if previous is None else resource.updated]
     completed = status_value(current) == "completed"

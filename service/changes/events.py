@@ -1,4 +1,5 @@
-"""Event types and the webhook payload shape (docs/events.md, generated from service/contract/webhooks.py)."""
+"""Event types and the webhook payload shape (docs/events.md, generated from the models in
+service/contract/webhooks.py)."""
 
 from __future__ import annotations
 

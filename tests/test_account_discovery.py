@@ -21,6 +21,7 @@ from service.app import Service
 from service.changes import events as ev
 from service.cli import main
 from service.config import Settings
+from service.resources import COMPLETIONS
 from service.sim.linked import CREDENTIAL_MARK
 from service.sim.lms import SimLMS, SimResponse
 from service.sim.receiver import Receiver
@@ -161,6 +162,29 @@ async def test_an_unlinked_account_is_not_read_after_the_next_listing_and_is_for
         for _ in range(3):
             await service.step(2.0)
         assert asked(sim, "acc_2") == [] and asked(sim, "acc_1") != []
+    assert rx.events == []
+
+
+async def test_an_unlinked_account_tracking_completions_leaves_no_snapshot_behind(
+    redis: Redis, world: World
+) -> None:
+    sim, rx = world.sim, world.rx
+    for account in ("acc_1", "acc_2", "acc_3"):
+        seed(sim, account)
+        sim.put_completion(account, "u_1", {"id": f"{account}_c1"})
+    settings = world.settings(
+        defaults={"users": "all", "strategy": "auto", "track": ["assignments", "completions"]}
+    )
+    async with driven(settings, sim) as service:
+        await service.step(0.0)
+        await service.step(0.5)
+        assert await redis.exists(keys.snapshots("acc_2", "u_1", COMPLETIONS))
+        sim.unlink_account("acc_2")
+        await service.step(INTERVAL)
+        await service.step(INTERVAL)
+        assert await read_now(service.service) == {"acc_1", "acc_3"}
+        # a re-linked account would compare with stale completion snapshots otherwise
+        assert await redis_mentions(redis, "acc_2") == []
     assert rx.events == []
 
 

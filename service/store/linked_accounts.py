@@ -98,9 +98,8 @@ class LinkedAccountStore:
                 pipe.srem(keys.RUNTIME_USERS, *members)
                 for user_id in batch:
                     pipe.delete(
-                        keys.snapshots(account_id, user_id),
+                        *keys.every_snapshots(account_id, user_id),
                         keys.user_state(account_id, user_id),
-                        keys.legacy_snapshots(account_id, user_id),
                     )
                 await pipe.execute()
         overdue = [m async for m in self.redis.zscan_iter(keys.OVERDUE, match=f"{member}:*")]

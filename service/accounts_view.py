@@ -5,7 +5,8 @@ no LMS account), each in one state.
 
 States, the first that holds:
 - `not_lms`: not read, its LMS routes answered that it is no LMS account (tried again daily);
-- `inactive`: not read, its linked account's status is not `active` (`status_reasons` say why);
+- `inactive`: not read, its linked account's status is not `active`, or the last complete
+  listing left it out (`status_reasons` say why);
 - `backed_off`: read, but its key or integration was refused (401/403/412): it waits;
 - `paused`: read, but its provider asked it to wait (a 429 with `provider_errors`);
 - `active`: read as planned.
@@ -38,6 +39,7 @@ from service.store.stores import Stores
 
 STATES: tuple[str, ...] = get_args(AccountState)
 SOURCES: tuple[str, ...] = get_args(AccountSource)
+MISSING = "missing from the last listing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +167,21 @@ def account_item(
         "label": None if linked is None else linked.label,
         "owner": _owner(linked),
         "status": None if linked is None else linked.status,
-        "status_reasons": [] if linked is None else list(linked.status_reasons),
+        "status_reasons": _reasons(linked),
         "last_read_ms": max(read_times, default=None),
         "lag_seconds": (
             None if account is None else max(0.0, (now_ms - min(due, default=now_ms)) / 1000)
         ),
         "last_error": backoff.error if backoff is not None else (errors[0] if errors else None),
     }
+
+
+def _reasons(linked: LinkedAccount | None) -> list[str]:
+    if linked is None:
+        return []
+    # not read until the next listing names it again, or a second one agrees it is gone
+    missing = [MISSING] if linked.missing_ms else []
+    return [*missing, *linked.status_reasons]
 
 
 def _owner(linked: LinkedAccount | None) -> dict[str, str | None] | None:

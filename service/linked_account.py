@@ -34,10 +34,15 @@ class LinkedAccount:
     # first time or again after a spell not active: an account never read yet baselines
     # its users from then on, so a record stamped later is a change, not part of it
     found_ms: int = 0
+    # when a complete listing first left it out (ms, the service's clock), 0: listed. Paged
+    # listings shift when an account before it is unlinked meanwhile, so it is not read
+    # (its state is kept) until a second listing an interval later agrees it is gone
+    missing_ms: int = 0
 
     @property
     def active(self) -> bool:
-        return self.status == ACTIVE
+        """Read: said to be active by the last listing, which named it."""
+        return self.status == ACTIVE and not self.missing_ms
 
     def same_listing(self, other: LinkedAccount) -> bool:
         """The same public fields (when it was found aside)."""
@@ -61,6 +66,7 @@ class LinkedAccount:
             origin_owner_id=text(data.get("origin_owner_id")),
             origin_owner_name=text(data.get("origin_owner_name")),
             found_ms=int(data.get("found_ms") or 0),
+            missing_ms=int(data.get("missing_ms") or 0),
         )
 
     @classmethod

@@ -1,14 +1,17 @@
 """The guard of every listing that decides who is forgotten (an account's users, the key's
 linked accounts): a complete listing that leaves out more than half of what was listed
 before (an upstream answering `[]` on a bad day, a provider cut short) forgets nothing
-until a second complete listing, at least a while later, agrees.
+until a second complete listing, at least a while later, agrees. A listing whose members
+are held one by one (the linked accounts: a page shifting under a paged listing leaves one
+out) forgets a member only when two complete listings, that far apart, both left it out.
 
 Pure: the listing reads and writes the held set and its state; this decides.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 # two complete listings that each leave out more than half agree when the members both leave
 # out are this share of the larger of their two sets
@@ -24,6 +27,9 @@ class DropDecision:
     held: bool = False  # `drop` is held: nothing is forgotten now
     hold_new: bool = False  # and it is the set a second listing must agree on (store it)
     confirmed: bool = False  # a second listing agreed: `drop` is what both left out
+    # members left out for the first time, each held until a second listing agrees
+    # (decide_left_out only)
+    missing: list[str] = field(default_factory=list)
 
 
 def is_mass_drop(drop: list[str], listed: int) -> bool:
@@ -60,3 +66,37 @@ def decide_drop(
             return DropDecision(0, agreed, confirmed=True)
         first = 0  # they disagree (or the first one's set ran out): this one is a first
     return DropDecision(first or now_ms, drop, held=True, hold_new=not first)
+
+
+def decide_left_out(
+    drop: list[str],
+    listed: int,
+    since: Mapping[str, int],
+    *,
+    full: bool,
+    first_ms: int | None,
+    held: set[str],
+    now_ms: int,
+    agree_after_ms: int,
+) -> DropDecision:
+    """As decide_drop, for members held one by one: a member a complete listing leaves out
+    is `missing` (not read, its state kept), and forgotten only when a complete listing at
+    least `agree_after_ms` after the first that left it out (`since`: member → when) leaves
+    it out too. Whether a listing drops more than half at once counts the members it leaves
+    out for the first time, of those not missing already; such a listing changes nothing."""
+    new = [member for member in drop if not since.get(member)]
+    decision = decide_drop(
+        new,
+        listed - (len(drop) - len(new)),
+        full=full,
+        first_ms=first_ms,
+        held=held,
+        now_ms=now_ms,
+        agree_after_ms=agree_after_ms,
+    )
+    if decision.held or not full:
+        return decision
+    due = [m for m in drop if since.get(m) and now_ms - since[m] >= agree_after_ms]
+    if decision.confirmed:
+        return DropDecision(0, sorted({*decision.drop, *due}), confirmed=True)
+    return DropDecision(decision.mass_drop_ms, due, missing=new)

@@ -21,6 +21,7 @@ from service.app import Service
 from service.changes import events as ev
 from service.cli import main
 from service.config import Settings
+from service.mass_drop import DropDecision, decide_left_out
 from service.resources import COMPLETIONS
 from service.sim.linked import CREDENTIAL_MARK
 from service.sim.lms import SimLMS, SimResponse
@@ -156,6 +157,7 @@ async def test_an_unlinked_account_is_not_read_after_the_next_listing_and_is_for
         sim.unlink_account("acc_2")
         await service.step(INTERVAL)
         assert await read_now(service.service) == {"acc_1", "acc_3"}
+        await service.step(INTERVAL)  # a second listing agrees: it is gone
         assert await redis_mentions(redis, "acc_2") == []  # users, snapshots, state, schedules
         sim.clear_requests()
         sim.progress("acc_2", "u_1", "acc_2_u_1_a1", 100)
@@ -186,6 +188,70 @@ async def test_an_unlinked_account_tracking_completions_leaves_no_snapshot_behin
         # a re-linked account would compare with stale completion snapshots otherwise
         assert await redis_mentions(redis, "acc_2") == []
     assert rx.events == []
+
+
+async def test_an_account_one_listing_leaves_out_is_not_read_but_kept_until_a_second_agrees(
+    redis: Redis, world: World
+) -> None:
+    """GET /accounts is paged by number: an account unlinked on page 1 while the listing
+    reads page 2 shifts the first account of page 2 out of that one listing."""
+    sim, rx = world.sim, world.rx
+    for account in ("acc_1", "acc_2", "acc_3"):
+        seed(sim, account)
+    async with driven(world.settings(), sim, http=True) as service:
+        await service.step(0.0)
+        await service.step(0.5)
+        sim.unlink_account("acc_2")  # left out of one listing (one of three: no mass drop)
+        await service.step(INTERVAL)
+        assert await read_now(service.service) == {"acc_1", "acc_3"}
+        assert await redis.exists(keys.snapshots("acc_2", "u_1"))  # its state is kept
+        [item] = await admin_accounts(service.service, "acc_2")
+        assert item["state"] == "inactive"
+        assert item["status_reasons"] == ["missing from the last listing"]
+        sim.clear_requests()
+        sim.progress("acc_2", "u_1", "acc_2_u_1_a1", 100)  # while it is not read
+        sim.link_account("acc_2")
+        await service.step(2.0)
+        assert asked(sim, "acc_2") == []
+        await service.step(INTERVAL)  # listed again: compared with its snapshots
+        for _ in range(3):
+            await service.step(2.0)
+        assert await read_now(service.service) == {"acc_1", "acc_2", "acc_3"}
+        assert {e.data["assignment_id"] for e in rx.events} == {"acc_2_u_1_a1"}
+        assert len(of_kind(rx, ev.COMPLETED)) == 1
+        sim.unlink_account("acc_2")
+        await service.step(INTERVAL)
+        assert await redis.exists(keys.snapshots("acc_2", "u_1"))
+        await service.step(INTERVAL)  # a second listing an interval later agrees
+        logged = (keys.LOG_EVENT_PREFIX, keys.LOG_DATA_PREFIX)  # the delivery log keeps its events
+        kept = [k for k in await redis_mentions(redis, "acc_2") if not k.startswith(logged)]
+        assert kept == []
+    assert len(of_kind(rx, ev.COMPLETED)) == 1  # sent once; nothing baselined again
+    assert len({e.webhook_id for e in rx.events}) == len(rx.events)
+
+
+def test_an_account_left_out_goes_only_when_a_listing_an_interval_later_agrees() -> None:
+    def decide(gone: list[str], since: dict[str, int], now_ms: int) -> DropDecision:
+        return decide_left_out(
+            gone, 10, since, full=True, first_ms=0, held=set(), now_ms=now_ms, agree_after_ms=100
+        )
+
+    assert decide(["a"], {}, 1000) == DropDecision(0, [], missing=["a"])
+    assert decide(["a"], {"a": 1000}, 1050).drop == []  # too soon: still missing
+    assert decide(["a", "b"], {"a": 1000}, 1100) == DropDecision(0, ["a"], missing=["b"])
+    # six more left out at once (of nine listed): a mass drop changes nothing, "a" included
+    mass = decide(["a", *"cdefgh"], {"a": 1000}, 1200)
+    assert mass.held and mass.drop == [*"cdefgh"] and mass.missing == []
+
+
+async def admin_accounts(service: Service, account_id: str) -> list[dict[str, Any]]:
+    assert service.http_url is not None
+    async with aiohttp.ClientSession(base_url=service.http_url) as http:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.get("/admin/accounts", headers=auth) as response:
+            assert response.status == 200
+            page = await response.json()
+    return [a for a in page["accounts"] if a["account_id"] == account_id]
 
 
 async def test_an_inactive_account_is_not_read_and_its_changes_are_sent_once_it_is_active(

@@ -8,11 +8,15 @@ trusted: each account listed is checked against both again here.
 
 One atomic commit (store/lua/commit_accounts.lua) records the accounts found (with when they
 were found active: their users' baselines absorb nothing stamped later), those changed
-(status, reasons, provider...) and those unlinked, and moves the counter every process's
-AccountDirectory watches. An unlinked account's state is then forgotten in batches (a crash
-midway leaves it queued; the next listing finishes). A listing that fails changes nothing; one
-that leaves out more than half of the known accounts forgets nobody until a second complete
-listing, at least an interval later, agrees (service/mass_drop.py).
+(status, reasons, provider...), those missing and those unlinked, and moves the counter every
+process's AccountDirectory watches. An account a complete listing leaves out is missing: no
+longer read, its state kept, since `GET /accounts` is paged by number and an account
+unlinked on an earlier page while the listing runs shifts a later one out of it. Listed
+again, it is compared with its snapshots as usual; left out by a second complete listing at
+least an interval later too, it is unlinked: its state is then forgotten in batches (a crash
+midway leaves it queued; the next listing finishes). A listing that fails changes nothing;
+one that leaves out more than half of the known accounts at once forgets nobody until a
+second complete listing, at least an interval later, agrees (service/mass_drop.py).
 
 `NotLmsCheck` wraps the readers of discovered accounts: an account whose first read answers
 400/404/501 is another category's (an HRIS, say) and is skipped for a day, then tried again.
@@ -32,7 +36,7 @@ from service.changes.detect import found_at_ms
 from service.config import Settings
 from service.errors import StaleLease, UpstreamError
 from service.linked_account import LinkedAccount
-from service.mass_drop import decide_drop, is_mass_drop
+from service.mass_drop import decide_left_out
 from service.metrics import Metrics
 from service.reading.plan import next_due
 from service.store.feeds import FeedStore
@@ -62,6 +66,7 @@ class AccountListingResult:
     changed: int = 0
     unlinked: int = 0
     held: int = 0  # accounts a listing left out, kept until a second one agrees
+    missing: int = 0  # accounts left out for the first time: not read, kept until then
 
 
 @dataclass(slots=True)
@@ -112,19 +117,21 @@ class AccountListing:
         gone = sorted(known.keys() - listed.accounts.keys()) if full else []
         now_ms = int(started * 1000)
         interval = self.discovery.interval
-        wanted = full and is_mass_drop(gone, len(known)) and bool(state.mass_drop_ms)
-        decision = decide_drop(
+        decision = decide_left_out(
             gone,
             len(known),
+            {account_id: known[account_id].missing_ms for account_id in gone},
             full=full,
             first_ms=state.mass_drop_ms,
-            held=await self.store.held_drop() if wanted else set(),
+            held=await self.store.held_drop() if full and state.mass_drop_ms else set(),
             now_ms=now_ms,
             agree_after_ms=int(interval * 1000),
         )
         if decision.hold_new:  # the accounts a second listing must agree on
-            await self.store.hold_drop(gone, interval * 10 + 60)
+            await self.store.hold_drop(decision.drop, interval * 10 + 60)
         drop = [] if decision.held else decision.drop
+        for account_id in decision.missing:  # not read, kept until a second listing agrees
+            write[account_id] = replace(known[account_id], missing_ms=now_ms).encode()
         done = replace(
             ReadState.after_read(None, now_ms, full=full), mass_drop_ms=decision.mass_drop_ms
         )
@@ -141,12 +148,13 @@ class AccountListing:
                 raise StaleLease("the linked accounts listing's lease was taken over")
             lease.token, lease.ended = next_score, True
         result = AccountListingResult(pages=listed.pages, unlinked=len(drop))
+        result.missing = len(decision.missing)
         result.found = sum(1 for a in write if a not in known)
-        result.changed = len(write) - result.found
+        result.changed = len(write) - result.found - result.missing
         result.changes = len(write) + len(drop)
-        self._report(result, write, known, drop, decision.held, len(gone))
         if decision.held:
-            result.held = len(gone)
+            result.held = len(decision.drop)
+        self._report(result, write, known, drop, decision.missing)
         if result.changes and self.on_changed is not None:
             self.on_changed()
         await self.forget_unlinked()
@@ -183,25 +191,27 @@ class AccountListing:
         write: dict[str, str],
         known: dict[str, LinkedAccount],
         drop: list[str],
-        held: bool,
-        missing: int,
+        missing_ids: list[str],
     ) -> None:
-        if held:
+        if result.held:
             log.warning(
                 "linked_accounts_drop_held",
                 known=len(known),
-                missing=missing,
+                missing=result.held,
                 until="a second complete listing agrees",
             )
         if not result.changes:
             return
+        missing = set(missing_ids)
         log.info(
             "linked_accounts_listed",
             found=result.found,
             changed=result.changed,
+            missing=result.missing,
             unlinked=result.unlinked,
             found_ids=[a for a in sorted(write) if a not in known][:LOGGED_IDS],
-            changed_ids=[a for a in sorted(write) if a in known][:LOGGED_IDS],
+            changed_ids=[a for a in sorted(write) if a in known and a not in missing][:LOGGED_IDS],
+            missing_ids=sorted(missing)[:LOGGED_IDS],
             unlinked_ids=sorted(drop)[:LOGGED_IDS],
         )
 

@@ -408,6 +408,49 @@ async def test_two_processes_agree_on_the_accounts_discovered(
     assert rx.events == []
 
 
+async def test_a_process_with_a_stale_view_does_not_read_an_account_another_forgot(
+    redis: Redis,
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each process caches the accounts it reads: one that has not looked again since
+    another forgot an account must not put it back on the schedules and read it."""
+    monkeypatch.setattr(directory, "SHARED_FOR", 3600.0)  # two looks again only when told
+    sim, rx = world.sim, world.rx
+    for account in ("acc_1", "acc_2", "acc_3"):
+        seed(sim, account, users=1)
+    settings = world.settings(defaults={"users": "all", "strategy": "per_user"})
+    clock = Clock()
+    sim.clock = clock
+    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
+    await one.start()
+    await two.start()
+    try:
+        assert one.linked is not None
+        await one.linked.run_once()
+        assert await read_now(two) == {"acc_1", "acc_2", "acc_3"}  # two's view, kept
+        for scheduler in one.schedulers():
+            await scheduler.run_once()
+        sim.unlink_account("acc_3")
+        for _ in range(2):  # left out twice, an interval apart: one forgets it
+            clock.advance(INTERVAL)
+            await one.linked.run_once()
+        sim.clear_requests()
+        clock.advance(2.0)
+        for scheduler in two.schedulers():  # its view still has acc_3
+            await scheduler.run_once()
+        assert asked(sim, "acc_3") == []
+        assert await redis_mentions(redis, "acc_3") == []
+        two.stores.accounts.forget_cache()  # it looks again: on it goes, without acc_3
+        for scheduler in two.schedulers():
+            await scheduler.run_once()
+        assert asked(sim, "acc_3") == [] and asked(sim, "acc_1") != []
+    finally:
+        await one.stop(timeout=2.0)
+        await two.stop(timeout=2.0)
+    assert rx.events == []
+
+
 async def test_credentials_of_linked_accounts_are_never_kept_logged_or_shown(
     redis: Redis, world: World
 ) -> None:

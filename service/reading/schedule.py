@@ -224,8 +224,15 @@ class PollScheduler:
         now, interval = self.clock(), self.interval if self.spread else 0.0
         self._generation = self.accounts.generation
         try:
+            # the accounts' version before members are worked out from them: a view that is
+            # stale, or moves meanwhile, writes nothing (the directory sees the move within a
+            # second, and the next tick syncs again)
+            await self.accounts.current()
+            version = self.accounts.version
             wanted = await self.members()
-            await self.leases.schedule_only(wanted, lambda m: initial_due_ms(m, now, interval))
+            await self.leases.schedule_only(
+                wanted, lambda m: initial_due_ms(m, now, interval), version
+            )
             self._in_sync = True
         except RedisError as e:
             log_redis_error(log, "sync_users_failed", e)

@@ -96,6 +96,12 @@ class AccountDirectory:
             self._retry_at = min((t for t in not_lms.values() if t > now_ms), default=float("inf"))
         return self._current
 
+    @property
+    def version(self) -> int | None:
+        """The version of the discovered accounts `current` last gave (None: no discovery,
+        the config's accounts never change), for writes that must not act on a stale view."""
+        return self._version if self.settings.account_discovery.enabled else None
+
     def forget_cache(self) -> None:
         """This process changed the discovered accounts: the next `current` reads them."""
         self._checked = float("-inf")

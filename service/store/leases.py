@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from service.store import keys
 from service.store.read_state import FIELDS, ReadState
@@ -156,13 +157,43 @@ class Leases:
 
     # -- the schedule's membership --
 
-    async def schedule_only(self, members: set[str], first_due_ms: Callable[[str], int]) -> None:
+    async def schedule_only(
+        self,
+        members: set[str],
+        first_due_ms: Callable[[str], int],
+        linked_version: int | None = None,
+    ) -> bool:
         """The schedule holds exactly `members`: those new to it are added, due at
         `first_due_ms(member)`; those no longer among them are removed (a running lease
-        removed so ends: its commit finds no token)."""
-        scheduled = await self.scheduled()
-        await self.add({m: first_due_ms(m) for m in members - scheduled.keys()})
-        await self.remove(sorted(scheduled.keys() - members))
+        removed so ends: its commit finds no token).
+
+        `linked_version`: the version of the discovered accounts `members` were worked out
+        from (AccountDirectory.version). When the accounts changed since (another process
+        unlinked one and forgot its schedule entries), nothing is written and False is
+        returned: a process's cached view would put an account forgotten a moment ago back
+        on the schedule, and read it. The directory sees the change within a second, and
+        its schedules sync again."""
+        if linked_version is None:
+            scheduled = await self.scheduled()
+            await self.add({m: first_due_ms(m) for m in members - scheduled.keys()})
+            await self.remove(sorted(scheduled.keys() - members))
+            return True
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(keys.LINKED_VERSION)
+                if int(await pipe.get(keys.LINKED_VERSION) or 0) != linked_version:
+                    return False
+                now_held = set(cast(list[str], await pipe.zrange(self.zset, 0, -1)))
+                pipe.multi()  # type: ignore[no-untyped-call]
+                new = {m: first_due_ms(m) for m in members - now_held}
+                if new:
+                    pipe.zadd(self.zset, new, nx=True)
+                if gone := sorted(now_held - members):
+                    pipe.zrem(self.zset, *gone)
+                await pipe.execute()
+            except WatchError:
+                return False  # the accounts changed meanwhile
+        return True
 
     async def add(self, scores: dict[str, int]) -> int:
         """Schedule members not yet scheduled (ZADD NX): running leases stay untouched."""

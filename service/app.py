@@ -351,6 +351,7 @@ class Service:
             self.settings.account_discovery.interval,
             "accounts",
             planned=False,
+            per_account=False,  # its member is the key's listing, no account
         )
 
     def _not_lms(self, poll: Callable[[Lease], Awaitable[ReadT]]) -> NotLmsCheck[ReadT]:
@@ -374,10 +375,12 @@ class Service:
         kind: str,
         *,
         planned: bool = True,
+        per_account: bool = True,
     ) -> PollScheduler:
         """A schedule of accounts (their feeds, or their user listings), each due at once
         when first scheduled, read by `reader` every `interval`; `planned`: what each read
-        costs is reported to the budget plan."""
+        costs is reported to the budget plan; `per_account`: a failed read backs its
+        account off or pauses it (not the key's linked-account listing's)."""
         stores = self.stores
         runner = PollRunner(
             reader,
@@ -387,6 +390,7 @@ class Service:
             interval=interval,
             on_read=self.planner.observer(kind) if planned else None,
             span_name=f"{kind} read",
+            per_account=per_account,
             clock=self.clock,
         )
         return PollScheduler(

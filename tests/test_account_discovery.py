@@ -451,6 +451,47 @@ async def test_a_process_with_a_stale_view_does_not_read_an_account_another_forg
     assert rx.events == []
 
 
+async def test_an_account_refused_on_its_listing_backs_off_longer_each_time(
+    redis: Redis, world: World
+) -> None:
+    """Its feed only waits for the listing, and asks nothing: that ends no back-off."""
+    sim = world.sim
+    seed(sim, ACCOUNT)
+    refused = {"status": 401, "account_id": ACCOUNT, "path": "/users"}
+    sim.faults.forced.extend(dict(refused) for _ in range(5))
+    async with driven(world.settings(), sim) as service:
+        polls = service.service.stores.polls
+        feeds, listings = service.service.feeds, service.service.listings
+        assert feeds is not None and listings is not None
+        await service.step(0.0)
+        assert (await polls.backed_off_accounts())[ACCOUNT].failures == 1
+        for failures in (2, 3):
+            service.clock.advance(300.0 * 2 ** (failures - 2) + 60.0)  # past the back-off
+            await feeds.run_once()  # first: its wait for the listing ends nothing
+            await listings.run_once()  # the probe, refused again
+            backoff = (await polls.backed_off_accounts()).get(ACCOUNT)
+            assert backoff is not None and backoff.failures == failures
+            assert backoff.until - service.clock() > 300.0 * 2 ** (failures - 2)
+        assert not [r for r in sim.requests if r.account_id == ACCOUNT and "/users" not in r.path]
+
+
+async def test_a_refused_listing_of_the_linked_accounts_backs_off_no_account(
+    redis: Redis, world: World
+) -> None:
+    """GET /accounts is the key's own listing: its member `*` is no account."""
+    sim = world.sim
+    seed(sim, ACCOUNT)
+    sim.faults.forced.append({"status": 401, "accounts": True})
+    async with driven(world.settings(), sim) as service:
+        await service.step(0.0)
+        unavailable = {"status": 503, "accounts": True}
+        sim.faults.forced.extend(dict(unavailable) for _ in range(20))  # past the retries
+        await service.step(INTERVAL * 100)  # after its own back-off
+        assert await service.service.stores.polls.backed_off_accounts() == {}
+        assert await service.service.stores.polls.failing_accounts() == set()
+        assert await read_now(service.service) == set()  # nothing listed yet
+
+
 async def test_credentials_of_linked_accounts_are_never_kept_logged_or_shown(
     redis: Redis, world: World
 ) -> None:

@@ -123,9 +123,14 @@ class PollRunner:
         interval: float,
         on_read: Callable[[Lease, ReadResult], None] | None = None,
         span_name: str = "poll",
+        per_account: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.poller = poller
+        # its members are accounts' (users, feeds, listings): their failures back the
+        # account off or pause it; False for the key's linked-account listing, whose member
+        # (keys.ACCOUNT_LISTING) is no account
+        self.per_account = per_account
         self.span_name = span_name  # each read's span: poll, feed read, listing read
         self.on_read = on_read  # what each read cost, for the budget plan
         self.leases = leases
@@ -162,12 +167,10 @@ class PollRunner:
             )
             if self.on_read is not None:
                 self.on_read(lease, result)
-            if lease.account_id in self.backed_off:
-                await self.store.end_backoff(lease.account_id)
-                self.backed_off.discard(lease.account_id)
-            if lease.account_id in self.failing:
-                await self.store.end_failures(lease.account_id)
-                self.failing.discard(lease.account_id)
+            # a read that only waited (a feed waiting for its account's first user listing,
+            # or for an `auto` fallback's end) asked nothing: it proves nothing of the account
+            if not getattr(result, "waited", False):
+                await self._account_answered(lease.account_id)
             log.debug(
                 "poll_done",
                 account_id=lease.account_id,
@@ -196,6 +199,15 @@ class PollRunner:
             self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
         return outcome
 
+    async def _account_answered(self, account_id: str) -> None:
+        """A read of the account succeeded: its back-off and its run of failures end."""
+        if account_id in self.backed_off:
+            await self.store.end_backoff(account_id)
+            self.backed_off.discard(account_id)
+        if account_id in self.failing:
+            await self.store.end_failures(account_id)
+            self.failing.discard(account_id)
+
     async def _failed(self, lease: Lease, error: Exception) -> None:
         self.metrics.poll_failures.labels(failure_reason(error)).inc()
         try:
@@ -204,13 +216,8 @@ class PollRunner:
             failures = None
         failures = (failures or 0) + 1
         delay = retry_delay(error, failures - 1, self.interval)
-        if account_rejected(error):
-            assert isinstance(error, UpstreamRejected)
-            await self._back_off_account(lease.account_id, error)
-        elif isinstance(error, UpstreamUnavailable):
-            await self._count_account_failure(lease.account_id, error)
-        elif isinstance(error, UpstreamProviderLimited):
-            await self._pause_account(lease.account_id, delay)
+        if self.per_account:  # the key's own listing: its failures space its reads out
+            await self._account_failed(lease.account_id, error, delay)
         # Redis out of memory fails every poll alike: readiness reports that episode once
         emit = log.debug if out_of_memory(error) else log.warning
         emit(
@@ -226,6 +233,16 @@ class PollRunner:
         due = int((self.clock() + delay) * 1000)
         failed = ReadState(failures=failures, last_error=str(error))
         await self._release(lease, due, failed)
+
+    async def _account_failed(self, account_id: str, error: Exception, delay: float) -> None:
+        """What a failed read means for its whole account."""
+        if account_rejected(error):
+            assert isinstance(error, UpstreamRejected)
+            await self._back_off_account(account_id, error)
+        elif isinstance(error, UpstreamUnavailable):
+            await self._count_account_failure(account_id, error)
+        elif isinstance(error, UpstreamProviderLimited):
+            await self._pause_account(account_id, delay)
 
     async def _release(self, lease: Lease, due_ms: int, failed: ReadState) -> None:
         """Release a failed read's lease. While Redis is away (the likely reason the read

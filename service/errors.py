@@ -53,6 +53,17 @@ class UpstreamMalformed(UpstreamError):
     """The answer was not JSON, not of the documented shape, or its `next` chain ran away."""
 
 
+class ResourceUnserved(LmsWebhooksError):
+    """A tracked resource after an account's first is not served by its provider (400/404/501
+    on its route): the read ends there as a success (what was read before it is committed,
+    and its lease is kept), and the resource is skipped for a while. Not an UpstreamError:
+    nothing may take it for the account's own failure (a back-off, an `auto` fallback)."""
+
+    def __init__(self, account_id: str, resource: str) -> None:
+        super().__init__(f"{resource} not served for account {account_id}")
+        self.resource = resource
+
+
 class StaleLease(LmsWebhooksError):
     """Another process took over this work while we held it; our results are dropped."""
 

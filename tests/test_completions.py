@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import structlog
 from redis.asyncio import Redis
 
 from service.changes import events as ev
@@ -295,3 +296,30 @@ async def test_the_plan_counts_completion_reads(
     # one feed every 0.5 s: 120 reads a minute, twice with completions
     assert (plans[1].needed_per_minute, plans[2].needed_per_minute) == (120.0, 240.0)
     assert described["completions"] == {"accounts": 1, "users_polled": 0, "per_minute": 120.0}
+
+
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "auto"])
+async def test_a_provider_without_completions_holds_no_assignment_back(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx, strategy: str
+) -> None:
+    """Its completion routes answer 404: completions are skipped for the account for a day
+    (said once), and its assignments are read on, on their cadence."""
+    sim, lms_url = lms
+    rx, rx_url = receiver
+    seed(sim)
+    sim.faults.forced.extend({"status": 404, "path": "/completions"} for _ in range(5))
+    settings = settings_for(redis_server.url, lms_url, rx_url, strategy)
+    with structlog.testing.capture_logs() as logs:
+        async with driven(settings, sim) as service:
+            await service.baseline()  # its reads, in flight at once, ask for completions
+            await service.step(0.5)
+            sim.clear_requests()
+            sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
+            for _ in range(3):
+                await service.step(settings.polling.interval)
+            assert len(data_of(rx.events, ev.COMPLETED)) == 1
+            polls = service.service.stores.polls
+            assert await polls.backed_off_accounts() == {}
+            assert await service.service.stores.users.fallbacks() == {}  # `auto` reads on
+    assert not [r for r in sim.requests if r.path.endswith("/completions")]  # skipped
+    assert [e["event"] for e in logs].count("resource_not_served") == 1

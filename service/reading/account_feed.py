@@ -30,6 +30,7 @@ from service.metrics import Metrics, report_future_stamps
 from service.reading.feed_run import KEEP_LOADED, FeedResult, FeedRun, count_skipped
 from service.reading.feed_users import CompleteUserReads
 from service.reading.plan import Cadence, ConfiguredCadence, activity_weight, change_rate, next_due
+from service.reading.unserved import ServedResources
 from service.resources import Resource
 from service.store.feeds import FeedFallback, FeedStore
 from service.store.leases import KEEP_LEASE, Lease
@@ -99,6 +100,7 @@ class FeedReader:
         self.on_fallback = on_fallback  # the account's users are to be polled one by one
         self.clock = clock
         self.complete_reads = CompleteUserReads(store, client, metrics, clock=clock)
+        self.served = ServedResources(store.redis, metrics, clock)
 
     async def poll(self, lease: Lease) -> FeedResult:
         """Read the account's feed once; raises UpstreamError (nothing committed past the
@@ -120,10 +122,17 @@ class FeedReader:
         if fallback is not None:
             await self._end_fallback(lease.account_id, tracked)
         result = FeedResult()
-        resources = await self.users.accounts.resources(lease.account_id)
-        for n, resource in enumerate(resources, 1):
+        resources = await self.served.of(
+            lease.account_id, await self.users.accounts.resources(lease.account_id)
+        )
+        for n, resource in enumerate(resources):
             read = _Read(resource, started, tracked, users_version, fallback is not None)
-            await self._poll(lease, account, read, result, last=n == len(resources))
+            try:
+                # only the first resource's failure can say the feed does not apply (`auto`)
+                first = account if n == 0 else None
+                await self._poll(lease, first, read, result, last=n == len(resources) - 1)
+            except UpstreamError as e:
+                raise await self.served.failed(lease.account_id, resources, n, e) or e from e
         return result
 
     async def _poll(

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from service import tracing
 from service.errors import (
+    ResourceUnserved,
     StaleLease,
     UpstreamError,
     UpstreamMalformed,
@@ -32,6 +33,7 @@ from service.errors import (
 )
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
+from service.reading.plan import next_due
 from service.store.leases import Lease, Leases
 from service.store.polls import AccountBackoff, PollStore
 from service.store.read_state import ReadState
@@ -180,6 +182,8 @@ class PollRunner:
                 changes=result.changes,
                 events=result.events,
             )
+        except ResourceUnserved:
+            await self._ended_early(lease)
         except StaleLease:
             outcome = "stale"
             log.warning("poll_lease_lost", account_id=lease.account_id, user_id=lease.user_id)
@@ -207,6 +211,15 @@ class PollRunner:
         if account_id in self.failing:
             await self.store.end_failures(account_id)
             self.failing.discard(account_id)
+
+    async def _ended_early(self, lease: Lease) -> None:
+        """The read stopped at a resource its provider does not serve (skipped from now on):
+        what it read before is committed, and it ends as a success, due an interval on."""
+        now = self.clock()
+        due = int(next_due(lease.due_at, lease.claimed_at, self.interval, now) * 1000)
+        done = ReadState(last_poll_ms=int(now * 1000), failures=0, last_error="")
+        await self._release(lease, due, done)
+        await self._account_answered(lease.account_id)
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
         self.metrics.poll_failures.labels(failure_reason(error)).inc()

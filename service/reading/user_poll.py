@@ -24,7 +24,7 @@ from service.changes.detect import (
 )
 from service.changes.outbox import Outbox
 from service.config import Settings
-from service.errors import StaleLease
+from service.errors import StaleLease, UpstreamError
 from service.metrics import Metrics, report_future_stamps
 from service.reading.plan import (
     Cadence,
@@ -34,6 +34,7 @@ from service.reading.plan import (
     next_due,
     user_weight,
 )
+from service.reading.unserved import ServedResources
 from service.resources import Resource
 from service.store.directory import AccountDirectory
 from service.store.leases import KEEP_LEASE, Lease
@@ -136,6 +137,7 @@ class Poller:
         self.on_committed = on_committed
         self.cadence = cadence or ConfiguredCadence.of(settings.polling)
         self.clock = clock
+        self.served = ServedResources(store.redis, metrics, clock)
 
     async def poll(self, lease: Lease) -> PollResult:
         """Poll one user; raises UpstreamError (nothing committed past the last flush).
@@ -145,11 +147,16 @@ class Poller:
         it committed, and its own as it was."""
         started = self.clock()
         result = PollResult()
-        resources = await self.accounts.resources(lease.account_id)
+        resources = await self.served.of(
+            lease.account_id, await self.accounts.resources(lease.account_id)
+        )
         weight: float | None = None  # the user's, from its assignments (`adaptive`)
-        for n, resource in enumerate(resources, 1):
-            last = n == len(resources)
-            weight = await self._poll(lease, resource, started, result, weight, last=last)
+        for n, resource in enumerate(resources):
+            last = n == len(resources) - 1
+            try:
+                weight = await self._poll(lease, resource, started, result, weight, last=last)
+            except UpstreamError as e:
+                raise await self.served.failed(lease.account_id, resources, n, e) or e from e
         return result
 
     async def _poll(

@@ -62,6 +62,9 @@ ACCOUNT_LISTING_STATE = f"{PREFIX}:accounts:listing:state"
 # listing state, schedule entries) is still being forgotten, in batches: a process that dies
 # midway leaves them here, and the next listing, wherever it runs, finishes.
 FORGET_ACCOUNTS = f"{PREFIX}:accounts:forget"
+# zset: unserved_member(account, resource) → until when (ms) a tracked resource after an
+# account's first, whose routes its provider does not serve (400/404/501), is not read.
+UNSERVED_RESOURCES = f"{PREFIX}:resources:unserved"
 # The one member of ACCOUNT_LISTING_DUE: no quoted account id is `*` (quote escapes it).
 ACCOUNT_LISTING = "*"
 # string: the budget plan last published (JSON), for the admin API and to log each change once.
@@ -122,6 +125,11 @@ def parse_user_member(member: str) -> tuple[str, str]:
 def account_member(account_id: str) -> str:
     """An account in FEED_DUE and DISCOVERY_DUE (parse_user_member reads it too)."""
     return _q(account_id)
+
+
+def unserved_member(account_id: str, resource: Resource) -> str:
+    """An account's resource in UNSERVED_RESOURCES (parse_user_member reads it too)."""
+    return f"{account_member(account_id)}:{resource.name}"
 
 
 def overdue_member(account_id: str, user_id: str, assignment_id: str, due_ms: int) -> str:

@@ -1,0 +1,48 @@
+"""The tracked resources an account's provider does not serve (its completions route
+answering 404, say), skipped for that account until a retry time, by every process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+from redis.asyncio import Redis
+
+from service.resources import Resource
+from service.store import keys
+
+
+class UnservedResources:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def served(
+        self, account_id: str, resources: Sequence[Resource], now_ms: int
+    ) -> tuple[Resource, ...]:
+        """`resources` but those after the first marked unserved until after `now_ms` (no
+        Redis call for an account that tracks one resource)."""
+        later = list(resources[1:])
+        if not later:
+            return tuple(resources)
+        members = [keys.unserved_member(account_id, r) for r in later]
+        until = await self.redis.zmscore(keys.UNSERVED_RESOURCES, members)
+        skipped = {r for r, ms in zip(later, until, strict=True) if ms is not None and ms > now_ms}
+        return tuple(r for r in resources if r not in skipped)
+
+    async def mark(self, account_id: str, resource: Resource, retry_at_ms: int) -> bool:
+        """Not read until `retry_at_ms`; False when it was marked until then or later already
+        (another read meanwhile)."""
+        member = keys.unserved_member(account_id, resource)
+        added = await self.redis.zadd(
+            keys.UNSERVED_RESOURCES, {member: retry_at_ms}, gt=True, ch=True
+        )
+        return bool(added)
+
+    async def all(self, now_ms: int) -> dict[str, list[str]]:
+        """Account id → the resources skipped at `now_ms`."""
+        raw = await self.redis.zrangebyscore(keys.UNSERVED_RESOURCES, f"({now_ms}", "+inf")
+        out: dict[str, list[str]] = {}
+        for member in cast(list[str], raw):
+            account_id, resource = keys.parse_user_member(member)
+            out.setdefault(account_id, []).append(resource)
+        return out

@@ -6,7 +6,8 @@ active again, other providers' and non-LMS accounts left alone, credentials neve
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -371,6 +372,19 @@ async def test_an_account_without_id_is_counted_and_skipped_and_forgets_nobody(
         assert await read_now(service.service) == {"acc_1", "acc_2"}
 
 
+@asynccontextmanager
+async def two_processes(settings: Settings, clock: Clock) -> AsyncIterator[tuple[Service, Service]]:
+    """Two services on one Redis, in burst mode, on one clock."""
+    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
+    await one.start()
+    await two.start()
+    try:
+        yield one, two
+    finally:
+        await one.stop(timeout=2.0)
+        await two.stop(timeout=2.0)
+
+
 async def test_two_processes_agree_on_the_accounts_discovered(
     redis: Redis,
     world: World,
@@ -383,10 +397,7 @@ async def test_two_processes_agree_on_the_accounts_discovered(
     settings = world.settings()
     clock = Clock()
     sim.clock = clock
-    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
-    await one.start()
-    await two.start()
-    try:
+    async with two_processes(settings, clock) as (one, two):
         assert one.linked is not None and two.linked is not None
         assert await one.linked.run_once() == 1
         assert await two.linked.run_once() == 0  # not due: one listing for both
@@ -402,9 +413,6 @@ async def test_two_processes_agree_on_the_accounts_discovered(
             for scheduler in service.schedulers():
                 await scheduler.run_once()
         assert asked(sim, "acc_3") == [] and asked(sim, "acc_4") != []
-    finally:
-        await one.stop(timeout=2.0)
-        await two.stop(timeout=2.0)
     assert rx.events == []
 
 
@@ -422,10 +430,7 @@ async def test_a_process_with_a_stale_view_does_not_read_an_account_another_forg
     settings = world.settings(defaults={"users": "all", "strategy": "per_user"})
     clock = Clock()
     sim.clock = clock
-    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
-    await one.start()
-    await two.start()
-    try:
+    async with two_processes(settings, clock) as (one, two):
         assert one.linked is not None
         await one.linked.run_once()
         assert await read_now(two) == {"acc_1", "acc_2", "acc_3"}  # two's view, kept
@@ -445,9 +450,6 @@ async def test_a_process_with_a_stale_view_does_not_read_an_account_another_forg
         for scheduler in two.schedulers():
             await scheduler.run_once()
         assert asked(sim, "acc_3") == [] and asked(sim, "acc_1") != []
-    finally:
-        await one.stop(timeout=2.0)
-        await two.stop(timeout=2.0)
     assert rx.events == []
 
 

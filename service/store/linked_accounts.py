@@ -14,6 +14,7 @@ from typing import cast
 from redis.asyncio import Redis
 
 from service.linked_account import LinkedAccount
+from service.resources import RESOURCES
 from service.store import keys
 from service.store.read_costs import full_read_fields
 from service.store.read_state import FIELDS, ReadState
@@ -87,6 +88,8 @@ class LinkedAccountStore:
             pipe.hdel(keys.FEED_FALLBACK, account_id)
             pipe.hdel(keys.BLOCKED_ACCOUNTS, account_id)
             pipe.zrem(keys.PAUSED_ACCOUNTS, account_id)
+            unserved = [keys.unserved_member(account_id, r) for r in RESOURCES.values()]
+            pipe.zrem(keys.UNSERVED_RESOURCES, *unserved)
             await pipe.execute()
         users = await self._users_of(account_id)
         for start in range(0, len(users), FORGET_BATCH):

@@ -33,6 +33,7 @@ from service.errors import (
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
 from service.store.leases import Lease, Leases
+from service.store.outcome import EndLease
 from service.store.polls import AccountBackoff, PollStore
 from service.store.read_state import ReadState
 from service.store.redis_health import log_redis_error, out_of_memory
@@ -223,11 +224,10 @@ class PollRunner:
             failures=failures,
             retry_in=round(delay, 3),
         )
-        due = int((self.clock() + delay) * 1000)
         failed = ReadState(failures=failures, last_error=str(error))
-        await self._release(lease, due, failed)
+        await self._release(lease, EndLease(self.clock() + delay), failed)
 
-    async def _release(self, lease: Lease, due_ms: int, failed: ReadState) -> None:
+    async def _release(self, lease: Lease, outcome: EndLease, failed: ReadState) -> None:
         """Release a failed read's lease. While Redis is away (the likely reason the read
         failed), try again until it answers, so the failure is counted and the next read is
         due on the failure schedule. The heartbeat keeps the lease meanwhile (this read
@@ -237,7 +237,7 @@ class PollRunner:
         deadline = time.monotonic() + RELEASE_GIVE_UP_SECONDS
         while True:
             try:
-                await self.leases.release(lease, due_ms, failed)
+                await self.leases.release(lease, outcome, failed)
                 return
             except RedisError as e:
                 if time.monotonic() + RELEASE_RETRY_SECONDS > deadline:

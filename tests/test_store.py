@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service import jsonfmt
 from service.changes.detect import Snapshot, detect
 from service.changes.outbox import Outbox, Queued
 from service.metrics import Metrics
@@ -242,6 +243,26 @@ async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
     assert all(await asyncio.gather(*[queue.ack("hr", e) for e in replayed]))
     assert await queue.depth("hr") == 0
     assert await redis.hlen(HR.body) == 0 and await redis.hlen(HR.meta) == 0
+
+
+async def test_a_claimed_event_carries_the_bytes_queued_and_its_head(redis: Redis) -> None:
+    """What a sender signs and POSTs is the body as committed, byte for byte (text beyond
+    ASCII included), and the event's type and timestamp come with it: also for a body in
+    another form (a tool's), and after Redis lost its scripts (a restart, a failover)."""
+    outbox = an_outbox()
+    event_id, sent, due, _ = outbox.events["hr"][0]
+    event = json.loads(sent)
+    event["data"]["note"] = "café ☕ \u2028 \U0001f680"
+    ours = jsonfmt.dumps_bytes(event)
+    tools = json.dumps({"timestamp": "2026-01-02T03:04:05Z", "id": "evt_t", "type": "x.y"})
+    outbox.events["hr"] = [Queued(event_id, ours, due), Queued("evt_t", tools, due)]
+    await PollStore(redis).commit("acc:1", "u/1", outbox, token=None, next_score=None)
+    await redis.script_flush()
+    claimed = {e.event_id: e for e in await EventQueue(redis).claim("hr", 2.0, 5.0, 10)}
+    assert claimed[event_id].body == ours
+    assert claimed[event_id].head == (event["type"], event["timestamp"])
+    assert claimed["evt_t"].body == tools.encode()
+    assert claimed["evt_t"].head == ("x.y", "2026-01-02T03:04:05Z")
 
 
 async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: RedisServer) -> None:

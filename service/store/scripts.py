@@ -17,19 +17,22 @@ from typing import Any, ClassVar, NamedTuple
 
 from opentelemetry.trace import Span, SpanKind
 from redis.asyncio import Redis
+from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError
 
 from service import jsonfmt
 from service.changes.detect import Snapshot
 from service.changes.outbox import EventHead, Outbox, OverdueWatch, RoutedEvents
 from service.resources import ASSIGNMENTS, COMPLETIONS, Resource
 from service.store import keys, log_body
-from service.store.claims import ClaimedEvent, DeliveryMeta
+from service.store.claims import ClaimedEvent, ClaimedHead, DeliveryMeta
 from service.store.log_policy import LogPolicy
 from service.store.outcome import LEASE_SECONDS, EndLease, KeepLease, LeaseOutcome
 from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
 from service.tracing import span, traceparent
 
+_RAW: dict[str, Any] = {NEVER_DECODE: True}  # a command's reply left undecoded
 _INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
 
@@ -44,7 +47,25 @@ class _Script:
     source: ClassVar[str]  # the file name in lua/, without .lua
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._run = redis.register_script(lua_source(self.source))
+
+    async def _run_raw(self, *, keys: list[Any], args: list[Any]) -> Any:
+        """The script's reply with its strings as the bytes Redis holds (the store's clients
+        decode every other reply as UTF-8): the EVALSHA redis-py's Script would send, with
+        the per-command NEVER_DECODE it cannot pass (retried as any command is)."""
+        script = self._run
+
+        async def evalsha() -> Any:
+            return await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", script.sha, len(keys), *keys, *args, **_RAW
+            )
+
+        try:
+            return await evalsha()
+        except NoScriptError:  # a server that lost its scripts (restarted, failed over)
+            script.sha = await self._redis.script_load(script.script)
+            return await evalsha()
 
 
 class _Enqueues(_Script):
@@ -468,21 +489,26 @@ class ClaimEvents(_Script):
     ) -> list[ClaimedEvent]:
         """Up to `limit` events due by `now_ms` (or whose claim ran out), claimed for
         `lease_ms` on Redis' clock; `held_until`: when the claimer takes them to run out, on
-        its own clock."""
+        its own clock. Each body comes as the bytes queued, to be signed and sent as is."""
         ep = keys.EndpointKeys(endpoint_id)
-        token, *flat = await self._run(
+        token, *flat = await self._run_raw(
             keys=[ep.due, ep.body, ep.meta], args=[now_ms, lease_ms, limit]
         )
-        return [
-            ClaimedEvent(
-                flat[i],
-                log_body.queued_body(flat[i + 1]),
-                DeliveryMeta.decode(flat[i + 2]),
-                int(token),
-                held_until,
+        claimed = []
+        for i in range(0, len(flat), 3):
+            event_id, body = flat[i].decode(), log_body.queued_body(flat[i + 1])
+            meta = flat[i + 2]
+            claimed.append(
+                ClaimedEvent(
+                    event_id,
+                    body,
+                    ClaimedHead.of(event_id, body),
+                    DeliveryMeta.decode(meta.decode() if meta else None),
+                    int(token),
+                    held_until,
+                )
             )
-            for i in range(0, len(flat), 3)
-        ]
+        return claimed
 
 
 class AckEvents(_Script):
@@ -593,7 +619,7 @@ class LogSent(_Script):
         endpoint_id: str,
         event_id: str,
         head: EventHead,
-        body: str,
+        body: bytes,
         *,
         at_ms: int,
         outcome: str,

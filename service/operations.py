@@ -320,7 +320,7 @@ class Operations:
             endpoint_id,
             event_id,
             head,
-            body.decode(),
+            body,
             at_ms=int(now * 1000),
             delivered=delivered,
             record=record,

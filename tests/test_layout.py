@@ -170,3 +170,31 @@ def test_redis_keys_are_spelled_in_keys_py_only() -> None:
         and any(s in path.read_text() for s in ('"lw:', "'lw:", "keys.PREFIX"))
     ]
     assert spelled == []
+
+
+# How a schedule's score encodes a lease (LEASED + its expiry), a hold (negative) or a due
+# time (ms): the store's alone. A read says what becomes of its lease (store/outcome.py:
+# EndLease, KeepLease) and the store writes the score.
+_SCORE_NAMES = {
+    "LEASED", "KEEP_LEASE", "hold", "lease_ms", "due_score", "outcome_score", "due_or_expiry_ms",
+}  # fmt: skip
+
+
+def test_only_the_store_knows_schedule_scores() -> None:
+    breaches = []
+    for module, path in _modules().items():
+        if _under(module, "service.store"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("service.store"):
+                names = [a.name for a in node.names if a.name in _SCORE_NAMES]
+            elif isinstance(node, ast.Attribute):  # scripts.LEASED (a `hold` may be anyone's)
+                names = [node.attr] if node.attr in _SCORE_NAMES - {"hold"} else []
+            elif isinstance(node, ast.arg | ast.keyword):  # a score passed or taken
+                names = [node.arg] if node.arg == "next_score" else []
+            elif isinstance(node, ast.Name):
+                names = [node.id] if node.id == "next_score" else []
+            else:
+                continue
+            breaches += [(module, name) for name in names]
+    assert breaches == []

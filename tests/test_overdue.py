@@ -79,7 +79,7 @@ async def test_many_due_dates_of_one_user_are_reported_in_one_check_from_one_rea
     }
     watch = [OverdueWatch(ACCOUNT, "u_1", assignment, due_ms) for assignment in snapshots]
     outbox = Outbox(watch=watch)
-    await store.commit(ACCOUNT, "u_1", outbox, token=None, next_score=None, snapshots=snapshots)
+    await store.commit(ACCOUNT, "u_1", outbox, token=None, snapshots=snapshots)
     await redis.config_resetstat()
 
     watcher = OverdueWatcher(store, settings, Metrics(), clock=lambda: now)

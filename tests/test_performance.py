@@ -93,7 +93,7 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
     events: RoutedEvents = {
         "hr": [Queued(f"evt_{n}", json.dumps({"id": f"evt_{n}"}), 0) for n in range(3)]
     }
-    await store.commit(ACCOUNT, "u", Outbox(events=dict(events)), token=None, next_score=None)
+    await store.commit(ACCOUNT, "u", Outbox(events=dict(events)), token=None)
     claimed = await queue.claim("hr", now=0.01, seconds=1.0, limit=3)
     assert len(claimed) == 3
     claimed[1].token = 999  # as if its lease had run out and another worker took it over

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service import jsonfmt
 from service.changes.detect import Snapshot, detect
 from service.changes.outbox import Outbox, Queued
 from service.metrics import Metrics
@@ -23,6 +24,7 @@ from service.sim.lms import SimLMS
 from service.store import keys
 from service.store.leases import LEASE_SECONDS, user_leases
 from service.store.limits import RateLimit, SharedLimiter, SharedRate, api_key_rate
+from service.store.outcome import EndLease
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
 from service.store.read_state import ReadState
@@ -70,7 +72,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         "u/1",
         outbox,
         token=lease.token - 1,
-        next_score=90_000,
+        outcome=EndLease(90.0),
         state=ReadState(watermark_ms=1),
         snapshots=snapshots,
     )
@@ -83,7 +85,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
         "u/1",
         an_outbox(),
         token=lease.token,
-        next_score=90_000,
+        outcome=EndLease(90.0),
         state=ReadState(watermark_ms=1, baselined=True),
         snapshots=snapshots,
     )
@@ -99,7 +101,7 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     assert await redis.zcard(HR.due) == 2  # updated + progress_changed
 
     # the same change committed again (a poll replayed after a crash) is queued once
-    again = await store.commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+    again = await store.commit("acc:1", "u/1", an_outbox(), token=None)
     assert again == 0 and await redis.zcard(HR.due) == 2
 
 
@@ -138,12 +140,12 @@ async def test_a_poll_lease_is_extended_released_and_handed_back_only_by_its_hol
     assert await leases.extend(lease)
     assert before <= lease.token - LEASED - LEASE_SECONDS * 1000 <= await redis_ms(redis)
     late = dataclasses.replace(lease, token=first)  # its holder's view before the extension
-    assert not await leases.release(late, 1, ReadState(failures=9))
+    assert not await leases.release(late, EndLease(0.001), ReadState(failures=9))
     assert await redis.zscore(keys.POLL_DUE, MEMBER) == lease.token
     assert not await redis.exists(keys.user_state("acc:1", "u/1"))
 
     failed = ReadState(failures=1, last_error="upstream answered 500")
-    assert await leases.release(lease, 200_000, failed)
+    assert await leases.release(lease, EndLease(200.0), failed)
     assert await redis.zscore(keys.POLL_DUE, MEMBER) == 200_000
     assert await store.user_state("acc:1", "u/1") == failed
     assert not await leases.extend(lease)  # released: no longer its lease
@@ -182,13 +184,13 @@ async def test_a_process_whose_clock_runs_ahead_takes_no_live_lease(
             user_leases(redis, clock=Clock(now)),
             user_leases(other, clock=Clock(now + 40)),
         )
-        await here.add({f"acc:u{n}": int(now * 1000) - 1000 for n in range(3)})
+        await here.add({f"acc:u{n}": now - 1 for n in range(3)})
         held = await here.claim(10)
         assert len(held) == 3
         assert await ahead.claim(10) == []
         assert all([await here.extend(lease) for lease in held])
 
-        await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+        await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None)
         queue, queue_ahead = EventQueue(redis), EventQueue(other)
         sending = await queue.claim("hr", now=now, seconds=LEASE_SECONDS, limit=10)
         assert len(sending) == 2
@@ -196,7 +198,7 @@ async def test_a_process_whose_clock_runs_ahead_takes_no_live_lease(
         assert await queue.ack_many("hr", sending) == [True, True]
 
         # released to be due in 20 s: due at once for the process 40 s ahead, not here
-        assert await here.release(held[0], int((now + 20) * 1000))
+        assert await here.release(held[0], EndLease(now + 20))
         assert await here.claim(10) == []
         assert [lease.member for lease in await ahead.claim(10)] == [held[0].member]
     finally:
@@ -206,7 +208,7 @@ async def test_a_process_whose_clock_runs_ahead_takes_no_live_lease(
 async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
     queue = EventQueue(redis)
     store = PollStore(redis)
-    await store.commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+    await store.commit("acc:1", "u/1", an_outbox(), token=None)
     # long enough that the next claim, even on a loaded machine, comes before it runs out
     first = await queue.claim("hr", now=2.0, seconds=0.5, limit=1)
     assert len(first) == 1 and first[0].meta.attempts == 0
@@ -241,6 +243,26 @@ async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
     assert all(await asyncio.gather(*[queue.ack("hr", e) for e in replayed]))
     assert await queue.depth("hr") == 0
     assert await redis.hlen(HR.body) == 0 and await redis.hlen(HR.meta) == 0
+
+
+async def test_a_claimed_event_carries_the_bytes_queued_and_its_head(redis: Redis) -> None:
+    """What a sender signs and POSTs is the body as committed, byte for byte (text beyond
+    ASCII included), and the event's type and timestamp come with it: also for a body in
+    another form (a tool's), and after Redis lost its scripts (a restart, a failover)."""
+    outbox = an_outbox()
+    event_id, sent, due, _ = outbox.events["hr"][0]
+    event = json.loads(sent)
+    event["data"]["note"] = "café ☕ \u2028 \U0001f680"
+    ours = jsonfmt.dumps_bytes(event)
+    tools = json.dumps({"timestamp": "2026-01-02T03:04:05Z", "id": "evt_t", "type": "x.y"})
+    outbox.events["hr"] = [Queued(event_id, ours, due), Queued("evt_t", tools, due)]
+    await PollStore(redis).commit("acc:1", "u/1", outbox, token=None, next_score=None)
+    await redis.script_flush()
+    claimed = {e.event_id: e for e in await EventQueue(redis).claim("hr", 2.0, 5.0, 10)}
+    assert claimed[event_id].body == ours
+    assert claimed[event_id].head == (event["type"], event["timestamp"])
+    assert claimed["evt_t"].body == tools.encode()
+    assert claimed["evt_t"].head == ("x.y", "2026-01-02T03:04:05Z")
 
 
 async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: RedisServer) -> None:
@@ -292,7 +314,7 @@ async def test_snapshots_round_trip_compactly(redis: Redis) -> None:
         for n in range(1, 30)
     }
     records["gone"] = Snapshot(7, None)  # a tombstone
-    await store.commit("acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=records)
+    await store.commit("acc:1", "u/1", Outbox(), token=None, snapshots=records)
     assert (await store.load_user("acc:1", "u/1", ONE_A_SECOND)).snapshots == records
     assert await store.user_snapshots("acc:1", "u/1") == records
     assert await store.user_snapshots("acc:1", "u/9") == {}
@@ -311,9 +333,7 @@ async def test_snapshots_stored_by_0_1_are_read_and_replaced_on_the_next_commit(
     state = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert state.snapshots == {"a1": Snapshot(3, old)} and state.legacy
     assert await store.user_snapshots("acc:1", "u/1") == {"a1": Snapshot(3, old)}
-    await store.commit(
-        "acc:1", "u/1", Outbox(), token=None, next_score=None, snapshots=state.snapshots
-    )
+    await store.commit("acc:1", "u/1", Outbox(), token=None, snapshots=state.snapshots)
     assert await redis.exists(legacy) == 0
     again = await store.load_user("acc:1", "u/1", ONE_A_SECOND)
     assert again.snapshots == {"a1": Snapshot(3, old)} and not again.legacy
@@ -359,7 +379,7 @@ async def test_a_heartbeat_after_the_last_commit_leaves_the_next_due_time(
     next_due = await redis.zscore(keys.POLL_DUE, member)
     assert next_due is not None and next_due > (time.time() + 200) * 1000  # an interval on
     assert not await leases.extend(lease)
-    assert not await leases.release(lease, 0)
+    assert not await leases.release(lease, EndLease(0.0))
     assert await redis.zscore(keys.POLL_DUE, member) == next_due
 
 
@@ -406,7 +426,7 @@ async def test_a_heartbeat_renews_event_claims_without_fencing_out_an_ack_under_
     moment (on another connection) with the old token found its claim lost, and the event,
     delivered, went out again once the claim ran out. Acks and renewals take turns."""
     now = time.time()
-    await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+    await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None)
     acking = Redis.from_url(redis_server.url, decode_responses=True)
     try:
         queue = EventQueue(redis)
@@ -432,7 +452,7 @@ async def test_a_write_that_met_this_process_claiming_the_event_again_is_made_wi
     and the delivered event went out once more when the new claim ran out. The claim is this
     process's in both cases: the write is made again with the new token."""
     now = time.time()
-    await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None, next_score=None)
+    await PollStore(redis).commit("acc:1", "u/1", an_outbox(), token=None)
     queue = EventQueue(redis)
     held = await queue.claim("hr", now=now, seconds=0.3, limit=10)
     await asyncio.sleep(0.5)  # the claims run out

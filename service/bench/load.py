@@ -25,6 +25,7 @@ from service.reading.plan import assignment_activity, user_weight
 from service.sim.lms import SimLMS
 from service.sim.records import remote_user_id
 from service.store import keys
+from service.store.outcome import EndLease
 from service.store.polls import PollStore
 from service.store.read_state import ReadState
 
@@ -166,7 +167,7 @@ async def queue_events(
                 events, [endpoint], int(now.timestamp() * 1000), outbox.events, change.record_id
             )
             queued += len(events)
-        await store.commit(ACCOUNT, "u_bench", outbox, token=None, next_score=None)
+        await store.commit(ACCOUNT, "u_bench", outbox, token=None)
     return queued
 
 
@@ -210,14 +211,16 @@ async def store_baselines(
                     in_progress=in_progress,
                     next_due_date_ms=due_date or 0,
                 )
-            due = None if spread_ms is None else now_ms + rng.randrange(0, spread_ms)
+            due = None
+            if spread_ms is not None:
+                due = EndLease((now_ms + rng.randrange(0, spread_ms)) / 1000)
             snapshots = {c.record_id: c.snapshot for c in outbox.changes}
             await store.commit(
                 ACCOUNT,
                 user_id,
                 outbox,
                 token=None,
-                next_score=due,
+                outcome=due,
                 state=state,
                 snapshots=snapshots,
                 weight=weight,

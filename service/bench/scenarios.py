@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from service.bench.harness import SECRET, Bench, Received, cpu_seconds, memory_kb, twin
 from service.bench.load import (
@@ -53,10 +53,10 @@ from service.reading.plan import HEADROOM, IDLE_BOUND
 from service.sim.faults import RequestRecord
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.store import keys
+from service.store.leases import leased
 from service.store.log import DeliveryLog
 from service.store.log_policy import DEFAULT_LOG
 from service.store.polls import PollStore
-from service.store.scripts import LEASED
 from service.timefmt import parse_iso
 
 Scenario = Callable[..., Awaitable[dict[str, Any]]]
@@ -476,7 +476,7 @@ async def _event_takeover(bench: Bench) -> tuple[int, float]:
     due = keys.EndpointKeys("hr").due
 
     async def claimed() -> list[str]:
-        return cast(list[str], await bench.redis.zrangebyscore(due, LEASED, "+inf"))
+        return await leased(bench.redis, due)
 
     async def both_full() -> bool:
         return len(await claimed()) > 2 * TAKEOVER_CONCURRENCY
@@ -497,7 +497,7 @@ async def _event_takeover(bench: Bench) -> tuple[int, float]:
 
 
 async def _leased(bench: Bench) -> list[str]:
-    return cast(list[str], await bench.redis.zrangebyscore(keys.POLL_DUE, LEASED, "+inf"))
+    return await leased(bench.redis, keys.POLL_DUE)
 
 
 def _more_leased_than(bench: Bench, count: int) -> Callable[[], Awaitable[bool]]:

@@ -244,7 +244,7 @@ class Sender:
             if not await self.queue.extend(self.endpoint.id, event, now, LEASE_SECONDS):
                 return None
         if not tracing.enabled():  # nothing of the span's to build, event by event
-            return await self.poster.post(event.event_id, event.body.encode())  # signed as sent
+            return await self.poster.post(event.event_id, event.body)
         return await self._traced_post(event)
 
     async def _traced_post(self, event: ClaimedEvent) -> Attempt:
@@ -259,7 +259,7 @@ class Sender:
         with tracing.span(
             "delivery attempt", attributes, kind=SpanKind.CLIENT, parent=event.meta.traceparent
         ) as current:
-            attempt = await self.poster.post(event.event_id, event.body.encode())
+            attempt = await self.poster.post(event.event_id, event.body)
             result = attempt.result
             if result.status is not None:
                 current.set_attribute("http.response.status_code", result.status)

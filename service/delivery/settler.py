@@ -5,7 +5,6 @@ event is retried later or dead-lettered."""
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -22,15 +21,6 @@ from service.store.queue import EventQueue
 from service.timefmt import parse_iso
 
 log = structlog.get_logger("delivery")
-
-# Our bodies start {"id":…,"type":…,"timestamp":…: the detection time without parsing 2 kB
-_TIMESTAMP = re.compile(r'"timestamp":"([^"]{1,40})"')
-
-
-def detected_at(body: str) -> str | None:
-    """The event's `timestamp` (when the change was detected), for the latency metric."""
-    found = _TIMESTAMP.search(body, 0, 200)
-    return found.group(1) if found else None
 
 
 class Settler:
@@ -98,7 +88,7 @@ class Settler:
             event.record = record
             self.acks.add(event)
             await self._note_success(now)
-            detected = self._detected_at(event.body)
+            detected = self._detected_at(event.head.timestamp)
             if detected is not None:
                 self.latency.observe(now - detected)
             return False
@@ -125,10 +115,9 @@ class Settler:
             await self.queue.reschedule(self.endpoint_id, event, int(decision.due * 1000), record)
         return True
 
-    def _detected_at(self, body: str) -> float | None:
-        """When the event's change was detected (epoch s). A poll stamps all its events
-        alike, so a stamp is parsed once for a run of them."""
-        stamp = detected_at(body)
+    def _detected_at(self, stamp: str) -> float | None:
+        """When the event's change was detected (epoch s), from its `timestamp`. A poll
+        stamps all its events alike, so a stamp is parsed once for a run of them."""
         if stamp != self._stamp:
             parsed = parse_iso(stamp)
             self._stamp, self._stamp_at = stamp, None if parsed is None else parsed.timestamp()

@@ -33,7 +33,8 @@ from service.reading.plan import Cadence, ConfiguredCadence, activity_weight, ch
 from service.reading.unserved import ServedResources
 from service.resources import Resource
 from service.store.feeds import FeedFallback, FeedStore
-from service.store.leases import KEEP_LEASE, Lease
+from service.store.leases import Lease
+from service.store.outcome import EndLease, KeepLease, LeaseOutcome
 from service.store.read_state import ReadState
 from service.store.scripts import TrackedUsersChanged
 from service.store.users import TrackedUsers
@@ -244,13 +245,11 @@ class FeedReader:
         lease, final = run.lease, done is not None
         ends = final and last
         async with lease.lock:
+            outcome: LeaseOutcome = KeepLease()  # a flush keeps the lease (on Redis' clock)
             if ends and done is not None:
                 done, interval = self._paced(run, done)
-                due = next_due(lease.due_at, lease.claimed_at, interval, self.clock())
-                next_score = int(due * 1000)
-            else:  # a flush keeps the lease (on Redis' clock)
-                next_score = KEEP_LEASE
-            token = await self._commit_tracked(run, next_score, done, final)
+                outcome = EndLease(next_due(lease.due_at, lease.claimed_at, interval, self.clock()))
+            token = await self._commit_tracked(run, outcome, done, final)
             if token is None:
                 raise StaleLease(f"feed lease on {lease.account_id} was taken over")
             lease.token = token
@@ -281,7 +280,7 @@ class FeedReader:
         return replace(done, change_rate=rate, busy=busy), interval
 
     async def _commit_tracked(
-        self, run: FeedRun, next_score: int, done: ReadState | None, final: bool
+        self, run: FeedRun, outcome: LeaseOutcome, done: ReadState | None, final: bool
     ) -> int | None:
         """The commit, written only for users still tracked: a user removed during the read
         (by a listing, or at run time) must not get its snapshots and state back."""
@@ -291,7 +290,7 @@ class FeedReader:
                     run.account_id,
                     run.outbox,
                     token=run.lease.token,
-                    next_score=next_score,
+                    outcome=outcome,
                     state=done,
                     users_version=run.users_version,
                     users=run.writes(final),
@@ -310,7 +309,7 @@ class FeedReader:
                     lease.account_id,
                     Outbox(),
                     token=lease.token,
-                    next_score=int(until * 1000),
+                    outcome=EndLease(until),
                     state=None,
                     users_version=None,
                     users=[],

@@ -42,6 +42,7 @@ from service.reading.plan import next_due
 from service.store.feeds import FeedStore
 from service.store.leases import Lease
 from service.store.linked_accounts import LinkedAccountStore
+from service.store.outcome import EndLease
 from service.store.read_state import ReadState
 from service.timefmt import from_epoch
 from service.upstream.client import StackOneClient
@@ -135,18 +136,18 @@ class AccountListing:
         done = replace(
             ReadState.after_read(None, now_ms, full=full), mass_drop_ms=decision.mass_drop_ms
         )
-        next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
+        due = next_due(lease.due_at, lease.claimed_at, interval, self.clock())
         async with lease.lock:
             committed = await self.store.commit(
                 token=lease.token,
-                next_score=next_score,
+                outcome=EndLease(due),
                 state=done,
                 write=write,
                 drop={account_id: account_id not in self.config_ids for account_id in drop},
             )
             if not committed:
                 raise StaleLease("the linked accounts listing's lease was taken over")
-            lease.token, lease.ended = next_score, True
+            lease.ended = True
         result = AccountListingResult(pages=listed.pages, unlinked=len(drop))
         result.missing = len(decision.missing)
         result.found = sum(1 for a in write if a not in known)

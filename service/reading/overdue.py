@@ -75,7 +75,7 @@ class OverdueWatcher:
         by_user: dict[tuple[str, str], list[_Claim]] = {}
         claimed = 0
         while claimed < CHECK_LIMIT:
-            token, batch = await self.store.claim_overdue(int(now * 1000), CLAIM_SECONDS, BATCH)
+            token, batch = await self.store.claim_overdue(now, CLAIM_SECONDS, BATCH)
             for member, watch in batch:
                 by_user.setdefault(watch[:2], []).append(_Claim(member, token, watch))
             claimed += len(batch)

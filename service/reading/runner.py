@@ -35,6 +35,7 @@ from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
 from service.reading.plan import next_due
 from service.store.leases import Lease, Leases
+from service.store.outcome import EndLease
 from service.store.polls import AccountBackoff, PollStore
 from service.store.read_state import ReadState
 from service.store.redis_health import log_redis_error, out_of_memory
@@ -216,9 +217,9 @@ class PollRunner:
         """The read stopped at a resource its provider does not serve (skipped from now on):
         what it read before is committed, and it ends as a success, due an interval on."""
         now = self.clock()
-        due = int(next_due(lease.due_at, lease.claimed_at, self.interval, now) * 1000)
+        due = next_due(lease.due_at, lease.claimed_at, self.interval, now)
         done = ReadState(last_poll_ms=int(now * 1000), failures=0, last_error="")
-        await self._release(lease, due, done)
+        await self._release(lease, EndLease(due), done)
         await self._account_answered(lease.account_id)
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
@@ -243,9 +244,8 @@ class PollRunner:
             failures=failures,
             retry_in=round(delay, 3),
         )
-        due = int((self.clock() + delay) * 1000)
         failed = ReadState(failures=failures, last_error=str(error))
-        await self._release(lease, due, failed)
+        await self._release(lease, EndLease(self.clock() + delay), failed)
 
     async def _account_failed(self, account_id: str, error: Exception, delay: float) -> None:
         """What a failed read means for its whole account."""
@@ -257,7 +257,7 @@ class PollRunner:
         elif isinstance(error, UpstreamProviderLimited):
             await self._pause_account(account_id, delay)
 
-    async def _release(self, lease: Lease, due_ms: int, failed: ReadState) -> None:
+    async def _release(self, lease: Lease, outcome: EndLease, failed: ReadState) -> None:
         """Release a failed read's lease. While Redis is away (the likely reason the read
         failed), try again until it answers, so the failure is counted and the next read is
         due on the failure schedule. The heartbeat keeps the lease meanwhile (this read
@@ -267,7 +267,7 @@ class PollRunner:
         deadline = time.monotonic() + RELEASE_GIVE_UP_SECONDS
         while True:
             try:
-                await self.leases.release(lease, due_ms, failed)
+                await self.leases.release(lease, outcome, failed)
                 return
             except RedisError as e:
                 if time.monotonic() + RELEASE_RETRY_SECONDS > deadline:

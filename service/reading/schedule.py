@@ -28,6 +28,7 @@ from service.reading.runner import PollRunner, quietly
 from service.store import keys
 from service.store.directory import AccountDirectory
 from service.store.leases import HEARTBEAT_SECONDS, Lease, Leases
+from service.store.outcome import EndLease
 from service.store.polls import AccountBackoff, PollStore
 from service.store.redis_health import log_redis_error
 from service.upstream.accounts import ACCOUNT_IN_FLIGHT
@@ -54,10 +55,10 @@ def account_share(concurrency: int, accounts: int) -> int | None:
     return max(1, min(-(-concurrency // 2), ACCOUNT_POLLS))
 
 
-def initial_due_ms(member: str, now: float, interval: float) -> int:
+def initial_due(member: str, now: float, interval: float) -> float:
     """Spread users over the interval (stable per user) instead of polling all at once."""
     offset = (zlib.crc32(member.encode()) % 10_000) / 10_000 * interval
-    return int((now + offset) * 1000)
+    return now + offset
 
 
 def over_account_share(members: list[str], running: dict[str, int], cap: int) -> set[str]:
@@ -82,8 +83,8 @@ def deferred_claims(
     now: float,
     interval: float,
     paused: dict[str, float] | None = None,
-) -> dict[str, int]:
-    """Claimed users not to poll now, each with when it is due again (ms).
+) -> dict[str, float]:
+    """Claimed users not to poll now, each with when it is due again (epoch seconds).
 
     A user of a backed-off account waits for the back-off's end (spread over a minute, so
     they do not all come back at one instant); once it has ended, the next poll is the
@@ -93,19 +94,17 @@ def deferred_claims(
     """
     over = over_account_share(members, running, cap) if cap is not None else set()
     paused = paused or {}
-    deferred: dict[str, int] = {}
+    deferred: dict[str, float] = {}
     for member in members:
         account = keys.parse_user_member(member)[0]
         backoff = backed_off.get(account)
         pause = paused.get(account, 0.0)
         if backoff is not None and backoff.until > max(now, pause):
-            spread = initial_due_ms(member, 0.0, min(interval, 60.0))
-            deferred[member] = int(backoff.until * 1000) + spread
+            deferred[member] = initial_due(member, backoff.until, min(interval, 60.0))
         elif pause > now:
-            spread = initial_due_ms(member, 0.0, min(interval, PAUSE_SPREAD_SECONDS))
-            deferred[member] = int(pause * 1000) + spread
+            deferred[member] = initial_due(member, pause, min(interval, PAUSE_SPREAD_SECONDS))
         elif member in over:
-            deferred[member] = int((now + TICK_SECONDS * 2) * 1000)
+            deferred[member] = now + TICK_SECONDS * 2
     return deferred
 
 
@@ -231,7 +230,7 @@ class PollScheduler:
             version = self.accounts.version
             wanted = await self.members()
             await self.leases.schedule_only(
-                wanted, lambda m: initial_due_ms(m, now, interval), version
+                wanted, lambda m: initial_due(m, now, interval), version
             )
             self._in_sync = True
         except RedisError as e:
@@ -305,7 +304,7 @@ class PollScheduler:
         started = 0
         for lease in claimed:
             if lease.member in deferred:  # not polled now: released with its new due time
-                await self._end(lease, self.leases.release(lease, deferred[lease.member]))
+                await self._end(lease, self.leases.release(lease, EndLease(deferred[lease.member])))
                 continue
             self.polling[lease.member] = lease
             task = asyncio.create_task(self._poll(lease), name=f"poll:{lease.member}")

@@ -26,6 +26,7 @@ from service.reading.plan import Cadence, ConfiguredCadence, next_due
 from service.store import keys
 from service.store.feeds import FeedStore
 from service.store.leases import Lease
+from service.store.outcome import EndLease
 from service.store.read_state import ReadState
 from service.store.users import TrackedUsers
 from service.timefmt import from_epoch
@@ -114,12 +115,12 @@ class UserListing:
         if state.last_full_sync_ms is None:  # a discovered account's users were there then
             found_ms = min(found_ms, await self.users.accounts.found_ms(account_id) or found_ms)
         interval = self.cadence.listing_interval
-        next_score = int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
+        due = next_due(lease.due_at, lease.claimed_at, interval, self.clock())
         async with lease.lock:
             committed = await self.store.commit_listing(
                 account_id,
                 token=lease.token,
-                next_score=next_score,
+                outcome=EndLease(due),
                 state=done,
                 add=add,
                 found_ms=found_ms,
@@ -127,7 +128,7 @@ class UserListing:
             )
             if not committed:
                 raise StaleLease(f"listing lease on {account_id} was taken over")
-            lease.token, lease.ended = next_score, True
+            lease.ended = True
         result.joined, result.left = len(add), len(drop)
         result.changes = len(add) + len(drop)
         if result.changes:

@@ -37,9 +37,10 @@ from service.reading.plan import (
 from service.reading.unserved import ServedResources
 from service.resources import Resource
 from service.store.directory import AccountDirectory
-from service.store.leases import KEEP_LEASE, Lease
+from service.store.leases import Lease
 from service.store.limits import RateLimit
 from service.store.linked_accounts import LinkedAccountStore
+from service.store.outcome import EndLease, KeepLease, LeaseOutcome
 from service.store.polls import PollStore, StoredUser
 from service.store.read_state import ReadState
 from service.timefmt import from_epoch
@@ -315,9 +316,9 @@ class Poller:
                 count=count,
             )
 
-    def next_due_ms(self, lease: Lease, weight: float | None = None) -> int:
+    def next_due(self, lease: Lease, weight: float | None = None) -> float:
         interval = self.cadence.user_interval(weight)
-        return int(next_due(lease.due_at, lease.claimed_at, interval, self.clock()) * 1000)
+        return next_due(lease.due_at, lease.claimed_at, interval, self.clock())
 
     async def _commit(
         self,
@@ -334,13 +335,13 @@ class Poller:
         async with lease.lock:
             # a flush keeps the lease (on Redis' clock); the last commit ends it
             ends = done is not None and last
-            next_score = self.next_due_ms(lease, weight) if ends else KEEP_LEASE
+            outcome: LeaseOutcome = EndLease(self.next_due(lease, weight)) if ends else KeepLease()
             token = await self.store.commit(
                 lease.account_id,
                 lease.user_id,
                 outbox,
                 token=lease.token,
-                next_score=next_score,
+                outcome=outcome,
                 state=done,
                 # all of them: they are stored as one value (written at once when they were
                 # still in 0.1's form, which the commit then removes)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from service import jsonfmt
+from service.store import log_body
 
 
 @dataclass(slots=True)
@@ -51,10 +54,38 @@ class DeliveryMeta:
         )
 
 
+class ClaimedHead(NamedTuple):
+    """What delivery reads of an event besides its bytes, read once by the store as it
+    claims the event: its type and timestamp, which its body opens with."""
+
+    type: str  # "": the body names none
+    timestamp: str  # ISO 8601, when its change was detected; "": the body names none
+
+    @classmethod
+    def of(cls, event_id: str, body: bytes) -> ClaimedHead:
+        """From the body's envelope (log_body.opening), without parsing its `data`; from the
+        parsed JSON for a body in another form (queued by a tool or a test)."""
+        opened = log_body.opening(event_id, body)
+        if opened is not None:
+            return cls(*opened)
+        try:
+            event = jsonfmt.loads(body)
+        except ValueError:
+            return cls("", "")
+        if not isinstance(event, dict):
+            return cls("", "")
+        kind, timestamp = event.get("type"), event.get("timestamp")
+        return cls(
+            kind if isinstance(kind, str) else "",
+            timestamp if isinstance(timestamp, str) else "",
+        )
+
+
 @dataclass(slots=True)
 class ClaimedEvent:
     event_id: str
-    body: str
+    body: bytes  # as queued: the very bytes signed and sent
+    head: ClaimedHead
     meta: DeliveryMeta
     # the claim's score (LEASED + its expiry, ms on Redis' clock), which fences every write
     token: int

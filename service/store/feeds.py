@@ -10,13 +10,12 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from service.changes.outbox import Outbox
 from service.resources import ASSIGNMENTS, Resource
 from service.store import keys
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.polls import StoredUser
 from service.store.read_state import FIELDS, ReadState, hash_fields
-from service.store.scripts import CommitFeed, CommitListing, UserWrite
+from service.store.scripts import CommitFeed, CommitListing
 
 # users loaded per pipelined round trip
 LOAD_BATCH = 500
@@ -44,9 +43,10 @@ class FeedStore:
     def __init__(self, redis: Redis, log: LogPolicy = DEFAULT_LOG) -> None:
         """`log`: how the events committed are kept in the delivery log."""
         self.redis = redis
-        self._commit = CommitFeed(redis, log)
+        # a feed read's users, events, state and lease outcome in one atomic step
+        self.commit = CommitFeed(redis, log)
         # users added to and dropped from a listing (the dropped ones forgotten), with the
-        # listing's state and next due time, in one atomic step (False: the lease is lost)
+        # listing's state and the end of its lease, in one atomic step (False: lease lost)
         self.commit_listing = CommitListing(redis)
 
     async def load_users(
@@ -75,36 +75,6 @@ class FeedStore:
                 raw = await self.redis.hgetall(keys.legacy_snapshots(account_id, user_id, resource))
                 out[user_id].legacy = cast(dict[str, str], raw)
         return out
-
-    async def commit(
-        self,
-        account_id: str,
-        outbox: Outbox,
-        *,
-        token: int,
-        next_score: int | None,
-        state: ReadState | None,
-        users_version: str | None,
-        users: list[UserWrite],
-        resource: Resource = ASSIGNMENTS,
-    ) -> int | None:
-        """Every user's snapshots and state (of `resource`), the events and overdue watches,
-        the feed's state and its next score (as PollStore.commit takes it) in one atomic
-        step; returns the score written, None when `token` no longer holds the account's feed lease
-        (nothing written). Raises TrackedUsersChanged (nothing written) when users were
-        added or removed since `users_version` and `users` is not empty."""
-        return await self._commit(
-            account_id,
-            token=token,
-            next_score=next_score,
-            state=state,
-            users_version=users_version,
-            users=users,
-            watch=outbox.watch,
-            unwatch=outbox.unwatch,
-            events=outbox.events,
-            resource=resource,
-        )
 
     async def baselined(
         self, account_id: str, user_ids: Iterable[str], resource: Resource = ASSIGNMENTS

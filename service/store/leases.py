@@ -4,7 +4,8 @@ A schedule is a zset of members (users to poll, accounts whose change feed or us
 to read), each scored by when it is next due. Claiming a due member sets its score to its
 lease (LEASED + the lease's expiry), and that score is the fencing token of every write of
 the work (see fence.lua): work whose lease ran out and was claimed elsewhere writes nothing.
-The work's commit moves the score on to the next due time, which ends the lease.
+The work's commit says what becomes of the lease (outcome.EndLease: the member is due again
+then; KeepLease: a flush, the work goes on), and only the store turns that into a score.
 
 Two clocks, each for what it can judge (see lease.lua). When a member is due is judged on
 the claiming process's clock, as due times are written from process clocks (an interval on
@@ -26,6 +27,8 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from service.store import keys
+from service.store.outcome import LEASE_SECONDS as LEASE_SECONDS
+from service.store.outcome import EndLease
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import (
     LEASED,
@@ -34,20 +37,12 @@ from service.store.scripts import (
     ExtendLeases,
     MoveLease,
     due_or_expiry_ms,
-    hold,
+    due_score,
     lease_ms,
 )
 
-# A dead process's work is taken over this soon (whether it had started or was only claimed),
-# so its users are polled again within about an interval; live work extends its lease every
-# third of it (the scheduler's heartbeat, all of a process's leases in one script call), so a
-# process has two seconds of stall to spare before it loses one (a lost lease wastes a read,
-# never repeats a commit: the commit is fenced).
-LEASE_SECONDS = 3.0
+# live work extends its lease this often (see LEASE_SECONDS)
 HEARTBEAT_SECONDS = LEASE_SECONDS / 3
-# the next score of a commit that keeps its lease (a flush of a long read): LEASE_SECONDS
-# more, on Redis' clock
-KEEP_LEASE = hold(LEASE_SECONDS)
 
 
 @dataclass
@@ -94,7 +89,7 @@ class Leases:
         process died)."""
         now = self.clock()
         token, claimed = await self._claim(
-            self.zset, int(now * 1000), lease_ms(LEASE_SECONDS), limit
+            self.zset, due_score(now), lease_ms(LEASE_SECONDS), limit
         )
         return [
             Lease(member, *keys.parse_user_member(member), token, due_ms / 1000, now)
@@ -132,21 +127,23 @@ class Leases:
                 lease.token = token
         return lost
 
-    async def release(self, lease: Lease, due_ms: int, state: ReadState | None = None) -> bool:
-        """End the lease without a commit: the member is next due at `due_ms`, with `state`
-        (a failed read's failure count and error) written at the same time; due at once
-        instead when a read now was asked for meanwhile (due_now)."""
+    async def release(
+        self, lease: Lease, outcome: EndLease, state: ReadState | None = None
+    ) -> bool:
+        """End the lease without a commit: the member is next due at `outcome.due`, with
+        `state` (a failed read's failure count and error) written at the same time; due at
+        once instead when a read now was asked for meanwhile (due_now)."""
         async with lease.lock:
             if lease.ended:
                 return False
-            moved = await self._move(self._keys(lease), lease.member, lease.token, due_ms, state)
-            lease.ended = moved is not None
-            return lease.ended
+            moved = await self._move(self._keys(lease), lease.member, lease.token, outcome, state)
+            lease.ended = moved
+            return moved
 
     async def hand_back(self, lease: Lease) -> bool:
         """End the lease of work that did not run (stopping, deferred): due again at once,
         for whichever process claims it first."""
-        return await self.release(lease, int(self.clock() * 1000))
+        return await self.release(lease, EndLease(self.clock()))
 
     async def state(self, member: str) -> ReadState:
         values = await self.redis.hmget(self.state_key(member), FIELDS)
@@ -160,12 +157,12 @@ class Leases:
     async def schedule_only(
         self,
         members: set[str],
-        first_due_ms: Callable[[str], int],
+        first_due: Callable[[str], float],
         linked_version: int | None = None,
     ) -> bool:
         """The schedule holds exactly `members`: those new to it are added, due at
-        `first_due_ms(member)`; those no longer among them are removed (a running lease
-        removed so ends: its commit finds no token).
+        `first_due(member)` (epoch seconds); those no longer among them are removed (a
+        running lease removed so ends: its commit finds no token).
 
         `linked_version`: the version of the discovered accounts `members` were worked out
         from (AccountDirectory.version). When the accounts changed since (another process
@@ -175,7 +172,7 @@ class Leases:
         its schedules sync again."""
         if linked_version is None:
             scheduled = await self.scheduled()
-            await self.add({m: first_due_ms(m) for m in members - scheduled.keys()})
+            await self.add({m: first_due(m) for m in members - scheduled.keys()})
             await self.remove(sorted(scheduled.keys() - members))
             return True
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -185,7 +182,7 @@ class Leases:
                     return False
                 now_held = set(cast(list[str], await pipe.zrange(self.zset, 0, -1)))
                 pipe.multi()  # type: ignore[no-untyped-call]
-                new = {m: first_due_ms(m) for m in members - now_held}
+                new = {m: due_score(first_due(m)) for m in members - now_held}
                 if new:
                     pipe.zadd(self.zset, new, nx=True)
                 if gone := sorted(now_held - members):
@@ -195,10 +192,12 @@ class Leases:
                 return False  # the accounts changed meanwhile
         return True
 
-    async def add(self, scores: dict[str, int]) -> int:
-        """Schedule members not yet scheduled (ZADD NX): running leases stay untouched."""
-        if not scores:
+    async def add(self, due: dict[str, float]) -> int:
+        """Schedule members not yet scheduled (ZADD NX), each due at its time (epoch
+        seconds): running leases stay untouched."""
+        if not due:
             return 0
+        scores = {member: due_score(at) for member, at in due.items()}
         added = await self.redis.zadd(self.zset, dict(scores), nx=True)
         return int(added or 0)
 
@@ -228,6 +227,12 @@ class Leases:
         read ends (its lease is not broken: the read is not wasted). False when it is not
         scheduled."""
         return await self._due_now((self.zset, self.state_key(member)), member)
+
+
+async def leased(redis: Redis, zset: str) -> list[str]:
+    """The members of a schedule (or of an endpoint's queue) being worked on now, their
+    leases live or run out (tools and benchmarks)."""
+    return cast(list[str], await redis.zrangebyscore(zset, LEASED, "+inf"))
 
 
 def _user_state_key(member: str) -> str:

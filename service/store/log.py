@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast, get_args
+from typing import Any, NamedTuple, cast, get_args
 
 import orjson
 from redis.asyncio import Redis
@@ -126,22 +126,37 @@ class LogFilter:
 HEAD_FIELDS = ("h", "t", "c", "u", "g")
 
 
-def _head(event_id: str, values: Sequence[str | None]) -> dict[str, Any]:
-    """An event's summary from its head: the values of HEAD_FIELDS, h present (an entry
-    logged before the head was split keeps it all in h: see scripts.log_head)."""
-    kind, at, *rest = cast(str, values[0]).split("\x1f", 5)
-    timestamp, account, user, record = rest or values[1:5]
-    completion = COMPLETIONS.owns(kind)
-    return {
-        "id": event_id,
-        "type": kind,
-        "timestamp": timestamp or None,
-        "logged_at_ms": int(at),
-        "account_id": account or None,
-        "user_id": user or None,
-        "assignment_id": None if completion else record or None,
-        "completion_id": record or None if completion else None,
-    }
+class LoggedHead(NamedTuple):
+    """An event's head as the log keeps it (scripts.log_head), read once."""
+
+    head: EventHead
+    logged_at_ms: int
+
+    @classmethod
+    def of(cls, values: Sequence[str | None]) -> LoggedHead:
+        """From the values of HEAD_FIELDS, h present (an entry logged before the head was
+        split keeps it all in h: see scripts.log_head)."""
+        kind, at, *rest = cast(str, values[0]).split("\x1f", 5)
+        timestamp, account, user, record = rest or values[1:5]
+        return cls(
+            EventHead(kind, timestamp or "", account or None, user or None, record or None),
+            int(at),
+        )
+
+    def summary(self, event_id: str) -> dict[str, Any]:
+        """What a listing shows of the event (its record named as its type says)."""
+        kind, timestamp, account, user, record = self.head
+        completion = COMPLETIONS.owns(kind)
+        return {
+            "id": event_id,
+            "type": kind,
+            "timestamp": timestamp or None,
+            "logged_at_ms": self.logged_at_ms,
+            "account_id": account,
+            "user_id": user,
+            "assignment_id": None if completion else record,
+            "completion_id": record if completion else None,
+        }
 
 
 def _outcome(raw: str | None) -> dict[str, Any] | None:
@@ -248,7 +263,7 @@ class DeliveryLog:
         for endpoint_id, raw in zip(self.endpoint_ids, outcomes, strict=True):
             if (outcome := _outcome(raw)) is not None:
                 endpoints[endpoint_id] = outcome
-        return {**_head(event_id, head), "endpoints": endpoints}
+        return {**LoggedHead.of(head).summary(event_id), "endpoints": endpoints}
 
     @staticmethod
     def _matches(summary: dict[str, Any], f: LogFilter) -> bool:
@@ -282,13 +297,14 @@ class DeliveryLog:
             elif field.startswith("a:"):
                 endpoint_id, _, number = field[2:].rpartition(":")
                 attempts.setdefault(endpoint_id, []).append((int(number), attempt_fields(value)))
-        text = await self._body(event_id, raw)
+        head = LoggedHead.of([raw.get(name) for name in HEAD_FIELDS])
+        text = await self._body(event_id, raw, head)
         try:
             body: Any = jsonfmt.loads(text or "")
         except ValueError:  # not one of ours; shown as the text it is
             body = text
         return {
-            **_head(event_id, [raw.get(name) for name in HEAD_FIELDS]),
+            **head.summary(event_id),
             "endpoints": endpoints,
             "body": body,
             "attempts": {
@@ -302,9 +318,11 @@ class DeliveryLog:
         names = (*HEAD_FIELDS, "b", "d")
         found = cast(list[str | None], await self.redis.hmget(keys.log_event(event_id), names))
         raw = {name: value for name, value in zip(names, found, strict=True) if value is not None}
-        return None if "h" not in raw else await self._body(event_id, raw)
+        if "h" not in raw:
+            return None
+        return await self._body(event_id, raw, LoggedHead.of([raw.get(n) for n in HEAD_FIELDS]))
 
-    async def _body(self, event_id: str, raw: dict[str, str]) -> str | None:
+    async def _body(self, event_id: str, raw: dict[str, str], logged: LoggedHead) -> str | None:
         """The event's body as sent: kept whole (b), or put back together from its head and
         the `data` its change's events share (d; log_body); None if that is gone."""
         if "d" not in raw:
@@ -312,10 +330,9 @@ class DeliveryLog:
         value = cast(str | None, await self.redis.get(raw["d"]))
         if value is None:
             return None
-        head = _head(event_id, [raw.get(name) for name in HEAD_FIELDS])
         try:
             stored = log_body.from_shared(value)
-            return log_body.rejoin(event_id, head["type"], head["timestamp"] or "", stored)
+            return log_body.rejoin(event_id, logged.head.type, logged.head.timestamp, stored)
         except ValueError:  # damaged: the event is still shown, without its body
             return None
 
@@ -358,7 +375,7 @@ class DeliveryLog:
         endpoint_id: str,
         event_id: str,
         head: EventHead,
-        body: str,
+        body: bytes,
         *,
         at_ms: int,
         delivered: bool,

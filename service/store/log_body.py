@@ -39,12 +39,33 @@ COUNT_WIDTH = 6
 # its stored `data`; a JSON body never starts with a control character.
 QUEUED = "\x1f"
 SEP = "\x1f"
+_QUEUED, _SEP = QUEUED.encode(), SEP.encode()
 _WBITS = -15  # raw deflate (no zlib header or checksum), inflated with the largest window
 
 
 def envelope(event_id: str, kind: str, timestamp: str) -> str:
     """What precedes `data` in the body of a logged event (lua/log.lua builds it alike)."""
     return f'{{"id":"{event_id}","type":"{kind}","timestamp":"{timestamp}","data":'
+
+
+def opening(event_id: str, body: bytes) -> tuple[str, str] | None:
+    """The type and timestamp of a body that opens with its envelope (every body the service
+    queues does); None for any other body. Read without parsing the `data` after them."""
+    # {"id":"<id>","type":"<type>","timestamp":"<timestamp>","data":… split on its quotes
+    parts = body.split(b'"', 14)
+    if (
+        len(parts) < 15
+        or parts[:3] != [b"{", b"id", b":"]
+        or parts[3] != event_id.encode()
+        or parts[4:7] != [b",", b"type", b":"]
+        or parts[8:11] != [b",", b"timestamp", b":"]
+        or parts[12:14] != [b",", b"data"]
+        or not parts[14].startswith(b":")
+        or b"\\" in parts[7]
+        or b"\\" in parts[11]
+    ):
+        return None
+    return parts[7].decode(), parts[11].decode()
 
 
 def split(event_id: str, kind: str, timestamp: str, body: bytes) -> bytes | None:
@@ -70,14 +91,22 @@ def pack(data: bytes) -> str:
 
 def unpack(stored: str) -> str:
     """`data` as it was packed. ValueError if it is not in FORMAT (or is damaged)."""
+    try:
+        return inflate(stored).decode()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"a damaged stored log body: {e}") from None
+
+
+def inflate(stored: str) -> bytes:
+    """`data` as it was packed, its bytes. ValueError if it is not in FORMAT (or is
+    damaged)."""
     if not stored.startswith(FORMAT):
         raise ValueError("not a stored log body")
     try:
-        inflate = zlib.decompressobj(_WBITS, zdict=ZDICT)
-        raw = inflate.decompress(base64.b64decode(stored[len(FORMAT) :], validate=True))
-        raw += inflate.flush()
-        return raw.decode()
-    except (zlib.error, ValueError) as e:  # binascii.Error and UnicodeDecodeError too
+        inflater = zlib.decompressobj(_WBITS, zdict=ZDICT)
+        raw = inflater.decompress(base64.b64decode(stored[len(FORMAT) :], validate=True))
+        return raw + inflater.flush()
+    except (zlib.error, ValueError) as e:  # binascii.Error too
         raise ValueError(f"a damaged stored log body: {e}") from None
 
 
@@ -96,10 +125,10 @@ def from_shared(value: str) -> str:
     return value[COUNT_WIDTH:]
 
 
-def queued_body(body: str) -> str:
+def queued_body(body: bytes) -> bytes:
     """A body as the queue holds it, as sent: redeliver.lua queues a logged event's body in
     its stored form (Lua cannot inflate), which is put back together here."""
-    if not body.startswith(QUEUED):
+    if not body.startswith(_QUEUED):
         return body
-    head, _, stored = body[len(QUEUED) :].partition(SEP)
-    return f"{head}{unpack(stored)}}}"
+    head, _, stored = body[len(_QUEUED) :].partition(_SEP)
+    return b"%s%s}" % (head, inflate(stored.decode()))

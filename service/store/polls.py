@@ -11,13 +11,13 @@ from typing import cast
 from redis.asyncio import Redis
 
 from service.changes.detect import Snapshot
-from service.changes.outbox import Outbox, OverdueWatch, RoutedEvents
+from service.changes.outbox import OverdueWatch
 from service.resources import ASSIGNMENTS, Resource
 from service.store import keys
 from service.store.limits import RateLimit
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.read_state import ReadState, hash_fields
-from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, lease_ms
+from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, due_score, lease_ms
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 
 # PAUSED_ACCOUNTS lives this long after its latest pause: longer than any Retry-After (the
@@ -74,9 +74,11 @@ class PollStore:
         """`log`: how the events committed are kept in the delivery log."""
         self.redis = redis
         self._load = LoadUser(redis)
-        self._commit = CommitPoll(redis, log)
         self._claim = ClaimDue(redis)
-        self._commit_overdue = CommitOverdue(redis, log)
+        # snapshots, user state, outgoing events and the lease's outcome in one atomic step
+        self.commit = CommitPoll(redis, log)
+        # claimed due dates' events queued and their watches ended, each fenced by its claim
+        self.commit_overdue = CommitOverdue(redis, log)
 
     # -- one user's poll --
 
@@ -91,45 +93,6 @@ class PollStore:
         )
         state = ReadState.decode(loaded.state, resource.state_prefix)
         return StoredUser(state, loaded.snapshots, loaded.legacy, loaded.permit_wait <= 0)
-
-    async def commit(
-        self,
-        account_id: str,
-        user_id: str,
-        outbox: Outbox,
-        *,
-        token: int | None,
-        next_score: int | None,
-        state: ReadState | None = None,
-        snapshots: dict[str, Snapshot] | None = None,
-        weight: float | None = None,
-        resource: Resource = ASSIGNMENTS,
-    ) -> int | None:
-        """Snapshots, user state, outgoing events and the due score in one atomic step.
-
-        `snapshots`: every snapshot of the user's `resource` (they are stored as one value),
-        or None to leave them as they are; `state` as that resource's read sees it. `token`
-        None: unfenced (tools and tests, not polls).
-
-        `next_score`: the next due time (ends the lease), `scripts.hold(…)` (keeps it), or None
-        (leaves the score). Returns the score written (a kept lease's new token; 0 for None).
-
-        None when `token` no longer holds the user's lease: another process took the user
-        over, so nothing was written and this poll's results are dropped.
-        """
-        return await self._commit(
-            account_id,
-            user_id,
-            token=token,
-            next_score=next_score,
-            snapshots=snapshots,
-            state=state,
-            weight=weight,
-            watch=outbox.watch,
-            unwatch=outbox.unwatch,
-            events=outbox.events,
-            resource=resource,
-        )
 
     async def user_state(
         self, account_id: str, user_id: str, resource: Resource = ASSIGNMENTS
@@ -152,21 +115,15 @@ class PollStore:
     # -- due dates watched for `assignment.overdue` --
 
     async def claim_overdue(
-        self, now_ms: int, seconds: float, limit: int
+        self, now: float, seconds: float, limit: int
     ) -> tuple[int, list[tuple[str, OverdueWatch]]]:
-        """Claim watched due dates that have passed (leased like polls for `seconds` on
+        """Claim watched due dates passed by `now` (leased like polls for `seconds` on
         Redis' clock, and fenced by the lease): the claims' token, and each member as
         stored, with what it says."""
-        token, claimed = await self._claim(keys.OVERDUE, now_ms, lease_ms(seconds), limit)
+        token, claimed = await self._claim(keys.OVERDUE, due_score(now), lease_ms(seconds), limit)
         return token, [
             (member, OverdueWatch(*keys.parse_overdue_member(member))) for member, _ in claimed
         ]
-
-    async def commit_overdue(self, claims: list[tuple[str, int, RoutedEvents]]) -> list[bool]:
-        """For each claimed due date (member, token, events): queue its events (maybe none)
-        and unwatch it, fenced by its own claim; all in one step. Returns, per claim,
-        whether it still held (and so was committed)."""
-        return await self._commit_overdue(claims)
 
     # -- accounts backed off after 401/403/412 --
 

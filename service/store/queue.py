@@ -202,7 +202,7 @@ class EventQueue:
             {
                 "event_id": event_id,
                 "dead_at_ms": int(score),
-                "event": json.loads(log_body.queued_body(body)) if body else None,
+                "event": json.loads(log_body.queued_body(body.encode())) if body else None,
                 **DeliveryMeta.decode(meta).as_dict(),
             }
             for (event_id, score), body, meta in zip(pairs, bodies, metas, strict=True)

@@ -17,18 +17,22 @@ from typing import Any, ClassVar, NamedTuple
 
 from opentelemetry.trace import Span, SpanKind
 from redis.asyncio import Redis
+from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError
 
 from service import jsonfmt
 from service.changes.detect import Snapshot
-from service.changes.outbox import EventHead, OverdueWatch, RoutedEvents
+from service.changes.outbox import EventHead, Outbox, OverdueWatch, RoutedEvents
 from service.resources import ASSIGNMENTS, COMPLETIONS, Resource
 from service.store import keys, log_body
-from service.store.claims import ClaimedEvent, DeliveryMeta
+from service.store.claims import ClaimedEvent, ClaimedHead, DeliveryMeta
 from service.store.log_policy import LogPolicy
+from service.store.outcome import LEASE_SECONDS, EndLease, KeepLease, LeaseOutcome
 from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
 from service.tracing import span, traceparent
 
+_RAW: dict[str, Any] = {NEVER_DECODE: True}  # a command's reply left undecoded
 _INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
 
@@ -43,7 +47,25 @@ class _Script:
     source: ClassVar[str]  # the file name in lua/, without .lua
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._run = redis.register_script(lua_source(self.source))
+
+    async def _run_raw(self, *, keys: list[Any], args: list[Any]) -> Any:
+        """The script's reply with its strings as the bytes Redis holds (the store's clients
+        decode every other reply as UTF-8): the EVALSHA redis-py's Script would send, with
+        the per-command NEVER_DECODE it cannot pass (retried as any command is)."""
+        script = self._run
+
+        async def evalsha() -> Any:
+            return await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", script.sha, len(keys), *keys, *args, **_RAW
+            )
+
+        try:
+            return await evalsha()
+        except NoScriptError:  # a server that lost its scripts (restarted, failed over)
+            script.sha = await self._redis.script_load(script.script)
+            return await evalsha()
 
 
 class _Enqueues(_Script):
@@ -161,6 +183,19 @@ def hold(seconds: float) -> int:
     return -lease_ms(seconds)
 
 
+def due_score(due: float) -> int:
+    """A due time (epoch seconds on the writer's clock) as a schedule's score."""
+    return int(due * 1000)
+
+
+def outcome_score(outcome: LeaseOutcome) -> int:
+    """The one place a read's outcome becomes the score its script writes: a due time ends
+    the lease, a hold keeps it."""
+    if isinstance(outcome, KeepLease):
+        return hold(LEASE_SECONDS)
+    return due_score(outcome.due)
+
+
 def due_or_expiry_ms(score: float) -> int:
     """A schedule's or queue's score as operators see it: the due time, or, while the member
     is worked on, when its lease runs out (epoch ms on Redis' clock)."""
@@ -200,14 +235,12 @@ class MoveLease(_Script):
         schedule: tuple[str, str],
         member: str,
         token: int,
-        score: int,
+        outcome: EndLease,
         state: ReadState | None = None,
-    ) -> int | None:
-        """`schedule`: (the zset, the member's state hash); `score` a due time or hold(…).
-        Returns the score written (a held lease's new token), None when the lease was lost."""
-        return _moved(
-            await self._run(keys=list(schedule), args=[member, token, score, *_state_pairs(state)])
-        )
+    ) -> bool:
+        """`schedule`: (the zset, the member's state hash). False when the lease was lost."""
+        args: list[Any] = [member, token, outcome_score(outcome), *_state_pairs(state)]
+        return _moved(await self._run(keys=list(schedule), args=args)) is not None
 
 
 class ExtendLeases(_Script):
@@ -250,26 +283,36 @@ def _watch_args(watch: list[OverdueWatch], unwatch: list[OverdueWatch]) -> list[
 
 
 class CommitPoll(_Enqueues):
+    """PollStore.commit."""
+
     source = "commit_poll"
 
     async def __call__(
         self,
         account_id: str,
         user_id: str,
+        outbox: Outbox,
         *,
         token: int | None,
-        next_score: int | None,
-        snapshots: dict[str, Snapshot] | None,
-        state: ReadState | None,
-        weight: float | None,
-        watch: list[OverdueWatch],
-        unwatch: list[OverdueWatch],
-        events: RoutedEvents,
+        outcome: LeaseOutcome | None = None,
+        state: ReadState | None = None,
+        snapshots: dict[str, Snapshot] | None = None,
+        weight: float | None = None,
         resource: Resource = ASSIGNMENTS,
     ) -> int | None:
-        """`next_score`: a due time or hold(…); `snapshots` and `state` those of the user's
-        `resource`. Returns the score written (a held lease's new token; 0 when `next_score`
-        is None), None when the lease was lost."""
+        """Snapshots, user state, outgoing events and the lease's outcome in one atomic step.
+
+        `snapshots`: every snapshot of the user's `resource` (they are stored as one value),
+        or None to leave them as they are; `state` as that resource's read sees it. `token`
+        None: unfenced (tools and tests, not polls).
+
+        `outcome`: EndLease (the user is due again then), KeepLease (a flush), or None (the
+        schedule is left as it is). Returns the lease's token (a kept lease's new one; any
+        int once it ended, or for None).
+
+        None when `token` no longer holds the user's lease: another process took the user
+        over, so nothing was written and this poll's results are dropped.
+        """
         script_keys: list[Any] = [
             keys.POLL_DUE,
             keys.snapshots(account_id, user_id, resource),
@@ -281,15 +324,15 @@ class CommitPoll(_Enqueues):
         args: list[Any] = [
             keys.user_member(account_id, user_id),
             "" if token is None else token,
-            "" if next_score is None else next_score,
+            "" if outcome is None else outcome_score(outcome),
             "" if snapshots is None else encode_snapshots(snapshots),
             "" if weight is None else weight,
             *_state_args(state, resource.state_prefix),
-            *_watch_args(watch, unwatch),
+            *_watch_args(outbox.watch, outbox.unwatch),
         ]
         ids = {"account_id": account_id, "user_id": user_id, "resource": resource.name}
         with _committing("poll", **ids) as current:
-            queued = _pack_events(events, self.log, script_keys, args)
+            queued = _pack_events(outbox.events, self.log, script_keys, args)
             moved = _moved(await self._run(keys=script_keys, args=args))
             _committed(current, moved is not None, queued)
         return moved
@@ -309,27 +352,28 @@ class TrackedUsersChanged(Exception):
 
 
 class CommitFeed(_Enqueues):
+    """FeedStore.commit."""
+
     source = "commit_feed"
 
     async def __call__(
         self,
         account_id: str,
+        outbox: Outbox,
         *,
         token: int,
-        next_score: int | None,
+        outcome: LeaseOutcome,
         state: ReadState | None,
         users_version: str | None,
         users: list[UserWrite],
-        watch: list[OverdueWatch],
-        unwatch: list[OverdueWatch],
-        events: RoutedEvents,
         resource: Resource = ASSIGNMENTS,
     ) -> int | None:
-        """`next_score`: a due time or hold(…); `users_version`: the tracked users' version
-        (FeedStore.users_version) `users` were taken at; `state` and `users` those of the
-        account's `resource`. Returns the score written (a held
-        lease's new token; 0 when `next_score` is None), None when the lease was lost; raises
-        TrackedUsersChanged when the version moved and `users` is not empty."""
+        """Every user's snapshots and state (of `resource`), the events and overdue watches,
+        the feed's state and its lease's `outcome` (as PollStore.commit takes it) in one
+        atomic step; returns the lease's token, None when `token` no longer holds the
+        account's feed lease (nothing written). `users_version`: the tracked users' version
+        (FeedStore.users_version) `users` were taken at: raises TrackedUsersChanged (nothing
+        written) when users were added or removed since and `users` is not empty."""
         script_keys: list[Any] = [
             keys.FEED_DUE,
             keys.feed_state(account_id),
@@ -339,7 +383,7 @@ class CommitFeed(_Enqueues):
         args: list[Any] = [
             keys.account_member(account_id),
             token,
-            "" if next_score is None else next_score,
+            outcome_score(outcome),
             users_version or "",
             *_state_args(state, resource.state_prefix),
             len(users),
@@ -352,9 +396,9 @@ class CommitFeed(_Enqueues):
             ]
             args += ["" if user.snapshots is None else encode_snapshots(user.snapshots)]
             args += _state_args(user.state, resource.state_prefix)
-        args += _watch_args(watch, unwatch)
+        args += _watch_args(outbox.watch, outbox.unwatch)
         with _committing("feed", account_id=account_id, resource=resource.name) as current:
-            queued = _pack_events(events, self.log, script_keys, args)
+            queued = _pack_events(outbox.events, self.log, script_keys, args)
             reply = await self._run(keys=script_keys, args=args)
             if int(reply) == USERS_CHANGED:
                 raise TrackedUsersChanged(account_id)
@@ -363,11 +407,14 @@ class CommitFeed(_Enqueues):
 
 
 class CommitOverdue(_Enqueues):
+    """PollStore.commit_overdue."""
+
     source = "commit_overdue"
 
     async def __call__(self, claims: list[tuple[str, int, RoutedEvents]]) -> list[bool]:
-        """`claims`: (overdue member as claimed, its claim's token, its events), each
-        committed only while its claim holds. Returns, per claim, whether it was."""
+        """For each claimed due date (overdue member as claimed, its claim's token, its
+        events): queue its events (maybe none) and unwatch it, fenced by its own claim; all
+        in one step. Returns, per claim, whether it still held (and so was committed)."""
         script_keys: list[Any] = [keys.OVERDUE]
         # each claim's events are queued only while its claim holds: the script skips the
         # events of a claim it finds lost (their ids listed with the claim)
@@ -442,21 +489,26 @@ class ClaimEvents(_Script):
     ) -> list[ClaimedEvent]:
         """Up to `limit` events due by `now_ms` (or whose claim ran out), claimed for
         `lease_ms` on Redis' clock; `held_until`: when the claimer takes them to run out, on
-        its own clock."""
+        its own clock. Each body comes as the bytes queued, to be signed and sent as is."""
         ep = keys.EndpointKeys(endpoint_id)
-        token, *flat = await self._run(
+        token, *flat = await self._run_raw(
             keys=[ep.due, ep.body, ep.meta], args=[now_ms, lease_ms, limit]
         )
-        return [
-            ClaimedEvent(
-                flat[i],
-                log_body.queued_body(flat[i + 1]),
-                DeliveryMeta.decode(flat[i + 2]),
-                int(token),
-                held_until,
+        claimed = []
+        for i in range(0, len(flat), 3):
+            event_id, body = flat[i].decode(), log_body.queued_body(flat[i + 1])
+            meta = flat[i + 2]
+            claimed.append(
+                ClaimedEvent(
+                    event_id,
+                    body,
+                    ClaimedHead.of(event_id, body),
+                    DeliveryMeta.decode(meta.decode() if meta else None),
+                    int(token),
+                    held_until,
+                )
             )
-            for i in range(0, len(flat), 3)
-        ]
+        return claimed
 
 
 class AckEvents(_Script):
@@ -567,7 +619,7 @@ class LogSent(_Script):
         endpoint_id: str,
         event_id: str,
         head: EventHead,
-        body: str,
+        body: bytes,
         *,
         at_ms: int,
         outcome: str,
@@ -594,6 +646,8 @@ class LogSent(_Script):
 
 
 class CommitListing(_Script):
+    """FeedStore.commit_listing."""
+
     source = "commit_listing"
 
     async def __call__(
@@ -601,13 +655,15 @@ class CommitListing(_Script):
         account_id: str,
         *,
         token: int,
-        next_score: int,
+        outcome: EndLease,
         state: ReadState,
         add: list[str],
         found_ms: int,
         drop: list[str],
     ) -> bool:
-        """`add`: users found (at `found_ms`, the upstream's clock); `drop`: users to forget
+        """Users added to and dropped from a listing, with the listing's state, in one
+        atomic step that ends its lease; False when the lease was lost (nothing written).
+        `add`: users found (at `found_ms`, the upstream's clock); `drop`: users to forget
         (their schedule entry, state and snapshots)."""
         script_keys: list[Any] = [
             keys.DISCOVERY_DUE,
@@ -617,7 +673,8 @@ class CommitListing(_Script):
             keys.USER_WEIGHTS,
             keys.USERS_VERSION,
         ]
-        args: list[Any] = [keys.account_member(account_id), token, next_score, found_ms]
+        args: list[Any] = [keys.account_member(account_id), token, outcome_score(outcome)]
+        args.append(found_ms)
         args += [*_state_args(state), len(add), *add, len(drop)]
         script_keys += [keys.user_state(account_id, user_id) for user_id in add]
         for user_id in drop:
@@ -635,19 +692,22 @@ class CommitListing(_Script):
 
 
 class CommitAccounts(_Script):
+    """LinkedAccountStore.commit."""
+
     source = "commit_accounts"
 
     async def __call__(
         self,
         *,
         token: int,
-        next_score: int,
+        outcome: EndLease,
         state: ReadState,
         write: dict[str, str],
         drop: dict[str, bool],
     ) -> bool:
-        """`write`: account id → its JSON (found, or changed); `drop`: account id → whether
-        its state is to be forgotten (not a config account's). False: the lease was lost."""
+        """A listing's findings, its state and the end of its lease in one atomic step.
+        `write`: account id → its JSON (found, or changed); `drop`: account id → whether its
+        state is to be forgotten (not a config account's). False: the lease was lost."""
         script_keys = [
             keys.ACCOUNT_LISTING_DUE,
             keys.ACCOUNT_LISTING_STATE,
@@ -656,7 +716,8 @@ class CommitAccounts(_Script):
             keys.NOT_LMS_ACCOUNTS,
             keys.FORGET_ACCOUNTS,
         ]
-        args: list[Any] = [keys.ACCOUNT_LISTING, token, next_score, *_state_args(state)]
+        args: list[Any] = [keys.ACCOUNT_LISTING, token, outcome_score(outcome)]
+        args += _state_args(state)
         args += [len(write), *(x for pair in sorted(write.items()) for x in pair)]
         args += [len(drop), *(x for a, forget in sorted(drop.items()) for x in (a, int(forget)))]
         with _committing("accounts") as current:

@@ -256,7 +256,7 @@ async def test_a_claimed_event_carries_the_bytes_queued_and_its_head(redis: Redi
     ours = jsonfmt.dumps_bytes(event)
     tools = json.dumps({"timestamp": "2026-01-02T03:04:05Z", "id": "evt_t", "type": "x.y"})
     outbox.events["hr"] = [Queued(event_id, ours, due), Queued("evt_t", tools, due)]
-    await PollStore(redis).commit("acc:1", "u/1", outbox, token=None, next_score=None)
+    await PollStore(redis).commit("acc:1", "u/1", outbox, token=None)
     await redis.script_flush()
     claimed = {e.event_id: e for e in await EventQueue(redis).claim("hr", 2.0, 5.0, 10)}
     assert claimed[event_id].body == ours

@@ -109,7 +109,7 @@ async def test_members_claimed_first_go_before_a_backlog_due_earlier(redis: Redi
     """The feeds read first are claimed before others due long before them, if due."""
     leases = user_leases(redis, clock=Clock(100.0))
     early, late, later = (keys.user_member("acc_1", f"u_{n}") for n in (1, 2, 3))
-    await leases.add({early: 1_000, late: 90_000, later: 200_000})
+    await leases.add({early: 1.0, late: 90.0, later: 200.0})
     [first] = await leases.claim(1, first=[later, late])  # `later` is not due yet
     assert (first.member, first.due_at) == (late, 90.0)
     assert [lease.member for lease in await leases.claim(5, first=[late])] == [early]

@@ -230,8 +230,8 @@ class StackOneClient:
         self.attempts = attempts
         self.sleep = sleep
         self.clock = clock
-        # whether an account's requests yield to others' at the budget (the budget planner's
-        # accounts read first, while the key is oversubscribed)
+        # whether an account's requests yield to others' at the key's shared rate (all but
+        # the budget planner's accounts read first, while the key is oversubscribed)
         self.yields = yields
         token = base64.b64encode(f"{settings.api_key.get_secret_value()}:".encode()).decode()
         self._auth = f"Basic {token}"

@@ -257,7 +257,9 @@ class Service:
         rate = stores.limiter.rate(budget)
         session = self._session(limit=100)
         # on the service's clock: an account's provider pause ends when its due time does
-        client = StackOneClient(session, settings.stackone, rate, metrics, clock=clock)
+        client = StackOneClient(
+            session, settings.stackone, rate, metrics, clock=clock, yields=self.planner.yields
+        )
         cadence = self.planner
         poller = Poller(
             stores.polls,
@@ -402,6 +404,8 @@ class Service:
             stores.accounts,
             interval=interval,
             spread=False,
+            # the feeds read fastest are claimed first while the key is oversubscribed
+            first=self.planner.first_feeds if kind == "feed" else None,
             clock=self.clock,
         )
 

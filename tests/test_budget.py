@@ -234,3 +234,16 @@ def test_feed_weights_fade_and_busy_feeds_are_counted_apart() -> None:
     weights, busy = feed_weights(activity, now, 10.0)
     assert busy == 1
     assert weights == pytest.approx([RATE_FLOOR**0.5, (4 / 2.718281828 + RATE_FLOOR) ** 0.5])
+
+
+def test_the_feeds_read_fastest_go_first_only_while_the_key_is_oversubscribed() -> None:
+    # 300 feeds on 970 a minute (each every 18.6 s uniformly): the busy, every 10 s, go
+    # first; a quiet feed does not
+    tight = plan(demand(feeds=300))
+    share = adaptive_share([IDLE] * 270, tight.feed_interval, 10.0, 100.0, 30)
+    assert share.first(share.interval(IDLE, busy=True), tight.feed_interval)
+    assert not share.first(share.interval(IDLE), tight.feed_interval)
+    # 120 feeds fit at every 10 s: everyone at the fastest cadence, nobody ahead
+    roomy = plan(demand(feeds=120))
+    share = adaptive_share([IDLE] * 108, roomy.feed_interval, 10.0, 100.0, 12)
+    assert not share.first(share.interval(IDLE, busy=True), roomy.feed_interval)

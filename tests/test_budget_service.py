@@ -1,7 +1,8 @@
 """The budget plan in the running service, on a real redis-server: an over-budget config is
 stretched and says so; users added at run time change the plan at once; adaptive polls busy
 users more often and idle ones within the bound, and reads a busy account's feed every
-`account_interval` while quiet ones slow down, within the key's budget."""
+`account_interval` while quiet ones slow down, within the key's budget, and before a
+backlog of quiet ones."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import itertools
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from service.config import Settings
 from service.sim.lms import SimLMS
 from service.sim.lms_state import ACCOUNT_ASSIGNMENTS_PATH
 from service.sim.receiver import Receiver
+from service.store import keys
 from service.store.limits import api_key_rate
 from tests.helpers import (
     ACCOUNT,
@@ -260,34 +264,51 @@ def feed_reads(sim: SimLMS, after: float = 0.0) -> dict[str, list[float]]:
     return reads
 
 
-async def test_adaptive_reads_a_busy_account_every_account_interval_and_quiet_ones_slower(
+@pytest.fixture
+def ten_feeds(
     redis_server: RedisServer,
-    redis: Redis,
     lms: tuple[SimLMS, str],
     receiver: Rx,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """10 feeds every second need 600 requests a minute; the key has 118 (114.5 planned).
-    acc_0 changes every second: read every second; the nine quiet feeds pay for it, each
-    read about every 10 s (max_account_interval). acc_5 then gets one change: the read
-    that finds it makes the next come after account_interval, not 10 s."""
+) -> Callable[..., Settings]:
+    """The settings of 10 feeds (FEEDS) of one user each, read every second, on a key of
+    118 a minute, with `polling` on top."""
     sim, lms_url = lms
-    rx, url = receiver
     for account in FEEDS:
         sim.put_assignment(account, "u_1", {"id": f"{account}_a1"})
         sim.progress(account, "u_1", f"{account}_a1", 0)
     # the key's limiter runs on real time, this test on its clock: the plan is what is
     # tested here, so the limiter gets the room of a key that never holds the test up
     monkeypatch.setattr("service.app.api_key_rate", lambda _: api_key_rate(60_000))
-    settings = make_settings(
-        redis_server.url,
-        lms_url,
-        [endpoint(url)],
-        [],
-        accounts=[{"account_id": a, "users": ["u_1"], "strategy": "account"} for a in FEEDS],
-        stackone={"base_url": lms_url, "api_key": API_KEY, "max_requests_per_minute": 118},
-        polling={"account_interval": "1s", "max_account_interval": "10s", "adaptive": True},
-    )
+
+    def settings(**polling: object) -> Settings:
+        return make_settings(
+            redis_server.url,
+            lms_url,
+            [endpoint(receiver[1])],
+            [],
+            accounts=[{"account_id": a, "users": ["u_1"], "strategy": "account"} for a in FEEDS],
+            stackone={"base_url": lms_url, "api_key": API_KEY, "max_requests_per_minute": 118},
+            polling={
+                "account_interval": "1s",
+                "max_account_interval": "10s",
+                "adaptive": True,
+                **polling,
+            },
+        )
+
+    return settings
+
+
+async def test_adaptive_reads_a_busy_account_every_account_interval_and_quiet_ones_slower(
+    ten_feeds: Callable[..., Settings], lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """10 feeds every second need 600 requests a minute; the key has 118 (114.5 planned).
+    acc_0 changes every second: read every second; the nine quiet feeds pay for it, each
+    read about every 10 s (max_account_interval). acc_5 then gets one change: the read
+    that finds it makes the next come after account_interval, not 10 s."""
+    sim, rx = lms[0], receiver[0]
+    settings = ten_feeds()
     progress = 0
 
     async def seconds(service: Driven, count: int) -> None:
@@ -330,3 +351,30 @@ async def test_adaptive_reads_a_busy_account_every_account_interval_and_quiet_on
     assert {e.data["assignment_id"] for e in rx.events if e.data["user_id"] == "u_1"} >= {
         "acc_5_a1"
     }
+
+
+async def test_adaptive_reads_the_busy_account_before_a_backlog_of_quiet_ones(
+    ten_feeds: Callable[..., Settings], redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+) -> None:
+    """With the key oversubscribed, the reads of the account read fastest go first: when
+    the nine quiet feeds are all behind (due long ago, one read slot), acc_0's read, due
+    just now, comes before theirs; every change is delivered."""
+    sim, rx = lms[0], receiver[0]
+    settings = ten_feeds(concurrency=1)
+    async with driven(settings, sim) as service:
+        await service.step(0.0)  # every feed's first read: a silent baseline
+        for second in range(1, 21):  # acc_0 changes every second: the plan learns it
+            sim.progress("acc_0", "u_1", "acc_0_a1", second)
+            await service.step(1.0)
+        quiet = [a for a in FEEDS if a != "acc_0"]
+        for account in quiet:
+            sim.progress(account, "u_1", f"{account}_a1", 50)
+        sim.progress("acc_0", "u_1", "acc_0_a1", 50)
+        behind = {keys.account_member(a): 1 for a in quiet}  # due long ago
+        await redis.zadd(keys.FEED_DUE, behind | {keys.account_member("acc_0"): 2})
+        rx.events.clear()
+        before = len(sim.requests)
+        await service.step(0.0)
+    reads = [r.account_id for r in sim.requests[before:] if r.path == ACCOUNT_ASSIGNMENTS_PATH]
+    assert reads[0] == "acc_0" and sorted(reads) == FEEDS
+    assert {e.data["assignment_id"] for e in rx.events} == {f"{a}_a1" for a in FEEDS}

@@ -105,6 +105,16 @@ async def test_commit_is_atomic_and_fenced(redis: Redis) -> None:
     assert again == 0 and await redis.zcard(HR.due) == 2
 
 
+async def test_members_claimed_first_go_before_a_backlog_due_earlier(redis: Redis) -> None:
+    """The feeds read first are claimed before others due long before them, if due."""
+    leases = user_leases(redis, clock=Clock(100.0))
+    early, late, later = (keys.user_member("acc_1", f"u_{n}") for n in (1, 2, 3))
+    await leases.add({early: 1.0, late: 90.0, later: 200.0})
+    [first] = await leases.claim(1, first=[later, late])  # `later` is not due yet
+    assert (first.member, first.due_at) == (late, 90.0)
+    assert [lease.member for lease in await leases.claim(5, first=[late])] == [early]
+
+
 async def test_a_heartbeat_extends_every_lease_held_in_one_call_and_reports_those_lost(
     redis: Redis,
 ) -> None:
@@ -292,6 +302,19 @@ async def test_shared_limit_holds_across_clients(redis: Redis, redis_server: Red
     seconds = (await redis_ms(redis) - started_ms) / 1000
     assert granted <= 1 + 20 * seconds
     assert granted >= 0.6 * 20 * seconds
+
+
+async def test_a_yielding_request_leaves_half_the_burst_to_the_others(redis: Redis) -> None:
+    """The key's limiter while some accounts' reads go first: the others' requests stop at
+    half the burst, and the rest is there for the first at once."""
+    rate = SharedLimiter(redis).rate(RateLimit("upstream", 1, 11))  # a burst of 11, then 1/s
+    granted = 0
+    while await rate.try_acquire(yielding=True) == 0:
+        granted += 1
+    assert granted == 6  # the first permit, then half of the 10 the burst adds
+    for _ in range(5):
+        assert await rate.try_acquire() == 0
+    assert await rate.try_acquire() > 0.9  # spent: the burst holds for everyone
 
 
 async def test_pause_holds_every_limiter_until_it_runs_out(redis: Redis) -> None:

@@ -216,8 +216,8 @@ class RecordedPauses:
         self.real = real
         self.paused: list[float] = []
 
-    async def try_acquire(self) -> float:
-        return float(await self.real.try_acquire())
+    async def try_acquire(self, yielding: bool = False) -> float:
+        return float(await self.real.try_acquire(yielding))
 
     async def pause(self, seconds: float) -> None:
         self.paused.append(seconds)

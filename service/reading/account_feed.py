@@ -277,6 +277,7 @@ class FeedReader:
         )
         busy = found > 0
         interval = self.cadence.account_feed_interval(activity_weight(rate), busy)
+        self.cadence.feed_paced(run.account_id, interval)
         return replace(done, change_rate=rate, busy=busy), interval
 
     async def _commit_tracked(

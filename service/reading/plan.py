@@ -238,6 +238,13 @@ class Adaptive:
             return self.busy_interval
         return adaptive_interval(weight, self.scale, self.fastest, self.slowest)
 
+    def first(self, interval: float, plan_interval: float) -> bool:
+        """Whether a member paced at `interval` is read first: at the fastest cadence while
+        the plan stretches the others' (the key is oversubscribed). Its reads are claimed
+        and served by the key's limiter before the others' backlog: the key runs close to
+        full then, and the others wait a few seconds more in turn instead of it."""
+        return interval <= self.fastest + 1e-9 and self.fastest < plan_interval
+
     def per_second(self, weights: Iterable[float], busy: int = 0) -> float:
         """What these members cost, in reads a second."""
         return busy / self.busy_interval + sum(1 / self.interval(w) for w in weights)
@@ -306,6 +313,10 @@ class Cadence(Protocol):
         (`busy`: its last read found changes)."""
         ...
 
+    def feed_paced(self, account_id: str, interval: float) -> None:
+        """The account's next feed read comes `interval` on (whether its reads go first)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ConfiguredCadence:
@@ -334,6 +345,9 @@ class ConfiguredCadence:
 
     def account_feed_interval(self, weight: float | None, busy: bool) -> float:
         return self.feed_interval
+
+    def feed_paced(self, account_id: str, interval: float) -> None:
+        return None
 
 
 def assignment_activity(

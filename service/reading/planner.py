@@ -22,15 +22,19 @@ from service.reading.plan import (
     Adaptive,
     Demand,
     Plan,
+    activity_weight,
     adaptive_share,
+    change_rate,
     feed_bounds,
     feed_weights,
     plan,
 )
 from service.reading.runner import ReadResult
 from service.resources import COMPLETIONS
+from service.store import keys
 from service.store.leases import Lease
 from service.store.read_costs import ReadCosts
+from service.store.read_state import ReadState
 from service.store.users import TrackedUsers
 
 log = structlog.get_logger("budget")
@@ -98,6 +102,9 @@ class BudgetPlanner:
         self._full: dict[tuple[str, str], int] = {}  # (kind, account) → its full read's pages
         self._feed_users = 0  # users the feeds cover
         self._accounts: list[AccountSettings] = list(settings.accounts)  # those read
+        # the feeds read first (at the fastest cadence while the key is oversubscribed): from
+        # every feed's state at each plan, and from each read this process paces meanwhile
+        self._first: set[str] = set()
 
     # -- the Cadence --
 
@@ -126,6 +133,24 @@ class BudgetPlanner:
         if not self.settings.polling.adaptive:
             return self.plan.feed_interval
         return self.adaptive["feed"].interval(weight or _IDLE_WEIGHT, busy)
+
+    def feed_paced(self, account_id: str, interval: float) -> None:
+        if self.settings.polling.adaptive and self.adaptive["feed"].first(
+            interval, self.plan.feed_interval
+        ):
+            self._first.add(account_id)
+        else:
+            self._first.discard(account_id)
+
+    # -- the accounts read first --
+
+    def first_feeds(self) -> list[str]:
+        """The feed schedule's members claimed before the others when due."""
+        return [keys.account_member(a) for a in sorted(self._first)]
+
+    def yields(self, account_id: str) -> bool:
+        """Whether the account's requests leave the key's burst to those read first."""
+        return bool(self._first) and account_id not in self._first
 
     @property
     def idle_bound(self) -> float:
@@ -191,11 +216,22 @@ class BudgetPlanner:
             self.adaptive = self._adaptive(
                 weights, *feed_weights(activity, now_ms, self.plan.feed_interval)
             )
+            self._first = self._reads_first(feeds, states, now_ms)
         self._export()
         if await self.store.publish(json.dumps(self.describe(), sort_keys=True)):
             say = log.info if self.plan.fits else log.warning
             say("budget_plan", **self.describe())
         return self.plan
+
+    def _reads_first(self, feeds: list[str], states: list[ReadState], now_ms: int) -> set[str]:
+        """The feeds whose next read comes at the fastest cadence, as their states say."""
+        feed, interval = self.adaptive["feed"], self.plan.feed_interval
+        first = set()
+        for account_id, s in zip(feeds, states, strict=True):
+            rate = change_rate(s.change_rate, s.last_poll_ms, 0, now_ms, interval)
+            if feed.first(feed.interval(activity_weight(rate), bool(s.busy)), interval):
+                first.add(account_id)
+        return first
 
     def _adaptive(
         self, user_weights: list[float], feed_weights: list[float], busy_feeds: int

@@ -16,7 +16,7 @@ import asyncio
 import time
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -124,9 +124,11 @@ class PollScheduler:
         interval: float,
         spread: bool = True,
         overdue: OverdueWatcher | None = None,
+        first: Callable[[], Sequence[str]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.leases = leases
+        self.first = first  # members claimed before the others when due
         self.store = store
         self.members = members
         self.interval = interval
@@ -273,7 +275,7 @@ class PollScheduler:
         if not self.accepting or free <= 0:
             return 0
         try:
-            claimed = await self.leases.claim(free)
+            claimed = await self.leases.claim(free, self.first() if self.first else ())
             if not self.accepting:  # stopped while claiming: due again at once, elsewhere
                 for lease in claimed:
                     await self.leases.hand_back(lease)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -84,12 +84,12 @@ class Leases:
         self._due_now = DueNow(redis)
         self._extend = ExtendLeases(redis)
 
-    async def claim(self, limit: int) -> list[Lease]:
+    async def claim(self, limit: int, first: Sequence[str] = ()) -> list[Lease]:
         """Lease up to `limit` members that are due now, or whose lease ran out (their
-        process died)."""
+        process died); those of `first` that are due before the others."""
         now = self.clock()
         token, claimed = await self._claim(
-            self.zset, due_score(now), lease_ms(LEASE_SECONDS), limit
+            self.zset, due_score(now), lease_ms(LEASE_SECONDS), limit, first
         )
         return [
             Lease(member, *keys.parse_user_member(member), token, due_ms / 1000, now)

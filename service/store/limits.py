@@ -9,6 +9,11 @@ from redis.asyncio import Redis
 from service.store import keys
 from service.store.scripts import GcraAcquire, Pause
 
+# Of the burst, what a yielding request may use: the rest is kept for the requests that go
+# first (the reads of the accounts read fastest while the key is oversubscribed), so they
+# pass a backlog of the others' instead of waiting behind it.
+YIELD_SHARE = 0.5
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
@@ -24,9 +29,10 @@ class RateLimit:
         rate = keys.rate_limit(self.name)
         return [rate, self.pause_key or rate + ":nopause"]
 
-    def script_args(self) -> list[float]:
+    def script_args(self, yielding: bool = False) -> list[float]:
         emission_ms = 1000.0 / self.per_second
-        return [emission_ms, emission_ms * max(self.burst - 1.0, 0.0)]
+        tolerance = emission_ms * max(self.burst - 1.0, 0.0)
+        return [emission_ms, tolerance * YIELD_SHARE if yielding else tolerance]
 
 
 def api_key_rate(per_minute: int) -> RateLimit:
@@ -48,9 +54,10 @@ class SharedRate:
         self._acquire = acquire
         self._pause = pause
 
-    async def try_acquire(self) -> float:
-        """0 when a request may go now, else seconds to wait before asking again."""
-        return await self._acquire(self.limit.script_keys(), self.limit.script_args())
+    async def try_acquire(self, yielding: bool = False) -> float:
+        """0 when a request may go now, else seconds to wait before asking again; a
+        `yielding` one leaves part of the burst to the others (YIELD_SHARE)."""
+        return await self._acquire(self.limit.script_keys(), self.limit.script_args(yielding))
 
     async def pause(self, seconds: float) -> None:
         """Pause everyone on this rate for at least `seconds` (never shortens a pause)."""

@@ -10,6 +10,7 @@ client, and runs by EVALSHA.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from functools import cache
 from importlib.resources import files
@@ -219,11 +220,12 @@ class ClaimDue(_Script):
     source = "claim_due"
 
     async def __call__(
-        self, zset: str, now_ms: int, lease_ms: int, limit: int
+        self, zset: str, now_ms: int, lease_ms: int, limit: int, first: Sequence[str] = ()
     ) -> tuple[int, list[tuple[str, int]]]:
         """Up to `limit` members due by `now_ms` (or whose lease ran out), each with when it
-        was due (ms), leased for `lease_ms` on Redis' clock; with the leases' token."""
-        token, *flat = await self._run(keys=[zset], args=[now_ms, lease_ms, limit])
+        was due (ms), leased for `lease_ms` on Redis' clock; with the leases' token. Those of
+        `first` that are due come before the others."""
+        token, *flat = await self._run(keys=[zset], args=[now_ms, lease_ms, limit, *first])
         return int(token), [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
 
 

@@ -105,8 +105,9 @@ _PageT = TypeVar("_PageT", bound=_Paged)
 class RequestRate(Protocol):
     """The API key's budget, shared by every process (store.limits.SharedRate)."""
 
-    async def try_acquire(self) -> float:
-        """0 when a request may go now, else seconds to wait before asking again."""
+    async def try_acquire(self, yielding: bool = False) -> float:
+        """0 when a request may go now, else seconds to wait before asking again; a
+        `yielding` one lets the others' go first while the key is busy."""
 
     async def pause(self, seconds: float) -> None:
         """Every process holds its requests for `seconds` (a 429's Retry-After)."""
@@ -220,6 +221,7 @@ class StackOneClient:
         attempts: int = 4,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        yields: Callable[[str], bool] | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
@@ -228,6 +230,9 @@ class StackOneClient:
         self.attempts = attempts
         self.sleep = sleep
         self.clock = clock
+        # whether an account's requests yield to others' at the key's shared rate (all but
+        # the budget planner's accounts read first, while the key is oversubscribed)
+        self.yields = yields
         token = base64.b64encode(f"{settings.api_key.get_secret_value()}:".encode()).decode()
         self._auth = f"Basic {token}"
         self._kept: deque[float] = deque()  # when each permit handed in was granted
@@ -415,12 +420,13 @@ class StackOneClient:
 
         return say
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, account_id: str) -> None:
         fresh = time.monotonic() - KEPT_PERMIT_SECONDS
         while self._kept:
             if self._kept.popleft() >= fresh:
                 return
-        while (wait := await self.rate.try_acquire()) > 0:
+        yielding = self.yields is not None and self.yields(account_id)
+        while (wait := await self.rate.try_acquire(yielding)) > 0:
             self.metrics.throttle_wait.labels("upstream").inc(wait)
             await self.sleep(wait)
 
@@ -445,7 +451,7 @@ class StackOneClient:
                 raise UpstreamProviderLimited(
                     "the account's provider asked it to wait", retry_after=left
                 )
-            await self._acquire()
+            await self._acquire(account_id)
             raw, status, retry_after, date = await self._request(url, params, headers)
         error = error_for_status(status, retry_after, self.clock(), raw)
         if isinstance(error, UpstreamProviderLimited):

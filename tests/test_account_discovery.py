@@ -607,8 +607,8 @@ async def test_kill_during_discovery_loses_nothing_and_sends_nothing_again(
     text = DISCOVERING.read_text().replace(
         "accounts:\n  - account_id: acc_1\n    users: [u_1, u_2]\n",
         "accounts: []\naccount_discovery:\n  enabled: true\n  interval: 2s\n",
-    )
-    assert "account_discovery" in text
+    ).replace("  interval: 500ms\n", "  interval: 500ms\n  account_interval: 500ms\n")
+    assert "account_discovery" in text and "account_interval: 500ms" in text
     config.write_text(text)
     sim.faults.forced.append({"delay": 60, "accounts": True})  # the first listing hangs
     process = RunProcess(*world.urls, tmp_path / "run.log", str(config))

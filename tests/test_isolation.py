@@ -323,11 +323,17 @@ async def test_one_account_never_has_more_than_two_requests_in_flight(
 
 
 async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
-    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str], receiver: Rx
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: Rx,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """acc_2's provider answers 503 to everything: after ACCOUNT_FAILURES reads failed in a
     row its users are no longer asked (each read cost the client's retries of the key's
     budget), acc_1 goes on; once the provider is back, one probe ends the back-off."""
+    # the client's retries go at once (their real waits are not what this is about)
+    monkeypatch.setattr("service.upstream.client._exponential", lambda state: 0.0)
     sim, lms_url = lms
     rx, rx_url = receiver
     users = [f"u_{n}" for n in range(1, ACCOUNT_FAILURES + 2)]

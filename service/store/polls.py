@@ -69,6 +69,21 @@ class AccountBackoff:
         return cls(float(data["until"]), int(data["failures"]), str(data["error"]))
 
 
+@dataclass(frozen=True, slots=True)
+class AccountTroubles:
+    backed_off: dict[str, AccountBackoff]
+    failing: set[str]  # accounts whose reads failed in a row (FAILING_ACCOUNTS)
+    paused: dict[str, float]  # account → until when its provider asked it to wait (seconds)
+
+
+def _backoffs(raw: dict[str, str]) -> dict[str, AccountBackoff]:
+    return {account: AccountBackoff.decode(value) for account, value in raw.items()}
+
+
+def _pauses(raw: list[tuple[str, float]]) -> dict[str, float]:
+    return {account: score / 1000 for account, score in raw}
+
+
 class PollStore:
     def __init__(self, redis: Redis, log: LogPolicy = DEFAULT_LOG) -> None:
         """`log`: how the events committed are kept in the delivery log."""
@@ -129,7 +144,17 @@ class PollStore:
 
     async def backed_off_accounts(self) -> dict[str, AccountBackoff]:
         raw = cast(dict[str, str], await self.redis.hgetall(keys.BLOCKED_ACCOUNTS))
-        return {account: AccountBackoff.decode(value) for account, value in raw.items()}
+        return _backoffs(raw)
+
+    async def account_troubles(self, now: float) -> AccountTroubles:
+        """What a claim of polls checks of their accounts, in one round trip: those backed
+        off, those whose reads fail in a row, those their provider paused at `now`."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.BLOCKED_ACCOUNTS)
+            pipe.hkeys(keys.FAILING_ACCOUNTS)
+            pipe.zrangebyscore(keys.PAUSED_ACCOUNTS, f"({int(now * 1000)}", "+inf", withscores=True)
+            blocked, failing, paused = await pipe.execute()
+        return AccountTroubles(_backoffs(blocked), set(failing), _pauses(paused))
 
     async def back_off_account(self, account_id: str, backoff: AccountBackoff) -> None:
         await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())
@@ -169,4 +194,4 @@ class PollStore:
         raw = await self.redis.zrangebyscore(
             keys.PAUSED_ACCOUNTS, f"({int(now * 1000)}", "+inf", withscores=True
         )
-        return {account: score / 1000 for account, score in cast(list[tuple[str, float]], raw)}
+        return _pauses(cast(list[tuple[str, float]], raw))

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from service.app import Service
 from service.config import Settings, parse_settings
 from service.sim.lms import SimLMS, start_sim_server
-from service.sim.receiver import ReceivedEvent
+from service.sim.receiver import Answer, ReceivedEvent, Receiver
 from service.store import keys
 from service.store.leases import LEASE_SECONDS
 from service.store.scripts import LEASED
@@ -234,6 +234,20 @@ async def leases_run_out(redis: Redis) -> None:
         assert not too_far, f"{zset}: leased beyond any lease: {too_far}"
         if leased:
             await redis.zadd(zset, {member: now_ms for member, _ in leased}, xx=True)
+
+
+RESTARTED = "/restarted"
+
+
+def answer_only_the_restarted(rx: Receiver, process: RunProcess) -> None:
+    """After `process` was killed with webhooks hanging at `rx`: the next start of `process`
+    sends to another path, whose requests `rx` answers 200, while everything else keeps
+    hanging. A request the killed process wrote just before it died can reach the receiver
+    after the kill, and a receiver answering 200 by then would count it delivered (a real
+    receiver would: at-least-once, same webhook-id). Telling the two processes apart by
+    path keeps "each event exactly once" a statement about the restarted process only."""
+    process.env["RECEIVER_URL"] += RESTARTED
+    rx.answer_for = lambda event: Answer(200) if event.path.startswith(RESTARTED) else None
 
 
 def seed(sim: SimLMS, count: int) -> None:

@@ -18,6 +18,7 @@ from tests.helpers import (
     API_KEY,
     SECRET,
     RunProcess,
+    answer_only_the_restarted,
     baselined,
     leases_run_out,
     queue_drained,
@@ -48,7 +49,7 @@ async def test_kill_between_commit_and_delivery(
     in_flight = {r.webhook_id for r in rx.received}
     assert await redis.zcard(HR_DUE) == 4  # updated, status, completed, progress
 
-    rx.default_answer = Answer(status=200)
+    answer_only_the_restarted(rx, run_process)
     await leases_run_out(redis)  # the dead process's claims: as if their time had passed
     run_process.start()  # the events go again
     await rx.wait_for(4, 30)

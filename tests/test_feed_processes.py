@@ -10,9 +10,15 @@ import pytest
 from redis.asyncio import Redis
 
 from service.sim.lms import SimLMS
-from service.sim.receiver import Answer, Receiver, hang
+from service.sim.receiver import Receiver, hang
 from service.store import keys
-from tests.helpers import leases_run_out, queue_drained, run_processes, wait_until
+from tests.helpers import (
+    answer_only_the_restarted,
+    leases_run_out,
+    queue_drained,
+    run_processes,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -128,7 +134,7 @@ async def test_kill_between_a_feed_commit_and_its_delivery_resends_the_same_ids(
         in_flight = {r.webhook_id for r in rx.received}
         assert await redis.zcard(keys.EndpointKeys("hr").due) == 4  # committed, not sent
 
-        rx.default_answer = Answer(status=200)
+        answer_only_the_restarted(rx, process)
         await leases_run_out(redis)
         process.start()
         await rx.wait_for(4, 30)

@@ -33,7 +33,9 @@ demo: $(STAMP)  ## the simulated LMS, the in-memory store and a verifying receiv
 test: $(STAMP)  ## the whole suite against a throwaway redis-server and Debian's Chromium
 	scripts/ensure-redis-server
 	scripts/ensure-chromium
-	$(BIN)/pytest -q -n 2
+	# four workers on two cores: most of the suite's time is real processes, timers and
+	# sockets waiting, not CPU; worksteal keeps the long real-process tests off one tail
+	$(BIN)/pytest -q -n 4 --dist worksteal
 
 test-debian-python: $(DEBIAN_STAMP)  ## the pure tests again, on Debian's python3 (a few Redis ones in test_config)
 	scripts/ensure-redis-server

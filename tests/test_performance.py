@@ -4,7 +4,6 @@ the poll cadence, and the bench command itself."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import subprocess
@@ -29,7 +28,15 @@ from service.sim.records import remote_user_id
 from service.store import keys
 from service.store.polls import PollStore
 from service.store.queue import EventQueue
-from tests.helpers import ACCOUNT, driven, endpoint, leases_run_out, make_settings, seed_user
+from tests.helpers import (
+    ACCOUNT,
+    driven,
+    endpoint,
+    leases_run_out,
+    make_settings,
+    seed_user,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,9 +114,9 @@ async def test_acks_sent_together_are_fenced_one_by_one(redis: Redis) -> None:
 
     await leases_run_out(redis)  # the lease the other worker took, as if it had died
     [again] = await queue.claim("hr", now=time.time() + 1, seconds=1.0, limit=1)
-    batcher.add(again)  # alone, below a batch: it waits a few ms for company, no more
+    batcher.add(again)  # alone, below a batch: it waits a few ms for company, no longer
     assert len(done) == 3
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(done) == 4, 10, "the lone ack sent without a batch to fill")
     assert done[3:] == [("evt_1", True)]
     assert await redis.zcard(keys.EndpointKeys("hr").due) == 0
 

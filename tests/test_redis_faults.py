@@ -130,8 +130,10 @@ async def commands_processed(redis: Redis) -> int:
 
 async def test_beyond_the_cap_a_request_is_answered_busy_at_once() -> None:
     release = asyncio.Event()
+    inside: list[str] = []  # the requests being answered, by path
 
     async def slow(request: web.Request) -> web.Response:
+        inside.append(request.path)
         await release.wait()
         return web.json_response({})
 
@@ -147,7 +149,7 @@ async def test_beyond_the_cap_a_request_is_answered_busy_at_once() -> None:
         async with aiohttp.ClientSession() as http:
             held = [asyncio.create_task(http.get(f"http://127.0.0.1:{port}/slow")) for _ in "ab"]
             probe = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/readyz"))
-            await asyncio.sleep(0.05)  # both slots taken
+            await wait_until(lambda: inside.count("/slow") == 2, 10, "both slots taken")
             started = time.monotonic()
             async with http.get(f"http://127.0.0.1:{port}/slow") as busy:
                 assert busy.status == 503 and time.monotonic() - started < 1

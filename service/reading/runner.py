@@ -34,6 +34,7 @@ from service.errors import (
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
 from service.reading.plan import next_due
+from service.reading.read_result import ReadResult
 from service.store.leases import Lease, Leases
 from service.store.outcome import EndLease
 from service.store.polls import AccountBackoff, PollStore
@@ -100,13 +101,6 @@ async def quietly(moving: Awaitable[bool]) -> None:
         await moving
     except RedisError as e:
         log_redis_error(log, "lease_release_failed", e)
-
-
-class ReadResult(Protocol):
-    full: bool
-    pages: int
-    changes: int
-    events: int
 
 
 class Reader(Protocol):

@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.utils import formatdate
 from typing import Any
 
@@ -16,8 +17,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service.app import Service
 from service.changes import events as ev
-from service.config import StackOneSettings
+from service.config import Settings, StackOneSettings
 from service.errors import UpstreamProviderLimited, UpstreamRateLimited
 from service.metrics import Metrics
 from service.reading.runner import ACCOUNT_FAILURES
@@ -34,7 +36,7 @@ from service.upstream.client import (
     StackOneClient,
     error_for_status,
 )
-from tests.helpers import API_KEY, Driven, driven, endpoint, make_settings, of_type
+from tests.helpers import API_KEY, Clock, Driven, driven, endpoint, make_settings, of_type
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
@@ -382,3 +384,98 @@ async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
         assert await redis.hexists(keys.FAILING_ACCOUNTS, "acc_2") == 0
     changed = [e.data["assignment_id"] for e in of_type(rx.events, ev.PROGRESS_CHANGED)]
     assert changed.count("acc_2_u_1") == 1
+
+
+@asynccontextmanager
+async def two_processes(settings: Settings) -> AsyncIterator[tuple[Service, Service]]:
+    """Two services on one Redis, in burst mode, on one clock (the first's)."""
+    clock = Clock()
+    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
+    await one.start()
+    await two.start()
+    try:
+        yield one, two
+    finally:
+        await one.stop(timeout=2.0)
+        await two.stop(timeout=2.0)
+
+
+async def read_user(service: Service, user: str) -> None:
+    """One read of acc_2's `user` by this process's user schedule, start to end."""
+    scheduler = service.scheduler
+    assert scheduler is not None
+    member = keys.user_member("acc_2", user)
+    [lease] = [x for x in await scheduler.leases.claim(1, [member]) if x.member == member]
+    await scheduler.runner.run(lease)
+
+
+def one_account(redis_url: str, lms_url: str, rx_url: str, users: list[str]) -> Settings:
+    accounts = [{"account_id": "acc_2", "users": users, "strategy": "per_user"}]
+    return make_settings(
+        redis_url, lms_url, [endpoint(rx_url)], [], accounts=accounts, polling={"interval": "1s"}
+    )
+
+
+async def test_a_success_in_another_process_ends_the_run_of_failures(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: Rx,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Back-off after ACCOUNT_FAILURES reads failing IN A ROW, whichever process reads: a
+    success in another process (whose view of the failing accounts predates the failures)
+    ends the run, so failures on either side of it do not add up."""
+    monkeypatch.setattr("service.upstream.client._exponential", lambda state: 0.0)
+    sim, lms_url = lms
+    users = [f"u_{n}" for n in range(1, 2 * ACCOUNT_FAILURES + 1)]
+    for user in users:
+        sim.put_assignment("acc_2", user, {"id": f"acc_2_{user}"})
+    settings = one_account(redis_server.url, lms_url, receiver[1], users)
+    async with two_processes(settings) as (one, two):
+        polls, clock = one.stores.polls, one.clock
+        assert isinstance(clock, Clock)
+        for scheduler in one.schedulers():
+            await scheduler.sync_users()
+        clock.advance(1.0)  # every user due
+        failing, answered = users[: 2 * ACCOUNT_FAILURES - 2], users[-1]
+        sim.faults.forced = [{"status": 503, "account_id": "acc_2"}] * 1000
+        for user in failing[: ACCOUNT_FAILURES - 1]:
+            await read_user(one, user)
+        sim.faults.forced = []
+        await read_user(two, answered)  # acc_2 answers, in the other process
+        sim.faults.forced = [{"status": 503, "account_id": "acc_2"}] * 1000
+        for user in failing[ACCOUNT_FAILURES - 1 :]:
+            await read_user(one, user)
+        assert await polls.account_backoff("acc_2") is None  # 4 in a row, twice
+        await read_user(one, users[-2])  # the 5th in a row
+        backoff = await polls.account_backoff("acc_2")
+        assert backoff is not None and backoff.failures == 1
+
+
+async def test_a_refused_read_reads_its_own_accounts_back_off_not_every_accounts(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: Rx,
+) -> None:
+    """With hundreds of accounts backed off at once (a StackOne outage), each failed read
+    reads its own account's back-off: what Redis sends it stays small."""
+    sim, lms_url = lms
+    sim.put_assignment("acc_2", "u_1", {"id": "acc_2_u_1"})
+    settings = one_account(redis_server.url, lms_url, receiver[1], ["u_1"])
+    others = {f"acc_other_{n}": f'{{"until": 1, "failures": 1, "error": "{"x" * 200}"}}'
+              for n in range(1000)}  # fmt: skip
+    await redis.hset(keys.BLOCKED_ACCOUNTS, mapping=others)  # about 250 kB in all
+    async with two_processes(settings) as (one, _):
+        assert one.scheduler is not None
+        await one.scheduler.sync_users()
+        assert isinstance(one.clock, Clock)
+        one.clock.advance(1.0)
+        sim.faults.forced = [{"status": 401, "account_id": "acc_2"}]
+        sent = int((await redis.info("stats"))["total_net_output_bytes"])
+        await read_user(one, "u_1")
+        sent = int((await redis.info("stats"))["total_net_output_bytes"]) - sent
+        backoff = await one.stores.polls.account_backoff("acc_2")
+    assert backoff is not None and backoff.failures == 1
+    assert sent < 20_000

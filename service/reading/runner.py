@@ -1,8 +1,9 @@
 """One claimed read, start to end (a user's poll, an account's feed or user listing): run
 it, then end its lease by its outcome.
 
-A success ends with the poll's own commit (which moves the user on to its next due time) and
-ends its account's back-off. A failure releases the lease with the failure counted: due
+A success ends with the poll's own commit (which moves the user on to its next due time and
+ends its account's run of failing reads, whichever process counted it) and ends its
+account's back-off. A failure releases the lease with the failure counted: due
 again soon for passing trouble, slowly for an unusable key, account or user, whose whole
 account is then backed off, not hammered; after its Retry-After when the account's provider
 limited it, and the whole account is paused as long. A read cut off by a Redis outage releases its
@@ -137,8 +138,6 @@ class PollRunner:
         self.clock = clock
         # accounts backed off when the scheduler last claimed: a success here ends theirs
         self.backed_off: set[str] = set()
-        # accounts with reads failing in a row then: a success here ends the run
-        self.failing: set[str] = set()
 
     async def run(self, lease: Lease) -> None:
         """Poll, and end the lease; only a cancellation leaves it held. Traced as one span
@@ -199,13 +198,11 @@ class PollRunner:
         return outcome
 
     async def _account_answered(self, account_id: str) -> None:
-        """A read of the account succeeded: its back-off and its run of failures end."""
+        """A read of the account succeeded: its back-off ends (its run of failing reads
+        ended with the read's commit)."""
         if account_id in self.backed_off:
             await self.store.end_backoff(account_id)
             self.backed_off.discard(account_id)
-        if account_id in self.failing:
-            await self.store.end_failures(account_id)
-            self.failing.discard(account_id)
 
     async def _ended_early(self, lease: Lease) -> None:
         """The read stopped at a resource its provider does not serve (skipped from now on):
@@ -214,6 +211,9 @@ class PollRunner:
         due = next_due(lease.due_at, lease.claimed_at, self.interval, now)
         done = ReadState(last_poll_ms=int(now * 1000), failures=0, last_error="")
         await self._release(lease, EndLease(due), done)
+        # no commit ended it (what it read before was flushed): its run of failures ends here,
+        # as a commit would end it (rare: once a day per account and resource)
+        await self.store.end_failures(lease.account_id)
         await self._account_answered(lease.account_id)
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
@@ -287,11 +287,10 @@ class PollRunner:
         except RedisError as e:
             log_redis_error(log, "account_failure_count_failed", e, account_id=account_id)
             return
-        self.failing.add(account_id)
         if failures < ACCOUNT_FAILURES:
             return
         try:
-            previous = (await self.store.backed_off_accounts()).get(account_id)
+            previous = await self.store.account_backoff(account_id)
         except RedisError as e:
             log_redis_error(log, "account_backoff_failed", e, account_id=account_id)
             return
@@ -312,7 +311,7 @@ class PollRunner:
         `delay` and `failures` default to a refusal's (401/403/412) back-off schedule."""
         try:
             if failures is None:
-                previous = (await self.store.backed_off_accounts()).get(account_id)
+                previous = await self.store.account_backoff(account_id)
                 failures = (previous.failures if previous else 0) + 1
             if delay is None:
                 delay = retry_delay(error, failures - 1, self.interval)

@@ -24,7 +24,7 @@ from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 # client caps them at 600 s), so only a key nobody paused for an hour goes
 PAUSED_ACCOUNTS_TTL = 3600
 # FAILING_ACCOUNTS goes after an hour without a failure: failures that far apart are not a
-# run (a success deletes an account's count at once anyway)
+# run (a successful read's commit deletes its account's count at once anyway)
 FAILING_ACCOUNTS_TTL = 3600
 
 
@@ -72,7 +72,6 @@ class AccountBackoff:
 @dataclass(frozen=True, slots=True)
 class AccountTroubles:
     backed_off: dict[str, AccountBackoff]
-    failing: set[str]  # accounts whose reads failed in a row (FAILING_ACCOUNTS)
     paused: dict[str, float]  # account → until when its provider asked it to wait (seconds)
 
 
@@ -146,15 +145,20 @@ class PollStore:
         raw = cast(dict[str, str], await self.redis.hgetall(keys.BLOCKED_ACCOUNTS))
         return _backoffs(raw)
 
+    async def account_backoff(self, account_id: str) -> AccountBackoff | None:
+        """One account's back-off (a failed read reads its own, not every account's: in a
+        StackOne outage hundreds are backed off at once)."""
+        raw = cast(str | None, await self.redis.hget(keys.BLOCKED_ACCOUNTS, account_id))
+        return None if raw is None else AccountBackoff.decode(raw)
+
     async def account_troubles(self, now: float) -> AccountTroubles:
         """What a claim of polls checks of their accounts, in one round trip: those backed
-        off, those whose reads fail in a row, those their provider paused at `now`."""
+        off, those their provider paused at `now`."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.BLOCKED_ACCOUNTS)
-            pipe.hkeys(keys.FAILING_ACCOUNTS)
             pipe.zrangebyscore(keys.PAUSED_ACCOUNTS, f"({int(now * 1000)}", "+inf", withscores=True)
-            blocked, failing, paused = await pipe.execute()
-        return AccountTroubles(_backoffs(blocked), set(failing), _pauses(paused))
+            blocked, paused = await pipe.execute()
+        return AccountTroubles(_backoffs(blocked), _pauses(paused))
 
     async def back_off_account(self, account_id: str, backoff: AccountBackoff) -> None:
         await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())

@@ -225,7 +225,7 @@ class PollRunner:
         failures = (failures or 0) + 1
         delay = retry_delay(error, failures - 1, self.interval)
         if self.per_account:  # the key's own listing: its failures space its reads out
-            await self._account_failed(lease.account_id, error, delay)
+            await self._account_failed(lease, error, delay)
         # Redis out of memory fails every poll alike: readiness reports that episode once
         emit = log.debug if out_of_memory(error) else log.warning
         emit(
@@ -241,15 +241,15 @@ class PollRunner:
         failed = ReadState(failures=failures, last_error=str(error))
         await self._release(lease, EndLease(self.clock() + delay), failed)
 
-    async def _account_failed(self, account_id: str, error: Exception, delay: float) -> None:
+    async def _account_failed(self, lease: Lease, error: Exception, delay: float) -> None:
         """What a failed read means for its whole account."""
         if account_rejected(error):
             assert isinstance(error, UpstreamRejected)
-            await self._back_off_account(account_id, error)
+            await self._back_off_account(lease, error)
         elif isinstance(error, UpstreamUnavailable):
-            await self._count_account_failure(account_id, error)
+            await self._count_account_failure(lease, error)
         elif isinstance(error, UpstreamProviderLimited):
-            await self._pause_account(account_id, delay)
+            await self._pause_account(lease.account_id, delay)
 
     async def _release(self, lease: Lease, outcome: EndLease, failed: ReadState) -> None:
         """Release a failed read's lease. While Redis is away (the likely reason the read
@@ -278,10 +278,11 @@ class PollRunner:
         except RedisError as e:  # this read still comes back after the pause, by its lease
             log_redis_error(log, "account_pause_failed", e, account_id=account_id)
 
-    async def _count_account_failure(self, account_id: str, error: UpstreamError) -> None:
+    async def _count_account_failure(self, lease: Lease, error: UpstreamError) -> None:
         """ACCOUNT_FAILURES reads of one account failing in a row (its provider down, or
         answering too slowly) back the account off: every member would fail alike, each
         after the client's retries, spending the key the other accounts share."""
+        account_id = lease.account_id
         try:
             failures = await self.store.count_failure(account_id)
         except RedisError as e:
@@ -298,17 +299,20 @@ class PollRunner:
             return  # in force: these are reads that were under way when it began
         backoffs = (previous.failures if previous else 0) + 1  # its probes failed since
         delay = failing_account_delay(backoffs - 1)
-        await self._back_off_account(account_id, error, delay, backoffs)
+        await self._back_off_account(lease, error, delay, backoffs)
 
     async def _back_off_account(
         self,
-        account_id: str,
+        lease: Lease,
         error: UpstreamError,
         delay: float | None = None,
         failures: int | None = None,
     ) -> None:
         """Back the whole account off: its other users are not polled until then either.
-        `delay` and `failures` default to a refusal's (401/403/412) back-off schedule."""
+        `delay` and `failures` default to a refusal's (401/403/412) back-off schedule.
+        Fenced by the read's lease: a read whose account was forgotten meanwhile (its
+        leases go first) leaves no back-off behind, which nothing would ever clear."""
+        account_id = lease.account_id
         try:
             if failures is None:
                 previous = await self.store.account_backoff(account_id)
@@ -316,9 +320,14 @@ class PollRunner:
             if delay is None:
                 delay = retry_delay(error, failures - 1, self.interval)
             backoff = AccountBackoff(self.clock() + delay, failures, str(error))
-            await self.store.back_off_account(account_id, backoff)
+            async with lease.lock:  # its token does not move meanwhile
+                held = (self.leases.zset, lease.member, lease.token)
+                written = await self.store.back_off_account(account_id, backoff, held)
         except RedisError as e:
             log_redis_error(log, "account_backoff_failed", e, account_id=account_id)
+            return
+        if not written:  # taken over (that read backs it off), or forgotten
+            log.debug("account_backoff_lease_lost", account_id=account_id, member=lease.member)
             return
         log.warning(
             "account_backed_off",

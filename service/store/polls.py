@@ -17,7 +17,15 @@ from service.store import keys
 from service.store.limits import RateLimit
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.read_state import ReadState, hash_fields
-from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, due_score, lease_ms
+from service.store.scripts import (
+    BackOff,
+    ClaimDue,
+    CommitOverdue,
+    CommitPoll,
+    LoadUser,
+    due_score,
+    lease_ms,
+)
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 
 # PAUSED_ACCOUNTS lives this long after its latest pause: longer than any Retry-After (the
@@ -93,6 +101,7 @@ class PollStore:
         self.commit = CommitPoll(redis, log)
         # claimed due dates' events queued and their watches ended, each fenced by its claim
         self.commit_overdue = CommitOverdue(redis, log)
+        self._back_off = BackOff(redis)
 
     # -- one user's poll --
 
@@ -160,8 +169,18 @@ class PollStore:
             blocked, paused = await pipe.execute()
         return AccountTroubles(_backoffs(blocked), _pauses(paused))
 
-    async def back_off_account(self, account_id: str, backoff: AccountBackoff) -> None:
-        await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())
+    async def back_off_account(
+        self, account_id: str, backoff: AccountBackoff, held: tuple[str, str, int] | None = None
+    ) -> bool:
+        """Back the account off; with `held` (the schedule, member and token of the read that
+        says so) only while that lease holds: False when it does not (nothing written:
+        another process took the read over, or the account was forgotten meanwhile).
+        Without it: unfenced (tools and tests)."""
+        if held is None:
+            await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())
+            return True
+        schedule, member, token = held
+        return await self._back_off(schedule, member, token, account_id, backoff.encode())
 
     async def end_backoff(self, account_id: str) -> None:
         await self.redis.hdel(keys.BLOCKED_ACCOUNTS, account_id)

@@ -737,3 +737,29 @@ class CommitAccounts(_Script):
             done = bool(await self._run(keys=script_keys, args=args))
             _committed(current, done)
         return done
+
+
+class MarkNotLms(_Script):
+    """LinkedAccountStore.mark_not_lms."""
+
+    source = "mark_not_lms"
+
+    async def __call__(self, account_id: str, retry_at_ms: int) -> bool:
+        """Not read until `retry_at_ms`, while it is still linked; False when it was marked
+        until then or later already, or is linked no longer (nothing written)."""
+        script_keys = [keys.LINKED_ACCOUNTS, keys.NOT_LMS_ACCOUNTS, keys.LINKED_VERSION]
+        return int(await self._run(keys=script_keys, args=[account_id, retry_at_ms])) > 0
+
+
+class BackOff(_Script):
+    """PollStore.back_off_account."""
+
+    source = "back_off"
+
+    async def __call__(
+        self, schedule: str, member: str, token: int, account_id: str, value: str
+    ) -> bool:
+        """The account backed off (`value`, as AccountBackoff encodes it) while `token` still
+        holds `member`'s lease on `schedule`; False when it does not (nothing written)."""
+        script_keys = [schedule, keys.BLOCKED_ACCOUNTS]
+        return bool(await self._run(keys=script_keys, args=[member, token, account_id, value]))

@@ -6,8 +6,7 @@ active again, other providers' and non-LMS accounts left alone, credentials neve
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tests.helpers import (
     make_settings,
     queue_drained,
     served,
+    two_processes,
     wait_until,
 )
 from tests.redis_server import RedisServer
@@ -370,19 +370,6 @@ async def test_an_account_without_id_is_counted_and_skipped_and_forgets_nobody(
         skipped = service.service.metrics.records_skipped.labels("account_without_id")
         assert skipped._value.get() == 1
         assert await read_now(service.service) == {"acc_1", "acc_2"}
-
-
-@asynccontextmanager
-async def two_processes(settings: Settings, clock: Clock) -> AsyncIterator[tuple[Service, Service]]:
-    """Two services on one Redis, in burst mode, on one clock."""
-    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
-    await one.start()
-    await two.start()
-    try:
-        yield one, two
-    finally:
-        await one.stop(timeout=2.0)
-        await two.stop(timeout=2.0)
 
 
 async def test_two_processes_agree_on_the_accounts_discovered(

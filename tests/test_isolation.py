@@ -9,7 +9,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from email.utils import formatdate
 from typing import Any
 
@@ -36,7 +35,16 @@ from service.upstream.client import (
     StackOneClient,
     error_for_status,
 )
-from tests.helpers import API_KEY, Clock, Driven, driven, endpoint, make_settings, of_type
+from tests.helpers import (
+    API_KEY,
+    Clock,
+    Driven,
+    driven,
+    endpoint,
+    make_settings,
+    of_type,
+    two_processes,
+)
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
@@ -324,20 +332,23 @@ async def test_one_account_never_has_more_than_two_requests_in_flight(
         assert delivered(rx) == ["f1"]
 
 
+@pytest.fixture
+def failing(
+    lms: tuple[SimLMS, str], receiver: Rx, monkeypatch: pytest.MonkeyPatch
+) -> tuple[SimLMS, str, Receiver, str]:
+    """The simulator and the receiver (and their URLs), the client's retries going at once
+    (their real waits are not what reads failing in a row are about)."""
+    monkeypatch.setattr("service.upstream.client._exponential", lambda state: 0.0)
+    return (*lms, *receiver)
+
+
 async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
-    redis_server: RedisServer,
-    redis: Redis,
-    lms: tuple[SimLMS, str],
-    receiver: Rx,
-    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer, redis: Redis, failing: tuple[SimLMS, str, Receiver, str]
 ) -> None:
     """acc_2's provider answers 503 to everything: after ACCOUNT_FAILURES reads failed in a
     row its users are no longer asked (each read cost the client's retries of the key's
     budget), acc_1 goes on; once the provider is back, one probe ends the back-off."""
-    # the client's retries go at once (their real waits are not what this is about)
-    monkeypatch.setattr("service.upstream.client._exponential", lambda state: 0.0)
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, lms_url, rx, rx_url = failing
     users = [f"u_{n}" for n in range(1, ACCOUNT_FAILURES + 2)]
     for user in users:
         sim.put_assignment("acc_2", user, {"id": f"acc_2_{user}"})
@@ -386,20 +397,6 @@ async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
     assert changed.count("acc_2_u_1") == 1
 
 
-@asynccontextmanager
-async def two_processes(settings: Settings) -> AsyncIterator[tuple[Service, Service]]:
-    """Two services on one Redis, in burst mode, on one clock (the first's)."""
-    clock = Clock()
-    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
-    await one.start()
-    await two.start()
-    try:
-        yield one, two
-    finally:
-        await one.stop(timeout=2.0)
-        await two.stop(timeout=2.0)
-
-
 async def read_user(service: Service, user: str) -> None:
     """One read of acc_2's `user` by this process's user schedule, start to end."""
     scheduler = service.scheduler
@@ -417,24 +414,19 @@ def one_account(redis_url: str, lms_url: str, rx_url: str, users: list[str]) -> 
 
 
 async def test_a_success_in_another_process_ends_the_run_of_failures(
-    redis_server: RedisServer,
-    redis: Redis,
-    lms: tuple[SimLMS, str],
-    receiver: Rx,
-    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer, redis: Redis, failing: tuple[SimLMS, str, Receiver, str]
 ) -> None:
     """Back-off after ACCOUNT_FAILURES reads failing IN A ROW, whichever process reads: a
     success in another process (whose view of the failing accounts predates the failures)
     ends the run, so failures on either side of it do not add up."""
-    monkeypatch.setattr("service.upstream.client._exponential", lambda state: 0.0)
-    sim, lms_url = lms
+    sim, lms_url, _, rx_url = failing
     users = [f"u_{n}" for n in range(1, 2 * ACCOUNT_FAILURES + 1)]
     for user in users:
         sim.put_assignment("acc_2", user, {"id": f"acc_2_{user}"})
-    settings = one_account(redis_server.url, lms_url, receiver[1], users)
-    async with two_processes(settings) as (one, two):
-        polls, clock = one.stores.polls, one.clock
-        assert isinstance(clock, Clock)
+    settings = one_account(redis_server.url, lms_url, rx_url, users)
+    clock = Clock()
+    async with two_processes(settings, clock) as (one, two):
+        polls = one.stores.polls
         for scheduler in one.schedulers():
             await scheduler.sync_users()
         clock.advance(1.0)  # every user due
@@ -467,11 +459,11 @@ async def test_a_refused_read_reads_its_own_accounts_back_off_not_every_accounts
     others = {f"acc_other_{n}": f'{{"until": 1, "failures": 1, "error": "{"x" * 200}"}}'
               for n in range(1000)}  # fmt: skip
     await redis.hset(keys.BLOCKED_ACCOUNTS, mapping=others)  # about 250 kB in all
-    async with two_processes(settings) as (one, _):
+    clock = Clock()
+    async with two_processes(settings, clock) as (one, _):
         assert one.scheduler is not None
         await one.scheduler.sync_users()
-        assert isinstance(one.clock, Clock)
-        one.clock.advance(1.0)
+        clock.advance(1.0)
         sim.faults.forced = [{"status": 401, "account_id": "acc_2"}]
         sent = int((await redis.info("stats"))["total_net_output_bytes"])
         await read_user(one, "u_1")

@@ -24,7 +24,8 @@ from service.reading.account_feed import FeedReader
 from service.reading.account_listing import AccountListing, NotLmsCheck
 from service.reading.overdue import OverdueWatcher
 from service.reading.planner import PLAN_SECONDS, BudgetPlanner
-from service.reading.runner import PollRunner, Reader, ReadResult
+from service.reading.read_result import ReadResult
+from service.reading.runner import PollRunner, Reader
 from service.reading.schedule import PollScheduler
 from service.reading.user_listing import UserListing
 from service.reading.user_poll import Poller

@@ -144,6 +144,19 @@ async def driven(
 
 
 @asynccontextmanager
+async def two_processes(settings: Settings, clock: Clock) -> AsyncIterator[tuple[Service, Service]]:
+    """Two services on one Redis, in burst mode, on one clock."""
+    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
+    await one.start()
+    await two.start()
+    try:
+        yield one, two
+    finally:
+        await one.stop(timeout=2.0)
+        await two.stop(timeout=2.0)
+
+
+@asynccontextmanager
 async def served(sim: SimLMS) -> AsyncIterator[str]:
     """A simulator of the test's own (a subclass that misbehaves) served over HTTP: its URL."""
     runner, url = await start_sim_server(sim)

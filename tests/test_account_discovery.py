@@ -6,8 +6,7 @@ active again, other providers' and non-LMS accounts left alone, credentials neve
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tests.helpers import (
     make_settings,
     queue_drained,
     served,
+    two_processes,
     wait_until,
 )
 from tests.redis_server import RedisServer
@@ -372,19 +372,6 @@ async def test_an_account_without_id_is_counted_and_skipped_and_forgets_nobody(
         assert await read_now(service.service) == {"acc_1", "acc_2"}
 
 
-@asynccontextmanager
-async def two_processes(settings: Settings, clock: Clock) -> AsyncIterator[tuple[Service, Service]]:
-    """Two services on one Redis, in burst mode, on one clock."""
-    one, two = (Service(settings, clock=clock, background=False, serve_http=False) for _ in "12")
-    await one.start()
-    await two.start()
-    try:
-        yield one, two
-    finally:
-        await one.stop(timeout=2.0)
-        await two.stop(timeout=2.0)
-
-
 async def test_two_processes_agree_on_the_accounts_discovered(
     redis: Redis,
     world: World,
@@ -552,6 +539,66 @@ async def test_an_account_that_is_no_lms_account_is_skipped_and_tried_again_dail
             assert await read_now(service.service) == {ACCOUNT}
     assert [e["event"] for e in logs].count("account_not_lms") == 2  # once a day
     assert rx.events == []
+
+
+class ForgottenWhileRead(SimLMS):
+    """An upstream where, while a request of `account` is in flight (its answer made, not
+    yet sent), `meanwhile` runs once: a listing forgets the account."""
+
+    account = ""
+    meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def while_answering(self, path: str) -> None:
+        if self.meanwhile is not None and self.in_flight[self.account]:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+
+
+@pytest.mark.parametrize("answer", ["not_lms", "refused"])
+async def test_a_read_in_flight_when_its_account_is_forgotten_leaves_nothing_of_it(
+    answer: str, redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    """Its first read answers that it is no LMS account (or refuses it) after listings
+    forgot it: no not-LMS mark or back-off of it is left, which nothing would clear, nor
+    shown by the gauges or the admin API."""
+    sim = ForgottenWhileRead(api_key=API_KEY)
+    for account in ("acc_1", "acc_2"):
+        seed(sim, account, users=1)
+    sim.link_account("acc_x", not_lms=answer == "not_lms")
+    seed(sim, "acc_x", users=1)
+    if answer == "refused":
+        sim.faults.forced.append({"status": 401, "account_id": "acc_x"})
+    async with (
+        served(sim) as lms_url,
+        driven(settings_for(redis_server.url, lms_url, receiver[1]), sim) as service,
+    ):
+        linked = service.service.linked
+        assert linked is not None
+        await linked.run_once()
+        assert await read_now(service.service) == {"acc_1", "acc_2", "acc_x"}
+
+        async def forget() -> None:  # left out twice, an interval apart: forgotten
+            sim.unlink_account("acc_x")
+            for _ in range(2):
+                service.clock.advance(INTERVAL)
+                await linked.run_once()
+            assert await redis.scard(keys.FORGET_ACCOUNTS) == 0
+
+        sim.account, sim.meanwhile = "acc_x", forget
+        await service.step(0.0)  # acc_x's first read, its listing: forgotten meanwhile
+        assert sim.meanwhile is None and "/unified/lms/users" in asked(sim, "acc_x")
+        operations = service.service.operations
+        rows = await operations.accounts()
+        backed_off = (await operations.users())["backed_off_accounts"]
+        await operations.refresh_gauges()
+        metrics = service.service.metrics.registry
+        assert await redis_mentions(redis, "acc_x") == []
+    assert [row["account_id"] for row in rows] == ["acc_1", "acc_2"]
+    assert backed_off == {}
+    assert metrics.get_sample_value("lms_webhooks_accounts_backed_off") == 0
+    for state in ("not_lms", "backed_off"):
+        labels = {"state": state, "source": "discovery"}
+        assert metrics.get_sample_value("lms_webhooks_accounts", labels) == 0
 
 
 async def test_a_config_account_keeps_its_auto_fallback_beside_discovery(

@@ -16,8 +16,9 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service.app import Service
 from service.changes import events as ev
-from service.config import StackOneSettings
+from service.config import Settings, StackOneSettings
 from service.errors import UpstreamProviderLimited, UpstreamRateLimited
 from service.metrics import Metrics
 from service.reading.runner import ACCOUNT_FAILURES
@@ -34,7 +35,16 @@ from service.upstream.client import (
     StackOneClient,
     error_for_status,
 )
-from tests.helpers import API_KEY, Driven, driven, endpoint, make_settings, of_type
+from tests.helpers import (
+    API_KEY,
+    Clock,
+    Driven,
+    driven,
+    endpoint,
+    make_settings,
+    of_type,
+    two_processes,
+)
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
@@ -322,20 +332,23 @@ async def test_one_account_never_has_more_than_two_requests_in_flight(
         assert delivered(rx) == ["f1"]
 
 
+@pytest.fixture
+def failing(
+    lms: tuple[SimLMS, str], receiver: Rx, monkeypatch: pytest.MonkeyPatch
+) -> tuple[SimLMS, str, Receiver, str]:
+    """The simulator and the receiver (and their URLs), the client's retries going at once
+    (their real waits are not what reads failing in a row are about)."""
+    monkeypatch.setattr("service.upstream.client._exponential", lambda state: 0.0)
+    return (*lms, *receiver)
+
+
 async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
-    redis_server: RedisServer,
-    redis: Redis,
-    lms: tuple[SimLMS, str],
-    receiver: Rx,
-    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer, redis: Redis, failing: tuple[SimLMS, str, Receiver, str]
 ) -> None:
     """acc_2's provider answers 503 to everything: after ACCOUNT_FAILURES reads failed in a
     row its users are no longer asked (each read cost the client's retries of the key's
     budget), acc_1 goes on; once the provider is back, one probe ends the back-off."""
-    # the client's retries go at once (their real waits are not what this is about)
-    monkeypatch.setattr("service.upstream.client._exponential", lambda state: 0.0)
-    sim, lms_url = lms
-    rx, rx_url = receiver
+    sim, lms_url, rx, rx_url = failing
     users = [f"u_{n}" for n in range(1, ACCOUNT_FAILURES + 2)]
     for user in users:
         sim.put_assignment("acc_2", user, {"id": f"acc_2_{user}"})
@@ -382,3 +395,79 @@ async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
         assert await redis.hexists(keys.FAILING_ACCOUNTS, "acc_2") == 0
     changed = [e.data["assignment_id"] for e in of_type(rx.events, ev.PROGRESS_CHANGED)]
     assert changed.count("acc_2_u_1") == 1
+
+
+async def read_user(service: Service, user: str) -> None:
+    """One read of acc_2's `user` by this process's user schedule, start to end."""
+    scheduler = service.scheduler
+    assert scheduler is not None
+    member = keys.user_member("acc_2", user)
+    [lease] = [x for x in await scheduler.leases.claim(1, [member]) if x.member == member]
+    await scheduler.runner.run(lease)
+
+
+def one_account(redis_url: str, lms_url: str, rx_url: str, users: list[str]) -> Settings:
+    accounts = [{"account_id": "acc_2", "users": users, "strategy": "per_user"}]
+    return make_settings(
+        redis_url, lms_url, [endpoint(rx_url)], [], accounts=accounts, polling={"interval": "1s"}
+    )
+
+
+async def test_a_success_in_another_process_ends_the_run_of_failures(
+    redis_server: RedisServer, redis: Redis, failing: tuple[SimLMS, str, Receiver, str]
+) -> None:
+    """Back-off after ACCOUNT_FAILURES reads failing IN A ROW, whichever process reads: a
+    success in another process (whose view of the failing accounts predates the failures)
+    ends the run, so failures on either side of it do not add up."""
+    sim, lms_url, _, rx_url = failing
+    users = [f"u_{n}" for n in range(1, 2 * ACCOUNT_FAILURES + 1)]
+    for user in users:
+        sim.put_assignment("acc_2", user, {"id": f"acc_2_{user}"})
+    settings = one_account(redis_server.url, lms_url, rx_url, users)
+    clock = Clock()
+    async with two_processes(settings, clock) as (one, two):
+        polls = one.stores.polls
+        for scheduler in one.schedulers():
+            await scheduler.sync_users()
+        clock.advance(1.0)  # every user due
+        failing, answered = users[: 2 * ACCOUNT_FAILURES - 2], users[-1]
+        sim.faults.forced = [{"status": 503, "account_id": "acc_2"}] * 1000
+        for user in failing[: ACCOUNT_FAILURES - 1]:
+            await read_user(one, user)
+        sim.faults.forced = []
+        await read_user(two, answered)  # acc_2 answers, in the other process
+        sim.faults.forced = [{"status": 503, "account_id": "acc_2"}] * 1000
+        for user in failing[ACCOUNT_FAILURES - 1 :]:
+            await read_user(one, user)
+        assert await polls.account_backoff("acc_2") is None  # 4 in a row, twice
+        await read_user(one, users[-2])  # the 5th in a row
+        backoff = await polls.account_backoff("acc_2")
+        assert backoff is not None and backoff.failures == 1
+
+
+async def test_a_refused_read_reads_its_own_accounts_back_off_not_every_accounts(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: Rx,
+) -> None:
+    """With hundreds of accounts backed off at once (a StackOne outage), each failed read
+    reads its own account's back-off: what Redis sends it stays small."""
+    sim, lms_url = lms
+    sim.put_assignment("acc_2", "u_1", {"id": "acc_2_u_1"})
+    settings = one_account(redis_server.url, lms_url, receiver[1], ["u_1"])
+    others = {f"acc_other_{n}": f'{{"until": 1, "failures": 1, "error": "{"x" * 200}"}}'
+              for n in range(1000)}  # fmt: skip
+    await redis.hset(keys.BLOCKED_ACCOUNTS, mapping=others)  # about 250 kB in all
+    clock = Clock()
+    async with two_processes(settings, clock) as (one, _):
+        assert one.scheduler is not None
+        await one.scheduler.sync_users()
+        clock.advance(1.0)
+        sim.faults.forced = [{"status": 401, "account_id": "acc_2"}]
+        sent = int((await redis.info("stats"))["total_net_output_bytes"])
+        await read_user(one, "u_1")
+        sent = int((await redis.info("stats"))["total_net_output_bytes"]) - sent
+        backoff = await one.stores.polls.account_backoff("acc_2")
+    assert backoff is not None and backoff.failures == 1
+    assert sent < 20_000

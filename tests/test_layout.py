@@ -52,8 +52,10 @@ _READERS = [
 ]
 READING = [
     *((reader, _DRIVERS) for group in _READERS for reader in group if reader != _PLANNER),
-    # the planner observes each read's result (runner.ReadResult), so it may name the runner
-    (_PLANNER, ["service.reading.schedule"]),
+    # the planner observes each read's result (read_result.ReadResult), not the runner
+    (_PLANNER, _DRIVERS),
+    # what a read reports stands below whoever reports or observes it
+    ("service.reading.read_result", [*_DRIVERS, *(r for g in _READERS for r in g)]),
     *((reader, [other for g in _READERS if g is not group for other in g])
       for group in _READERS for reader in group),
     ("service.reading.runner", ["service.reading.schedule", *(r for g in _READERS for r in g)]),

@@ -296,6 +296,9 @@ class FeedReader:
                     users_version=run.users_version,
                     users=run.writes(final),
                     resource=run.resource,
+                    # the read's last commit: it succeeded (a read that only waited
+                    # commits in _wait, and proves nothing of the account)
+                    answered=isinstance(outcome, EndLease),
                 )
             except TrackedUsersChanged:
                 version = await self.store.users_version()

@@ -29,7 +29,7 @@ from service.reading.plan import (
     feed_weights,
     plan,
 )
-from service.reading.runner import ReadResult
+from service.reading.read_result import ReadResult
 from service.resources import COMPLETIONS
 from service.store import keys
 from service.store.leases import Lease

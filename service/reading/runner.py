@@ -1,8 +1,9 @@
 """One claimed read, start to end (a user's poll, an account's feed or user listing): run
 it, then end its lease by its outcome.
 
-A success ends with the poll's own commit (which moves the user on to its next due time) and
-ends its account's back-off. A failure releases the lease with the failure counted: due
+A success ends with the poll's own commit (which moves the user on to its next due time and
+ends its account's run of failing reads, whichever process counted it) and ends its
+account's back-off. A failure releases the lease with the failure counted: due
 again soon for passing trouble, slowly for an unusable key, account or user, whose whole
 account is then backed off, not hammered; after its Retry-After when the account's provider
 limited it, and the whole account is paused as long. A read cut off by a Redis outage releases its
@@ -34,6 +35,7 @@ from service.errors import (
 from service.httpspec import StatusClass, status_class
 from service.metrics import Metrics
 from service.reading.plan import next_due
+from service.reading.read_result import ReadResult
 from service.store.leases import Lease, Leases
 from service.store.outcome import EndLease
 from service.store.polls import AccountBackoff, PollStore
@@ -102,13 +104,6 @@ async def quietly(moving: Awaitable[bool]) -> None:
         log_redis_error(log, "lease_release_failed", e)
 
 
-class ReadResult(Protocol):
-    full: bool
-    pages: int
-    changes: int
-    events: int
-
-
 class Reader(Protocol):
     """What the runner runs: Poller (a user), FeedReader (an account's feed), UserListing."""
 
@@ -143,8 +138,6 @@ class PollRunner:
         self.clock = clock
         # accounts backed off when the scheduler last claimed: a success here ends theirs
         self.backed_off: set[str] = set()
-        # accounts with reads failing in a row then: a success here ends the run
-        self.failing: set[str] = set()
 
     async def run(self, lease: Lease) -> None:
         """Poll, and end the lease; only a cancellation leaves it held. Traced as one span
@@ -205,13 +198,11 @@ class PollRunner:
         return outcome
 
     async def _account_answered(self, account_id: str) -> None:
-        """A read of the account succeeded: its back-off and its run of failures end."""
+        """A read of the account succeeded: its back-off ends (its run of failing reads
+        ended with the read's commit)."""
         if account_id in self.backed_off:
             await self.store.end_backoff(account_id)
             self.backed_off.discard(account_id)
-        if account_id in self.failing:
-            await self.store.end_failures(account_id)
-            self.failing.discard(account_id)
 
     async def _ended_early(self, lease: Lease) -> None:
         """The read stopped at a resource its provider does not serve (skipped from now on):
@@ -220,6 +211,9 @@ class PollRunner:
         due = next_due(lease.due_at, lease.claimed_at, self.interval, now)
         done = ReadState(last_poll_ms=int(now * 1000), failures=0, last_error="")
         await self._release(lease, EndLease(due), done)
+        # no commit ended it (what it read before was flushed): its run of failures ends here,
+        # as a commit would end it (rare: once a day per account and resource)
+        await self.store.end_failures(lease.account_id)
         await self._account_answered(lease.account_id)
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
@@ -231,7 +225,7 @@ class PollRunner:
         failures = (failures or 0) + 1
         delay = retry_delay(error, failures - 1, self.interval)
         if self.per_account:  # the key's own listing: its failures space its reads out
-            await self._account_failed(lease.account_id, error, delay)
+            await self._account_failed(lease, error, delay)
         # Redis out of memory fails every poll alike: readiness reports that episode once
         emit = log.debug if out_of_memory(error) else log.warning
         emit(
@@ -247,15 +241,15 @@ class PollRunner:
         failed = ReadState(failures=failures, last_error=str(error))
         await self._release(lease, EndLease(self.clock() + delay), failed)
 
-    async def _account_failed(self, account_id: str, error: Exception, delay: float) -> None:
+    async def _account_failed(self, lease: Lease, error: Exception, delay: float) -> None:
         """What a failed read means for its whole account."""
         if account_rejected(error):
             assert isinstance(error, UpstreamRejected)
-            await self._back_off_account(account_id, error)
+            await self._back_off_account(lease, error)
         elif isinstance(error, UpstreamUnavailable):
-            await self._count_account_failure(account_id, error)
+            await self._count_account_failure(lease, error)
         elif isinstance(error, UpstreamProviderLimited):
-            await self._pause_account(account_id, delay)
+            await self._pause_account(lease.account_id, delay)
 
     async def _release(self, lease: Lease, outcome: EndLease, failed: ReadState) -> None:
         """Release a failed read's lease. While Redis is away (the likely reason the read
@@ -284,20 +278,20 @@ class PollRunner:
         except RedisError as e:  # this read still comes back after the pause, by its lease
             log_redis_error(log, "account_pause_failed", e, account_id=account_id)
 
-    async def _count_account_failure(self, account_id: str, error: UpstreamError) -> None:
+    async def _count_account_failure(self, lease: Lease, error: UpstreamError) -> None:
         """ACCOUNT_FAILURES reads of one account failing in a row (its provider down, or
         answering too slowly) back the account off: every member would fail alike, each
         after the client's retries, spending the key the other accounts share."""
+        account_id = lease.account_id
         try:
             failures = await self.store.count_failure(account_id)
         except RedisError as e:
             log_redis_error(log, "account_failure_count_failed", e, account_id=account_id)
             return
-        self.failing.add(account_id)
         if failures < ACCOUNT_FAILURES:
             return
         try:
-            previous = (await self.store.backed_off_accounts()).get(account_id)
+            previous = await self.store.account_backoff(account_id)
         except RedisError as e:
             log_redis_error(log, "account_backoff_failed", e, account_id=account_id)
             return
@@ -305,27 +299,35 @@ class PollRunner:
             return  # in force: these are reads that were under way when it began
         backoffs = (previous.failures if previous else 0) + 1  # its probes failed since
         delay = failing_account_delay(backoffs - 1)
-        await self._back_off_account(account_id, error, delay, backoffs)
+        await self._back_off_account(lease, error, delay, backoffs)
 
     async def _back_off_account(
         self,
-        account_id: str,
+        lease: Lease,
         error: UpstreamError,
         delay: float | None = None,
         failures: int | None = None,
     ) -> None:
         """Back the whole account off: its other users are not polled until then either.
-        `delay` and `failures` default to a refusal's (401/403/412) back-off schedule."""
+        `delay` and `failures` default to a refusal's (401/403/412) back-off schedule.
+        Fenced by the read's lease: a read whose account was forgotten meanwhile (its
+        leases go first) leaves no back-off behind, which nothing would ever clear."""
+        account_id = lease.account_id
         try:
             if failures is None:
-                previous = (await self.store.backed_off_accounts()).get(account_id)
+                previous = await self.store.account_backoff(account_id)
                 failures = (previous.failures if previous else 0) + 1
             if delay is None:
                 delay = retry_delay(error, failures - 1, self.interval)
             backoff = AccountBackoff(self.clock() + delay, failures, str(error))
-            await self.store.back_off_account(account_id, backoff)
+            async with lease.lock:  # its token does not move meanwhile
+                held = (self.leases.zset, lease.member, lease.token)
+                written = await self.store.back_off_account(account_id, backoff, held)
         except RedisError as e:
             log_redis_error(log, "account_backoff_failed", e, account_id=account_id)
+            return
+        if not written:  # taken over (that read backs it off), or forgotten
+            log.debug("account_backoff_lease_lost", account_id=account_id, member=lease.member)
             return
         log.warning(
             "account_backed_off",

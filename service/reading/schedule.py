@@ -287,7 +287,6 @@ class PollScheduler:
             troubles = await self.store.account_troubles(now)
             backed_off, paused = troubles.backed_off, troubles.paused
             self.runner.backed_off = set(backed_off)
-            self.runner.failing = troubles.failing
             accounts_read = (await self.accounts.current()).settings.keys()
         except RedisError as e:
             log_redis_error(log, "claim_users_failed", e)

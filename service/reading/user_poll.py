@@ -348,6 +348,7 @@ class Poller:
                 snapshots=run.snapshots if outbox.changes or run.stored.legacy else None,
                 weight=weight,
                 resource=run.resource,
+                answered=ends,
             )
             if token is None:
                 raise StaleLease(f"lease on {lease.member} was taken over")

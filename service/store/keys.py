@@ -27,7 +27,8 @@ UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
 # hash: account id → JSON {until, failures, error} while 401/403/412 back the account off.
 BLOCKED_ACCOUNTS = f"{PREFIX}:accounts:blocked"
 # hash with a TTL: account id → how many of its reads failed in a row (5xx, timeouts, broken
-# connections; any member, any process); a success deletes its field.
+# connections; any member, any process); the commit that ends a successful read deletes its
+# field (commit_poll, commit_feed, commit_listing.lua), whichever process counted it.
 FAILING_ACCOUNTS = f"{PREFIX}:accounts:failing"
 # zset with a TTL: account id → until when (epoch ms, the service's clock, like a back-off)
 # its provider asked it to wait (a 429 with `provider_errors`). Entries that are over are

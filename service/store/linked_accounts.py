@@ -18,7 +18,7 @@ from service.resources import RESOURCES
 from service.store import keys
 from service.store.read_costs import full_read_fields
 from service.store.read_state import FIELDS, ReadState
-from service.store.scripts import CommitAccounts
+from service.store.scripts import CommitAccounts, MarkNotLms
 
 # an unlinked account's users forgotten per round trip
 FORGET_BATCH = 500
@@ -32,6 +32,7 @@ class LinkedAccountStore:
         # a listing's findings (accounts found or changed, accounts unlinked), its state and
         # next due time in one atomic step, fenced by its lease (False: the lease is lost)
         self.commit = CommitAccounts(redis)
+        self._mark_not_lms = MarkNotLms(redis)
 
     async def version(self) -> int:
         raw = await self.redis.get(keys.LINKED_VERSION)
@@ -65,12 +66,10 @@ class LinkedAccountStore:
 
     async def mark_not_lms(self, account_id: str, retry_at_ms: int) -> bool:
         """The account answered as no LMS account: not read until `retry_at_ms`. False when
-        it was marked until then or later already (another process's read meanwhile)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(keys.NOT_LMS_ACCOUNTS, {account_id: retry_at_ms}, gt=True, ch=True)
-            pipe.incr(keys.LINKED_VERSION)
-            added, _ = await pipe.execute()
-        return bool(added)
+        it was marked until then or later already (another process's read meanwhile), or
+        when a listing unlinked it while the read was in flight (nothing is written: its
+        forgetting would not clear the mark)."""
+        return await self._mark_not_lms(account_id, retry_at_ms)
 
     async def to_forget(self) -> list[str]:
         return sorted(cast(set[str], await self.redis.smembers(keys.FORGET_ACCOUNTS)))
@@ -78,18 +77,15 @@ class LinkedAccountStore:
     async def forget(self, account_id: str) -> int:
         """Forget an unlinked account's state, in batches, and returns how many of its users
         went. Its schedule entries go first, so a read of it in flight (in any process)
-        finds its lease gone and commits nothing; its users' set goes last, so a process
-        that dies midway has lost nothing it needs to finish: the account stays in
-        FORGET_ACCOUNTS and the next listing, wherever it runs, forgets the rest."""
+        finds its lease gone and commits nothing; what a failed read marks of the whole
+        account (its back-off, fenced by the read's lease) goes once no lease of it is
+        left, so none outlives it; its users' set goes last, so a process that dies midway
+        has lost nothing it needs to finish: the account stays in FORGET_ACCOUNTS and the
+        next listing, wherever it runs, forgets the rest."""
         member = keys.account_member(account_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(keys.FEED_DUE, member)
             pipe.zrem(keys.DISCOVERY_DUE, member)
-            pipe.hdel(keys.FEED_FALLBACK, account_id)
-            pipe.hdel(keys.BLOCKED_ACCOUNTS, account_id)
-            pipe.zrem(keys.PAUSED_ACCOUNTS, account_id)
-            unserved = [keys.unserved_member(account_id, r) for r in RESOURCES.values()]
-            pipe.zrem(keys.UNSERVED_RESOURCES, *unserved)
             await pipe.execute()
         users = await self._users_of(account_id)
         for start in range(0, len(users), FORGET_BATCH):
@@ -109,6 +105,13 @@ class LinkedAccountStore:
         for start in range(0, len(overdue), FORGET_BATCH):
             await self.redis.zrem(keys.OVERDUE, *overdue[start : start + FORGET_BATCH])
         async with self.redis.pipeline(transaction=True) as pipe:
+            # no lease of the account is left: no read backs it off or pauses it again
+            pipe.hdel(keys.FEED_FALLBACK, account_id)
+            pipe.hdel(keys.BLOCKED_ACCOUNTS, account_id)
+            pipe.hdel(keys.FAILING_ACCOUNTS, account_id)
+            pipe.zrem(keys.PAUSED_ACCOUNTS, account_id)
+            unserved = [keys.unserved_member(account_id, r) for r in RESOURCES.values()]
+            pipe.zrem(keys.UNSERVED_RESOURCES, *unserved)
             pipe.delete(
                 keys.feed_state(account_id),
                 keys.discovery_state(account_id),

@@ -17,14 +17,22 @@ from service.store import keys
 from service.store.limits import RateLimit
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.read_state import ReadState, hash_fields
-from service.store.scripts import ClaimDue, CommitOverdue, CommitPoll, LoadUser, due_score, lease_ms
+from service.store.scripts import (
+    BackOff,
+    ClaimDue,
+    CommitOverdue,
+    CommitPoll,
+    LoadUser,
+    due_score,
+    lease_ms,
+)
 from service.store.snapshots import decode_legacy_snapshots, decode_snapshots
 
 # PAUSED_ACCOUNTS lives this long after its latest pause: longer than any Retry-After (the
 # client caps them at 600 s), so only a key nobody paused for an hour goes
 PAUSED_ACCOUNTS_TTL = 3600
 # FAILING_ACCOUNTS goes after an hour without a failure: failures that far apart are not a
-# run (a success deletes an account's count at once anyway)
+# run (a successful read's commit deletes its account's count at once anyway)
 FAILING_ACCOUNTS_TTL = 3600
 
 
@@ -72,7 +80,6 @@ class AccountBackoff:
 @dataclass(frozen=True, slots=True)
 class AccountTroubles:
     backed_off: dict[str, AccountBackoff]
-    failing: set[str]  # accounts whose reads failed in a row (FAILING_ACCOUNTS)
     paused: dict[str, float]  # account → until when its provider asked it to wait (seconds)
 
 
@@ -94,6 +101,7 @@ class PollStore:
         self.commit = CommitPoll(redis, log)
         # claimed due dates' events queued and their watches ended, each fenced by its claim
         self.commit_overdue = CommitOverdue(redis, log)
+        self._back_off = BackOff(redis)
 
     # -- one user's poll --
 
@@ -146,18 +154,33 @@ class PollStore:
         raw = cast(dict[str, str], await self.redis.hgetall(keys.BLOCKED_ACCOUNTS))
         return _backoffs(raw)
 
+    async def account_backoff(self, account_id: str) -> AccountBackoff | None:
+        """One account's back-off (a failed read reads its own, not every account's: in a
+        StackOne outage hundreds are backed off at once)."""
+        raw = cast(str | None, await self.redis.hget(keys.BLOCKED_ACCOUNTS, account_id))
+        return None if raw is None else AccountBackoff.decode(raw)
+
     async def account_troubles(self, now: float) -> AccountTroubles:
         """What a claim of polls checks of their accounts, in one round trip: those backed
-        off, those whose reads fail in a row, those their provider paused at `now`."""
+        off, those their provider paused at `now`."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.BLOCKED_ACCOUNTS)
-            pipe.hkeys(keys.FAILING_ACCOUNTS)
             pipe.zrangebyscore(keys.PAUSED_ACCOUNTS, f"({int(now * 1000)}", "+inf", withscores=True)
-            blocked, failing, paused = await pipe.execute()
-        return AccountTroubles(_backoffs(blocked), set(failing), _pauses(paused))
+            blocked, paused = await pipe.execute()
+        return AccountTroubles(_backoffs(blocked), _pauses(paused))
 
-    async def back_off_account(self, account_id: str, backoff: AccountBackoff) -> None:
-        await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())
+    async def back_off_account(
+        self, account_id: str, backoff: AccountBackoff, held: tuple[str, str, int] | None = None
+    ) -> bool:
+        """Back the account off; with `held` (the schedule, member and token of the read that
+        says so) only while that lease holds: False when it does not (nothing written:
+        another process took the read over, or the account was forgotten meanwhile).
+        Without it: unfenced (tools and tests)."""
+        if held is None:
+            await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())
+            return True
+        schedule, member, token = held
+        return await self._back_off(schedule, member, token, account_id, backoff.encode())
 
     async def end_backoff(self, account_id: str) -> None:
         await self.redis.hdel(keys.BLOCKED_ACCOUNTS, account_id)

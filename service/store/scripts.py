@@ -301,6 +301,7 @@ class CommitPoll(_Enqueues):
         snapshots: dict[str, Snapshot] | None = None,
         weight: float | None = None,
         resource: Resource = ASSIGNMENTS,
+        answered: bool = False,
     ) -> int | None:
         """Snapshots, user state, outgoing events and the lease's outcome in one atomic step.
 
@@ -310,7 +311,8 @@ class CommitPoll(_Enqueues):
 
         `outcome`: EndLease (the user is due again then), KeepLease (a flush), or None (the
         schedule is left as it is). Returns the lease's token (a kept lease's new one; any
-        int once it ended, or for None).
+        int once it ended, or for None). `answered`: the poll's last commit (it succeeded),
+        which ends its account's run of failing reads, whichever process counted them.
 
         None when `token` no longer holds the user's lease: another process took the user
         over, so nothing was written and this poll's results are dropped.
@@ -322,6 +324,7 @@ class CommitPoll(_Enqueues):
             keys.OVERDUE,
             keys.legacy_snapshots(account_id, user_id, resource),
             keys.USER_WEIGHTS,
+            keys.FAILING_ACCOUNTS,
         ]
         args: list[Any] = [
             keys.user_member(account_id, user_id),
@@ -329,6 +332,7 @@ class CommitPoll(_Enqueues):
             "" if outcome is None else outcome_score(outcome),
             "" if snapshots is None else encode_snapshots(snapshots),
             "" if weight is None else weight,
+            account_id if answered else "",
             *_state_args(state, resource.state_prefix),
             *_watch_args(outbox.watch, outbox.unwatch),
         ]
@@ -369,24 +373,28 @@ class CommitFeed(_Enqueues):
         users_version: str | None,
         users: list[UserWrite],
         resource: Resource = ASSIGNMENTS,
+        answered: bool = False,
     ) -> int | None:
         """Every user's snapshots and state (of `resource`), the events and overdue watches,
         the feed's state and its lease's `outcome` (as PollStore.commit takes it) in one
         atomic step; returns the lease's token, None when `token` no longer holds the
         account's feed lease (nothing written). `users_version`: the tracked users' version
         (FeedStore.users_version) `users` were taken at: raises TrackedUsersChanged (nothing
-        written) when users were added or removed since and `users` is not empty."""
+        written) when users were added or removed since and `users` is not empty.
+        `answered` as PollStore.commit takes it."""
         script_keys: list[Any] = [
             keys.FEED_DUE,
             keys.feed_state(account_id),
             keys.OVERDUE,
             keys.USERS_VERSION,
+            keys.FAILING_ACCOUNTS,
         ]
         args: list[Any] = [
             keys.account_member(account_id),
             token,
             outcome_score(outcome),
             users_version or "",
+            account_id if answered else "",
             *_state_args(state, resource.state_prefix),
             len(users),
         ]
@@ -666,7 +674,9 @@ class CommitListing(_Script):
         """Users added to and dropped from a listing, with the listing's state, in one
         atomic step that ends its lease; False when the lease was lost (nothing written).
         `add`: users found (at `found_ms`, the upstream's clock); `drop`: users to forget
-        (their schedule entry, state and snapshots)."""
+        (their schedule entry, state and snapshots). A listing commits only once it
+        succeeded: that ends its account's run of failing reads, as PollStore.commit's
+        `answered` does."""
         script_keys: list[Any] = [
             keys.DISCOVERY_DUE,
             keys.discovery_state(account_id),
@@ -674,9 +684,10 @@ class CommitListing(_Script):
             keys.POLL_DUE,
             keys.USER_WEIGHTS,
             keys.USERS_VERSION,
+            keys.FAILING_ACCOUNTS,
         ]
         args: list[Any] = [keys.account_member(account_id), token, outcome_score(outcome)]
-        args.append(found_ms)
+        args += [found_ms, account_id]
         args += [*_state_args(state), len(add), *add, len(drop)]
         script_keys += [keys.user_state(account_id, user_id) for user_id in add]
         for user_id in drop:
@@ -726,3 +737,29 @@ class CommitAccounts(_Script):
             done = bool(await self._run(keys=script_keys, args=args))
             _committed(current, done)
         return done
+
+
+class MarkNotLms(_Script):
+    """LinkedAccountStore.mark_not_lms."""
+
+    source = "mark_not_lms"
+
+    async def __call__(self, account_id: str, retry_at_ms: int) -> bool:
+        """Not read until `retry_at_ms`, while it is still linked; False when it was marked
+        until then or later already, or is linked no longer (nothing written)."""
+        script_keys = [keys.LINKED_ACCOUNTS, keys.NOT_LMS_ACCOUNTS, keys.LINKED_VERSION]
+        return int(await self._run(keys=script_keys, args=[account_id, retry_at_ms])) > 0
+
+
+class BackOff(_Script):
+    """PollStore.back_off_account."""
+
+    source = "back_off"
+
+    async def __call__(
+        self, schedule: str, member: str, token: int, account_id: str, value: str
+    ) -> bool:
+        """The account backed off (`value`, as AccountBackoff encodes it) while `token` still
+        holds `member`'s lease on `schedule`; False when it does not (nothing written)."""
+        script_keys = [schedule, keys.BLOCKED_ACCOUNTS]
+        return bool(await self._run(keys=script_keys, args=[member, token, account_id, value]))

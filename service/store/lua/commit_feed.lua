@@ -2,12 +2,13 @@
 -- snapshots and state of every user it changed, overdue watches, the outgoing events, the
 -- feed's state and its next score (its extended lease, or its next due time).
 -- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset, [4] tracked users' version
---       counter,
+--       counter, [5] failing accounts hash,
 --       then per user written: (snapshots, user state hash, 0.1's snapshot hash),
 --       then the log's and the queues' keys, as enqueue.lua reads them
 -- ARGV: [1] account member, [2] token held, [3] new score as lease.lua's move reads it (the
 --       next due time, or -n: the lease n ms longer; '' = leave it), [4] the tracked users'
---       version the read's users were taken at,
+--       version the read's users were taken at, [5] the account as answered reads it (the
+--       read's last commit: it succeeded),
 --       then the feed state as hset_pairs reads it,
 --       then n users, each: snapshots ('' = unchanged), its state as hset_pairs reads it,
 --       then the overdue watches as watch reads them, then the events as enqueue reads them
@@ -21,12 +22,13 @@
 --!include enqueue.lua
 --!include commit_parts.lua
 if not held(KEYS[1], ARGV[1], ARGV[2]) then return -1 end
-local users_at = 6 + 2 * tonumber(ARGV[5])  -- after the feed state's pairs
+local users_at = 7 + 2 * tonumber(ARGV[6])  -- after the feed state's pairs
 local users = tonumber(ARGV[users_at])
 if users > 0 and (redis.call('GET', KEYS[4]) or '') ~= ARGV[4] then return -2 end
-local i = hset_pairs(KEYS[2], 5) + 1
+answered(KEYS[5], ARGV[5])
+local i = hset_pairs(KEYS[2], 6) + 1
 for u = 0, users - 1 do
-  local k = 5 + 3 * u
+  local k = 6 + 3 * u
   if ARGV[i] ~= '' then
     redis.call('SET', KEYS[k], ARGV[i])
     redis.call('DEL', KEYS[k + 2])
@@ -34,6 +36,6 @@ for u = 0, users - 1 do
   i = hset_pairs(KEYS[k + 1], i + 1)
 end
 i = watch(KEYS[3], i)
-enqueue(5 + 3 * users, i)
+enqueue(6 + 3 * users, i)
 if ARGV[3] == '' then return 0 end
 return move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, get_args
 
 from service.config import AccountSettings, Settings
-from service.contract.admin import AccountSource, AccountState
+from service.contract import admin as m
 from service.cursor import decode_cursor, encode_cursor
 from service.errors import InvalidInput
 from service.store import keys
@@ -37,8 +37,8 @@ from service.store.polls import AccountBackoff
 from service.store.read_state import ReadState
 from service.store.stores import Stores
 
-STATES: tuple[str, ...] = get_args(AccountState)
-SOURCES: tuple[str, ...] = get_args(AccountSource)
+STATES: tuple[str, ...] = get_args(m.AccountState)
+SOURCES: tuple[str, ...] = get_args(m.AccountSource)
 MISSING = "missing from the last listing"
 
 
@@ -47,8 +47,8 @@ class AccountRow:
     """One account and its state; `settings` None: not read."""
 
     account_id: str
-    source: str
-    state: str
+    source: m.AccountSource
+    state: m.AccountState
     settings: AccountSettings | None
     linked: LinkedAccount | None
 
@@ -66,6 +66,7 @@ def account_rows(
     rows = []
     for account_id in sorted(tracked.settings.keys() | linked.keys()):
         read = tracked.settings.get(account_id)
+        state: m.AccountState
         if read is None:
             retry_ms = tracked.not_lms.get(account_id, 0)
             state = "not_lms" if retry_ms > now_ms else "inactive"
@@ -75,7 +76,7 @@ def account_rows(
             state = "paused"
         else:
             state = "active"
-        source = "config" if account_id in config else "discovery"
+        source: m.AccountSource = "config" if account_id in config else "discovery"
         rows.append(AccountRow(account_id, source, state, read, linked.get(account_id)))
     return rows
 
@@ -85,16 +86,16 @@ def count_by_state(rows: list[AccountRow]) -> Counter[tuple[str, str]]:
     return Counter((row.state, row.source) for row in rows)
 
 
-def read_state(state: ReadState, due_ms: int | None) -> dict[str, Any]:
+def read_state(state: ReadState, due_ms: int | None) -> m.ReadState:
     """A feed's or listing's state as the admin API shows it."""
-    return {
-        "watermark_ms": state.watermark_ms,
-        "last_read_ms": state.last_poll_ms,
-        "last_full_read_ms": state.last_full_sync_ms,
-        "next_read_at_ms": due_ms,
-        "failures": state.failures or 0,
-        "last_error": state.last_error,
-    }
+    return m.ReadState(
+        watermark_ms=state.watermark_ms,
+        last_read_ms=state.last_poll_ms,
+        last_full_read_ms=state.last_full_sync_ms,
+        next_read_at_ms=due_ms,
+        failures=state.failures or 0,
+        last_error=state.last_error,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,7 @@ def _ask(row: AccountRow, named: dict[str, list[str]], fallbacks: dict[str, Any]
 
 def account_item(
     row: AccountRow, reads: AccountReads, known: Known, defaults: AccountSettings, now_ms: int
-) -> dict[str, Any]:
+) -> m.Account:
     """One account as the admin API and the console show it.
 
     `last_read_ms`: the last read that succeeded of its feed, its user listing or (polled
@@ -143,37 +144,37 @@ def account_item(
     if reads.listing is not None:
         listing = read_state(reads.listing, reads.listing_due_ms)
         states.append((reads.listing, reads.listing_due_ms))
-    in_force = None
+    in_force: m.StrategyInForce | None = None
     if account is not None:
         in_force = "account" if account.uses_feed and fallback is None else "per_user"
     read_times = [s.last_poll_ms for s, _ in states if s.last_poll_ms is not None]
     due = [d for _, d in states if d is not None]
     errors = [s.last_error for s, _ in states if s.last_error]
-    return {
-        "account_id": account_id,
-        "source": row.source,
-        "state": row.state,
-        "strategy": shown.strategy,
-        "strategy_in_force": in_force,
-        "fallback": None if fallback is None else asdict(fallback),
-        "users": "all" if shown.all_users else "listed",
-        "users_tracked": reads.users_tracked if account is not None else 0,
-        "feed": feed,
-        "listing": listing,
-        "backoff": None if backoff is None else asdict(backoff),
-        "paused_until": known.paused.get(account_id),
-        "provider": None if linked is None else linked.provider,
-        "provider_name": None if linked is None else linked.provider_name,
-        "label": None if linked is None else linked.label,
-        "owner": _owner(linked),
-        "status": None if linked is None else linked.status,
-        "status_reasons": _reasons(linked),
-        "last_read_ms": max(read_times, default=None),
-        "lag_seconds": (
+    return m.Account(
+        account_id=account_id,
+        source=row.source,
+        state=row.state,
+        strategy=shown.strategy,
+        strategy_in_force=in_force,
+        fallback=None if fallback is None else m.FeedFallback(**asdict(fallback)),
+        users="all" if shown.all_users else "listed",
+        users_tracked=reads.users_tracked if account is not None else 0,
+        feed=feed,
+        listing=listing,
+        backoff=None if backoff is None else m.AccountBackoff(**asdict(backoff)),
+        paused_until=known.paused.get(account_id),
+        provider=None if linked is None else linked.provider,
+        provider_name=None if linked is None else linked.provider_name,
+        label=None if linked is None else linked.label,
+        owner=_owner(linked),
+        status=None if linked is None else linked.status,
+        status_reasons=_reasons(linked),
+        last_read_ms=max(read_times, default=None),
+        lag_seconds=(
             None if account is None else max(0.0, (now_ms - min(due, default=now_ms)) / 1000)
         ),
-        "last_error": backoff.error if backoff is not None else (errors[0] if errors else None),
-    }
+        last_error=backoff.error if backoff is not None else (errors[0] if errors else None),
+    )
 
 
 def _reasons(linked: LinkedAccount | None) -> list[str]:
@@ -184,10 +185,10 @@ def _reasons(linked: LinkedAccount | None) -> list[str]:
     return [*missing, *linked.status_reasons]
 
 
-def _owner(linked: LinkedAccount | None) -> dict[str, str | None] | None:
+def _owner(linked: LinkedAccount | None) -> m.AccountOwner | None:
     if linked is None or (linked.origin_owner_id is None and linked.origin_owner_name is None):
         return None
-    return {"id": linked.origin_owner_id, "name": linked.origin_owner_name}
+    return m.AccountOwner(id=linked.origin_owner_id, name=linked.origin_owner_name)
 
 
 class AccountsView:
@@ -216,7 +217,7 @@ class AccountsView:
 
     async def page(
         self, state: str | None = None, limit: int | None = None, cursor: str | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[m.Account], str | None]:
         """The accounts in `state` (None: all), by id, up to `limit` (None: all) after the
         cursor's; and the cursor of the next page (None: the end)."""
         if state is not None and state not in STATES:

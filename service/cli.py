@@ -185,10 +185,10 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{settings.stackone.max_requests_per_minute}"
     )
     completions = completions_cost(settings.accounts, estimate)
-    if completions["accounts"]:
+    if completions.accounts:
         budget += (
-            f", of which completions {completions['per_minute']:.0f} "
-            f"({completions['accounts']} account(s): one more feed read per account, "
+            f", of which completions {completions.per_minute:.0f} "
+            f"({completions.accounts} account(s): one more feed read per account, "
             "one more request per user poll)"
         )
     unknown = " (users: all accounts' users polled one by one not counted: not listed yet)"

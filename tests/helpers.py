@@ -17,6 +17,7 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from service.app import Service
@@ -175,6 +176,13 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         yield service
     finally:
         await service.stop(timeout=2.0)
+
+
+def as_json(answer: BaseModel | list[Any] | None) -> Any:
+    """What Operations answers as the admin API serves it (None and lists as they are)."""
+    if isinstance(answer, list):
+        return [as_json(item) for item in answer]
+    return None if answer is None else answer.model_dump(mode="json")
 
 
 def seed_user(sim: SimLMS, user: str, count: int) -> None:

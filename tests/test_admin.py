@@ -20,7 +20,7 @@ from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys
 from service.store.scripts import LEASED
-from tests.helpers import ACCOUNT, Driven, driven, endpoint, make_settings, wait_until
+from tests.helpers import ACCOUNT, Driven, as_json, driven, endpoint, make_settings, wait_until
 from tests.redis_server import RedisServer
 
 TOKEN = "admin-token-9f8e7d"
@@ -369,6 +369,45 @@ async def test_bad_input_to_the_log_routes_is_4xx_json(
     assert status == expected and "error" in answer, answer
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/admin/dead-letters/replay", {"ids": ["x"]}, "endpoint"),
+        ("/admin/dead-letters/replay", {"endpoint": "hr", "ids": "x"}, "ids"),
+        ("/admin/dead-letters/replay", {"endpoint": "hr", "ids": ["a", ""]}, "ids[1]"),
+        ("/admin/dead-letters/replay", {"endpoint": 7}, "endpoint"),
+        ("/admin/users", {"account_id": "", "user_id": "u_2"}, "account_id"),
+        ("/admin/users", {"account_id": ACCOUNT, "user_id": ".."}, "user_id"),
+        ("/admin/poll", {"account_id": ACCOUNT}, "user_id"),
+        ("/admin/endpoints/hr/redeliver", {"outcome": "any"}, "since"),
+        ("/admin/endpoints/hr/redeliver", {"since": True, "outcome": "any"}, "since"),
+        ("/admin/endpoints/hr/redeliver", {"since": "0", "outcome": "queued"}, "outcome"),
+        ("/admin/endpoints/hr/redeliver", {"since": 0, "until": "soon", "outcome": "any"}, "until"),
+    ],
+)
+async def test_a_bad_body_is_400_naming_its_field(
+    admin: Any, path: str, body: dict[str, Any], field: str
+) -> None:
+    _, http, _, _ = admin
+    status, answer = await call(http, "POST", path, json=body)
+    assert status == 400 and answer["error"] == "bad request", answer
+    assert answer["detail"].startswith(f"`{field}`"), answer
+
+
+async def test_a_body_may_name_more_than_a_route_reads(admin: Any) -> None:
+    """Fields a route does not read are ignored, as they always were."""
+    _, http, _, _ = admin
+    body = {"account_id": ACCOUNT, "user_id": "u_1", "note": "from the runbook"}
+    status, _ = await call(http, "POST", "/admin/poll", json=body)
+    assert status == 202
+    body = {"endpoint": "hr", "ids": [], "dry_run": True}  # no ids: all its dead letters
+    status, answer = await call(http, "POST", "/admin/dead-letters/replay", json=body)
+    assert (status, answer) == (200, {"endpoint": "hr", "queued": 0})
+    body = {"since": "1970-01-01T00:00:00", "until": "", "outcome": "any", "x": 1}
+    status, answer = await call(http, "POST", "/admin/endpoints/hr/redeliver", json=body)
+    assert (status, answer) == (200, {"endpoint": "hr", "queued": 0})
+
+
 async def test_users_and_endpoints_come_in_pages(
     redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str]
 ) -> None:
@@ -382,13 +421,13 @@ async def test_users_and_endpoints_come_in_pages(
         endpoints: list[str] = []
         cursor = None
         while True:
-            page = await ops.users(limit=2, cursor=cursor)
+            page = as_json(await ops.users(limit=2, cursor=cursor))
             assert len(page["users"]) <= 2 and "backed_off_accounts" in page
             users += [u["user_id"] for u in page["users"]]
             if (cursor := page["next_cursor"]) is None:
                 break
         while True:
-            page = await ops.endpoints(limit=2, cursor=cursor)
+            page = as_json(await ops.endpoints(limit=2, cursor=cursor))
             endpoints += [e["id"] for e in page["endpoints"]]
             if (cursor := page["next_cursor"]) is None:
                 break

@@ -27,6 +27,7 @@ from tests.helpers import (
     API_KEY,
     ROOT,
     Driven,
+    as_json,
     driven,
     endpoint,
     make_settings,
@@ -61,7 +62,7 @@ async def test_an_over_budget_config_is_stretched_and_says_so(
     )
     async with driven(settings, sim) as service:
         await service.baseline()
-        budget = await service.service.operations.budget()
+        budget = as_json(await service.service.operations.budget())
         assert budget["fits"] is False
         assert budget["needed_per_minute"] == 6000 and budget["allowed_per_minute"] == 582
         stretched = 0.1 * 6000 / 582  # 1.03 s
@@ -91,11 +92,11 @@ async def test_users_added_at_run_time_change_the_plan_without_a_restart(
     )
     async with driven(settings, sim) as service:
         await service.baseline()
-        assert (await service.service.operations.budget())["fits"] is True  # 1,200 of 1,455
+        assert (await service.service.operations.budget()).fits is True  # 1,200 of 1,455
         for n in range(3, 11):
             await service.service.operations.add_user(ACCOUNT, f"u_{n}")
         await service.step(0.0)
-        budget = await service.service.operations.budget()
+        budget = as_json(await service.service.operations.budget())
     assert budget["fits"] is False and budget["users"]["per_user"] == 10
     assert budget["effective_interval_seconds"]["per_user"] == pytest.approx(
         0.1 * 6000 / 1455, 1e-3
@@ -126,7 +127,7 @@ async def test_adaptive_polls_busy_users_more_often_and_idle_ones_within_the_bou
                 progress += 1
                 sim.progress(ACCOUNT, "u_1", "u_1_a1", progress)
                 await service.step(0.5)
-        budget = await service.service.operations.budget()
+        budget = as_json(await service.service.operations.budget())
         sim.clear_requests()
         for _ in range(48):  # 24 s: 60 polls of the ten users at the uniform cadence
             progress += 1
@@ -209,7 +210,7 @@ async def test_a_running_service_replans_as_soon_as_users_are_added(
         operations = service.operations
 
         async def users_planned() -> int:
-            return int((await operations.budget())["users"]["per_user"])
+            return int((await operations.budget()).users.per_user)
 
         await wait_until(lambda: users_planned(), 5, "the first plan")
         for n in range(3, 11):
@@ -220,7 +221,7 @@ async def test_a_running_service_replans_as_soon_as_users_are_added(
 
         # well before the next periodic plan (every 30 s)
         await wait_until(ten, 5, "the plan to count the users added")
-        assert (await operations.budget())["fits"] is False
+        assert (await operations.budget()).fits is False
 
 
 async def test_full_resync_interval_zero_reads_the_feed_completely_every_time(
@@ -243,7 +244,7 @@ async def test_full_resync_interval_zero_reads_the_feed_completely_every_time(
         sim.clear_requests()
         for _ in range(2):
             await service.step(0.5)  # the plan is derived again before each read
-        budget = await service.service.operations.budget()
+        budget = as_json(await service.service.operations.budget())
     feed_reads = [r for r in sim.requests if r.path == "/unified/lms/assignments"]
     assert len(feed_reads) >= 2
     assert not any("filter[updated_after]" in r.query for r in feed_reads)  # each one full
@@ -326,7 +327,7 @@ async def test_adaptive_reads_a_busy_account_every_account_interval_and_quiet_on
         start = service.clock()
         await seconds(service, 40)
         window = feed_reads(sim, start)
-        budget = await service.service.operations.budget()
+        budget = as_json(await service.service.operations.budget())
         rx.events.clear()
         sim.progress("acc_5", "u_1", "acc_5_a1", 50)
         changed = service.clock()

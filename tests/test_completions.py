@@ -16,7 +16,7 @@ from service.reading.plan import plan
 from service.reading.planner import demand_of_config
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
-from tests.helpers import ACCOUNT, driven, endpoint, make_settings, of_type, seed_user
+from tests.helpers import ACCOUNT, as_json, driven, endpoint, make_settings, of_type, seed_user
 from tests.redis_server import RedisServer
 
 Rx = tuple[Receiver, str]
@@ -269,8 +269,8 @@ async def test_endpoints_subscribe_to_completion_events_and_the_log_finds_them(
         sim.progress(ACCOUNT, "u_1", "u_1_a1", 100)
         await service.step(0.5)
         operations = service.service.operations
-        found = await operations.events(completion_id="c_new")
-        none = await operations.events(assignment_id="c_new")
+        found = as_json(await operations.events(completion_id="c_new"))
+        none = as_json(await operations.events(assignment_id="c_new"))
     assert [e.type for e in rx.events] == [ev.COMPLETION_CREATED]
     [item] = found["items"]
     assert item["type"] == ev.COMPLETION_CREATED and item["completion_id"] == "c_new"
@@ -292,7 +292,7 @@ async def test_the_plan_counts_completion_reads(
         settings = settings_for(redis_server.url, lms_url, rx_url, "account", track=track)
         plans[len(track)] = plan(demand_of_config(settings))
         async with driven(settings, sim) as service:
-            described = await service.service.operations.budget()
+            described = as_json(await service.service.operations.budget())
     # one feed every 0.5 s: 120 reads a minute, twice with completions
     assert (plans[1].needed_per_minute, plans[2].needed_per_minute) == (120.0, 240.0)
     assert described["completions"] == {"accounts": 1, "users_polled": 0, "per_minute": 120.0}

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from service.api.console.session import SESSION_SECONDS, Sessions
 from service.api.console.stats import HOUR_MS, last_hour
 from service.api.sign_in_limit import FAILURES_PER_CLIENT, WINDOW_SECONDS
+from service.contract.admin import Attempt
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
@@ -352,8 +353,17 @@ def test_a_session_verifies_on_any_replica_with_the_token_and_no_other() -> None
 def test_last_hour_from_the_delivery_log() -> None:
     now = 10 * HOUR_MS
 
-    def attempt(ago_ms: int, status: int | None, duration_ms: int) -> dict[str, object]:
-        return {"started_at_ms": now - ago_ms, "status": status, "duration_ms": duration_ms}
+    def attempt(ago_ms: int, status: int | None, duration_ms: int) -> Attempt:
+        return Attempt(
+            attempt=1,
+            started_at_ms=now - ago_ms,
+            duration_ms=duration_ms,
+            status=status,
+            error=None if status else "timeout",
+            response_body=None,
+            response_truncated=False,
+            next_attempt_at_ms=None,
+        )
 
     attempts = [attempt(1000 * n, 200, 10 * n) for n in range(1, 20)]
     attempts += [attempt(5000, 503, 900), attempt(6000, None, 2000)]  # a 503, a timeout

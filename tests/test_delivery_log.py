@@ -22,7 +22,7 @@ from service.store import keys, log_body
 from service.store import log as delivery_log
 from service.store.log_policy import DEFAULT_LOG
 from service.store.scripts import log_head
-from tests.helpers import ACCOUNT, SECRET, driven, endpoint, make_settings, seed_user
+from tests.helpers import ACCOUNT, SECRET, as_json, driven, endpoint, make_settings, seed_user
 from tests.redis_server import RedisServer, free_port
 
 Sim = tuple[SimLMS, str]
@@ -45,7 +45,7 @@ async def every_page(ops: Operations, limit: int = 50, **filters: Any) -> list[d
     items: list[dict[str, Any]] = []
     cursor = None
     for _ in range(10_000):
-        page = await ops.events(limit=limit, cursor=cursor, **filters)
+        page = as_json(await ops.events(limit=limit, cursor=cursor, **filters))
         items += page["items"]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -77,9 +77,9 @@ async def test_every_attempt_is_recorded_with_its_answer_and_next_time(
         started = service.clock.now
         await service.step(12)  # the retries: hr 200, down again nothing
         await service.step(12)  # down's third attempt: dead
-        [summary] = (await ops.events())["items"]
-        event = await ops.event(summary["id"])
-        recent = await ops.endpoint_attempts("hr")
+        [summary] = (as_json(await ops.events()))["items"]
+        event = as_json(await ops.event(summary["id"]))
+        recent = as_json(await ops.endpoint_attempts("hr"))
     assert event is not None
     assert summary["endpoints"] == {
         "hr": {"outcome": "delivered", "attempts": 2},
@@ -124,7 +124,7 @@ async def test_an_event_is_found_by_user_after_delivery_with_its_body(
         await service.baseline()
         assert await service.service.queue.depth("hr") == 0  # delivered: the queue let go
         found = await every_page(ops, user_id="u_2")
-        detail = await ops.event(found[0]["id"])
+        detail = as_json(await ops.event(found[0]["id"]))
         by_assignment = await every_page(ops, assignment_id="u_1_a2")
         nothing = await every_page(ops, user_id="u_3")
     assert {(e["user_id"], e["assignment_id"]) for e in found} == {
@@ -175,7 +175,7 @@ async def test_outcome_filters(
         delivered_at_hr = await every_page(ops, outcome="delivered", endpoint="hr")
         still_queued = await every_page(ops, outcome="queued")
         with pytest.raises(InvalidInput):
-            await ops.events(outcome="lost")
+            as_json(await ops.events(outcome="lost"))
     assert len(queued) == 2
     assert (
         {e["id"] for e in dead} == {e["id"] for e in queued} == {e["id"] for e in delivered_at_hr}
@@ -198,7 +198,7 @@ async def test_pages_neither_repeat_nor_skip_while_events_keep_coming(
         before = await every_page(ops)
         assert len(before) == 17
         seen: list[str] = []
-        page = await ops.events(limit=4)
+        page = as_json(await ops.events(limit=4))
         seen += [e["id"] for e in page["items"]]
         for round_ in range(1, 10):  # newer events are logged between the pages
             for n in (1, 2):
@@ -206,7 +206,7 @@ async def test_pages_neither_repeat_nor_skip_while_events_keep_coming(
             await service.step(1)
             if page["next_cursor"] is None:
                 break
-            page = await ops.events(limit=4, cursor=page["next_cursor"])
+            page = as_json(await ops.events(limit=4, cursor=page["next_cursor"]))
             seen += [e["id"] for e in page["items"]]
         else:
             raise AssertionError("17 events in pages of 4 took more than 10 pages")
@@ -236,7 +236,7 @@ async def test_a_selective_filter_scans_a_bounded_part_per_page(
         pages = []
         cursor = None
         while True:
-            page = await ops.events(user_id="u_2", cursor=cursor)
+            page = as_json(await ops.events(user_id="u_2", cursor=cursor))
             pages.append(page["items"])
             if (cursor := page["next_cursor"]) is None:
                 break
@@ -267,13 +267,13 @@ async def test_since_and_until_and_a_trim_by_time(
         only_first = await every_page(ops, until_ms=t1)
         only_second = await every_page(ops, since_ms=t1 + 1, until_ms=t2)
         with pytest.raises(InvalidInput):
-            await ops.events(since_ms=t2, until_ms=t1)
+            as_json(await ops.events(since_ms=t2, until_ms=t1))
         # ten minutes after the first events, the next commit trims them from the log
         await service.step(301)
         sim.update_assignment(ACCOUNT, "u_1", "u_1_a2", x=2)
         await service.step(1)
         left = await every_page(ops)
-        gone = await ops.event(first[0]["id"])
+        gone = as_json(await ops.event(first[0]["id"]))
         hashes_left = await redis.exists(*(keys.log_event(e["id"]) for e in first))
         hr_index = await redis.zrange(keys.EndpointKeys("hr").log, 0, -1)
     assert {e["id"] for e in only_first} == {e["id"] for e in first} and len(first) == 2
@@ -327,16 +327,16 @@ async def test_test_send_is_signed_delivered_once_and_logged(
     async with driven(settings, sim) as service:
         ops = service.service.operations
         await service.baseline()
-        sent = await ops.test_send("hr")
+        sent = as_json(await ops.test_send("hr"))
         [got] = rx.events
         rx.default_answer = Answer(status=503, body="down for maintenance")
-        failed = await ops.test_send("hr")
+        failed = as_json(await ops.test_send("hr"))
         await service.step(3600)  # an hour of retry schedule: nothing is retried
-        logged = await ops.event(sent["event_id"])
-        logged_failed = await ops.event(failed["event_id"])
+        logged = as_json(await ops.event(sent["event_id"]))
+        logged_failed = as_json(await ops.event(failed["event_id"]))
         redelivered = await ops.redeliver("hr", since_ms=0, until_ms=None, outcome="any")
         with pytest.raises(NotFound):
-            await ops.test_send("nope")
+            as_json(await ops.test_send("nope"))
         depth = await service.service.queue.depth("hr")
         dead = await service.service.queue.dead_count("hr")
         health = await service.service.endpoint_store.health("hr")
@@ -413,7 +413,7 @@ async def test_redeliver_queues_a_range_again_with_the_same_ids(
         everything = await ops.redeliver("hr", since_ms=0, until_ms=None, outcome="delivered")
         queued_now = await every_page(ops, outcome="queued")
         await service.deliver()
-        redelivered = await ops.event(next(iter(failed)))
+        redelivered = as_json(await ops.event(next(iter(failed))))
         with pytest.raises(InvalidInput):
             await ops.redeliver("hr", since_ms=2, until_ms=1, outcome="any")
         with pytest.raises(InvalidInput):
@@ -449,12 +449,12 @@ async def test_the_last_attempts_are_kept_and_a_replay_shows_queued(
         for _ in range(keep):
             await service.step(1.25)
         [letter] = await service.service.queue.dead_letters("hr")
-        dead = await ops.event(letter["event_id"])
+        dead = as_json(await ops.event(letter["event_id"]))
         assert await ops.replay("hr", None) == 1
-        replayed = await ops.event(letter["event_id"])
+        replayed = as_json(await ops.event(letter["event_id"]))
         rx.default_answer = Answer(status=204)
         await service.deliver()
-        delivered = await ops.event(letter["event_id"])
+        delivered = as_json(await ops.event(letter["event_id"]))
     assert dead is not None and replayed is not None and delivered is not None
     assert letter["attempts"] == keep + 1 == len(rx.received) - 1
     assert dead["endpoints"]["hr"] == {"outcome": "dead", "attempts": keep + 1}
@@ -502,7 +502,7 @@ async def test_a_changes_events_share_their_data_once_and_read_back_as_signed(
         await service.step(1)
         first = list(rx.events)
         shared = await log_data_keys(redis)
-        details = {e.webhook_id: await ops.event(str(e.webhook_id)) for e in first}
+        details = {e.webhook_id: as_json(await ops.event(str(e.webhook_id))) for e in first}
         rx.events.clear()
         again = await ops.redeliver("hr", since_ms=0, until_ms=None, outcome="delivered")
         await service.deliver()
@@ -603,7 +603,7 @@ async def test_an_event_logged_whole_before_reads_and_redelivers_as_it_was(
         )
         await redis.zadd(keys.LOG_EVENTS, {"evt_old": at})
         await redis.zadd(keys.EndpointKeys("hr").log, {"evt_old": at})
-        detail = await ops.event("evt_old")
+        detail = as_json(await ops.event("evt_old"))
         again = await ops.redeliver("hr", since_ms=at, until_ms=at, outcome="delivered")
         await service.deliver()
     assert detail is not None and detail["body"] == json.loads(body)

@@ -14,7 +14,7 @@ from service.errors import ConfigError
 from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
-from tests.helpers import ACCOUNT, API_KEY, driven, of_type, seed_user
+from tests.helpers import ACCOUNT, API_KEY, as_json, driven, of_type, seed_user
 from tests.redis_server import RedisServer
 from tests.test_feed import feed_settings, paths
 
@@ -85,7 +85,7 @@ async def test_a_listing_without_data_changes_nothing(
         sim.faults.forced = [{"wrong_shape": True}]
         await service.step(0.0)
         assert await tracked(redis) == {"u_1", "u_2"}
-        [account] = await service.service.operations.accounts()
+        [account] = as_json(await service.service.operations.accounts())
         assert account["listing"]["failures"] == 1
         assert "data" in account["listing"]["last_error"]
         await service.step(5.0)  # retried: the listing is complete now

@@ -22,6 +22,7 @@ from tests.helpers import (
     ACCOUNT,
     API_KEY,
     Driven,
+    as_json,
     driven,
     endpoint,
     make_settings,
@@ -241,7 +242,7 @@ async def test_auto_falls_back_to_per_user_when_the_filter_is_ignored(
     )
     async with driven(settings, sim) as service:
         await complete_through_an_ignored_filter(service, sim)
-        [account] = await service.service.operations.accounts()
+        [account] = as_json(await service.service.operations.accounts())
         assert account["strategy_in_force"] == "per_user"
         assert account["fallback"]["reason"] == "filter_ignored"
         sim.clear_requests()
@@ -266,7 +267,7 @@ async def test_auto_falls_back_on_501_and_tries_the_feed_again_later(
     )
     async with driven(settings, sim) as service:
         await service.baseline()
-        [account] = await service.service.operations.accounts()
+        [account] = as_json(await service.service.operations.accounts())
         assert account["fallback"]["reason"] == "status_501"
         assert len([p for p in paths(sim) if p == FEED_PATH]) == 1  # 501 is not retried
         await service.step(0.5)  # u_1's first poll of its own: its baseline
@@ -275,7 +276,7 @@ async def test_auto_falls_back_on_501_and_tries_the_feed_again_later(
         assert len(of_type(rx.events, ev.COMPLETED)) == 1
         sim.faults.account_endpoint_status = None
         await service.step(60.0)  # full_resync_interval on: the feed again
-        [account] = await service.service.operations.accounts()
+        [account] = as_json(await service.service.operations.accounts())
         assert account["strategy_in_force"] == "account" and account["fallback"] is None
         sim.clear_requests()
         sim.progress(ACCOUNT, "u_1", "u_1_a2", 100)
@@ -459,7 +460,7 @@ async def test_a_user_whose_own_read_fails_does_not_hold_up_the_account(
         for _ in range(3):  # u_2 is backed off: not read again at every feed read
             await service.step(0.5)
         assert "/unified/lms/users/u_2/assignments" not in paths(sim)
-        [account] = await operations.accounts()
+        [account] = as_json(await operations.accounts())
     assert account["feed"]["failures"] == 0
     assert not await redis.hget(keys.user_state(ACCOUNT, "u_2"), "baselined")
 
@@ -499,7 +500,7 @@ async def test_auto_trying_the_feed_again_asks_for_the_filter(
     async with driven(settings, sim) as service:
         await complete_through_an_ignored_filter(service, sim)
         await service.step(60.0)  # tried again: still ignored, so back to per-user at once
-        [account] = await service.service.operations.accounts()
+        [account] = as_json(await service.service.operations.accounts())
         sim.clear_requests()
         await service.step(0.5)
         requested = paths(sim)

@@ -39,6 +39,7 @@ from tests.helpers import (
     API_KEY,
     Clock,
     Driven,
+    as_json,
     driven,
     endpoint,
     make_settings,
@@ -280,7 +281,7 @@ async def test_a_providers_429_holds_only_its_account_until_its_retry_after(
         await change_and_step(service, sim, 10, 0.5)
         assert delivered(rx) == ["acc_1_u_1"]
         assert any(r.account_id == "acc_2" and r.status == 429 for r in sim.requests)
-        [_, acc_2] = await service.service.operations.accounts()
+        [_, acc_2] = as_json(await service.service.operations.accounts())
         assert acc_2["paused_until"] == pytest.approx(service.clock() + 30, abs=1)
         assert await redis.exists(keys.UPSTREAM_PAUSE) == 0
         asked_acc_2 = requests_of(sim, "acc_2")
@@ -292,7 +293,7 @@ async def test_a_providers_429_holds_only_its_account_until_its_retry_after(
         await service.step(5.0)  # past its Retry-After (and the spread of its reads)
         await service.step(0.5)
         assert delivered(rx).count("acc_2_u_1") == 1  # its change, once, at its latest
-        [_, acc_2] = await service.service.operations.accounts()
+        [_, acc_2] = as_json(await service.service.operations.accounts())
         assert acc_2["paused_until"] is None
     acc_2 = [e for e in of_type(rx.events, ev.PROGRESS_CHANGED) if e.data["account_id"] == "acc_2"]
     assert [e.data["assignment"]["progress"] for e in acc_2] == [40]
@@ -371,7 +372,7 @@ async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
         sim.faults.forced = [{"status": 503, "account_id": "acc_2"}] * 1000
         for _ in range(3):  # at most ACCOUNT_POLLS of acc_2's polls a step
             await service.step(0.5)
-        [_, acc_2] = await service.service.operations.accounts()
+        [_, acc_2] = as_json(await service.service.operations.accounts())
         # once: reads already under way when it began did not back it off again
         assert acc_2["backoff"]["failures"] == 1
         assert acc_2["backoff"]["until"] == pytest.approx(service.clock() + 30, abs=1.5)
@@ -390,7 +391,7 @@ async def test_an_accounts_reads_failing_in_a_row_back_off_that_account_only(
         sim.progress("acc_2", "u_1", "acc_2_u_1", 50)
         await service.step(11.0)
         await service.step(1.0)
-        [_, acc_2] = await service.service.operations.accounts()
+        [_, acc_2] = as_json(await service.service.operations.accounts())
         assert acc_2["backoff"] is None
         assert await redis.hexists(keys.FAILING_ACCOUNTS, "acc_2") == 0
     changed = [e.data["assignment_id"] for e in of_type(rx.events, ev.PROGRESS_CHANGED)]

@@ -346,9 +346,9 @@ async def test_poller_and_dispatcher_roles_split_the_work(
         assert await poller.scheduler.run_once() == 1
         assert await redis.zcard(keys.EndpointKeys("hr").due) == 1  # queued, not sent
         assert rx.received == []
-        assert set(await poller.operations.readiness()) == {"redis", "poller"}
+        assert set((await poller.operations.readiness()).checks) == {"redis", "poller"}
         await dispatcher.dispatcher.drain()
-        assert set(await dispatcher.operations.readiness()) == {"redis", "dispatcher"}
+        assert set((await dispatcher.operations.readiness()).checks) == {"redis", "dispatcher"}
     finally:
         await dispatcher.stop(timeout=2.0)
         await poller.stop(timeout=2.0)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hmac
 import re
-from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -22,10 +20,9 @@ from service.api.common import (
     BadRequest,
     Handler,
     answer,
+    body_as,
     is_text,
     json_error,
-    json_object,
-    non_empty_string,
     ops,
 )
 from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
@@ -33,8 +30,6 @@ from service.contract import admin as m
 from service.operations import EVENT_FILTERS, MAX_LIMIT
 
 _DIGITS = re.compile(r"^[0-9]{1,16}$")
-# epoch ms of 0001-01-01 and 9999-12-31: what an ISO 8601 instant can name
-_EARLIEST_MS, _LATEST_MS = -62135596800000, 253402300799999
 
 
 def bearer_auth(token: str) -> Middleware:
@@ -97,40 +92,27 @@ def _query_limit(request: web.Request, default: int) -> int:
     return int(raw)
 
 
-def _instant_ms(value: object, name: str) -> int | None:
-    """Epoch milliseconds (an integer, or a string of digits) or an ISO 8601 instant."""
+def _query_instant_ms(request: web.Request, name: str) -> int | None:
+    """Epoch milliseconds or an ISO 8601 instant, as a request body's (m.Instant)."""
+    value = request.query.get(name)
     if value is None or value == "":
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        ms = value
-    elif isinstance(value, str) and _DIGITS.match(value):
-        ms = int(value)
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise BadRequest(
-                f"`{name}` must be epoch milliseconds or an ISO 8601 instant (2026-11-28T06:00:00Z)"
-            ) from None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        ms = int(moment.timestamp() * 1000)
-    else:
-        raise BadRequest(f"`{name}` must be epoch milliseconds or an ISO 8601 instant")
-    if not _EARLIEST_MS <= ms <= _LATEST_MS:
-        raise BadRequest(f"`{name}` is out of range")
-    return ms
+    try:
+        return m.instant_ms(value)
+    except ValueError as e:
+        raise BadRequest(f"`{name}` {e}") from None
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
-    page = await ops(request).endpoints(_query_limit(request, 100), _query(request, "cursor"))
-    return answer(m.EndpointPage, page)
+    return answer(
+        await ops(request).endpoints(_query_limit(request, 100), _query(request, "cursor"))
+    )
 
 
 async def enable_endpoint(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
     _known_endpoint(request, endpoint_id)
-    health = await ops(request).enable_endpoint(endpoint_id)
-    return answer(m.EndpointHealth, {"id": endpoint_id, **asdict(health)})
+    return answer(await ops(request).enable_endpoint(endpoint_id))
 
 
 async def dead_letters(request: web.Request) -> web.Response:
@@ -145,32 +127,30 @@ async def dead_letters(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         raise BadRequest("`limit` must be between 1 and 1000")
     letters = await ops(request).stores.queue.dead_letters(endpoint_id, limit)
-    return answer(m.DeadLetters, {"endpoint": endpoint_id, "dead_letters": letters})
+    return answer(
+        m.DeadLetters(
+            endpoint=endpoint_id, dead_letters=[m.DeadLetter.model_validate(d) for d in letters]
+        )
+    )
 
 
 async def replay(request: web.Request) -> web.Response:
-    body = await json_object(request)
-    endpoint_id = non_empty_string(body, "endpoint")
-    ids = body.get("ids")
-    if ids is not None and (not isinstance(ids, list) or not all(is_text(i) for i in ids)):
-        raise BadRequest("`ids` must be a list of event ids")
-    _known_endpoint(request, endpoint_id)
-    queued = await ops(request).replay(endpoint_id, ids or None)
-    return answer(m.Queued, {"endpoint": endpoint_id, "queued": queued})
+    body = await body_as(request, m.Replay)
+    _known_endpoint(request, body.endpoint)
+    queued = await ops(request).replay(body.endpoint, body.ids or None)  # []: all of them
+    return answer(m.Queued(endpoint=body.endpoint, queued=queued))
 
 
 async def list_users(request: web.Request) -> web.Response:
     page = await ops(request).users(_query_limit(request, 100), _query(request, "cursor"))
-    return answer(m.UserPage, page)
+    return answer(page)
 
 
 async def add_user(request: web.Request) -> web.Response:
-    body = await json_object(request)
-    account_id = non_empty_string(body, "account_id")
-    user_id = non_empty_string(body, "user_id")
-    added = await ops(request).add_user(account_id, user_id)
-    added_user = {"account_id": account_id, "user_id": user_id, "added": added}
-    return answer(m.UserAdded, added_user, status=201 if added else 200)
+    body = await body_as(request, m.NewUser)
+    added = await ops(request).add_user(body.account_id, body.user_id)
+    added_user = m.UserAdded(account_id=body.account_id, user_id=body.user_id, added=added)
+    return answer(added_user, status=201 if added else 200)
 
 
 async def remove_user(request: web.Request) -> web.Response:
@@ -180,39 +160,38 @@ async def remove_user(request: web.Request) -> web.Response:
         return json_error(409, "configured user", "remove it from the config file instead")
     if not await operations.remove_user(account_id, user_id):
         return json_error(404, "not tracked", f"{account_id}/{user_id} is not a run-time user")
-    return answer(m.UserRemoved, {"account_id": account_id, "user_id": user_id, "removed": True})
+    return answer(m.UserRemoved(account_id=account_id, user_id=user_id, removed=True))
 
 
 async def poll_now(request: web.Request) -> web.Response:
-    body = await json_object(request)
-    account_id = non_empty_string(body, "account_id")
-    user_id = non_empty_string(body, "user_id")
-    if not await ops(request).poll_now(account_id, user_id):
-        return json_error(404, "not tracked", f"{account_id}/{user_id} is not a tracked user")
-    return answer(m.PollQueued, {"account_id": account_id, "user_id": user_id}, status=202)
+    user = await body_as(request, m.UserRef)
+    if not await ops(request).poll_now(user.account_id, user.user_id):
+        detail = f"{user.account_id}/{user.user_id} is not a tracked user"
+        return json_error(404, "not tracked", detail)
+    return answer(m.PollQueued(account_id=user.account_id, user_id=user.user_id), status=202)
 
 
 async def list_accounts(request: web.Request) -> web.Response:
     page = await ops(request).accounts_page(
         _query(request, "state"), _query_limit(request, 100), _query(request, "cursor")
     )
-    return answer(m.AccountList, page)
+    return answer(page)
 
 
 async def budget(request: web.Request) -> web.Response:
-    return answer(m.Budget, await ops(request).budget())
+    return answer(await ops(request).budget())
 
 
 async def list_events(request: web.Request) -> web.Response:
     filters: dict[str, Any] = {name: _query(request, name) for name in EVENT_FILTERS}
     page = await ops(request).events(
         **filters,
-        since_ms=_instant_ms(request.query.get("since"), "since"),
-        until_ms=_instant_ms(request.query.get("until"), "until"),
+        since_ms=_query_instant_ms(request, "since"),
+        until_ms=_query_instant_ms(request, "until"),
         limit=_query_limit(request, 50),
         cursor=_query(request, "cursor"),
     )
-    return answer(m.EventPage, page)
+    return answer(page)
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -220,32 +199,23 @@ async def get_event(request: web.Request) -> web.Response:
     event = None if event_id is None else await ops(request).event(event_id)
     if event is None:
         return json_error(404, "unknown event", "not in the delivery log (or no longer)")
-    return answer(m.Event, event)
+    return answer(event)
 
 
 async def test_send(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
     _known_endpoint(request, endpoint_id)
-    return answer(m.TestSend, await ops(request).test_send(endpoint_id))
+    return answer(await ops(request).test_send(endpoint_id))
 
 
 async def redeliver(request: web.Request) -> web.Response:
     endpoint_id = request.match_info["endpoint_id"]
     _known_endpoint(request, endpoint_id)
-    body = await json_object(request)
-    since_ms = _instant_ms(body.get("since"), "since")
-    if since_ms is None:
-        raise BadRequest("`since` is required")
-    outcome = body.get("outcome")
-    if not isinstance(outcome, str):
-        raise BadRequest("`outcome` must be delivered, dead or any")
+    body = await body_as(request, m.Redeliver)
     queued = await ops(request).redeliver(
-        endpoint_id,
-        since_ms=since_ms,
-        until_ms=_instant_ms(body.get("until"), "until"),
-        outcome=outcome,
+        endpoint_id, since_ms=body.since, until_ms=body.until, outcome=body.outcome
     )
-    return answer(m.Queued, {"endpoint": endpoint_id, "queued": queued})
+    return answer(m.Queued(endpoint=endpoint_id, queued=queued))
 
 
 def add_admin_routes(app: web.Application) -> None:

@@ -1,18 +1,18 @@
-"""What every route of the service's HTTP API shares: the operations it serves, JSON errors,
-and reading a JSON body."""
+"""What every route of the service's HTTP API shares: the operations it serves, answers and
+JSON errors, and reading a JSON body into its model."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from service.contract.admin import Error
+from service.contract.admin import Error, Request
 from service.errors import InvalidInput, NotFound
 from service.operations import Operations
 from service.store.redis_health import out_of_memory
@@ -22,6 +22,7 @@ log = structlog.get_logger("api")
 OPS_KEY: web.AppKey[Operations] = web.AppKey("operations", Operations)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RequestT = TypeVar("RequestT", bound=Request)
 
 
 class BadRequest(Exception):
@@ -33,15 +34,15 @@ def ops(request: web.Request) -> Operations:
 
 
 def json_error(status: int, error: str, detail: object = None) -> web.Response:
-    return answer(Error, {"error": error, "detail": detail}, status)
+    return answer(Error(error=error, detail=detail), status)
 
 
-def answer(model: type[BaseModel], value: object, status: int = 200) -> web.Response:
-    """`value` as its model (service/contract/admin.py), the one /openapi.json documents:
-    validated strictly, so a field the code adds without the model, or a value of another
-    type, is a bug (500, logged) instead of an undocumented answer."""
-    checked = model.model_validate(value, strict=True)
-    return web.json_response(checked.model_dump(mode="json"), status=status)
+def answer(value: BaseModel, status: int = 200) -> web.Response:
+    """An answer as JSON: a model of service/contract/admin.py, the one /openapi.json
+    documents, validated strictly when it was built (so a field the code adds without the
+    model, or a value of another type, is a bug, 500 and logged, instead of an undocumented
+    answer)."""
+    return web.json_response(value.model_dump(mode="json"), status=status)
 
 
 @web.middleware
@@ -79,6 +80,27 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def body_as(request: web.Request, model: type[RequestT]) -> RequestT:
+    """The request's JSON body as its model; 400 naming the first field that is wrong."""
+    body = await json_object(request)
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise BadRequest(_first_problem(e)) from None
+
+
+def _first_problem(error: ValidationError) -> str:
+    """`field`, or `field[n]` for a list's item: the message, without the value given."""
+    first = error.errors(include_url=False, include_input=False)[0]
+    name, *rest = first["loc"] or ("body",)
+    where = str(name)
+    for part in rest:
+        if not isinstance(part, int):
+            break  # a union's member or a validator's name: no field of the body
+        where += f"[{part}]"
+    return f"`{where}`: {first['msg']}"
+
+
 def is_text(value: object) -> TypeGuard[str]:
     """A non-empty string that UTF-8 can encode. JSON's `\ud800` escape gives a lone
     surrogate, which every Redis key and log line would fail to encode."""
@@ -89,10 +111,3 @@ def is_text(value: object) -> TypeGuard[str]:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def non_empty_string(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not is_text(value):
-        raise BadRequest(f"`{name}` must be a non-empty string of valid Unicode")
-    return value

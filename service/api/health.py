@@ -6,17 +6,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.common import answer, ops
-from service.contract.admin import Liveness, Readiness
+from service.contract.admin import Liveness
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return answer(Liveness, {"status": "ok"})
+    return answer(Liveness(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = await ops(request).readiness()
-    status = 200 if all(value is True for value in checks.values()) else 503
-    return answer(Readiness, {"ready": status == 200, "checks": checks}, status)
+    readiness = await ops(request).readiness()
+    return answer(readiness, 200 if readiness.ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

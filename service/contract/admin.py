@@ -1,16 +1,30 @@
-"""What the HTTP API answers and takes, as models: the API serializes every answer through
-its model (`service/api/answers.py`), and `/openapi.json` describes them from the same
-models, so a field the code adds without the model fails the request (and the suite)
-instead of going undocumented.
+"""What the HTTP API answers and takes, as models: Operations builds its answers as these
+models (validated strictly as they are built), the API serializes them
+(`service/api/common.py`, `answer`) and parses its request bodies into them, and
+`/openapi.json` describes them from the same models, so a field the code adds without the
+model fails the request (and the suite) instead of going undocumented.
 
 Times: `..._ms` are epoch milliseconds, other instants epoch seconds (floats)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from service import endpoint_health
 from service.endpoint_health import EndpointState
 from service.user_ids import USER_ID_SCHEMA
 
@@ -23,9 +37,10 @@ Strategy = Literal["per_user", "account", "auto"]
 
 
 class Answer(BaseModel):
-    """Exactly these fields."""
+    """Exactly these fields, each of its type: an answer built with a field the model lacks,
+    or a value of another type, fails where it is built (a bug: 500, logged)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Error(Answer):
@@ -67,6 +82,11 @@ class EndpointHealth(Answer):
         description="a receiver's Retry-After holds every delivery until then"
     )
 
+    @classmethod
+    def of(cls, endpoint_id: str, health: endpoint_health.EndpointHealth, **more: Any) -> Self:
+        """The endpoint's health as every process sees it, and `more` (an Endpoint's)."""
+        return cls(id=endpoint_id, **asdict(health), **more)
+
 
 class Endpoint(EndpointHealth):
     url: str
@@ -95,7 +115,7 @@ class Queued(Answer):
 class DeadLetter(BaseModel):
     """A dead-lettered event with what its attempts left behind."""
 
-    model_config = ConfigDict(extra="allow")  # what a delivery recorded beside these
+    model_config = ConfigDict(extra="allow", strict=True)  # what a delivery recorded beside these
 
     event_id: str
     dead_at_ms: int
@@ -148,6 +168,13 @@ class Attempt(Answer):
     next_attempt_at_ms: int | None = Field(description="null: none")
 
 
+class EndpointAttempt(Attempt):
+    """One of an endpoint's recent attempts (the console's endpoint page), with its event."""
+
+    event_id: str
+    type: str | None
+
+
 class Event(EventSummary):
     body: Any = Field(description="the webhook body exactly as sent, parsed")
     attempts: dict[str, list[Attempt]] = Field(
@@ -171,10 +198,13 @@ class AccountBackoff(Answer):
     error: str
 
 
+UserSource = Literal["config", "listing", "runtime"]
+
+
 class User(Answer):
     account_id: str
     user_id: str
-    source: Literal["config", "listing", "runtime"]
+    source: UserSource
     next_poll_at_ms: int | None
     watermark_ms: int | None
     last_poll_ms: int | None
@@ -227,6 +257,7 @@ class FeedFallback(Answer):
 
 AccountState = Literal["active", "paused", "backed_off", "not_lms", "inactive"]
 AccountSource = Literal["config", "discovery"]
+StrategyInForce = Literal["per_user", "account"]
 
 
 class AccountOwner(Answer):
@@ -242,7 +273,7 @@ class Account(Answer):
         "paused, active"
     )
     strategy: Strategy
-    strategy_in_force: Literal["per_user", "account"] | None = Field(description="null: not read")
+    strategy_in_force: StrategyInForce | None = Field(description="null: not read")
     fallback: FeedFallback | None
     users: Literal["all", "listed"]
     users_tracked: int
@@ -274,6 +305,13 @@ class Account(Answer):
 class AccountList(Answer):
     accounts: list[Account]
     next_cursor: Cursor
+
+
+class Upstream(Answer):
+    """What the upstream API has told us to slow down (the console's overview)."""
+
+    responses_429: int = Field(description="429 answers this process has had")
+    paused_for_seconds: float | None = Field(description="the key's Retry-After pause left")
 
 
 # -- the budget plan ---------------------------------------------------------------------
@@ -331,26 +369,82 @@ class Budget(Answer):
 # -- what the API takes ------------------------------------------------------------------
 
 
-class UserRef(BaseModel):
-    account_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
+class Request(BaseModel):
+    """A request body: each field of its type, none coerced (fields it does not name are
+    ignored)."""
+
+    model_config = ConfigDict(strict=True)
 
 
-class NewUser(BaseModel):
+def _encodable(value: str) -> str:
+    # JSON's `\ud800` escape gives a lone surrogate, which no Redis key or log line encodes
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise PydanticCustomError("unicode", "must be valid Unicode") from None
+    return value
+
+
+# a non-empty string of valid Unicode
+Text = Annotated[str, Field(min_length=1), AfterValidator(_encodable)]
+
+
+class UserRef(Request):
+    account_id: Text
+    user_id: Text
+
+
+class NewUser(Request):
     """A user to track: of an account of the config, with an id a request can name."""
 
-    account_id: str = Field(min_length=1, description="a configured account")
-    user_id: Annotated[str, WithJsonSchema(USER_ID_SCHEMA)]
+    account_id: Text = Field(description="a configured account")
+    user_id: Annotated[Text, WithJsonSchema(USER_ID_SCHEMA)]
 
 
-class Replay(BaseModel):
-    endpoint: str
-    ids: list[str] | None = Field(default=None, description="none: all its dead letters")
+class Replay(Request):
+    endpoint: Text
+    ids: list[Text] | None = Field(default=None, description="none: all its dead letters")
 
 
-# epoch milliseconds, or an ISO 8601 instant (without an offset: UTC)
+_DIGITS = re.compile(r"^[0-9]{1,16}$")
+# epoch ms of 0001-01-01 and 9999-12-31: what an ISO 8601 instant can name
+_EARLIEST_MS, _LATEST_MS = -62135596800000, 253402300799999
+
+
+def instant_ms(value: object) -> int:
+    """Epoch milliseconds (an integer, or a string of digits) or an ISO 8601 instant
+    (without an offset: UTC); ValueError says what is wrong with anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+    elif isinstance(value, str) and _DIGITS.match(value):
+        ms = int(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                "must be epoch milliseconds or an ISO 8601 instant (2026-11-28T06:00:00Z)"
+            ) from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        ms = int(moment.timestamp() * 1000)
+    else:
+        raise ValueError("must be epoch milliseconds or an ISO 8601 instant")
+    if not _EARLIEST_MS <= ms <= _LATEST_MS:
+        raise ValueError("is out of range")
+    return ms
+
+
+def _instant(value: object) -> int:
+    try:
+        return instant_ms(value)
+    except ValueError as e:
+        raise PydanticCustomError("instant", str(e)) from None
+
+
+# taken as epoch milliseconds or an ISO 8601 instant, held as epoch milliseconds
 Instant = Annotated[
-    int | str,
+    int,
+    BeforeValidator(_instant),
     WithJsonSchema(
         {
             "anyOf": [
@@ -362,7 +456,12 @@ Instant = Annotated[
 ]
 
 
-class Redeliver(BaseModel):
+class Redeliver(Request):
     since: Instant
     until: Instant | None = Field(default=None, description="default: now")
     outcome: RedeliverOutcome
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _empty_is_now(cls, value: object) -> object:
+        return None if value == "" else value

@@ -10,11 +10,11 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from typing import Any
 
 import structlog
 
 from service.config import AccountSettings, Settings
+from service.contract import admin as m
 from service.metrics import Metrics
 from service.reading.plan import (
     IDLE_BOUND,
@@ -66,7 +66,7 @@ def demand_of_config(settings: Settings) -> Demand:
     )
 
 
-def completions_cost(accounts: Iterable[AccountSettings], plan: Plan) -> dict[str, Any]:
+def completions_cost(accounts: Iterable[AccountSettings], plan: Plan) -> m.CompletionsCost:
     """What tracking completions adds to the plan (one more feed read per account each
     feed interval, one more request per user poll): the accounts read that track them
     (the config's and discovered ones), and the requests a minute they add at the plan's
@@ -75,7 +75,9 @@ def completions_cost(accounts: Iterable[AccountSettings], plan: Plan) -> dict[st
     feeds = sum(a.uses_feed for a in tracking)
     users = sum(len(a.listed_users) for a in tracking if not a.uses_feed)
     per_minute = feeds * 60.0 / plan.feed_interval + users * 60.0 / plan.user_interval
-    return {"accounts": len(tracking), "users_polled": users, "per_minute": round(per_minute, 1)}
+    return m.CompletionsCost(
+        accounts=len(tracking), users_polled=users, per_minute=round(per_minute, 1)
+    )
 
 
 class BudgetPlanner:
@@ -218,9 +220,10 @@ class BudgetPlanner:
             )
             self._first = self._reads_first(feeds, states, now_ms)
         self._export()
-        if await self.store.publish(json.dumps(self.describe(), sort_keys=True)):
+        described = self.describe().model_dump(mode="json")
+        if await self.store.publish(json.dumps(described, sort_keys=True)):
             say = log.info if self.plan.fits else log.warning
-            say("budget_plan", **self.describe())
+            say("budget_plan", **described)
         return self.plan
 
     def _reads_first(self, feeds: list[str], states: list[ReadState], now_ms: int) -> set[str]:
@@ -248,46 +251,46 @@ class BudgetPlanner:
             ),
         }
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> m.Budget:
         """The plan as the admin API shows it."""
         p = self.plan
         polling = self.settings.polling
         fastest_feed, slowest_feed = feed_bounds(p, polling)
-        return {
-            "allowed_per_minute": round(p.allowed_per_minute, 1),
-            "needed_per_minute": round(p.needed_per_minute, 1),
-            "budget_per_minute": self.settings.stackone.max_requests_per_minute,
-            "fits": p.fits,
-            "effective_interval_seconds": {
-                "per_user": round(p.user_interval, 3),
-                "account": round(p.feed_interval, 3),
-                "listing": round(p.listing_interval, 3),
-                "full_resync": round(p.full_resync_interval, 3),
-            },
-            "configured_interval_seconds": {
-                "per_user": polling.interval,
-                "account": polling.account_interval,
-                "listing": polling.discovery_interval,
-                "full_resync": polling.full_resync_interval,
-            },
-            "users": {"per_user": p.users, "account": self._feed_users},
-            "accounts": {"account": p.feeds, "listing": p.listings},
+        return m.Budget(
+            allowed_per_minute=round(p.allowed_per_minute, 1),
+            needed_per_minute=round(p.needed_per_minute, 1),
+            budget_per_minute=self.settings.stackone.max_requests_per_minute,
+            fits=p.fits,
+            effective_interval_seconds=m.Intervals(
+                per_user=round(p.user_interval, 3),
+                account=round(p.feed_interval, 3),
+                listing=round(p.listing_interval, 3),
+                full_resync=round(p.full_resync_interval, 3),
+            ),
+            configured_interval_seconds=m.Intervals(
+                per_user=polling.interval,
+                account=polling.account_interval,
+                listing=polling.discovery_interval,
+                full_resync=polling.full_resync_interval,
+            ),
+            users=m.UsersByStrategy(per_user=p.users, account=self._feed_users),
+            accounts=m.AccountsByStrategy(account=p.feeds, listing=p.listings),
             # what tracking completions adds (counted in needed_per_minute already)
-            "completions": completions_cost(self._accounts, p),
+            completions=completions_cost(self._accounts, p),
             # not the scale: it moves with every poll's weight, the plan does not
-            "adaptive": (
-                {
-                    "min_interval_seconds": polling.min_interval,
-                    "max_interval_seconds": round(self.idle_bound, 3),
-                    "accounts": {
-                        "min_interval_seconds": fastest_feed,
-                        "max_interval_seconds": round(slowest_feed, 3),
-                    },
-                }
+            adaptive=(
+                m.AdaptiveBounds(
+                    min_interval_seconds=polling.min_interval,
+                    max_interval_seconds=round(self.idle_bound, 3),
+                    accounts=m.IntervalBounds(
+                        min_interval_seconds=fastest_feed,
+                        max_interval_seconds=round(slowest_feed, 3),
+                    ),
+                )
                 if polling.adaptive
                 else None
             ),
-        }
+        )
 
     def _export(self) -> None:
         p, metrics = self.plan, self.metrics

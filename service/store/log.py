@@ -25,14 +25,14 @@ from redis.asyncio import Redis
 
 from service import jsonfmt
 from service.changes.outbox import EventHead
-from service.contract.admin import Outcome
+from service.contract import admin as m
 from service.cursor import decode_cursor, encode_cursor
 from service.resources import COMPLETIONS
 from service.store import keys, log_body
 from service.store.log_policy import LogPolicy
 from service.store.scripts import LogSent, Redeliver
 
-OUTCOMES: tuple[str, ...] = get_args(Outcome)  # an event's at one endpoint
+OUTCOMES: tuple[str, ...] = get_args(m.Outcome)  # an event's at one endpoint
 RESPONSE_BODY_BYTES = 1024  # of each answer, the log keeps this much (and says if it was more)
 KEEP_ATTEMPTS = 20  # attempt records kept per event and endpoint (lua/log.lua keeps them)
 RECENT_ATTEMPTS = 500  # an endpoint's recent attempts kept in order (lua/log.lua)
@@ -144,7 +144,8 @@ class LoggedHead(NamedTuple):
         )
 
     def summary(self, event_id: str) -> dict[str, Any]:
-        """What a listing shows of the event (its record named as its type says)."""
+        """What a listing shows of the event (its record named as its type says): the
+        fields of m.EventSummary but its endpoints'."""
         kind, timestamp, account, user, record = self.head
         completion = COMPLETIONS.owns(kind)
         return {
@@ -159,12 +160,13 @@ class LoggedHead(NamedTuple):
         }
 
 
-def _outcome(raw: str | None) -> dict[str, Any] | None:
+def _outcome(raw: str | None) -> m.EndpointOutcome | None:
     """'<outcome> <attempts>' as the scripts write it."""
     if not raw:
         return None
     outcome, _, attempts = raw.partition(" ")
-    return {"outcome": outcome, "attempts": int(attempts or 0)}
+    # the scripts write only outcomes of m.Outcome, and the model checks it
+    return m.EndpointOutcome(outcome=cast(m.Outcome, outcome), attempts=int(attempts or 0))
 
 
 def _older(entry: tuple[float, str], than: tuple[float, str]) -> bool:
@@ -186,7 +188,7 @@ class DeliveryLog:
 
     async def events(
         self, filters: LogFilter, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[m.EventSummary], str | None]:
         """Logged events matching `filters`, newest first: (up to `limit` summaries, a
         cursor to continue or None at the end). At most MAX_SCAN index entries are looked
         at, so a page may hold fewer than `limit` (even none) while the cursor is not None.
@@ -208,7 +210,7 @@ class DeliveryLog:
             start = 0
         fields = [*HEAD_FIELDS, *(f"o:{e}" for e in self.endpoint_ids)]
         batch_size = SCAN_BATCH if filters.narrows else min(SCAN_BATCH, limit + 1)
-        items: list[dict[str, Any]] = []
+        items: list[m.EventSummary] = []
         scanned = 0
         while True:
             raw = await self.redis.zrevrange(index, start, start + batch_size - 1, withscores=True)
@@ -255,7 +257,7 @@ class DeliveryLog:
     def _cursor(position: tuple[float, str]) -> str:
         return encode_cursor(_CURSOR, int(position[0]), position[1])
 
-    def _summary(self, event_id: str, values: list[str | None]) -> dict[str, Any] | None:
+    def _summary(self, event_id: str, values: list[str | None]) -> m.EventSummary | None:
         head, outcomes = values[: len(HEAD_FIELDS)], values[len(HEAD_FIELDS) :]
         if head[0] is None:
             return None  # its hash ran out before a trim removed it from the index
@@ -263,55 +265,57 @@ class DeliveryLog:
         for endpoint_id, raw in zip(self.endpoint_ids, outcomes, strict=True):
             if (outcome := _outcome(raw)) is not None:
                 endpoints[endpoint_id] = outcome
-        return {**LoggedHead.of(head).summary(event_id), "endpoints": endpoints}
+        return m.EventSummary(**LoggedHead.of(head).summary(event_id), endpoints=endpoints)
 
     @staticmethod
-    def _matches(summary: dict[str, Any], f: LogFilter) -> bool:
-        for name, wanted in (
-            ("type", f.type),
-            ("account_id", f.account_id),
-            ("user_id", f.user_id),
-            ("assignment_id", f.assignment_id),
-            ("completion_id", f.completion_id),
+    def _matches(summary: m.EventSummary, f: LogFilter) -> bool:
+        for found, wanted in (
+            (summary.type, f.type),
+            (summary.account_id, f.account_id),
+            (summary.user_id, f.user_id),
+            (summary.assignment_id, f.assignment_id),
+            (summary.completion_id, f.completion_id),
         ):
-            if wanted is not None and summary[name] != wanted:
+            if wanted is not None and found != wanted:
                 return False
         if f.outcome is None:
             return True
-        endpoints: dict[str, dict[str, Any]] = summary["endpoints"]
+        endpoints = summary.endpoints
         if f.endpoint is not None:
-            return endpoints.get(f.endpoint, {}).get("outcome") == f.outcome
-        return any(e["outcome"] == f.outcome for e in endpoints.values())
+            there = endpoints.get(f.endpoint)
+            return there is not None and there.outcome == f.outcome
+        return any(e.outcome == f.outcome for e in endpoints.values())
 
-    async def event(self, event_id: str) -> dict[str, Any] | None:
+    async def event(self, event_id: str) -> m.Event | None:
         """One logged event: its summary, its body as sent (parsed), and every attempt kept,
         per endpoint, oldest first; None when it is not (or no longer) logged."""
         raw = cast(dict[str, str], await self.redis.hgetall(keys.log_event(event_id)))
         if "h" not in raw:
             return None
-        endpoints: dict[str, dict[str, Any]] = {}
-        attempts: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        endpoints: dict[str, m.EndpointOutcome] = {}
+        attempts: dict[str, list[tuple[int, m.Attempt]]] = {}
         for field, value in raw.items():
             if field.startswith("o:") and (outcome := _outcome(value)) is not None:
                 endpoints[field[2:]] = outcome
             elif field.startswith("a:"):
                 endpoint_id, _, number = field[2:].rpartition(":")
-                attempts.setdefault(endpoint_id, []).append((int(number), attempt_fields(value)))
+                attempt = m.Attempt(**attempt_fields(value))
+                attempts.setdefault(endpoint_id, []).append((int(number), attempt))
         head = LoggedHead.of([raw.get(name) for name in HEAD_FIELDS])
         text = await self._body(event_id, raw, head)
         try:
             body: Any = jsonfmt.loads(text or "")
         except ValueError:  # not one of ours; shown as the text it is
             body = text
-        return {
+        return m.Event(
             **head.summary(event_id),
-            "endpoints": endpoints,
-            "body": body,
-            "attempts": {
+            endpoints=endpoints,
+            body=body,
+            attempts={
                 endpoint_id: [record for _, record in sorted(records, key=lambda r: r[0])]
                 for endpoint_id, records in sorted(attempts.items())
             },
-        }
+        )
 
     async def body_as_sent(self, event_id: str) -> str | None:
         """The event's body, the very text signed and sent; None when it is not logged."""
@@ -336,14 +340,16 @@ class DeliveryLog:
         except ValueError:  # damaged: the event is still shown, without its body
             return None
 
-    async def endpoint_attempts(self, endpoint_id: str, limit: int) -> list[dict[str, Any]]:
+    async def endpoint_attempts(self, endpoint_id: str, limit: int) -> list[m.EndpointAttempt]:
         """The endpoint's most recent attempts, newest first, each with its event's id and
         type (at most RECENT_ATTEMPTS are kept)."""
         raw = await self.redis.lrange(keys.EndpointKeys(endpoint_id).attempts, 0, limit - 1)
         out = []
         for entry in cast(list[str], raw):
             event_id, kind, record = entry.split("\t", 2)
-            out.append({"event_id": event_id, "type": kind or None, **attempt_fields(record)})
+            out.append(
+                m.EndpointAttempt(event_id=event_id, type=kind or None, **attempt_fields(record))
+            )
         return out
 
     # -- writing outside the settle path --

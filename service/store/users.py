@@ -4,11 +4,12 @@ added at run time (kept in Redis); and which of them are polled one by one."""
 from __future__ import annotations
 
 import bisect
-from typing import Any, cast
+from typing import cast
 
 from redis.asyncio import Redis
 
 from service.config import Settings
+from service.contract.admin import User, UserSource
 from service.store import keys
 from service.store.directory import AccountDirectory
 from service.store.feeds import FeedFallback, FeedStore
@@ -111,7 +112,7 @@ class TrackedUsers:
 
     async def describe(
         self, after: str | None = None, limit: int | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[User], str | None]:
         """Tracked users with where each comes from and how its polls go, in the order of
         their members: up to `limit` (None: all) after the member `after`; and the member
         of the last one when more follow (None: the end)."""
@@ -133,7 +134,7 @@ class TrackedUsers:
             account_id, user_id = keys.parse_user_member(member)
             due, state = answers[2 * n], answers[2 * n + 1]
             decoded = ReadState.decode_list(state)
-            source = (
+            source: UserSource = (
                 "config"
                 if member in self.configured
                 else "runtime"
@@ -141,16 +142,16 @@ class TrackedUsers:
                 else "listing"
             )
             out.append(
-                {
-                    "account_id": account_id,
-                    "user_id": user_id,
-                    "source": source,
-                    "next_poll_at_ms": None if due is None else due_or_expiry_ms(due),
-                    "watermark_ms": decoded.watermark_ms,
-                    "last_poll_ms": decoded.last_poll_ms,
-                    "last_full_sync_ms": decoded.last_full_sync_ms,
-                    "failures": decoded.failures or 0,
-                    "last_error": decoded.last_error,
-                }
+                User(
+                    account_id=account_id,
+                    user_id=user_id,
+                    source=source,
+                    next_poll_at_ms=None if due is None else due_or_expiry_ms(due),
+                    watermark_ms=decoded.watermark_ms,
+                    last_poll_ms=decoded.last_poll_ms,
+                    last_full_sync_ms=decoded.last_full_sync_ms,
+                    failures=decoded.failures or 0,
+                    last_error=decoded.last_error,
+                )
             )
         return out, last

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from service.api.console.guard import SESSIONS_KEY, STATIC, console_guard
 from service.api.console.session import Sessions
-from service.api.console.views import add_console_routes
+from service.api.console.views import add_console_routes, endpoint_url, event_url, events_url
 
 __all__ = ["add_console", "console_guard"]
 
@@ -101,5 +101,7 @@ def add_console(app: web.Application, admin_token: str, clock: Callable[[], floa
     )
     env.filters.update(when=_when, iso=_iso, span=_span, relative=_relative, pretty=_pretty)
     env.filters["percent"] = _percent
+    # the pages' links, built from what they show (the models Operations answers)
+    env.globals.update(endpoint_url=endpoint_url, event_url=event_url, events_url=events_url)
     add_console_routes(app)
     app.router.add_static(STATIC.rstrip("/"), _HERE / "static")

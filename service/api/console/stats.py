@@ -7,9 +7,10 @@ Prometheus counters would show only its own deliveries, and since it started).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+
+from service.contract.admin import Attempt
 
 HOUR_MS = 3_600_000
 
@@ -34,18 +35,15 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def _succeeded(attempt: Mapping[str, Any]) -> bool:
-    status = attempt.get("status")
-    return isinstance(status, int) and 200 <= status < 300
+def _succeeded(attempt: Attempt) -> bool:
+    return attempt.status is not None and 200 <= attempt.status < 300
 
 
-def last_hour(attempts: Iterable[Mapping[str, Any]], now_ms: int, *, read_limit: int) -> HourStats:
+def last_hour(attempts: Iterable[Attempt], now_ms: int, *, read_limit: int) -> HourStats:
     """`attempts`: the endpoint's most recent ones (at most `read_limit`), any order."""
     seen = list(attempts)
-    recent = [a for a in seen if int(a.get("started_at_ms") or 0) > now_ms - HOUR_MS]
-    durations = sorted(
-        float(a["duration_ms"]) for a in recent if isinstance(a.get("duration_ms"), int | float)
-    )
+    recent = [a for a in seen if a.started_at_ms > now_ms - HOUR_MS]
+    durations = sorted(a.duration_ms for a in recent)
     return HourStats(
         attempts=len(recent),
         succeeded=sum(_succeeded(a) for a in recent),

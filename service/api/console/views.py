@@ -222,13 +222,9 @@ async def overview(request: web.Request) -> web.StreamResponse:
             "accounts": await operations.accounts_page(limit=OVERVIEW_ACCOUNTS),
             "budget": await operations.budget(),
             "upstream": await operations.upstream(),
-            "recent": _event_rows(recent["items"]),
+            "recent": recent.items,
         },
     )
-
-
-def _event_rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**item, "url": event_url(item["id"])} for item in items]
 
 
 # -- one endpoint ------------------------------------------------------------------------
@@ -248,12 +244,10 @@ async def endpoint_page(request: web.Request) -> web.StreamResponse:
         "endpoint.html",
         {
             "endpoint": row,
-            "attempts": [
-                {**a, "url": event_url(a["event_id"])} if a.get("event_id") else a for a in attempts
-            ],
-            "dead": [{**d, "url": event_url(d["event_id"])} for d in dead],
+            "attempts": attempts,
+            "dead": dead,
             "since_default": hour_ago,
-            "events_url": events_url(endpoint=endpoint_id),
+            "endpoint_events_url": events_url(endpoint=endpoint_id),
         },
     )
 
@@ -275,15 +269,14 @@ async def replay(request: web.Request) -> web.StreamResponse:
 async def test_send(request: web.Request) -> web.StreamResponse:
     endpoint_id = _known_endpoint(request).id
     outcome = await ops(request).test_send(endpoint_id)
-    answer = f"HTTP {outcome['status']}" if outcome.get("status") is not None else "no answer"
-    if outcome.get("error"):
-        answer += f" ({outcome['error']})"
-    verdict = "delivered" if outcome.get("delivered") else "not delivered"
+    answer = f"HTTP {outcome.status}" if outcome.status is not None else "no answer"
+    if outcome.error:
+        answer += f" ({outcome.error})"
+    verdict = "delivered" if outcome.delivered else "not delivered"
     raise done(
         request,
         endpoint_url(endpoint_id),
-        f"Test event {outcome.get('event_id')} {verdict}: {answer} "
-        f"in {outcome.get('duration_ms')} ms.",
+        f"Test event {outcome.event_id} {verdict}: {answer} in {outcome.duration_ms} ms.",
     )
 
 
@@ -330,7 +323,7 @@ async def events_page(request: web.Request) -> web.StreamResponse:
         limit=EVENTS_PAGE,
         cursor=cursor,
     )
-    next_cursor = found.get("next_cursor")
+    next_cursor = found.next_cursor
     return page(
         request,
         "events.html",
@@ -338,7 +331,7 @@ async def events_page(request: web.Request) -> web.StreamResponse:
             "filters": filters,
             "endpoints": [e.id for e in operations.settings.endpoints],
             "outcomes": OUTCOMES,
-            "events": _event_rows(found["items"]),
+            "events": found.items,
             "next_url": events_url(**filters, cursor=next_cursor) if next_cursor else None,
             "searched": any(filters.values()),
         },
@@ -355,9 +348,8 @@ async def event_page(request: web.Request) -> web.StreamResponse:
         "event.html",
         {
             "event": found,
-            "endpoint_urls": {e: endpoint_url(e) for e in found.get("endpoints", {})},
             "user_events_url": events_url(
-                account_id=found.get("account_id") or "", user_id=found.get("user_id") or ""
+                account_id=found.account_id or "", user_id=found.user_id or ""
             ),
         },
     )
@@ -374,18 +366,18 @@ async def users_page(request: web.Request) -> web.StreamResponse:
     cursor = request.query.get("cursor") or None
     if not search:
         found = await operations.users(limit=USERS_SHOWN, cursor=cursor)
-        next_cursor = found["next_cursor"]
-        users, matching = found["users"], None
+        next_cursor = found.next_cursor
+        users, matching = found.users, None
     else:
         needle, users, matching, cursor, next_cursor = search.casefold(), [], 0, None, None
         while True:
             found = await operations.users(limit=500, cursor=cursor)
-            for user in found["users"]:
-                if needle in user["user_id"].casefold() or needle in user["account_id"].casefold():
+            for user in found.users:
+                if needle in user.user_id.casefold() or needle in user.account_id.casefold():
                     matching += 1
                     if len(users) < USERS_SHOWN:
                         users.append(user)
-            cursor = found["next_cursor"]
+            cursor = found.next_cursor
             if cursor is None:
                 break
     return page(
@@ -394,10 +386,7 @@ async def users_page(request: web.Request) -> web.StreamResponse:
         {
             "q": search,
             "matching": matching,
-            "users": [
-                {**u, "events_url": events_url(account_id=u["account_id"], user_id=u["user_id"])}
-                for u in users
-            ],
+            "users": users,
             "next_url": (
                 f"{PREFIX}/users?{urlencode({'cursor': next_cursor})}" if next_cursor else None
             ),
@@ -431,7 +420,7 @@ async def accounts_page(request: web.Request) -> web.StreamResponse:
     found = await ops(request).accounts_page(
         state, ACCOUNTS_PAGE, request.query.get("cursor") or None
     )
-    next_cursor = found["next_cursor"]
+    next_cursor = found.next_cursor
     return page(
         request,
         "accounts.html",
@@ -439,10 +428,7 @@ async def accounts_page(request: web.Request) -> web.StreamResponse:
             "state": state,
             "states": [(s, accounts_url(state=s)) for s in STATES],
             "all_url": accounts_url(),
-            "accounts": [
-                {**a, "events_url": events_url(account_id=a["account_id"])}
-                for a in found["accounts"]
-            ],
+            "accounts": found.accounts,
             "next_url": accounts_url(state=state, cursor=next_cursor) if next_cursor else None,
         },
     )

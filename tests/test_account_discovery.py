@@ -32,6 +32,7 @@ from tests.helpers import (
     API_KEY,
     Clock,
     RunProcess,
+    as_json,
     driven,
     endpoint,
     make_settings,
@@ -588,8 +589,8 @@ async def test_a_read_in_flight_when_its_account_is_forgotten_leaves_nothing_of_
         await service.step(0.0)  # acc_x's first read, its listing: forgotten meanwhile
         assert sim.meanwhile is None and "/unified/lms/users" in asked(sim, "acc_x")
         operations = service.service.operations
-        rows = await operations.accounts()
-        backed_off = (await operations.users())["backed_off_accounts"]
+        rows = as_json(await operations.accounts())
+        backed_off = as_json(await operations.users())["backed_off_accounts"]
         await operations.refresh_gauges()
         metrics = service.service.metrics.registry
         assert await redis_mentions(redis, "acc_x") == []

@@ -87,7 +87,10 @@ async def test_many_due_dates_of_one_user_are_reported_in_one_check_from_one_rea
     stats = await redis.info("commandstats")
     assert queued == count
     assert stats["cmdstat_get"]["calls"] == 1  # the user's snapshots, read once
-    assert stats["cmdstat_evalsha"]["calls"] <= 6  # three claims, three commits of 500
+    # three claims, three commits of 500; a script this Redis has not seen yet answers its
+    # first EVALSHA with NOSCRIPT (a failed call, then loaded): not counted
+    scripts = stats["cmdstat_evalsha"]
+    assert scripts["calls"] - scripts["failed_calls"] <= 6
     assert await redis.zcard(keys.OVERDUE) == 0  # every due date reported, none left
     assert await redis.zcard(keys.EndpointKeys("hr").due) == count
     assert await watcher.check() == 0  # once each

@@ -13,7 +13,7 @@ from service.config import Settings
 from service.delivery.worker import EndpointWorker
 from service.metrics import Metrics
 from service.store.endpoints import EndpointStore
-from service.store.limits import SharedLimiter, endpoint_budget
+from service.store.limits import SharedLimiter, endpoint_rate
 from service.store.queue import EventQueue
 
 
@@ -33,13 +33,13 @@ class Dispatcher:
         rng = rng or random.Random()
         self.workers: dict[str, EndpointWorker] = {}
         for endpoint in settings.endpoints:
-            budget = endpoint_budget(endpoint.id, endpoint.max_per_second)
+            limit = endpoint_rate(endpoint.id, endpoint.max_per_second)
             self.workers[endpoint.id] = EndpointWorker(
                 endpoint,
                 settings.delivery,
                 queue,
                 endpoints,
-                None if budget is None else limiter.rate(budget),
+                None if limit is None else limiter.rate(limit),
                 session,
                 metrics,
                 clock=clock,

@@ -17,7 +17,7 @@ from service.delivery.policy import Verdict
 from service.delivery.sender import Poster
 from service.errors import InvalidInput
 from service.operations.base import OperationsBase, page_limit
-from service.store.limits import endpoint_budget
+from service.store.limits import endpoint_rate
 from service.store.log import OUTCOMES, RECENT_ATTEMPTS, LogFilter, attempt_record
 from service.timefmt import from_epoch, iso_ms
 
@@ -100,9 +100,9 @@ class DeliveryLogViews(OperationsBase):
         endpoint = self._endpoint(endpoint_id)
         if self.session is None:
             raise InvalidInput("test sends need the running service (its HTTP client)")
-        budget = endpoint_budget(endpoint.id, endpoint.max_per_second)
-        if budget is not None:  # the endpoint's max_per_second holds for test sends too
-            rate = self.stores.limiter.rate(budget)
+        limit = endpoint_rate(endpoint.id, endpoint.max_per_second)
+        if limit is not None:  # the endpoint's max_per_second holds for test sends too
+            rate = self.stores.limiter.rate(limit)
             while True:  # a permit (Redis' clock: no event to wait for here)
                 wait = await rate.try_acquire()
                 if wait <= 0:

@@ -70,8 +70,9 @@ UNSERVED_RESOURCES = f"{PREFIX}:resources:unserved"
 ACCOUNT_LISTING = "*"
 # string: the budget plan last published (JSON), for the admin API and to log each change once.
 BUDGET_PLAN = f"{PREFIX}:budget:plan"
-# hash: what reads cost, learned: pages and reads by kind, pages of each full read.
-BUDGET_LEARNED = f"{PREFIX}:budget:learned"
+# hash: what reads cost, learned (store.read_costs.ReadCosts): pages and reads by kind, pages
+# of each full read. Under `budget:` as an input of the plan; the name stays across upgrades.
+READ_COSTS = f"{PREFIX}:budget:learned"
 # zset: user member → the weight of its poll (service.reading.plan.user_weight), for `adaptive`.
 USER_WEIGHTS = f"{PREFIX}:budget:weights"
 # string with a TTL: written by every readiness check, since a write is what tells whether
@@ -208,10 +209,10 @@ def rate_limit(name: str) -> str:
 
 
 # The names of the shared rate limits (store.limits.RateLimit), each a `rate_limit` key.
-UPSTREAM_BUDGET = "upstream"  # the API key's, shared by every account
+UPSTREAM_RATE = "upstream"  # the API key's, shared by every account
 
 
-def endpoint_budget(endpoint_id: str) -> str:
+def endpoint_rate(endpoint_id: str) -> str:
     """An endpoint's `max_per_second`, shared by every process."""
     return f"endpoint:{endpoint_id}"
 

@@ -42,7 +42,7 @@ def api_key_rate(per_minute: int) -> RateLimit:
     steady rate leaves room for that burst, so no 60 s window exceeds `per_minute`."""
     burst = max(1.0, min(per_minute / 60.0, per_minute * 0.05))
     per_second = max(per_minute - burst, 1.0) / 60.0
-    return RateLimit(keys.UPSTREAM_BUDGET, per_second, burst, keys.UPSTREAM_PAUSE)
+    return RateLimit(keys.UPSTREAM_RATE, per_second, burst, keys.UPSTREAM_PAUSE)
 
 
 class SharedRate:
@@ -66,11 +66,11 @@ class SharedRate:
         await self._pause(self.limit.pause_key, seconds)
 
 
-def endpoint_budget(endpoint_id: str, max_per_second: float | None) -> RateLimit | None:
+def endpoint_rate(endpoint_id: str, max_per_second: float | None) -> RateLimit | None:
     """An endpoint's `max_per_second`, shared by every process; None: unlimited."""
     if max_per_second is None:
         return None
-    return RateLimit(keys.endpoint_budget(endpoint_id), max_per_second)
+    return RateLimit(keys.endpoint_rate(endpoint_id), max_per_second)
 
 
 class SharedLimiter:

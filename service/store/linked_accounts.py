@@ -118,7 +118,7 @@ class LinkedAccountStore:
                 keys.held_drop(account_id),
                 keys.discovered_users(account_id),
             )
-            pipe.hdel(keys.BUDGET_LEARNED, *full_read_fields(account_id))
+            pipe.hdel(keys.READ_COSTS, *full_read_fields(account_id))
             pipe.incr(keys.USERS_VERSION)  # users went: caches of who is baselined look again
             pipe.srem(keys.FORGET_ACCOUNTS, account_id)
             await pipe.execute()

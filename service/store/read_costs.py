@@ -14,11 +14,11 @@ from service.store.read_state import FIELDS, ReadState
 
 # learned averages keep this many reads at most, so they follow a change in page counts
 LEARNED_READS = 10_000
-_FULL = "full:"  # BUDGET_LEARNED fields: full:<schedule>:<account> → pages of its full read
+_FULL = "full:"  # READ_COSTS fields: full:<schedule>:<account> → pages of its full read
 
 
 def full_read_fields(account_id: str) -> list[str]:
-    """The BUDGET_LEARNED fields of an account's full reads (its feed's, its listing's)."""
+    """The READ_COSTS fields of an account's full reads (its feed's, its listing's)."""
     return [f"{_FULL}{schedule}:{account_id}" for schedule in ("feed", "listing")]
 
 
@@ -32,12 +32,12 @@ class ReadCosts:
             return
         # not a transaction: Redis out of memory refuses the command, not a whole MULTI
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrbyfloat(keys.BUDGET_LEARNED, f"{kind}:pages", pages)
-            pipe.hincrby(keys.BUDGET_LEARNED, f"{kind}:reads", reads)
+            pipe.hincrbyfloat(keys.READ_COSTS, f"{kind}:pages", pages)
+            pipe.hincrby(keys.READ_COSTS, f"{kind}:reads", reads)
             total_pages, total_reads = await pipe.execute()
         if int(total_reads) > LEARNED_READS:  # halve both: the average stays, and moves on
             await self.redis.hset(
-                keys.BUDGET_LEARNED,
+                keys.READ_COSTS,
                 mapping={
                     f"{kind}:pages": float(total_pages) / 2,
                     f"{kind}:reads": int(total_reads) // 2,
@@ -45,11 +45,11 @@ class ReadCosts:
             )
 
     async def learn_full_read(self, schedule: str, account_id: str, pages: int) -> None:
-        await self.redis.hset(keys.BUDGET_LEARNED, f"{_FULL}{schedule}:{account_id}", pages)
+        await self.redis.hset(keys.READ_COSTS, f"{_FULL}{schedule}:{account_id}", pages)
 
     async def learned(self) -> dict[str, float]:
         """Pages per read by kind (`user`, `feed`), and `full` (every full read's pages)."""
-        raw = cast(dict[str, str], await self.redis.hgetall(keys.BUDGET_LEARNED))
+        raw = cast(dict[str, str], await self.redis.hgetall(keys.READ_COSTS))
         out: dict[str, float] = {"full": 0.0}
         for field, value in raw.items():
             if field.startswith(_FULL):

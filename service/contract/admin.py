@@ -112,10 +112,8 @@ class Queued(Answer):
     queued: int = Field(ge=0)
 
 
-class DeadLetter(BaseModel):
+class DeadLetter(Answer):
     """A dead-lettered event with what its attempts left behind."""
-
-    model_config = ConfigDict(extra="allow", strict=True)  # what a delivery recorded beside these
 
     event_id: str
     dead_at_ms: int

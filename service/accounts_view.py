@@ -22,9 +22,9 @@ import bisect
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
-from service.config import AccountSettings, Settings
+from service.config import AccountSettings, Settings, TrackedName
 from service.contract import admin as m
 from service.cursor import decode_cursor, encode_cursor
 from service.errors import InvalidInput
@@ -120,6 +120,7 @@ def _ask(row: AccountRow, named: dict[str, list[str]], fallbacks: dict[str, Any]
         named_users=users,
         # an all-users account's listed users are many: its listing stands for them
         user_reads=per_user and not account.all_users,
+        unservable=account.resources[1:],
     )
 
 
@@ -163,6 +164,12 @@ def account_item(
         listing=listing,
         backoff=None if backoff is None else m.AccountBackoff(**asdict(backoff)),
         paused_until=known.paused.get(account_id),
+        unserved=[
+            # a resource's name is one `track` names (the model checks it too)
+            m.UnservedResource(resource=cast(TrackedName, name), until_ms=until_ms)
+            for name, until_ms in reads.unserved
+            if until_ms > now_ms  # a mark run out: asked for again at its next read
+        ],
         provider=None if linked is None else linked.provider,
         provider_name=None if linked is None else linked.provider_name,
         label=None if linked is None else linked.label,

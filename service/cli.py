@@ -20,7 +20,7 @@ from service.config import Settings, load_settings
 from service.errors import ConfigError
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.operations import Operations
+from service.operations import DEAD_LETTERS_LIMIT, Operations
 from service.reading.plan import feed_bounds, plan
 from service.reading.planner import completions_cost, demand_of_config
 from service.store.connect import connect
@@ -210,15 +210,18 @@ async def _dead_letter_command(settings: Settings, args: argparse.Namespace) -> 
     if settings.endpoint(args.endpoint) is None:
         print(f"unknown endpoint {args.endpoint!r}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "dead-letters" and not 1 <= args.limit <= DEAD_LETTERS_LIMIT:
+        print(f"--limit must be from 1 to {DEAD_LETTERS_LIMIT}", file=sys.stderr)
+        return EXIT_USAGE
     stores = Stores.on(connect(settings.redis_url), settings)
+    operations = Operations(settings, stores, Metrics())
     try:
         if args.command == "replay":
-            operations = Operations(settings, stores, Metrics())
             queued = await operations.replay(args.endpoint, args.ids)
             print(json.dumps({"endpoint": args.endpoint, "queued": queued}))
         else:
-            letters = await stores.queue.dead_letters(args.endpoint, args.limit)
-            print(json.dumps({"endpoint": args.endpoint, "dead_letters": letters}, indent=2))
+            letters = await operations.dead_letters(args.endpoint, args.limit)
+            print(json.dumps(letters.model_dump(mode="json"), indent=2))
     finally:
         await stores.redis.aclose()
     return EXIT_OK

@@ -14,13 +14,16 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from service.accounts_view import AccountsView
 from service.app import Service
+from service.bench.roundtrips import CountingConnection, counting_redis
 from service.cursor import encode_cursor
 from service.sim.lms import SimLMS
 from service.store import keys
 from service.store.linked_accounts import LinkedAccount
 from service.store.polls import AccountBackoff
-from tests.helpers import Driven, driven, make_settings
+from service.store.stores import Stores
+from tests.helpers import Clock, Driven, driven, make_settings
 from tests.redis_server import RedisServer
 from tests.test_console import TOKEN as CONSOLE_TOKEN
 from tests.test_console import csrf_of
@@ -288,3 +291,88 @@ async def test_the_console_lists_accounts_by_state_page_by_page(
         async with http.get("/ui") as r:
             overview = await r.text()
         assert 'href="/ui/accounts">More accounts</a>' in overview
+
+
+def tracking_completions(*account_ids: str) -> list[dict[str, Any]]:
+    return [
+        {"account_id": a, "users": ["u_1"], "track": ["assignments", "completions"]}
+        for a in account_ids
+    ]
+
+
+async def test_a_provider_without_completions_shows_them_unserved_until_asked_again(
+    redis_server: RedisServer, redis: Redis, lms: tuple[SimLMS, str]
+) -> None:
+    """acc_a's provider answers 404 on completions, acc_b's serves them: acc_a shows
+    completions unserved for a day (the API and the console), acc_b shows none."""
+    sim, lms_url = lms
+    for account_id in ("acc_a", "acc_b"):
+        sim.put_assignment(account_id, "u_1", {"id": "a1"})
+    not_served = {"status": 404, "account_id": "acc_a", "path": "/completions"}
+    sim.faults.forced.extend(dict(not_served) for _ in range(5))
+    settings = make_settings(
+        redis_server.url,
+        lms_url,
+        [],
+        [],
+        accounts=tracking_completions("acc_a", "acc_b"),
+        http={"admin_token": TOKEN},
+    )
+    async with driven(settings, sim, http=True) as driver:
+        await driver.baseline()
+        assert [r.path for r in sim.requests if r.path.endswith("/completions")] == [
+            "/unified/lms/users/u_1/completions"
+        ] * 2  # each account asked once
+        asked_ms = int(driver.clock() * 1000)
+        assert driver.service.http_url is not None
+        async with aiohttp.ClientSession(base_url=driver.service.http_url) as http:
+            _, page = await get(http, "/admin/accounts")
+            unserved = {a["account_id"]: a["unserved"] for a in page["accounts"]}
+            day_ms = 86_400_000
+            assert unserved == {
+                "acc_a": [{"resource": "completions", "until_ms": asked_ms + day_ms}],
+                "acc_b": [],
+            }
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(
+                base_url=driver.service.http_url, cookie_jar=jar
+            ) as ui:
+                async with ui.post("/ui/login", data={"token": TOKEN}) as r:
+                    assert r.status == 200
+                async with ui.get("/ui/accounts") as r:
+                    rows = (await r.text()).split("<tr data-account=")[1:]
+            [row_a, row_b] = rows
+            assert row_a.startswith('"acc_a"') and row_b.startswith('"acc_b"')
+            assert "completions not served, asked again" in " ".join(row_a.split())
+            assert 'title="' in row_a.split("not served")[1]  # when, to the millisecond
+            assert "not served" not in row_b
+            # a day on, the mark has run out: completions are asked for again, none shown
+            driver.clock.advance(day_ms / 1000)
+            _, page = await get(http, "/admin/accounts")
+            assert [a["unserved"] for a in page["accounts"]] == [[], []]
+
+
+async def test_a_page_of_accounts_reads_unserved_resources_in_its_one_pipeline(
+    redis_server: RedisServer, lms: tuple[SimLMS, str]
+) -> None:
+    """Ten accounts tracking completions cost the page the round trips one account tracking
+    assignments only does: their unserved marks come in the page's pipeline."""
+    _, lms_url = lms
+
+    async def round_trips(accounts: list[dict[str, Any]]) -> int:
+        settings = make_settings(redis_server.url, lms_url, [], [], accounts=accounts)
+        redis = counting_redis(redis_server.url)
+        clock = Clock()
+        view = AccountsView(settings, Stores.on(redis, settings, clock), clock)
+        try:
+            await view.page()  # the connection, and what the directory caches
+            before = CountingConnection.sent
+            items, _ = await view.page()
+            assert len(items) == len(accounts)
+            return CountingConnection.sent - before
+        finally:
+            await redis.aclose()
+
+    ten = tracking_completions(*(f"acc_{n}" for n in range(10)))
+    one = [{"account_id": "acc_0", "users": ["u_1"]}]
+    assert await round_trips(ten) == await round_trips(one)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,9 +22,19 @@ from service.sim.lms import SimLMS
 from service.sim.receiver import Answer, Receiver
 from service.store import keys
 from service.store.scripts import LEASED
-from tests.helpers import ACCOUNT, Driven, as_json, driven, endpoint, make_settings, wait_until
+from tests.helpers import (
+    ACCOUNT,
+    SECRET,
+    Driven,
+    as_json,
+    driven,
+    endpoint,
+    make_settings,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "admin-token-9f8e7d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -101,19 +113,77 @@ async def test_endpoints_and_enable(admin: Any) -> None:
     assert status == 404 and "nope" in body["error"]
 
 
-async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
+DEAD_LETTER_FIELDS = {
+    "event_id",
+    "dead_at_ms",
+    "event",
+    "attempts",
+    "last_error",
+    "last_status",
+    "last_attempt_at",
+}
+
+
+async def dead_letter(admin: Any) -> dict[str, Any]:
+    """One event dead-lettered at hr (answered 500 three times); GET /admin/dead-letters."""
     driver, http, _, rx = admin
-    service = driver.service
     rx.default_answer = Answer(status=500)
-    assert await service.operations.poll_now(ACCOUNT, "u_1")
+    assert await driver.service.operations.poll_now(ACCOUNT, "u_1")
     await driver.step()  # created: the first attempt
     await driver.step(0.25)  # and two retries, then dead
     await driver.step(0.25)
-    assert await service.queue.dead_count("hr") == 1
+    assert await driver.service.queue.dead_count("hr") == 1
     status, body = await call(http, "GET", "/admin/dead-letters?endpoint=hr")
     assert status == 200
+    return dict(body)
+
+
+async def test_a_dead_letter_reads_the_same_in_the_api_the_cli_and_the_console(
+    admin: Any, tmp_path: Path
+) -> None:
+    driver, http, _, _ = admin
+    service = driver.service
+    body = await dead_letter(admin)
     [letter] = body["dead_letters"]
-    assert letter["attempts"] == 3 and letter["last_status"] == 500
+    event_id = letter["event_id"]
+    assert set(letter) == DEAD_LETTER_FIELDS and letter["event"]["id"] == event_id
+    assert (letter["attempts"], letter["last_status"], letter["last_error"]) == (3, 500, "HTTP 500")
+    assert letter["dead_at_ms"] == int(driver.clock() * 1000)
+    # what another version wrote beside its attempts stays in Redis for its retries, unshown
+    meta = keys.EndpointKeys("hr").meta
+    stored = json.loads(await service.stores.redis.hget(meta, event_id))
+    await service.stores.redis.hset(meta, event_id, json.dumps({**stored, "newer": 1}))
+    assert await call(http, "GET", "/admin/dead-letters?endpoint=hr&limit=1000") == (200, body)
+    # the CLI prints the same answer
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"redis_url: {service.settings.redis_url}\nstackone:\n  api_key: sk_test\n"
+        f"endpoints:\n  - id: hr\n    url: https://hr.example.com/hooks\n"
+        f"    secret: {SECRET}\n"
+    )
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "dead-letters", "--config", str(config),
+        "--endpoint", "hr", stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    printed, _ = await cli.communicate()
+    assert cli.returncode == 0 and json.loads(printed) == body
+    # the console's endpoint page lists the same dead letters, and the overview counts them
+    async with aiohttp.ClientSession(
+        base_url=service.http_url, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as ui:
+        async with ui.post("/ui/login", data={"token": TOKEN}) as r:
+            overview = " ".join((await r.text()).split())
+        assert '<a class="bad" href="/ui/endpoints/hr#dead">1</a>' in overview
+        async with ui.get("/ui/endpoints/hr") as r:
+            page = await r.text()
+    assert page.count("<tr data-event=") == 1 and f'<tr data-event="{event_id}">' in page
+    assert "HTTP 500" in page and '<td class="num">3</td>' in page
+
+
+async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
+    driver, http, _, rx = admin
+    service = driver.service
+    [letter] = (await dead_letter(admin))["dead_letters"]
     event_id = letter["event_id"]
 
     rx.default_answer = Answer(status=200)
@@ -129,6 +199,8 @@ async def test_dead_letters_and_replay_keep_the_event_id(admin: Any) -> None:
         ("/admin/dead-letters", 400),
         ("/admin/dead-letters?endpoint=nope", 404),
         ("/admin/dead-letters?endpoint=hr&limit=x", 400),
+        ("/admin/dead-letters?endpoint=hr&limit=0", 400),
+        ("/admin/dead-letters?endpoint=hr&limit=1001", 400),
     ]:
         status, body = await call(http, "GET", path)
         assert status == expected and "error" in body, path

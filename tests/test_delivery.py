@@ -10,7 +10,7 @@ import asyncio
 import base64
 import itertools
 import time
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pytest
 import structlog
@@ -197,12 +197,12 @@ async def test_private_addresses_are_refused_unless_allowed(
             await service.step(0.15)  # and its one retry: then dead
             queue = service.service.queue
             dead = [await queue.dead_count(e) for e in ("literal", "by-name")]
-            letters: list[dict[str, Any]] = await queue.dead_letters("by-name")
+            letters = await queue.dead_letters("by-name")
     assert dead == [1, 1]
     assert rx.received == []  # nothing was ever sent
     refused = [entry for entry in logs if entry["event"] == "delivery_address_refused"]
     assert {entry["endpoint"] for entry in refused} == {"literal", "by-name"}
-    assert "allow_private_addresses" in letters[0]["last_error"]
+    assert "allow_private_addresses" in (letters[0].last_error or "")
 
 
 async def test_a_receiver_that_hangs_is_timed_out_and_the_event_retried(
@@ -294,8 +294,8 @@ async def test_events_a_receiver_rejects_spend_their_own_retries_and_never_pause
         dead = await queue.dead_letters("hr", 10)
         depth = await queue.depth("hr")
     assert {(s.status, s.consecutive_failures, s.pauses) for s in states} == {("active", 0, 0)}
-    assert sorted(d["event"]["data"]["assignment_id"] for d in dead) == sorted(poison)
-    assert {d["last_error"] for d in dead} == {"HTTP 422"} and depth == 0
+    assert sorted(d.event["data"]["assignment_id"] for d in dead) == sorted(poison)
+    assert {d.last_error for d in dead} == {"HTTP 422"} and depth == 0
     assert len(rx.events) == 24 and len(rx.received) == 24 + 6 * (len(schedule) + 1)
 
 
@@ -409,6 +409,6 @@ async def test_a_bug_in_a_delivery_is_a_failed_attempt_and_dead_letters(
     assert len(crashes) == len(schedule) + 1  # each with its traceback (exc_info)
     assert first.attempts == 1 and first.last_status is None
     assert first.last_error == f"delivery crashed: RuntimeError: injected bug in {broken}"
-    assert dead["attempts"] == len(schedule) + 1 and dead["last_error"] == first.last_error
+    assert dead.attempts == len(schedule) + 1 and dead.last_error == first.last_error
     assert depth == 0 and len(rx.received) == requests
     assert after == EndpointHealth()  # untouched: not a failure of the endpoint

@@ -449,14 +449,14 @@ async def test_the_last_attempts_are_kept_and_a_replay_shows_queued(
         for _ in range(keep):
             await service.step(1.25)
         [letter] = await service.service.queue.dead_letters("hr")
-        dead = as_json(await ops.event(letter["event_id"]))
+        dead = as_json(await ops.event(letter.event_id))
         assert await ops.replay("hr", None) == 1
-        replayed = as_json(await ops.event(letter["event_id"]))
+        replayed = as_json(await ops.event(letter.event_id))
         rx.default_answer = Answer(status=204)
         await service.deliver()
-        delivered = as_json(await ops.event(letter["event_id"]))
+        delivered = as_json(await ops.event(letter.event_id))
     assert dead is not None and replayed is not None and delivered is not None
-    assert letter["attempts"] == keep + 1 == len(rx.received) - 1
+    assert letter.attempts == keep + 1 == len(rx.received) - 1
     assert dead["endpoints"]["hr"] == {"outcome": "dead", "attempts": keep + 1}
     # the last KEEP_ATTEMPTS records, oldest first: the first one dropped
     assert [a["attempt"] for a in dead["attempts"]["hr"]] == list(range(2, keep + 2))

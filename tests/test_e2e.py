@@ -199,10 +199,10 @@ async def test_spent_schedule_dead_letters_with_the_last_error(
         [letter] = await queue.dead_letters("hr")
         depth = await queue.depth("hr")
     assert depth == 0 and len(sent) == 1
-    assert letter["attempts"] == 3  # the first attempt and the schedule's two retries
-    assert letter["last_status"] == 500 and "500" in letter["last_error"]
-    assert letter["event"]["type"] == ev.UPDATED
-    assert [r.webhook_id for r in rx.received] == [letter["event_id"]] * 3
+    assert letter.attempts == 3  # the first attempt and the schedule's two retries
+    assert letter.last_status == 500 and "500" in (letter.last_error or "")
+    assert letter.event["type"] == ev.UPDATED
+    assert [r.webhook_id for r in rx.received] == [letter.event_id] * 3
 
 
 async def test_upstream_retry_after_pauses_requests(

@@ -243,8 +243,8 @@ async def test_queue_lease_ack_retry_dead_and_replay(redis: Redis) -> None:
     assert await queue.dead_letter("hr", retried, now_ms=5500)
     assert await queue.depth("hr") == 0 and await queue.dead_count("hr") == 1
     [letter] = await queue.dead_letters("hr")
-    assert letter["event_id"] == retried.event_id and letter["last_error"] == "HTTP 500"
-    assert letter["event"]["id"] == retried.event_id
+    assert letter.event_id == retried.event_id and letter.last_error == "HTTP 500"
+    assert letter.event["id"] == retried.event_id
 
     assert await queue.replay("hr", now_ms=7000) == 1
     assert await queue.dead_count("hr") == 0

@@ -27,7 +27,7 @@ from service.api.common import (
 )
 from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
 from service.contract import admin as m
-from service.operations import EVENT_FILTERS, MAX_LIMIT
+from service.operations import DEAD_LETTERS_LIMIT, EVENT_FILTERS, MAX_LIMIT
 
 _DIGITS = re.compile(r"^[0-9]{1,16}$")
 
@@ -83,12 +83,12 @@ def _query(request: web.Request, name: str) -> str | None:
     return _text(request.query.get(name), name)
 
 
-def _query_limit(request: web.Request, default: int) -> int:
+def _query_limit(request: web.Request, default: int, most: int = MAX_LIMIT) -> int:
     raw = _query(request, "limit")
     if raw is None:
         return default
-    if not _DIGITS.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadRequest(f"`limit` must be an integer from 1 to {MAX_LIMIT}")
+    if not _DIGITS.match(raw) or not 1 <= int(raw) <= most:
+        raise BadRequest(f"`limit` must be an integer from 1 to {most}")
     return int(raw)
 
 
@@ -116,22 +116,12 @@ async def enable_endpoint(request: web.Request) -> web.Response:
 
 
 async def dead_letters(request: web.Request) -> web.Response:
-    endpoint_id = request.query.get("endpoint")
-    if not endpoint_id:
+    endpoint_id = _query(request, "endpoint")
+    if endpoint_id is None:
         raise BadRequest("query parameter `endpoint` is required")
     _known_endpoint(request, endpoint_id)
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError as e:
-        raise BadRequest("`limit` must be an integer") from e
-    if not 1 <= limit <= 1000:
-        raise BadRequest("`limit` must be between 1 and 1000")
-    letters = await ops(request).stores.queue.dead_letters(endpoint_id, limit)
-    return answer(
-        m.DeadLetters(
-            endpoint=endpoint_id, dead_letters=[m.DeadLetter.model_validate(d) for d in letters]
-        )
-    )
+    limit = _query_limit(request, 100, DEAD_LETTERS_LIMIT)
+    return answer(await ops(request).dead_letters(endpoint_id, limit))
 
 
 async def replay(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from service import endpoint_health
+from service.config import TrackedName
 from service.endpoint_health import EndpointState
 from service.user_ids import USER_ID_SCHEMA
 
@@ -112,10 +113,8 @@ class Queued(Answer):
     queued: int = Field(ge=0)
 
 
-class DeadLetter(BaseModel):
+class DeadLetter(Answer):
     """A dead-lettered event with what its attempts left behind."""
-
-    model_config = ConfigDict(extra="allow", strict=True)  # what a delivery recorded beside these
 
     event_id: str
     dead_at_ms: int
@@ -265,6 +264,14 @@ class AccountOwner(Answer):
     name: str | None
 
 
+class UnservedResource(Answer):
+    """A tracked resource the account's provider does not serve (its route answered 400,
+    404 or 501): not read for that account until then, its other resources are."""
+
+    resource: TrackedName
+    until_ms: int = Field(description="when it is asked for again")
+
+
 class Account(Answer):
     account_id: str
     source: AccountSource
@@ -283,6 +290,10 @@ class Account(Answer):
     paused_until: float | None = Field(
         description="until when (epoch seconds) the account's provider asked it to wait "
         "(a 429 with provider_errors); its reads wait, the other accounts' go on"
+    )
+    unserved: list[UnservedResource] = Field(
+        description="the tracked resources its provider does not serve, skipped until "
+        "`until_ms`; empty: none (or not read)"
     )
     # a discovered account's linked account (untrusted upstream text); null for others
     provider: str | None

@@ -11,12 +11,14 @@ Listings take a `limit` (1..MAX_LIMIT) and an opaque `cursor` from the page befo
 answer `next_cursor` (None: the end). Bad input raises InvalidInput (the API's 400), an
 unknown endpoint NotFound (404).
 
-Here: endpoints, users, accounts, the budget plan and the upstream's pressure; the delivery
-log's views in `delivery_log.py`; the state they share, readiness and metrics in `base.py`.
+Here: endpoints and their dead letters, users, accounts, the budget plan and the upstream's
+pressure; the delivery log's views in `delivery_log.py`; the state they share, readiness and
+metrics in `base.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 
 import structlog
@@ -31,12 +33,22 @@ from service.reading.planner import BudgetPlanner
 from service.store import keys
 from service.user_ids import user_id_problem
 
-__all__ = ["EVENT_FILTERS", "MAX_LIMIT", "SHARED_FOR", "Operations", "Shared"]
+__all__ = ["DEAD_LETTERS_LIMIT", "EVENT_FILTERS", "MAX_LIMIT", "SHARED_FOR", "Operations", "Shared"]
 
 log = structlog.get_logger("service")
 
+DEAD_LETTERS_LIMIT = 1000  # the most dead letters one answer lists (they are not paged)
+
 
 class Operations(DeliveryLogViews):
+    async def dead_letters(self, endpoint_id: str, limit: int = 100) -> m.DeadLetters:
+        """The endpoint's dead letters, oldest first (up to DEAD_LETTERS_LIMIT), each with
+        its event as sent and what its last attempt got."""
+        self._endpoint(endpoint_id)
+        page_limit(limit, DEAD_LETTERS_LIMIT)
+        letters = await self.stores.queue.dead_letters(endpoint_id, limit)
+        return m.DeadLetters(endpoint=endpoint_id, dead_letters=letters)
+
     async def replay(self, endpoint_id: str, event_ids: list[str] | None) -> int:
         """Queue dead letters again with their ids (all of the endpoint's when none given)."""
         now_ms = int(self.clock() * 1000)
@@ -94,22 +106,23 @@ class Operations(DeliveryLogViews):
                 raise InvalidInput("`cursor` names an endpoint no longer configured")
             start = ids.index(after) + 1
         page = configured[start : start + limit]
-        stores = self.stores
-        out = []
-        for endpoint in page:
-            health = await stores.endpoints.health(endpoint.id)
-            out.append(
-                m.Endpoint.of(
-                    endpoint.id,
-                    health,
-                    url=endpoint.url,
-                    queue_depth=await stores.queue.depth(endpoint.id),
-                    dead_letters=await stores.queue.dead_count(endpoint.id),
-                )
-            )
+        out = [await self.endpoint(endpoint.id) for endpoint in page]
         more = start + limit < len(configured)
         next_cursor = encode_cursor("endpoints", page[-1].id) if more and page else None
         return m.EndpointPage(endpoints=out, next_cursor=next_cursor)
+
+    async def endpoint(self, endpoint_id: str) -> m.Endpoint:
+        """One configured endpoint with its state (as every process sees it), queue depth
+        and dead letters; NotFound for an endpoint the config does not name."""
+        endpoint, stores = self._endpoint(endpoint_id), self.stores
+        health, depth, dead = await asyncio.gather(
+            stores.endpoints.health(endpoint_id),
+            stores.queue.depth(endpoint_id),
+            stores.queue.dead_count(endpoint_id),
+        )
+        return m.Endpoint.of(
+            endpoint_id, health, url=endpoint.url, queue_depth=depth, dead_letters=dead
+        )
 
     async def users(self, limit: int = 100, cursor: str | None = None) -> m.UserPage:
         """Tracked users (by account, then user id) with their poll state, and the accounts

@@ -1,6 +1,7 @@
 """What the admin API shows of a page of accounts, read in one pipelined round trip however
 many accounts the page holds: each account's feed and listing state and when each is next
-due, how many users its listing names, and the state of the users it names one by one."""
+due, how many users its listing names, the state of the users it names one by one, and
+until when its provider's unserved resources are skipped (store/unserved.py's marks)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from service.resources import Resource
 from service.store import keys
 from service.store.read_state import FIELDS, ReadState
 from service.store.scripts import due_or_expiry_ms
@@ -23,6 +25,8 @@ class AccountAsk:
     listing: bool  # users: all
     named_users: tuple[str, ...] = ()  # the users the config or the admin API name
     user_reads: bool = False  # its named users are polled one by one: read their state
+    # the resources it tracks after its first: the ones a provider may not serve
+    unservable: tuple[Resource, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,8 @@ class AccountReads:
     named_not_listed: int = 0  # named users the listing does not name (counted once)
     # each named user's poll state and when it is next due (user_reads only)
     users: list[tuple[ReadState, int | None]] = field(default_factory=list)
+    # (resource name, until when (ms)) of each resource marked unserved, however long ago
+    unserved: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def users_tracked(self) -> int:
@@ -65,6 +71,9 @@ async def read_accounts(redis: Redis, asks: list[AccountAsk]) -> list[AccountRea
                 for user_id in ask.named_users:
                     pipe.hmget(keys.user_state(ask.account_id, user_id), FIELDS)
                     pipe.zscore(keys.POLL_DUE, keys.user_member(ask.account_id, user_id))
+            if ask.unservable:
+                members = [keys.unserved_member(ask.account_id, r) for r in ask.unservable]
+                pipe.zmscore(keys.UNSERVED_RESOURCES, members)
         answers = iter(await pipe.execute())
     out = []
     for ask in asks:
@@ -84,5 +93,11 @@ async def read_accounts(redis: Redis, asks: list[AccountAsk]) -> list[AccountRea
             for _ in ask.named_users:
                 state = ReadState.decode_list(cast(list[str | None], next(answers)))
                 users.append((state, _due(next(answers))))
-        out.append(AccountReads(feed, feed_due, listing, listing_due, listed, not_listed, users))
+        unserved = []
+        if ask.unservable:
+            until = zip(ask.unservable, next(answers), strict=True)
+            unserved = [(r.name, int(ms)) for r, ms in until if ms is not None]
+        out.append(
+            AccountReads(feed, feed_due, listing, listing_due, listed, not_listed, users, unserved)
+        )
     return out

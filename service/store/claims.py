@@ -18,23 +18,21 @@ class DeliveryMeta:
     last_error: str | None = None
     last_status: int | None = None
     last_attempt_at: float | None = None
+    # fields of the meta this version does not name, written back as they were read (an
+    # event retried by this version keeps what another wrote); never shown
     extra: dict[str, Any] = field(default_factory=dict)
     # the W3C traceparent of the commit that queued it (written with it while tracing is on,
     # see service/tracing.py): its attempts' spans are children of that commit's
     traceparent: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        """What the admin API shows of it (the trace context is not the operator's)."""
-        return {
+    def encode(self) -> str:
+        data = {
             "attempts": self.attempts,
             "last_error": self.last_error,
             "last_status": self.last_status,
             "last_attempt_at": self.last_attempt_at,
             **self.extra,
         }
-
-    def encode(self) -> str:
-        data = self.as_dict()
         if self.traceparent:  # kept through retries: every attempt joins the same trace
             data["traceparent"] = self.traceparent
         return json.dumps(data, separators=(",", ":"))

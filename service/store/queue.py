@@ -10,10 +10,11 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 from redis.asyncio import Redis
 
+from service.contract import admin as m
 from service.store import log_body
 from service.store.claims import ClaimedEvent, DeliveryMeta
 from service.store.keys import EndpointKeys
@@ -189,7 +190,8 @@ class EventQueue:
         count: int = await self.redis.zcard(EndpointKeys(endpoint_id).dead)
         return count
 
-    async def dead_letters(self, endpoint_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def dead_letters(self, endpoint_id: str, limit: int = 100) -> list[m.DeadLetter]:
+        """The endpoint's oldest dead letters first, each with what its attempts left."""
         ep = EndpointKeys(endpoint_id)
         raw = await self.redis.zrange(ep.dead, 0, limit - 1, withscores=True)
         pairs = cast(list[tuple[str, float]], raw)
@@ -198,12 +200,20 @@ class EventQueue:
         ids = [event_id for event_id, _ in pairs]
         bodies = cast(list[str | None], await self.redis.hmget(ep.body, ids))
         metas = cast(list[str | None], await self.redis.hmget(ep.meta, ids))
-        return [
-            {
-                "event_id": event_id,
-                "dead_at_ms": int(score),
-                "event": json.loads(log_body.queued_body(body.encode())) if body else None,
-                **DeliveryMeta.decode(meta).as_dict(),
-            }
-            for (event_id, score), body, meta in zip(pairs, bodies, metas, strict=True)
-        ]
+        out = []
+        for (event_id, score), body, raw_meta in zip(pairs, bodies, metas, strict=True):
+            # the meta's fields this version does not know (DeliveryMeta.extra) are kept for
+            # the event's retries, not shown: no version writes any
+            meta = DeliveryMeta.decode(raw_meta)
+            out.append(
+                m.DeadLetter(
+                    event_id=event_id,
+                    dead_at_ms=int(score),
+                    event=json.loads(log_body.queued_body(body.encode())) if body else None,
+                    attempts=meta.attempts,
+                    last_error=meta.last_error,
+                    last_status=meta.last_status,
+                    last_attempt_at=meta.last_attempt_at,
+                )
+            )
+        return out

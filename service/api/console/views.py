@@ -4,7 +4,6 @@ what it did."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -26,10 +25,11 @@ from service.api.console.guard import (
     text_field,
 )
 from service.api.console.session import SESSION_SECONDS
-from service.api.console.stats import last_hour
+from service.api.console.stats import HourStats, last_hour
 from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
 from service.config import EndpointSettings
-from service.operations import EVENT_FILTERS, Operations
+from service.contract import admin as m
+from service.operations import EVENT_FILTERS, MAX_LIMIT, Operations
 from service.store.log import RECENT_ATTEMPTS
 
 log = structlog.get_logger("console")
@@ -185,40 +185,33 @@ async def trailing_slash(request: web.Request) -> web.StreamResponse:
 # -- the overview ------------------------------------------------------------------------
 
 
-async def _endpoint_row(
-    operations: Operations, endpoint: EndpointSettings, now_ms: int
-) -> dict[str, Any]:
-    stores, endpoint_id = operations.stores, endpoint.id
-    health, depth, dead, attempts = await asyncio.gather(
-        stores.endpoints.health(endpoint_id),
-        stores.queue.depth(endpoint_id),
-        stores.queue.dead_count(endpoint_id),
-        operations.endpoint_attempts(endpoint_id, STATS_READ),
-    )
-    return {
-        "id": endpoint_id,
-        "url": endpoint_url(endpoint_id),
-        "target": endpoint.url,
-        "health": health,
-        "queue_depth": depth,
-        "dead_letters": dead,
-        "hour": last_hour(attempts, now_ms, read_limit=STATS_READ),
-    }
+async def _last_hour(operations: Operations, endpoint_id: str, now_ms: int) -> HourStats:
+    attempts = await operations.endpoint_attempts(endpoint_id, STATS_READ)
+    return last_hour(attempts, now_ms, read_limit=STATS_READ)
+
+
+async def _all_endpoints(operations: Operations) -> list[m.Endpoint]:
+    """Every configured endpoint, as `GET /admin/endpoints` pages them."""
+    found, cursor = [], None
+    while True:
+        got = await operations.endpoints(MAX_LIMIT, cursor)
+        found += got.endpoints
+        cursor = got.next_cursor
+        if cursor is None:
+            return found
 
 
 async def overview(request: web.Request) -> web.StreamResponse:
     operations = ops(request)
     now_ms = _now_ms(operations)
-    endpoints = [
-        await _endpoint_row(operations, endpoint, now_ms)
-        for endpoint in operations.settings.endpoints
-    ]
+    endpoints = await _all_endpoints(operations)
+    hours = [await _last_hour(operations, e.id, now_ms) for e in endpoints]
     recent = await operations.events(limit=10)
     return page(
         request,
         "overview.html",
         {
-            "endpoints": endpoints,
+            "endpoints": list(zip(endpoints, hours, strict=True)),
             "accounts": await operations.accounts_page(limit=OVERVIEW_ACCOUNTS),
             "budget": await operations.budget(),
             "upstream": await operations.upstream(),
@@ -231,21 +224,18 @@ async def overview(request: web.Request) -> web.StreamResponse:
 
 
 async def endpoint_page(request: web.Request) -> web.StreamResponse:
-    endpoint = _known_endpoint(request)
-    endpoint_id = endpoint.id
+    endpoint_id = _known_endpoint(request).id
     operations = ops(request)
     now_ms = _now_ms(operations)
-    row = await _endpoint_row(operations, endpoint, now_ms)
-    attempts = await operations.endpoint_attempts(endpoint_id, ATTEMPTS_SHOWN)
-    dead = await operations.stores.queue.dead_letters(endpoint_id, DEAD_SHOWN)
     hour_ago = datetime.fromtimestamp(now_ms / 1000 - 3600, UTC).strftime("%Y-%m-%dT%H:%M")
     return page(
         request,
         "endpoint.html",
         {
-            "endpoint": row,
-            "attempts": attempts,
-            "dead": dead,
+            "endpoint": await operations.endpoint(endpoint_id),
+            "hour": await _last_hour(operations, endpoint_id, now_ms),
+            "attempts": await operations.endpoint_attempts(endpoint_id, ATTEMPTS_SHOWN),
+            "dead": (await operations.dead_letters(endpoint_id, DEAD_SHOWN)).dead_letters,
             "since_default": hour_ago,
             "endpoint_events_url": events_url(endpoint=endpoint_id),
         },

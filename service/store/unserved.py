@@ -4,7 +4,6 @@ answering 404, say), skipped for that account until a retry time, by every proce
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from redis.asyncio import Redis
 
@@ -37,12 +36,3 @@ class UnservedResources:
             keys.UNSERVED_RESOURCES, {member: retry_at_ms}, gt=True, ch=True
         )
         return bool(added)
-
-    async def all(self, now_ms: int) -> dict[str, list[str]]:
-        """Account id → the resources skipped at `now_ms`."""
-        raw = await self.redis.zrangebyscore(keys.UNSERVED_RESOURCES, f"({now_ms}", "+inf")
-        out: dict[str, list[str]] = {}
-        for member in cast(list[str], raw):
-            account_id, resource = keys.parse_user_member(member)
-            out.setdefault(account_id, []).append(resource)
-        return out

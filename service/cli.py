@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import structlog
 from redis.exceptions import RedisError
 
-from service import __version__, tracing
+from service import __version__, startup_signals, tracing
 from service.app import Role, Service
 from service.config import Settings, load_settings
 from service.errors import ConfigError
@@ -118,14 +118,17 @@ def _signal_ignored(sig: signal.Signals) -> None:
 async def serve(settings: Settings, role: Role) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully; SIGHUP, SIGUSR1 and SIGUSR2 are
     logged and otherwise ignored."""
-    tracing.start(settings.tracing, role)
-    service = Service(settings, role=role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     for sig in IGNORED_SIGNALS:
         loop.add_signal_handler(sig, _signal_ignored, sig)
+    if startup_signals.arrived():  # asked to stop while starting: nothing to start or hand back
+        log.info("service_stopped", detail="SIGTERM while starting")
+        return
+    tracing.start(settings.tracing, role)
+    service = Service(settings, role=role)
     await service.start()
     tune_gc()
     try:
@@ -235,6 +238,8 @@ def _until_interrupted(coro: object) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # only the service keeps a SIGTERM that comes while it starts
+        startup_signals.restore()
     try:
         if args.command == "run":
             return _run(args)

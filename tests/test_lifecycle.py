@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -40,6 +41,40 @@ async def readyz(url: str) -> int | None:
             return response.status
     except aiohttp.ClientError:
         return None
+
+
+async def test_a_sigterm_while_starting_exits_zero_and_starts_nothing(
+    redis: Redis, lms: tuple[SimLMS, str], run_process: RunProcess, tmp_path: Path
+) -> None:
+    """A supervisor stopping a replica it has just started: the signal comes while the
+    process is still starting (here: reading its config from a pipe, so the moment is
+    certain), and it exits 0 once it can act, starting nothing, instead of dying by it."""
+    sim, _ = lms
+    seed(sim, 1)
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    run_process.config = str(fifo)
+    run_process.start()
+    writer = await _open_for_writing(fifo)  # the process reads it: it is starting
+    assert run_process.process is not None
+    run_process.process.send_signal(signal.SIGTERM)
+    text = await asyncio.to_thread(Path("config/test.yaml").read_bytes)
+    with os.fdopen(writer, "wb") as config:
+        config.write(text)
+    assert run_process.stop() == 0
+    assert "SIGTERM while starting" in run_process.log.read_text()
+    assert await redis.dbsize() == 0  # nothing started: no user scheduled, no lease taken
+    assert sim.requests == []
+
+
+async def _open_for_writing(fifo: Path) -> int:
+    """The pipe's write end, once a reader has it open (before that, opening fails)."""
+    for _ in range(400):
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: nobody reads it yet
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nobody opened {fifo} to read it")
 
 
 async def test_sigterm_exits_zero_in_time_and_loses_nothing(

@@ -33,6 +33,9 @@ from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
 from service.tracing import span, traceparent
 
+# a lease that fences a write (Lease.held): its schedule zset, its member, the token held
+Held = tuple[str, str, int]
+
 _RAW: dict[str, Any] = {NEVER_DECODE: True}  # a command's reply left undecoded
 _INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
@@ -756,10 +759,63 @@ class BackOff(_Script):
 
     source = "back_off"
 
-    async def __call__(
-        self, schedule: str, member: str, token: int, account_id: str, value: str
-    ) -> bool:
-        """The account backed off (`value`, as AccountBackoff encodes it) while `token` still
-        holds `member`'s lease on `schedule`; False when it does not (nothing written)."""
+    async def __call__(self, held: Held, account_id: str, value: str) -> bool:
+        """The account backed off (`value`, as AccountBackoff encodes it) while the `held`
+        lease holds; False when it does not (nothing written)."""
+        schedule, member, token = held
         script_keys = [schedule, keys.BLOCKED_ACCOUNTS]
         return bool(await self._run(keys=script_keys, args=[member, token, account_id, value]))
+
+
+class CountFailure(_Script):
+    """PollStore.count_failure."""
+
+    source = "count_failure"
+
+    async def __call__(self, held: Held, account_id: str, ttl: int) -> int:
+        """The account's failures in a row, one more, while the `held` lease holds; 0 when
+        it does not (nothing written)."""
+        schedule, member, token = held
+        script_keys = [schedule, keys.FAILING_ACCOUNTS]
+        return int(await self._run(keys=script_keys, args=[member, token, account_id, ttl]))
+
+
+class PauseAccount(_Script):
+    """PollStore.pause_account."""
+
+    source = "pause_account"
+
+    async def __call__(
+        self, held: Held, account_id: str, until_ms: int, now_ms: int, ttl: int
+    ) -> bool:
+        """False when the `held` lease does not hold (nothing written)."""
+        schedule, member, token = held
+        args: list[Any] = [member, token, account_id, until_ms, now_ms, ttl]
+        return bool(await self._run(keys=[schedule, keys.PAUSED_ACCOUNTS], args=args))
+
+
+class FallBack(_Script):
+    """FeedStore.fall_back."""
+
+    source = "fall_back"
+
+    async def __call__(self, held: Held, account_id: str, value: str) -> bool:
+        """The account's fallback (`value`, as FeedFallback encodes it) while the `held`
+        lease holds; False when it does not (nothing written)."""
+        schedule, member, token = held
+        script_keys = [schedule, keys.FEED_FALLBACK]
+        return bool(await self._run(keys=script_keys, args=[member, token, account_id, value]))
+
+
+class MarkUnserved(_Script):
+    """UnservedResources.mark."""
+
+    source = "mark_unserved"
+
+    async def __call__(self, held: Held, unserved_member: str, retry_at_ms: int) -> bool:
+        """False when marked until then or later already, or the `held` lease does not hold
+        (nothing written)."""
+        schedule, member, token = held
+        script_keys = [schedule, keys.UNSERVED_RESOURCES]
+        args: list[Any] = [member, token, unserved_member, retry_at_ms]
+        return bool(await self._run(keys=script_keys, args=args))

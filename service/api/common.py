@@ -73,6 +73,8 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         body = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON: {e}") from e
+    except ValueError as e:  # an int of more than 4300 digits: Python reads none that long
+        raise BadRequest("the body holds a number too long to read") from e
     except RecursionError as e:  # `[[[[...` 100,000 deep
         raise BadRequest("the body is nested too deeply") from e
     if not isinstance(body, dict):

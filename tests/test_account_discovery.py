@@ -478,7 +478,7 @@ async def test_a_refused_listing_of_the_linked_accounts_backs_off_no_account(
         sim.faults.forced.extend(dict(unavailable) for _ in range(20))  # past the retries
         await service.step(INTERVAL * 100)  # after its own back-off
         assert await service.service.stores.polls.backed_off_accounts() == {}
-        assert await service.service.stores.polls.failing_accounts() == set()
+        assert await redis.hkeys(keys.FAILING_ACCOUNTS) == []  # no run of failures counted
         assert await read_now(service.service) == set()  # nothing listed yet
 
 
@@ -543,35 +543,58 @@ async def test_an_account_that_is_no_lms_account_is_skipped_and_tried_again_dail
 
 
 class ForgottenWhileRead(SimLMS):
-    """An upstream where, while a request of `account` is in flight (its answer made, not
-    yet sent), `meanwhile` runs once: a listing forgets the account."""
+    """An upstream where, while a request of `account` to a path ending in `path` is in
+    flight (its answer made, not yet sent), `meanwhile` runs once: a listing forgets the
+    account."""
 
     account = ""
+    path = ""
     meanwhile: Callable[[], Awaitable[None]] | None = None
 
     async def while_answering(self, path: str) -> None:
-        if self.meanwhile is not None and self.in_flight[self.account]:
+        if self.meanwhile is not None and self.in_flight[self.account] and path.endswith(self.path):
             meanwhile, self.meanwhile = self.meanwhile, None
             await meanwhile()
 
 
-@pytest.mark.parametrize("answer", ["not_lms", "refused"])
+# how acc_x's read answers (its listing's, or its feed's): what each leaves of the account
+# when it is written after the account was forgotten
+READ_ANSWERS: dict[str, list[dict[str, Any]]] = {
+    "not_lms": [],  # a not-LMS mark
+    "refused": [{"status": 401}],  # a back-off
+    "unavailable": [{"status": 503}] * 4,  # past the client's retries: a failure counted
+    "provider_limited": [{"status": 429, "retry_after": 30, "provider_errors": True}],  # a pause
+    "feed_unsupported": [{"status": 404, "path": "/lms/assignments"}],  # a feed fallback
+    "completions_unserved": [{"status": 404, "path": "/lms/completions"}],  # an unserved mark
+}
+# the path of the request the account is forgotten during (its listing's, but for answers
+# of its feeds), and what its read tracks
+FORGOTTEN_DURING = {"feed_unsupported": "/lms/assignments", "completions_unserved": "/completions"}
+TRACKS = {"completions_unserved": ["assignments", "completions"]}
+
+
+@pytest.mark.parametrize("answer", list(READ_ANSWERS))
 async def test_a_read_in_flight_when_its_account_is_forgotten_leaves_nothing_of_it(
     answer: str, redis_server: RedisServer, redis: Redis, receiver: Rx
 ) -> None:
-    """Its first read answers that it is no LMS account (or refuses it) after listings
-    forgot it: no not-LMS mark or back-off of it is left, which nothing would clear, nor
-    shown by the gauges or the admin API."""
+    """Its first read (its listing's; its feed's for the feed's own answer) answers after
+    listings forgot it: that it is no LMS account, refused, unavailable, its provider asking
+    it to wait, no feed, no completions: no not-LMS mark, back-off, failure count, pause,
+    feed fallback or unserved mark of it is left, which nothing would clear, nor shown by
+    the gauges or the admin API."""
     sim = ForgottenWhileRead(api_key=API_KEY)
     for account in ("acc_1", "acc_2"):
         seed(sim, account, users=1)
     sim.link_account("acc_x", not_lms=answer == "not_lms")
     seed(sim, "acc_x", users=1)
-    if answer == "refused":
-        sim.faults.forced.append({"status": 401, "account_id": "acc_x"})
+    sim.faults.forced += [{**fault, "account_id": "acc_x"} for fault in READ_ANSWERS[answer]]
+    track = TRACKS.get(answer, ["assignments"])
+    defaults = {"users": "all", "strategy": "auto", "track": track}
     async with (
         served(sim) as lms_url,
-        driven(settings_for(redis_server.url, lms_url, receiver[1]), sim) as service,
+        driven(
+            settings_for(redis_server.url, lms_url, receiver[1], defaults=defaults), sim
+        ) as service,
     ):
         linked = service.service.linked
         assert linked is not None
@@ -586,8 +609,10 @@ async def test_a_read_in_flight_when_its_account_is_forgotten_leaves_nothing_of_
             assert await redis.scard(keys.FORGET_ACCOUNTS) == 0
 
         sim.account, sim.meanwhile = "acc_x", forget
-        await service.step(0.0)  # acc_x's first read, its listing: forgotten meanwhile
+        sim.path = FORGOTTEN_DURING.get(answer, "/lms/users")
+        await service.step(0.0)  # acc_x's first read: forgotten meanwhile
         assert sim.meanwhile is None and "/unified/lms/users" in asked(sim, "acc_x")
+        assert sim.faults.forced == []  # each answered as told
         operations = service.service.operations
         rows = as_json(await operations.accounts())
         backed_off = as_json(await operations.users())["backed_off_accounts"]
@@ -597,6 +622,7 @@ async def test_a_read_in_flight_when_its_account_is_forgotten_leaves_nothing_of_
     assert [row["account_id"] for row in rows] == ["acc_1", "acc_2"]
     assert backed_off == {}
     assert metrics.get_sample_value("lms_webhooks_accounts_backed_off") == 0
+    assert metrics.get_sample_value("lms_webhooks_accounts_fallen_back") == 0
     for state in ("not_lms", "backed_off"):
         labels = {"state": state, "source": "discovery"}
         assert metrics.get_sample_value("lms_webhooks_accounts", labels) == 0

@@ -101,7 +101,7 @@ async def every_state(redis: Redis, driver: Driven) -> None:
     await changed(redis, service)
     polls = service.stores.polls
     await polls.back_off_account("acc_d2", AccountBackoff(now + 600, 3, "HTTP 401"))
-    await polls.pause_account("acc_d3", now + 30, now)
+    await redis.zadd(keys.PAUSED_ACCOUNTS, {"acc_d3": int((now + 30) * 1000)})
 
 
 ALL = ["acc_1", "acc_d1", "acc_d2", "acc_d3", "acc_d4", "acc_e", "acc_h", "acc_n", "acc_x"]

@@ -564,6 +564,9 @@ LONE = '"bad\\ud800x"'  # a JSON escape Python reads as a lone surrogate: not en
         ("/admin/dead-letters/replay", f'{{"endpoint": {LONE}}}'),
         ("/admin/users", "[" * 100_000 + "]" * 100_000),  # RecursionError in json.loads
         ("/admin/poll", '{"a": ' * 50_000 + "1" + "}" * 50_000),
+        # past Python's 4300 digits of an int read from a string: a ValueError in json.loads
+        ("/admin/users", '{"account_id": "acc_1", "user_id": ' + "1" * 5000 + "}"),
+        ("/admin/endpoints/hr/redeliver", '{"since": ' + "9" * 4301 + "}"),
     ],
 )
 async def test_unusable_bodies_are_400_json(admin: Any, path: str, body: str) -> None:

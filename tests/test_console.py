@@ -3,6 +3,7 @@ cookie, CSRF and origin checks, the security headers, and its pages' data."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -307,15 +308,47 @@ async def test_unknown_pages_and_bad_input_get_html_errors(console: Console) -> 
             assert r.status == 404 and r.content_type == "text/html"
         async with http.post(
             "/ui/endpoints/hr/redeliver",
-            data={"csrf": csrf, "since": "2026-01-02T00:00", "until": "2026-01-01T00:00"},
+            data={
+                "csrf": csrf,
+                "since": "2026-01-02T00:00",
+                "until": "2026-01-01T00:00",
+                "outcome": "any",
+            },
         ) as r:
-            assert r.status == 400 and "until is before since" in await r.text()
+            assert r.status == 400 and "`since` is after `until`" in await r.text()
         async with http.post(
             "/ui/endpoints/hr/redeliver", data={"csrf": csrf, "since": "yesterday"}
         ) as r:
-            assert r.status == 400 and "not a date" in await r.text()
+            assert r.status == 400 and "`since`: must be epoch milliseconds" in await r.text()
         async with http.get("/ui/events", params={"outcome": "lost"}) as r:
             assert r.status == 400
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"since": "9999999999999999", "outcome": "any"},  # epoch ms past 9999-12-31
+        {"since": "9999-12-31T23:59:59-01:00", "outcome": "any"},  # past it, by its offset
+        {"since": "2026-01-01T00:00", "until": "0000000000000001", "outcome": "any"},
+        {"since": "2026-01-01T00:00", "outcome": "lost"},
+        {"since": "2026-01-01T00:00"},
+        {"outcome": "any"},
+    ],
+)
+async def test_a_redeliver_form_is_refused_as_the_api_refuses_its_body(
+    console: Console, form: dict[str, str]
+) -> None:
+    """The console reads its form as the admin API reads its body: what one refuses, the
+    other refuses in the same words (on the console's error page, never a 500)."""
+    async with console.client() as http:
+        csrf = await signed_in(http)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.post("/admin/endpoints/hr/redeliver", json=form, headers=auth) as r:
+            assert r.status == 400, await r.text()
+            refusal = (await r.json())["detail"]
+        async with http.post("/ui/endpoints/hr/redeliver", data={"csrf": csrf, **form}) as r:
+            assert (r.status, r.content_type) == (400, "text/html")
+            assert refusal in html.unescape(await r.text())
 
 
 async def test_the_admin_token_never_appears_in_pages_or_logs(

@@ -10,7 +10,6 @@ ISO 8601 instant (without an offset: UTC).
 from __future__ import annotations
 
 import hmac
-import re
 from typing import Any
 
 from aiohttp import web
@@ -21,15 +20,13 @@ from service.api.common import (
     Handler,
     answer,
     body_as,
-    is_text,
+    instant_param,
     json_error,
     ops,
 )
 from service.api.sign_in import sign_in_failed, sign_in_succeeded, wait_before_sign_in
 from service.contract import admin as m
 from service.operations import DEAD_LETTERS_LIMIT, EVENT_FILTERS, MAX_LIMIT
-
-_DIGITS = re.compile(r"^[0-9]{1,16}$")
 
 
 def bearer_auth(token: str) -> Middleware:
@@ -74,7 +71,7 @@ def _text(value: object, name: str) -> str | None:
     """An optional text parameter; empty is absent (a form's empty field)."""
     if value is None or value == "":
         return None
-    if not is_text(value):
+    if not m.is_text(value):
         raise BadRequest(f"`{name}` must be a string of valid Unicode")
     return value
 
@@ -87,20 +84,9 @@ def _query_limit(request: web.Request, default: int, most: int = MAX_LIMIT) -> i
     raw = _query(request, "limit")
     if raw is None:
         return default
-    if not _DIGITS.match(raw) or not 1 <= int(raw) <= most:
+    if not m.DIGITS.match(raw) or not 1 <= int(raw) <= most:
         raise BadRequest(f"`limit` must be an integer from 1 to {most}")
     return int(raw)
-
-
-def _query_instant_ms(request: web.Request, name: str) -> int | None:
-    """Epoch milliseconds or an ISO 8601 instant, as a request body's (m.Instant)."""
-    value = request.query.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return m.instant_ms(value)
-    except ValueError as e:
-        raise BadRequest(f"`{name}` {e}") from None
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
@@ -176,8 +162,8 @@ async def list_events(request: web.Request) -> web.Response:
     filters: dict[str, Any] = {name: _query(request, name) for name in EVENT_FILTERS}
     page = await ops(request).events(
         **filters,
-        since_ms=_query_instant_ms(request, "since"),
-        until_ms=_query_instant_ms(request, "until"),
+        since_ms=instant_param(request.query.get("since"), "since"),
+        until_ms=instant_param(request.query.get("until"), "until"),
         limit=_query_limit(request, 50),
         cursor=_query(request, "cursor"),
     )

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
-from service.contract.admin import Error, Request
+from service.contract.admin import Error, Request, instant_ms
 from service.errors import InvalidInput, NotFound
 from service.operations import Operations
 from service.store.redis_health import out_of_memory
@@ -73,6 +73,8 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         body = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON: {e}") from e
+    except ValueError as e:  # an int of more than 4300 digits: Python reads none that long
+        raise BadRequest("the body holds a number too long to read") from e
     except RecursionError as e:  # `[[[[...` 100,000 deep
         raise BadRequest("the body is nested too deeply") from e
     if not isinstance(body, dict):
@@ -82,11 +84,27 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 
 async def body_as(request: web.Request, model: type[RequestT]) -> RequestT:
     """The request's JSON body as its model; 400 naming the first field that is wrong."""
-    body = await json_object(request)
+    return parsed_as(model, await json_object(request))
+
+
+def parsed_as(model: type[RequestT], fields: dict[str, Any]) -> RequestT:
+    """A JSON body's fields, or a console form's, as their model: the console refuses what
+    the API refuses, and says so alike (400 naming the first field that is wrong)."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(fields)
     except ValidationError as e:
         raise BadRequest(_first_problem(e)) from None
+
+
+def instant_param(value: str | None, name: str) -> int | None:
+    """A query's instant, as a body's (contract Instant): epoch milliseconds or an ISO 8601
+    instant (without an offset: UTC); empty is none."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return instant_ms(value.strip())
+    except ValueError as e:
+        raise BadRequest(f"`{name}` {e}") from None
 
 
 def _first_problem(error: ValidationError) -> str:
@@ -99,15 +117,3 @@ def _first_problem(error: ValidationError) -> str:
             break  # a union's member or a validator's name: no field of the body
         where += f"[{part}]"
     return f"`{where}`: {first['msg']}"
-
-
-def is_text(value: object) -> TypeGuard[str]:
-    """A non-empty string that UTF-8 can encode. JSON's `\ud800` escape gives a lone
-    surrogate, which every Redis key and log line would fail to encode."""
-    if not isinstance(value, str) or not value:
-        return False
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeGuard
 
 from pydantic import (
     AfterValidator,
@@ -387,17 +387,27 @@ class Request(BaseModel):
     model_config = ConfigDict(strict=True)
 
 
-def _encodable(value: str) -> str:
-    # JSON's `\ud800` escape gives a lone surrogate, which no Redis key or log line encodes
+def is_text(value: object) -> TypeGuard[str]:
+    """A non-empty string that UTF-8 can encode: what a request may name anything by (a
+    body's Text, a query's or path's parameter). JSON's `\ud800` escape gives a lone
+    surrogate, which no Redis key or log line encodes."""
+    if not isinstance(value, str) or not value:
+        return False
     try:
         value.encode()
     except UnicodeEncodeError:
-        raise PydanticCustomError("unicode", "must be valid Unicode") from None
+        return False
+    return True
+
+
+def _text(value: str) -> str:
+    if not is_text(value):  # Field(min_length=1) has refused the empty string already
+        raise PydanticCustomError("unicode", "must be valid Unicode")
     return value
 
 
 # a non-empty string of valid Unicode
-Text = Annotated[str, Field(min_length=1), AfterValidator(_encodable)]
+Text = Annotated[str, Field(min_length=1), AfterValidator(_text)]
 
 
 class UserRef(Request):
@@ -417,7 +427,8 @@ class Replay(Request):
     ids: list[Text] | None = Field(default=None, description="none: all its dead letters")
 
 
-_DIGITS = re.compile(r"^[0-9]{1,16}$")
+# a whole number as a request spells it (epoch milliseconds, a limit): up to 16 digits
+DIGITS = re.compile(r"^[0-9]{1,16}$")
 # epoch ms of 0001-01-01 and 9999-12-31: what an ISO 8601 instant can name
 _EARLIEST_MS, _LATEST_MS = -62135596800000, 253402300799999
 
@@ -427,7 +438,7 @@ def instant_ms(value: object) -> int:
     (without an offset: UTC); ValueError says what is wrong with anything else."""
     if isinstance(value, int) and not isinstance(value, bool):
         ms = value
-    elif isinstance(value, str) and _DIGITS.match(value):
+    elif isinstance(value, str) and DIGITS.match(value):
         ms = int(value)
     elif isinstance(value, str):
         try:

@@ -133,7 +133,7 @@ class FeedReader:
                 first = account if n == 0 else None
                 await self._poll(lease, first, read, result, last=n == len(resources) - 1)
             except UpstreamError as e:
-                raise await self.served.failed(lease.account_id, resources, n, e) or e from e
+                raise await self.served.failed(lease, resources, n, e) or e from e
         return result
 
     async def _poll(
@@ -209,7 +209,7 @@ class FeedReader:
         except UpstreamError as e:
             reason = fallback_reason(e) if auto else None
             if reason is not None:
-                await self._fall_back(run.account_id, reason, e)
+                await self._fall_back(run.lease, reason, e)
             raise
         await self._settle(run)
 
@@ -333,12 +333,16 @@ class FeedReader:
         if self.on_fallback is not None:
             self.on_fallback()
 
-    async def _fall_back(self, account_id: str, reason: str, error: UpstreamError) -> None:
+    async def _fall_back(self, lease: Lease, reason: str, error: UpstreamError) -> None:
         """Poll the account's users one by one until `full_resync_interval` has passed, then
-        try the feed again."""
-        now = self.clock()
+        try the feed again. Fenced by the read's lease: a fallback of an account forgotten
+        meanwhile would never expire, nor be cleared."""
+        account_id, now = lease.account_id, self.clock()
         retry_at = now + self.cadence.full_resync_interval
-        await self.store.fall_back(account_id, FeedFallback(reason, now, retry_at))
+        async with lease.lock:  # its token does not move meanwhile
+            fallback = FeedFallback(reason, now, retry_at)
+            if not await self.store.fall_back(account_id, fallback, lease.held):
+                return  # taken over (that read falls back), or forgotten
         self.metrics.feed_fallbacks.labels(reason).inc()
         log.warning(
             "feed_fallback",

@@ -249,7 +249,7 @@ class PollRunner:
         elif isinstance(error, UpstreamUnavailable):
             await self._count_account_failure(lease, error)
         elif isinstance(error, UpstreamProviderLimited):
-            await self._pause_account(lease.account_id, delay)
+            await self._pause_account(lease, delay)
 
     async def _release(self, lease: Lease, outcome: EndLease, failed: ReadState) -> None:
         """Release a failed read's lease. While Redis is away (the likely reason the read
@@ -269,26 +269,32 @@ class PollRunner:
                     return
             await asyncio.sleep(RELEASE_RETRY_SECONDS)
 
-    async def _pause_account(self, account_id: str, seconds: float) -> None:
+    async def _pause_account(self, lease: Lease, seconds: float) -> None:
         """Its provider asked the account to wait: every process defers its reads (users,
-        feed, listing) until then; the key and the other accounts go on."""
-        now = self.clock()
+        feed, listing) until then; the key and the other accounts go on. Fenced by the
+        read's lease, as a back-off is."""
+        account_id, now = lease.account_id, self.clock()
         try:
-            await self.store.pause_account(account_id, now + seconds, now)
+            async with lease.lock:  # its token does not move meanwhile
+                await self.store.pause_account(account_id, now + seconds, now, lease.held)
         except RedisError as e:  # this read still comes back after the pause, by its lease
             log_redis_error(log, "account_pause_failed", e, account_id=account_id)
 
     async def _count_account_failure(self, lease: Lease, error: UpstreamError) -> None:
         """ACCOUNT_FAILURES reads of one account failing in a row (its provider down, or
         answering too slowly) back the account off: every member would fail alike, each
-        after the client's retries, spending the key the other accounts share."""
+        after the client's retries, spending the key the other accounts share. Counted
+        only while the read's lease holds, as a back-off is written (a count of an account
+        forgotten meanwhile would wait an hour for a re-linked account, part-way into a
+        run)."""
         account_id = lease.account_id
         try:
-            failures = await self.store.count_failure(account_id)
+            async with lease.lock:  # its token does not move meanwhile
+                failures = await self.store.count_failure(account_id, lease.held)
         except RedisError as e:
             log_redis_error(log, "account_failure_count_failed", e, account_id=account_id)
             return
-        if failures < ACCOUNT_FAILURES:
+        if failures < ACCOUNT_FAILURES:  # 0: the lease was lost, nothing counted
             return
         try:
             previous = await self.store.account_backoff(account_id)
@@ -321,8 +327,7 @@ class PollRunner:
                 delay = retry_delay(error, failures - 1, self.interval)
             backoff = AccountBackoff(self.clock() + delay, failures, str(error))
             async with lease.lock:  # its token does not move meanwhile
-                held = (self.leases.zset, lease.member, lease.token)
-                written = await self.store.back_off_account(account_id, backoff, held)
+                written = await self.store.back_off_account(account_id, backoff, lease.held)
         except RedisError as e:
             log_redis_error(log, "account_backoff_failed", e, account_id=account_id)
             return

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from service.errors import ResourceUnserved, UpstreamError
 from service.metrics import Metrics
 from service.resources import Resource
+from service.store.leases import Lease
 from service.store.unserved import UnservedResources
 from service.timefmt import from_epoch
 
@@ -36,17 +37,20 @@ class ServedResources:
         return await self.store.served(account_id, resources, int(self.clock() * 1000))
 
     async def failed(
-        self, account_id: str, resources: Sequence[Resource], n: int, error: UpstreamError
+        self, lease: Lease, resources: Sequence[Resource], n: int, error: UpstreamError
     ) -> ResourceUnserved | None:
-        """The read of `resources[n]` failed: a ResourceUnserved to end the read with (the
-        resources before it are committed; those after it are read next time) when it is one
-        after the first that the provider does not serve, marked so; None: the failure
+        """The read (of `lease`) of `resources[n]` failed: a ResourceUnserved to end the read
+        with (the resources before it are committed; those after it are read next time) when
+        it is one after the first that the provider does not serve, marked so while the
+        lease holds (no mark of an account forgotten meanwhile); None: the failure
         stands."""
-        resource = resources[n]
+        resource, account_id = resources[n], lease.account_id
         if n == 0 or error.status not in UNSERVED_STATUSES:
             return None
         retry_at = self.clock() + UNSERVED_RETRY_SECONDS
-        if await self.store.mark(account_id, resource, int(retry_at * 1000)):
+        async with lease.lock:  # its token does not move meanwhile
+            marked = await self.store.mark(account_id, resource, int(retry_at * 1000), lease.held)
+        if marked:
             self.metrics.poll_failures.labels("resource_not_served").inc()
             log.warning(
                 "resource_not_served",

@@ -157,7 +157,7 @@ class Poller:
             try:
                 weight = await self._poll(lease, resource, started, result, weight, last=last)
             except UpstreamError as e:
-                raise await self.served.failed(lease.account_id, resources, n, e) or e from e
+                raise await self.served.failed(lease, resources, n, e) or e from e
         return result
 
     async def _poll(

@@ -15,7 +15,7 @@ from service.store import keys
 from service.store.log_policy import DEFAULT_LOG, LogPolicy
 from service.store.polls import StoredUser
 from service.store.read_state import FIELDS, ReadState, hash_fields
-from service.store.scripts import CommitFeed, CommitListing
+from service.store.scripts import CommitFeed, CommitListing, FallBack, Held
 
 # users loaded per pipelined round trip
 LOAD_BATCH = 500
@@ -48,6 +48,7 @@ class FeedStore:
         # users added to and dropped from a listing (the dropped ones forgotten), with the
         # listing's state and the end of its lease, in one atomic step (False: lease lost)
         self.commit_listing = CommitListing(redis)
+        self._fall_back = FallBack(redis)
 
     async def load_users(
         self, account_id: str, user_ids: Iterable[str], resource: Resource = ASSIGNMENTS
@@ -107,8 +108,10 @@ class FeedStore:
         raw = cast(dict[str, str], await self.redis.hgetall(keys.FEED_FALLBACK))
         return {account: FeedFallback.decode(value) for account, value in raw.items()}
 
-    async def fall_back(self, account_id: str, fallback: FeedFallback) -> None:
-        await self.redis.hset(keys.FEED_FALLBACK, account_id, fallback.encode())
+    async def fall_back(self, account_id: str, fallback: FeedFallback, held: Held) -> bool:
+        """False when the `held` lease of the feed read that fell back no longer holds
+        (nothing written: taken over, or the account was forgotten meanwhile)."""
+        return await self._fall_back(held, account_id, fallback.encode())
 
     async def end_fallback(self, account_id: str, user_ids: set[str]) -> None:
         """The account is read through its feed again: in one step its fallback ends and its

@@ -35,6 +35,7 @@ from service.store.scripts import (
     ClaimDue,
     DueNow,
     ExtendLeases,
+    Held,
     MoveLease,
     due_or_expiry_ms,
     due_score,
@@ -56,11 +57,19 @@ class Lease:
     token: int
     due_at: float  # when it was due (s): the next run is due an interval later
     claimed_at: float  # on this process's clock
+    zset: str  # the schedule it is a lease on
     # held while the token is in use (a commit, an extension), so none uses a stale one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # the work's last commit moved the member on to its next due time: that score is no
     # longer a lease, and nothing may move it as one (a heartbeat that waited for the lock)
     ended: bool = False
+
+    @property
+    def held(self) -> Held:
+        """What fences a write of the work by this lease (fence.lua's held: the schedule,
+        the member, the token); read under `lock`, so the heartbeat cannot move the token
+        before the write."""
+        return self.zset, self.member, self.token
 
 
 class Leases:
@@ -92,7 +101,7 @@ class Leases:
             self.zset, due_score(now), lease_ms(LEASE_SECONDS), limit, first
         )
         return [
-            Lease(member, *keys.parse_user_member(member), token, due_ms / 1000, now)
+            Lease(member, *keys.parse_user_member(member), token, due_ms / 1000, now, self.zset)
             for member, due_ms in claimed
         ]
 

@@ -78,8 +78,9 @@ class LinkedAccountStore:
         """Forget an unlinked account's state, in batches, and returns how many of its users
         went. Its schedule entries go first, so a read of it in flight (in any process)
         finds its lease gone and commits nothing; what a failed read marks of the whole
-        account (its back-off, fenced by the read's lease) goes once no lease of it is
-        left, so none outlives it; its users' set goes last, so a process that dies midway
+        account (its back-off, failure count, pause, feed fallback, unserved resources:
+        each write fenced by the read's lease) goes once no lease of it is left, so none
+        outlives it; its users' set goes last, so a process that dies midway
         has lost nothing it needs to finish: the account stays in FORGET_ACCOUNTS and the
         next listing, wherever it runs, forgets the rest."""
         member = keys.account_member(account_id)
@@ -105,7 +106,8 @@ class LinkedAccountStore:
         for start in range(0, len(overdue), FORGET_BATCH):
             await self.redis.zrem(keys.OVERDUE, *overdue[start : start + FORGET_BATCH])
         async with self.redis.pipeline(transaction=True) as pipe:
-            # no lease of the account is left: no read backs it off or pauses it again
+            # no lease of the account is left: no read backs it off, counts its failures,
+            # pauses it, falls it back or marks a resource of it again
             pipe.hdel(keys.FEED_FALLBACK, account_id)
             pipe.hdel(keys.BLOCKED_ACCOUNTS, account_id)
             pipe.hdel(keys.FAILING_ACCOUNTS, account_id)

@@ -22,7 +22,10 @@ from service.store.scripts import (
     ClaimDue,
     CommitOverdue,
     CommitPoll,
+    CountFailure,
+    Held,
     LoadUser,
+    PauseAccount,
     due_score,
     lease_ms,
 )
@@ -102,6 +105,8 @@ class PollStore:
         # claimed due dates' events queued and their watches ended, each fenced by its claim
         self.commit_overdue = CommitOverdue(redis, log)
         self._back_off = BackOff(redis)
+        self._count_failure = CountFailure(redis)
+        self._pause = PauseAccount(redis)
 
     # -- one user's poll --
 
@@ -170,7 +175,7 @@ class PollStore:
         return AccountTroubles(_backoffs(blocked), _pauses(paused))
 
     async def back_off_account(
-        self, account_id: str, backoff: AccountBackoff, held: tuple[str, str, int] | None = None
+        self, account_id: str, backoff: AccountBackoff, held: Held | None = None
     ) -> bool:
         """Back the account off; with `held` (the schedule, member and token of the read that
         says so) only while that lease holds: False when it does not (nothing written:
@@ -179,38 +184,30 @@ class PollStore:
         if held is None:
             await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())
             return True
-        schedule, member, token = held
-        return await self._back_off(schedule, member, token, account_id, backoff.encode())
+        return await self._back_off(held, account_id, backoff.encode())
 
     async def end_backoff(self, account_id: str) -> None:
         await self.redis.hdel(keys.BLOCKED_ACCOUNTS, account_id)
 
     # -- accounts whose reads keep failing (5xx, timeouts), backed off as above --
 
-    async def count_failure(self, account_id: str) -> int:
-        """One more read of the account failed; how many did in a row."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.FAILING_ACCOUNTS, account_id, 1)
-            pipe.expire(keys.FAILING_ACCOUNTS, FAILING_ACCOUNTS_TTL)
-            count, _ = await pipe.execute()
-        return int(count)
-
-    async def failing_accounts(self) -> set[str]:
-        return set(cast(list[str], await self.redis.hkeys(keys.FAILING_ACCOUNTS)))
+    async def count_failure(self, account_id: str, held: Held) -> int:
+        """One more read of the account failed: how many did in a row; 0 when the `held`
+        lease of that read no longer holds (nothing counted: taken over, or the account was
+        forgotten meanwhile)."""
+        return await self._count_failure(held, account_id, FAILING_ACCOUNTS_TTL)
 
     async def end_failures(self, account_id: str) -> None:
         await self.redis.hdel(keys.FAILING_ACCOUNTS, account_id)
 
     # -- accounts their provider asked to wait (a 429 with provider_errors) --
 
-    async def pause_account(self, account_id: str, until: float, now: float) -> None:
+    async def pause_account(self, account_id: str, until: float, now: float, held: Held) -> bool:
         """The account waits until `until` (seconds), in every process; never shortens a
-        pause. Pauses over by `now` are dropped."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(keys.PAUSED_ACCOUNTS, {account_id: int(until * 1000)}, gt=True)
-            pipe.zremrangebyscore(keys.PAUSED_ACCOUNTS, "-inf", int(now * 1000))
-            pipe.expire(keys.PAUSED_ACCOUNTS, PAUSED_ACCOUNTS_TTL)
-            await pipe.execute()
+        pause. Pauses over by `now` are dropped. False when the `held` lease of the read
+        that was asked to wait no longer holds (nothing written)."""
+        until_ms, now_ms = int(until * 1000), int(now * 1000)
+        return await self._pause(held, account_id, until_ms, now_ms, PAUSED_ACCOUNTS_TTL)
 
     async def paused_accounts(self, now: float) -> dict[str, float]:
         """Each account still paused at `now`: until when (seconds)."""

@@ -33,6 +33,9 @@ from service.store.read_state import ReadState
 from service.store.snapshots import encode_snapshots
 from service.tracing import span, traceparent
 
+# a lease that fences a write (Lease.held): its schedule zset, its member, the token held
+Held = tuple[str, str, int]
+
 _RAW: dict[str, Any] = {NEVER_DECODE: True}  # a command's reply left undecoded
 _INCLUDE = re.compile(r"^--!include (\w+)\.lua$", re.MULTILINE)
 
@@ -751,15 +754,72 @@ class MarkNotLms(_Script):
         return int(await self._run(keys=script_keys, args=[account_id, retry_at_ms])) > 0
 
 
-class BackOff(_Script):
-    """PollStore.back_off_account."""
+class _Fenced(_Script):
+    """A write fenced by the lease of the read that makes it (fence.lua's held): KEYS the
+    lease's schedule, then `key`; ARGV the member and the token held, then the write's."""
+
+    key: ClassVar[str]
+
+    async def _write(self, held: Held, *args: Any) -> Any:
+        schedule, member, token = held
+        return await self._run(keys=[schedule, self.key], args=[member, token, *args])
+
+
+class _FencedField(_Fenced):
+    """An account's field of the `key` hash, fenced."""
+
+    async def __call__(self, held: Held, account_id: str, value: str) -> bool:
+        """The account's `value` (JSON) while the `held` lease holds; False when it does
+        not (nothing written)."""
+        return bool(await self._write(held, account_id, value))
+
+
+class BackOff(_FencedField):
+    """PollStore.back_off_account: the account's AccountBackoff."""
 
     source = "back_off"
+    key = keys.BLOCKED_ACCOUNTS
+
+
+class CountFailure(_Fenced):
+    """PollStore.count_failure."""
+
+    source = "count_failure"
+    key = keys.FAILING_ACCOUNTS
+
+    async def __call__(self, held: Held, account_id: str, ttl: int) -> int:
+        """The account's failures in a row, one more, while the `held` lease holds; 0 when
+        it does not (nothing written)."""
+        return int(await self._write(held, account_id, ttl))
+
+
+class PauseAccount(_Fenced):
+    """PollStore.pause_account."""
+
+    source = "pause_account"
+    key = keys.PAUSED_ACCOUNTS
 
     async def __call__(
-        self, schedule: str, member: str, token: int, account_id: str, value: str
+        self, held: Held, account_id: str, until_ms: int, now_ms: int, ttl: int
     ) -> bool:
-        """The account backed off (`value`, as AccountBackoff encodes it) while `token` still
-        holds `member`'s lease on `schedule`; False when it does not (nothing written)."""
-        script_keys = [schedule, keys.BLOCKED_ACCOUNTS]
-        return bool(await self._run(keys=script_keys, args=[member, token, account_id, value]))
+        """False when the `held` lease does not hold (nothing written)."""
+        return bool(await self._write(held, account_id, until_ms, now_ms, ttl))
+
+
+class FallBack(_FencedField):
+    """FeedStore.fall_back: the account's FeedFallback."""
+
+    source = "fall_back"
+    key = keys.FEED_FALLBACK
+
+
+class MarkUnserved(_Fenced):
+    """UnservedResources.mark."""
+
+    source = "mark_unserved"
+    key = keys.UNSERVED_RESOURCES
+
+    async def __call__(self, held: Held, unserved_member: str, retry_at_ms: int) -> bool:
+        """False when marked until then or later already, or the `held` lease does not hold
+        (nothing written)."""
+        return bool(await self._write(held, unserved_member, retry_at_ms))

@@ -9,11 +9,13 @@ from redis.asyncio import Redis
 
 from service.resources import Resource
 from service.store import keys
+from service.store.scripts import Held, MarkUnserved
 
 
 class UnservedResources:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._mark = MarkUnserved(redis)
 
     async def served(
         self, account_id: str, resources: Sequence[Resource], now_ms: int
@@ -28,11 +30,8 @@ class UnservedResources:
         skipped = {r for r, ms in zip(later, until, strict=True) if ms is not None and ms > now_ms}
         return tuple(r for r in resources if r not in skipped)
 
-    async def mark(self, account_id: str, resource: Resource, retry_at_ms: int) -> bool:
+    async def mark(self, account_id: str, resource: Resource, retry_at_ms: int, held: Held) -> bool:
         """Not read until `retry_at_ms`; False when it was marked until then or later already
-        (another read meanwhile)."""
-        member = keys.unserved_member(account_id, resource)
-        added = await self.redis.zadd(
-            keys.UNSERVED_RESOURCES, {member: retry_at_ms}, gt=True, ch=True
-        )
-        return bool(added)
+        (another read meanwhile), or when the `held` lease of the read that found it unserved
+        no longer holds (nothing written: the account may have been forgotten meanwhile)."""
+        return await self._mark(held, keys.unserved_member(account_id, resource), retry_at_ms)

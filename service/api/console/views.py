@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from service.accounts_view import STATES
-from service.api.common import BadRequest, ops
+from service.api.common import BadRequest, instant_param, ops, parsed_as
 from service.api.console.guard import (
     FLASH_COOKIE,
     LOGIN,
@@ -107,21 +107,6 @@ def _known_endpoint(request: web.Request) -> EndpointSettings:
     if endpoint is None:
         raise web.HTTPNotFound(reason=f"There is no endpoint {endpoint_id!r}.")
     return endpoint
-
-
-def _instant_ms(text: str, name: str) -> int | None:
-    """An instant from a form: a `datetime-local` value (read as UTC, as the page says)
-    or ISO 8601 with an offset; empty is none."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise BadRequest(f"{name}: {text!r} is not a date and time") from e
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
 
 
 # -- signing in and out ----------------------------------------------------------------
@@ -273,17 +258,12 @@ async def test_send(request: web.Request) -> web.StreamResponse:
 async def redeliver(request: web.Request) -> web.StreamResponse:
     endpoint_id = _known_endpoint(request).id
     form = await request.post()
-    since_ms = _instant_ms(text_field(form, "since"), "since")
-    until_ms = _instant_ms(text_field(form, "until"), "until")
-    outcome = text_field(form, "outcome") or "any"
-    if since_ms is None:
-        raise BadRequest("since: a date and time is needed")
-    if until_ms is not None and until_ms < since_ms:
-        raise BadRequest("until is before since")
-    if outcome not in ("delivered", "dead", "any"):
-        raise BadRequest("outcome: delivered, dead or any")
+    # read as the API reads its body (a `datetime-local` value is ISO 8601 without an
+    # offset: UTC, as the page says), so both refuse the same input with the same words
+    fields = {name: text_field(form, name).strip() for name in ("since", "until", "outcome")}
+    body = parsed_as(m.Redeliver, {name: text for name, text in fields.items() if text})
     queued = await ops(request).redeliver(
-        endpoint_id, since_ms=since_ms, until_ms=until_ms, outcome=outcome
+        endpoint_id, since_ms=body.since, until_ms=body.until, outcome=body.outcome
     )
     raise done(request, endpoint_url(endpoint_id), f"{queued} events queued again.")
 
@@ -301,8 +281,8 @@ async def events_page(request: web.Request) -> web.StreamResponse:
         raise BadRequest("outcome: queued, delivered or dead")
     if filters["endpoint"] and operations.settings.endpoint(filters["endpoint"]) is None:
         raise BadRequest(f"there is no endpoint {filters['endpoint']!r}")
-    since_ms = _instant_ms(filters["since"], "since")
-    until_ms = _instant_ms(filters["until"], "until")
+    since_ms = instant_param(filters["since"], "since")
+    until_ms = instant_param(filters["until"], "until")
     if since_ms is not None and until_ms is not None and until_ms < since_ms:
         raise BadRequest("until is before since")
     cursor = query.get("cursor") or None

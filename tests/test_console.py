@@ -320,8 +320,12 @@ async def test_unknown_pages_and_bad_input_get_html_errors(console: Console) -> 
             "/ui/endpoints/hr/redeliver", data={"csrf": csrf, "since": "yesterday"}
         ) as r:
             assert r.status == 400 and "`since`: must be epoch milliseconds" in await r.text()
+        # the events search refuses what the admin API's does, in the same words
         async with http.get("/ui/events", params={"outcome": "lost"}) as r:
-            assert r.status == 400
+            assert r.status == 400 and "`outcome` must be one of" in await r.text()
+        window = {"since": "2026-01-02T00:00", "until": "2026-01-01T00:00"}
+        async with http.get("/ui/events", params=window) as r:
+            assert r.status == 400 and "`since` is after `until`" in await r.text()
 
 
 @pytest.mark.parametrize(

@@ -193,20 +193,38 @@ async def test_a_permit_handed_in_is_taken_by_the_next_request_while_fresh(
     sim.put_assignment(ACCOUNT, USER, {"id": "a0"})
     settings = StackOneSettings(base_url=url, api_key=API_KEY, max_requests_per_minute=600)  # type: ignore[arg-type]
     budget = api_key_rate(600)  # 10 back to back, then about 10/s
-    rate = SharedLimiter(redis).rate(budget)
+    rate = CountedAsks(SharedLimiter(redis).rate(budget))
     metrics = Metrics()
     waited = metrics.throttle_wait.labels("upstream")
     async with aiohttp.ClientSession() as session:
-        stackone = StackOneClient(session, settings, rate, metrics)
+        stackone = StackOneClient(session, settings, rate, metrics)  # type: ignore[arg-type]
         while await rate.try_acquire() == 0:  # the budget spent
             pass
+        asked = rate.asks
         stackone.keep_permit()
         await read_all(stackone)
-        assert waited._value.get() == 0  # the kept permit: no wait
+        assert rate.asks == asked and waited._value.get() == 0  # the kept permit: Redis unasked
         stackone.keep_permit()
         monkeypatch.setattr(client_module, "KEPT_PERMIT_SECONDS", -1.0)  # now stale
         await read_all(stackone)
-        assert waited._value.get() > 0  # it asked the budget, and waited
+        # it asked the budget again (whether it then waited depends on how long the first
+        # read took: the key's rate refills meanwhile)
+        assert rate.asks > asked
+
+
+class CountedAsks:
+    """The shared budget, each ask for a permit counted."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.asks = 0
+
+    async def try_acquire(self, yielding: bool = False) -> float:
+        self.asks += 1
+        return float(await self.real.try_acquire(yielding))
+
+    async def pause(self, seconds: float) -> None:
+        await self.real.pause(seconds)
 
 
 class RecordedPauses:

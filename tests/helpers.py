@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +155,21 @@ async def two_processes(settings: Settings, clock: Clock) -> AsyncIterator[tuple
     finally:
         await one.stop(timeout=2.0)
         await two.stop(timeout=2.0)
+
+
+class WhileAnswering(SimLMS):
+    """An upstream where, while a request of `account` to a path ending in `path` is in
+    flight (its answer made, not yet sent), `meanwhile` runs once: what another process
+    does during a read."""
+
+    account = ""
+    path = ""
+    meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def while_answering(self, path: str) -> None:
+        if self.meanwhile is not None and self.in_flight[self.account] and path.endswith(self.path):
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
 
 
 @asynccontextmanager

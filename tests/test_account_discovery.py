@@ -6,7 +6,7 @@ active again, other providers' and non-LMS accounts left alone, credentials neve
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tests.helpers import (
     API_KEY,
     Clock,
     RunProcess,
+    WhileAnswering,
     as_json,
     driven,
     endpoint,
@@ -542,21 +543,6 @@ async def test_an_account_that_is_no_lms_account_is_skipped_and_tried_again_dail
     assert rx.events == []
 
 
-class ForgottenWhileRead(SimLMS):
-    """An upstream where, while a request of `account` to a path ending in `path` is in
-    flight (its answer made, not yet sent), `meanwhile` runs once: a listing forgets the
-    account."""
-
-    account = ""
-    path = ""
-    meanwhile: Callable[[], Awaitable[None]] | None = None
-
-    async def while_answering(self, path: str) -> None:
-        if self.meanwhile is not None and self.in_flight[self.account] and path.endswith(self.path):
-            meanwhile, self.meanwhile = self.meanwhile, None
-            await meanwhile()
-
-
 # how acc_x's read answers (its listing's, or its feed's): what each leaves of the account
 # when it is written after the account was forgotten
 READ_ANSWERS: dict[str, list[dict[str, Any]]] = {
@@ -582,7 +568,7 @@ async def test_a_read_in_flight_when_its_account_is_forgotten_leaves_nothing_of_
     it to wait, no feed, no completions: no not-LMS mark, back-off, failure count, pause,
     feed fallback or unserved mark of it is left, which nothing would clear, nor shown by
     the gauges or the admin API."""
-    sim = ForgottenWhileRead(api_key=API_KEY)
+    sim = WhileAnswering(api_key=API_KEY)
     for account in ("acc_1", "acc_2"):
         seed(sim, account, users=1)
     sim.link_account("acc_x", not_lms=answer == "not_lms")
@@ -608,7 +594,7 @@ async def test_a_read_in_flight_when_its_account_is_forgotten_leaves_nothing_of_
                 await linked.run_once()
             assert await redis.scard(keys.FORGET_ACCOUNTS) == 0
 
-        sim.account, sim.meanwhile = "acc_x", forget
+        sim.account, sim.meanwhile = "acc_x", forget  # a listing forgets it meanwhile
         sim.path = FORGOTTEN_DURING.get(answer, "/lms/users")
         await service.step(0.0)  # acc_x's first read: forgotten meanwhile
         assert sim.meanwhile is None and "/unified/lms/users" in asked(sim, "acc_x")

@@ -28,6 +28,7 @@ from service.sim.lms import SimLMS
 from service.sim.receiver import Receiver
 from service.store import keys
 from service.store.limits import SharedLimiter, api_key_rate
+from service.store.polls import AccountBackoff
 from service.upstream.accounts import ACCOUNT_IN_FLIGHT, AccountSlots
 from service.upstream.client import (
     DEFAULT_RETRY_AFTER,
@@ -39,11 +40,13 @@ from tests.helpers import (
     API_KEY,
     Clock,
     Driven,
+    WhileAnswering,
     as_json,
     driven,
     endpoint,
     make_settings,
     of_type,
+    served,
     two_processes,
 )
 from tests.redis_server import RedisServer
@@ -297,6 +300,36 @@ async def test_a_providers_429_holds_only_its_account_until_its_retry_after(
         assert acc_2["paused_until"] is None
     acc_2 = [e for e in of_type(rx.events, ev.PROGRESS_CHANGED) if e.data["account_id"] == "acc_2"]
     assert [e.data["assignment"]["progress"] for e in acc_2] == [40]
+
+
+@pytest.mark.parametrize("strategy", ["per_user", "account"])
+async def test_a_read_that_succeeds_ends_a_back_off_begun_while_it_was_in_flight(
+    strategy: str, redis_server: RedisServer, redis: Redis, receiver: Rx
+) -> None:
+    """acc_2 is backed off (as another process's refused read would) while one of its reads
+    is in flight, and that read succeeds: the account answered, so the back-off ends with
+    it, and acc_2's next change is read an interval on, not once the back-off is over."""
+    sim = WhileAnswering(api_key=API_KEY)
+    rx, rx_url = receiver
+    seed_two(sim)
+    async with (
+        served(sim) as lms_url,
+        driven(two_accounts(redis_server.url, lms_url, rx_url, strategy), sim) as service,
+    ):
+        await service.baseline()
+        polls = service.service.stores.polls
+
+        async def back_off() -> None:
+            backoff = AccountBackoff(service.clock() + 30.0, 1, "upstream answered 401")
+            await polls.back_off_account("acc_2", backoff)
+
+        sim.account, sim.path, sim.meanwhile = "acc_2", "/assignments", back_off
+        await change_and_step(service, sim, 10, 0.5)
+        assert sim.meanwhile is None  # written while its read was in flight
+        assert await polls.account_backoff("acc_2") is None
+        await change_and_step(service, sim, 20, 0.5)
+    acc_2 = [e for e in of_type(rx.events, ev.PROGRESS_CHANGED) if e.data["account_id"] == "acc_2"]
+    assert [e.data["assignment"]["progress"] for e in acc_2] == [10, 20]
 
 
 async def test_one_account_never_has_more_than_two_requests_in_flight(

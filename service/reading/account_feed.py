@@ -322,7 +322,7 @@ class FeedReader:
             ):
                 raise StaleLease(f"feed lease on {lease.account_id} was taken over")
             lease.ended = True
-        return FeedResult(waited=True)
+        return FeedResult()
 
     async def _end_fallback(self, account_id: str, tracked: set[str]) -> None:
         """The feed is tried again: the account's users stop being polled one by one first

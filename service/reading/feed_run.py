@@ -50,7 +50,6 @@ class FeedResult:
     untracked: int = 0  # records of users not tracked
     duplicates: int = 0  # versions of a record read twice in this run (one kept)
     baselined: int = 0  # users baselined by a complete read of their own
-    waited: bool = False  # not read: waiting for a fallback's end or the first listing
 
 
 @dataclass(slots=True)

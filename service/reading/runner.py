@@ -136,8 +136,6 @@ class PollRunner:
         self.metrics = metrics
         self.interval = interval  # the reader's cadence: failures retry within it
         self.clock = clock
-        # accounts backed off when the scheduler last claimed: a success here ends theirs
-        self.backed_off: set[str] = set()
 
     async def run(self, lease: Lease) -> None:
         """Poll, and end the lease; only a cancellation leaves it held. Traced as one span
@@ -163,10 +161,6 @@ class PollRunner:
             )
             if self.on_read is not None:
                 self.on_read(lease, result)
-            # a read that only waited (a feed waiting for its account's first user listing,
-            # or for an `auto` fallback's end) asked nothing: it proves nothing of the account
-            if not getattr(result, "waited", False):
-                await self._account_answered(lease.account_id)
             log.debug(
                 "poll_done",
                 account_id=lease.account_id,
@@ -197,13 +191,6 @@ class PollRunner:
             self.metrics.poll_duration.labels(outcome).observe(time.perf_counter() - started)
         return outcome
 
-    async def _account_answered(self, account_id: str) -> None:
-        """A read of the account succeeded: its back-off ends (its run of failing reads
-        ended with the read's commit)."""
-        if account_id in self.backed_off:
-            await self.store.end_backoff(account_id)
-            self.backed_off.discard(account_id)
-
     async def _ended_early(self, lease: Lease) -> None:
         """The read stopped at a resource its provider does not serve (skipped from now on):
         what it read before is committed, and it ends as a success, due an interval on."""
@@ -211,10 +198,10 @@ class PollRunner:
         due = next_due(lease.due_at, lease.claimed_at, self.interval, now)
         done = ReadState(last_poll_ms=int(now * 1000), failures=0, last_error="")
         await self._release(lease, EndLease(due), done)
-        # no commit ended it (what it read before was flushed): its run of failures ends here,
-        # as a commit would end it (rare: once a day per account and resource)
-        await self.store.end_failures(lease.account_id)
-        await self._account_answered(lease.account_id)
+        # no commit ended it (what it read before was flushed): its run of failures and its
+        # back-off end here, as a commit would end them (rare: once a day per account and
+        # resource)
+        await self.store.end_troubles(lease.account_id)
 
     async def _failed(self, lease: Lease, error: Exception) -> None:
         self.metrics.poll_failures.labels(failure_reason(error)).inc()

@@ -286,7 +286,6 @@ class PollScheduler:
             now = self.clock()
             troubles = await self.store.account_troubles(now)
             backed_off, paused = troubles.backed_off, troubles.paused
-            self.runner.backed_off = set(backed_off)
             accounts_read = (await self.accounts.current()).settings.keys()
         except RedisError as e:
             log_redis_error(log, "claim_users_failed", e)

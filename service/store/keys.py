@@ -24,7 +24,8 @@ RUNTIME_USERS = f"{PREFIX}:users:runtime"
 USERS_VERSION = f"{PREFIX}:users:version"
 # string with a TTL: while it exists every process pauses the upstream API key (429/408).
 UPSTREAM_PAUSE = f"{PREFIX}:upstream:pause"
-# hash: account id → JSON {until, failures, error} while 401/403/412 back the account off.
+# hash: account id → JSON {until, failures, error} while 401/403/412, or its reads failing
+# in a row, back the account off; ended as FAILING_ACCOUNTS' field is, by a successful read.
 BLOCKED_ACCOUNTS = f"{PREFIX}:accounts:blocked"
 # hash with a TTL: account id → how many of its reads failed in a row (5xx, timeouts, broken
 # connections; any member, any process); the commit that ends a successful read deletes its

@@ -186,9 +186,6 @@ class PollStore:
             return True
         return await self._back_off(held, account_id, backoff.encode())
 
-    async def end_backoff(self, account_id: str) -> None:
-        await self.redis.hdel(keys.BLOCKED_ACCOUNTS, account_id)
-
     # -- accounts whose reads keep failing (5xx, timeouts), backed off as above --
 
     async def count_failure(self, account_id: str, held: Held) -> int:
@@ -197,8 +194,13 @@ class PollStore:
         forgotten meanwhile)."""
         return await self._count_failure(held, account_id, FAILING_ACCOUNTS_TTL)
 
-    async def end_failures(self, account_id: str) -> None:
-        await self.redis.hdel(keys.FAILING_ACCOUNTS, account_id)
+    async def end_troubles(self, account_id: str) -> None:
+        """A read of the account succeeded without a commit to say so: its run of failing
+        reads and its back-off end at once, as commit_parts.lua's answered ends them."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.FAILING_ACCOUNTS, account_id)
+            pipe.hdel(keys.BLOCKED_ACCOUNTS, account_id)
+            await pipe.execute()
 
     # -- accounts their provider asked to wait (a 429 with provider_errors) --
 

@@ -315,7 +315,8 @@ class CommitPoll(_Enqueues):
         `outcome`: EndLease (the user is due again then), KeepLease (a flush), or None (the
         schedule is left as it is). Returns the lease's token (a kept lease's new one; any
         int once it ended, or for None). `answered`: the poll's last commit (it succeeded),
-        which ends its account's run of failing reads, whichever process counted them.
+        which ends its account's run of failing reads and its back-off, whichever process
+        wrote them (even while this read was in flight).
 
         None when `token` no longer holds the user's lease: another process took the user
         over, so nothing was written and this poll's results are dropped.
@@ -328,6 +329,7 @@ class CommitPoll(_Enqueues):
             keys.legacy_snapshots(account_id, user_id, resource),
             keys.USER_WEIGHTS,
             keys.FAILING_ACCOUNTS,
+            keys.BLOCKED_ACCOUNTS,
         ]
         args: list[Any] = [
             keys.user_member(account_id, user_id),
@@ -391,6 +393,7 @@ class CommitFeed(_Enqueues):
             keys.OVERDUE,
             keys.USERS_VERSION,
             keys.FAILING_ACCOUNTS,
+            keys.BLOCKED_ACCOUNTS,
         ]
         args: list[Any] = [
             keys.account_member(account_id),
@@ -678,8 +681,8 @@ class CommitListing(_Script):
         atomic step that ends its lease; False when the lease was lost (nothing written).
         `add`: users found (at `found_ms`, the upstream's clock); `drop`: users to forget
         (their schedule entry, state and snapshots). A listing commits only once it
-        succeeded: that ends its account's run of failing reads, as PollStore.commit's
-        `answered` does."""
+        succeeded: that ends its account's run of failing reads and its back-off, as
+        PollStore.commit's `answered` does."""
         script_keys: list[Any] = [
             keys.DISCOVERY_DUE,
             keys.discovery_state(account_id),
@@ -688,6 +691,7 @@ class CommitListing(_Script):
             keys.USER_WEIGHTS,
             keys.USERS_VERSION,
             keys.FAILING_ACCOUNTS,
+            keys.BLOCKED_ACCOUNTS,
         ]
         args: list[Any] = [keys.account_member(account_id), token, outcome_score(outcome)]
         args += [found_ms, account_id]

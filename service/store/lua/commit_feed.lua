@@ -2,7 +2,7 @@
 -- snapshots and state of every user it changed, overdue watches, the outgoing events, the
 -- feed's state and its next score (its extended lease, or its next due time).
 -- KEYS: [1] feed due zset, [2] feed state hash, [3] overdue zset, [4] tracked users' version
---       counter, [5] failing accounts hash,
+--       counter, [5] failing accounts hash, [6] backed-off accounts hash,
 --       then per user written: (snapshots, user state hash, 0.1's snapshot hash),
 --       then the log's and the queues' keys, as enqueue.lua reads them
 -- ARGV: [1] account member, [2] token held, [3] new score as lease.lua's move reads it (the
@@ -25,10 +25,10 @@ if not held(KEYS[1], ARGV[1], ARGV[2]) then return -1 end
 local users_at = 7 + 2 * tonumber(ARGV[6])  -- after the feed state's pairs
 local users = tonumber(ARGV[users_at])
 if users > 0 and (redis.call('GET', KEYS[4]) or '') ~= ARGV[4] then return -2 end
-answered(KEYS[5], ARGV[5])
+answered(KEYS[5], KEYS[6], ARGV[5])
 local i = hset_pairs(KEYS[2], 6) + 1
 for u = 0, users - 1 do
-  local k = 6 + 3 * u
+  local k = 7 + 3 * u
   if ARGV[i] ~= '' then
     redis.call('SET', KEYS[k], ARGV[i])
     redis.call('DEL', KEYS[k + 2])
@@ -36,6 +36,6 @@ for u = 0, users - 1 do
   i = hset_pairs(KEYS[k + 1], i + 1)
 end
 i = watch(KEYS[3], i)
-enqueue(6 + 3 * users, i)
+enqueue(7 + 3 * users, i)
 if ARGV[3] == '' then return 0 end
 return move(KEYS[1], ARGV[1], ARGV[3], KEYS[2])

@@ -3,7 +3,7 @@
 -- forgotten), the listing's state and its next due time.
 -- KEYS: [1] discovery due zset, [2] discovery state hash, [3] the account's listed user set,
 --       [4] poll due zset, [5] user weights zset, [6] tracked users' version counter,
---       [7] failing accounts hash,
+--       [7] failing accounts hash, [8] backed-off accounts hash,
 --       then per user added: its user state hash,
 --       then per user dropped: (snapshots, user state hash, 0.1's hash, completion snapshots)
 -- ARGV: [1] account member, [2] token held, [3] next due time (ms ≥ 0, as lease.lua's move
@@ -16,18 +16,18 @@
 --!include lease.lua
 --!include commit_parts.lua
 if not held(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
-answered(KEYS[7], ARGV[5])
+answered(KEYS[7], KEYS[8], ARGV[5])
 local i = hset_pairs(KEYS[2], 6)
 local n = tonumber(ARGV[i]); i = i + 1
 for k = 1, n do
   redis.call('SADD', KEYS[3], ARGV[i]); i = i + 1
   -- only a user not baselined yet: a baselined one (also in the config) has nothing to absorb
-  if redis.call('HEXISTS', KEYS[7 + k], 'baselined') == 0 then
-    redis.call('HSET', KEYS[7 + k], 'found', ARGV[4])
+  if redis.call('HEXISTS', KEYS[8 + k], 'baselined') == 0 then
+    redis.call('HSET', KEYS[8 + k], 'found', ARGV[4])
   end
 end
 if n > 0 then redis.call('INCR', KEYS[6]) end
-local drops = 8 + n
+local drops = 9 + n
 n = tonumber(ARGV[i]); i = i + 1
 if n > 0 then redis.call('INCR', KEYS[6]) end
 for u = 0, n - 1 do

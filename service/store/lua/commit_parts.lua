@@ -15,9 +15,13 @@ local function watch(zset, i)
   for _ = 1, n do redis.call('ZREM', zset, ARGV[i]); i = i + 1 end
   return i
 end
--- answered(hash, account): the read this commit ends succeeded, so its account's run of
--- failing reads (FAILING_ACCOUNTS) ends, whichever process counted it; '' = not a success
--- (a flush, a read that only waited)
-local function answered(hash, account)
-  if account ~= '' then redis.call('HDEL', hash, account) end
+-- answered(failing, blocked, account): the read this commit ends succeeded, so its account's
+-- run of failing reads (FAILING_ACCOUNTS) and its back-off (BLOCKED_ACCOUNTS) end, whichever
+-- process wrote them, even while the read was in flight; '' = not a success (a flush, a read
+-- that only waited)
+local function answered(failing, blocked, account)
+  if account ~= '' then
+    redis.call('HDEL', failing, account)
+    redis.call('HDEL', blocked, account)
+  end
 end

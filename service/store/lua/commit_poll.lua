@@ -3,8 +3,8 @@
 -- its next due time).
 -- KEYS: [1] poll due zset, [2] snapshots, [3] user state hash, [4] overdue zset,
 --       [5] 0.1's snapshot hash (deleted once snapshots are written), [6] user weights zset,
---       [7] failing accounts hash, [8..] the log's and the queues' keys, as enqueue.lua reads
---       them
+--       [7] failing accounts hash, [8] backed-off accounts hash, [9..] the log's and the
+--       queues' keys, as enqueue.lua reads them
 -- ARGV: [1] member, [2] token held ('' = unfenced), [3] new score as lease.lua's move reads
 --       it (the next due time, or -n: the lease n ms longer; '' = leave it),
 --       [4] snapshots ('' = unchanged), [5] the user's weight ('' = unchanged),
@@ -24,9 +24,9 @@ if ARGV[4] ~= '' then
   redis.call('DEL', KEYS[5])
 end
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1]) end
-answered(KEYS[7], ARGV[6])
+answered(KEYS[7], KEYS[8], ARGV[6])
 local i = hset_pairs(KEYS[3], 7)
 i = watch(KEYS[4], i)
-enqueue(8, i)
+enqueue(9, i)
 if ARGV[3] == '' then return 0 end
 return move(KEYS[1], ARGV[1], ARGV[3], KEYS[3])

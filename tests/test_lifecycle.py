@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,6 +28,7 @@ from tests.helpers import (
     endpoint,
     make_settings,
     queue_drained,
+    running,
     seed,
     wait_until,
 )
@@ -41,6 +43,41 @@ async def readyz(url: str) -> int | None:
             return response.status
     except aiohttp.ClientError:
         return None
+
+
+async def test_a_stop_lets_a_claim_under_way_end_and_hands_back_what_it_claimed(
+    redis_server: RedisServer,
+    redis: Redis,
+    lms: tuple[SimLMS, str],
+    receiver: tuple[Receiver, str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop that comes while the scheduler's tick waits for Redis to answer its claim:
+    the claim ends (its users handed back at once, none left leased to run out) instead of
+    being cancelled, which lost the answer and was logged as a crashed job."""
+    sim, lms_url = lms
+    seed(sim, 1)
+    settings = make_settings(redis_server.url, lms_url, [endpoint(receiver[1])], ["u_1", "u_2"])
+    async with running(settings) as service:
+        scheduler = service.scheduler
+        assert scheduler is not None
+        claim = scheduler.leases.claim
+        inside, answered = asyncio.Event(), asyncio.Event()
+
+        async def slow_claim(*args: Any) -> Any:  # Redis answering slowly
+            inside.set()
+            await answered.wait()
+            return await claim(*args)
+
+        monkeypatch.setattr(scheduler.leases, "claim", slow_claim)
+        await asyncio.wait_for(inside.wait(), 10)
+        stopping = asyncio.create_task(scheduler.stop(timeout=2.0))
+        await wait_until(lambda: not scheduler.accepting, 5, "the stop under way")
+        answered.set()
+        await stopping
+        assert "raised an exception" not in caplog.text
+        assert await redis.zcount(keys.POLL_DUE, LEASED, "+inf") == 0  # handed back
 
 
 async def test_a_sigterm_while_starting_exits_zero_and_starts_nothing(

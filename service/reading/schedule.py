@@ -17,6 +17,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -141,6 +142,7 @@ class PollScheduler:
         self.polling: dict[str, Lease] = {}  # member → the lease of its poll running here
         self.tasks: set[asyncio.Task[None]] = set()
         self.jobs = AsyncIOScheduler()
+        self._jobs_running: set[asyncio.Task[Any]] = set()  # jobs' runs under way
         self.accepting = False
         self._claiming = asyncio.Lock()
         self._backlog = False  # the last claim took as many users as it asked for
@@ -158,13 +160,32 @@ class PollScheduler:
     def start(self) -> None:
         self.accepting = True
         job = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        self.jobs.add_job(self.sync_users, "interval", seconds=SYNC_SECONDS, **job)
-        self.jobs.add_job(self.tick, "interval", seconds=TICK_SECONDS, **job)
-        self.jobs.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_SECONDS, **job)
+        every: list[tuple[Callable[[], Awaitable[object]], float]] = [
+            (self.sync_users, SYNC_SECONDS),
+            (self.tick, TICK_SECONDS),
+            (self.heartbeat, HEARTBEAT_SECONDS),
+        ]
         if self.overdue is not None:
-            self.jobs.add_job(self.overdue.check, "interval", seconds=CHECK_SECONDS, **job)
+            every.append((self.overdue.check, CHECK_SECONDS))
+        for work, seconds in every:
+            name = work.__name__
+            self.jobs.add_job(self._tracked(work), "interval", seconds=seconds, name=name, **job)
         self.jobs.start()
         self._synced = asyncio.ensure_future(self.sync_users())
+
+    def _tracked(self, work: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        """`work` as a job whose run `stop` can wait for (APScheduler only cancels them)."""
+
+        async def job() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._jobs_running.add(task)
+            try:
+                await work()
+            finally:
+                self._jobs_running.discard(task)
+
+        return job
 
     async def run_once(self) -> int:
         """Burst mode, without jobs: schedule the tracked users, poll every user due now
@@ -200,6 +221,13 @@ class PollScheduler:
         """
         self.accepting = False
         if self.jobs.running:
+            # no job starts from now on, and one under way (a claim, a sync, a renewal, a due
+            # date check) ends by itself: shutting down cancels it, and a claim cancelled
+            # while Redis answers leaves its leases to run out unanswered (and the job's
+            # cancellation logged as a crash)
+            self.jobs.pause()
+            if self._jobs_running:
+                await asyncio.wait(self._jobs_running, timeout=min(timeout, POLL_STOP_GRACE))
             self.jobs.shutdown(wait=False)
         for task in (self._kick, self._resync):
             if task is not None:

@@ -99,8 +99,8 @@ async def every_state(redis: Redis, driver: Driven) -> None:
     )
     await redis.zadd(keys.NOT_LMS_ACCOUNTS, {"acc_n": int((now + 86400) * 1000)})
     await changed(redis, service)
-    polls = service.stores.polls
-    await polls.back_off_account("acc_d2", AccountBackoff(now + 600, 3, "HTTP 401"))
+    backoff = AccountBackoff(now + 600, 3, "HTTP 401")
+    await redis.hset(keys.BLOCKED_ACCOUNTS, "acc_d2", backoff.encode())
     await redis.zadd(keys.PAUSED_ACCOUNTS, {"acc_d3": int((now + 30) * 1000)})
 
 

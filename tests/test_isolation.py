@@ -319,9 +319,9 @@ async def test_a_read_that_succeeds_ends_a_back_off_begun_while_it_was_in_flight
         await service.baseline()
         polls = service.service.stores.polls
 
-        async def back_off() -> None:
+        async def back_off() -> None:  # as another process's read of acc_2 writes it
             backoff = AccountBackoff(service.clock() + 30.0, 1, "upstream answered 401")
-            await polls.back_off_account("acc_2", backoff)
+            await polls.redis.hset(keys.BLOCKED_ACCOUNTS, "acc_2", backoff.encode())
 
         sim.account, sim.path, sim.meanwhile = "acc_2", "/assignments", back_off
         await change_and_step(service, sim, 10, 0.5)

@@ -174,16 +174,10 @@ class PollStore:
             blocked, paused = await pipe.execute()
         return AccountTroubles(_backoffs(blocked), _pauses(paused))
 
-    async def back_off_account(
-        self, account_id: str, backoff: AccountBackoff, held: Held | None = None
-    ) -> bool:
-        """Back the account off; with `held` (the schedule, member and token of the read that
-        says so) only while that lease holds: False when it does not (nothing written:
-        another process took the read over, or the account was forgotten meanwhile).
-        Without it: unfenced (tools and tests)."""
-        if held is None:
-            await self.redis.hset(keys.BLOCKED_ACCOUNTS, account_id, backoff.encode())
-            return True
+    async def back_off_account(self, account_id: str, backoff: AccountBackoff, held: Held) -> bool:
+        """Back the account off while the `held` lease (the schedule, member and token of the
+        read that says so) holds: False when it does not (nothing written: another process
+        took the read over, or the account was forgotten meanwhile)."""
         return await self._back_off(held, account_id, backoff.encode())
 
     # -- accounts whose reads keep failing (5xx, timeouts), backed off as above --

@@ -772,6 +772,8 @@ class _Fenced(_Script):
 class _FencedField(_Fenced):
     """An account's field of the `key` hash, fenced."""
 
+    source = "set_fenced"
+
     async def __call__(self, held: Held, account_id: str, value: str) -> bool:
         """The account's `value` (JSON) while the `held` lease holds; False when it does
         not (nothing written)."""
@@ -781,7 +783,6 @@ class _FencedField(_Fenced):
 class BackOff(_FencedField):
     """PollStore.back_off_account: the account's AccountBackoff."""
 
-    source = "back_off"
     key = keys.BLOCKED_ACCOUNTS
 
 
@@ -813,7 +814,6 @@ class PauseAccount(_Fenced):
 class FallBack(_FencedField):
     """FeedStore.fall_back: the account's FeedFallback."""
 
-    source = "fall_back"
     key = keys.FEED_FALLBACK
 
 

@@ -213,13 +213,15 @@ async def endpoint_page(request: web.Request) -> web.StreamResponse:
     operations = ops(request)
     now_ms = _now_ms(operations)
     hour_ago = datetime.fromtimestamp(now_ms / 1000 - 3600, UTC).strftime("%Y-%m-%dT%H:%M")
+    # newest first: the last hour's figures read them all, the page shows the newest
+    attempts = await operations.endpoint_attempts(endpoint_id, STATS_READ)
     return page(
         request,
         "endpoint.html",
         {
             "endpoint": await operations.endpoint(endpoint_id),
-            "hour": await _last_hour(operations, endpoint_id, now_ms),
-            "attempts": await operations.endpoint_attempts(endpoint_id, ATTEMPTS_SHOWN),
+            "hour": last_hour(attempts, now_ms, read_limit=STATS_READ),
+            "attempts": attempts[:ATTEMPTS_SHOWN],
             "dead": (await operations.dead_letters(endpoint_id, DEAD_SHOWN)).dead_letters,
             "since_default": hour_ago,
             "endpoint_events_url": events_url(endpoint=endpoint_id),

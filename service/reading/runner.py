@@ -1,13 +1,13 @@
 """One claimed read, start to end (a user's poll, an account's feed or user listing): run
 it, then end its lease by its outcome.
 
-A success ends with the poll's own commit (which moves the user on to its next due time and
-ends its account's run of failing reads, whichever process counted it) and ends its
-account's back-off. A failure releases the lease with the failure counted: due
-again soon for passing trouble, slowly for an unusable key, account or user, whose whole
-account is then backed off, not hammered; after its Retry-After when the account's provider
-limited it, and the whole account is paused as long. A read cut off by a Redis outage releases its
-lease once Redis answers again, so its next read is not a lease late.
+A success ends with the poll's own commit, which moves the user on to its next due time and
+ends its account's run of failing reads and its back-off, whichever process wrote them. A
+failure releases the lease with the failure counted: due again soon for passing trouble,
+slowly for an unusable key, account or user, whose whole account is then backed off, not
+hammered; after its Retry-After when the account's provider limited it, and the whole
+account is paused as long. A read cut off by a Redis outage releases its lease once Redis
+answers again, so its next read is not a lease late.
 """
 
 from __future__ import annotations
